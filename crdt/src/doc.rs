@@ -1,0 +1,819 @@
+//! [`PolicyDoc`]: the automerge document, the typed builders that write it,
+//! and the incremental upkeep of its [`PolicyView`].
+//!
+//! # Applying changes
+//! [`PolicyDoc::summarize`] reads a change's operations, resolves the path of
+//! each one and checks it against the schema, *before* anything is applied, so
+//! that the caller can authorize the change on the paths it touches.
+//! [`PolicyDoc::apply`] then applies it. Applying is idempotent; a change
+//! whose dependencies are missing is refused with
+//! [`CrdtError::MissingDeps`], and the caller holds it until they arrive.
+//!
+//! # The view is kept incrementally
+//! A change's summary names the bundles and subjects it touches. Only those
+//! are read back from the document; the merged policy set is re-assembled from
+//! the bundles' already-parsed policies only when a bundle changed.
+//!
+//! # Revoke wins
+//! A revocation is a put at `revocations/SUBJECT`; a reinstatement is a delete
+//! of that key. An automerge delete removes only the values its author had
+//! seen, so a concurrent reinstatement never lifts a revocation, and
+//! concurrent revocations of one subject each stay until a reinstatement that
+//! followed all of them. No other operation may write under `revocations/`.
+//!
+//! # The last good version of a bundle
+//! If a bundle's merged content fails to parse or validate (two valid
+//! concurrent edits can merge into an invalid one), the bundle's version in
+//! force is the state of the bundle as of one of the changes that touched it:
+//! the one with the greatest `(max_op, hash)` whose state is valid. `max_op` is
+//! a Lamport clock, so this prefers later versions, and because the rule reads
+//! only the set of changes it gives the same answer on every replica, however
+//! the changes arrived. If no version is valid, the bundle contributes nothing
+//! and its error is reported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc,
+    ScalarValue, Value, legacy,
+};
+use cedar_policy::{Entities, PolicySet};
+use sha2::{Digest, Sha256};
+
+use crate::bundle::{BundleContent, one_line};
+use crate::schema::{
+    self, BUNDLE_FIELDS, BUNDLES, ChangeSummary, POLICIES, Path, QUARANTINES, REVOCATIONS,
+    SchemaViolation, Slot,
+};
+use crate::view::{
+    BundleState, Conflict, ConflictSide, PolicyView, Revocation, RevocationRecord,
+    canonical_subject, digest_of,
+};
+
+/// Errors of the replicated state.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdtError {
+    /// The bytes are not an automerge change.
+    #[error("malformed change: {0}")]
+    Malformed(String),
+    /// The change's dependencies are not all here yet.
+    #[error("change depends on {} change(s) this replica does not have yet", .0.len())]
+    MissingDeps(Vec<ChangeHash>),
+    /// The change writes outside the schema.
+    #[error(transparent)]
+    Schema(#[from] SchemaViolation),
+    /// automerge refused the change.
+    #[error("the document refused the change: {0}")]
+    Automerge(String),
+    /// A saved document does not load.
+    #[error("saved document does not load: {0}")]
+    Load(String),
+    /// The saved document does not start from this crate's genesis change.
+    #[error("saved document is not a weft state (it lacks the genesis change)")]
+    NotWeftState,
+}
+
+impl From<AutomergeError> for CrdtError {
+    fn from(e: AutomergeError) -> Self {
+        CrdtError::Automerge(one_line(&e))
+    }
+}
+
+/// What applying a change did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The change was new and is now part of the state.
+    New(ChangeSummary),
+    /// The change was already part of the state; nothing changed.
+    Duplicate,
+}
+
+/// Key of an object in the path table: the op id that created it.
+type ObjKey = (u64, ActorId);
+
+/// The replicated policy document and its materialized view.
+pub struct PolicyDoc {
+    doc: Automerge,
+    /// Path of every map object created by an applied change.
+    objects: HashMap<ObjKey, Path>,
+    /// For each bundle, the changes that touched it, by `(max_op, hash)`.
+    bundle_history: BTreeMap<String, BTreeSet<(u64, ChangeHash)>>,
+    bundles_obj: ObjId,
+    revocations_obj: ObjId,
+    quarantines_obj: ObjId,
+    view: PolicyView,
+    dirty: Dirty,
+}
+
+#[derive(Default)]
+struct Dirty {
+    bundles: BTreeSet<String>,
+    revocations: BTreeSet<String>,
+    quarantines: BTreeSet<String>,
+    heads: bool,
+}
+
+impl Default for PolicyDoc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PolicyDoc {
+    /// A document holding only the genesis change.
+    pub fn new() -> Self {
+        let mut doc = Automerge::new().with_actor(ActorId::from(schema::GENESIS_ACTOR));
+        let genesis = schema::genesis();
+        let mut objects = HashMap::new();
+        register_genesis(&genesis, &mut objects);
+        doc.apply_changes([genesis])
+            .expect("the genesis change applies to an empty document");
+        let mut d = Self::from_parts(doc, objects);
+        d.dirty.heads = true;
+        d.refresh_view();
+        d
+    }
+
+    fn from_parts(doc: Automerge, objects: HashMap<ObjKey, Path>) -> Self {
+        let obj = |key: &str| match doc.get(ROOT, key) {
+            Ok(Some((Value::Object(ObjType::Map), id))) => id,
+            _ => unreachable!("genesis creates the top-level maps"),
+        };
+        PolicyDoc {
+            bundles_obj: obj(BUNDLES),
+            revocations_obj: obj(REVOCATIONS),
+            quarantines_obj: obj(QUARANTINES),
+            doc,
+            objects,
+            bundle_history: BTreeMap::new(),
+            view: PolicyView::default(),
+            dirty: Dirty::default(),
+        }
+    }
+
+    /// Loads a saved document (from [`PolicyDoc::save`]) and rebuilds the view
+    /// from scratch. The caller is responsible for having verified every change.
+    pub fn load(bytes: &[u8]) -> Result<Self, CrdtError> {
+        let doc = Automerge::load(bytes).map_err(|e| CrdtError::Load(one_line(&e)))?;
+        let changes = doc.get_changes(&[]);
+        let mut fresh = PolicyDoc::new();
+        let genesis = schema::genesis_hash();
+        if changes.first().map(Change::hash) != Some(genesis) {
+            return Err(CrdtError::NotWeftState);
+        }
+        fresh.apply_batch(changes.into_iter().skip(1))?;
+        Ok(fresh)
+    }
+
+    /// Rebuilds a document from scratch out of the same changes, with a view
+    /// computed without any incremental step. Used to check the incremental view.
+    pub fn rebuild(&self) -> Result<Self, CrdtError> {
+        Self::load(&self.save())
+    }
+
+    /// The document, saved in automerge's compressed format.
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The underlying automerge document, read-only.
+    pub fn automerge(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// The current heads.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Whether the change with this hash is part of the state.
+    pub fn contains(&self, hash: &ChangeHash) -> bool {
+        self.doc.get_change_meta_by_hash(hash).is_some()
+    }
+
+    /// The change with this hash, if it is part of the state.
+    pub fn change(&self, hash: &ChangeHash) -> Option<Change> {
+        self.doc.get_change_by_hash(hash)
+    }
+
+    /// Every change after the genesis change, in causal order.
+    pub fn changes(&self) -> Vec<Change> {
+        self.doc.get_changes(&[]).into_iter().skip(1).collect()
+    }
+
+    /// Hashes of the changes that are not in the causal past of `have`.
+    pub fn changes_since(&self, have: &[ChangeHash]) -> Vec<Change> {
+        self.doc.get_changes(have)
+    }
+
+    /// How many changes the state holds (the genesis change included).
+    pub fn change_count(&self) -> usize {
+        self.doc.get_changes(&[]).len()
+    }
+
+    /// The current view. Cloning it is cheap.
+    pub fn view(&self) -> &PolicyView {
+        &self.view
+    }
+
+    /// Reads a change's operations and computes the paths it touches, checking
+    /// each against the schema. Applies nothing.
+    pub fn summarize(&self, change: &Change) -> Result<ChangeSummary, CrdtError> {
+        self.summarize_inner(change, None)
+    }
+
+    fn summarize_inner(
+        &self,
+        change: &Change,
+        mut created: Option<&mut Vec<(ObjKey, Path)>>,
+    ) -> Result<ChangeSummary, CrdtError> {
+        let missing: Vec<ChangeHash> = change
+            .deps()
+            .iter()
+            .filter(|d| !self.contains(d))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return Err(CrdtError::MissingDeps(missing));
+        }
+        let expanded = change.decode();
+        let mut local: HashMap<ObjKey, Path> = HashMap::new();
+        let mut paths = BTreeSet::new();
+        let start = expanded.start_op.get();
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let parent = match &op.obj {
+                legacy::ObjectId::Root => Path(vec![]),
+                legacy::ObjectId::Id(legacy::OpId(counter, actor)) => {
+                    let key = (*counter, actor.clone());
+                    match self.objects.get(&key).or_else(|| local.get(&key)) {
+                        Some(p) => p.clone(),
+                        None => {
+                            return Err(SchemaViolation(format!(
+                                "an operation writes into object {counter}@{actor}, which is not part of this state"
+                            ))
+                            .into());
+                        }
+                    }
+                }
+            };
+            let key = match &op.key {
+                legacy::Key::Map(k) if !op.insert => k.to_string(),
+                _ => {
+                    return Err(SchemaViolation(format!(
+                        "sequence operations are not allowed (under {parent})"
+                    ))
+                    .into());
+                }
+            };
+            let slot = schema::slot_at(&parent, &key)?;
+            let path = parent.child(&key);
+            match (&op.action, slot) {
+                (legacy::OpType::Make(ObjType::Map), Slot::Map) => {
+                    let k = (start + i as u64, expanded.actor_id.clone());
+                    if let Some(c) = created.as_deref_mut() {
+                        c.push((k.clone(), path.clone()));
+                    }
+                    local.insert(k, path.clone());
+                }
+                (legacy::OpType::Put(ScalarValue::Str(_)), Slot::Str) => {}
+                (legacy::OpType::Delete, _) => {}
+                (action, slot) => {
+                    return Err(SchemaViolation(format!(
+                        "operation {action:?} is not allowed at {path} (expected {})",
+                        match slot {
+                            Slot::Map => "a map",
+                            Slot::Str => "a string",
+                        }
+                    ))
+                    .into());
+                }
+            }
+            paths.insert(path);
+        }
+        if paths.is_empty() {
+            return Err(SchemaViolation("the change has no operations".into()).into());
+        }
+        Ok(ChangeSummary {
+            hash: change.hash(),
+            actor: change.actor_id().clone(),
+            deps: change.deps().to_vec(),
+            max_op: change.max_op(),
+            time: change.timestamp(),
+            paths,
+        })
+    }
+
+    /// Parses change bytes. The hash is always recomputed from the bytes.
+    pub fn parse_change(bytes: &[u8]) -> Result<Change, CrdtError> {
+        Change::try_from(bytes).map_err(|e| CrdtError::Malformed(one_line(&e)))
+    }
+
+    /// Applies one change and updates the view.
+    pub fn apply(&mut self, change: Change) -> Result<Applied, CrdtError> {
+        let out = self.apply_deferred(change)?;
+        self.refresh_view();
+        Ok(out)
+    }
+
+    /// Applies changes in order (each one's dependencies must be present or
+    /// earlier in the batch) and updates the view once at the end. Stops at the
+    /// first error; the changes before it stay applied.
+    pub fn apply_batch(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Result<Vec<Applied>, CrdtError> {
+        let mut out = Vec::new();
+        let mut result = Ok(());
+        for c in changes {
+            match self.apply_deferred(c) {
+                Ok(a) => out.push(a),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.refresh_view();
+        result.map(|()| out)
+    }
+
+    /// Applies one change without updating the view; call
+    /// [`PolicyDoc::refresh_view`] after a run of these.
+    pub fn apply_deferred(&mut self, change: Change) -> Result<Applied, CrdtError> {
+        if self.contains(&change.hash()) {
+            return Ok(Applied::Duplicate);
+        }
+        let mut created = Vec::new();
+        let summary = self.summarize_inner(&change, Some(&mut created))?;
+        self.doc.apply_changes([change])?;
+        self.objects.extend(created);
+        self.note_summary(&summary);
+        Ok(Applied::New(summary))
+    }
+
+    fn note_summary(&mut self, summary: &ChangeSummary) {
+        for b in summary.bundles() {
+            self.bundle_history
+                .entry(b.to_owned())
+                .or_default()
+                .insert((summary.max_op, summary.hash));
+            self.dirty.bundles.insert(b.to_owned());
+        }
+        self.dirty
+            .revocations
+            .extend(summary.revocations().into_iter().map(str::to_owned));
+        self.dirty
+            .quarantines
+            .extend(summary.quarantines().into_iter().map(str::to_owned));
+        self.dirty.heads = true;
+    }
+
+    /// Brings the view up to date with everything applied since the last refresh.
+    pub fn refresh_view(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        if !dirty.heads {
+            return;
+        }
+        for subject in &dirty.revocations {
+            self.refresh_revocation(subject);
+        }
+        for subject in &dirty.quarantines {
+            match self.doc.get(&self.quarantines_obj, subject.as_str()) {
+                Ok(Some((Value::Scalar(v), _))) => {
+                    if let ScalarValue::Str(s) = v.as_ref() {
+                        self.view
+                            .quarantines
+                            .insert(canonical_subject(subject), s.to_string());
+                    }
+                }
+                _ => {
+                    self.view.quarantines.remove(&canonical_subject(subject));
+                }
+            }
+        }
+        if !dirty.bundles.is_empty() {
+            for name in &dirty.bundles {
+                self.refresh_bundle(name);
+            }
+            self.reassemble();
+        }
+        let heads = self.doc.get_heads();
+        self.view.digest = digest_of(&heads);
+        self.view.heads = Arc::new(heads);
+    }
+
+    fn refresh_revocation(&mut self, subject: &str) {
+        let canonical = canonical_subject(subject);
+        // Several raw keys may canonicalize to the same subject; gather them all.
+        let mut records: Vec<(String, String)> = Vec::new();
+        for raw in raw_keys_for(&self.doc, &self.revocations_obj, &canonical, subject) {
+            if let Ok(values) = self.doc.get_all(&self.revocations_obj, raw.as_str()) {
+                for (value, id) in values {
+                    let reason = match value {
+                        Value::Scalar(v) => match v.as_ref() {
+                            ScalarValue::Str(s) => serde_json::from_str::<RevocationRecord>(s)
+                                .map(|r| r.reason)
+                                .unwrap_or_else(|_| s.to_string()),
+                            _ => String::new(),
+                        },
+                        Value::Object(_) => String::new(),
+                    };
+                    records.push((actor_hex(&id), reason));
+                }
+            }
+        }
+        if records.is_empty() {
+            self.view.revoked.remove(&canonical);
+        } else {
+            let reason = records.last().map(|r| r.1.clone()).unwrap_or_default();
+            let mut actors: Vec<String> = records.into_iter().map(|r| r.0).collect();
+            actors.sort();
+            actors.dedup();
+            self.view.revoked.insert(
+                canonical.clone(),
+                Revocation {
+                    subject: canonical,
+                    reason,
+                    actors,
+                },
+            );
+        }
+    }
+
+    fn refresh_bundle(&mut self, name: &str) {
+        let history = self.bundle_history.get(name);
+        let authors: Vec<String> = history
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(_, hash)| self.doc.get_change_meta_by_hash(hash))
+                    .map(|m| hex::encode(m.actor.to_bytes()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some((merged, conflicts)) = read_bundle(&self.doc, &self.bundles_obj, name, None)
+        else {
+            self.view.bundles.remove(name);
+            return;
+        };
+        let mut state = BundleState {
+            name: name.to_owned(),
+            merged: merged.clone(),
+            effective: None,
+            effective_content: None,
+            fallback_from: None,
+            error: None,
+            conflicts,
+            authors,
+        };
+        match merged.parse(name) {
+            Ok(parsed) => {
+                state.effective = Some(Arc::new(parsed));
+                state.effective_content = Some(merged);
+            }
+            Err(err) => {
+                state.error = Some(err);
+                // The last good version: the latest change's state that is valid.
+                if let Some(history) = history {
+                    for (_, hash) in history.iter().rev() {
+                        let at = [*hash];
+                        let Some((content, _)) =
+                            read_bundle(&self.doc, &self.bundles_obj, name, Some(&at))
+                        else {
+                            continue;
+                        };
+                        if let Ok(parsed) = content.parse(name) {
+                            state.effective = Some(Arc::new(parsed));
+                            state.effective_content = Some(content);
+                            state.fallback_from = Some(*hash);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.view.bundles.insert(name.to_owned(), Arc::new(state));
+    }
+
+    /// Re-assembles the merged policy set and entities from the bundles'
+    /// parsed versions (no parsing happens here).
+    fn reassemble(&mut self) {
+        let mut set = PolicySet::new();
+        let mut entities = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut entity_errors = Vec::new();
+        for (name, b) in self.view.bundles.iter() {
+            let Some(parsed) = &b.effective else { continue };
+            if let Err(e) = set.merge(&parsed.policies, false) {
+                entity_errors.push(format!("bundle `{name}`: {}", one_line(&e)));
+            }
+            for e in &parsed.entities {
+                if seen.insert(e.uid().to_string()) {
+                    entities.push(e.clone());
+                } else {
+                    entity_errors.push(format!(
+                        "entity {} is defined by more than one bundle; `{name}`'s copy is ignored",
+                        e.uid()
+                    ));
+                }
+            }
+        }
+        let entities = match Entities::from_entities(entities, None) {
+            Ok(e) => e,
+            Err(e) => {
+                entity_errors.push(one_line(&e));
+                Entities::empty()
+            }
+        };
+        self.view.policies = Arc::new(set);
+        self.view.entities = Arc::new(entities);
+        self.view.entity_errors = Arc::new(entity_errors);
+    }
+
+    // ---- builders -------------------------------------------------------
+
+    /// Writes one change that makes bundle `name` exactly `content`, as actor
+    /// `actor`, on top of the current state, applies it here, and returns it.
+    /// Returns `None` when the bundle already holds exactly that content.
+    pub fn build_bundle(
+        &mut self,
+        actor: ActorId,
+        name: &str,
+        content: &BundleContent,
+        time: i64,
+    ) -> Result<Option<Change>, CrdtError> {
+        schema::check_bundle_name(name).map_err(SchemaViolation)?;
+        if let Some((current, conflicts)) = read_bundle(&self.doc, &self.bundles_obj, name, None)
+            && current == *content
+            && conflicts.is_empty()
+        {
+            return Ok(None);
+        }
+        let bundles_obj = self.bundles_obj.clone();
+        self.transact(actor, time, &format!("bundle {name}"), |tx| {
+            let bundle = match tx.get(&bundles_obj, name)? {
+                Some((Value::Object(ObjType::Map), id)) => id,
+                _ => tx.put_object(&bundles_obj, name, ObjType::Map)?,
+            };
+            let policies = match tx.get(&bundle, POLICIES)? {
+                Some((Value::Object(ObjType::Map), id)) => id,
+                _ => tx.put_object(&bundle, POLICIES, ObjType::Map)?,
+            };
+            let existing: Vec<String> = tx.keys(&policies).collect();
+            for id in existing {
+                if !content.policies.contains_key(&id) {
+                    tx.delete(&policies, id.as_str())?;
+                }
+            }
+            for (id, text) in &content.policies {
+                let (current, n) = read_str_all(tx, &policies, id);
+                if current.as_deref() != Some(text.as_str()) || n > 1 {
+                    tx.put(&policies, id.as_str(), text.as_str())?;
+                }
+            }
+            for (field, value) in BUNDLE_FIELDS.iter().zip([
+                &content.schema,
+                &content.entities,
+                &content.links,
+                &content.description,
+            ]) {
+                let (current, n) = read_str_all(tx, &bundle, field);
+                match value {
+                    Some(v) if current.as_deref() != Some(v.as_str()) || n > 1 => {
+                        tx.put(&bundle, *field, v.as_str())?
+                    }
+                    None if n > 0 => tx.delete(&bundle, *field)?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes one change that revokes `subject`. Returns `None` when the
+    /// subject is already revoked here with exactly this reason.
+    pub fn build_revoke(
+        &mut self,
+        actor: ActorId,
+        subject: &str,
+        reason: &str,
+        time: i64,
+    ) -> Result<Option<Change>, CrdtError> {
+        let subject = canonical_subject(subject);
+        let record = serde_json::to_string(&RevocationRecord {
+            reason: reason.to_owned(),
+        })
+        .expect("a revocation record serializes");
+        let obj = self.revocations_obj.clone();
+        self.transact(actor, time, &format!("revoke {subject}"), |tx| {
+            tx.put(&obj, subject.as_str(), record.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Writes one change that reinstates `subject`: it deletes every revocation
+    /// of `subject` this replica has seen, and only those.
+    pub fn build_reinstate(
+        &mut self,
+        actor: ActorId,
+        subject: &str,
+        time: i64,
+    ) -> Result<Option<Change>, CrdtError> {
+        let canonical = canonical_subject(subject);
+        let keys = raw_keys_for(&self.doc, &self.revocations_obj, &canonical, subject);
+        if keys.is_empty() {
+            return Err(SchemaViolation(format!("{canonical} is not revoked here")).into());
+        }
+        let obj = self.revocations_obj.clone();
+        self.transact(actor, time, &format!("reinstate {canonical}"), |tx| {
+            for k in &keys {
+                tx.delete(&obj, k.as_str())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes one change that puts a quarantine record for `subject`.
+    pub fn build_quarantine(
+        &mut self,
+        actor: ActorId,
+        subject: &str,
+        record_json: &str,
+        time: i64,
+    ) -> Result<Option<Change>, CrdtError> {
+        let subject = canonical_subject(subject);
+        let obj = self.quarantines_obj.clone();
+        self.transact(actor, time, &format!("quarantine {subject}"), |tx| {
+            tx.put(&obj, subject.as_str(), record_json)?;
+            Ok(())
+        })
+    }
+
+    fn transact(
+        &mut self,
+        actor: ActorId,
+        time: i64,
+        message: &str,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), AutomergeError>,
+    ) -> Result<Option<Change>, CrdtError> {
+        self.doc.set_actor(actor);
+        let mut tx = self.doc.transaction();
+        if let Err(e) = f(&mut tx) {
+            tx.rollback();
+            return Err(e.into());
+        }
+        let (hash, _) = tx.commit_with(
+            CommitOptions::default()
+                .with_message(message)
+                .with_time(time),
+        );
+        if hash.is_none() {
+            return Ok(None);
+        }
+        let Some(change) = self.doc.get_last_local_change() else {
+            return Ok(None);
+        };
+        // The change is applied already; register what it created and refresh.
+        let mut created = Vec::new();
+        let summary = self.summarize_inner(&change, Some(&mut created))?;
+        self.objects.extend(created);
+        self.note_summary(&summary);
+        self.refresh_view();
+        Ok(Some(change))
+    }
+}
+
+fn register_genesis(genesis: &Change, objects: &mut HashMap<ObjKey, Path>) {
+    let expanded = genesis.decode();
+    let start = expanded.start_op.get();
+    for (i, op) in expanded.operations.iter().enumerate() {
+        if let (legacy::OpType::Make(ObjType::Map), legacy::Key::Map(k)) = (&op.action, &op.key) {
+            objects.insert(
+                (start + i as u64, expanded.actor_id.clone()),
+                Path(vec![k.to_string()]),
+            );
+        }
+    }
+}
+
+/// Raw document keys under `obj` that canonicalize to `canonical` (the key as
+/// given, plus the canonical form; the schema stores canonical keys, but a
+/// signed change may use another spelling of the same uid).
+fn raw_keys_for(doc: &Automerge, obj: &ObjId, canonical: &str, given: &str) -> Vec<String> {
+    let mut keys: BTreeSet<String> = BTreeSet::new();
+    for k in [canonical, given] {
+        if matches!(doc.get_all(obj, k), Ok(v) if !v.is_empty()) {
+            keys.insert(k.to_owned());
+        }
+    }
+    keys.into_iter().collect()
+}
+
+fn actor_hex(id: &ObjId) -> String {
+    match id {
+        ObjId::Root => String::new(),
+        ObjId::Id(_, actor, _) => hex::encode(actor.to_bytes()),
+    }
+}
+
+fn fingerprint(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..8])
+}
+
+fn read_str_all<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> (Option<String>, usize) {
+    let all = doc.get_all(obj, key).unwrap_or_default();
+    let n = all.len();
+    let winner = doc.get(obj, key).ok().flatten().and_then(|(v, _)| match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    });
+    (winner, n)
+}
+
+/// Reads bundle `name`, now or as of `heads`, with its conflicts.
+fn read_bundle(
+    doc: &Automerge,
+    bundles: &ObjId,
+    name: &str,
+    heads: Option<&[ChangeHash]>,
+) -> Option<(BundleContent, Vec<Conflict>)> {
+    let get_all = |obj: &ObjId, key: &str| -> Vec<(Value<'_>, ObjId)> {
+        match heads {
+            None => doc.get_all(obj, key),
+            Some(h) => doc.get_all_at(obj, key, h),
+        }
+        .unwrap_or_default()
+    };
+    let mut conflicts = Vec::new();
+    let mut note_conflict = |path: String, sides: &[(Value<'_>, ObjId)]| {
+        if sides.len() > 1 {
+            let winner = sides.len() - 1;
+            conflicts.push(Conflict {
+                path,
+                sides: sides
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (v, id))| ConflictSide {
+                        actor: actor_hex(id),
+                        value: match v {
+                            Value::Scalar(s) => match s.as_ref() {
+                                ScalarValue::Str(s) => fingerprint(s),
+                                other => fingerprint(&other.to_string()),
+                            },
+                            Value::Object(_) => format!("object {}", id),
+                        },
+                        winner: i == winner,
+                    })
+                    .collect(),
+            });
+        }
+    };
+    let bundle_sides = get_all(bundles, name);
+    note_conflict(format!("{BUNDLES}/{name}"), &bundle_sides);
+    let (_, bundle) = bundle_sides
+        .into_iter()
+        .rfind(|(v, _)| matches!(v, Value::Object(ObjType::Map)))?;
+    let str_winner = |sides: &[(Value<'_>, ObjId)]| -> Option<String> {
+        sides.last().and_then(|(v, _)| match v {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(s) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+    };
+    let mut content = BundleContent::default();
+    let policy_sides = get_all(&bundle, POLICIES);
+    note_conflict(format!("{BUNDLES}/{name}/{POLICIES}"), &policy_sides);
+    if let Some((_, policies)) = policy_sides
+        .into_iter()
+        .rfind(|(v, _)| matches!(v, Value::Object(ObjType::Map)))
+    {
+        let keys: Vec<String> = match heads {
+            None => doc.keys(&policies).collect(),
+            Some(h) => doc.keys_at(&policies, h).collect(),
+        };
+        for id in keys {
+            let sides = get_all(&policies, &id);
+            note_conflict(format!("{BUNDLES}/{name}/{POLICIES}/{id}"), &sides);
+            if let Some(text) = str_winner(&sides) {
+                content.policies.insert(id, text);
+            }
+        }
+    }
+    for (field, slot) in BUNDLE_FIELDS.iter().zip([
+        &mut content.schema,
+        &mut content.entities,
+        &mut content.links,
+        &mut content.description,
+    ]) {
+        let sides = get_all(&bundle, field);
+        note_conflict(format!("{BUNDLES}/{name}/{field}"), &sides);
+        *slot = str_winner(&sides);
+    }
+    Some((content, conflicts))
+}

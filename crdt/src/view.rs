@@ -1,0 +1,263 @@
+//! The materialized [`PolicyView`]: everything a decision needs, built from the
+//! document and kept up to date incrementally.
+//!
+//! A view is cheap to clone (persistent maps and `Arc`s), so the node can swap
+//! a new one in atomically after each applied change while readers keep the
+//! old one.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use automerge::ChangeHash;
+use cedar_policy::{Entities, EntityUid, PolicySet};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bundle::{BundleContent, BundleError, ParsedBundle};
+
+/// One side of a conflict: a value written concurrently with another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictSide {
+    /// Hex of the actor that wrote it; `protocol` maps actors to signers.
+    pub actor: String,
+    /// A short fingerprint of the value (hex of its SHA-256, first 8 bytes).
+    pub value: String,
+    /// Whether this side is the one the merge chose.
+    pub winner: bool,
+}
+
+/// Concurrent writes to one path, and how the merge resolved them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The path written concurrently, e.g. `bundles/team/policies/p1`.
+    pub path: String,
+    /// Every side, the winner marked. The winner is automerge's deterministic
+    /// choice (the greatest op id), the same on every replica.
+    pub sides: Vec<ConflictSide>,
+}
+
+/// A revocation as recorded in the document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The revoked subject, canonical: a Cedar entity uid or a node id.
+    pub subject: String,
+    /// The reason the winning record gives.
+    pub reason: String,
+    /// Hex of the actors whose records are live (concurrent revocations of one
+    /// subject each stay until a reinstatement that saw them removes them).
+    pub actors: Vec<String>,
+}
+
+/// The record stored at `revocations/SUBJECT`, as JSON.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Why the subject was revoked.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A bundle as the view sees it.
+#[derive(Clone, Debug)]
+pub struct BundleState {
+    /// The bundle's name.
+    pub name: String,
+    /// The merged content currently in the document.
+    pub merged: BundleContent,
+    /// The version in force: the merged content when it is valid, otherwise
+    /// the last good version (see [`crate::PolicyDoc`] for the rule).
+    pub effective: Option<Arc<ParsedBundle>>,
+    /// The content of the version in force.
+    pub effective_content: Option<BundleContent>,
+    /// The change whose state the effective version comes from, when it is
+    /// not the merged content.
+    pub fallback_from: Option<ChangeHash>,
+    /// Why the merged content is not in force, if it is not.
+    pub error: Option<BundleError>,
+    /// Concurrent writes in this bundle.
+    pub conflicts: Vec<Conflict>,
+    /// Hex of the actors of the changes that touched this bundle, oldest first.
+    pub authors: Vec<String>,
+}
+
+/// Everything a decision needs, materialized from the document.
+#[derive(Clone, Debug)]
+pub struct PolicyView {
+    pub(crate) bundles: imbl::OrdMap<String, Arc<BundleState>>,
+    pub(crate) policies: Arc<PolicySet>,
+    pub(crate) entities: Arc<Entities>,
+    pub(crate) entity_errors: Arc<Vec<String>>,
+    pub(crate) revoked: imbl::OrdMap<String, Revocation>,
+    pub(crate) quarantines: imbl::OrdMap<String, String>,
+    pub(crate) heads: Arc<Vec<ChangeHash>>,
+    pub(crate) digest: String,
+}
+
+impl Default for PolicyView {
+    fn default() -> Self {
+        PolicyView {
+            bundles: imbl::OrdMap::new(),
+            policies: Arc::new(PolicySet::new()),
+            entities: Arc::new(Entities::empty()),
+            entity_errors: Arc::new(Vec::new()),
+            revoked: imbl::OrdMap::new(),
+            quarantines: imbl::OrdMap::new(),
+            heads: Arc::new(Vec::new()),
+            digest: digest_of(&[]),
+        }
+    }
+}
+
+/// Canonical text of a subject: a Cedar uid re-rendered, anything else as given.
+pub fn canonical_subject(subject: &str) -> String {
+    match EntityUid::from_str(subject.trim()) {
+        Ok(uid) => uid.to_string(),
+        Err(_) => subject.trim().to_owned(),
+    }
+}
+
+/// Hex SHA-256 over the sorted heads: the state's digest.
+pub(crate) fn digest_of(heads: &[ChangeHash]) -> String {
+    let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    h.update(b"weft/state/v1");
+    for head in sorted {
+        h.update(head.0);
+    }
+    hex::encode(h.finalize())
+}
+
+/// A comparable summary of a view: two views that agree on it decide alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ViewSummary {
+    /// State digest.
+    pub digest: String,
+    /// Effective policy text by id, sorted.
+    pub policies: BTreeMap<String, String>,
+    /// Bundle name to (merged content, effective content, error text).
+    pub bundles: BTreeMap<String, (BundleContent, Option<BundleContent>, Option<String>)>,
+    /// Bundle conflicts.
+    pub conflicts: BTreeMap<String, Vec<Conflict>>,
+    /// Revocations.
+    pub revoked: BTreeMap<String, Revocation>,
+    /// Entity uids in the merged entities, sorted.
+    pub entities: Vec<String>,
+    /// Quarantine records.
+    pub quarantines: BTreeMap<String, String>,
+}
+
+impl PolicyView {
+    /// The merged policy set in force.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The merged entities of every bundle.
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
+    /// Entity uids defined by more than one bundle (the first bundle by name wins).
+    pub fn entity_errors(&self) -> &[String] {
+        &self.entity_errors
+    }
+
+    /// Bundles by name.
+    pub fn bundles(&self) -> impl Iterator<Item = &BundleState> {
+        self.bundles.values().map(|b| b.as_ref())
+    }
+
+    /// One bundle.
+    pub fn bundle(&self, name: &str) -> Option<&BundleState> {
+        self.bundles.get(name).map(|b| b.as_ref())
+    }
+
+    /// The revocation of `subject` (canonicalized), if it is revoked.
+    pub fn revocation(&self, subject: &str) -> Option<&Revocation> {
+        self.revoked.get(&canonical_subject(subject))
+    }
+
+    /// Whether the exact canonical subject text is revoked.
+    pub fn is_revoked_canonical(&self, subject: &str) -> bool {
+        self.revoked.contains_key(subject)
+    }
+
+    /// All revocations, by subject.
+    pub fn revocations(&self) -> impl Iterator<Item = &Revocation> {
+        self.revoked.values()
+    }
+
+    /// How many subjects are revoked.
+    pub fn revocation_count(&self) -> usize {
+        self.revoked.len()
+    }
+
+    /// Raw quarantine records by subject.
+    pub fn quarantines(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.quarantines.iter()
+    }
+
+    /// The heads of the document this view was built from.
+    pub fn heads(&self) -> &[ChangeHash] {
+        &self.heads
+    }
+
+    /// Hex digest of the state (of its sorted heads).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Every conflict in every bundle.
+    pub fn conflicts(&self) -> impl Iterator<Item = &Conflict> {
+        self.bundles.values().flat_map(|b| b.conflicts.iter())
+    }
+
+    /// A comparable summary, for tests and for checking replicas agree.
+    pub fn summary(&self) -> ViewSummary {
+        let mut policies = BTreeMap::new();
+        for p in self.policies.policies() {
+            policies.insert(p.id().to_string(), p.to_string());
+        }
+        for t in self.policies.templates() {
+            policies.insert(t.id().to_string(), t.to_string());
+        }
+        let mut entities: Vec<String> = self.entities.iter().map(|e| e.uid().to_string()).collect();
+        entities.sort();
+        ViewSummary {
+            digest: self.digest.clone(),
+            policies,
+            bundles: self
+                .bundles
+                .iter()
+                .map(|(k, b)| {
+                    (
+                        k.clone(),
+                        (
+                            b.merged.clone(),
+                            b.effective_content.clone(),
+                            b.error.as_ref().map(ToString::to_string),
+                        ),
+                    )
+                })
+                .collect(),
+            conflicts: self
+                .bundles
+                .iter()
+                .filter(|(_, b)| !b.conflicts.is_empty())
+                .map(|(k, b)| (k.clone(), b.conflicts.clone()))
+                .collect(),
+            revoked: self
+                .revoked
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            entities,
+            quarantines: self
+                .quarantines
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+}
