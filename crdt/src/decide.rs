@@ -19,17 +19,12 @@ use serde::Serialize;
 use crate::bundle::one_line;
 use crate::view::PolicyView;
 
-/// An authorization request.
+/// An authorization request: a Cedar request plus entities of its own.
 #[derive(Clone, Debug)]
 pub struct Request {
-    /// Who asks.
-    pub principal: EntityUid,
-    /// What they want to do.
-    pub action: EntityUid,
-    /// What they want to do it to.
-    pub resource: EntityUid,
-    /// The request context.
-    pub context: Context,
+    cedar: CedarRequest,
+    principal: EntityUid,
+    resource: EntityUid,
     /// Entities that come with the request, added to the bundles' entities.
     pub entities: Vec<Entity>,
 }
@@ -37,13 +32,41 @@ pub struct Request {
 impl Request {
     /// A request with an empty context and no entities of its own.
     pub fn new(principal: EntityUid, action: EntityUid, resource: EntityUid) -> Self {
-        Request {
+        Self::with_context(principal, action, resource, Context::empty(), Vec::new())
+            .expect("a request without a schema and with an empty context is always valid")
+    }
+
+    /// A request with a context and entities of its own.
+    pub fn with_context(
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        context: Context,
+        entities: Vec<Entity>,
+    ) -> Result<Self, String> {
+        let cedar = CedarRequest::new(principal.clone(), action, resource.clone(), context, None)
+            .map_err(|e| one_line(&e))?;
+        Ok(Request {
+            cedar,
             principal,
-            action,
             resource,
-            context: Context::empty(),
-            entities: Vec::new(),
-        }
+            entities,
+        })
+    }
+
+    /// Who asks.
+    pub fn principal(&self) -> &EntityUid {
+        &self.principal
+    }
+
+    /// What they want to do it to.
+    pub fn resource(&self) -> &EntityUid {
+        &self.resource
+    }
+
+    /// The request as Cedar sees it.
+    pub fn cedar(&self) -> &CedarRequest {
+        &self.cedar
     }
 }
 
@@ -108,17 +131,7 @@ pub fn decide(view: &PolicyView, request: &Request) -> Decision {
         };
     }
 
-    let cedar_request = match CedarRequest::new(
-        request.principal.clone(),
-        request.action.clone(),
-        request.resource.clone(),
-        request.context.clone(),
-        None,
-    ) {
-        Ok(r) => r,
-        Err(e) => return Decision::deny(vec![], vec![one_line(&e)]),
-    };
-    let response = Authorizer::new().is_authorized(&cedar_request, view.policies(), entities);
+    let response = Authorizer::new().is_authorized(&request.cedar, view.policies(), entities);
     let diagnostics = response.diagnostics();
     // Cedar reports these from hash sets; sort them so every replica answers alike.
     let mut errors: Vec<String> = diagnostics.errors().map(|e| one_line(e)).collect();
@@ -160,15 +173,13 @@ fn revoked_subject(view: &PolicyView, entities: &Entities, request: &Request) ->
         return None;
     }
     for uid in [&request.principal, &request.resource] {
-        let text = uid.to_string();
-        if view.is_revoked_canonical(&text) {
-            return Some(text);
+        if view.is_uid_revoked(uid) {
+            return Some(uid.to_string());
         }
         if let Some(ancestors) = entities.ancestors(uid) {
             for a in ancestors {
-                let text = a.to_string();
-                if view.is_revoked_canonical(&text) {
-                    return Some(text);
+                if view.is_uid_revoked(a) {
+                    return Some(a.to_string());
                 }
             }
         }

@@ -39,7 +39,9 @@ use automerge::{
     ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc,
     ScalarValue, Value, legacy,
 };
-use cedar_policy::{Entities, PolicySet};
+use std::str::FromStr;
+
+use cedar_policy::{Entities, EntityUid, PolicySet};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{BundleContent, one_line};
@@ -424,9 +426,16 @@ impl PolicyDoc {
                 }
             }
         }
+        let uid = EntityUid::from_str(&canonical).ok();
         if records.is_empty() {
             self.view.revoked.remove(&canonical);
+            if let Some(uid) = uid {
+                self.view.revoked_uids.remove(&uid);
+            }
         } else {
+            if let Some(uid) = uid {
+                self.view.revoked_uids.insert(uid);
+            }
             let reason = records.last().map(|r| r.1.clone()).unwrap_or_default();
             let mut actors: Vec<String> = records.into_iter().map(|r| r.0).collect();
             actors.sort();

@@ -88,6 +88,8 @@ pub struct PolicyView {
     pub(crate) entities: Arc<Entities>,
     pub(crate) entity_errors: Arc<Vec<String>>,
     pub(crate) revoked: imbl::OrdMap<String, Revocation>,
+    /// The revoked subjects that are Cedar uids, for lookups without formatting.
+    pub(crate) revoked_uids: imbl::HashSet<EntityUid>,
     pub(crate) quarantines: imbl::OrdMap<String, String>,
     pub(crate) heads: Arc<Vec<ChangeHash>>,
     pub(crate) digest: String,
@@ -101,6 +103,7 @@ impl Default for PolicyView {
             entities: Arc::new(Entities::empty()),
             entity_errors: Arc::new(Vec::new()),
             revoked: imbl::OrdMap::new(),
+            revoked_uids: imbl::HashSet::new(),
             quarantines: imbl::OrdMap::new(),
             heads: Arc::new(Vec::new()),
             digest: digest_of(&[]),
@@ -181,6 +184,11 @@ impl PolicyView {
     /// Whether the exact canonical subject text is revoked.
     pub fn is_revoked_canonical(&self, subject: &str) -> bool {
         self.revoked.contains_key(subject)
+    }
+
+    /// Whether this Cedar uid is revoked (no formatting, one hash lookup).
+    pub fn is_uid_revoked(&self, uid: &EntityUid) -> bool {
+        self.revoked_uids.contains(uid)
     }
 
     /// All revocations, by subject.

@@ -343,7 +343,7 @@ proptest! {
                 let lifted = lifted_by_descendant(&doc, hash, subject);
                 let uid = EntityUid::from_str(subject).unwrap();
                 for r in requests() {
-                    if r.principal == uid || r.resource == uid {
+                    if *r.principal() == uid || *r.resource() == uid {
                         let d = decide(doc.view(), &r);
                         if !lifted {
                             prop_assert!(d.revoked && !d.allow, "revoked {} was allowed", subject);

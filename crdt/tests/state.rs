@@ -341,8 +341,14 @@ fn erroring_forbid_fails_closed() {
     assert_eq!(d.reasons, vec!["main/gate".to_string()]);
     assert!(!d.errors.is_empty());
     // With the attribute present the forbid evaluates and the permit holds.
-    let mut r = req(r#"User::"alice""#);
-    r.context = Context::from_json_str(r#"{"level": 5}"#, None).unwrap();
+    let r = Request::with_context(
+        uid(r#"User::"alice""#),
+        uid(r#"Action::"view""#),
+        uid(r#"Doc::"d""#),
+        Context::from_json_str(r#"{"level": 5}"#, None).unwrap(),
+        vec![],
+    )
+    .unwrap();
     assert!(decide(doc.view(), &r).allow);
     // An erroring permit only fails to grant.
     let mut doc = PolicyDoc::new();
