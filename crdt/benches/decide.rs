@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::str::FromStr;
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request as CedarRequest};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_main};
 use weft_crdt::{ActorId, BundleContent, PolicyDoc, Request, decide};
 
 /// RBAC policies: `permit (principal in Group::"gN", action == Action::"read", resource in Folder::"fN");`
@@ -80,5 +80,8 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+#[allow(missing_docs)]
+mod harness {
+    criterion::criterion_group!(benches, super::bench);
+}
+criterion_main!(harness::benches);
