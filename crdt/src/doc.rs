@@ -307,9 +307,17 @@ impl PolicyDoc {
         })
     }
 
-    /// Parses change bytes. The hash is always recomputed from the bytes.
+    /// Parses change bytes. The hash is always recomputed from the bytes, and
+    /// the chunk's checksum (the one header field the hash does not cover)
+    /// must match it, so one change has exactly one valid byte string.
     pub fn parse_change(bytes: &[u8]) -> Result<Change, CrdtError> {
-        Change::try_from(bytes).map_err(|e| CrdtError::Malformed(one_line(&e)))
+        let change = Change::try_from(bytes).map_err(|e| CrdtError::Malformed(one_line(&e)))?;
+        if bytes.get(4..8) != Some(&change.hash().0[..4]) {
+            return Err(CrdtError::Malformed(
+                "the change's checksum does not match its contents".into(),
+            ));
+        }
+        Ok(change)
     }
 
     /// Applies one change and updates the view.

@@ -1,0 +1,3 @@
+//! The weft node library.
+
+pub mod keyfile;

@@ -1,0 +1,21 @@
+//! Weft's trust and wire layer.
+//!
+//! - [`identity`]: ed25519 keys, domain-separated signatures, node ids.
+//! - [`encoding`]: the one canonical, versioned, size-limited binary encoding.
+//! - [`trust`]: the threshold-signed trust root, its rotation, node certificates.
+//! - [`update`]: signed updates and who may make which change.
+//! - [`state`]: the replicated document behind a wall of signature checks.
+//! - [`wire`]: the sync messages between nodes.
+//! - [`replica`]: the sans-IO replica that the node and the simulator drive.
+//!
+//! No tokio, no libp2p, no sled, no clock and no RNG: time and randomness come
+//! in as arguments.
+
+pub mod encoding;
+pub mod identity;
+pub mod replica;
+pub mod state;
+pub mod time;
+pub mod trust;
+pub mod update;
+pub mod wire;

@@ -1,0 +1,754 @@
+//! The sans-IO replica: Weft's replication logic as a pure state machine.
+//!
+//! Events go in ([`Input`]), effects come out ([`Output`]); time and
+//! randomness are arguments. The tokio/libp2p node and the deterministic
+//! simulator drive the same code. It contains no tokio, no libp2p and no sled.
+//!
+//! What it does:
+//! - **Admission.** On every new connection both sides send `Hello` with their
+//!   node certificate. A peer is admitted only with a valid certificate for its
+//!   own node id, from an operator with the `admit` role, and only while its
+//!   node id is not revoked. A peer not admitted within
+//!   [`ReplicaConfig::admission_timeout_ms`] is disconnected. Nothing a peer
+//!   sends counts before it is admitted.
+//! - **Gossip validation.** A gossiped update is verified and authorized before
+//!   the verdict is given; forged or unauthorized ones are rejected and the
+//!   sender penalized, and a peer that keeps misbehaving is banned.
+//! - **Anti-entropy.** On admission and every
+//!   [`ReplicaConfig::anti_entropy_interval_ms`] with a random admitted peer,
+//!   the replica exchanges heads and fetches what it lacks by hash, in bounded
+//!   batches, verifying each update on its own.
+//! - **Revoked nodes.** When a node id is revoked, a connected peer with that id
+//!   is banned at once, and never admitted again.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use weft_crdt::{ChangeHash, ChangeSummary};
+
+use crate::identity::NodeId;
+use crate::state::{Ingested, SignedState};
+use crate::trust::SignedNodeCert;
+use crate::update::UpdateError;
+use crate::wire::{Hash, MAX_FETCH, MAX_OFFER, SyncRequest, SyncResponse, WireBytes};
+
+/// Replica settings.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// How often to sync with one random peer, in milliseconds. Default 5,000:
+    /// "every few seconds", so a partition heals within seconds of the link
+    /// coming back even when no new update is gossiped.
+    pub anti_entropy_interval_ms: u64,
+    /// How long a new peer has to present a valid certificate. Default 10,000:
+    /// a `Hello` round trip takes milliseconds; ten seconds leaves room for a
+    /// loaded node without letting unadmitted connections linger.
+    pub admission_timeout_ms: u64,
+    /// Misbehaviours (forged or malformed messages) before a peer is banned.
+    /// Default 3: one bad message can be an accident of versions, three cannot.
+    pub strikes_to_ban: u32,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            anti_entropy_interval_ms: 5_000,
+            admission_timeout_ms: 10_000,
+            strikes_to_ban: 3,
+        }
+    }
+}
+
+/// A timer the replica asks its driver to fire.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer<P> {
+    /// Time to sync with a random peer.
+    AntiEntropy,
+    /// The admission deadline of a peer.
+    Admission(P),
+}
+
+/// An event for the replica.
+#[derive(Clone, Debug)]
+pub enum Input<P> {
+    /// A gossip message arrived from `from` (the peer that forwarded it).
+    Gossip {
+        /// The forwarding peer.
+        from: P,
+        /// The message bytes (an encoded signed update).
+        bytes: Vec<u8>,
+    },
+    /// A sync request arrived.
+    Request {
+        /// The asking peer.
+        from: P,
+        /// The driver's token for the answer.
+        request_id: u64,
+        /// The request.
+        request: SyncRequest,
+    },
+    /// A sync response arrived to a request we sent.
+    Response {
+        /// The answering peer.
+        from: P,
+        /// The response.
+        response: SyncResponse,
+    },
+    /// A request we sent failed (timeout, connection closed, undecodable).
+    RequestFailed {
+        /// The peer.
+        peer: P,
+    },
+    /// A connection to a peer opened; `node` is its authenticated identity.
+    PeerConnected {
+        /// The peer.
+        peer: P,
+        /// Its node id, from the authenticated transport.
+        node: NodeId,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: P,
+    },
+    /// A timer fired.
+    Timer(Timer<P>),
+}
+
+/// What the driver should do with a gossip message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and forward.
+    Accept,
+    /// Forged or malformed: drop and penalize the sender in peer scoring.
+    Reject,
+    /// Not wrong, not useful (a duplicate, or from a peer not yet admitted): drop.
+    Ignore,
+}
+
+/// An effect for the driver to carry out.
+#[derive(Clone, Debug)]
+pub enum Output<P> {
+    /// Publish these bytes on the gossip topic.
+    Publish(Arc<[u8]>),
+    /// The verdict on the gossip message just handled.
+    Verdict(Verdict),
+    /// Send a sync request.
+    Send {
+        /// To whom.
+        to: P,
+        /// What.
+        request: SyncRequest,
+    },
+    /// Answer a sync request.
+    Respond {
+        /// The driver's token from [`Input::Request`].
+        request_id: u64,
+        /// The answer.
+        response: SyncResponse,
+    },
+    /// Store this update durably (before acknowledging a local submit).
+    Persist {
+        /// Its change hash.
+        hash: ChangeHash,
+        /// Its signed bytes.
+        bytes: Arc<[u8]>,
+    },
+    /// An update was applied; the view changed.
+    Applied {
+        /// Its change hash.
+        hash: ChangeHash,
+        /// What it touched.
+        summary: Box<ChangeSummary>,
+    },
+    /// The peer misbehaved; lower its score.
+    Penalize {
+        /// The peer.
+        peer: P,
+        /// What it did, in one sentence.
+        reason: String,
+    },
+    /// Close the connection to the peer (it may try again).
+    Disconnect {
+        /// The peer.
+        peer: P,
+        /// Why.
+        reason: String,
+    },
+    /// Close the connection and refuse the peer from now on.
+    Ban {
+        /// The peer.
+        peer: P,
+        /// Its node id.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// Fire this timer after `after_ms` milliseconds.
+    Schedule {
+        /// Delay.
+        after_ms: u64,
+        /// The timer.
+        timer: Timer<P>,
+    },
+}
+
+#[derive(Debug)]
+struct Peer {
+    node: NodeId,
+    admitted: bool,
+    strikes: u32,
+    /// A request to this peer is in flight.
+    busy: bool,
+    /// Hashes offered by this peer and not fetched yet.
+    to_fetch: VecDeque<ChangeHash>,
+    /// The peer said it has more to offer.
+    more: bool,
+}
+
+/// Counters for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Updates applied, from any source.
+    pub applied: u64,
+    /// Updates refused, by reason label.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Sync rounds started (`Heads` requests sent).
+    pub sync_rounds: u64,
+    /// Updates received by sync.
+    pub synced: u64,
+    /// Peers banned.
+    pub bans: u64,
+    /// Time (ms, driver clock) of the last successful exchange with a peer.
+    pub last_sync_ms: Option<u64>,
+}
+
+/// The sans-IO replica.
+pub struct Replica<P> {
+    state: SignedState,
+    me: NodeId,
+    cert: Vec<u8>,
+    config: ReplicaConfig,
+    peers: BTreeMap<P, Peer>,
+    banned: BTreeSet<NodeId>,
+    stats: ReplicaStats,
+}
+
+fn to_wire(h: &ChangeHash) -> Hash {
+    h.0
+}
+
+fn from_wire(h: &Hash) -> ChangeHash {
+    ChangeHash(*h)
+}
+
+impl<P: Clone + Ord + Debug> Replica<P> {
+    /// A replica for node `me`, holding `state`, presenting certificate `cert`
+    /// (encoded `SignedNodeCert`).
+    pub fn new(state: SignedState, me: NodeId, cert: Vec<u8>, config: ReplicaConfig) -> Self {
+        Replica {
+            state,
+            me,
+            cert,
+            config,
+            peers: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    /// The first effects: schedules anti-entropy.
+    pub fn start(&mut self) -> Vec<Output<P>> {
+        vec![Output::Schedule {
+            after_ms: self.config.anti_entropy_interval_ms,
+            timer: Timer::AntiEntropy,
+        }]
+    }
+
+    /// The verified state.
+    pub fn state(&self) -> &SignedState {
+        &self.state
+    }
+
+    /// Mutable access to the state, for loading stored updates at start-up.
+    pub fn state_mut(&mut self) -> &mut SignedState {
+        &mut self.state
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
+    }
+
+    /// Admitted peers with their node ids.
+    pub fn admitted_peers(&self) -> impl Iterator<Item = (&P, &NodeId)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.admitted)
+            .map(|(k, p)| (k, &p.node))
+    }
+
+    /// Connected peers (admitted or not) with their node ids.
+    pub fn connected_peers(&self) -> impl Iterator<Item = (&P, &NodeId, bool)> {
+        self.peers.iter().map(|(k, p)| (k, &p.node, p.admitted))
+    }
+
+    /// Whether this node id is banned here.
+    pub fn is_banned(&self, node: &NodeId) -> bool {
+        self.banned.contains(node)
+    }
+
+    /// A local submit (`POST /v1/updates`). On success the effects start with
+    /// `Persist`, which the driver must make durable before it acknowledges.
+    pub fn submit(
+        &mut self,
+        now_ms: u64,
+        bytes: &[u8],
+    ) -> Result<(Ingested, Vec<Output<P>>), UpdateError> {
+        let mut out = Vec::new();
+        let result = self.state.ingest(bytes);
+        match &result {
+            Ok(ingested) => {
+                self.after_ingest(now_ms, ingested, &mut out);
+                if !matches!(ingested, Ingested::Duplicate(_)) {
+                    // Publish what we accepted, so peers hear of it now.
+                    out.push(Output::Publish(Arc::from(bytes)));
+                }
+            }
+            Err(e) => {
+                *self.stats.refused.entry(e.label()).or_default() += 1;
+            }
+        }
+        result.map(|i| (i, out))
+    }
+
+    /// Handles one event.
+    pub fn handle(&mut self, now_ms: u64, rand: u64, input: Input<P>) -> Vec<Output<P>> {
+        let mut out = Vec::new();
+        match input {
+            Input::Gossip { from, bytes } => self.on_gossip(now_ms, from, &bytes, &mut out),
+            Input::Request {
+                from,
+                request_id,
+                request,
+            } => self.on_request(now_ms, from, request_id, request, &mut out),
+            Input::Response { from, response } => {
+                self.on_response(now_ms, from, response, &mut out)
+            }
+            Input::RequestFailed { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.busy = false;
+                }
+            }
+            Input::PeerConnected { peer, node } => self.on_connected(peer, node, &mut out),
+            Input::PeerDisconnected { peer } => {
+                self.peers.remove(&peer);
+            }
+            Input::Timer(Timer::AntiEntropy) => {
+                let admitted: Vec<P> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.admitted && !p.busy)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !admitted.is_empty() {
+                    let peer = admitted[(rand % admitted.len() as u64) as usize].clone();
+                    self.send_heads(&peer, &mut out);
+                }
+                out.push(Output::Schedule {
+                    after_ms: self.config.anti_entropy_interval_ms,
+                    timer: Timer::AntiEntropy,
+                });
+            }
+            Input::Timer(Timer::Admission(peer)) => {
+                if let Some(p) = self.peers.get(&peer)
+                    && !p.admitted
+                {
+                    out.push(Output::Disconnect {
+                        peer,
+                        reason: "no valid node certificate in time".into(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn on_connected(&mut self, peer: P, node: NodeId, out: &mut Vec<Output<P>>) {
+        if let Some(reason) = self.refusal_for(&node) {
+            self.ban(peer, node, reason, out);
+            return;
+        }
+        self.peers.insert(
+            peer.clone(),
+            Peer {
+                node,
+                admitted: false,
+                strikes: 0,
+                busy: true,
+                to_fetch: VecDeque::new(),
+                more: false,
+            },
+        );
+        out.push(Output::Send {
+            to: peer.clone(),
+            request: SyncRequest::Hello {
+                cert: self.cert.clone(),
+                heads: self.heads_wire(),
+            },
+        });
+        out.push(Output::Schedule {
+            after_ms: self.config.admission_timeout_ms,
+            timer: Timer::Admission(peer),
+        });
+    }
+
+    /// Why a node may not be a peer, if it may not.
+    fn refusal_for(&self, node: &NodeId) -> Option<String> {
+        if self.banned.contains(node) {
+            return Some(format!("node {node} is banned"));
+        }
+        if self.state.view().revocation(&node.to_string()).is_some() {
+            return Some(format!("node {node} is revoked"));
+        }
+        None
+    }
+
+    fn check_cert(&self, now_ms: u64, node: &NodeId, cert: &[u8]) -> Result<(), String> {
+        let signed = SignedNodeCert::from_bytes(cert).map_err(|e| e.to_string())?;
+        let c = signed
+            .verify(self.state.root(), now_ms / 1000)
+            .map_err(|e| e.to_string())?;
+        if &c.node != node {
+            return Err(format!(
+                "certificate is for node {}, not for the connected node {node}",
+                c.node
+            ));
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, now_ms: u64, peer: &P, cert: &[u8], out: &mut Vec<Output<P>>) -> bool {
+        let Some(p) = self.peers.get(peer) else {
+            return false;
+        };
+        if p.admitted {
+            return true;
+        }
+        let node = p.node;
+        match self.check_cert(now_ms, &node, cert) {
+            Ok(()) => {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.admitted = true;
+                }
+                true
+            }
+            Err(reason) => {
+                out.push(Output::Disconnect {
+                    peer: peer.clone(),
+                    reason: format!("admission refused: {reason}"),
+                });
+                self.peers.remove(peer);
+                false
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        now_ms: u64,
+        from: P,
+        request_id: u64,
+        request: SyncRequest,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let refuse = |reason: &str| Output::Respond {
+            request_id,
+            response: SyncResponse::Refused {
+                reason: reason.into(),
+            },
+        };
+        match request {
+            SyncRequest::Hello { cert, heads } => {
+                if !self.admit(now_ms, &from, &cert, out) {
+                    out.push(refuse("admission refused"));
+                    return;
+                }
+                out.push(Output::Respond {
+                    request_id,
+                    response: SyncResponse::Hello {
+                        cert: self.cert.clone(),
+                        heads: self.heads_wire(),
+                    },
+                });
+                self.sync_if_behind(&from, &heads, out);
+            }
+            _ if !self.peers.get(&from).is_some_and(|p| p.admitted) => {
+                out.push(refuse(
+                    "not admitted: send Hello with a node certificate first",
+                ));
+            }
+            SyncRequest::Heads { heads } => {
+                let heads: Vec<ChangeHash> = heads.iter().map(from_wire).collect();
+                let missing = self.state.missing_for(&heads);
+                let more = missing.len() > MAX_OFFER;
+                out.push(Output::Respond {
+                    request_id,
+                    response: SyncResponse::Offer {
+                        heads: self.heads_wire(),
+                        hashes: missing.iter().take(MAX_OFFER).map(to_wire).collect(),
+                        more,
+                    },
+                });
+                let wire: Vec<Hash> = heads.iter().map(to_wire).collect();
+                self.sync_if_behind(&from, &wire, out);
+            }
+            SyncRequest::Fetch { hashes } => {
+                let updates = hashes
+                    .iter()
+                    .take(MAX_FETCH)
+                    .filter_map(|h| self.state.update_bytes(&from_wire(h)))
+                    .map(|b| WireBytes(b.to_vec()))
+                    .collect();
+                out.push(Output::Respond {
+                    request_id,
+                    response: SyncResponse::Updates { updates },
+                });
+            }
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        now_ms: u64,
+        from: P,
+        response: SyncResponse,
+        out: &mut Vec<Output<P>>,
+    ) {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.busy = false;
+        } else {
+            return;
+        }
+        match response {
+            SyncResponse::Hello { cert, heads } => {
+                if self.admit(now_ms, &from, &cert, out) {
+                    self.stats.last_sync_ms = Some(now_ms);
+                    self.sync_if_behind(&from, &heads, out);
+                }
+            }
+            SyncResponse::Refused { reason } => {
+                // The peer refused us; nothing to learn. Keep the reason for logs.
+                let _ = reason;
+            }
+            _ if !self.peers.get(&from).is_some_and(|p| p.admitted) => {}
+            SyncResponse::Offer {
+                heads,
+                hashes,
+                more,
+            } => {
+                self.stats.last_sync_ms = Some(now_ms);
+                let wanted: Vec<ChangeHash> = hashes
+                    .iter()
+                    .map(from_wire)
+                    .filter(|h| !self.state.knows(h))
+                    .collect();
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.to_fetch.extend(wanted);
+                    p.more = more;
+                }
+                let _ = heads;
+                self.continue_fetch(&from, out);
+            }
+            SyncResponse::Updates { updates } => {
+                self.stats.last_sync_ms = Some(now_ms);
+                for WireBytes(bytes) in updates {
+                    self.stats.synced += 1;
+                    match self.state.ingest(&bytes) {
+                        Ok(ingested) => self.after_ingest(now_ms, &ingested, out),
+                        Err(e) => {
+                            *self.stats.refused.entry(e.label()).or_default() += 1;
+                            if e.is_misbehaviour() {
+                                self.strike(&from, format!("sent a bad update by sync: {e}"), out);
+                            }
+                        }
+                    }
+                }
+                self.continue_fetch(&from, out);
+            }
+        }
+    }
+
+    /// Sends the next `Fetch` to `peer`, or asks for more heads, or fetches
+    /// dependencies that held updates still wait for.
+    fn continue_fetch(&mut self, peer: &P, out: &mut Vec<Output<P>>) {
+        let wanted = self.state.wanted();
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.busy {
+            return;
+        }
+        let mut batch: Vec<Hash> = Vec::new();
+        while batch.len() < MAX_FETCH {
+            let Some(h) = p.to_fetch.pop_front() else {
+                break;
+            };
+            if !self.state.knows(&h) {
+                batch.push(to_wire(&h));
+            }
+        }
+        for h in wanted {
+            if batch.len() >= MAX_FETCH {
+                break;
+            }
+            let w = to_wire(&h);
+            if !batch.contains(&w) {
+                batch.push(w);
+            }
+        }
+        if !batch.is_empty() {
+            p.busy = true;
+            out.push(Output::Send {
+                to: peer.clone(),
+                request: SyncRequest::Fetch { hashes: batch },
+            });
+        } else if p.more {
+            p.more = false;
+            self.send_heads(peer, out);
+        }
+    }
+
+    fn sync_if_behind(&mut self, peer: &P, heads: &[Hash], out: &mut Vec<Output<P>>) {
+        let behind = heads.iter().any(|h| !self.state.knows(&from_wire(h)));
+        if behind {
+            self.send_heads(peer, out);
+        }
+    }
+
+    fn send_heads(&mut self, peer: &P, out: &mut Vec<Output<P>>) {
+        let heads = self.heads_wire();
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.busy || !p.admitted {
+            return;
+        }
+        p.busy = true;
+        self.stats.sync_rounds += 1;
+        out.push(Output::Send {
+            to: peer.clone(),
+            request: SyncRequest::Heads { heads },
+        });
+    }
+
+    fn heads_wire(&self) -> Vec<Hash> {
+        self.state.heads().iter().map(to_wire).collect()
+    }
+
+    fn on_gossip(&mut self, now_ms: u64, from: P, bytes: &[u8], out: &mut Vec<Output<P>>) {
+        if !self.peers.get(&from).is_some_and(|p| p.admitted) {
+            out.push(Output::Verdict(Verdict::Ignore));
+            return;
+        }
+        match self.state.ingest(bytes) {
+            Ok(ingested) => {
+                let verdict = match &ingested {
+                    Ingested::Duplicate(_) => Verdict::Ignore,
+                    _ => Verdict::Accept,
+                };
+                out.push(Output::Verdict(verdict));
+                if let Ingested::Held { .. } = ingested {
+                    self.continue_fetch(&from, out);
+                }
+                self.after_ingest(now_ms, &ingested, out);
+            }
+            Err(e) => {
+                *self.stats.refused.entry(e.label()).or_default() += 1;
+                if e.is_misbehaviour() {
+                    out.push(Output::Verdict(Verdict::Reject));
+                    self.strike(&from, format!("gossiped a bad update: {e}"), out);
+                } else {
+                    out.push(Output::Verdict(Verdict::Ignore));
+                }
+            }
+        }
+    }
+
+    fn strike(&mut self, peer: &P, reason: String, out: &mut Vec<Output<P>>) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        p.strikes += 1;
+        let node = p.node;
+        if p.strikes >= self.config.strikes_to_ban {
+            self.ban(
+                peer.clone(),
+                node,
+                format!("{reason} (strike {})", self.config.strikes_to_ban),
+                out,
+            );
+        } else {
+            out.push(Output::Penalize {
+                peer: peer.clone(),
+                reason,
+            });
+        }
+    }
+
+    fn ban(&mut self, peer: P, node: NodeId, reason: String, out: &mut Vec<Output<P>>) {
+        self.banned.insert(node);
+        self.peers.remove(&peer);
+        self.stats.bans += 1;
+        out.push(Output::Ban { peer, node, reason });
+    }
+
+    fn after_ingest(&mut self, _now_ms: u64, ingested: &Ingested, out: &mut Vec<Output<P>>) {
+        let Ingested::Applied {
+            hash,
+            summary,
+            released,
+            ..
+        } = ingested
+        else {
+            return;
+        };
+        let mut touched_revocations = false;
+        for (h, s) in std::iter::once((hash, summary)).chain(released.iter().map(|(h, s)| (h, s))) {
+            self.stats.applied += 1;
+            touched_revocations |= !s.revocations().is_empty();
+            if let Some(bytes) = self.state.update_bytes(h) {
+                out.push(Output::Persist { hash: *h, bytes });
+            }
+            out.push(Output::Applied {
+                hash: *h,
+                summary: Box::new(s.clone()),
+            });
+        }
+        if touched_revocations {
+            let revoked: Vec<(P, NodeId)> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| self.state.view().revocation(&p.node.to_string()).is_some())
+                .map(|(k, p)| (k.clone(), p.node))
+                .collect();
+            for (peer, node) in revoked {
+                self.ban(peer, node, format!("node {node} was revoked"), out);
+            }
+        }
+    }
+}
+
+impl UpdateError {
+    /// Whether receiving this update from a peer is the peer's fault (a forged,
+    /// tampered or malformed update), as opposed to a matter of timing (an
+    /// unknown root version).
+    pub fn is_misbehaviour(&self) -> bool {
+        !matches!(self, UpdateError::RootVersion { .. })
+    }
+}

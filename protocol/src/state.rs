@@ -1,0 +1,392 @@
+//! [`SignedState`]: the replicated document behind a wall of signature checks.
+//!
+//! Every update goes through the same pipeline, whatever its source (a local
+//! submit, gossip, or sync): decode, verify every signature, summarize the
+//! paths its change touches, authorize those paths against the trust root it
+//! names, and only then apply. A refused update leaves the state unchanged. An
+//! update whose dependencies are missing is verified and held (bounded) until
+//! they arrive.
+//!
+//! # Trust-root rotations and older updates
+//! An update is judged against the trust-root version it names, which must be
+//! in this node's chain of roots. An update that names the latest version is
+//! judged by that root alone. An update that names an older version `v` must
+//! also lie in the causal past of the heads that root `v + 1` recorded as
+//! accepted (`accepted_heads`): the operators who rotated the root vouch for
+//! the work done before it, and for nothing else. So an operator removed at
+//! version `v + 1` cannot keep writing by claiming version `v`.
+//!
+//! The verdict is a function of the update, the document's change graph and
+//! the chain alone, so every node reaches the same one whatever order it
+//! learns of updates and rotations in. When a node adopts a new root, it
+//! re-judges its stored updates against the new chain ([`SignedState::adopt_root`]);
+//! anything that no longer qualifies, and everything built on it, is dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use weft_crdt::{Applied, ChangeHash, ChangeSummary, CrdtError, PolicyDoc, PolicyView};
+
+use crate::identity::PublicKey;
+use crate::trust::TrustRoot;
+use crate::update::{Authorization, SignedUpdate, UpdateError, VerifiedUpdate, authorize};
+
+/// Default bound on updates held for missing dependencies.
+///
+/// Sync fetches in batches of at most a few hundred changes, so a few
+/// thousand held updates cover several rounds in flight; beyond that the
+/// oldest are dropped and fetched again later.
+pub const DEFAULT_MAX_HELD: usize = 4096;
+
+/// The outcome of ingesting one update.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ingested {
+    /// The update is now part of the state. `released` lists held updates that
+    /// it unblocked and that were applied after it.
+    Applied {
+        /// The update's change hash.
+        hash: ChangeHash,
+        /// What the change touched.
+        summary: ChangeSummary,
+        /// Who signed it and what they were allowed.
+        authorization: Authorization,
+        /// Held updates applied as a consequence, in order, with what they touched.
+        released: Vec<(ChangeHash, ChangeSummary)>,
+    },
+    /// The update was already part of the state.
+    Duplicate(ChangeHash),
+    /// The update verified but waits for these dependencies.
+    Held {
+        /// The update's change hash.
+        hash: ChangeHash,
+        /// Dependencies this node lacks.
+        missing: Vec<ChangeHash>,
+    },
+}
+
+struct Held {
+    update: VerifiedUpdate,
+    bytes: Arc<[u8]>,
+    missing: Vec<ChangeHash>,
+    seq: u64,
+}
+
+/// The verified replicated state of one node.
+pub struct SignedState {
+    doc: PolicyDoc,
+    roots: BTreeMap<u64, TrustRoot>,
+    /// The signed bytes of every applied update, by change hash.
+    updates: BTreeMap<ChangeHash, Arc<[u8]>>,
+    /// Signers of every applied update.
+    signers: BTreeMap<ChangeHash, BTreeSet<PublicKey>>,
+    held: BTreeMap<ChangeHash, Held>,
+    held_seq: u64,
+    max_held: usize,
+}
+
+impl SignedState {
+    /// An empty state trusting `root`.
+    pub fn new(root: TrustRoot) -> Self {
+        let mut roots = BTreeMap::new();
+        roots.insert(root.version, root);
+        SignedState {
+            doc: PolicyDoc::new(),
+            roots,
+            updates: BTreeMap::new(),
+            signers: BTreeMap::new(),
+            held: BTreeMap::new(),
+            held_seq: 0,
+            max_held: DEFAULT_MAX_HELD,
+        }
+    }
+
+    /// Sets the bound on held updates.
+    pub fn with_max_held(mut self, max: usize) -> Self {
+        self.max_held = max.max(1);
+        self
+    }
+
+    /// The latest trust root.
+    pub fn root(&self) -> &TrustRoot {
+        self.roots
+            .values()
+            .next_back()
+            .expect("a state always holds at least one root")
+    }
+
+    /// Every root in the chain, oldest first.
+    pub fn roots(&self) -> impl Iterator<Item = &TrustRoot> {
+        self.roots.values()
+    }
+
+    /// The document.
+    pub fn doc(&self) -> &PolicyDoc {
+        &self.doc
+    }
+
+    /// The current view.
+    pub fn view(&self) -> &PolicyView {
+        self.doc.view()
+    }
+
+    /// The document's heads.
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.doc.heads()
+    }
+
+    /// Whether the update with this hash is applied.
+    pub fn contains(&self, hash: &ChangeHash) -> bool {
+        self.updates.contains_key(hash)
+    }
+
+    /// Whether the update with this hash is applied or held.
+    pub fn knows(&self, hash: &ChangeHash) -> bool {
+        self.updates.contains_key(hash) || self.held.contains_key(hash)
+    }
+
+    /// The signed bytes of an applied update.
+    pub fn update_bytes(&self, hash: &ChangeHash) -> Option<Arc<[u8]>> {
+        self.updates.get(hash).cloned()
+    }
+
+    /// Every applied update's hash.
+    pub fn update_hashes(&self) -> impl Iterator<Item = &ChangeHash> {
+        self.updates.keys()
+    }
+
+    /// How many updates are applied.
+    pub fn update_count(&self) -> usize {
+        self.updates.len()
+    }
+
+    /// How many updates are held for missing dependencies.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Signers of an applied update.
+    pub fn signers_of(&self, hash: &ChangeHash) -> Option<&BTreeSet<PublicKey>> {
+        self.signers.get(hash)
+    }
+
+    /// Dependencies that held updates wait for and no one has supplied yet.
+    pub fn wanted(&self) -> BTreeSet<ChangeHash> {
+        self.held
+            .values()
+            .flat_map(|h| h.missing.iter())
+            .filter(|d| !self.knows(d))
+            .copied()
+            .collect()
+    }
+
+    /// Hashes of applied updates that are not in the causal past of `heads`
+    /// (what a peer with those heads lacks), in causal order.
+    pub fn missing_for(&self, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+        let known: Vec<ChangeHash> = heads
+            .iter()
+            .filter(|h| self.doc.contains(h))
+            .copied()
+            .collect();
+        self.doc
+            .changes_since(&known)
+            .iter()
+            .map(|c| c.hash())
+            .filter(|h| self.updates.contains_key(h))
+            .collect()
+    }
+
+    /// Decodes, verifies, authorizes and applies one update.
+    pub fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
+        let update = SignedUpdate::from_bytes(bytes)?;
+        let verified = update.verify()?;
+        self.ingest_verified(verified, Arc::from(bytes))
+    }
+
+    /// Ingests an update whose signatures were already checked (by
+    /// [`SignedUpdate::verify`]); `bytes` are its encoded form.
+    pub fn ingest_verified(
+        &mut self,
+        update: VerifiedUpdate,
+        bytes: Arc<[u8]>,
+    ) -> Result<Ingested, UpdateError> {
+        let hash = update.hash;
+        if self.updates.contains_key(&hash) {
+            return Ok(Ingested::Duplicate(hash));
+        }
+        match self.try_apply(&update, &bytes)? {
+            Step::Applied(summary, authorization) => {
+                let released = self.release_held();
+                Ok(Ingested::Applied {
+                    hash,
+                    summary,
+                    authorization,
+                    released,
+                })
+            }
+            Step::Missing(missing) => {
+                self.hold(update, bytes, missing.clone());
+                Ok(Ingested::Held { hash, missing })
+            }
+        }
+    }
+
+    fn try_apply(
+        &mut self,
+        update: &VerifiedUpdate,
+        bytes: &Arc<[u8]>,
+    ) -> Result<Step, UpdateError> {
+        let summary = match self.doc.summarize(&update.change) {
+            Ok(s) => s,
+            Err(CrdtError::MissingDeps(missing)) => return Ok(Step::Missing(missing)),
+            Err(e) => return Err(e.into()),
+        };
+        let named = update.update.root_version;
+        let latest = self.root().version;
+        let root = self.roots.get(&named).ok_or(UpdateError::RootVersion {
+            named,
+            current: latest,
+        })?;
+        let authorization = authorize(&summary, &update.signers, root)?;
+        if named < latest {
+            match self.vouched_by_rotation(&update.hash, named) {
+                Vouch::Yes => {}
+                Vouch::No => {
+                    return Err(UpdateError::RootVersion {
+                        named,
+                        current: latest,
+                    });
+                }
+                Vouch::Missing(m) => return Ok(Step::Missing(m)),
+            }
+        }
+        match self.doc.apply(update.change.clone())? {
+            Applied::New(s) => {
+                debug_assert_eq!(s, summary);
+            }
+            Applied::Duplicate => {}
+        }
+        self.updates.insert(update.hash, bytes.clone());
+        self.signers.insert(update.hash, update.signers.clone());
+        Ok(Step::Applied(summary, authorization))
+    }
+
+    /// Whether root `named + 1` recorded `hash` as accepted before the rotation.
+    fn vouched_by_rotation(&self, hash: &ChangeHash, named: u64) -> Vouch {
+        let Some(next) = self.roots.range(named + 1..).next().map(|(_, r)| r) else {
+            return Vouch::Yes;
+        };
+        let heads: Vec<ChangeHash> = next.accepted_heads.iter().map(|h| ChangeHash(*h)).collect();
+        if heads.contains(hash) {
+            return Vouch::Yes;
+        }
+        let missing: Vec<ChangeHash> = heads
+            .iter()
+            .filter(|h| !self.doc.contains(h))
+            .copied()
+            .collect();
+        // The update itself may be one of the missing heads' ancestors; it is
+        // judged once the heads it hides behind are here.
+        if !missing.is_empty() {
+            return Vouch::Missing(missing);
+        }
+        let mut stack = heads;
+        let mut seen = BTreeSet::new();
+        while let Some(h) = stack.pop() {
+            if &h == hash {
+                return Vouch::Yes;
+            }
+            if seen.insert(h)
+                && let Some(meta) = self.doc.automerge().get_change_meta_by_hash(&h)
+            {
+                stack.extend(meta.deps.iter().copied());
+            }
+        }
+        Vouch::No
+    }
+
+    fn hold(&mut self, update: VerifiedUpdate, bytes: Arc<[u8]>, missing: Vec<ChangeHash>) {
+        if self.held.len() >= self.max_held
+            && let Some(oldest) = self.held.iter().min_by_key(|(_, h)| h.seq).map(|(k, _)| *k)
+        {
+            self.held.remove(&oldest);
+        }
+        self.held_seq += 1;
+        self.held.insert(
+            update.hash,
+            Held {
+                update,
+                bytes,
+                missing,
+                seq: self.held_seq,
+            },
+        );
+    }
+
+    /// Applies held updates whose dependencies are now all present, until no
+    /// more can go. Held updates that turn out to be invalid are dropped.
+    fn release_held(&mut self) -> Vec<(ChangeHash, ChangeSummary)> {
+        let mut released = Vec::new();
+        loop {
+            let ready: Vec<ChangeHash> = self
+                .held
+                .iter()
+                .filter(|(_, h)| h.missing.iter().all(|d| self.doc.contains(d)))
+                .map(|(k, _)| *k)
+                .collect();
+            if ready.is_empty() {
+                return released;
+            }
+            for hash in ready {
+                let Some(held) = self.held.remove(&hash) else {
+                    continue;
+                };
+                match self.try_apply(&held.update, &held.bytes) {
+                    Ok(Step::Applied(summary, _)) => released.push((hash, summary)),
+                    Ok(Step::Missing(missing)) => {
+                        self.held.insert(hash, Held { missing, ..held });
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Adds a newer trust root to the chain (its signatures must already have
+    /// been checked with [`crate::trust::VerifiedRoot::verify_rotation`]) and
+    /// re-judges every stored update against the new chain. Returns the hashes
+    /// of updates dropped because they no longer qualify.
+    pub fn adopt_root(&mut self, root: TrustRoot) -> Vec<ChangeHash> {
+        self.roots.insert(root.version, root);
+        let stored: Vec<Arc<[u8]>> = self
+            .doc
+            .changes()
+            .iter()
+            .filter_map(|c| self.updates.get(&c.hash()).cloned())
+            .collect();
+        let before: BTreeSet<ChangeHash> = self.updates.keys().copied().collect();
+        let mut fresh = SignedState::new(self.root().clone()).with_max_held(self.max_held);
+        fresh.roots = self.roots.clone();
+        for bytes in stored {
+            // Refusals are the point here: they are what the new chain drops.
+            let _ = fresh.ingest(&bytes);
+        }
+        *self = fresh;
+        before
+            .into_iter()
+            .filter(|h| !self.updates.contains_key(h))
+            .collect()
+    }
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Applied(ChangeSummary, Authorization),
+    Missing(Vec<ChangeHash>),
+}
+
+enum Vouch {
+    Yes,
+    No,
+    Missing(Vec<ChangeHash>),
+}
