@@ -69,6 +69,32 @@ pub enum Command {
             the root keys; every node is given it at setup."
     )]
     Trust(TrustCommand),
+    /// Set up, certify and run a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Author policy bundles as signed updates.
+    #[command(subcommand)]
+    Bundle(weft_node::admin::BundleCommand),
+    /// Revoke a user, a resource or a node, as a signed update.
+    Revoke(weft_node::admin::RevokeArgs),
+    /// Co-sign and inspect signed update files.
+    #[command(subcommand)]
+    Update(weft_node::admin::UpdateCommand),
+    /// Submit signed updates to a node.
+    Push(weft_node::admin::PushArgs),
+    /// Show a running node's state: peers, heads, bundles, revocations, freshness.
+    Status(weft_node::daemon::StatusArgs),
+}
+
+/// `weft node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Create a node directory: key, trust root, store and weft.toml; prints the node id.
+    Init(weft_node::admin::NodeInitArgs),
+    /// Sign a node's admission certificate with an operator key holding the admit role.
+    Certify(weft_node::admin::NodeCertifyArgs),
+    /// Run the node in the foreground until SIGINT or SIGTERM.
+    Run(weft_node::daemon::NodeRunArgs),
 }
 
 /// `weft key …`
@@ -195,6 +221,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Key(KeyCommand::Show(a)) => key_show(&a),
         Command::Trust(TrustCommand::Init(a)) => trust_init(&a),
         Command::Trust(TrustCommand::Show(a)) => trust_show(&a),
+        Command::Node(NodeCommand::Init(a)) => weft_node::admin::node_init(a),
+        Command::Node(NodeCommand::Certify(a)) => weft_node::admin::node_certify(a),
+        Command::Node(NodeCommand::Run(a)) => weft_node::daemon::node_run(a),
+        Command::Bundle(c) => weft_node::admin::bundle(c),
+        Command::Revoke(a) => weft_node::admin::revoke(a),
+        Command::Update(c) => weft_node::admin::update(c),
+        Command::Push(a) => weft_node::admin::push(a),
+        Command::Status(a) => weft_node::daemon::status(a),
     }
 }
 

@@ -1,3 +1,7 @@
-//! The weft node library.
+//! The weft node: the daemon that drives the replica on libp2p and serves the
+//! HTTP API, and the library behind the `weft` command line.
 
+pub mod admin;
+pub mod daemon;
 pub mod keyfile;
+pub mod layout;

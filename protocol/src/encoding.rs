@@ -55,11 +55,13 @@ pub enum Kind {
     Quarantine,
     /// An audit log checkpoint.
     Checkpoint,
+    /// A node's state exported for authoring tools (`GET /v1/state`).
+    State,
 }
 
 impl Kind {
     /// Every kind this build knows.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::TrustRoot,
         Kind::SignedRoot,
         Kind::NodeCert,
@@ -69,6 +71,7 @@ impl Kind {
         Kind::Token,
         Kind::Quarantine,
         Kind::Checkpoint,
+        Kind::State,
     ];
 
     /// The byte that stands for this kind in the envelope.
@@ -83,6 +86,7 @@ impl Kind {
             Kind::Token => 0x30,
             Kind::Quarantine => 0x40,
             Kind::Checkpoint => 0x50,
+            Kind::State => 0x60,
         }
     }
 
@@ -103,6 +107,7 @@ impl Kind {
             Kind::Token => "identity token",
             Kind::Quarantine => "quarantine order",
             Kind::Checkpoint => "audit checkpoint",
+            Kind::State => "state export",
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`identity`]: ed25519 keys, domain-separated signatures, node ids.
 //! - [`encoding`]: the one canonical, versioned, size-limited binary encoding.
+//! - [`export`]: the state export that authoring tools build updates on.
 //! - [`trust`]: the threshold-signed trust root, its rotation, node certificates.
 //! - [`update`]: signed updates and who may make which change.
 //! - [`state`]: the replicated document behind a wall of signature checks.
@@ -12,6 +13,7 @@
 //! in as arguments.
 
 pub mod encoding;
+pub mod export;
 pub mod identity;
 pub mod replica;
 pub mod state;

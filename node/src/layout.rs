@@ -1,0 +1,169 @@
+//! A node's directory and its `weft.toml`.
+//!
+//! ```text
+//! DIR/
+//! ├── weft.toml    settings (flags of `weft node run` override them)
+//! ├── node.key     the node's ed25519 secret key (PKCS#8 PEM, mode 0600)
+//! ├── trust.json   the mesh's trust root, as given to `weft node init`
+//! ├── node.cert    the node's admission certificate (written by `weft node certify`)
+//! └── store/       the sled database
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Paths inside a node directory.
+#[derive(Clone, Debug)]
+pub struct NodeDir {
+    root: PathBuf,
+}
+
+impl NodeDir {
+    /// The node directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        NodeDir { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `weft.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("weft.toml")
+    }
+
+    /// The node's secret key.
+    pub fn key(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+
+    /// The trust root.
+    pub fn trust(&self) -> PathBuf {
+        self.root.join("trust.json")
+    }
+
+    /// The node's admission certificate.
+    pub fn cert(&self) -> PathBuf {
+        self.root.join("node.cert")
+    }
+
+    /// The sled database.
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store")
+    }
+}
+
+/// What a node does when its state is stale (no sync with any peer for
+/// `stale_after`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    /// Keep enforcing the last known state (the default: a partitioned site
+    /// keeps working).
+    #[default]
+    Keep,
+    /// Deny every request until the node syncs again.
+    Deny,
+}
+
+/// The settings in `weft.toml`. Every field has a default, so an empty file
+/// is a valid configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// libp2p listen address. Default `/ip4/127.0.0.1/tcp/7101`: loopback, so a
+    /// fresh node exposes nothing until told to.
+    pub listen: String,
+    /// HTTP API address. Default `127.0.0.1:7100`, loopback for the same reason.
+    pub api: String,
+    /// Peers to dial and keep dialing (libp2p multiaddrs, `/p2p/` suffix optional).
+    pub peers: Vec<String>,
+    /// How long without a sync before the state counts as stale (a duration
+    /// like `90s`). Default `5m`: sixty anti-entropy rounds.
+    pub stale_after: String,
+    /// What to do when stale.
+    pub on_stale: OnStale,
+    /// Log format: `pretty` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "/ip4/127.0.0.1/tcp/7101".into(),
+            api: "127.0.0.1:7100".into(),
+            peers: Vec::new(),
+            stale_after: "5m".into(),
+            on_stale: OnStale::Keep,
+            log_format: "pretty".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `weft.toml`, naming the file and the problem on error.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not a valid weft.toml: {}",
+                path.display(),
+                e.message()
+            )
+        })
+    }
+
+    /// The file's text, with a comment per setting.
+    pub fn to_toml(&self) -> String {
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "# weft node settings; `weft node run` flags override them.\n\
+             # libp2p listen address\n\
+             listen = {:?}\n\
+             # HTTP API address\n\
+             api = {:?}\n\
+             # peers to dial and keep dialing\n\
+             peers = [{peers}]\n\
+             # time without a sync before the state counts as stale\n\
+             stale_after = {:?}\n\
+             # when stale: \"keep\" enforcing the last state, or \"deny\" everything\n\
+             on_stale = {:?}\n\
+             # log format: \"pretty\" or \"json\"\n\
+             log_format = {:?}\n",
+            self.listen,
+            self.api,
+            self.stale_after,
+            match self.on_stale {
+                OnStale::Keep => "keep",
+                OnStale::Deny => "deny",
+            },
+            self.log_format
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_config_reads_back() {
+        let mut c = Config::default();
+        c.peers.push("/ip4/127.0.0.1/tcp/7201".into());
+        c.on_stale = OnStale::Deny;
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let empty: Config = toml::from_str("").unwrap();
+        assert_eq!(empty, Config::default());
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}
