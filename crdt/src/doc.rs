@@ -31,7 +31,7 @@
 //! the changes arrived. If no version is valid, the bundle contributes nothing
 //! and its error is reported.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transactable};
@@ -83,6 +83,15 @@ impl From<AutomergeError> for CrdtError {
     }
 }
 
+/// Why a change in a checked batch was not applied.
+#[derive(Debug)]
+pub enum Refusal<E> {
+    /// The state refused it (schema, missing dependencies, automerge).
+    State(CrdtError),
+    /// The caller's check refused it.
+    Check(E),
+}
+
 /// What applying a change did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -100,6 +109,8 @@ pub struct PolicyDoc {
     doc: Automerge,
     /// Path of every map object created by an applied change.
     objects: HashMap<ObjKey, Path>,
+    /// Hash of every applied change (automerge's own lookup builds metadata).
+    applied: HashSet<ChangeHash>,
     /// For each bundle, the changes that touched it, by `(max_op, hash)`.
     bundle_history: BTreeMap<String, BTreeSet<(u64, ChangeHash)>>,
     bundles_obj: ObjId,
@@ -143,7 +154,9 @@ impl PolicyDoc {
             Ok(Some((Value::Object(ObjType::Map), id))) => id,
             _ => unreachable!("genesis creates the top-level maps"),
         };
+        let applied = doc.get_changes(&[]).iter().map(Change::hash).collect();
         PolicyDoc {
+            applied,
             bundles_obj: obj(BUNDLES),
             revocations_obj: obj(REVOCATIONS),
             quarantines_obj: obj(QUARANTINES),
@@ -160,12 +173,22 @@ impl PolicyDoc {
     pub fn load(bytes: &[u8]) -> Result<Self, CrdtError> {
         let doc = Automerge::load(bytes).map_err(|e| CrdtError::Load(one_line(&e)))?;
         let changes = doc.get_changes(&[]);
-        let mut fresh = PolicyDoc::new();
-        let genesis = schema::genesis_hash();
-        if changes.first().map(Change::hash) != Some(genesis) {
+        if changes.first().map(Change::hash) != Some(schema::genesis_hash()) {
             return Err(CrdtError::NotWeftState);
         }
-        fresh.apply_batch(changes.into_iter().skip(1))?;
+        let mut objects = HashMap::new();
+        register_genesis(&changes[0], &mut objects);
+        let mut fresh = Self::from_parts(doc, objects);
+        // Rebuild the path table and bundle history from the changes, in
+        // causal order, checking each against the schema as if it arrived now.
+        for change in &changes[1..] {
+            let mut created = Vec::new();
+            let summary = fresh.resolve_ops(change, Some(&mut created))?;
+            fresh.objects.extend(created);
+            fresh.note_summary(&summary);
+        }
+        fresh.dirty.heads = true;
+        fresh.refresh_view();
         Ok(fresh)
     }
 
@@ -192,7 +215,7 @@ impl PolicyDoc {
 
     /// Whether the change with this hash is part of the state.
     pub fn contains(&self, hash: &ChangeHash) -> bool {
-        self.doc.get_change_meta_by_hash(hash).is_some()
+        self.applied.contains(hash)
     }
 
     /// The change with this hash, if it is part of the state.
@@ -229,7 +252,7 @@ impl PolicyDoc {
     fn summarize_inner(
         &self,
         change: &Change,
-        mut created: Option<&mut Vec<(ObjKey, Path)>>,
+        created: Option<&mut Vec<(ObjKey, Path)>>,
     ) -> Result<ChangeSummary, CrdtError> {
         let missing: Vec<ChangeHash> = change
             .deps()
@@ -240,6 +263,16 @@ impl PolicyDoc {
         if !missing.is_empty() {
             return Err(CrdtError::MissingDeps(missing));
         }
+        self.resolve_ops(change, created)
+    }
+
+    /// Resolves the path of every operation against the path table (which
+    /// must already know every object the change's dependencies created).
+    fn resolve_ops(
+        &self,
+        change: &Change,
+        mut created: Option<&mut Vec<(ObjKey, Path)>>,
+    ) -> Result<ChangeSummary, CrdtError> {
         let expanded = change.decode();
         let mut local: HashMap<ObjKey, Path> = HashMap::new();
         let mut paths = BTreeSet::new();
@@ -322,45 +355,104 @@ impl PolicyDoc {
 
     /// Applies one change and updates the view.
     pub fn apply(&mut self, change: Change) -> Result<Applied, CrdtError> {
-        let out = self.apply_deferred(change)?;
-        self.refresh_view();
-        Ok(out)
+        self.apply_batch([change])
+            .pop()
+            .expect("one result per change")
     }
 
     /// Applies changes in order (each one's dependencies must be present or
-    /// earlier in the batch) and updates the view once at the end. Stops at the
-    /// first error; the changes before it stay applied.
+    /// earlier in the batch) and updates the view once at the end. Each change
+    /// gets its own result; a refused change does not stop the others.
     pub fn apply_batch(
         &mut self,
         changes: impl IntoIterator<Item = Change>,
-    ) -> Result<Vec<Applied>, CrdtError> {
-        let mut out = Vec::new();
-        let mut result = Ok(());
-        for c in changes {
-            match self.apply_deferred(c) {
-                Ok(a) => out.push(a),
+    ) -> Vec<Result<Applied, CrdtError>> {
+        self.apply_checked(changes, |_, _| Ok::<(), CrdtError>(()))
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    Refusal::State(e) | Refusal::Check(e) => e,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a batch of changes in one automerge step, asking `check` about
+    /// each change's summary before it is admitted (this is where signatures
+    /// and roles are enforced). A change is refused, with the others going on,
+    /// when it is a schema violation, when its dependencies are neither in the
+    /// state nor admitted earlier in the batch, or when `check` says no.
+    ///
+    /// Applying a batch costs about as much as applying one change (automerge
+    /// pays per call, in proportion to the document), so callers should
+    /// batch whatever arrives together.
+    pub fn apply_checked<E>(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        mut check: impl FnMut(usize, &ChangeSummary) -> Result<(), E>,
+    ) -> Vec<Result<Applied, Refusal<E>>> {
+        let mut results: Vec<Result<Applied, Refusal<E>>> = Vec::new();
+        let mut admitted: Vec<(usize, Change, Vec<ObjKey>)> = Vec::new();
+        let mut admitted_hashes: BTreeSet<ChangeHash> = BTreeSet::new();
+        for (i, change) in changes.into_iter().enumerate() {
+            let hash = change.hash();
+            if self.contains(&hash) || admitted_hashes.contains(&hash) {
+                results.push(Ok(Applied::Duplicate));
+                continue;
+            }
+            let missing: Vec<ChangeHash> = change
+                .deps()
+                .iter()
+                .filter(|d| !self.contains(d) && !admitted_hashes.contains(d))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                results.push(Err(Refusal::State(CrdtError::MissingDeps(missing))));
+                continue;
+            }
+            let mut created = Vec::new();
+            let summary = match self.resolve_ops(&change, Some(&mut created)) {
+                Ok(s) => s,
                 Err(e) => {
-                    result = Err(e);
-                    break;
+                    results.push(Err(Refusal::State(e)));
+                    continue;
+                }
+            };
+            if let Err(e) = check(i, &summary) {
+                results.push(Err(Refusal::Check(e)));
+                continue;
+            }
+            let keys = created.iter().map(|(k, _)| k.clone()).collect();
+            self.objects.extend(created);
+            admitted_hashes.insert(hash);
+            admitted.push((results.len(), change, keys));
+            results.push(Ok(Applied::New(summary)));
+        }
+        if admitted.is_empty() {
+            return results;
+        }
+        let batch: Vec<Change> = admitted.iter().map(|(_, c, _)| c.clone()).collect();
+        if self.doc.apply_changes(batch).is_err() {
+            // automerge refused the batch as a whole (for instance a duplicate
+            // sequence number); apply one by one to keep the good ones.
+            for (idx, change, keys) in &admitted {
+                if let Err(e) = self.doc.apply_changes([change.clone()]) {
+                    for k in keys {
+                        self.objects.remove(k);
+                    }
+                    results[*idx] = Err(Refusal::State(e.into()));
                 }
             }
         }
-        self.refresh_view();
-        result.map(|()| out)
-    }
-
-    /// Applies one change without updating the view; call
-    /// [`PolicyDoc::refresh_view`] after a run of these.
-    pub fn apply_deferred(&mut self, change: Change) -> Result<Applied, CrdtError> {
-        if self.contains(&change.hash()) {
-            return Ok(Applied::Duplicate);
+        for (idx, change, _) in &admitted {
+            if let Ok(Applied::New(summary)) = &results[*idx] {
+                let summary = summary.clone();
+                self.applied.insert(change.hash());
+                self.note_summary(&summary);
+            }
         }
-        let mut created = Vec::new();
-        let summary = self.summarize_inner(&change, Some(&mut created))?;
-        self.doc.apply_changes([change])?;
-        self.objects.extend(created);
-        self.note_summary(&summary);
-        Ok(Applied::New(summary))
+        self.refresh_view();
+        results
     }
 
     fn note_summary(&mut self, summary: &ChangeSummary) {
@@ -418,8 +510,9 @@ impl PolicyDoc {
         let canonical = canonical_subject(subject);
         // Several raw keys may canonicalize to the same subject; gather them all.
         let mut records: Vec<(String, String)> = Vec::new();
-        for raw in raw_keys_for(&self.doc, &self.revocations_obj, &canonical, subject) {
-            if let Ok(values) = self.doc.get_all(&self.revocations_obj, raw.as_str()) {
+        let keys: BTreeSet<&str> = [canonical.as_str(), subject].into_iter().collect();
+        for raw in keys {
+            if let Ok(values) = self.doc.get_all(&self.revocations_obj, raw) {
                 for (value, id) in values {
                     let reason = match value {
                         Value::Scalar(v) => match v.as_ref() {
@@ -608,8 +701,9 @@ impl PolicyDoc {
         })
     }
 
-    /// Writes one change that revokes `subject`. Returns `None` when the
-    /// subject is already revoked here with exactly this reason.
+    /// Writes one change that revokes `subject`: always a fresh put, which a
+    /// concurrent reinstatement cannot have seen. Returns `None` only if
+    /// automerge wrote nothing.
     pub fn build_revoke(
         &mut self,
         actor: ActorId,
@@ -620,6 +714,7 @@ impl PolicyDoc {
         let subject = canonical_subject(subject);
         let record = serde_json::to_string(&RevocationRecord {
             reason: reason.to_owned(),
+            after: self.view.digest.clone(),
         })
         .expect("a revocation record serializes");
         let obj = self.revocations_obj.clone();
@@ -692,6 +787,7 @@ impl PolicyDoc {
             return Ok(None);
         };
         // The change is applied already; register what it created and refresh.
+        self.applied.insert(change.hash());
         let mut created = Vec::new();
         let summary = self.summarize_inner(&change, Some(&mut created))?;
         self.objects.extend(created);

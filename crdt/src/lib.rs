@@ -21,6 +21,6 @@ pub mod view;
 pub use automerge::{ActorId, Change, ChangeHash};
 pub use bundle::{BundleContent, BundleError, ParsedBundle, TemplateLink};
 pub use decide::{Decision, Request, decide};
-pub use doc::{Applied, CrdtError, PolicyDoc};
+pub use doc::{Applied, CrdtError, PolicyDoc, Refusal};
 pub use schema::{ChangeSummary, Path, SchemaViolation, Section};
 pub use view::{BundleState, Conflict, ConflictSide, PolicyView, Revocation, ViewSummary};

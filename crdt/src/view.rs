@@ -55,6 +55,12 @@ pub struct RevocationRecord {
     /// Why the subject was revoked.
     #[serde(default)]
     pub reason: String,
+    /// Digest of the state the revocation was written on. It makes every
+    /// record unique, so writing one is always a fresh put: automerge elides a
+    /// put of a value equal to the current one (turning it into a delete of
+    /// the conflicting values), and a revocation must never be elided.
+    #[serde(default)]
+    pub after: String,
 }
 
 /// A bundle as the view sees it.

@@ -168,7 +168,9 @@ fn run(ops: &[Op]) -> History {
             }
             Op::Sync { from, to } if from != to => {
                 let missing = authors[from].changes_since(&authors[to].heads());
-                authors[to].apply_batch(missing).unwrap();
+                for r in authors[to].apply_batch(missing) {
+                    r.unwrap();
+                }
             }
             Op::Sync { .. } => {}
         }
@@ -196,12 +198,13 @@ fn deliver_held(
         loop {
             let mut progress = false;
             let mut still = Vec::new();
-            for c in held.drain(..) {
-                let r = if batch {
-                    doc.apply_deferred(c.clone())
-                } else {
-                    doc.apply(c.clone())
-                };
+            let pending: Vec<Change> = std::mem::take(held);
+            let results: Vec<Result<weft_crdt::Applied, CrdtError>> = if batch {
+                doc.apply_batch(pending.iter().cloned())
+            } else {
+                pending.iter().map(|c| doc.apply(c.clone())).collect()
+            };
+            for (c, r) in pending.into_iter().zip(results) {
                 match r {
                     Ok(_) => progress = true,
                     Err(CrdtError::MissingDeps(_)) => still.push(c),
@@ -213,9 +216,6 @@ fn deliver_held(
                 break;
             }
         }
-    }
-    if batch {
-        doc.refresh_view();
     }
 }
 

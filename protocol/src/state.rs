@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use weft_crdt::{Applied, ChangeHash, ChangeSummary, CrdtError, PolicyDoc, PolicyView};
+use weft_crdt::{Applied, ChangeHash, ChangeSummary, CrdtError, PolicyDoc, PolicyView, Refusal};
 
 use crate::identity::PublicKey;
 use crate::trust::TrustRoot;
@@ -99,6 +99,57 @@ impl SignedState {
             held_seq: 0,
             max_held: DEFAULT_MAX_HELD,
         }
+    }
+
+    /// Restores a state from a snapshot that this node wrote of its own
+    /// verified state: the document saved with [`PolicyDoc::save`] and loaded
+    /// with [`PolicyDoc::load`], plus the signed bytes of every update the
+    /// document holds. Signatures are **not** checked again; each update is
+    /// only decoded, to learn its signers.
+    ///
+    /// # Why this is safe
+    /// Only the node writes its own store, and it snapshots only a state whose
+    /// every update went through [`SignedState::ingest`] (signatures, threshold
+    /// and paths against the trust root). Trusting the snapshot is trusting
+    /// the node's own disk, which also holds the node's secret key: whoever
+    /// can rewrite the store can impersonate the node anyway. Accidental damage
+    /// is the caller's to detect: it checks that each record's key is the hash
+    /// recomputed from its bytes, and falls back to re-verifying every update
+    /// when the snapshot and the records disagree. Updates stored after the
+    /// snapshot are ingested on top of it, verified, as usual. Never call this
+    /// with a snapshot that came from anywhere but this node's own store.
+    ///
+    /// Fails, changing nothing, when an update does not decode, when the
+    /// document lacks one of the updates, or when the counts disagree (the
+    /// document holds a change that has no update).
+    pub fn from_snapshot(
+        root: TrustRoot,
+        doc: PolicyDoc,
+        updates: impl IntoIterator<Item = (ChangeHash, Arc<[u8]>)>,
+    ) -> Result<Self, UpdateError> {
+        let mut state = SignedState::new(root);
+        for (hash, bytes) in updates {
+            if !doc.contains(&hash) {
+                return Err(UpdateError::Malformed(format!(
+                    "the snapshot does not hold update {hash}"
+                )));
+            }
+            let update = SignedUpdate::from_bytes(&bytes)?;
+            let signers = update.signatures.iter().map(|s| s.key).collect();
+            state.signers.insert(hash, signers);
+            state.updates.insert(hash, bytes);
+        }
+        // The genesis change is the one change of the document without an update.
+        let changes = doc.automerge().get_changes_meta(&[]).len();
+        if changes != state.updates.len() + 1 {
+            return Err(UpdateError::Malformed(format!(
+                "the snapshot holds {} change(s) but {} update(s) were given",
+                changes.saturating_sub(1),
+                state.updates.len()
+            )));
+        }
+        state.doc = doc;
+        Ok(state)
     }
 
     /// Sets the bound on held updates.
@@ -198,9 +249,9 @@ impl SignedState {
 
     /// Decodes, verifies, authorizes and applies one update.
     pub fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
-        let update = SignedUpdate::from_bytes(bytes)?;
-        let verified = update.verify()?;
-        self.ingest_verified(verified, Arc::from(bytes))
+        self.ingest_batch(vec![Arc::from(bytes)])
+            .pop()
+            .expect("one result per update")
     }
 
     /// Ingests an update whose signatures were already checked (by
@@ -210,25 +261,132 @@ impl SignedState {
         update: VerifiedUpdate,
         bytes: Arc<[u8]>,
     ) -> Result<Ingested, UpdateError> {
-        let hash = update.hash;
-        if self.updates.contains_key(&hash) {
-            return Ok(Ingested::Duplicate(hash));
-        }
-        match self.try_apply(&update, &bytes)? {
-            Step::Applied(summary, authorization) => {
-                let released = self.release_held();
-                Ok(Ingested::Applied {
-                    hash,
-                    summary,
-                    authorization,
-                    released,
-                })
+        self.ingest_verified_batch(vec![(update, bytes)])
+            .pop()
+            .expect("one result per update")
+    }
+
+    /// Decodes, verifies, authorizes and applies a batch of updates, in one
+    /// automerge step where it can. Each update gets its own result; a
+    /// refused update does not hold back the others. Updates arriving
+    /// together (a sync response, a burst of gossip) should come through
+    /// here: automerge's cost is per call, not per change.
+    pub fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>> {
+        let mut results: Vec<Option<Result<Ingested, UpdateError>>> = Vec::new();
+        let mut verified = Vec::new();
+        let mut slots = Vec::new();
+        for bytes in items {
+            match SignedUpdate::from_bytes(&bytes).and_then(SignedUpdate::verify) {
+                Ok(v) => {
+                    slots.push(results.len());
+                    results.push(None);
+                    verified.push((v, bytes));
+                }
+                Err(e) => results.push(Some(Err(e))),
             }
-            Step::Missing(missing) => {
-                self.hold(update, bytes, missing.clone());
-                Ok(Ingested::Held { hash, missing })
+        }
+        let out = self.ingest_verified_batch(verified);
+        for (slot, r) in slots.into_iter().zip(out) {
+            results[slot] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every slot is filled"))
+            .collect()
+    }
+
+    /// [`SignedState::ingest_batch`] for updates whose signatures were checked.
+    pub fn ingest_verified_batch(
+        &mut self,
+        items: Vec<(VerifiedUpdate, Arc<[u8]>)>,
+    ) -> Vec<Result<Ingested, UpdateError>> {
+        let latest = self.root().version;
+        let mut results: Vec<Option<Result<Ingested, UpdateError>>> =
+            items.iter().map(|_| None).collect();
+        // Updates under the latest root go through one automerge step; those
+        // naming an older root need the rotation's vouching, which reads the
+        // change graph, so they go one by one afterwards.
+        let mut batch = Vec::new();
+        let mut older = Vec::new();
+        for (i, (v, bytes)) in items.into_iter().enumerate() {
+            if self.updates.contains_key(&v.hash) {
+                results[i] = Some(Ok(Ingested::Duplicate(v.hash)));
+            } else if v.update.root_version == latest {
+                batch.push((i, v, bytes));
+            } else {
+                older.push((i, v, bytes));
             }
         }
+        let mut auths: Vec<Option<Authorization>> = batch.iter().map(|_| None).collect();
+        let root = self
+            .roots
+            .get(&latest)
+            .expect("the latest root is in the chain");
+        let outcome = self.doc.apply_checked(
+            batch.iter().map(|(_, v, _)| v.change.clone()),
+            |j, summary| {
+                auths[j] = Some(authorize(summary, &batch[j].1.signers, root)?);
+                Ok::<(), UpdateError>(())
+            },
+        );
+        let mut any_applied = false;
+        for (j, ((i, v, bytes), r)) in batch.into_iter().zip(outcome).enumerate() {
+            results[i] = Some(match r {
+                Ok(Applied::New(summary)) => {
+                    any_applied = true;
+                    self.updates.insert(v.hash, bytes);
+                    self.signers.insert(v.hash, v.signers.clone());
+                    Ok(Ingested::Applied {
+                        hash: v.hash,
+                        summary,
+                        authorization: auths[j].take().expect("authorized before applied"),
+                        released: Vec::new(),
+                    })
+                }
+                Ok(Applied::Duplicate) => Ok(Ingested::Duplicate(v.hash)),
+                Err(Refusal::State(CrdtError::MissingDeps(missing))) => {
+                    let hash = v.hash;
+                    self.hold(v, bytes, missing.clone());
+                    Ok(Ingested::Held { hash, missing })
+                }
+                Err(Refusal::State(e)) => Err(e.into()),
+                Err(Refusal::Check(e)) => Err(e),
+            });
+        }
+        for (i, v, bytes) in older {
+            results[i] = Some(match self.try_apply(&v, &bytes) {
+                Ok(Step::Applied(summary, authorization)) => {
+                    any_applied = true;
+                    Ok(Ingested::Applied {
+                        hash: v.hash,
+                        summary,
+                        authorization,
+                        released: Vec::new(),
+                    })
+                }
+                Ok(Step::Missing(missing)) => {
+                    let hash = v.hash;
+                    self.hold(v, bytes, missing.clone());
+                    Ok(Ingested::Held { hash, missing })
+                }
+                Err(e) => Err(e),
+            });
+        }
+        if any_applied && !self.held.is_empty() {
+            let released = self.release_held();
+            // Report what was released with the last update that applied.
+            if let Some(Some(Ok(Ingested::Applied { released: r, .. }))) = results
+                .iter_mut()
+                .rev()
+                .find(|r| matches!(r, Some(Ok(Ingested::Applied { .. }))))
+            {
+                *r = released;
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every update has a result"))
+            .collect()
     }
 
     fn try_apply(

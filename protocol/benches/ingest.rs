@@ -1,0 +1,154 @@
+//! Ingest throughput, saved size and load time of the signed state.
+//!
+//! - `ingest/revocation`: one signed revocation from decode through signature
+//!   check, path summary, authorization, automerge apply and the view update,
+//!   into a state that already holds `BASE` revocations.
+//! - `load/verify_all`: rebuilding a state of `BASE` revocations from the stored
+//!   signed updates, verifying every one.
+//! - The saved document's bytes per revocation are printed once.
+//!
+//! Run: `cargo bench -p weft-protocol --bench ingest`
+//! (`WEFT_BENCH_BASE=10000` for a quicker run).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_main};
+use weft_crdt::PolicyDoc;
+use weft_protocol::identity::SecretKey;
+use weft_protocol::state::SignedState;
+use weft_protocol::trust::{Operator, QuarantineLimits, Role, TrustRoot};
+use weft_protocol::update::{SignedUpdate, actor_for};
+
+fn root(op: &SecretKey) -> TrustRoot {
+    TrustRoot {
+        version: 1,
+        expires: u64::MAX,
+        root_keys: vec![SecretKey::from_seed([9; 32]).public()],
+        root_threshold: 1,
+        operators: vec![Operator {
+            name: "ops".into(),
+            key: op.public(),
+            roles: [Role::Policy, Role::Revoke].into_iter().collect(),
+        }],
+        policy_threshold: 1,
+        revoke_threshold: 1,
+        node_quarantine: QuarantineLimits::default(),
+        accepted_heads: vec![],
+    }
+}
+
+/// `n` signed revocations, each built on the one before (one operator's stream).
+fn revocations(doc: &mut PolicyDoc, op: &SecretKey, start: u64, n: u64) -> Vec<Vec<u8>> {
+    (start..start + n)
+        .map(|i| {
+            let change = doc
+                .build_revoke(
+                    actor_for(&op.public(), [0; 8]),
+                    &format!(r#"User::"u{i}""#),
+                    "offboarded",
+                    i as i64,
+                )
+                .unwrap()
+                .unwrap();
+            let mut u = SignedUpdate::new(&change, 1);
+            u.sign(op).unwrap();
+            u.to_bytes()
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let base: u64 = std::env::var("WEFT_BENCH_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let extra: u64 = 60_000;
+    let op = SecretKey::from_seed([1; 32]);
+    let mut author = PolicyDoc::new();
+    let t = Instant::now();
+    let stored = revocations(&mut author, &op, 0, base);
+    let fresh = revocations(&mut author, &op, base, extra);
+    eprintln!(
+        "generated {} signed revocations in {:?}",
+        base + extra,
+        t.elapsed()
+    );
+
+    let mut state = SignedState::new(root(&op));
+    let t = Instant::now();
+    for r in state.ingest_batch(stored.iter().map(|u| u.as_slice().into()).collect()) {
+        r.unwrap();
+    }
+    eprintln!(
+        "verified and applied {base} stored updates in one batch in {:?}",
+        t.elapsed()
+    );
+    let saved = state.doc().save();
+    eprintln!(
+        "saved document: {} bytes for {base} revocations = {:.1} bytes/revocation; signed updates: {:.1} bytes each",
+        saved.len(),
+        saved.len() as f64 / base as f64,
+        stored.iter().map(Vec::len).sum::<usize>() as f64 / base as f64
+    );
+
+    let fresh: Vec<std::sync::Arc<[u8]>> = fresh.into_iter().map(Into::into).collect();
+    let mut group = c.benchmark_group("ingest");
+    for batch in [1usize, 1000] {
+        group.throughput(Throughput::Elements(batch as u64));
+        let mut next = 0usize;
+        group.bench_function(format!("revocations_into_{base}/batch_{batch}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    if next + batch > fresh.len() {
+                        // Start again from a state of `base` revocations.
+                        state = SignedState::new(root(&op));
+                        for r in
+                            state.ingest_batch(stored.iter().map(|u| u.as_slice().into()).collect())
+                        {
+                            r.unwrap();
+                        }
+                        next = 0;
+                    }
+                    let items = fresh[next..next + batch].to_vec();
+                    let t = Instant::now();
+                    for r in black_box(state.ingest_batch(items)) {
+                        r.unwrap();
+                    }
+                    total += t.elapsed();
+                    next += batch;
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(base));
+    group.bench_function(format!("verify_all_{base}"), |b| {
+        b.iter(|| {
+            let mut s = SignedState::new(root(&op));
+            for r in s.ingest_batch(stored.iter().map(|u| u.as_slice().into()).collect()) {
+                r.unwrap();
+            }
+            black_box(s.update_count())
+        })
+    });
+    group.bench_function(format!("load_saved_doc_{base}"), |b| {
+        b.iter(|| black_box(PolicyDoc::load(&saved).unwrap().change_count()))
+    });
+    group.finish();
+}
+
+#[allow(missing_docs)]
+mod harness {
+    criterion::criterion_group! {
+        name = benches;
+        config = criterion::Criterion::default().measurement_time(std::time::Duration::from_secs(5));
+        targets = super::bench
+    }
+}
+criterion_main!(harness::benches);
