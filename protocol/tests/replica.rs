@@ -1,0 +1,505 @@
+//! The sans-IO replica, driven by hand: admission, gossip verdicts, bans, and
+//! anti-entropy in bounded batches. Messages are handed from one replica's
+//! outputs to another's inputs directly (this tests the state machine; the
+//! libp2p driver has its own end-to-end suite in `tests/`).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use weft_crdt::PolicyDoc;
+use weft_protocol::identity::{NodeId, SecretKey};
+use weft_protocol::replica::{Input, Output, Replica, ReplicaConfig, Timer, Verdict};
+use weft_protocol::state::SignedState;
+use weft_protocol::trust::{NodeCert, Operator, QuarantineLimits, Role, SignedNodeCert, TrustRoot};
+use weft_protocol::update::{SignedUpdate, actor_for};
+use weft_protocol::wire::{MAX_FETCH, SyncRequest};
+
+const NOW_MS: u64 = 1_700_000_000_000;
+
+fn admin() -> SecretKey {
+    SecretKey::from_seed([1; 32])
+}
+
+fn policy_only() -> SecretKey {
+    SecretKey::from_seed([2; 32])
+}
+
+fn root() -> TrustRoot {
+    TrustRoot {
+        version: 1,
+        expires: u64::MAX,
+        root_keys: vec![SecretKey::from_seed([100; 32]).public()],
+        root_threshold: 1,
+        operators: vec![
+            Operator {
+                name: "admin".into(),
+                key: admin().public(),
+                roles: [Role::Policy, Role::Revoke, Role::Admit]
+                    .into_iter()
+                    .collect(),
+            },
+            Operator {
+                name: "writer".into(),
+                key: policy_only().public(),
+                roles: [Role::Policy].into_iter().collect(),
+            },
+        ],
+        policy_threshold: 1,
+        revoke_threshold: 1,
+        node_quarantine: QuarantineLimits::default(),
+        accepted_heads: vec![],
+    }
+}
+
+fn node_key(n: u8) -> SecretKey {
+    SecretKey::from_seed([50 + n; 32])
+}
+
+fn node_id(n: u8) -> NodeId {
+    NodeId::new(node_key(n).public())
+}
+
+fn cert(n: u8, issuer: &SecretKey, for_node: u8) -> Vec<u8> {
+    SignedNodeCert::sign(
+        &NodeCert {
+            node: node_id(for_node),
+            name: format!("n{n}"),
+            issuer: issuer.public(),
+            issued: 0,
+            expires: u64::MAX,
+        },
+        issuer,
+    )
+    .to_bytes()
+}
+
+/// Replicas wired to each other by hand, with every message recorded.
+struct Mesh {
+    replicas: BTreeMap<u8, Replica<u8>>,
+    queue: VecDeque<(u8, Input<u8>)>,
+    requests: BTreeMap<u64, (u8, u8)>,
+    next_request: u64,
+    links: BTreeMap<u8, Vec<u8>>,
+    outputs: Vec<(u8, Output<u8>)>,
+    cut: bool,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        Mesh {
+            replicas: BTreeMap::new(),
+            queue: VecDeque::new(),
+            requests: BTreeMap::new(),
+            next_request: 0,
+            links: BTreeMap::new(),
+            outputs: Vec::new(),
+            cut: false,
+        }
+    }
+
+    fn add(&mut self, n: u8, cert: Vec<u8>) {
+        let mut r = Replica::new(
+            SignedState::new(root()),
+            node_id(n),
+            cert,
+            ReplicaConfig::default(),
+        );
+        r.start();
+        self.replicas.insert(n, r);
+    }
+
+    fn connect(&mut self, a: u8, b: u8) {
+        self.links.entry(a).or_default().push(b);
+        self.links.entry(b).or_default().push(a);
+        self.queue.push_back((
+            a,
+            Input::PeerConnected {
+                peer: b,
+                node: node_id(b),
+            },
+        ));
+        self.queue.push_back((
+            b,
+            Input::PeerConnected {
+                peer: a,
+                node: node_id(a),
+            },
+        ));
+        self.run();
+    }
+
+    fn input(&mut self, n: u8, input: Input<u8>) {
+        self.queue.push_back((n, input));
+        self.run();
+    }
+
+    fn submit(&mut self, n: u8, bytes: &[u8]) {
+        let (_, outs) = self
+            .replicas
+            .get_mut(&n)
+            .unwrap()
+            .submit(NOW_MS, bytes)
+            .unwrap();
+        self.carry(n, outs);
+        self.run();
+    }
+
+    fn run(&mut self) {
+        let mut steps = 0;
+        while let Some((n, input)) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 100_000, "the mesh does not settle");
+            let Some(r) = self.replicas.get_mut(&n) else {
+                continue;
+            };
+            // Gossipsub forwards a message once its receiver accepts it.
+            let forward = match &input {
+                Input::Gossip { from, bytes } => Some((*from, bytes.clone())),
+                _ => None,
+            };
+            let outs = r.handle(NOW_MS, steps, input);
+            if let Some((from, bytes)) = forward
+                && outs
+                    .iter()
+                    .any(|o| matches!(o, Output::Verdict(Verdict::Accept)))
+                && !self.cut
+            {
+                for peer in self.links.get(&n).cloned().unwrap_or_default() {
+                    if peer != from {
+                        self.queue.push_back((
+                            peer,
+                            Input::Gossip {
+                                from: n,
+                                bytes: bytes.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+            self.carry(n, outs);
+        }
+    }
+
+    fn carry(&mut self, n: u8, outs: Vec<Output<u8>>) {
+        for o in outs {
+            match &o {
+                Output::Send { to, request } => {
+                    self.next_request += 1;
+                    self.requests.insert(self.next_request, (n, *to));
+                    self.queue.push_back((
+                        *to,
+                        Input::Request {
+                            from: n,
+                            request_id: self.next_request,
+                            request: request.clone(),
+                        },
+                    ));
+                }
+                Output::Respond {
+                    request_id,
+                    response,
+                } => {
+                    let (asker, me) = self.requests[request_id];
+                    self.queue.push_back((
+                        asker,
+                        Input::Response {
+                            from: me,
+                            response: response.clone(),
+                        },
+                    ));
+                }
+                Output::Publish(bytes) if !self.cut => {
+                    for peer in self.links.get(&n).cloned().unwrap_or_default() {
+                        self.queue.push_back((
+                            peer,
+                            Input::Gossip {
+                                from: n,
+                                bytes: bytes.to_vec(),
+                            },
+                        ));
+                    }
+                }
+                Output::Disconnect { peer, .. } | Output::Ban { peer, .. } => {
+                    let peer = *peer;
+                    self.links.entry(n).or_default().retain(|p| *p != peer);
+                    self.links.entry(peer).or_default().retain(|p| *p != n);
+                    self.queue
+                        .push_back((peer, Input::PeerDisconnected { peer: n }));
+                }
+                _ => {}
+            }
+            self.outputs.push((n, o));
+        }
+    }
+
+    fn state(&self, n: u8) -> &SignedState {
+        self.replicas[&n].state()
+    }
+}
+
+fn revocation(state: &SignedState, subject: &str, lane: u64) -> Vec<u8> {
+    let mut doc = PolicyDoc::load(&state.doc().save()).unwrap();
+    let c = doc
+        .build_revoke(
+            actor_for(&admin().public(), lane.to_be_bytes()),
+            subject,
+            "test",
+            0,
+        )
+        .unwrap()
+        .unwrap();
+    let mut u = SignedUpdate::new(&c, 1);
+    u.sign(&admin()).unwrap();
+    u.to_bytes()
+}
+
+#[test]
+fn gossip_reaches_admitted_peers() {
+    let mut m = Mesh::new();
+    for n in 1..=3 {
+        m.add(n, cert(n, &admin(), n));
+    }
+    m.connect(1, 2);
+    m.connect(2, 3);
+    let u = revocation(m.state(1), r#"User::"eve""#, 0);
+    m.submit(1, &u);
+    for n in 1..=3 {
+        assert!(
+            m.state(n).view().revocation(r#"User::"eve""#).is_some(),
+            "node {n}"
+        );
+    }
+    // The submit path asks for persistence before anything else.
+    assert!(
+        m.outputs
+            .iter()
+            .any(|(n, o)| *n == 1 && matches!(o, Output::Persist { .. }))
+    );
+}
+
+#[test]
+fn late_joiner_catches_up_in_bounded_batches() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    m.add(2, cert(2, &admin(), 2));
+    // Node 1 builds up 600 updates alone: more than two fetch batches.
+    let mut doc = PolicyDoc::new();
+    let mut batch = Vec::new();
+    for i in 0..600u64 {
+        let c = doc
+            .build_revoke(
+                actor_for(&admin().public(), [0; 8]),
+                &format!(r#"User::"u{i}""#),
+                "",
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        let mut u = SignedUpdate::new(&c, 1);
+        u.sign(&admin()).unwrap();
+        batch.push(u.to_bytes().into());
+    }
+    let r1 = m.replicas.get_mut(&1).unwrap();
+    for r in r1.state_mut().ingest_batch(batch) {
+        r.unwrap();
+    }
+    m.connect(1, 2);
+    assert_eq!(m.state(2).update_count(), 600);
+    assert_eq!(m.state(1).heads(), m.state(2).heads());
+    let fetches: Vec<usize> = m
+        .outputs
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::Send {
+                request: SyncRequest::Fetch { hashes },
+                ..
+            } => Some(hashes.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        fetches.len() >= 3,
+        "expected several fetches, got {fetches:?}"
+    );
+    assert!(fetches.iter().all(|&n| n <= MAX_FETCH), "{fetches:?}");
+}
+
+#[test]
+fn anti_entropy_heals_a_missed_gossip() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    m.add(2, cert(2, &admin(), 2));
+    m.connect(1, 2);
+    m.cut = true;
+    let u = revocation(m.state(1), r#"User::"mallory""#, 0);
+    m.submit(1, &u);
+    assert!(m.state(2).view().revocation(r#"User::"mallory""#).is_none());
+    m.cut = false;
+    m.input(2, Input::Timer(Timer::AntiEntropy));
+    assert!(m.state(2).view().revocation(r#"User::"mallory""#).is_some());
+    assert_eq!(m.state(1).heads(), m.state(2).heads());
+    // The timer re-arms itself.
+    assert!(m.outputs.iter().any(|(n, o)| *n == 2
+        && matches!(
+            o,
+            Output::Schedule {
+                timer: Timer::AntiEntropy,
+                ..
+            }
+        )));
+}
+
+#[test]
+fn peers_without_a_valid_certificate_are_refused() {
+    for bad in [
+        cert(3, &policy_only(), 3), // issuer lacks the admit role
+        cert(3, &admin(), 9),       // a certificate for another node
+        b"not a certificate".to_vec(),
+    ] {
+        let mut m = Mesh::new();
+        m.add(1, cert(1, &admin(), 1));
+        m.add(3, bad);
+        m.connect(1, 3);
+        assert!(
+            m.outputs
+                .iter()
+                .any(|(n, o)| *n == 1 && matches!(o, Output::Disconnect { peer: 3, .. })),
+            "node 1 kept an unadmitted peer"
+        );
+        assert_eq!(m.replicas[&1].admitted_peers().count(), 0);
+        // Nothing it gossips counts.
+        let u = revocation(m.state(3), r#"User::"x""#, 0);
+        let outs =
+            m.replicas
+                .get_mut(&1)
+                .unwrap()
+                .handle(NOW_MS, 0, Input::Gossip { from: 3, bytes: u });
+        assert!(matches!(outs[0], Output::Verdict(Verdict::Ignore)));
+        assert_eq!(m.state(1).update_count(), 0);
+    }
+}
+
+#[test]
+fn admission_deadline_disconnects_a_silent_peer() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    let r = m.replicas.get_mut(&1).unwrap();
+    r.handle(
+        NOW_MS,
+        0,
+        Input::PeerConnected {
+            peer: 7,
+            node: node_id(7),
+        },
+    );
+    let outs = r.handle(NOW_MS, 0, Input::Timer(Timer::Admission(7)));
+    assert!(matches!(
+        outs.as_slice(),
+        [Output::Disconnect { peer: 7, .. }]
+    ));
+}
+
+#[test]
+fn forged_gossip_is_rejected_penalized_then_banned() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    m.add(2, cert(2, &admin(), 2));
+    m.connect(1, 2);
+    let good = revocation(m.state(2), r#"User::"x""#, 0);
+    let mut forged = SignedUpdate::from_bytes(&good).unwrap();
+    forged.signatures[0].sig =
+        SecretKey::from_seed([66; 32]).sign(weft_protocol::identity::Domain::Update, b"x");
+    let forged = forged.to_bytes();
+    let r1 = m.replicas.get_mut(&1).unwrap();
+    for strike in 1..=3 {
+        let outs = r1.handle(
+            NOW_MS,
+            0,
+            Input::Gossip {
+                from: 2,
+                bytes: forged.clone(),
+            },
+        );
+        assert!(
+            matches!(outs[0], Output::Verdict(Verdict::Reject)),
+            "strike {strike}: {outs:?}"
+        );
+        if strike < 3 {
+            assert!(matches!(outs[1], Output::Penalize { peer: 2, .. }));
+        } else {
+            assert!(matches!(outs[1], Output::Ban { peer: 2, .. }));
+        }
+    }
+    assert_eq!(r1.state().update_count(), 0);
+    assert!(r1.is_banned(&node_id(2)));
+    // It cannot come back.
+    let outs = r1.handle(
+        NOW_MS,
+        0,
+        Input::PeerConnected {
+            peer: 2,
+            node: node_id(2),
+        },
+    );
+    assert!(matches!(outs.as_slice(), [Output::Ban { peer: 2, .. }]));
+    // Garbage is rejected the same way.
+    m.add(3, cert(3, &admin(), 3));
+    m.connect(1, 3);
+    let outs = m.replicas.get_mut(&1).unwrap().handle(
+        NOW_MS,
+        0,
+        Input::Gossip {
+            from: 3,
+            bytes: vec![0; 40],
+        },
+    );
+    assert!(matches!(outs[0], Output::Verdict(Verdict::Reject)));
+}
+
+#[test]
+fn a_revoked_node_is_banned_and_stays_out() {
+    let mut m = Mesh::new();
+    for n in 1..=3 {
+        m.add(n, cert(n, &admin(), n));
+    }
+    m.connect(1, 2);
+    m.connect(1, 3);
+    let u = revocation(m.state(1), &node_id(2).to_string(), 0);
+    m.submit(1, &u);
+    assert!(
+        m.outputs
+            .iter()
+            .any(|(n, o)| *n == 1 && matches!(o, Output::Ban { peer: 2, .. }))
+    );
+    assert!(
+        m.outputs
+            .iter()
+            .any(|(n, o)| *n == 3 && matches!(o, Output::Ban { peer: 2, .. }))
+            || !m.links[&3].contains(&2)
+    );
+    let outs = m.replicas.get_mut(&1).unwrap().handle(
+        NOW_MS,
+        0,
+        Input::PeerConnected {
+            peer: 2,
+            node: node_id(2),
+        },
+    );
+    assert!(matches!(outs.as_slice(), [Output::Ban { peer: 2, .. }]));
+    // Its sync requests are refused too.
+    let outs = m.replicas.get_mut(&1).unwrap().handle(
+        NOW_MS,
+        0,
+        Input::Request {
+            from: 2,
+            request_id: 1,
+            request: SyncRequest::Heads { heads: vec![] },
+        },
+    );
+    assert!(matches!(outs.as_slice(), [Output::Respond { .. }]));
+    if let Output::Respond { response, .. } = &outs[0] {
+        assert!(matches!(
+            response,
+            weft_protocol::wire::SyncResponse::Refused { .. }
+        ));
+    }
+}
