@@ -8,6 +8,7 @@
 //! - [`state`]: the replicated document behind a wall of signature checks.
 //! - [`wire`]: the sync messages between nodes.
 //! - [`replica`]: the sans-IO replica that the node and the simulator drive.
+//! - [`token`]: short-lived identity tokens.
 //!
 //! No tokio, no libp2p, no sled, no clock and no RNG: time and randomness come
 //! in as arguments.
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod replica;
 pub mod state;
 pub mod time;
+pub mod token;
 pub mod trust;
 pub mod update;
 pub mod wire;
