@@ -111,6 +111,9 @@ pub struct PolicyDoc {
     objects: HashMap<ObjKey, Path>,
     /// Hash of every applied change (automerge's own lookup builds metadata).
     applied: HashSet<ChangeHash>,
+    /// Whether `objects` and `bundle_history` cover every change (false after
+    /// a load, until `complete_tables` runs).
+    complete: bool,
     /// For each bundle, the changes that touched it, by `(max_op, hash)`.
     bundle_history: BTreeMap<String, BTreeSet<(u64, ChangeHash)>>,
     bundles_obj: ObjId,
@@ -154,9 +157,10 @@ impl PolicyDoc {
             Ok(Some((Value::Object(ObjType::Map), id))) => id,
             _ => unreachable!("genesis creates the top-level maps"),
         };
-        let applied = doc.get_changes(&[]).iter().map(Change::hash).collect();
+        let applied = doc.get_changes_meta(&[]).iter().map(|m| m.hash).collect();
         PolicyDoc {
             applied,
+            complete: true,
             bundles_obj: obj(BUNDLES),
             revocations_obj: obj(REVOCATIONS),
             quarantines_obj: obj(QUARANTINES),
@@ -172,24 +176,74 @@ impl PolicyDoc {
     /// from scratch. The caller is responsible for having verified every change.
     pub fn load(bytes: &[u8]) -> Result<Self, CrdtError> {
         let doc = Automerge::load(bytes).map_err(|e| CrdtError::Load(one_line(&e)))?;
-        let changes = doc.get_changes(&[]);
-        if changes.first().map(Change::hash) != Some(schema::genesis_hash()) {
+        if doc.get_changes_meta(&[]).first().map(|m| m.hash) != Some(schema::genesis_hash()) {
             return Err(CrdtError::NotWeftState);
         }
         let mut objects = HashMap::new();
-        register_genesis(&changes[0], &mut objects);
+        register_genesis(&schema::genesis(), &mut objects);
         let mut fresh = Self::from_parts(doc, objects);
-        // Rebuild the path table and bundle history from the changes, in
-        // causal order, checking each against the schema as if it arrived now.
-        for change in &changes[1..] {
-            let mut created = Vec::new();
-            let summary = fresh.resolve_ops(change, Some(&mut created))?;
-            fresh.objects.extend(created);
-            fresh.note_summary(&summary);
-        }
+        // The path table is rebuilt from the objects visible in the document,
+        // which is cheap; objects that are no longer visible (a deleted
+        // bundle, say) are learned from the full change history the first time
+        // a change refers to one (see `complete_tables`).
+        fresh.complete = false;
+        fresh.walk_objects();
+        let keys = |obj: &ObjId| -> BTreeSet<String> { fresh.doc.keys(obj).collect() };
+        fresh.dirty.bundles = keys(&fresh.bundles_obj);
+        fresh.dirty.revocations = keys(&fresh.revocations_obj);
+        fresh.dirty.quarantines = keys(&fresh.quarantines_obj);
         fresh.dirty.heads = true;
         fresh.refresh_view();
         Ok(fresh)
+    }
+
+    /// Registers the path of every map object visible in the document.
+    fn walk_objects(&mut self) {
+        let names: Vec<String> = self.doc.keys(&self.bundles_obj).collect();
+        for name in names {
+            let bundle_path = Path(vec![BUNDLES.into(), name.clone()]);
+            let sides = self
+                .doc
+                .get_all(&self.bundles_obj, name.as_str())
+                .unwrap_or_default();
+            for (value, id) in sides {
+                let (Value::Object(ObjType::Map), ObjId::Id(counter, actor, _)) = (value, &id)
+                else {
+                    continue;
+                };
+                self.objects
+                    .insert((*counter, actor.clone()), bundle_path.clone());
+                for (v, pid) in self.doc.get_all(&id, POLICIES).unwrap_or_default() {
+                    if let (Value::Object(ObjType::Map), ObjId::Id(c, a, _)) = (v, &pid) {
+                        self.objects
+                            .insert((*c, a.clone()), bundle_path.child(POLICIES));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the path table and the bundle history from every change, once.
+    /// Needed after [`PolicyDoc::load`] only when a change writes into an object
+    /// that is no longer visible, or a bundle needs its last good version.
+    pub fn complete_tables(&mut self) {
+        if self.complete {
+            return;
+        }
+        let changes = self.doc.get_changes(&[]);
+        for change in changes.iter().skip(1) {
+            let mut created = Vec::new();
+            if let Ok(summary) = self.resolve_ops(change, Some(&mut created)) {
+                self.objects.extend(created);
+                for b in summary.bundles() {
+                    self.bundle_history
+                        .entry(b.to_owned())
+                        .or_default()
+                        .insert((summary.max_op, summary.hash));
+                }
+            }
+        }
+        self.complete = true;
     }
 
     /// Rebuilds a document from scratch out of the same changes, with a view
@@ -228,14 +282,24 @@ impl PolicyDoc {
         self.doc.get_changes(&[]).into_iter().skip(1).collect()
     }
 
-    /// Hashes of the changes that are not in the causal past of `have`.
+    /// The changes that are not in the causal past of `have`, in causal order.
     pub fn changes_since(&self, have: &[ChangeHash]) -> Vec<Change> {
         self.doc.get_changes(have)
     }
 
+    /// Hashes of the changes that are not in the causal past of `have`, in
+    /// causal order. Much cheaper than [`PolicyDoc::changes_since`].
+    pub fn hashes_since(&self, have: &[ChangeHash]) -> Vec<ChangeHash> {
+        self.doc
+            .get_changes_meta(have)
+            .iter()
+            .map(|m| m.hash)
+            .collect()
+    }
+
     /// How many changes the state holds (the genesis change included).
     pub fn change_count(&self) -> usize {
-        self.doc.get_changes(&[]).len()
+        self.applied.len()
     }
 
     /// The current view. Cloning it is cheap.
@@ -411,7 +475,15 @@ impl PolicyDoc {
                 continue;
             }
             let mut created = Vec::new();
-            let summary = match self.resolve_ops(&change, Some(&mut created)) {
+            let mut resolved = self.resolve_ops(&change, Some(&mut created));
+            if resolved.is_err() && !self.complete {
+                // The change may write into an object the loaded document no
+                // longer shows; learn every object's path and try again.
+                self.complete_tables();
+                created.clear();
+                resolved = self.resolve_ops(&change, Some(&mut created));
+            }
+            let summary = match resolved {
                 Ok(s) => s,
                 Err(e) => {
                     results.push(Err(Refusal::State(e)));
@@ -553,20 +625,17 @@ impl PolicyDoc {
     }
 
     fn refresh_bundle(&mut self, name: &str) {
-        let history = self.bundle_history.get(name);
-        let authors: Vec<String> = history
-            .map(|h| {
-                h.iter()
-                    .filter_map(|(_, hash)| self.doc.get_change_meta_by_hash(hash))
-                    .map(|m| hex::encode(m.actor.to_bytes()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let Some((merged, conflicts)) = read_bundle(&self.doc, &self.bundles_obj, name, None)
+        let Some((merged, conflicts, authors)) =
+            read_bundle(&self.doc, &self.bundles_obj, name, None)
         else {
             self.view.bundles.remove(name);
             return;
         };
+        if merged.parse(name).is_err() {
+            // The fallback below needs the bundle's full history.
+            self.complete_tables();
+        }
+        let history = self.bundle_history.get(name);
         let mut state = BundleState {
             name: name.to_owned(),
             merged: merged.clone(),
@@ -588,7 +657,7 @@ impl PolicyDoc {
                 if let Some(history) = history {
                     for (_, hash) in history.iter().rev() {
                         let at = [*hash];
-                        let Some((content, _)) =
+                        let Some((content, _, _)) =
                             read_bundle(&self.doc, &self.bundles_obj, name, Some(&at))
                         else {
                             continue;
@@ -654,7 +723,7 @@ impl PolicyDoc {
         time: i64,
     ) -> Result<Option<Change>, CrdtError> {
         schema::check_bundle_name(name).map_err(SchemaViolation)?;
-        if let Some((current, conflicts)) = read_bundle(&self.doc, &self.bundles_obj, name, None)
+        if let Some((current, conflicts, _)) = read_bundle(&self.doc, &self.bundles_obj, name, None)
             && current == *content
             && conflicts.is_empty()
         {
@@ -847,13 +916,14 @@ fn read_str_all<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> (Option<String>,
     (winner, n)
 }
 
-/// Reads bundle `name`, now or as of `heads`, with its conflicts.
+/// Reads bundle `name`, now or as of `heads`, with its conflicts and the
+/// actors (hex, sorted) that wrote what it holds.
 fn read_bundle(
     doc: &Automerge,
     bundles: &ObjId,
     name: &str,
     heads: Option<&[ChangeHash]>,
-) -> Option<(BundleContent, Vec<Conflict>)> {
+) -> Option<(BundleContent, Vec<Conflict>, Vec<String>)> {
     let get_all = |obj: &ObjId, key: &str| -> Vec<(Value<'_>, ObjId)> {
         match heads {
             None => doc.get_all(obj, key),
@@ -862,7 +932,9 @@ fn read_bundle(
         .unwrap_or_default()
     };
     let mut conflicts = Vec::new();
+    let mut writers = BTreeSet::new();
     let mut note_conflict = |path: String, sides: &[(Value<'_>, ObjId)]| {
+        writers.extend(sides.iter().map(|(_, id)| actor_hex(id)));
         if sides.len() > 1 {
             let winner = sides.len() - 1;
             conflicts.push(Conflict {
@@ -928,5 +1000,5 @@ fn read_bundle(
         note_conflict(format!("{BUNDLES}/{name}/{field}"), &sides);
         *slot = str_winner(&sides);
     }
-    Some((content, conflicts))
+    Some((content, conflicts, writers.into_iter().collect()))
 }

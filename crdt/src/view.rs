@@ -82,7 +82,8 @@ pub struct BundleState {
     pub error: Option<BundleError>,
     /// Concurrent writes in this bundle.
     pub conflicts: Vec<Conflict>,
-    /// Hex of the actors of the changes that touched this bundle, oldest first.
+    /// Hex of the actors that wrote what the bundle holds now (every side of
+    /// a conflict included), sorted.
     pub authors: Vec<String>,
 }
 

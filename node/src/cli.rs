@@ -76,11 +76,13 @@ pub enum Command {
     #[command(subcommand)]
     Bundle(weft_node::admin::BundleCommand),
     /// Revoke a user, a resource or a node, as a signed update.
+    #[command(long_about = weft_node::admin::REVOKE_LONG_ABOUT)]
     Revoke(weft_node::admin::RevokeArgs),
     /// Co-sign and inspect signed update files.
     #[command(subcommand)]
     Update(weft_node::admin::UpdateCommand),
     /// Submit signed updates to a node.
+    #[command(long_about = weft_node::admin::PUSH_LONG_ABOUT)]
     Push(weft_node::admin::PushArgs),
     /// Show a running node's state: peers, heads, bundles, revocations, freshness.
     Status(weft_node::daemon::StatusArgs),
@@ -90,8 +92,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Create a node directory: key, trust root, store and weft.toml; prints the node id.
+    #[command(long_about = weft_node::admin::NODE_INIT_LONG_ABOUT)]
     Init(weft_node::admin::NodeInitArgs),
     /// Sign a node's admission certificate with an operator key holding the admit role.
+    #[command(long_about = weft_node::admin::NODE_CERTIFY_LONG_ABOUT)]
     Certify(weft_node::admin::NodeCertifyArgs),
     /// Run the node in the foreground until SIGINT or SIGTERM.
     Run(weft_node::daemon::NodeRunArgs),

@@ -1,24 +1,680 @@
-//! The node daemon: `weft node run`.
+//! The node daemon: `weft node run`, `weft status`, and [`spawn_node`], the
+//! library entry point that tests and `weft demo` use to run nodes in one
+//! process.
+//!
+//! Start-up, in order: the key (`DIR/node.key`), the trust root
+//! (`DIR/trust.json`, verified; an expired root is still enforced and
+//! reported every minute), the certificate (`DIR/node.cert`; without a valid
+//! one the node still starts and answers decisions from local state, but its
+//! peers refuse it, which it says loudly), the store (every update verified,
+//! or loaded from the node's own snapshot), then the swarm and the HTTP API.
+//! On SIGINT or SIGTERM the API stops accepting, the node task stops, and the
+//! store is flushed before the process exits 0.
 
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use arc_swap::ArcSwap;
 use clap::Args;
+use futures::StreamExt as _;
+use libp2p::gossipsub::IdentTopic;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+use weft_crdt::PolicyView;
+use weft_protocol::identity::NodeId;
+use weft_protocol::replica::{Replica, ReplicaConfig};
+use weft_protocol::time::format_timestamp;
+use weft_protocol::trust::{MAX_TRUST_ROOT_LEN, SignedNodeCert, SignedRoot, from_trust_file};
+
+use crate::api::{self, ApiState, Status};
+use crate::keyfile;
+use crate::layout::{Config, NodeDir};
+use crate::net::{self, Command, NodeTask, NodeTaskParts, Shared, TOPIC};
+use crate::store::{DEFAULT_SNAPSHOT_EVERY, Store};
 
 /// `weft node run`
 #[derive(Debug, Args)]
-pub struct NodeRunArgs {}
+pub struct NodeRunArgs {
+    /// The node directory (made by `weft node init`).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// libp2p listen address, like /ip4/0.0.0.0/tcp/7101 [default: from DIR/weft.toml].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Option<String>,
+    /// HTTP API address, like 127.0.0.1:7100 [default: from DIR/weft.toml].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// A peer to dial and keep dialing; give the flag once per peer (replaces the peers in weft.toml). The /p2p/ suffix is optional.
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<String>,
+    /// Log format [default: from DIR/weft.toml, else pretty].
+    #[arg(long, value_name = "FORMAT", value_parser = ["pretty", "json"])]
+    pub log_format: Option<String>,
+}
 
 /// `weft status`
 #[derive(Debug, Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// The node's API, like http://127.0.0.1:7100.
+    #[arg(long, value_name = "URL")]
+    pub node: String,
+    /// Print the node's status JSON as it is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How to run one node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The node directory.
+    pub dir: PathBuf,
+    /// libp2p listen addresses (port 0 picks a free one).
+    pub listen: Vec<Multiaddr>,
+    /// HTTP API address, `HOST:PORT` (port 0 picks a free one).
+    pub api: String,
+    /// Peers to dial and keep dialing.
+    pub peers: Vec<Multiaddr>,
+    /// Replica settings.
+    pub replica: ReplicaConfig,
+    /// Applied updates between two snapshots.
+    pub snapshot_every: u64,
+}
+
+impl NodeOptions {
+    /// Options for the node in `dir`, listening on loopback with free ports,
+    /// with no peers and the default settings.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        NodeOptions {
+            dir: dir.into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+            api: "127.0.0.1:0".into(),
+            peers: Vec::new(),
+            replica: ReplicaConfig::default(),
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+        }
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    api_addr: SocketAddr,
+    peer_id: PeerId,
+    node_id: NodeId,
+    listen_addrs: Vec<Multiaddr>,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    node_task: JoinHandle<()>,
+    api_task: JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// The address the HTTP API listens on.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The API's base URL, `http://HOST:PORT`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// The node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The node's id (the same text as its peer id).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The libp2p addresses the node listens on.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The current policy view.
+    pub fn view(&self) -> Arc<PolicyView> {
+        self.shared.view.load_full()
+    }
+
+    /// Bytes `(in, out)` on every libp2p connection since the node started
+    /// (read in-process, without a round trip through the node task).
+    pub fn traffic(&self) -> (u64, u64) {
+        let t = &self.shared.traffic;
+        (t.bytes_in(), t.bytes_out())
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| anyhow!("the node has stopped"))?;
+        rx.await.map_err(|_| anyhow!("the node has stopped"))
+    }
+
+    /// The node's status, as `GET /v1/status` gives it.
+    pub async fn status(&self) -> Result<Status> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Cuts the connections to `peer` and refuses it until [`NodeHandle::unblock`]
+    /// (a partition at the transport, for tests and the demo).
+    pub async fn block(&self, peer: PeerId) -> Result<()> {
+        self.ask(|reply| Command::Block { peer, reply }).await
+    }
+
+    /// Lifts a [`NodeHandle::block`]. A banned peer stays banned.
+    pub async fn unblock(&self, peer: PeerId) -> Result<()> {
+        self.ask(|reply| Command::Unblock { peer, reply }).await
+    }
+
+    /// Test hook: publishes `bytes` on the update topic as they are, with no
+    /// check at all, as a compromised or buggy node would.
+    #[doc(hidden)]
+    pub async fn gossip_raw(&self, bytes: Vec<u8>) -> Result<()> {
+        self.ask(|reply| Command::GossipRaw { bytes, reply })
+            .await?
+            .map_err(|e| anyhow!("gossipsub refused the message: {e}"))
+    }
+
+    /// Stops the node: the API stops accepting, the node task stops, the
+    /// store is flushed. Returns once everything has stopped.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        drop(self.commands);
+        self.api_task
+            .await
+            .map_err(|e| anyhow!("the API task failed: {e}"))?;
+        self.node_task
+            .await
+            .map_err(|e| anyhow!("the node task failed: {e}"))?;
+        Ok(())
+    }
+}
+
+fn now_secs() -> u64 {
+    net::now_ms() / 1000
+}
+
+/// Reads and checks `DIR/trust.json`.
+fn read_trust(path: &Path) -> Result<SignedRoot> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_TRUST_ROOT_LEN as u64 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    from_trust_file(&text).with_context(|| path.display().to_string())
+}
+
+/// Reads `DIR/node.cert` and checks it here, as peers will. Returns the
+/// bytes to present (empty when there is no usable certificate: peers refuse
+/// such a node, and the reason is logged as an error).
+fn read_cert(dir: &NodeDir, node: &NodeId, root: &weft_protocol::trust::TrustRoot) -> Vec<u8> {
+    let path = dir.cert();
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::error!(
+                path = %path.display(),
+                "this node has no certificate: peers will refuse it until an operator runs `weft node certify`; it still answers decisions from its local state"
+            );
+            return Vec::new();
+        }
+        Err(err) => {
+            tracing::error!(path = %path.display(), %err, "cannot read the node certificate: peers will refuse this node");
+            return Vec::new();
+        }
+    };
+    let verdict = SignedNodeCert::from_bytes(&bytes)
+        .and_then(|c| c.verify(root, now_secs()))
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            if &c.node == node {
+                Ok(c)
+            } else {
+                Err(format!(
+                    "it is for node {}, not for this node {node}",
+                    c.node
+                ))
+            }
+        });
+    match verdict {
+        Ok(c) => {
+            tracing::info!(name = %c.name, expires = %format_timestamp(c.expires), "node certificate is valid");
+        }
+        Err(err) => {
+            tracing::error!(path = %path.display(), %err, "the node certificate is not valid: peers will refuse this node");
+        }
+    }
+    bytes
+}
+
+/// Starts a node from its directory and returns once it listens on every
+/// address and its API is up.
+pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
+    let dir = NodeDir::new(&opts.dir);
+    let key = keyfile::read(&dir.key())?;
+    let node_id = NodeId::new(key.public());
+    let span = tracing::info_span!("node", id = %short_id(&node_id));
+
+    let signed_root = read_trust(&dir.trust())?;
+    let verified = signed_root.verify_initial(now_secs()).with_context(|| {
+        format!(
+            "the trust root in {} does not verify",
+            dir.trust().display()
+        )
+    })?;
+    let root = verified.root;
+    if verified.expired {
+        span.in_scope(|| {
+            tracing::error!(
+                version = root.version,
+                expires = %format_timestamp(root.expires),
+                "the trust root has expired: this node keeps enforcing it, but operators must rotate it now"
+            )
+        });
+    }
+    let cert = span.in_scope(|| read_cert(&dir, &node_id, &root));
+
+    let store = Store::open(&dir.store())?;
+    store.put_trust_root(&signed_root.to_bytes())?;
+    // Loading verifies signatures: keep it off the async workers.
+    let load_span = span.clone();
+    let load_root = root.clone();
+    let (store, loaded) = tokio::task::spawn_blocking(move || {
+        let loaded = load_span.in_scope(|| store.load_state(load_root));
+        (store, loaded)
+    })
+    .await
+    .map_err(|e| anyhow!("loading the store failed: {e}"))?;
+    let (state, report) = loaded?;
+    span.in_scope(|| {
+        tracing::info!(
+            applied = report.applied,
+            from_snapshot = report.from_snapshot,
+            verified = report.verified,
+            held = report.held,
+            damaged = report.damaged,
+            refused = report.refused,
+            elapsed_ms = report.elapsed_ms,
+            "store loaded"
+        )
+    });
+    let store = Arc::new(store);
+    let shared = Arc::new(Shared {
+        view: ArcSwap::from_pointee(state.view().clone()),
+        node_id,
+        traffic: Arc::default(),
+    });
+    let replica = Replica::new(state, node_id, cert, opts.replica.clone());
+
+    let keypair = net::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
+    let peer_id = keypair.public().to_peer_id();
+    let mut swarm = net::build_swarm(keypair, &IdentTopic::new(TOPIC), shared.traffic.clone())
+        .map_err(|e| anyhow!(e))?;
+    let mut listeners = Vec::new();
+    for addr in &opts.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(id);
+    }
+    // Wait until every listener has an address (port 0 is resolved then).
+    let mut listen_addrs = Vec::new();
+    let mut early = Vec::new();
+    let mut waiting = listeners;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !waiting.is_empty() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| anyhow!("the node did not start listening within 10 seconds"))?;
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                waiting.retain(|l| *l != listener_id);
+                listen_addrs.push(address);
+            }
+            SwarmEvent::ListenerClosed { reason: Err(e), .. }
+            | SwarmEvent::ListenerError { error: e, .. } => {
+                bail!("cannot listen: {e}");
+            }
+            other => early.push(other),
+        }
+    }
+
+    let (commands_tx, commands_rx) = mpsc::channel(256);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let applied_since_snapshot = report.verified as u64;
+    let mut task = NodeTask::new(
+        NodeTaskParts {
+            swarm,
+            replica,
+            store,
+            shared: shared.clone(),
+            signed_root: signed_root.to_bytes(),
+            peers: opts.peers.clone(),
+            snapshot_every: opts.snapshot_every,
+            commands: commands_rx,
+            shutdown: shutdown_rx.clone(),
+        },
+        applied_since_snapshot,
+    );
+    task.replay(early);
+
+    let listener = tokio::net::TcpListener::bind(&opts.api)
+        .await
+        .with_context(|| format!("cannot listen for the API on {}", opts.api))?;
+    let api_addr = listener.local_addr()?;
+    span.in_scope(|| {
+        tracing::info!(
+            node_id = %node_id,
+            api = %api_addr,
+            listen = ?listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "node started"
+        )
+    });
+
+    let node_task = tokio::spawn(task.run().instrument(span.clone()));
+    let router = api::router(Arc::new(ApiState {
+        commands: commands_tx.clone(),
+        shared: shared.clone(),
+    }));
+    let mut api_shutdown = shutdown_rx;
+    let api_task = tokio::spawn(
+        async move {
+            let stop = async move {
+                while !*api_shutdown.borrow() {
+                    if api_shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            if let Err(err) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(%err, "the API server failed");
+            }
+        }
+        .instrument(span),
+    );
+
+    Ok(NodeHandle {
+        api_addr,
+        peer_id,
+        node_id,
+        listen_addrs,
+        commands: commands_tx,
+        shared,
+        shutdown: shutdown_tx,
+        node_task,
+        api_task,
+    })
+}
+
+/// The last 8 characters of a node id, for log spans.
+fn short_id(id: &NodeId) -> String {
+    let s = id.to_string();
+    s[s.len().saturating_sub(8)..].to_owned()
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_gossipsub=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn parse_addr(text: &str, what: &str) -> Result<Multiaddr> {
+    text.parse().map_err(|e| {
+        anyhow!("{what} \"{text}\" is not a libp2p multiaddr (like /ip4/127.0.0.1/tcp/7101): {e}")
+    })
+}
 
 /// Runs `weft node run` until SIGINT or SIGTERM.
-pub fn node_run(_args: NodeRunArgs) -> Result<ExitCode> {
-    bail!("weft node run is not built yet")
+pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
+    let dir = NodeDir::new(&args.dir);
+    if !args.dir.is_dir() {
+        bail!(
+            "{} is not a node directory: run `weft node init --dir {}` first",
+            args.dir.display(),
+            args.dir.display()
+        );
+    }
+    let mut config = if dir.config().exists() {
+        Config::load(&dir.config()).map_err(|e| anyhow!(e))?
+    } else {
+        Config::default()
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(a) = args.api {
+        config.api = a;
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers;
+    }
+    if let Some(f) = args.log_format {
+        config.log_format = f;
+    }
+    if config.log_format != "pretty" && config.log_format != "json" {
+        bail!(
+            "log_format \"{}\" in {} is neither \"pretty\" nor \"json\"",
+            config.log_format,
+            dir.config().display()
+        );
+    }
+    let mut opts = NodeOptions::new(&args.dir);
+    opts.listen = vec![parse_addr(&config.listen, "--listen")?];
+    opts.api = config.api.clone();
+    opts.peers = config
+        .peers
+        .iter()
+        .map(|p| parse_addr(p, "--peer"))
+        .collect::<Result<_>>()?;
+
+    init_logging(&config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let node = spawn_node(opts).await?;
+        eprintln!(
+            "weft node {} running: API http://{}, libp2p {}",
+            node.node_id(),
+            node.api_addr(),
+            node.listen_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        node.shutdown().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// The API base URL from `--node`: a scheme is added when missing, a
+/// trailing slash removed.
+fn base_url(node: &str) -> String {
+    let node = node.trim().trim_end_matches('/');
+    if node.starts_with("http://") || node.starts_with("https://") {
+        node.to_owned()
+    } else {
+        format!("http://{node}")
+    }
 }
 
 /// Runs `weft status`.
-pub fn status(_args: StatusArgs) -> Result<ExitCode> {
-    bail!("weft status is not built yet")
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    let url = format!("{}/v1/status", base_url(&args.node));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (code, body) = runtime
+        .block_on(async {
+            let resp = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?
+                .get(&url)
+                .send()
+                .await?;
+            let code = resp.status();
+            let body = resp.text().await?;
+            Ok::<_, reqwest::Error>((code, body))
+        })
+        .map_err(|e| anyhow!("cannot reach the node at {url}: {e}"))?;
+    if !code.is_success() {
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| body.trim().chars().take(200).collect());
+        bail!("the node at {url} answered {code}: {reason}");
+    }
+    if args.json {
+        println!("{}", body.trim());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s: Status = serde_json::from_str(&body).map_err(|e| {
+        anyhow!("the node at {url} sent a status this weft does not understand: {e}")
+    })?;
+    print!("{}", render_status(&s));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The readable form of a status.
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    out += &format!("node {}\n", s.node_id);
+    let expiry = format_timestamp(s.trust_root.expires);
+    out += &format!(
+        "  trust root:  version {}, expires {}{}\n",
+        s.trust_root.version,
+        expiry,
+        if s.trust_root.expired {
+            " (EXPIRED: still enforced; rotate it now)"
+        } else {
+            ""
+        }
+    );
+    out += &format!(
+        "  state:       {} update(s), {} held, digest {}\n",
+        s.updates,
+        s.held,
+        s.digest.chars().take(16).collect::<String>()
+    );
+    out += &format!("  heads:       {}\n", s.heads.len());
+    out += &format!(
+        "  last sync:   {}\n",
+        match s.last_sync_ms_ago {
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "never".into(),
+        }
+    );
+    let admitted = s.peers.iter().filter(|p| p.admitted).count();
+    out += &format!(
+        "  peers:       {} connected, {} admitted\n",
+        s.peers.len(),
+        admitted
+    );
+    for p in &s.peers {
+        out += &format!(
+            "    {}  {}{}\n",
+            p.node_id,
+            if p.admitted {
+                "admitted"
+            } else {
+                "NOT admitted"
+            },
+            p.score
+                .map(|x| format!("  score {x:.1}"))
+                .unwrap_or_default()
+        );
+    }
+    out += &format!("  bundles:     {}\n", s.bundles.len());
+    for b in &s.bundles {
+        out += &format!(
+            "    {}  {} polic{}, signed by {}{}{}\n",
+            b.name,
+            b.policies,
+            if b.policies == 1 { "y" } else { "ies" },
+            if b.signers.is_empty() {
+                "nobody known".to_owned()
+            } else {
+                b.signers.join(", ")
+            },
+            if b.conflicts > 0 {
+                format!(", {} conflict(s)", b.conflicts)
+            } else {
+                String::new()
+            },
+            b.error
+                .as_ref()
+                .map(|e| format!("\n      ERROR: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    out += &format!("  revocations: {}\n", s.revocations);
+    out += &format!(
+        "  traffic:     {} B in, {} B out\n",
+        s.stats.bytes_in, s.stats.bytes_out
+    );
+    if !s.stats.refused.is_empty() {
+        let refused: Vec<String> = s
+            .stats
+            .refused
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        out += &format!("  refused:     {}\n", refused.join(", "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(base_url("127.0.0.1:7100"), "http://127.0.0.1:7100");
+        assert_eq!(base_url("http://h:1/"), "http://h:1");
+    }
 }

@@ -2,6 +2,9 @@
 //! HTTP API, and the library behind the `weft` command line.
 
 pub mod admin;
+pub mod api;
 pub mod daemon;
 pub mod keyfile;
 pub mod layout;
+pub mod net;
+pub mod store;

@@ -567,9 +567,11 @@ impl<P: Clone + Ord + Debug> Replica<P> {
             }
             SyncResponse::Updates { updates } => {
                 self.stats.last_sync_ms = Some(now_ms);
-                for WireBytes(bytes) in updates {
-                    self.stats.synced += 1;
-                    match self.state.ingest(&bytes) {
+                self.stats.synced += updates.len() as u64;
+                // One batch: automerge's cost is per call, not per change.
+                let batch = updates.into_iter().map(|WireBytes(b)| b.into()).collect();
+                for result in self.state.ingest_batch(batch) {
+                    match result {
                         Ok(ingested) => self.after_ingest(now_ms, &ingested, out),
                         Err(e) => {
                             *self.stats.refused.entry(e.label()).or_default() += 1;

@@ -240,9 +240,8 @@ impl SignedState {
             .copied()
             .collect();
         self.doc
-            .changes_since(&known)
-            .iter()
-            .map(|c| c.hash())
+            .hashes_since(&known)
+            .into_iter()
             .filter(|h| self.updates.contains_key(h))
             .collect()
     }

@@ -178,25 +178,40 @@ mod tests {
         let text = issue(&token(&k), &k);
         assert_eq!(verify(&text, &r, &[], 1500).unwrap(), token(&k));
         assert_eq!(verify(&text, &r, &[], 1900), Err(TokenError::Expired(0)));
-        assert!(matches!(verify(&text, &r, &[], 800), Err(TokenError::NotYetValid(200))));
+        assert!(matches!(
+            verify(&text, &r, &[], 800),
+            Err(TokenError::NotYetValid(200))
+        ));
         // An operator without the issue role, unless configured as an issuer.
         let r2 = root(&k, &[Role::Policy]);
-        assert!(matches!(verify(&text, &r2, &[], 1500), Err(TokenError::UnknownIssuer(_))));
+        assert!(matches!(
+            verify(&text, &r2, &[], 1500),
+            Err(TokenError::UnknownIssuer(_))
+        ));
         assert!(verify(&text, &r2, &[k.public()], 1500).is_ok());
         // Forged: a token claiming k as issuer but signed by someone else.
         let other = SecretKey::from_seed([2; 32]);
         let forged = issue(&token(&k), &other);
-        assert_eq!(verify(&forged, &r, &[], 1500), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&forged, &r, &[], 1500),
+            Err(TokenError::BadSignature)
+        );
         // Tampered text.
         let mut t = text.clone().into_bytes();
         let i = t.len() - 5;
         t[i] = if t[i] == b'A' { b'B' } else { b'A' };
         assert!(verify(std::str::from_utf8(&t).unwrap(), &r, &[], 1500).is_err());
-        assert!(matches!(verify("hello", &r, &[], 1500), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            verify("hello", &r, &[], 1500),
+            Err(TokenError::Malformed(_))
+        ));
         assert!(matches!(
             verify(&"x".repeat(MAX_TOKEN_LEN + 1), &r, &[], 1500),
             Err(TokenError::Malformed(_))
         ));
-        assert_eq!(token(&k).revocation_subject(), format!("token:{}", hex::encode([7u8; 16])));
+        assert_eq!(
+            token(&k).revocation_subject(),
+            format!("token:{}", hex::encode([7u8; 16]))
+        );
     }
 }

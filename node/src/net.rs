@@ -1,0 +1,1391 @@
+//! The libp2p driver of the sans-IO [`Replica`]: one task owns the replica,
+//! the swarm and the store, and carries out every effect the replica asks for.
+//!
+//! # The swarm
+//! TCP, Noise and Yamux, with four behaviours:
+//! - an allow/block list, which refuses connections from banned peers (and,
+//!   for tests, from peers cut off by a simulated partition);
+//! - gossipsub on [`TOPIC`] with manual validation: a message is forwarded
+//!   only after the replica has verified the operator signatures on it
+//!   ([`Verdict::Accept`]); a forged one is rejected ([`Verdict::Reject`]) and
+//!   peer scoring punishes the peer that sent it. Message ids are the SHA-256
+//!   of the data, so the same update published by two nodes is one message;
+//! - request-response on [`SYNC_PROTOCOL`] for anti-entropy, with
+//!   length-prefixed frames bounded by [`MAX_WIRE_BYTES`];
+//! - identify.
+//!
+//! Every TCP connection counts the bytes it carries ([`Traffic`]), below
+//! Noise and Yamux, so the totals are what crossed the wire: gossip, sync,
+//! identify, heartbeats, and the framing and encryption around them.
+//!
+//! # Mapping
+//! | replica | driver |
+//! |---|---|
+//! | `Publish` | gossipsub publish (no peers yet is fine: sync catches them up) |
+//! | `Verdict` | `report_message_validation_result` for the message being handled |
+//! | `Send` / `Respond` | request-response request / response on the stored channel |
+//! | `Persist` | sled insert, then one flush per input: before anything else for a local submit, after the verdict for gossip |
+//! | `Applied` | a new [`PolicyView`] is swapped in for readers |
+//! | `Penalize` | a log line (gossipsub scoring has already counted the reject) |
+//! | `Disconnect` / `Ban` | close the connections; a ban also blocks the peer |
+//! | `Schedule` | a timer in this task |
+//!
+//! # Time
+//! The replica checks certificates against `now_ms / 1000` as Unix seconds,
+//! so `now_ms` is the wall clock in milliseconds since the Unix epoch. Timers
+//! run on tokio's monotonic clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport as _};
+use libp2p::core::{ConnectedPoint, upgrade};
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageAcceptance, MessageAuthenticity, MessageId, PeerScoreParams,
+    PeerScoreThresholds, PublishError, TopicScoreParams, ValidationMode,
+};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, identity, noise, tcp,
+    yamux,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use weft_crdt::{ChangeHash, PolicyView};
+use weft_protocol::export::StateExport;
+use weft_protocol::identity::{NodeId, SecretKey};
+use weft_protocol::replica::{Input, Output, Replica, Timer, Verdict};
+use weft_protocol::state::Ingested;
+use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
+use weft_protocol::wire::{MAX_WIRE_BYTES, SyncRequest, SyncResponse};
+
+use crate::api::{BundleStatus, PeerStatus, RootStatus, StatsStatus, Status};
+use crate::store::{Store, StoreError};
+
+/// The gossipsub topic that carries signed updates.
+pub const TOPIC: &str = "weft/updates/v1";
+
+/// The request-response protocol of anti-entropy sync.
+pub const SYNC_PROTOCOL: &str = "/weft/sync/1";
+
+/// The identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/weft/1.0.0";
+
+/// How long an idle connection stays open. One hour: the update topic is
+/// quiet, and a mesh that tears its connections down between updates would
+/// pay a handshake and a fresh admission on every one.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a sync request may take. Thirty seconds: a `Fetch` answer can be
+/// [`MAX_WIRE_BYTES`] (8 MiB), which a slow link needs a while to carry.
+pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First delay before redialing a configured peer; it doubles after each
+/// failure up to [`REDIAL_MAX`], and resets after a successful connection.
+pub const REDIAL_MIN: Duration = Duration::from_secs(1);
+
+/// Longest delay between two dials of a configured peer.
+pub const REDIAL_MAX: Duration = Duration::from_secs(30);
+
+/// How often an expired trust root is reported.
+const EXPIRED_ROOT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The largest gossip message: a signed update plus room for the gossipsub
+/// envelope (source, sequence number, signature, topic).
+const MAX_GOSSIP_BYTES: usize = MAX_UPDATE_BYTES + 64 * 1024;
+
+/// Milliseconds since the Unix epoch: the `now_ms` the replica is given.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// The sync codec
+
+/// Length-prefixed frames: a 4-byte big-endian length, then that many bytes.
+/// A frame longer than [`MAX_WIRE_BYTES`] is refused before anything is
+/// allocated for it. Decoding the bytes into sync messages is the driver's
+/// job, so that a bad message can be blamed on its peer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_WIRE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a sync frame of {len} bytes is over the limit of {MAX_WIRE_BYTES}"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the sync frame ended early",
+        ));
+    }
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    if bytes.len() > MAX_WIRE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "refusing to send a sync frame of {} bytes, over the limit of {MAX_WIRE_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+/// Trims an `Updates` answer so that it encodes within [`MAX_WIRE_BYTES`]
+/// (the replica bounds the count, the driver the bytes). The asker fetches
+/// what was left out in its next round.
+fn fit_response(response: SyncResponse) -> SyncResponse {
+    let SyncResponse::Updates { mut updates } = response else {
+        return response;
+    };
+    // Each item costs its bytes plus a varint length; leave room for the envelope.
+    let budget = MAX_WIRE_BYTES - 1024;
+    let mut total = 0usize;
+    let keep = updates
+        .iter()
+        .take_while(|u| {
+            total += u.0.len() + 10;
+            total <= budget
+        })
+        .count();
+    updates.truncate(keep);
+    SyncResponse::Updates { updates }
+}
+
+// ---------------------------------------------------------------------------
+// The behaviour
+
+/// The node's network behaviour.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Refuses connections from banned (and partitioned) peers. First, so a
+    /// refused connection never reaches the others.
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Gossip of signed updates.
+    gossipsub: gossipsub::Behaviour,
+    /// Anti-entropy sync.
+    sync: request_response::Behaviour<SyncCodec>,
+    /// Exchanges listen addresses and protocol versions.
+    identify: identify::Behaviour,
+}
+
+/// The gossipsub configuration.
+///
+/// Mesh sizes: `mesh_n` 6, `mesh_n_low` 2, `mesh_n_high` 12,
+/// `mesh_outbound_min` 1. At 1,000 nodes a degree of 6 reaches everyone in
+/// about log6(1000) ≈ 4 hops, as in the gossipsub spec's defaults. At a 3-node
+/// site each node has only 2 peers: with the default `mesh_n_low` of 5 the
+/// mesh would count as under-populated forever and every heartbeat would try
+/// to graft peers that do not exist; with 2 it is simply full. One outbound
+/// peer is the most a node that dialled one peer can have.
+///
+/// `flood_publish` (the default) sends a node's own updates to every peer
+/// with a good score, not only its mesh, which matters more for latency than
+/// bandwidth on a topic this quiet.
+pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
+    gossipsub::ConfigBuilder::default()
+        .validate_messages()
+        .validation_mode(ValidationMode::Strict)
+        .message_id_fn(|m: &gossipsub::Message| MessageId::from(Sha256::digest(&m.data).to_vec()))
+        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .mesh_n(6)
+        .mesh_n_low(2)
+        .mesh_n_high(12)
+        .mesh_outbound_min(1)
+        .heartbeat_interval(Duration::from_secs(1))
+        .build()
+        .map_err(|e| format!("invalid gossipsub configuration: {e}"))
+}
+
+/// Peer-score parameters for a quiet topic, and their thresholds.
+///
+/// Updates are rare (a few a day), so the delivery-rate terms that suit
+/// busy topics would punish honest peers for having nothing to say:
+/// `mesh_message_deliveries_weight` (P3) and the mesh failure penalty (P3b)
+/// are 0. What is left:
+/// - P1, time in mesh: a small bonus, at most 1 point after an hour;
+/// - P2, first deliveries: 1 point each, at most 10, decaying over an hour;
+/// - P4, invalid messages: −20 × count², decaying over an hour. The score
+///   of a peer that forges updates, starting from at most +10 (the topic
+///   score cap), is at most −10 after one (below the gossip threshold, −5: no
+///   gossip is exchanged with it), at most −70 after two (below the publish
+///   threshold, −50: our own updates no longer go to it), and at most −170
+///   after three (below the graylist threshold, −100: everything it sends is
+///   ignored). The third is also the replica's third strike, so the peer is
+///   banned at the same moment gossipsub stops listening to it.
+/// - IP colocation (P6) is off (weight 0): admission is by certificate, not
+///   by address, and several nodes behind one NAT (or on one test host) are
+///   normal.
+///
+/// Thresholds: gossip −5, publish −50, graylist −100, accept PX 10 (PX is
+/// off), opportunistic graft 0.5 (a mesh whose median peer has not yet
+/// earned half a point of P1 gets one better peer grafted).
+pub fn peer_score(topic: &IdentTopic) -> (PeerScoreParams, PeerScoreThresholds) {
+    let hour = Duration::from_secs(3600);
+    let topic_params = TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 1.0 / 3600.0,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 3600.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: gossipsub::score_parameter_decay(hour),
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: gossipsub::score_parameter_decay(hour),
+        ..TopicScoreParams::default()
+    };
+    let mut params = PeerScoreParams {
+        topic_score_cap: 10.0,
+        ip_colocation_factor_weight: 0.0,
+        ..PeerScoreParams::default()
+    };
+    params.topics.insert(topic.hash(), topic_params);
+    let thresholds = PeerScoreThresholds {
+        gossip_threshold: -5.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -100.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 0.5,
+    };
+    (params, thresholds)
+}
+
+fn build_behaviour(
+    key: &identity::Keypair,
+    topic: &IdentTopic,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let mut gossipsub = gossipsub::Behaviour::new(
+        MessageAuthenticity::Signed(key.clone()),
+        gossipsub_config()?,
+    )?;
+    let (params, thresholds) = peer_score(topic);
+    gossipsub.with_peer_score(params, thresholds)?;
+    gossipsub.subscribe(topic)?;
+    let sync = request_response::Behaviour::with_codec(
+        SyncCodec,
+        [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(SYNC_REQUEST_TIMEOUT),
+    );
+    let identify = identify::Behaviour::new(identify::Config::new(
+        IDENTIFY_PROTOCOL.into(),
+        key.public(),
+    ));
+    Ok(Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
+        gossipsub,
+        sync,
+        identify,
+    })
+}
+
+/// The libp2p keypair of a node key: the same ed25519 key, so the peer id
+/// is the node id.
+pub fn libp2p_keypair(key: &SecretKey) -> Result<identity::Keypair, String> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    // SecretKey does not hand out its seed; its PKCS#8 document does.
+    let pem = key.to_pkcs8_pem();
+    let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| format!("the node key is not an ed25519 PKCS#8 document: {e}"))?;
+    let seed = zeroize::Zeroizing::new(signing.to_bytes());
+    identity::Keypair::ed25519_from_bytes(*seed)
+        .map_err(|e| format!("the node key is not a usable libp2p key: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Byte counters
+
+/// Bytes the node's connections have carried since it started, counted on
+/// the TCP stream (so Noise and Yamux overhead included). Cheap: two relaxed
+/// atomic adds per read or write.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    /// Bytes received on every connection so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent on every connection so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream that adds what it reads and writes to a [`Traffic`].
+struct Counted<S> {
+    inner: S,
+    traffic: Arc<Traffic>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.traffic
+                .bytes_in
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.traffic
+                .bytes_in
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.traffic
+                .bytes_out
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            this.traffic
+                .bytes_out
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// TCP (with `nodelay`) counted into `traffic`, then Noise and Yamux: what
+/// `SwarmBuilder::with_tcp` builds, plus the counter.
+fn counted_tcp(
+    key: &identity::Keypair,
+    traffic: Arc<Traffic>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .map(move |inner, _| Counted {
+                inner,
+                traffic: traffic.clone(),
+            })
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    )
+}
+
+/// Builds the swarm: TCP (with `nodelay`, its bytes counted into
+/// `traffic`), Noise, Yamux, and [`Behaviour`].
+pub(crate) fn build_swarm(
+    key: identity::Keypair,
+    topic: &IdentTopic,
+    traffic: Arc<Traffic>,
+) -> Result<Swarm<Behaviour>, String> {
+    let topic = topic.clone();
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|key| counted_tcp(key, traffic))
+        .map_err(|e| format!("cannot set up the TCP transport: {e}"))?
+        .with_behaviour(|key| build_behaviour(key, &topic))
+        .map_err(|e| format!("cannot set up the network behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}
+
+// ---------------------------------------------------------------------------
+// Commands from the API and from tests
+
+/// What a submit came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// The update's id: hex of its change hash.
+    pub id: String,
+    /// `applied`, `duplicate` or `held`.
+    pub status: &'static str,
+}
+
+/// Why a submit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The update was refused.
+    #[error(transparent)]
+    Refused(#[from] UpdateError),
+    /// The update was accepted but could not be stored durably.
+    #[error("the node could not store the update: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A request to the node task.
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /v1/updates`.
+    Submit {
+        /// The signed update's bytes.
+        bytes: Vec<u8>,
+        /// Where the outcome goes, after the update is durable.
+        reply: oneshot::Sender<Result<Submitted, SubmitError>>,
+    },
+    /// `GET /v1/state`: the encoded [`StateExport`].
+    Export {
+        /// Where the bytes go.
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    /// `GET /v1/status`.
+    Status {
+        /// Where the status goes.
+        reply: oneshot::Sender<Status>,
+    },
+    /// Cut the connections to a peer and refuse it (a simulated partition).
+    Block {
+        /// The peer.
+        peer: PeerId,
+        /// Acknowledged once done.
+        reply: oneshot::Sender<()>,
+    },
+    /// Lift a [`Command::Block`] (not a ban).
+    Unblock {
+        /// The peer.
+        peer: PeerId,
+        /// Acknowledged once done.
+        reply: oneshot::Sender<()>,
+    },
+    /// Test hook: publish raw bytes on the update topic, bypassing every check.
+    GossipRaw {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Whether gossipsub took the message.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// What the node task shares with the API.
+pub struct Shared {
+    /// The current view; swapped after every applied update.
+    pub view: ArcSwap<PolicyView>,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Bytes in and out on every connection.
+    pub traffic: Arc<Traffic>,
+}
+
+// ---------------------------------------------------------------------------
+// The node task
+
+/// A peer the node dials and keeps dialing.
+#[derive(Debug)]
+struct DialTarget {
+    /// The address, without its `/p2p/` suffix.
+    addr: Multiaddr,
+    /// The peer at that address: from the `/p2p/` suffix, or learned on the
+    /// first connection.
+    peer: Option<PeerId>,
+    /// When to dial next.
+    next: Instant,
+    /// The current backoff.
+    backoff: Duration,
+    /// The dial in flight.
+    pending: Option<ConnectionId>,
+}
+
+/// Everything the node task needs at start.
+pub(crate) struct NodeTaskParts {
+    /// The swarm, already listening.
+    pub swarm: Swarm<Behaviour>,
+    /// The replica, holding the loaded state.
+    pub replica: Replica<PeerId>,
+    /// The store.
+    pub store: Arc<Store>,
+    /// Shared with the API.
+    pub shared: Arc<Shared>,
+    /// The `SignedRoot` bytes the node runs under, for `GET /v1/state`.
+    pub signed_root: Vec<u8>,
+    /// Peers to dial and keep dialing.
+    pub peers: Vec<Multiaddr>,
+    /// Applied updates between snapshots.
+    pub snapshot_every: u64,
+    /// Commands from the API and tests.
+    pub commands: mpsc::Receiver<Command>,
+    /// Becomes `true` when the node should stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The task that owns the replica and the swarm.
+pub(crate) struct NodeTask {
+    swarm: Swarm<Behaviour>,
+    replica: Replica<PeerId>,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    signed_root: Vec<u8>,
+    topic: IdentTopic,
+    targets: Vec<DialTarget>,
+    timers: BTreeMap<(Instant, u64), Timer<PeerId>>,
+    timer_seq: u64,
+    channels: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    next_request: u64,
+    requests: HashMap<OutboundRequestId, PeerId>,
+    partitioned: BTreeSet<PeerId>,
+    banned: BTreeSet<PeerId>,
+    /// Actor (hex) of every applied change, to its hashes: for bundle signers.
+    actors: HashMap<String, Vec<ChangeHash>>,
+    /// How many hashes `actors` holds.
+    indexed: usize,
+    applied_since_snapshot: u64,
+    snapshot_every: u64,
+    commands: mpsc::Receiver<Command>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl NodeTask {
+    /// A task from its parts. Call [`NodeTask::run`] to drive it.
+    pub(crate) fn new(parts: NodeTaskParts, applied_since_snapshot: u64) -> Self {
+        let now = Instant::now();
+        let targets = parts
+            .peers
+            .into_iter()
+            .map(|addr| {
+                let (addr, peer) = split_p2p(addr);
+                DialTarget {
+                    addr,
+                    peer,
+                    next: now,
+                    backoff: REDIAL_MIN,
+                    pending: None,
+                }
+            })
+            .collect();
+        NodeTask {
+            swarm: parts.swarm,
+            replica: parts.replica,
+            store: parts.store,
+            shared: parts.shared,
+            signed_root: parts.signed_root,
+            topic: IdentTopic::new(TOPIC),
+            targets,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            channels: HashMap::new(),
+            next_request: 0,
+            requests: HashMap::new(),
+            partitioned: BTreeSet::new(),
+            banned: BTreeSet::new(),
+            actors: HashMap::new(),
+            indexed: 0,
+            applied_since_snapshot,
+            snapshot_every: parts.snapshot_every.max(1),
+            commands: parts.commands,
+            shutdown: parts.shutdown,
+        }
+    }
+
+    /// Handles swarm events that arrived before the task ran (while the
+    /// node waited for its listen addresses).
+    pub(crate) fn replay(&mut self, events: Vec<SwarmEvent<BehaviourEvent>>) {
+        for e in events {
+            self.on_swarm_event(e);
+        }
+    }
+
+    /// Runs until shutdown is signalled, then flushes the store.
+    pub(crate) async fn run(mut self) {
+        let start = self.replica.start();
+        let _ = self.carry_out(start, None);
+        self.check_snapshot();
+        self.redial();
+        let mut redial = tokio::time::interval(Duration::from_millis(250));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // spawn_node has reported an expired root already; repeat it every minute.
+        let mut root_check = tokio::time::interval_at(
+            Instant::now() + EXPIRED_ROOT_LOG_EVERY,
+            EXPIRED_ROOT_LOG_EVERY,
+        );
+        root_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self
+                .timers
+                .keys()
+                .next()
+                .map(|(at, _)| *at)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        break;
+                    }
+                }
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = tokio::time::sleep_until(deadline) => self.fire_timers(),
+                _ = redial.tick() => self.redial(),
+                _ = root_check.tick() => self.check_root(),
+            }
+        }
+        if let Err(err) = self.store.flush() {
+            tracing::error!(%err, "flushing the store at shutdown failed");
+        }
+        tracing::info!("node stopped");
+    }
+
+    fn check_root(&self) {
+        let root = self.replica.state().root();
+        if root.is_expired(now_ms() / 1000) {
+            tracing::error!(
+                version = root.version,
+                expires = %weft_protocol::time::format_timestamp(root.expires),
+                "the trust root has expired: this node keeps enforcing it, but operators must rotate it now"
+            );
+        }
+    }
+
+    fn handle(&mut self, input: Input<PeerId>) -> Vec<Output<PeerId>> {
+        let rand = getrandom::u64().unwrap_or_else(|_| now_ms());
+        self.replica.handle(now_ms(), rand, input)
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            let out = self.handle(Input::Timer(timer));
+            let _ = self.carry_out(out, None);
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit { bytes, reply } => {
+                let result = match self.replica.submit(now_ms(), &bytes) {
+                    Ok((ingested, out)) => {
+                        let (hash, status) = match &ingested {
+                            Ingested::Applied { hash, .. } => (*hash, "applied"),
+                            Ingested::Duplicate(hash) => (*hash, "duplicate"),
+                            Ingested::Held { hash, .. } => (*hash, "held"),
+                        };
+                        tracing::info!(id = %hash, status, "update submitted");
+                        let mut out = out;
+                        if status == "held" {
+                            // Acknowledged means durable, held or not: the
+                            // store reloads it as held until its dependencies come.
+                            out.insert(
+                                0,
+                                Output::Persist {
+                                    hash,
+                                    bytes: Arc::from(bytes.as_slice()),
+                                },
+                            );
+                        }
+                        match self.carry_out(out, None) {
+                            Ok(()) => Ok(Submitted {
+                                id: hash.to_string(),
+                                status,
+                            }),
+                            Err(e) => Err(SubmitError::Store(e)),
+                        }
+                    }
+                    Err(err) => {
+                        tracing::info!(%err, "submitted update refused");
+                        Err(SubmitError::Refused(err))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Export { reply } => {
+                let export = StateExport {
+                    signed_root: self.signed_root.clone(),
+                    doc: self.replica.state().doc().save(),
+                };
+                let _ = reply.send(export.to_bytes());
+            }
+            Command::Status { reply } => {
+                let status = self.status();
+                let _ = reply.send(status);
+            }
+            Command::Block { peer, reply } => {
+                tracing::info!(%peer, "blocking peer (partition)");
+                self.partitioned.insert(peer);
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                let _ = reply.send(());
+            }
+            Command::Unblock { peer, reply } => {
+                tracing::info!(%peer, "unblocking peer (partition healed)");
+                self.partitioned.remove(&peer);
+                if !self.banned.contains(&peer) {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                }
+                for t in &mut self.targets {
+                    if t.peer == Some(peer) {
+                        t.next = Instant::now();
+                        t.backoff = REDIAL_MIN;
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Command::GossipRaw { bytes, reply } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), bytes)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let ConnectedPoint::Dialer { .. } = endpoint {
+                    for t in &mut self.targets {
+                        if t.pending == Some(connection_id) {
+                            t.pending = None;
+                            t.peer = Some(peer_id);
+                            t.backoff = REDIAL_MIN;
+                        }
+                    }
+                }
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if num_established.get() == 1 {
+                    match peer_id.to_string().parse::<NodeId>() {
+                        Ok(node) => {
+                            let out = self.handle(Input::PeerConnected {
+                                peer: peer_id,
+                                node,
+                            });
+                            let _ = self.carry_out(out, None);
+                        }
+                        Err(err) => {
+                            tracing::warn!(peer = %peer_id, %err, "disconnecting a peer whose id is not a node id");
+                            let _ = self.swarm.disconnect_peer_id(peer_id);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                let out = self.handle(Input::PeerDisconnected { peer: peer_id });
+                let _ = self.carry_out(out, None);
+                let now = Instant::now();
+                for t in &mut self.targets {
+                    if t.peer == Some(peer_id) {
+                        t.next = now + t.backoff;
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let now = Instant::now();
+                for t in &mut self.targets {
+                    if t.pending == Some(connection_id) {
+                        t.pending = None;
+                        t.next = now + t.backoff;
+                        tracing::debug!(addr = %t.addr, peer = ?peer_id, %error, retry_in_ms = t.backoff.as_millis() as u64, "dial failed");
+                        t.backoff = (t.backoff * 2).min(REDIAL_MAX);
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                tracing::trace!(peer = %peer_id, agent = %info.agent_version, "identified peer");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            return;
+        };
+        let out = self.handle(Input::Gossip {
+            from: propagation_source,
+            bytes: message.data,
+        });
+        let _ = self.carry_out(out, Some((&message_id, &propagation_source)));
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => match SyncRequest::from_bytes(&request) {
+                    Ok(request) => {
+                        self.next_request += 1;
+                        let request_id = self.next_request;
+                        self.channels.insert(request_id, channel);
+                        let out = self.handle(Input::Request {
+                            from: peer,
+                            request_id,
+                            request,
+                        });
+                        let _ = self.carry_out(out, None);
+                        // The replica answers every request at once; a channel
+                        // left over is dropped rather than kept forever.
+                        self.channels.remove(&request_id);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%peer, %err, "refusing a malformed sync request");
+                        let refusal = SyncResponse::Refused {
+                            reason: format!("malformed sync request: {err}"),
+                        };
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, refusal.to_bytes());
+                    }
+                },
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    self.requests.remove(&request_id);
+                    let input = match SyncResponse::from_bytes(&response) {
+                        Ok(response) => {
+                            if let SyncResponse::Refused { reason } = &response {
+                                tracing::info!(%peer, %reason, "peer refused a sync request");
+                            }
+                            Input::Response {
+                                from: peer,
+                                response,
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(%peer, %err, "dropping a malformed sync response");
+                            Input::RequestFailed { peer }
+                        }
+                    };
+                    let out = self.handle(input);
+                    let _ = self.carry_out(out, None);
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.requests.remove(&request_id);
+                tracing::debug!(%peer, %error, "sync request failed");
+                let out = self.handle(Input::RequestFailed { peer });
+                let _ = self.carry_out(out, None);
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound sync request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Writes updates to the store and flushes once.
+    fn persist(&self, updates: &[(ChangeHash, Arc<[u8]>)]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        for (hash, bytes) in updates {
+            if let Err(err) = self.store.put_update(hash, bytes) {
+                tracing::error!(id = %hash, %err, "storing an update failed");
+                return Err(err);
+            }
+        }
+        self.store.flush().inspect_err(|err| {
+            tracing::error!(%err, "flushing the store failed");
+        })
+    }
+
+    /// Carries out the replica's effects. Every `Persist` is written with
+    /// one flush: before anything else, so that a local submit is durable
+    /// before it is acknowledged or published; but for a gossip message
+    /// after the verdict, so that forwarding a valid update never waits on
+    /// the disk (a node that crashes in between fetches the update again by
+    /// sync). Returns the store error, if any, after carrying out the rest.
+    fn carry_out(
+        &mut self,
+        outputs: Vec<Output<PeerId>>,
+        gossip: Option<(&MessageId, &PeerId)>,
+    ) -> Result<(), StoreError> {
+        let updates: Vec<(ChangeHash, Arc<[u8]>)> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Persist { hash, bytes } => Some((*hash, bytes.clone())),
+                _ => None,
+            })
+            .collect();
+        let persist_first = gossip.is_none();
+        let mut store_result = Ok(());
+        if persist_first {
+            store_result = self.persist(&updates);
+        }
+
+        let mut applied = false;
+        let mut verdict_given = false;
+        for o in outputs {
+            match o {
+                Output::Persist { .. } => {}
+                Output::Publish(bytes) => {
+                    match self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(self.topic.clone(), bytes.to_vec())
+                    {
+                        Ok(_) => {}
+                        Err(PublishError::NoPeersSubscribedToTopic | PublishError::Duplicate) => {
+                            tracing::debug!(
+                                "no gossip peers yet; anti-entropy will carry the update"
+                            );
+                        }
+                        Err(err) => tracing::warn!(%err, "publishing an update failed"),
+                    }
+                }
+                Output::Verdict(v) => {
+                    if let Some((id, source)) = gossip {
+                        verdict_given = true;
+                        let acceptance = match v {
+                            Verdict::Accept => MessageAcceptance::Accept,
+                            Verdict::Reject => MessageAcceptance::Reject,
+                            Verdict::Ignore => MessageAcceptance::Ignore,
+                        };
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .report_message_validation_result(id, source, acceptance);
+                    }
+                }
+                Output::Send { to, request } => {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&to, request.to_bytes());
+                    self.requests.insert(id, to);
+                }
+                Output::Respond {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(channel) = self.channels.remove(&request_id) {
+                        let bytes = fit_response(response).to_bytes();
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, bytes);
+                    }
+                }
+                Output::Applied { hash, summary } => {
+                    tracing::info!(id = %hash, paths = summary.paths.len(), "update applied");
+                    self.actors
+                        .entry(hex::encode(summary.actor.to_bytes()))
+                        .or_default()
+                        .push(hash);
+                    self.indexed += 1;
+                    self.applied_since_snapshot += 1;
+                    applied = true;
+                }
+                Output::Penalize { peer, reason } => {
+                    tracing::warn!(%peer, %reason, "peer misbehaved");
+                }
+                Output::Disconnect { peer, reason } => {
+                    tracing::info!(%peer, %reason, "disconnecting peer");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                Output::Ban { peer, node, reason } => {
+                    tracing::warn!(%peer, %node, %reason, "banning peer");
+                    self.banned.insert(peer);
+                    let b = self.swarm.behaviour_mut();
+                    b.blocked.block_peer(peer);
+                    b.gossipsub.blacklist_peer(&peer);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                Output::Schedule { after_ms, timer } => {
+                    self.timer_seq += 1;
+                    let at = Instant::now() + Duration::from_millis(after_ms);
+                    self.timers.insert((at, self.timer_seq), timer);
+                }
+            }
+        }
+        if let Some((id, source)) = gossip
+            && !verdict_given
+        {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(id, source, MessageAcceptance::Ignore);
+        }
+        if !persist_first {
+            store_result = self.persist(&updates);
+        }
+        if applied {
+            self.shared
+                .view
+                .store(Arc::new(self.replica.state().view().clone()));
+            self.check_snapshot();
+        }
+        store_result
+    }
+
+    fn check_snapshot(&mut self) {
+        if self.applied_since_snapshot < self.snapshot_every {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.store.save_snapshot(self.replica.state()) {
+            Ok(()) => {
+                tracing::info!(
+                    updates = self.replica.state().update_count(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "saved a snapshot"
+                );
+                self.applied_since_snapshot = 0;
+            }
+            Err(err) => tracing::error!(%err, "saving a snapshot failed"),
+        }
+    }
+
+    fn redial(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.targets.len() {
+            let t = &self.targets[i];
+            if t.pending.is_some() || now < t.next {
+                continue;
+            }
+            if let Some(p) = t.peer
+                && (self.swarm.is_connected(&p)
+                    || self.banned.contains(&p)
+                    || self.partitioned.contains(&p))
+            {
+                continue;
+            }
+            let opts = match t.peer {
+                Some(p) => DialOpts::peer_id(p)
+                    .addresses(vec![t.addr.clone()])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => DialOpts::unknown_peer_id().address(t.addr.clone()).build(),
+            };
+            let id = opts.connection_id();
+            let addr = t.addr.clone();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    tracing::debug!(%addr, "dialing");
+                    self.targets[i].pending = Some(id);
+                }
+                Err(err) => {
+                    let t = &mut self.targets[i];
+                    tracing::debug!(%addr, %err, "cannot dial");
+                    t.next = now + t.backoff;
+                    t.backoff = (t.backoff * 2).min(REDIAL_MAX);
+                }
+            }
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        let now = now_ms();
+        let state = self.replica.state();
+        if self.indexed != state.update_count() {
+            self.actors.clear();
+            self.indexed = 0;
+            for m in state.doc().automerge().get_changes_meta(&[]) {
+                if state.contains(&m.hash) {
+                    self.actors
+                        .entry(hex::encode(m.actor.to_bytes()))
+                        .or_default()
+                        .push(m.hash);
+                    self.indexed += 1;
+                }
+            }
+        }
+        let root = state.root();
+        let view = state.view();
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let peers = self
+            .replica
+            .connected_peers()
+            .map(|(peer, node, admitted)| PeerStatus {
+                node_id: node.to_string(),
+                peer_id: peer.to_string(),
+                admitted,
+                score: gossipsub.peer_score(peer),
+            })
+            .collect();
+        let bundles = view
+            .bundles()
+            .map(|b| {
+                let mut signers = BTreeSet::new();
+                let hashes = b
+                    .authors
+                    .iter()
+                    .filter_map(|a| self.actors.get(a))
+                    .flatten();
+                for hash in hashes {
+                    for key in state.signers_of(hash).into_iter().flatten() {
+                        signers.insert(
+                            root.operator_by_key(key)
+                                .map(|op| op.name.clone())
+                                .unwrap_or_else(|| key.to_string()),
+                        );
+                    }
+                }
+                let content = b.effective_content.as_ref().unwrap_or(&b.merged);
+                BundleStatus {
+                    name: b.name.clone(),
+                    signers: signers.into_iter().collect(),
+                    policies: content.policies.len(),
+                    error: b.error.as_ref().map(ToString::to_string),
+                    conflicts: b.conflicts.len(),
+                }
+            })
+            .collect();
+        let stats = self.replica.stats();
+        Status {
+            node_id: self.shared.node_id.to_string(),
+            listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            peers,
+            heads: state.heads().iter().map(ToString::to_string).collect(),
+            digest: view.digest().to_owned(),
+            bundles,
+            revocations: view.revocation_count(),
+            conflicts: view.conflicts().cloned().collect(),
+            updates: state.update_count(),
+            held: state.held_count(),
+            last_sync_ms_ago: stats.last_sync_ms.map(|t| now.saturating_sub(t)),
+            trust_root: RootStatus {
+                version: root.version,
+                expires: root.expires,
+                expired: root.is_expired(now / 1000),
+            },
+            stats: StatsStatus {
+                applied: stats.applied,
+                refused: stats
+                    .refused
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), *v))
+                    .collect(),
+                sync_rounds: stats.sync_rounds,
+                synced: stats.synced,
+                bans: stats.bans,
+                bytes_in: self.shared.traffic.bytes_in(),
+                bytes_out: self.shared.traffic.bytes_out(),
+            },
+        }
+    }
+}
+
+/// Splits a trailing `/p2p/PEER` off an address.
+pub fn split_p2p(mut addr: Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => {
+            addr.pop();
+            (addr, Some(peer))
+        }
+        _ => (addr, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_protocol::wire::WireBytes;
+
+    #[test]
+    fn seed_roundtrips_through_pkcs8() {
+        let key = SecretKey::from_seed([7; 32]);
+        let kp = libp2p_keypair(&key).unwrap();
+        assert_eq!(
+            kp.public().to_peer_id().to_string(),
+            NodeId::new(key.public()).to_string()
+        );
+    }
+
+    #[test]
+    fn gossipsub_config_and_scores_are_valid() {
+        gossipsub_config().unwrap();
+        let (p, t) = peer_score(&IdentTopic::new(TOPIC));
+        p.validate().unwrap();
+        t.validate().unwrap();
+    }
+
+    #[test]
+    fn big_answers_are_trimmed() {
+        let big = WireBytes(vec![0u8; 3 * 1024 * 1024]);
+        let r = fit_response(SyncResponse::Updates {
+            updates: vec![big.clone(), big.clone(), big.clone(), big],
+        });
+        let SyncResponse::Updates { updates } = &r else {
+            panic!()
+        };
+        assert_eq!(updates.len(), 2);
+        assert!(r.to_bytes().len() <= MAX_WIRE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_limit_are_refused_before_reading() {
+        let mut bytes = ((MAX_WIRE_BYTES + 1) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let mut io = futures::io::Cursor::new(bytes);
+        let err = read_frame(&mut io).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut ok = Vec::new();
+        write_frame(&mut futures::io::Cursor::new(&mut ok), b"hello")
+            .await
+            .unwrap();
+        let back = read_frame(&mut futures::io::Cursor::new(ok)).await.unwrap();
+        assert_eq!(back, b"hello");
+        let mut short = 10u32.to_be_bytes().to_vec();
+        short.extend_from_slice(b"abc");
+        assert!(
+            read_frame(&mut futures::io::Cursor::new(short))
+                .await
+                .is_err()
+        );
+    }
+}

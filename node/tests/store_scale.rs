@@ -1,0 +1,79 @@
+//! Start-up time with many stored updates (ignored by default: it builds
+//! 100,000 signed updates first). Run it in release mode:
+//!
+//! `WEFT_SCALE=100000 cargo test --release -p weft-node --test store_scale -- --ignored --nocapture`
+
+use std::time::Instant;
+
+use weft_crdt::PolicyDoc;
+use weft_node::store::Store;
+use weft_protocol::identity::SecretKey;
+use weft_protocol::trust::{Operator, QuarantineLimits, Role, TrustRoot};
+use weft_protocol::update::{SignedUpdate, actor_for};
+
+fn root(op: &SecretKey) -> TrustRoot {
+    TrustRoot {
+        version: 1,
+        expires: u64::MAX,
+        root_keys: vec![SecretKey::from_seed([9; 32]).public()],
+        root_threshold: 1,
+        operators: vec![Operator {
+            name: "ops".into(),
+            key: op.public(),
+            roles: Role::ALL.into_iter().collect(),
+        }],
+        policy_threshold: 1,
+        revoke_threshold: 1,
+        node_quarantine: QuarantineLimits::default(),
+        accepted_heads: Vec::new(),
+    }
+}
+
+#[test]
+#[ignore = "slow: builds and signs many updates; run in release with --ignored"]
+fn start_up_with_many_updates() {
+    let n: u64 = std::env::var("WEFT_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let op = SecretKey::from_seed([3; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let t = Instant::now();
+    let mut doc = PolicyDoc::new();
+    for i in 0..n {
+        let change = doc
+            .build_revoke(
+                actor_for(&op.public(), i.to_be_bytes()),
+                &format!("User::\"u{i}\""),
+                "test",
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        let mut u = SignedUpdate::new(&change, 1);
+        u.sign(&op).unwrap();
+        store.put_update(&change.hash(), &u.to_bytes()).unwrap();
+    }
+    store.flush().unwrap();
+    eprintln!("built and stored {n} updates in {:?}", t.elapsed());
+
+    let t = Instant::now();
+    let (state, report) = store.load_state(root(&op)).unwrap();
+    eprintln!(
+        "cold start (verify every update): {:?} {report:?}",
+        t.elapsed()
+    );
+    assert_eq!(state.update_count() as u64, n);
+
+    let t = Instant::now();
+    store.save_snapshot(&state).unwrap();
+    eprintln!("snapshot saved in {:?}", t.elapsed());
+    drop(state);
+
+    let t = Instant::now();
+    let (state, report) = store.load_state(root(&op)).unwrap();
+    eprintln!("start from the snapshot: {:?} {report:?}", t.elapsed());
+    assert_eq!(state.update_count() as u64, n);
+    assert_eq!(report.from_snapshot as u64, n);
+}
