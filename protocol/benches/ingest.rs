@@ -97,6 +97,9 @@ fn bench(c: &mut Criterion) {
 
     let fresh: Vec<std::sync::Arc<[u8]>> = fresh.into_iter().map(Into::into).collect();
     let mut group = c.benchmark_group("ingest");
+    // Few samples: each iteration grows the state, and automerge's memory
+    // grows fast with the number of actors (see BENCHMARKS.md).
+    group.sample_size(10);
     for batch in [1usize, 1000] {
         group.throughput(Throughput::Elements(batch as u64));
         let mut next = 0usize;
