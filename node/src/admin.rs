@@ -10,11 +10,18 @@
 //! - [`bundle`], [`revoke`]: author a signed update on top of a node's state.
 //! - [`update`]: co-sign an update file, or show what it does and who signed it.
 //! - [`push`]: submit update files to a node.
+//! - [`token()`]: issue identity tokens.
+//! - [`check()`]: ask a node for a decision.
 
 mod author;
+mod check;
 mod common;
 mod inspect;
 mod nodedir;
+mod token;
+
+pub use check::{CHECK_LONG_ABOUT, CheckArgs};
+pub use token::{TOKEN_ISSUE_LONG_ABOUT, TokenCommand, TokenIssueArgs};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -170,7 +177,8 @@ pub struct BundleCreateArgs {
 /// The long help of `weft revoke`.
 pub const REVOKE_LONG_ABOUT: &str = "Revoke a user, a resource or a node, as a signed update (or lift a revocation with --reinstate).\n\n\
         SUBJECT is a Cedar entity uid, like User::\"alice\" (quote it for the shell: \
-        'User::\"alice\"'), or a node id (the libp2p PeerId a node prints, 12D3KooW…). Once a \
+        'User::\"alice\"'), a node id (the libp2p PeerId a node prints, 12D3KooW…), or an \
+        identity token as token:ID (the id `weft token issue` reports). Once a \
         node accepts the revocation, every request naming the subject, or an entity that \
         descends from it, is denied, whatever the policies say; a revoked node is \
         disconnected and banned by its peers.\n\n\
@@ -193,7 +201,7 @@ pub struct RevokeArgs {
     /// The state to build on (and, without --out, the node to push to: needs --node).
     #[command(flatten)]
     pub source: StateSource,
-    /// What to revoke: a Cedar entity uid (User::"alice") or a node id (12D3KooW…).
+    /// What to revoke: a Cedar entity uid (User::"alice"), a node id (12D3KooW…) or token:ID.
     #[arg(value_name = "SUBJECT")]
     pub subject: String,
     /// Why, recorded with the revocation.
@@ -337,4 +345,16 @@ pub fn update(cmd: UpdateCommand) -> Result<ExitCode> {
 /// Runs `weft push`.
 pub fn push(args: PushArgs) -> Result<ExitCode> {
     inspect::push(&args)
+}
+
+/// Runs `weft token …`.
+pub fn token(cmd: TokenCommand) -> Result<ExitCode> {
+    match cmd {
+        TokenCommand::Issue(args) => token::issue(&args),
+    }
+}
+
+/// Runs `weft check`: exit 0 on allow, 3 on deny.
+pub fn check(args: CheckArgs) -> Result<ExitCode> {
+    check::check(&args)
 }

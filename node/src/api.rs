@@ -11,7 +11,7 @@
 //! | `GET /v1/state` | the encoded `StateExport` (application/octet-stream) |
 //! | `POST /v1/updates` | `202 {"id", "status": "applied"\|"duplicate"\|"held"}` once the update is durable; `400` malformed, `422` refused, `413` too large |
 //! | `GET /v1/status` | [`Status`] as JSON |
-//! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view |
+//! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"` |
 //!
 //! Every error body is `{"error": "<one sentence>"}`: 4xx for a bad request,
 //! 5xx for a failure of the node's own.
@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr as _;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -26,11 +27,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cedar_policy::{Context, Entities, EntityUid};
+use cedar_policy::{Context, Entities, EntityUid, RestrictedExpression};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use weft_crdt::{Conflict, CrdtError};
+use weft_crdt::{Conflict, CrdtError, PolicyView};
+use weft_protocol::token;
+use weft_protocol::trust::TrustRoot;
 use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 
 use crate::net::{Command, Shared, SubmitError};
@@ -270,7 +273,7 @@ pub const MAX_AUTHORIZE_BYTES: usize = 1024 * 1024;
 pub struct AuthorizeRequest {
     /// Who asks: a Cedar entity uid, like `User::"alice"`.
     pub principal: Option<String>,
-    /// An identity token in place of `principal` (not supported yet).
+    /// An identity token in place of `principal` (`wtk1.…`), verified on every request.
     pub token: Option<String>,
     /// The action's uid.
     pub action: String,
@@ -313,25 +316,73 @@ fn uid(field: &str, text: &str) -> Result<EntityUid, ApiError> {
     })
 }
 
-/// Parses an authorization request into what `decide` takes.
-pub fn parse_authorize(req: AuthorizeRequest) -> Result<weft_crdt::Request, ApiError> {
+/// What an authorization request comes to once parsed.
+#[derive(Debug)]
+pub enum Authorize {
+    /// A request for `decide`.
+    Decide(Box<weft_crdt::Request>),
+    /// A deny decided before `decide`: a token that was refused or revoked.
+    Deny {
+        /// Why, one sentence.
+        error: String,
+        /// Whether the deny is for a revocation (of the token's id).
+        revoked: bool,
+        /// The revoked subject, if any.
+        revoked_subject: Option<String>,
+    },
+}
+
+/// What a token is checked against: the trust root, the view (for the
+/// revocation of the token's id) and the time (Unix seconds).
+#[derive(Clone, Copy)]
+pub struct TokenCheck<'a> {
+    /// The node's current trust root.
+    pub root: &'a TrustRoot,
+    /// The view that will decide.
+    pub view: &'a PolicyView,
+    /// Now, in Unix seconds.
+    pub now: u64,
+}
+
+/// Parses an authorization request into what `decide` takes. A `"token"` is
+/// verified on every call against `check`: a refused token, a bad principal
+/// in it, or a revoked token id is a deny with the reason, not an error.
+pub fn parse_authorize(
+    req: AuthorizeRequest,
+    check: TokenCheck<'_>,
+) -> Result<Authorize, ApiError> {
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
-    let principal = match (&req.principal, &req.token) {
-        (Some(p), None) => uid("principal", p)?,
-        (None, Some(_)) => {
-            return Err(bad(
-                "identity tokens are not supported by this node yet: send \"principal\"".into(),
-            ));
-        }
+    enum Who {
+        Principal(EntityUid),
+        Token(String),
+    }
+    let who = match (req.principal, req.token) {
+        (Some(p), None) => Who::Principal(uid("principal", &p)?),
+        (None, Some(t)) => Who::Token(t),
         (Some(_), Some(_)) => {
             return Err(bad(
                 "send either \"principal\" or \"token\", not both".into()
             ));
         }
-        (None, None) => return Err(bad("the request has no \"principal\"".into())),
+        (None, None) => {
+            return Err(bad(
+                "the request has neither \"principal\" nor \"token\": send one of them".into(),
+            ));
+        }
     };
     let action = uid("action", &req.action)?;
     let resource = uid("resource", &req.resource)?;
+    if matches!(who, Who::Token(_))
+        && req
+            .context
+            .as_ref()
+            .and_then(|c| c.as_object())
+            .is_some_and(|c| c.contains_key("token"))
+    {
+        return Err(bad(
+            "\"context\" may not have a \"token\" key when the request sends a token: the node sets context.token from the token's attributes".into(),
+        ));
+    }
     let context = match req.context {
         None => Context::empty(),
         Some(v) => Context::from_json_value(v, None)
@@ -344,7 +395,56 @@ pub fn parse_authorize(req: AuthorizeRequest) -> Result<weft_crdt::Request, ApiE
             .into_iter()
             .collect(),
     };
+    let deny = |error: String| Authorize::Deny {
+        error,
+        revoked: false,
+        revoked_subject: None,
+    };
+    let (principal, context) = match who {
+        Who::Principal(p) => (p, context),
+        Who::Token(text) => {
+            let token = match token::verify(&text, check.root, &[], check.now) {
+                Ok(t) => t,
+                Err(e) => return Ok(deny(format!("token refused: {e}"))),
+            };
+            let subject = token.revocation_subject();
+            if check.view.revocation(&subject).is_some() {
+                return Ok(Authorize::Deny {
+                    error: format!("token refused: token {} is revoked", token.id_hex()),
+                    revoked: true,
+                    revoked_subject: Some(subject),
+                });
+            }
+            let Ok(principal) = EntityUid::from_str(&token.principal) else {
+                return Ok(deny(format!(
+                    "token refused: its principal {:?} is not a Cedar entity uid",
+                    token.principal
+                )));
+            };
+            let attrs = token
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k, RestrictedExpression::new_string(v)));
+            let merged = RestrictedExpression::new_record(attrs)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    context
+                        .merge([("token".to_owned(), record)])
+                        .map_err(|e| e.to_string())
+                });
+            match merged {
+                Ok(c) => (principal, c),
+                Err(e) => {
+                    return Ok(deny(format!(
+                        "token refused: its attributes do not make a context: {}",
+                        one_line(e)
+                    )));
+                }
+            }
+        }
+    };
     weft_crdt::Request::with_context(principal, action, resource, context, entities)
+        .map(|r| Authorize::Decide(Box::new(r)))
         .map_err(|e| bad(format!("the request is not valid: {e}")))
 }
 
@@ -364,12 +464,32 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             );
         }
     };
-    let request = match parse_authorize(req) {
-        Ok(r) => r,
+    let view = state.shared.view.load();
+    let root = state.shared.root.load();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let check = TokenCheck {
+        root: &root,
+        view: &view,
+        now,
+    };
+    let d = match parse_authorize(req, check) {
+        Ok(Authorize::Decide(request)) => weft_crdt::decide(&view, &request),
+        Ok(Authorize::Deny {
+            error,
+            revoked,
+            revoked_subject,
+        }) => weft_crdt::Decision {
+            allow: false,
+            reasons: vec![],
+            errors: vec![error],
+            revoked,
+            revoked_subject,
+        },
         Err(e) => return e.into_response(),
     };
-    let view = state.shared.view.load();
-    let d = weft_crdt::decide(&view, &request);
     axum::Json(json!({
         "decision": if d.allow { "allow" } else { "deny" },
         "reasons": d.reasons,
@@ -384,9 +504,44 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_protocol::identity::SecretKey;
+    use weft_protocol::token::Token;
+    use weft_protocol::trust::{Operator, QuarantineLimits, Role};
+
+    fn root(issuer: &SecretKey) -> TrustRoot {
+        TrustRoot {
+            version: 1,
+            expires: u64::MAX,
+            root_keys: vec![SecretKey::from_seed([9; 32]).public()],
+            root_threshold: 1,
+            operators: vec![Operator {
+                name: "idp".into(),
+                key: issuer.public(),
+                roles: [Role::Issue].into_iter().collect(),
+            }],
+            policy_threshold: 1,
+            revoke_threshold: 1,
+            node_quarantine: QuarantineLimits::default(),
+            accepted_heads: vec![],
+        }
+    }
+
+    fn parse(v: serde_json::Value, r: &TrustRoot) -> Result<Authorize, ApiError> {
+        let view = PolicyView::default();
+        let check = TokenCheck {
+            root: r,
+            view: &view,
+            now: 1500,
+        };
+        parse_authorize(serde_json::from_value(v).unwrap(), check)
+    }
 
     fn req(v: serde_json::Value) -> Result<weft_crdt::Request, ApiError> {
-        parse_authorize(serde_json::from_value(v).unwrap())
+        let r = root(&SecretKey::from_seed([1; 32]));
+        match parse(v, &r)? {
+            Authorize::Decide(r) => Ok(*r),
+            Authorize::Deny { error, .. } => panic!("denied: {error}"),
+        }
     }
 
     #[test]
@@ -407,12 +562,16 @@ mod tests {
                 "\"principal\" is not a Cedar entity uid",
             ),
             (
-                json!({"token": "t", "action": "Action::\"v\"", "resource": "D::\"d\""}),
-                "tokens are not supported",
+                json!({"token": "t", "principal": "U::\"a\"", "action": "Action::\"v\"", "resource": "D::\"d\""}),
+                "not both",
+            ),
+            (
+                json!({"token": "t", "action": "Action::\"v\"", "resource": "D::\"d\"", "context": {"token": 1}}),
+                "may not have a \"token\" key",
             ),
             (
                 json!({"action": "Action::\"v\"", "resource": "D::\"d\""}),
-                "no \"principal\"",
+                "neither \"principal\" nor \"token\"",
             ),
             (
                 json!({"principal": "U::\"a\"", "action": "Action::\"v\"", "resource": "D::\"d\"", "context": [1]}),
@@ -428,5 +587,46 @@ mod tests {
             assert!(e.1.contains(needle), "{}", e.1);
             assert!(!e.1.contains('\n'), "{}", e.1);
         }
+    }
+
+    #[test]
+    fn tokens_become_principal_and_context() {
+        let k = SecretKey::from_seed([1; 32]);
+        let r = root(&k);
+        let mut t = Token {
+            principal: r#"User::"alice""#.into(),
+            attrs: [("team".to_string(), "red".to_string())].into(),
+            issuer: k.public(),
+            issued: 1000,
+            expires: 1900,
+            id: [7; 16],
+        };
+        let body = |text: &str| json!({"token": text, "action": "Action::\"v\"", "resource": "D::\"d\"", "context": {"ip": "x"}});
+        let Authorize::Decide(ok) = parse(body(&token::issue(&t, &k)), &r).unwrap() else {
+            panic!("denied");
+        };
+        assert_eq!(ok.principal().to_string(), r#"User::"alice""#);
+        let ctx = ok.cedar().context().unwrap();
+        assert!(ctx.get("ip").is_some());
+        assert!(format!("{:?}", ctx.get("token").unwrap()).contains("red"));
+        let refused = |text: &str| match parse(body(text), &r).unwrap() {
+            Authorize::Deny { error, revoked, .. } => {
+                assert!(!revoked);
+                error
+            }
+            Authorize::Decide(_) => panic!("allowed"),
+        };
+        assert!(refused("garbage").starts_with("token refused: malformed token"));
+        let forged = token::issue(&t, &SecretKey::from_seed([2; 32]));
+        assert!(
+            refused(&forged).contains("signature"),
+            "{}",
+            refused(&forged)
+        );
+        t.expires = 1200;
+        assert!(refused(&token::issue(&t, &k)).contains("expired"));
+        t.expires = 1900;
+        t.principal = "alice".into();
+        assert!(refused(&token::issue(&t, &k)).contains("not a Cedar entity uid"));
     }
 }

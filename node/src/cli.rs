@@ -6,9 +6,8 @@
 //! last line of stdout; errors are returned to `main`, which prints one
 //! `error: …` line and exits 1. Usage errors are clap's (exit 2).
 //!
-//! Only `key` and `trust` exist so far; `node`, `bundle`, `revoke`, `update`,
-//! `push`, `check`, `status`, `demo`, `sim`, `token`, `audit` and `report`
-//! are added to [`Command`] as they are built.
+//! `demo`, `sim`, `audit` and `report` are added to [`Command`] as they are
+//! built.
 
 use std::fs::OpenOptions;
 use std::io::{Read as _, Write as _};
@@ -86,6 +85,18 @@ pub enum Command {
     Push(weft_node::admin::PushArgs),
     /// Show a running node's state: peers, heads, bundles, revocations, freshness.
     Status(weft_node::daemon::StatusArgs),
+    /// Ask a node for a decision: prints allow or deny; exits 0 on allow, 3 on deny.
+    #[command(long_about = weft_node::admin::CHECK_LONG_ABOUT)]
+    Check(weft_node::admin::CheckArgs),
+    /// Issue short-lived identity tokens that stand in for a principal.
+    #[command(
+        subcommand,
+        long_about = "Issue short-lived identity tokens that stand in for a principal.\n\n\
+            A token binds a principal and attributes to an expiry, signed by an operator \
+            holding the issue role. POST /v1/authorize (and `weft check --token`) accepts it \
+            in place of a principal and verifies it on every request."
+    )]
+    Token(weft_node::admin::TokenCommand),
 }
 
 /// `weft node …`
@@ -233,6 +244,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Update(c) => weft_node::admin::update(c),
         Command::Push(a) => weft_node::admin::push(a),
         Command::Status(a) => weft_node::daemon::status(a),
+        Command::Check(a) => weft_node::admin::check(a),
+        Command::Token(c) => weft_node::admin::token(c),
     }
 }
 

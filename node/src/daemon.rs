@@ -315,6 +315,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     let store = Arc::new(store);
     let shared = Arc::new(Shared {
         view: ArcSwap::from_pointee(state.view().clone()),
+        root: ArcSwap::from_pointee(state.root().clone()),
         node_id,
         traffic: Arc::default(),
     });

@@ -68,6 +68,7 @@ use weft_protocol::export::StateExport;
 use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::replica::{Input, Output, Replica, Timer, Verdict};
 use weft_protocol::state::Ingested;
+use weft_protocol::trust::TrustRoot;
 use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 use weft_protocol::wire::{MAX_WIRE_BYTES, SyncRequest, SyncResponse};
 
@@ -578,6 +579,9 @@ pub enum Command {
 pub struct Shared {
     /// The current view; swapped after every applied update.
     pub view: ArcSwap<PolicyView>,
+    /// The latest trust root; swapped with the view. Identity tokens are
+    /// verified against it.
+    pub root: ArcSwap<TrustRoot>,
     /// This node's id.
     pub node_id: NodeId,
     /// Bytes in and out on every connection.
@@ -1167,6 +1171,11 @@ impl NodeTask {
             self.shared
                 .view
                 .store(Arc::new(self.replica.state().view().clone()));
+            if **self.shared.root.load() != *self.replica.state().root() {
+                self.shared
+                    .root
+                    .store(Arc::new(self.replica.state().root().clone()));
+            }
             self.check_snapshot();
         }
         store_result

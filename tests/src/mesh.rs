@@ -23,7 +23,8 @@ use weft_protocol::update::{SignedUpdate, actor_for};
 
 static NONCE: AtomicU64 = AtomicU64::new(1);
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -165,11 +166,16 @@ impl Author {
 
     /// An update that makes bundle `name` permit `principal` to do anything.
     pub fn bundle(&mut self, name: &str, principal: &str) -> Result<Vec<u8>> {
+        self.bundle_policy(
+            name,
+            &format!("permit(principal == {principal}, action, resource);"),
+        )
+    }
+
+    /// An update that makes bundle `name` hold exactly one policy, `p`.
+    pub fn bundle_policy(&mut self, name: &str, policy: &str) -> Result<Vec<u8>> {
         let mut content = BundleContent::default();
-        content.policies.insert(
-            "p".into(),
-            format!("permit(principal == {principal}, action, resource);"),
-        );
+        content.policies.insert("p".into(), policy.to_owned());
         let actor = self.actor();
         let change = self
             .doc
@@ -242,6 +248,36 @@ pub async fn authorize(node: &NodeHandle, principal: &str) -> Result<serde_json:
         .await?;
     ensure!(resp.status() == 200, "authorize answered {}", resp.status());
     Ok(resp.json().await?)
+}
+
+/// `POST /v1/authorize` with `body`; returns the status code and the JSON answer.
+pub async fn authorize_body(
+    node: &NodeHandle,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value)> {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/authorize", node.api_url()))
+        .json(body)
+        .send()
+        .await?;
+    let code = resp.status().as_u16();
+    Ok((code, resp.json().await?))
+}
+
+/// `POST /v1/authorize` with an identity token viewing `Doc::"d"`; returns
+/// the JSON answer.
+pub async fn authorize_token(node: &NodeHandle, token: &str) -> Result<serde_json::Value> {
+    let (code, body) = authorize_body(
+        node,
+        &serde_json::json!({
+            "token": token,
+            "action": r#"Action::"view""#,
+            "resource": r#"Doc::"d""#,
+        }),
+    )
+    .await?;
+    ensure!(code == 200, "authorize answered {code} {body}");
+    Ok(body)
 }
 
 /// Polls `check` every 100 ms until it holds or `timeout` passes.

@@ -354,10 +354,19 @@ fn policy_diff(
     (added, changed, removed)
 }
 
-/// Parses a revocation subject: a node id, or a Cedar entity uid. Returns its
-/// canonical text and what kind it is.
+/// Parses a revocation subject: a node id, a Cedar entity uid, or an
+/// identity token id (`token:` and 32 hex digits). Returns its canonical text
+/// and what kind it is.
 pub(crate) fn parse_subject(text: &str) -> Result<(String, &'static str)> {
     let text = text.trim();
+    if let Some(id) = text.strip_prefix("token:") {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "\"{text}\" is not a token subject: expected token: and the token id's 32 hex digits"
+            );
+        }
+        return Ok((format!("token:{}", id.to_ascii_lowercase()), "token"));
+    }
     if let Ok(node) = NodeId::from_str(text) {
         return Ok((node.to_string(), "node"));
     }
@@ -501,6 +510,12 @@ mod tests {
         assert_eq!(parse_subject(&node).unwrap(), (node.clone(), "node"));
         let err = parse_subject("alice").unwrap_err().to_string();
         assert!(err.contains("neither a Cedar entity uid"), "{err}");
+        let id = "AB".repeat(16);
+        assert_eq!(
+            parse_subject(&format!("token:{id}")).unwrap(),
+            (format!("token:{}", "ab".repeat(16)), "token")
+        );
+        assert!(parse_subject("token:12").is_err());
     }
 
     #[test]

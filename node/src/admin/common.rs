@@ -357,7 +357,7 @@ pub(crate) fn post_update(
 }
 
 /// The `error` sentence of a refusal, or what the body says otherwise.
-fn error_reason(resp: reqwest::blocking::Response) -> String {
+pub(crate) fn error_reason(resp: reqwest::blocking::Response) -> String {
     let mut body = Vec::new();
     let _ = resp.take(64 << 10).read_to_end(&mut body);
     let text = String::from_utf8_lossy(&body);
