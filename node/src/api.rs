@@ -11,6 +11,7 @@
 //! | `GET /v1/state` | the encoded `StateExport` (application/octet-stream) |
 //! | `POST /v1/updates` | `202 {"id", "status": "applied"\|"duplicate"\|"held"}` once the update is durable; `400` malformed, `422` refused, `413` too large |
 //! | `GET /v1/status` | [`Status`] as JSON |
+//! | `GET /metrics` | Prometheus (OpenMetrics) text: decisions by outcome and latency, updates applied and refused by reason, peers, sync rounds, bytes in and out, state age |
 //! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"` |
 //!
 //! Every error body is `{"error": "<one sentence>"}`: 4xx for a bad request,
@@ -143,6 +144,8 @@ pub struct ApiState {
     pub commands: mpsc::Sender<Command>,
     /// The view and the node's id.
     pub shared: Arc<Shared>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The API's routes.
@@ -153,6 +156,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/status", get(get_status))
         .route("/v1/updates", post(post_update))
         .route("/v1/authorize", post(post_authorize))
+        .route("/metrics", get(get_metrics))
         .fallback(not_found)
         .with_state(state)
 }
@@ -196,6 +200,20 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 async fn get_state(State(state): State<Arc<ApiState>>) -> Response {
     match ask(&state, |reply| Command::Export { reply }).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_metrics(State(state): State<Arc<ApiState>>) -> Response {
+    match ask(&state, |reply| Command::Status { reply }).await {
+        Ok(status) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.metrics.render(&status),
+        )
+            .into_response(),
         Err(r) => r,
     }
 }
@@ -464,6 +482,7 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             );
         }
     };
+    let started = std::time::Instant::now();
     let view = state.shared.view.load();
     let root = state.shared.root.load();
     let now = SystemTime::now()
@@ -490,6 +509,9 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         },
         Err(e) => return e.into_response(),
     };
+    state
+        .metrics
+        .observe_decision(d.allow, d.revoked, started.elapsed().as_secs_f64());
     axum::Json(json!({
         "decision": if d.allow { "allow" } else { "deny" },
         "reasons": d.reasons,

@@ -393,6 +393,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     let router = api::router(Arc::new(ApiState {
         commands: commands_tx.clone(),
         shared: shared.clone(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     }));
     let mut api_shutdown = shutdown_rx;
     let api_task = tokio::spawn(

@@ -6,5 +6,6 @@ pub mod api;
 pub mod daemon;
 pub mod keyfile;
 pub mod layout;
+pub mod metrics;
 pub mod net;
 pub mod store;
