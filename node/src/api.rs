@@ -494,7 +494,20 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         view: &view,
         now,
     };
+    let now_ms = crate::net::now_ms();
+    let (age_ms, stale) = state.shared.freshness(now_ms);
+    let deny_stale = stale && state.shared.stale.on_stale == crate::layout::OnStale::Deny;
     let d = match parse_authorize(req, check) {
+        Ok(_) if deny_stale => weft_crdt::Decision {
+            allow: false,
+            reasons: vec![],
+            errors: vec![format!(
+                "the state is stale: no sync with any peer for over {} s, and on_stale is deny",
+                state.shared.stale.after_ms / 1000
+            )],
+            revoked: false,
+            revoked_subject: None,
+        },
         Ok(Authorize::Decide(request)) => weft_crdt::decide(&view, &request),
         Ok(Authorize::Deny {
             error,
@@ -519,6 +532,7 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         "revoked": d.revoked,
         "revoked_subject": d.revoked_subject,
         "state": view.digest(),
+        "freshness": {"last_sync_ms_ago": age_ms, "stale": stale},
     }))
     .into_response()
 }

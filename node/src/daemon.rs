@@ -86,6 +86,8 @@ pub struct NodeOptions {
     pub replica: ReplicaConfig,
     /// Applied updates between two snapshots.
     pub snapshot_every: u64,
+    /// When the state counts as stale and what decisions do then.
+    pub stale: net::Staleness,
 }
 
 impl NodeOptions {
@@ -99,6 +101,7 @@ impl NodeOptions {
             peers: Vec::new(),
             replica: ReplicaConfig::default(),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            stale: net::Staleness::default(),
         }
     }
 }
@@ -318,6 +321,9 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         root: ArcSwap::from_pointee(state.root().clone()),
         node_id,
         traffic: Arc::default(),
+        last_sync_ms: Default::default(),
+        started_ms: net::now_ms(),
+        stale: opts.stale,
     });
     let replica = Replica::new(state, node_id, cert, opts.replica.clone());
 
@@ -491,6 +497,12 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     let mut opts = NodeOptions::new(&args.dir);
     opts.listen = vec![parse_addr(&config.listen, "--listen")?];
     opts.api = config.api.clone();
+    opts.stale = net::Staleness {
+        after_ms: weft_protocol::time::parse_duration(&config.stale_after)
+            .map_err(|e| anyhow!("stale_after in {}: {e}", dir.config().display()))?
+            .saturating_mul(1000),
+        on_stale: config.on_stale,
+    };
     opts.peers = config
         .peers
         .iter()

@@ -586,6 +586,43 @@ pub struct Shared {
     pub node_id: NodeId,
     /// Bytes in and out on every connection.
     pub traffic: Arc<Traffic>,
+    /// Unix milliseconds of the last exchange with a peer; 0 before the first.
+    pub last_sync_ms: std::sync::atomic::AtomicU64,
+    /// Unix milliseconds when the node started.
+    pub started_ms: u64,
+    /// The staleness policy: after how long without a sync the state is
+    /// stale, and what decisions do then.
+    pub stale: Staleness,
+}
+
+/// When the state counts as stale, and what to do then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staleness {
+    /// Milliseconds without a sync before the state is stale.
+    pub after_ms: u64,
+    /// What decisions do while it is stale.
+    pub on_stale: crate::layout::OnStale,
+}
+
+impl Default for Staleness {
+    /// Five minutes and keep: the defaults of `weft.toml`.
+    fn default() -> Self {
+        Staleness {
+            after_ms: 5 * 60 * 1000,
+            on_stale: crate::layout::OnStale::Keep,
+        }
+    }
+}
+
+impl Shared {
+    /// Milliseconds since the last sync with a peer (since the start, if
+    /// there was none yet), and whether that is longer than the limit.
+    pub fn freshness(&self, now_ms: u64) -> (Option<u64>, bool) {
+        let last = self.last_sync_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let since = if last == 0 { self.started_ms } else { last };
+        let age = now_ms.saturating_sub(since);
+        ((last != 0).then_some(age), age > self.stale.after_ms)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1166,6 +1203,11 @@ impl NodeTask {
         }
         if !persist_first {
             store_result = self.persist(&updates);
+        }
+        if let Some(t) = self.replica.stats().last_sync_ms {
+            self.shared
+                .last_sync_ms
+                .store(t, std::sync::atomic::Ordering::Relaxed);
         }
         if applied {
             self.shared
