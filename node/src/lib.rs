@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod daemon;
+pub mod demo;
 pub mod keyfile;
 pub mod layout;
 pub mod metrics;
