@@ -208,7 +208,7 @@ impl ParsedBundle {
 }
 
 /// Renders an error, with its sources, on one line.
-pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
+pub fn one_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

@@ -387,17 +387,7 @@ pub(crate) fn shorten(s: &str) -> String {
 
 /// An error and its causes, on one line.
 pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = inner.source();
-    }
-    shorten(&s)
+    shorten(&weft_crdt::bundle::one_line(e))
 }
 
 /// `alice (ed25519.…)` when the key is an operator of `root`, else the key.
