@@ -1,7 +1,22 @@
-//! `decide()` against raw Cedar `Authorizer::is_authorized` on the same
-//! policies and entities, at 10, 1,000 and 10,000 policies.
+//! Decision latency at 10, 1,000, 10,000 and 100,000 policies, side by side in
+//! one run: raw Cedar `Authorizer::is_authorized` over every policy, Weft's
+//! indexed `decide()`, and regorus (Rego) on an equivalent data-driven policy.
 //!
-//! Run: `cargo bench -p weft-crdt --bench decide`
+//! The policies are RBAC grants, `permit (principal in Group::"gN", action ==
+//! Action::"read", resource in Folder::"fN");`, plus one forbid, in bundles of
+//! at most 1,000. The request is allowed by the last grant. Regorus holds the
+//! same grants as data (`grants[group][folder]`) and the request's groups and
+//! folders as input.
+//!
+//! `weft_decide` repeats one request, so after the first it finds its policy
+//! set in the index's cache; `weft_decide_rotating` cycles through up to 8,192
+//! distinct users and documents (each under its own grant), more than the
+//! cache holds, so at 10,000 policies and up most requests assemble their set;
+//! `regorus_rotating` cycles through the same requests. Rotating requests also
+//! touch memory that is cold in the CPU's caches, which costs both engines.
+//!
+//! Run: `cargo bench -p weft-crdt --bench decide` (under `cargo test` it runs
+//! once at 10 and 1,000 policies only).
 
 use std::hint::black_box;
 use std::str::FromStr;
@@ -10,11 +25,17 @@ use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request as CedarReq
 use criterion::{BenchmarkId, Criterion, criterion_main};
 use weft_crdt::{ActorId, BundleContent, PolicyDoc, Request, decide};
 
-/// RBAC policies: `permit (principal in Group::"gN", action == Action::"read", resource in Folder::"fN");`
-/// plus one forbid, and entities putting a user in the last group and a doc in the last folder.
-fn bundle(n: usize) -> BundleContent {
-    let mut b = BundleContent::default();
-    for i in 0..n - 1 {
+/// The grants `0..n-1` in bundles of at most 1,000 policies, the forbid in
+/// the first, and entities putting alice in the last group and a doc in the
+/// last folder.
+fn bundles(n: usize) -> Vec<(String, BundleContent)> {
+    let grants = n - 1;
+    let mut out: Vec<(String, BundleContent)> = Vec::new();
+    for i in 0..grants {
+        if i % 1_000 == 0 {
+            out.push((format!("rbac{}", i / 1_000), BundleContent::default()));
+        }
+        let b = &mut out.last_mut().expect("pushed above").1;
         b.policies.insert(
             format!("g{i}"),
             format!(
@@ -22,35 +43,116 @@ fn bundle(n: usize) -> BundleContent {
             ),
         );
     }
-    b.policies.insert(
+    let first = &mut out[0].1;
+    first.policies.insert(
         "deny-mallory".into(),
         r#"forbid (principal == User::"mallory", action, resource);"#.into(),
     );
-    let last = n - 2;
-    b.entities = Some(format!(
-        r#"[{{"uid":{{"type":"User","id":"alice"}},"attrs":{{}},"parents":[{{"type":"Group","id":"g{last}"}}]}},
-            {{"uid":{{"type":"Group","id":"g{last}"}},"attrs":{{}},"parents":[]}},
-            {{"uid":{{"type":"Doc","id":"d"}},"attrs":{{}},"parents":[{{"type":"Folder","id":"f{last}"}}]}},
-            {{"uid":{{"type":"Folder","id":"f{last}"}},"attrs":{{}},"parents":[]}}]"#
-    ));
-    b
+    // alice and doc d under the last grant; userK and docK under grant K for
+    // the rotating requests.
+    let last = grants - 1;
+    let mut entities = vec![
+        format!(
+            r#"{{"uid":{{"type":"User","id":"alice"}},"attrs":{{}},"parents":[{{"type":"Group","id":"g{last}"}}]}}"#
+        ),
+        format!(
+            r#"{{"uid":{{"type":"Doc","id":"d"}},"attrs":{{}},"parents":[{{"type":"Folder","id":"f{last}"}}]}}"#
+        ),
+    ];
+    for k in 0..rotating(n) {
+        entities.push(format!(
+            r#"{{"uid":{{"type":"User","id":"user{k}"}},"attrs":{{}},"parents":[{{"type":"Group","id":"g{k}"}}]}}"#
+        ));
+        entities.push(format!(
+            r#"{{"uid":{{"type":"Doc","id":"doc{k}"}},"attrs":{{}},"parents":[{{"type":"Folder","id":"f{k}"}}]}}"#
+        ));
+    }
+    first.entities = Some(format!("[{}]", entities.join(",")));
+    out
+}
+
+/// How many distinct requests the rotating bench cycles through: more than
+/// the index's set cache holds, once there are that many grants.
+fn rotating(n: usize) -> usize {
+    (n - 1).min(8_192)
+}
+
+const REGO: &str = r#"
+package weft
+import rego.v1
+
+default allow := false
+
+allow if {
+    not data.forbidden[input.principal]
+    input.action == "read"
+    some g in input.groups
+    some f in input.folders
+    data.grants[g][f]
+}
+"#;
+
+/// A regorus engine holding the same grants as data.
+fn regorus_engine(n: usize) -> regorus::Engine {
+    let grants = n - 1;
+    let mut map = serde_json::Map::new();
+    for i in 0..grants {
+        map.insert(
+            format!("g{i}"),
+            serde_json::json!({ format!("f{i}"): true }),
+        );
+    }
+    let data = serde_json::json!({ "grants": map, "forbidden": { "mallory": true } });
+    let mut engine = regorus::Engine::new();
+    engine
+        .add_policy("weft.rego".into(), REGO.into())
+        .expect("the Rego policy parses");
+    engine
+        .add_data(regorus::Value::from_json_str(&data.to_string()).expect("valid JSON"))
+        .expect("data loads");
+    engine
+}
+
+fn regorus_input(n: usize) -> regorus::Value {
+    regorus_input_for("alice", n - 2)
+}
+
+fn regorus_input_for(principal: &str, grant: usize) -> regorus::Value {
+    let last = grant;
+    let input = serde_json::json!({
+        "principal": principal,
+        "action": "read",
+        "groups": [format!("g{last}")],
+        "folders": [format!("f{last}")],
+    });
+    regorus::Value::from_json_str(&input.to_string()).expect("valid JSON")
 }
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
-    for n in [10usize, 1_000, 10_000] {
+    // `cargo test` runs each bench once, unoptimized: keep the sizes small there.
+    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
+        &[10, 1_000, 10_000, 100_000]
+    } else {
+        &[10, 1_000]
+    };
+    for &n in sizes {
         let mut doc = PolicyDoc::new();
-        doc.build_bundle(ActorId::from(vec![1u8; 40]), "rbac", &bundle(n), 0)
-            .unwrap();
+        for (i, (name, content)) in bundles(n).iter().enumerate() {
+            let mut actor = vec![1u8; 40];
+            actor[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            doc.build_bundle(ActorId::from(actor), name, content, 0)
+                .expect("bundle builds");
+        }
         // A few revocations, so the revocation check does real work.
         for i in 0..100u32 {
             let mut actor = vec![2u8; 40];
             actor[..4].copy_from_slice(&i.to_be_bytes());
             doc.build_revoke(ActorId::from(actor), &format!(r#"User::"gone{i}""#), "", 0)
-                .unwrap();
+                .expect("revocation builds");
         }
         let view = doc.view().clone();
-        let uid = |s: &str| EntityUid::from_str(s).unwrap();
+        let uid = |s: &str| EntityUid::from_str(s).expect("valid uid");
         let req = Request::new(
             uid(r#"User::"alice""#),
             uid(r#"Action::"read""#),
@@ -58,8 +160,10 @@ fn bench(c: &mut Criterion) {
         );
         let d = decide(&view, &req);
         assert!(d.allow, "benchmark request should be allowed: {d:?}");
+        assert_eq!(view.index().len(), n);
 
         let policies = view.policies().clone();
+        assert_eq!(policies.policies().count(), n);
         let entities: Entities = view.entities().clone();
         let cedar_req = CedarRequest::new(
             uid(r#"User::"alice""#),
@@ -68,13 +172,75 @@ fn bench(c: &mut Criterion) {
             Context::empty(),
             None,
         )
-        .unwrap();
+        .expect("valid request");
         let authorizer = Authorizer::new();
+        assert!(
+            authorizer
+                .is_authorized(&cedar_req, &policies, &entities)
+                .decision()
+                == cedar_policy::Decision::Allow
+        );
+
+        let mut engine = regorus_engine(n);
+        let input = regorus_input(n);
+        engine.set_input(input.clone());
+        assert_eq!(
+            engine
+                .eval_rule("data.weft.allow".into())
+                .expect("evaluates"),
+            regorus::Value::from(true),
+            "regorus should allow the benchmark request"
+        );
+
+        group.sample_size(if n >= 100_000 { 10 } else { 100 });
         group.bench_with_input(BenchmarkId::new("raw_cedar", n), &n, |b, _| {
             b.iter(|| black_box(authorizer.is_authorized(&cedar_req, &policies, &entities)))
         });
+        group.sample_size(100);
         group.bench_with_input(BenchmarkId::new("weft_decide", n), &n, |b, _| {
             b.iter(|| black_box(decide(&view, &req)))
+        });
+        let rotation: Vec<Request> = (0..rotating(n))
+            .map(|k| {
+                Request::new(
+                    uid(&format!(r#"User::"user{k}""#)),
+                    uid(r#"Action::"read""#),
+                    uid(&format!(r#"Doc::"doc{k}""#)),
+                )
+            })
+            .collect();
+        assert!(rotation.iter().all(|r| decide(&view, r).allow));
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::new("weft_decide_rotating", n), &n, |b, _| {
+            b.iter(|| {
+                next = (next + 1) % rotation.len();
+                black_box(decide(&view, &rotation[next]))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("regorus", n), &n, |b, _| {
+            b.iter(|| {
+                engine.set_input(input.clone());
+                black_box(
+                    engine
+                        .eval_rule("data.weft.allow".into())
+                        .expect("evaluates"),
+                )
+            })
+        });
+        let inputs: Vec<regorus::Value> = (0..rotating(n))
+            .map(|k| regorus_input_for(&format!("user{k}"), k))
+            .collect();
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::new("regorus_rotating", n), &n, |b, _| {
+            b.iter(|| {
+                next = (next + 1) % inputs.len();
+                engine.set_input(inputs[next].clone());
+                black_box(
+                    engine
+                        .eval_rule("data.weft.allow".into())
+                        .expect("evaluates"),
+                )
+            })
         });
     }
     group.finish();

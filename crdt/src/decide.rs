@@ -4,7 +4,9 @@
 //! 1. **Revocation.** If the principal or the resource, or any of their
 //!    ancestors (from the bundles' entities and the request's), is revoked, the
 //!    answer is deny with `revoked: true`, whatever the policies say.
-//! 2. **Cedar.** The merged policy set is evaluated with Cedar's authorizer.
+//! 2. **Cedar.** The policies whose scope matches the request (found with the
+//!    scope index, [`crate::index`]) are evaluated with Cedar's authorizer;
+//!    the others could neither match nor error.
 //! 3. **Fail closed.** Cedar skips a policy whose evaluation errors. For a
 //!    `permit` that is safe (it grants nothing), but a skipped `forbid` could
 //!    let a request through. So when Cedar allows and any `forbid` errored,
@@ -14,6 +16,8 @@ use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityUid,
     Request as CedarRequest,
 };
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 use crate::bundle::one_line;
@@ -24,6 +28,7 @@ use crate::view::PolicyView;
 pub struct Request {
     cedar: CedarRequest,
     principal: EntityUid,
+    action: EntityUid,
     resource: EntityUid,
     /// Entities that come with the request, added to the bundles' entities.
     pub entities: Vec<Entity>,
@@ -44,11 +49,18 @@ impl Request {
         context: Context,
         entities: Vec<Entity>,
     ) -> Result<Self, String> {
-        let cedar = CedarRequest::new(principal.clone(), action, resource.clone(), context, None)
-            .map_err(|e| one_line(&e))?;
+        let cedar = CedarRequest::new(
+            principal.clone(),
+            action.clone(),
+            resource.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| one_line(&e))?;
         Ok(Request {
             cedar,
             principal,
+            action,
             resource,
             entities,
         })
@@ -57,6 +69,11 @@ impl Request {
     /// Who asks.
     pub fn principal(&self) -> &EntityUid {
         &self.principal
+    }
+
+    /// What they want to do.
+    pub fn action(&self) -> &EntityUid {
+        &self.action
     }
 
     /// What they want to do it to.
@@ -98,7 +115,36 @@ impl Decision {
 }
 
 /// Decides `request` against `view`. Pure: no I/O, no clock.
+///
+/// Only the policies whose scope matches the request are evaluated (see
+/// [`crate::index`]); the answer is the same as [`decide_full`]'s.
 pub fn decide(view: &PolicyView, request: &Request) -> Decision {
+    decide_with(view, request, Evaluation::Indexed)
+}
+
+/// Decides `request` by evaluating every policy in force with Cedar, as
+/// [`decide`] did before the scope index. It is the reference the index is
+/// tested against, and the baseline it is measured against.
+pub fn decide_full(view: &PolicyView, request: &Request) -> Decision {
+    decide_with(view, request, Evaluation::Full)
+}
+
+#[derive(Clone, Copy)]
+enum Evaluation {
+    Indexed,
+    Full,
+}
+
+/// What Cedar's authorizer concluded, before Weft's fail-closed rule.
+struct Outcome {
+    allow: bool,
+    reasons: Vec<String>,
+    errors: Vec<String>,
+    /// Ids of the `forbid` policies whose evaluation errored.
+    failed_forbids: BTreeSet<String>,
+}
+
+fn decide_with(view: &PolicyView, request: &Request, how: Evaluation) -> Decision {
     let merged;
     let entities: &Entities = if request.entities.is_empty() {
         view.entities()
@@ -131,39 +177,84 @@ pub fn decide(view: &PolicyView, request: &Request) -> Decision {
         };
     }
 
-    let response = Authorizer::new().is_authorized(&request.cedar, view.policies(), entities);
-    let diagnostics = response.diagnostics();
+    let mut outcome = match how {
+        Evaluation::Indexed => evaluate_candidates(view, request, entities),
+        Evaluation::Full => evaluate_all(view, request, entities),
+    };
     // Cedar reports these from hash sets; sort them so every replica answers alike.
-    let mut errors: Vec<String> = diagnostics.errors().map(|e| one_line(e)).collect();
-    errors.sort();
-    let mut reasons: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
-    reasons.sort();
+    outcome.errors.sort();
+    outcome.reasons.sort();
 
-    if response.decision() == CedarDecision::Allow {
-        let failed_forbids: Vec<String> = diagnostics
-            .errors()
-            .map(|cedar_policy::AuthorizationError::PolicyEvaluationError(e)| e.policy_id())
-            .filter(|id| {
-                view.policies()
-                    .policy(id)
-                    .is_some_and(|p| p.effect() == Effect::Forbid)
-            })
-            .map(ToString::to_string)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !failed_forbids.is_empty() {
-            return Decision::deny(failed_forbids, errors);
+    if outcome.allow {
+        if !outcome.failed_forbids.is_empty() {
+            return Decision::deny(outcome.failed_forbids.into_iter().collect(), outcome.errors);
         }
         Decision {
             allow: true,
-            reasons,
-            errors,
+            reasons: outcome.reasons,
+            errors: outcome.errors,
             revoked: false,
             revoked_subject: None,
         }
     } else {
-        Decision::deny(reasons, errors)
+        Decision::deny(outcome.reasons, outcome.errors)
+    }
+}
+
+/// Evaluates the whole merged policy set in one call to Cedar.
+fn evaluate_all(view: &PolicyView, request: &Request, entities: &Entities) -> Outcome {
+    let response = Authorizer::new().is_authorized(&request.cedar, view.policies(), entities);
+    let diagnostics = response.diagnostics();
+    let failed_forbids = diagnostics
+        .errors()
+        .map(|cedar_policy::AuthorizationError::PolicyEvaluationError(e)| e.policy_id())
+        .filter(|id| {
+            view.policies()
+                .policy(id)
+                .is_some_and(|p| p.effect() == Effect::Forbid)
+        })
+        .map(ToString::to_string)
+        .collect();
+    Outcome {
+        allow: response.decision() == CedarDecision::Allow,
+        reasons: diagnostics.reason().map(ToString::to_string).collect(),
+        errors: diagnostics.errors().map(|e| one_line(e)).collect(),
+        failed_forbids,
+    }
+}
+
+/// Evaluates only the policies whose scope matches: they go into one small
+/// set, which Cedar's authorizer evaluates and combines as it would the
+/// whole set (a satisfied `forbid` denies, else a satisfied `permit` allows).
+fn evaluate_candidates(view: &PolicyView, request: &Request, entities: &Entities) -> Outcome {
+    let candidates = view.index().candidates(
+        entities,
+        &request.principal,
+        &request.action,
+        &request.resource,
+    );
+    if candidates.is_empty() {
+        return Outcome {
+            allow: false,
+            reasons: Vec::new(),
+            errors: Vec::new(),
+            failed_forbids: BTreeSet::new(),
+        };
+    }
+    let set = view.index().policy_set(&candidates);
+    let response = Authorizer::new().is_authorized(&request.cedar, &set, entities);
+    let diagnostics = response.diagnostics();
+    let failed_forbids = diagnostics
+        .errors()
+        .map(|cedar_policy::AuthorizationError::PolicyEvaluationError(e)| e.policy_id())
+        .filter(|id| candidates.iter().any(|c| c.forbid && &c.id == *id))
+        .map(ToString::to_string)
+        .collect();
+    Outcome {
+        allow: response.decision() == CedarDecision::Allow,
+        reasons: diagnostics.reason().map(ToString::to_string).collect(),
+        errors: diagnostics.errors().map(|e| one_line(e)).collect(),
+        failed_forbids,
     }
 }
 

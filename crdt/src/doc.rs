@@ -11,8 +11,10 @@
 //!
 //! # The view is kept incrementally
 //! A change's summary names the bundles and subjects it touches. Only those
-//! are read back from the document; the merged policy set is re-assembled from
-//! the bundles' already-parsed policies only when a bundle changed.
+//! are read back from the document. A bundle whose content changed is parsed
+//! again, and its policies replace its old ones in the scope index
+//! ([`crate::index`]); the merged entities are rebuilt only when a bundle's
+//! entities changed, and the merged policy set only when someone asks for it.
 //!
 //! # Revoke wins
 //! A revocation is a put at `revocations/SUBJECT`; a reinstatement is a delete
@@ -41,10 +43,11 @@ use automerge::{
 };
 use std::str::FromStr;
 
-use cedar_policy::{Entities, EntityUid, PolicySet};
+use cedar_policy::{Entities, EntityUid};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{BundleContent, one_line};
+use crate::index::IndexedPolicy;
 use crate::schema::{
     self, BUNDLE_FIELDS, BUNDLES, ChangeSummary, POLICIES, Path, QUARANTINES, REVOCATIONS,
     SchemaViolation, Slot,
@@ -568,10 +571,43 @@ impl PolicyDoc {
             }
         }
         if !dirty.bundles.is_empty() {
+            let mut entities_changed = false;
+            let mut policies_changed = false;
             for name in &dirty.bundles {
-                self.refresh_bundle(name);
+                let old = self.view.bundles.get(name.as_str()).cloned();
+                self.refresh_bundle(name, old.as_deref());
+                let new = self.view.bundles.get(name.as_str()).cloned();
+                let old_indexed = old.as_ref().map(|b| b.indexed.clone());
+                let new_indexed = new.as_ref().map(|b| b.indexed.clone());
+                let same_policies = match (&old_indexed, &new_indexed) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same_policies {
+                    policies_changed = true;
+                    if let Some(old) = &old_indexed {
+                        self.view.index.remove_all(old.iter());
+                    }
+                    if let Some(new) = &new_indexed {
+                        self.view.index.insert_all(new.iter());
+                    }
+                }
+                let entities_of = |b: &Option<Arc<BundleState>>| {
+                    b.as_ref()
+                        .and_then(|b| b.effective_content.as_ref())
+                        .and_then(|c| c.entities.clone())
+                };
+                if entities_of(&old) != entities_of(&new) {
+                    entities_changed = true;
+                }
             }
-            self.reassemble();
+            if policies_changed {
+                self.view.policies = Arc::new(std::sync::OnceLock::new());
+            }
+            if entities_changed {
+                self.reassemble_entities();
+            }
         }
         let heads = self.doc.get_heads();
         self.view.digest = digest_of(&heads);
@@ -624,7 +660,7 @@ impl PolicyDoc {
         }
     }
 
-    fn refresh_bundle(&mut self, name: &str) {
+    fn refresh_bundle(&mut self, name: &str, old: Option<&BundleState>) {
         let Some((merged, conflicts, authors)) =
             read_bundle(&self.doc, &self.bundles_obj, name, None)
         else {
@@ -645,7 +681,20 @@ impl PolicyDoc {
             error: None,
             conflicts,
             authors,
+            indexed: Arc::new(Vec::new()),
         };
+        // The same content as the version in force: keep its parse and index.
+        if let Some(old) = old
+            && old.effective.is_some()
+            && old.fallback_from.is_none()
+            && old.effective_content.as_ref() == Some(&merged)
+        {
+            state.effective = old.effective.clone();
+            state.effective_content = old.effective_content.clone();
+            state.indexed = old.indexed.clone();
+            self.view.bundles.insert(name.to_owned(), Arc::new(state));
+            return;
+        }
         match merged.parse(name) {
             Ok(parsed) => {
                 state.effective = Some(Arc::new(parsed));
@@ -672,21 +721,20 @@ impl PolicyDoc {
                 }
             }
         }
+        if let Some(parsed) = &state.effective {
+            state.indexed = Arc::new(IndexedPolicy::all_of(parsed));
+        }
         self.view.bundles.insert(name.to_owned(), Arc::new(state));
     }
 
-    /// Re-assembles the merged policy set and entities from the bundles'
-    /// parsed versions (no parsing happens here).
-    fn reassemble(&mut self) {
-        let mut set = PolicySet::new();
+    /// Re-assembles the merged entities from the bundles' parsed versions
+    /// (no parsing happens here), and recomputes their ancestors.
+    fn reassemble_entities(&mut self) {
         let mut entities = Vec::new();
         let mut seen = BTreeSet::new();
         let mut entity_errors = Vec::new();
         for (name, b) in self.view.bundles.iter() {
             let Some(parsed) = &b.effective else { continue };
-            if let Err(e) = set.merge(&parsed.policies, false) {
-                entity_errors.push(format!("bundle `{name}`: {}", one_line(&e)));
-            }
             for e in &parsed.entities {
                 if seen.insert(e.uid().to_string()) {
                     entities.push(e.clone());
@@ -705,7 +753,6 @@ impl PolicyDoc {
                 Entities::empty()
             }
         };
-        self.view.policies = Arc::new(set);
         self.view.entities = Arc::new(entities);
         self.view.entity_errors = Arc::new(entity_errors);
     }

@@ -15,12 +15,14 @@
 pub mod bundle;
 pub mod decide;
 pub mod doc;
+pub mod index;
 pub mod schema;
 pub mod view;
 
 pub use automerge::{ActorId, Change, ChangeHash};
 pub use bundle::{BundleContent, BundleError, ParsedBundle, TemplateLink};
-pub use decide::{Decision, Request, decide};
+pub use decide::{Decision, Request, decide, decide_full};
 pub use doc::{Applied, CrdtError, PolicyDoc, Refusal};
+pub use index::{IndexedPolicy, ScopeIndex};
 pub use schema::{ChangeSummary, Path, SchemaViolation, Section};
 pub use view::{BundleState, Conflict, ConflictSide, PolicyView, Revocation, ViewSummary};

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use automerge::ChangeHash;
 use cedar_policy::{Entities, EntityUid, PolicySet};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{BundleContent, BundleError, ParsedBundle};
+use crate::index::{IndexedPolicy, ScopeIndex};
 
 /// One side of a conflict: a value written concurrently with another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,13 +86,18 @@ pub struct BundleState {
     /// Hex of the actors that wrote what the bundle holds now (every side of
     /// a conflict included), sorted.
     pub authors: Vec<String>,
+    /// The effective version's policies, indexed by scope.
+    pub indexed: Arc<Vec<Arc<IndexedPolicy>>>,
 }
 
 /// Everything a decision needs, materialized from the document.
 #[derive(Clone, Debug)]
 pub struct PolicyView {
     pub(crate) bundles: imbl::OrdMap<String, Arc<BundleState>>,
-    pub(crate) policies: Arc<PolicySet>,
+    /// The merged policy set, assembled on first use (decisions use `index`).
+    pub(crate) policies: Arc<OnceLock<PolicySet>>,
+    /// Every effective policy, indexed by scope.
+    pub(crate) index: ScopeIndex,
     pub(crate) entities: Arc<Entities>,
     pub(crate) entity_errors: Arc<Vec<String>>,
     pub(crate) revoked: imbl::OrdMap<String, Revocation>,
@@ -106,7 +112,8 @@ impl Default for PolicyView {
     fn default() -> Self {
         PolicyView {
             bundles: imbl::OrdMap::new(),
-            policies: Arc::new(PolicySet::new()),
+            policies: Arc::new(OnceLock::new()),
+            index: ScopeIndex::new(),
             entities: Arc::new(Entities::empty()),
             entity_errors: Arc::new(Vec::new()),
             revoked: imbl::OrdMap::new(),
@@ -158,9 +165,26 @@ pub struct ViewSummary {
 }
 
 impl PolicyView {
-    /// The merged policy set in force.
+    /// The merged policy set in force: every bundle's effective version.
+    /// Assembled on first use and kept with this view; decisions do not need
+    /// it (they go through [`PolicyView::index`]).
     pub fn policies(&self) -> &PolicySet {
-        &self.policies
+        self.policies.get_or_init(|| {
+            let mut set = PolicySet::new();
+            for b in self.bundles.values() {
+                if let Some(parsed) = &b.effective {
+                    // Ids are `BUNDLE/ID` and bundle names hold no '/', so
+                    // bundles never collide.
+                    let _ = set.merge(&parsed.policies, false);
+                }
+            }
+            set
+        })
+    }
+
+    /// The scope index over every effective policy.
+    pub fn index(&self) -> &ScopeIndex {
+        &self.index
     }
 
     /// The merged entities of every bundle.
@@ -231,10 +255,10 @@ impl PolicyView {
     /// A comparable summary, for tests and for checking replicas agree.
     pub fn summary(&self) -> ViewSummary {
         let mut policies = BTreeMap::new();
-        for p in self.policies.policies() {
+        for p in self.policies().policies() {
             policies.insert(p.id().to_string(), p.to_string());
         }
-        for t in self.policies.templates() {
+        for t in self.policies().templates() {
             policies.insert(t.id().to_string(), t.to_string());
         }
         let mut entities: Vec<String> = self.entities.iter().map(|e| e.uid().to_string()).collect();
