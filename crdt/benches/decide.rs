@@ -16,13 +16,14 @@
 //! touch memory that is cold in the CPU's caches, which costs both engines.
 //!
 //! Run: `cargo bench -p weft-crdt --bench decide` (under `cargo test` it runs
-//! once at 10 and 1,000 policies only).
+//! once at 10 and 1,000 policies only; `WEFT_BENCH_SIZES=10,10000` picks sizes).
 
 use std::hint::black_box;
 use std::str::FromStr;
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request as CedarRequest};
-use criterion::{BenchmarkId, Criterion, criterion_main};
+use std::time::{Duration, Instant};
+
 use weft_crdt::{ActorId, BundleContent, PolicyDoc, Request, decide};
 
 /// The grants `0..n-1` in bundles of at most 1,000 policies, the forbid in
@@ -128,15 +129,110 @@ fn regorus_input_for(principal: &str, grant: usize) -> regorus::Value {
     regorus::Value::from_json_str(&input.to_string()).expect("valid JSON")
 }
 
-fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("decide");
-    // `cargo test` runs each bench once, unoptimized: keep the sizes small there.
-    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") {
-        &[10, 1_000, 10_000, 100_000]
-    } else {
-        &[10, 1_000]
+/// One contender: a name and a closure that makes one decision.
+struct Contender<'a> {
+    name: &'static str,
+    run: Box<dyn FnMut() + 'a>,
+    /// Calls per batch, calibrated so a batch takes about `BATCH_TARGET`.
+    batch: u32,
+    /// Mean time per call of each round's batch, in ns.
+    samples: Vec<f64>,
+}
+
+const BATCH_TARGET: Duration = Duration::from_millis(2);
+
+impl Contender<'_> {
+    fn calibrate(&mut self) {
+        let t = Instant::now();
+        (self.run)();
+        let one = t.elapsed().max(Duration::from_nanos(50));
+        self.batch = (BATCH_TARGET.as_nanos() / one.as_nanos()).clamp(1, 100_000) as u32;
+        for _ in 0..self.batch {
+            (self.run)();
+        }
+    }
+
+    fn round(&mut self) {
+        let t = Instant::now();
+        for _ in 0..self.batch {
+            (self.run)();
+        }
+        self.samples
+            .push(t.elapsed().as_nanos() as f64 / f64::from(self.batch));
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Runs the contenders in interleaved rounds (the order rotates each round),
+/// so noise from other work on the machine falls on all of them alike, and
+/// prints each one's median per-call time with the 10th-90th percentile of
+/// the round means, and the median of the per-round ratios to regorus on the
+/// same kind of traffic (one request, or rotating).
+fn run_paired(n: usize, rounds: usize, contenders: &mut [Contender<'_>]) {
+    for c in contenders.iter_mut() {
+        c.calibrate();
+    }
+    for r in 0..rounds {
+        let k = contenders.len();
+        for i in 0..k {
+            contenders[(i + r) % k].round();
+        }
+    }
+    let samples_of = |name: &str| {
+        contenders
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.samples.clone())
+            .expect("the baseline is a contender")
     };
-    for &n in sizes {
+    for c in contenders.iter() {
+        let base = if c.name.contains("rotating") {
+            samples_of("regorus, rotating")
+        } else {
+            samples_of("regorus")
+        };
+        let mut sorted = c.samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mut ratios: Vec<f64> = c.samples.iter().zip(&base).map(|(a, b)| a / b).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "| {n} | {} | {:.2} µs | {:.2}-{:.2} µs | {:.3}× |",
+            c.name,
+            quantile(&sorted, 0.5) / 1e3,
+            quantile(&sorted, 0.1) / 1e3,
+            quantile(&sorted, 0.9) / 1e3,
+            quantile(&ratios, 0.5),
+        );
+    }
+}
+
+fn main() {
+    // `cargo test` runs benches unoptimized: keep the sizes small there.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let sizes: Vec<usize> = match std::env::var("WEFT_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("WEFT_BENCH_SIZES: comma-separated sizes")
+            })
+            .collect(),
+        Err(_) if bench => vec![10, 1_000, 10_000, 100_000],
+        Err(_) => vec![10, 1_000],
+    };
+    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .map(|r| r.parse().expect("WEFT_BENCH_ROUNDS: a number"))
+        .unwrap_or(if bench { 60 } else { 2 });
+    println!(
+        "| policies | contender | median per call | p10-p90 of rounds | ÷ regorus (median of rounds) |"
+    );
+    println!("|---|---|---|---|---|");
+    for n in sizes {
         let mut doc = PolicyDoc::new();
         for (i, (name, content)) in bundles(n).iter().enumerate() {
             let mut actor = vec![1u8; 40];
@@ -192,14 +288,6 @@ fn bench(c: &mut Criterion) {
             "regorus should allow the benchmark request"
         );
 
-        group.sample_size(if n >= 100_000 { 10 } else { 100 });
-        group.bench_with_input(BenchmarkId::new("raw_cedar", n), &n, |b, _| {
-            b.iter(|| black_box(authorizer.is_authorized(&cedar_req, &policies, &entities)))
-        });
-        group.sample_size(100);
-        group.bench_with_input(BenchmarkId::new("weft_decide", n), &n, |b, _| {
-            b.iter(|| black_box(decide(&view, &req)))
-        });
         let rotation: Vec<Request> = (0..rotating(n))
             .map(|k| {
                 Request::new(
@@ -210,44 +298,59 @@ fn bench(c: &mut Criterion) {
             })
             .collect();
         assert!(rotation.iter().all(|r| decide(&view, r).allow));
-        let mut next = 0;
-        group.bench_with_input(BenchmarkId::new("weft_decide_rotating", n), &n, |b, _| {
-            b.iter(|| {
-                next = (next + 1) % rotation.len();
-                black_box(decide(&view, &rotation[next]))
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("regorus", n), &n, |b, _| {
-            b.iter(|| {
-                engine.set_input(input.clone());
-                black_box(
-                    engine
-                        .eval_rule("data.weft.allow".into())
-                        .expect("evaluates"),
-                )
-            })
-        });
         let inputs: Vec<regorus::Value> = (0..rotating(n))
             .map(|k| regorus_input_for(&format!("user{k}"), k))
             .collect();
-        let mut next = 0;
-        group.bench_with_input(BenchmarkId::new("regorus_rotating", n), &n, |b, _| {
-            b.iter(|| {
-                next = (next + 1) % inputs.len();
-                engine.set_input(inputs[next].clone());
-                black_box(
-                    engine
-                        .eval_rule("data.weft.allow".into())
-                        .expect("evaluates"),
-                )
-            })
-        });
+        let engine = std::cell::RefCell::new(engine);
+        let (mut next_weft, mut next_rego) = (0, 0);
+        let mut contenders = vec![
+            Contender {
+                name: "raw Cedar",
+                run: Box::new(|| {
+                    black_box(authorizer.is_authorized(&cedar_req, &policies, &entities));
+                }),
+                batch: 1,
+                samples: Vec::new(),
+            },
+            Contender {
+                name: "weft decide()",
+                run: Box::new(|| {
+                    black_box(decide(&view, &req));
+                }),
+                batch: 1,
+                samples: Vec::new(),
+            },
+            Contender {
+                name: "regorus",
+                run: Box::new(|| {
+                    let mut e = engine.borrow_mut();
+                    e.set_input(input.clone());
+                    black_box(e.eval_rule("data.weft.allow".into()).expect("evaluates"));
+                }),
+                batch: 1,
+                samples: Vec::new(),
+            },
+            Contender {
+                name: "weft decide(), rotating",
+                run: Box::new(|| {
+                    next_weft = (next_weft + 1) % rotation.len();
+                    black_box(decide(&view, &rotation[next_weft]));
+                }),
+                batch: 1,
+                samples: Vec::new(),
+            },
+            Contender {
+                name: "regorus, rotating",
+                run: Box::new(|| {
+                    next_rego = (next_rego + 1) % inputs.len();
+                    let mut e = engine.borrow_mut();
+                    e.set_input(inputs[next_rego].clone());
+                    black_box(e.eval_rule("data.weft.allow".into()).expect("evaluates"));
+                }),
+                batch: 1,
+                samples: Vec::new(),
+            },
+        ];
+        run_paired(n, rounds, &mut contenders);
     }
-    group.finish();
 }
-
-#[allow(missing_docs)]
-mod harness {
-    criterion::criterion_group!(benches, super::bench);
-}
-criterion_main!(harness::benches);

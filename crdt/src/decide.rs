@@ -223,9 +223,16 @@ fn evaluate_all(view: &PolicyView, request: &Request, entities: &Entities) -> Ou
     }
 }
 
-/// Evaluates only the policies whose scope matches: they go into one small
-/// set, which Cedar's authorizer evaluates and combines as it would the
-/// whole set (a satisfied `forbid` denies, else a satisfied `permit` allows).
+/// Evaluates only the policies whose scope matches, combined by Cedar's rule:
+/// any satisfied `forbid` denies (the satisfied forbids are the reasons),
+/// else any satisfied `permit` allows (the satisfied permits are the
+/// reasons), else deny with no reasons.
+///
+/// A candidate without `when`/`unless` clauses is satisfied and cannot
+/// error, so it needs no evaluation. The others go to Cedar as one small set,
+/// whose response says which of them are satisfied: when it denies with
+/// reasons, those are all of its satisfied forbids; when it allows, its
+/// reasons are all of its satisfied permits and none of its forbids holds.
 fn evaluate_candidates(view: &PolicyView, request: &Request, entities: &Entities) -> Outcome {
     let candidates = view.index().candidates(
         entities,
@@ -233,27 +240,49 @@ fn evaluate_candidates(view: &PolicyView, request: &Request, entities: &Entities
         &request.action,
         &request.resource,
     );
-    if candidates.is_empty() {
-        return Outcome {
-            allow: false,
-            reasons: Vec::new(),
-            errors: Vec::new(),
-            failed_forbids: BTreeSet::new(),
-        };
+    let mut forbids = Vec::new();
+    let mut permits = Vec::new();
+    let mut conditional = Vec::new();
+    for c in candidates {
+        match (c.conditional, c.forbid) {
+            (true, _) => conditional.push(c),
+            (false, true) => forbids.push(c.id.to_string()),
+            (false, false) => permits.push(c.id.to_string()),
+        }
     }
-    let set = view.index().policy_set(&candidates);
-    let response = Authorizer::new().is_authorized(&request.cedar, &set, entities);
-    let diagnostics = response.diagnostics();
-    let failed_forbids = diagnostics
-        .errors()
-        .map(|cedar_policy::AuthorizationError::PolicyEvaluationError(e)| e.policy_id())
-        .filter(|id| candidates.iter().any(|c| c.forbid && &c.id == *id))
-        .map(ToString::to_string)
-        .collect();
+    let mut errors = Vec::new();
+    let mut failed_forbids = BTreeSet::new();
+    if !conditional.is_empty() {
+        let set = view.index().policy_set(&conditional);
+        let response = Authorizer::new().is_authorized(&request.cedar, &set, entities);
+        let diagnostics = response.diagnostics();
+        let reasons = diagnostics.reason().map(ToString::to_string);
+        match response.decision() {
+            CedarDecision::Allow => permits.extend(reasons),
+            CedarDecision::Deny => forbids.extend(reasons),
+        }
+        for e in diagnostics.errors() {
+            errors.push(one_line(e));
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(err) = e;
+            if conditional
+                .iter()
+                .any(|c| c.forbid && &c.id == err.policy_id())
+            {
+                failed_forbids.insert(err.policy_id().to_string());
+            }
+        }
+    }
+    let (allow, reasons) = if !forbids.is_empty() {
+        (false, forbids)
+    } else if !permits.is_empty() {
+        (true, permits)
+    } else {
+        (false, Vec::new())
+    };
     Outcome {
-        allow: response.decision() == CedarDecision::Allow,
-        reasons: diagnostics.reason().map(ToString::to_string).collect(),
-        errors: diagnostics.errors().map(|e| one_line(e)).collect(),
+        allow,
+        reasons,
+        errors,
         failed_forbids,
     }
 }

@@ -29,9 +29,11 @@
 //! `tests/index.rs` checks this against full evaluation.
 //!
 //! # Evaluation
-//! A decision puts its candidates (a linked one with its template) in a small
-//! `PolicySet` and hands it to Cedar's authorizer, which combines them as it
-//! would the whole set. An entry points at the parsed bundle that holds its
+//! A candidate without `when` or `unless` clauses is satisfied: its scope
+//! matched, and it has nothing else to evaluate. The candidates with clauses
+//! go (a linked one with its template) into a small `PolicySet` for Cedar's
+//! authorizer, and the two parts are combined by Cedar's rule (see
+//! `decide`). An entry points at the parsed bundle that holds its
 //! policy, so the index costs little beyond the policies themselves. The
 //! assembled sets are cached by candidate list for the index's version, so
 //! requests alike (the same groups, the same folders) skip the assembly.
@@ -57,6 +59,9 @@ pub struct IndexedPolicy {
     pub id: PolicyId,
     /// Whether it is a `forbid`.
     pub forbid: bool,
+    /// Whether it has `when` or `unless` clauses. A policy without them is
+    /// satisfied exactly when its scope matches, and cannot error.
+    pub conditional: bool,
     principal: PrincipalConstraint,
     action: ActionConstraint,
     resource: ResourceConstraint,
@@ -80,6 +85,7 @@ impl IndexedPolicy {
         Some(IndexedPolicy {
             id: policy.id().clone(),
             forbid: policy.effect() == Effect::Forbid,
+            conditional: policy.has_non_scope_constraint(),
             principal: policy.principal_constraint(),
             action: policy.action_constraint(),
             resource: policy.resource_constraint(),
