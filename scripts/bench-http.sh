@@ -5,6 +5,7 @@
 # revocations arrived during the run.
 #
 # Usage: scripts/bench-http.sh [SECONDS] [CONNECTIONS]   (default 10 s, 32)
+# STREAM=0 runs without the revocation stream, as a baseline.
 # Needs Debian's `wrk`, plus `curl` and `python3`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +63,7 @@ EOF
 (
   n=0
   end=$((SECONDS + secs))
-  while [[ $SECONDS -lt $end ]]; do
+  while [[ "${STREAM:-1}" != 0 && $SECONDS -lt $end ]]; do
     n=$((n + 1))
     "$weft" revoke --key alice.key --node "$(url 2)" "User::\"gone$n\"" >/dev/null 2>&1 || true
     sleep 0.1
