@@ -18,11 +18,16 @@
 //! (`duplicate`), held back out of order (`reorder`), and takes the link's base latency
 //! (each link's own, drawn once from `latency` ± `link_spread`) plus jitter
 //! from the scenario's distribution. A partition drops messages between
-//! groups (one direction only for `one_way`); connections stay open across
-//! it, as a TCP connection does across a short routing blackhole, and sync
-//! requests across it time out. A crash closes the node's connections (its
+//! groups (one direction only for `one_way`). By default it also closes the
+//! connections across it, and nodes redial them one `redial` after the heal
+//! (each new connection starts with `Hello`, which syncs); with
+//! `partition_closes = false` connections stay open, as across a short
+//! routing blackhole, and sync requests across the cut time out. A crash closes the node's connections (its
 //! peers see them close, as after `kill -9`); on restart it redials the peers
 //! of its original connections.
+//!
+//! Sync request timeouts are swept in order of their deadlines by one timer,
+//! not one event each.
 //!
 //! Deliveries that cannot change anything (a gossip message or an IHAVE whose
 //! every id the receiver has already seen, at send time) are counted in the
@@ -157,7 +162,7 @@ enum Ev {
         from: u32,
         to: u32,
         inc_to: u32,
-        msg: Msg,
+        msg: Box<Msg>,
     },
     Connected {
         node: u32,
@@ -193,6 +198,7 @@ enum Ev {
         round: u32,
     },
     EndOfFaults,
+    Redial,
     Sample,
 }
 
@@ -210,6 +216,7 @@ impl Ev {
             Ev::Restart { node } => (8, *node),
             Ev::Inject { fault, .. } => (9, *fault as u32),
             Ev::EndOfFaults => (30, 0),
+            Ev::Redial => (32, 0),
             Ev::Sample => (31, 0),
         }
     }
@@ -258,12 +265,16 @@ struct Req {
     from: u32,
     to: u32,
     inc_from: u32,
+    deadline: u64,
 }
 
 struct UpdateRec {
     at: u64,
     origin: u32,
     reached: Vec<u64>,
+    count: usize,
+    complete_after: Option<u64>,
+    clean: bool,
 }
 
 struct Partition {
@@ -309,11 +320,13 @@ struct Sim<'a, P: Payload> {
     updates: Vec<UpdateRec>,
     by_hash: BTreeMap<ChangeHash, usize>,
     delays: Vec<u32>,
+    clean_delays: Vec<u32>,
     forged: BTreeSet<ChangeHash>,
     c: Counters,
     obs: Observations,
     heals: Vec<Heal>,
     sampling: bool,
+    sweep_scheduled: bool,
     faults_over: bool,
     trace: DefaultHasher,
     events: u64,
@@ -343,6 +356,7 @@ impl<'a, P: Payload> Sim<'a, P> {
             updates: Vec::new(),
             by_hash: BTreeMap::new(),
             delays: Vec::new(),
+            clean_delays: Vec::new(),
             forged: BTreeSet::new(),
             c: Counters {
                 bytes: vec![0; sc.nodes],
@@ -351,6 +365,7 @@ impl<'a, P: Payload> Sim<'a, P> {
             obs: Observations::default(),
             heals: Vec::new(),
             sampling: false,
+            sweep_scheduled: false,
             faults_over: false,
             trace: DefaultHasher::new(),
             events: 0,
@@ -544,7 +559,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 to,
                 inc_to,
                 msg,
-            } => self.deliver(from, to, inc_to, msg),
+            } => self.deliver(from, to, inc_to, *msg),
             Ev::Connected { node, peer, inc } => {
                 if self.nodes[node as usize].inc == inc
                     && self.alive(node)
@@ -571,12 +586,22 @@ impl<'a, P: Payload> Sim<'a, P> {
                     self.heartbeat(node);
                 }
             }
-            Ev::RequestTimeout { req } => {
-                if let Some(r) = self.requests.remove(&req)
-                    && self.nodes[r.from as usize].inc == r.inc_from
-                    && self.alive(r.from)
-                {
-                    self.input(r.from, Input::RequestFailed { peer: r.to });
+            Ev::RequestTimeout { .. } => {
+                // Request ids grow and the timeout is one constant, so the
+                // oldest requests come first: fail every one past its
+                // deadline, and wake up again at the next deadline.
+                self.sweep_scheduled = false;
+                while let Some(entry) = self.requests.first_entry() {
+                    if entry.get().deadline > self.now {
+                        let (req, deadline) = (*entry.key(), entry.get().deadline);
+                        self.sweep_scheduled = true;
+                        self.push(deadline, Ev::RequestTimeout { req });
+                        break;
+                    }
+                    let r = entry.remove();
+                    if self.nodes[r.from as usize].inc == r.inc_from && self.alive(r.from) {
+                        self.input(r.from, Input::RequestFailed { peer: r.to });
+                    }
                 }
             }
             Ev::Update => self.workload()?,
@@ -610,15 +635,33 @@ impl<'a, P: Payload> Sim<'a, P> {
                 }
             }
             Ev::Inject { fault, round } => self.inject(fault, round),
+            Ev::Redial => {
+                let dials: Vec<(u32, u32)> = std::mem::take(&mut self.pending_dials)
+                    .into_iter()
+                    .collect();
+                for (a, b) in dials {
+                    self.connect(a, b);
+                }
+            }
             Ev::EndOfFaults => {
                 self.faults_over = true;
                 let crashed: Vec<u32> = (0..self.nodes.len() as u32)
                     .filter(|n| !self.alive(*n))
                     .collect();
-                for n in crashed {
-                    self.restart(n);
+                let anything = self.partition.is_some() || !crashed.is_empty();
+                for n in &crashed {
+                    self.restart(*n);
                 }
-                self.heal("end of faults: every partition healed, every node up".into());
+                if anything {
+                    self.heal(format!(
+                        "end of faults: partition healed, {} node(s) restarted",
+                        crashed.len()
+                    ));
+                } else if !self.sampling {
+                    // The quiet period: run until converged.
+                    self.sampling = true;
+                    self.push(self.now + SAMPLE_MS, Ev::Sample);
+                }
             }
             Ev::Sample => {
                 if self.converged() {
@@ -655,9 +698,10 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn base_latency(&self, a: u32, b: u32) -> f64 {
         let (lo, hi) = (a.min(b), a.max(b));
-        let mut h = DefaultHasher::new();
-        (self.seed, lo, hi).hash(&mut h);
-        let u = (h.finish() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let u = (splitmix(self.seed ^ ((lo as u64) << 32 | hi as u64)) >> 11) as f64
+            / (1u64 << 53) as f64
+            * 2.0
+            - 1.0;
         self.sc.network.latency as f64 * (1.0 + self.sc.network.link_spread * u)
     }
 
@@ -740,7 +784,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     from,
                     to,
                     inc_to,
-                    msg: msg.clone(),
+                    msg: Box::new(msg.clone()),
                 },
             );
         }
@@ -758,7 +802,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 from,
                 to,
                 inc_to,
-                msg,
+                msg: Box::new(msg),
             },
         );
     }
@@ -827,20 +871,22 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     // ---- the replica -----------------------------------------------------
 
-    fn input(&mut self, n: u32, input: Input<u32>) -> Vec<Output<u32>> {
+    /// Hands `input` to node `n`'s replica and carries out its outputs;
+    /// true when the replica accepted a gossip message.
+    fn input(&mut self, n: u32, input: Input<u32>) -> bool {
         let now = self.clock(n);
         let rand = self.rng.next_u64();
         let Some(r) = self.nodes[n as usize].replica.as_mut() else {
-            return Vec::new();
+            return false;
         };
         let outs = r.handle(now, rand, input);
-        self.carry_out(n, outs.clone());
-        outs
+        self.carry_out(n, outs)
     }
 
-    fn carry_out(&mut self, n: u32, outs: Vec<Output<u32>>) {
+    fn carry_out(&mut self, n: u32, outs: Vec<Output<u32>>) -> bool {
         let mut touched: BTreeSet<u32> = BTreeSet::new();
         let mut applied_any = false;
+        let mut accepted = false;
         for out in outs {
             match out {
                 Output::Publish(bytes) => self.publish(n, bytes),
@@ -848,23 +894,26 @@ impl<'a, P: Payload> Sim<'a, P> {
                     if v == Verdict::Reject {
                         self.c.rejected += 1;
                     }
+                    accepted |= v == Verdict::Accept;
                 }
                 Output::Send { to, request } => {
                     self.next_req += 1;
                     let req = self.next_req;
                     let inc_from = self.nodes[n as usize].inc;
+                    let deadline = self.now + self.sc.replica.request_timeout;
                     self.requests.insert(
                         req,
                         Req {
                             from: n,
                             to,
                             inc_from,
+                            deadline,
                         },
                     );
-                    self.push(
-                        self.now + self.sc.replica.request_timeout,
-                        Ev::RequestTimeout { req },
-                    );
+                    if !self.sweep_scheduled {
+                        self.sweep_scheduled = true;
+                        self.push(deadline, Ev::RequestTimeout { req });
+                    }
                     self.send(n, to, Msg::Request { req, request });
                 }
                 Output::Respond {
@@ -927,6 +976,7 @@ impl<'a, P: Payload> Sim<'a, P> {
         if applied_any && !self.nodes[n as usize].byzantine {
             self.probe(n, touched);
         }
+        accepted
     }
 
     fn applied(
@@ -947,10 +997,17 @@ impl<'a, P: Payload> Sim<'a, P> {
                 let (w, bit) = (n as usize / 64, 1u64 << (n % 64));
                 if u.reached[w] & bit == 0 {
                     u.reached[w] |= bit;
+                    u.count += 1;
+                    if u.count == self.honest && u.complete_after.is_none() {
+                        u.complete_after = Some(self.now - u.at);
+                    }
                     if u.origin != n {
                         self.c.first_deliveries += 1;
-                        self.delays
-                            .push((self.now - u.at).min(u32::MAX as u64) as u32);
+                        let d = (self.now - u.at).min(u32::MAX as u64) as u32;
+                        self.delays.push(d);
+                        if u.clean {
+                            self.clean_delays.push(d);
+                        }
                     }
                 }
             }
@@ -994,9 +1051,10 @@ impl<'a, P: Payload> Sim<'a, P> {
     fn publish(&mut self, n: u32, bytes: Arc<[u8]>) {
         let id = msg_id(&bytes);
         self.msgs.entry(id).or_insert_with(|| bytes.clone());
+        let e = self.next_heartbeat(n);
         let g = &mut self.nodes[n as usize].gossip;
         g.seen.insert(id);
-        g.remember(id);
+        g.remember(id, e);
         let targets: Vec<u32> = if self.sc.gossip.flood_publish {
             self.nodes[n as usize].conns.iter().copied().collect()
         } else {
@@ -1015,67 +1073,96 @@ impl<'a, P: Payload> Sim<'a, P> {
         self.ensure_heartbeat(n);
     }
 
+    fn heartbeat_phase(&self, n: u32) -> u64 {
+        (n as u64).wrapping_mul(7_919) % self.sc.gossip.heartbeat
+    }
+
+    /// The number of node `n`'s first heartbeat strictly after now.
+    fn next_heartbeat(&self, n: u32) -> u64 {
+        let phase = self.heartbeat_phase(n);
+        if self.now < phase {
+            0
+        } else {
+            (self.now - phase) / self.sc.gossip.heartbeat + 1
+        }
+    }
+
     fn ensure_heartbeat(&mut self, n: u32) {
-        let node = &mut self.nodes[n as usize];
+        let node = &self.nodes[n as usize];
         if node.gossip.heartbeat_scheduled || node.replica.is_none() {
             return;
         }
-        node.gossip.heartbeat_scheduled = true;
         // Each node's heartbeat ticks on its own phase.
-        let hb = self.sc.gossip.heartbeat;
-        let phase = (n as u64 * 7_919) % hb;
-        let next = (self.now.saturating_sub(phase) / hb + 1) * hb + phase;
+        let at = self.heartbeat_phase(n) + self.next_heartbeat(n) * self.sc.gossip.heartbeat;
+        let node = &mut self.nodes[n as usize];
+        node.gossip.heartbeat_scheduled = true;
         let inc = node.inc;
-        self.push(next, Ev::Heartbeat { node: n, inc });
+        self.push(at, Ev::Heartbeat { node: n, inc });
     }
 
     fn heartbeat(&mut self, n: u32) {
-        let cfg = self.sc.gossip.clone();
+        let k = self.next_heartbeat(n).saturating_sub(1);
+        let (d, d_low, d_high, d_lazy, hg, hl) = {
+            let g = &self.sc.gossip;
+            (
+                g.d,
+                g.d_low,
+                g.d_high,
+                g.d_lazy,
+                g.history_gossip,
+                g.history_length,
+            )
+        };
         let node = &mut self.nodes[n as usize];
         node.gossip.heartbeat_scheduled = false;
-        let conns = node.conns.clone();
-        node.gossip.mesh.retain(|p| conns.contains(p));
+        if node.gossip.mesh.iter().any(|p| !node.conns.contains(p)) {
+            let conns = &node.conns;
+            node.gossip.mesh.retain(|p| conns.contains(p));
+        }
         let mut sends = Vec::new();
-        if node.gossip.mesh.len() < cfg.d_low {
-            let mut cands: Vec<u32> = conns
+        if node.gossip.mesh.len() < d_low {
+            let mut cands: Vec<u32> = node
+                .conns
                 .iter()
                 .copied()
                 .filter(|p| !node.gossip.mesh.contains(p))
                 .collect();
-            while node.gossip.mesh.len() < cfg.d && !cands.is_empty() {
-                let k = self.rng.random_range(0..cands.len());
-                let p = cands.swap_remove(k);
+            while node.gossip.mesh.len() < d && !cands.is_empty() {
+                let i = self.rng.random_range(0..cands.len());
+                let p = cands.swap_remove(i);
                 node.gossip.mesh.insert(p);
                 sends.push((p, Msg::Graft));
             }
-        } else if node.gossip.mesh.len() > cfg.d_high {
+        } else if node.gossip.mesh.len() > d_high {
             let mut mesh: Vec<u32> = node.gossip.mesh.iter().copied().collect();
-            while mesh.len() > cfg.d {
-                let k = self.rng.random_range(0..mesh.len());
-                let p = mesh.swap_remove(k);
+            while mesh.len() > d {
+                let i = self.rng.random_range(0..mesh.len());
+                let p = mesh.swap_remove(i);
                 node.gossip.mesh.remove(&p);
                 sends.push((p, Msg::Prune));
             }
         }
-        let ids = node.gossip.gossip_ids(cfg.history_gossip);
+        let ids = node.gossip.gossip_ids(k, hg);
         if !ids.is_empty() {
-            let mut cands: Vec<u32> = conns
+            let mut cands: Vec<u32> = node
+                .conns
                 .iter()
                 .copied()
                 .filter(|p| !node.gossip.mesh.contains(p))
                 .collect();
-            for _ in 0..cfg.d_lazy {
+            for _ in 0..d_lazy {
                 if cands.is_empty() {
                     break;
                 }
-                let k = self.rng.random_range(0..cands.len());
-                sends.push((cands.swap_remove(k), Msg::IHave(ids.clone())));
+                let i = self.rng.random_range(0..cands.len());
+                sends.push((cands.swap_remove(i), Msg::IHave(ids.clone())));
             }
         }
-        node.gossip.shift(cfg.history_length);
-        let again = !node.gossip.cache_empty()
-            || node.gossip.mesh.len() > cfg.d_high
-            || (node.gossip.mesh.len() < cfg.d_low && node.gossip.mesh.len() < conns.len());
+        node.gossip.prune(k + 1, hl);
+        let mesh = node.gossip.mesh.len();
+        let again = node.gossip.gossip_after(k, hg)
+            || mesh > d_high
+            || (mesh < d_low && mesh < node.conns.len());
         for (p, m) in sends {
             self.send(n, p, m);
         }
@@ -1101,18 +1188,16 @@ impl<'a, P: Payload> Sim<'a, P> {
                     self.c.oversized_refused += 1;
                     return;
                 }
-                let outs = self.input(
+                let accepted = self.input(
                     to,
                     Input::Gossip {
                         from,
                         bytes: bytes.to_vec(),
                     },
                 );
-                if outs
-                    .iter()
-                    .any(|o| matches!(o, Output::Verdict(Verdict::Accept)))
-                {
-                    self.nodes[to as usize].gossip.remember(id);
+                if accepted {
+                    let e = self.next_heartbeat(to);
+                    self.nodes[to as usize].gossip.remember(id, e);
                     let mesh: Vec<u32> = self.nodes[to as usize]
                         .gossip
                         .mesh
@@ -1156,7 +1241,10 @@ impl<'a, P: Payload> Sim<'a, P> {
             }
             Msg::IWant(ids) => {
                 for id in ids {
-                    if self.nodes[to as usize].gossip.in_cache(id)
+                    let u = self.next_heartbeat(to);
+                    if self.nodes[to as usize]
+                        .gossip
+                        .in_cache(id, u, self.sc.gossip.history_length)
                         && let Some(bytes) = self.msgs.get(&id).cloned()
                     {
                         self.send(to, from, Msg::Gossip { id, bytes });
@@ -1225,6 +1313,9 @@ impl<'a, P: Payload> Sim<'a, P> {
         let (ingested, outs) = r
             .submit(now, &bytes)
             .map_err(|e| SimError::Fixture(format!("an operator update was refused: {e}")))?;
+        let clean = self.partition.is_none()
+            && (0..self.nodes.len() as u32)
+                .all(|m| self.nodes[m as usize].byzantine || self.alive(m));
         if let Ingested::Applied { hash, .. } = ingested {
             let words = self.nodes.len().div_ceil(64);
             self.by_hash.insert(hash, self.updates.len());
@@ -1232,6 +1323,9 @@ impl<'a, P: Payload> Sim<'a, P> {
                 at: self.now,
                 origin: n,
                 reached: vec![0; words],
+                count: 0,
+                complete_after: None,
+                clean,
             });
         }
         self.carry_out(n, outs);
@@ -1262,6 +1356,22 @@ impl<'a, P: Payload> Sim<'a, P> {
                     group,
                     one_way: shape == Shape::OneWay,
                 });
+                if self.sc.network.partition_closes {
+                    // TCP gives up on the connections across the cut (in
+                    // either direction); they are redialed after the heal.
+                    let mut cut = Vec::new();
+                    for a in 0..n as u32 {
+                        for &b in &self.nodes[a as usize].conns {
+                            if a < b && (self.blocked(a, b) || self.blocked(b, a)) {
+                                cut.push((a, b));
+                            }
+                        }
+                    }
+                    for (a, b) in cut {
+                        self.close(a, b);
+                        self.pending_dials.insert((a, b));
+                    }
+                }
             }
             FaultKind::Crash => {
                 let want = count_of(f.count, n);
@@ -1277,12 +1387,7 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn heal(&mut self, what: String) {
         self.partition = None;
-        let dials: Vec<(u32, u32)> = std::mem::take(&mut self.pending_dials)
-            .into_iter()
-            .collect();
-        for (a, b) in dials {
-            self.connect(a, b);
-        }
+        self.push(self.now + self.sc.network.redial, Ev::Redial);
         self.heals.push(Heal {
             at_ms: self.now,
             what,
@@ -1553,6 +1658,25 @@ impl<'a, P: Payload> Sim<'a, P> {
                 .collect()
         };
         let byz = self.nodes.iter().filter(|n| n.byzantine).count();
+        let mut complete: Vec<u64> = self
+            .updates
+            .iter()
+            .filter_map(|u| u.complete_after)
+            .collect();
+        complete.sort_unstable();
+        let cpct = |p: f64| -> u64 {
+            if complete.is_empty() {
+                return 0;
+            }
+            complete[((p * (complete.len() - 1) as f64).floor() as usize).min(complete.len() - 1)]
+        };
+        let to_all = Latency {
+            p50_ms: cpct(0.50),
+            p99_ms: cpct(0.99),
+            p9999_ms: cpct(0.9999),
+            max_ms: complete.last().copied().unwrap_or(0),
+            samples: complete.len() as u64,
+        };
         let report = Report {
             scenario: self.sc.name.clone(),
             mode: self.sc.mode,
@@ -1571,7 +1695,20 @@ impl<'a, P: Payload> Sim<'a, P> {
                 max_ms: delays.last().copied().unwrap_or(0) as u64,
                 samples: delays.len() as u64,
             },
+            to_all,
             reach_within_1500ms: within(1_500),
+            reach_within_1500ms_connected: {
+                let clean = self.updates.iter().filter(|u| u.clean).count() as u64;
+                let pairs = clean * self.honest.saturating_sub(1) as u64;
+                if pairs == 0 {
+                    1.0
+                } else {
+                    round6(
+                        self.clean_delays.iter().filter(|d| **d <= 1_500).count() as f64
+                            / pairs as f64,
+                    )
+                }
+            },
             reach,
             latency_cdf: cdf,
             heals: self.heals.clone(),
@@ -1603,6 +1740,13 @@ impl<'a, P: Payload> Sim<'a, P> {
         };
         report.with_replay()
     }
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn round6(x: f64) -> f64 {

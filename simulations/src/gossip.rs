@@ -40,8 +40,52 @@ use sha2::{Digest, Sha256};
 
 pub use crate::scenario::GossipConfig;
 
-/// Deterministic hashing for lookup-only sets.
-pub type Det = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+/// A small, fast, deterministic hasher (FxHash's mixing) for lookup-only
+/// maps and sets; SipHash dominated a 10,000-node run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// Deterministic hashing for lookup-only maps and sets.
+pub type Det = BuildHasherDefault<FxHasher>;
 
 /// A message id.
 pub type MsgId = u64;
@@ -54,6 +98,13 @@ pub fn msg_id(data: &[u8]) -> MsgId {
 }
 
 /// One node's gossip state.
+///
+/// The message cache is kept by heartbeat number instead of being shifted on
+/// every heartbeat: a message received before heartbeat `e` fired sits in
+/// window `e`; heartbeat `k` announces windows `k - history_gossip < e <= k`,
+/// and IWANT is answered while `e + history_length` is above the next
+/// heartbeat's number. The same windows as gossipsub's `mcache`, without a
+/// heartbeat event per node per second just to shift them.
 #[derive(Debug, Default)]
 pub struct GossipNode {
     /// Mesh peers.
@@ -62,8 +113,8 @@ pub struct GossipNode {
     pub seen: HashSet<MsgId, Det>,
     /// Ids asked for by IWANT, with when.
     pub asked: HashMap<MsgId, u64, Det>,
-    /// The message cache, one window per heartbeat, newest first.
-    windows: VecDeque<Vec<MsgId>>,
+    /// The message cache: (window, ids), oldest first.
+    windows: VecDeque<(u64, Vec<MsgId>)>,
     /// A heartbeat is scheduled.
     pub heartbeat_scheduled: bool,
 }
@@ -71,40 +122,48 @@ pub struct GossipNode {
 impl GossipNode {
     /// Fresh state.
     pub fn new() -> Self {
-        let mut g = GossipNode::default();
-        g.windows.push_front(Vec::new());
-        g
+        GossipNode::default()
     }
 
-    /// Puts an accepted message into the current cache window.
-    pub fn remember(&mut self, id: MsgId) {
-        if let Some(w) = self.windows.front_mut() {
-            w.push(id);
+    /// Puts an accepted message into window `e` (the next heartbeat's number).
+    pub fn remember(&mut self, id: MsgId, e: u64) {
+        match self.windows.back_mut() {
+            Some((w, ids)) if *w == e => ids.push(id),
+            _ => self.windows.push_back((e, vec![id])),
         }
     }
 
-    /// Ids to announce by IHAVE: the last `history_gossip` windows.
-    pub fn gossip_ids(&self, history_gossip: usize) -> Vec<MsgId> {
+    /// Ids heartbeat `k` announces by IHAVE.
+    pub fn gossip_ids(&self, k: u64, history_gossip: usize) -> Vec<MsgId> {
         self.windows
             .iter()
-            .take(history_gossip)
-            .flat_map(|w| w.iter().copied())
+            .filter(|(e, _)| *e <= k && e + history_gossip as u64 > k)
+            .flat_map(|(_, ids)| ids.iter().copied())
             .collect()
     }
 
-    /// Whether an id is still in the cache (answerable to IWANT).
-    pub fn in_cache(&self, id: MsgId) -> bool {
-        self.windows.iter().any(|w| w.contains(&id))
+    /// Whether an id is still answerable to IWANT when the next heartbeat is `u`.
+    pub fn in_cache(&self, id: MsgId, u: u64, history_length: usize) -> bool {
+        self.windows
+            .iter()
+            .any(|(e, ids)| e + history_length as u64 > u && ids.contains(&id))
     }
 
-    /// Whether the cache is empty.
-    pub fn cache_empty(&self) -> bool {
-        self.windows.iter().all(Vec::is_empty)
+    /// Whether a heartbeat after `k` still has ids to announce.
+    pub fn gossip_after(&self, k: u64, history_gossip: usize) -> bool {
+        self.windows
+            .back()
+            .is_some_and(|(e, _)| e + history_gossip as u64 > k + 1)
     }
 
-    /// Starts a new window, dropping those older than `history_length`.
-    pub fn shift(&mut self, history_length: usize) {
-        self.windows.push_front(Vec::new());
-        self.windows.truncate(history_length.max(1));
+    /// Drops windows no longer answerable when the next heartbeat is `u`.
+    pub fn prune(&mut self, u: u64, history_length: usize) {
+        while self
+            .windows
+            .front()
+            .is_some_and(|(e, _)| e + history_length as u64 <= u)
+        {
+            self.windows.pop_front();
+        }
     }
 }

@@ -26,7 +26,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -38,8 +37,7 @@ use weft_protocol::state::Ingested;
 use weft_protocol::trust::{NodeCert, Role, SignedNodeCert, TrustRoot};
 use weft_protocol::update::{Authorization, UpdateError};
 
-/// A deterministic hasher for lookup-only maps.
-type Det = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+use crate::gossip::Det;
 
 const MAGIC: &[u8; 4] = b"WLU1";
 const SIG_LEN: usize = 64;

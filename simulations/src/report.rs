@@ -114,8 +114,16 @@ pub struct Report {
     pub updates: u64,
     /// Propagation latency.
     pub latency: Latency,
+    /// Time from an update's submit until every honest node had applied it,
+    /// across the updates that got there (rank ⌊(n−1)·q⌋, as the loopback
+    /// benchmark of BENCHMARKS.md's Propagation section).
+    pub to_all: Latency,
     /// Reach within 1.5 s.
     pub reach_within_1500ms: f64,
+    /// Reach within 1.5 s of the updates submitted while no partition was
+    /// active and every honest node was up (what the network can do, not
+    /// what a partition prevents).
+    pub reach_within_1500ms_connected: f64,
     /// Reach over time since submit: (ms, fraction), every 50 ms up to 10 s.
     pub reach: Vec<(u64, f64)>,
     /// The latency CDF: (ms, fraction), by percentile.

@@ -141,9 +141,24 @@ pub struct NetworkConfig {
     /// The longest hold-back of a reordered message, ms. Default 200.
     #[serde(default = "d_reorder_delay", deserialize_with = "de_ms")]
     pub reorder_delay: u64,
+    /// Whether a partition closes the connections across it. Default true:
+    /// the node runs no ping, so a connection across a cut lives until TCP
+    /// gives up or the link goes down; a closed connection is redialed after
+    /// the heal and starts with `Hello`. With false, connections stay open
+    /// and only the messages are dropped (a short blackhole).
+    #[serde(default = "d_true")]
+    pub partition_closes: bool,
+    /// Delay before nodes redial after a heal, ms. Default 1,000 (the node's
+    /// `REDIAL_MIN`).
+    #[serde(default = "d_redial", deserialize_with = "de_ms")]
+    pub redial: u64,
     /// Per-node processing delay before a node handles a message, ms. Default 0.
     #[serde(default, deserialize_with = "de_ms")]
     pub processing: u64,
+}
+
+fn d_redial() -> u64 {
+    1_000
 }
 
 fn d_rto() -> u64 {
@@ -190,6 +205,8 @@ impl Default for NetworkConfig {
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: d_reorder_delay(),
+            partition_closes: true,
+            redial: d_redial(),
             processing: 0,
         }
     }

@@ -198,6 +198,9 @@ fn convergence_checker_catches_a_mesh_without_anti_entropy() {
     s.faults[0].at = 5_000;
     s.faults[0].until = None; // until the end: no update after the heal
     s.faults[0].shape = Some(Shape::Halves);
+    // A blackhole: connections stay open, so no Hello resyncs the halves and
+    // only anti-entropy can.
+    s.network.partition_closes = false;
     s.sabotage.no_anti_entropy = true;
     let r = run(&s, 1);
     assert_eq!(failed(&r), ["convergence"], "{:?}", r.invariants);
