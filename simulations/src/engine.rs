@@ -34,8 +34,7 @@
 //! traffic figures but not queued: a 10,000-node run would otherwise spend
 //! most of its time on duplicates that the receiver drops unread.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -228,21 +227,31 @@ struct Queued {
     ev: Ev,
 }
 
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
+/// The event queue: a bucket per millisecond, first in first out within
+/// it. Sequence numbers grow with every push, so this pops in exactly
+/// `(time, sequence)` order, and many events share a millisecond at 10,000
+/// nodes, which makes it much cheaper than a binary heap.
+#[derive(Default)]
+struct EventQueue {
+    buckets: BTreeMap<u64, VecDeque<(u64, Ev)>>,
 }
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+
+impl EventQueue {
+    fn push(&mut self, at: u64, seq: u64, ev: Ev) {
+        self.buckets.entry(at).or_default().push_back((seq, ev));
     }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap is a max-heap: the earliest (time, seq) must compare greatest.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
+
+    fn pop(&mut self) -> Option<Queued> {
+        let mut first = self.buckets.first_entry()?;
+        let at = *first.key();
+        let (seq, ev) = first
+            .get_mut()
+            .pop_front()
+            .expect("no bucket is left empty");
+        if first.get().is_empty() {
+            first.remove();
+        }
+        Some(Queued { at, seq, ev })
     }
 }
 
@@ -307,7 +316,7 @@ struct Sim<'a, P: Payload> {
     payload: P,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Queued>,
+    queue: EventQueue,
     nodes: Vec<Node<P::State>>,
     dialled: Vec<BTreeSet<u32>>,
     banned: BTreeSet<(u32, u32)>,
@@ -343,7 +352,7 @@ impl<'a, P: Payload> Sim<'a, P> {
             payload,
             now: 0,
             seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             nodes: Vec::new(),
             dialled: vec![BTreeSet::new(); sc.nodes],
             banned: BTreeSet::new(),
@@ -379,11 +388,7 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn push(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Queued {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(at, self.seq, ev);
     }
 
     fn clock(&self, n: u32) -> u64 {

@@ -309,7 +309,7 @@ impl LightShared {
 /// One node's light state.
 pub struct LightState {
     shared: Rc<LightShared>,
-    applied: BTreeMap<ChangeHash, Arc<LightEntry>>,
+    applied: HashMap<ChangeHash, Arc<LightEntry>, Det>,
     order: Vec<Arc<LightEntry>>,
     heads: BTreeSet<ChangeHash>,
     held: BTreeMap<ChangeHash, (Arc<LightEntry>, u64)>,
@@ -325,7 +325,7 @@ impl LightState {
         heads.insert(shared.genesis);
         LightState {
             shared,
-            applied: BTreeMap::new(),
+            applied: HashMap::default(),
             order: Vec::new(),
             heads,
             held: BTreeMap::new(),
