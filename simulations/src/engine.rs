@@ -326,6 +326,8 @@ struct Sim<'a, P: Payload> {
     next_req: u64,
     msgs: HashMap<MsgId, Arc<[u8]>, Det>,
     link_ready: HashMap<(u32, u32), u64, Det>,
+    /// Ids of published updates, in order (what a Byzantine node replays).
+    published: Vec<MsgId>,
     updates: Vec<UpdateRec>,
     by_hash: BTreeMap<ChangeHash, usize>,
     delays: Vec<u32>,
@@ -362,6 +364,7 @@ impl<'a, P: Payload> Sim<'a, P> {
             next_req: 0,
             msgs: HashMap::default(),
             link_ready: HashMap::default(),
+            published: Vec::new(),
             updates: Vec::new(),
             by_hash: BTreeMap::new(),
             delays: Vec::new(),
@@ -1055,7 +1058,10 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn publish(&mut self, n: u32, bytes: Arc<[u8]>) {
         let id = msg_id(&bytes);
-        self.msgs.entry(id).or_insert_with(|| bytes.clone());
+        if let std::collections::hash_map::Entry::Vacant(e) = self.msgs.entry(id) {
+            e.insert(bytes.clone());
+            self.published.push(id);
+        }
         let e = self.next_heartbeat(n);
         let g = &mut self.nodes[n as usize].gossip;
         g.seen.insert(id);
@@ -1484,7 +1490,12 @@ impl<'a, P: Payload> Sim<'a, P> {
                 },
                 1 => {
                     // Replay an old, valid update.
-                    let Some(bytes) = self.msgs.values().next().cloned() else {
+                    let Some(bytes) = self
+                        .published
+                        .choose(&mut self.rng)
+                        .and_then(|id| self.msgs.get(id))
+                        .cloned()
+                    else {
                         continue;
                     };
                     Msg::Gossip {

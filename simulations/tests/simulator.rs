@@ -251,3 +251,27 @@ fn sweep_builtins_at_1000_nodes() {
         }
     }
 }
+
+#[test]
+fn random_groups_and_skewed_clocks_heal_and_converge() {
+    let mut s = Scenario::from_toml(
+        "name = \"groups\"\nmode = \"light\"\nnodes = 40\nduration = \"60s\"\n\
+         [workload]\ninterval = \"2s\"\n\
+         [[fault]]\nkind = \"partition\"\nshape = \"groups\"\ngroups = 4\nat = \"10s\"\nuntil = \"40s\"\n\
+         [[fault]]\nkind = \"skew\"\nmax_skew = \"5m\"\n",
+    )
+    .unwrap();
+    let r = run(&s, 4);
+    assert!(r.passed, "{:?}", r.invariants);
+    assert!(
+        r.traffic.partitioned > 0,
+        "the groups were cut off from each other"
+    );
+    let heal = &r.heals[0];
+    assert!(heal.what.contains("groups"), "{heal:?}");
+    assert!(heal.converged_after_ms.is_some(), "{heal:?}");
+    // A blackhole instead of closed connections heals too, by anti-entropy.
+    s.network.partition_closes = false;
+    let r = run(&s, 4);
+    assert!(r.passed, "{:?}", r.invariants);
+}
