@@ -27,6 +27,8 @@ use weft_crdt::ChangeHash;
 pub struct Observations {
     /// (node, update, time): an honest node applied an update no operator authored.
     pub unauthentic: Vec<(u32, ChangeHash, u64)>,
+    /// How many of those were forgeries a Byzantine node sent.
+    pub forged_applied: usize,
     /// (node, subject, time): a decision allowed a subject after its revocation.
     pub revoke_violations: Vec<(u32, u32, u64)>,
     /// (node, update, time): a durable restart lost an acknowledged update.
@@ -97,8 +99,9 @@ pub fn judge(obs: &Observations) -> Vec<Invariant> {
             "authenticity",
             false,
             format!(
-                "{} unauthentic application(s); first: node n{n} applied {h} at {t} ms",
-                obs.unauthentic.len()
+                "{} unauthentic application(s), {} of them Byzantine forgeries; first: node n{n} applied {h} at {t} ms",
+                obs.unauthentic.len(),
+                obs.forged_applied
             ),
         ),
     };

@@ -1546,7 +1546,7 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn converged(&self) -> bool {
         let mut first: Option<Vec<ChangeHash>> = None;
-        for (i, node) in self.nodes.iter().enumerate() {
+        for node in &self.nodes {
             if node.byzantine {
                 continue;
             }
@@ -1556,7 +1556,6 @@ impl<'a, P: Payload> Sim<'a, P> {
                 }
                 continue;
             };
-            let _ = i;
             let h = r.state().heads();
             match &first {
                 None => first = Some(h),
@@ -1598,34 +1597,13 @@ impl<'a, P: Payload> Sim<'a, P> {
         divergent.sort_unstable();
         self.obs.head_sets_at_end = sets.len();
         self.obs.live_at_end = live;
-        if std::env::var_os("WEFT_SIM_DEBUG").is_some() {
-            for (heads, ns) in &sets {
-                eprintln!(
-                    "heads {:?}: {} nodes",
-                    heads
-                        .iter()
-                        .map(|h| h.to_string()[..8].to_owned())
-                        .collect::<Vec<_>>(),
-                    ns.len()
-                );
-            }
-            for &n in &divergent {
-                let node = &self.nodes[n as usize];
-                let r = node.replica.as_ref().expect("live");
-                eprintln!(
-                    "n{n}: conns {:?} admitted {:?} count {} wanted {} stats {:?}",
-                    node.conns,
-                    r.admitted_peers().map(|(p, _)| *p).collect::<Vec<_>>(),
-                    self.payload.count(r.state()),
-                    r.state().wanted().len(),
-                    r.stats()
-                );
-            }
-        }
         self.obs.divergent_nodes = divergent;
-        for (n, h, _) in &self.obs.unauthentic {
-            let _ = (n, self.forged.contains(h));
-        }
+        self.obs.forged_applied = self
+            .obs
+            .unauthentic
+            .iter()
+            .filter(|(_, h, _)| self.forged.contains(h))
+            .count();
         let invariants = check::judge(&self.obs);
 
         // Latency and reach.

@@ -142,6 +142,16 @@ fn authenticity_checker_catches_unchecked_signatures() {
         "{:?}",
         r.invariants
     );
+    let detail = &r
+        .invariants
+        .iter()
+        .find(|i| i.name == "authenticity")
+        .unwrap()
+        .detail;
+    assert!(
+        !detail.contains(" 0 of them Byzantine forgeries"),
+        "{detail}"
+    );
     assert!(!r.passed);
     assert!(r.replay.contains("--seed 1"), "{}", r.replay);
 }
