@@ -108,6 +108,16 @@ pub enum Command {
             then the command exits 0 when every step held and 1 otherwise."
     )]
     Demo(weft_node::demo::DemoArgs),
+    /// Run a deterministic simulation of a mesh in virtual time and check its invariants.
+    #[command(
+        long_about = "Run a deterministic simulation of a mesh in virtual time and check its invariants.\n\n\
+            Drives N real replicas (the node's protocol code) on a modelled network with the \
+            scenario's faults: latency, loss, partitions, crashes, clock skew, Byzantine nodes. \
+            Afterwards it checks convergence, authenticity, revoke-wins and durability. The same \
+            seed and inputs give the same report, byte for byte. Exits 1 when an invariant fails, \
+            and prints the command that replays the run."
+    )]
+    Sim(weft_node::sim::SimArgs),
 }
 
 /// `weft node …`
@@ -258,6 +268,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(a) => weft_node::admin::check(a),
         Command::Token(c) => weft_node::admin::token(c),
         Command::Demo(a) => weft_node::demo::demo(a),
+        Command::Sim(a) => weft_node::sim::sim(a),
     }
 }
 

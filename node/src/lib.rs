@@ -9,4 +9,5 @@ pub mod keyfile;
 pub mod layout;
 pub mod metrics;
 pub mod net;
+pub mod sim;
 pub mod store;

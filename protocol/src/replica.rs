@@ -20,6 +20,14 @@
 //!   batches, verifying each update on its own.
 //! - **Revoked nodes.** When a node id is revoked, a connected peer with that id
 //!   is banned at once, and never admitted again.
+//!
+//! # The state behind the replica
+//! The replica drives any [`ReplicaState`]: the node and full-mode simulations
+//! use [`SignedState`] (real automerge, real signatures), and the simulator's
+//! light mode uses a state that holds signed ids instead of automerge changes,
+//! so that 10,000 replicas fit in one process. Admission, verdicts, strikes,
+//! bans and anti-entropy are this module's code in both cases; only what an
+//! update *is* differs.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
@@ -31,6 +39,77 @@ use crate::identity::NodeId;
 use crate::state::{Ingested, SignedState};
 use crate::trust::SignedNodeCert;
 use crate::update::UpdateError;
+
+/// What the replica needs from the state it replicates.
+///
+/// [`SignedState`] is the real one. Every method must be a pure function of
+/// the state and its arguments (no clock, no RNG), so a simulator replays it.
+pub trait ReplicaState {
+    /// Decodes, verifies, authorizes and applies a batch of updates; one
+    /// result per update, in order (see [`SignedState::ingest_batch`]).
+    fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>>;
+    /// Decodes, verifies, authorizes and applies one update.
+    fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
+        self.ingest_batch(vec![Arc::from(bytes)])
+            .pop()
+            .expect("one result per update")
+    }
+    /// The current heads.
+    fn heads(&self) -> Vec<ChangeHash>;
+    /// Whether the update is applied or held.
+    fn knows(&self, hash: &ChangeHash) -> bool;
+    /// Applied updates a peer with `heads` lacks, in causal order.
+    fn missing_for(&self, heads: &[ChangeHash]) -> Vec<ChangeHash>;
+    /// The signed bytes of an applied update.
+    fn update_bytes(&self, hash: &ChangeHash) -> Option<Arc<[u8]>>;
+    /// Dependencies that held updates wait for.
+    fn wanted(&self) -> BTreeSet<ChangeHash>;
+    /// Whether this node id has been revoked.
+    fn is_node_revoked(&self, node: &NodeId) -> bool;
+    /// Checks a peer's encoded node certificate at `now_ms` (Unix ms): valid,
+    /// from an operator allowed to admit, and for `node`.
+    fn check_node_cert(&self, now_ms: u64, node: &NodeId, cert: &[u8]) -> Result<(), String>;
+}
+
+impl ReplicaState for SignedState {
+    fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>> {
+        SignedState::ingest_batch(self, items)
+    }
+    fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
+        SignedState::ingest(self, bytes)
+    }
+    fn heads(&self) -> Vec<ChangeHash> {
+        SignedState::heads(self)
+    }
+    fn knows(&self, hash: &ChangeHash) -> bool {
+        SignedState::knows(self, hash)
+    }
+    fn missing_for(&self, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+        SignedState::missing_for(self, heads)
+    }
+    fn update_bytes(&self, hash: &ChangeHash) -> Option<Arc<[u8]>> {
+        SignedState::update_bytes(self, hash)
+    }
+    fn wanted(&self) -> BTreeSet<ChangeHash> {
+        SignedState::wanted(self)
+    }
+    fn is_node_revoked(&self, node: &NodeId) -> bool {
+        self.view().revocation(&node.to_string()).is_some()
+    }
+    fn check_node_cert(&self, now_ms: u64, node: &NodeId, cert: &[u8]) -> Result<(), String> {
+        let signed = SignedNodeCert::from_bytes(cert).map_err(|e| e.to_string())?;
+        let c = signed
+            .verify(self.root(), now_ms / 1000)
+            .map_err(|e| e.to_string())?;
+        if &c.node != node {
+            return Err(format!(
+                "certificate is for node {}, not for the connected node {node}",
+                c.node
+            ));
+        }
+        Ok(())
+    }
+}
 use crate::wire::{Hash, MAX_FETCH, MAX_OFFER, SyncRequest, SyncResponse, WireBytes};
 
 /// Replica settings.
@@ -223,9 +302,9 @@ pub struct ReplicaStats {
     pub last_sync_ms: Option<u64>,
 }
 
-/// The sans-IO replica.
-pub struct Replica<P> {
-    state: SignedState,
+/// The sans-IO replica, over the real [`SignedState`] unless told otherwise.
+pub struct Replica<P, S = SignedState> {
+    state: S,
     me: NodeId,
     cert: Vec<u8>,
     config: ReplicaConfig,
@@ -242,10 +321,10 @@ fn from_wire(h: &Hash) -> ChangeHash {
     ChangeHash(*h)
 }
 
-impl<P: Clone + Ord + Debug> Replica<P> {
+impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
     /// A replica for node `me`, holding `state`, presenting certificate `cert`
     /// (encoded `SignedNodeCert`).
-    pub fn new(state: SignedState, me: NodeId, cert: Vec<u8>, config: ReplicaConfig) -> Self {
+    pub fn new(state: S, me: NodeId, cert: Vec<u8>, config: ReplicaConfig) -> Self {
         Replica {
             state,
             me,
@@ -266,12 +345,12 @@ impl<P: Clone + Ord + Debug> Replica<P> {
     }
 
     /// The verified state.
-    pub fn state(&self) -> &SignedState {
+    pub fn state(&self) -> &S {
         &self.state
     }
 
     /// Mutable access to the state, for loading stored updates at start-up.
-    pub fn state_mut(&mut self) -> &mut SignedState {
+    pub fn state_mut(&mut self) -> &mut S {
         &mut self.state
     }
 
@@ -413,24 +492,14 @@ impl<P: Clone + Ord + Debug> Replica<P> {
         if self.banned.contains(node) {
             return Some(format!("node {node} is banned"));
         }
-        if self.state.view().revocation(&node.to_string()).is_some() {
+        if self.state.is_node_revoked(node) {
             return Some(format!("node {node} is revoked"));
         }
         None
     }
 
     fn check_cert(&self, now_ms: u64, node: &NodeId, cert: &[u8]) -> Result<(), String> {
-        let signed = SignedNodeCert::from_bytes(cert).map_err(|e| e.to_string())?;
-        let c = signed
-            .verify(self.state.root(), now_ms / 1000)
-            .map_err(|e| e.to_string())?;
-        if &c.node != node {
-            return Err(format!(
-                "certificate is for node {}, not for the connected node {node}",
-                c.node
-            ));
-        }
-        Ok(())
+        self.state.check_node_cert(now_ms, node, cert)
     }
 
     fn admit(&mut self, now_ms: u64, peer: &P, cert: &[u8], out: &mut Vec<Output<P>>) -> bool {
@@ -736,7 +805,7 @@ impl<P: Clone + Ord + Debug> Replica<P> {
             let revoked: Vec<(P, NodeId)> = self
                 .peers
                 .iter()
-                .filter(|(_, p)| self.state.view().revocation(&p.node.to_string()).is_some())
+                .filter(|(_, p)| self.state.is_node_revoked(&p.node))
                 .map(|(k, p)| (k.clone(), p.node))
                 .collect();
             for (peer, node) in revoked {
