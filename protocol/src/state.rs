@@ -333,6 +333,8 @@ impl SignedState {
             results[i] = Some(match r {
                 Ok(Applied::New(summary)) => {
                     any_applied = true;
+                    // It may have been held, and arrived again with its deps.
+                    self.held.remove(&v.hash);
                     self.updates.insert(v.hash, bytes);
                     self.signers.insert(v.hash, v.signers.clone());
                     Ok(Ingested::Applied {
@@ -425,6 +427,7 @@ impl SignedState {
         }
         self.updates.insert(update.hash, bytes.clone());
         self.signers.insert(update.hash, update.signers.clone());
+        self.held.remove(&update.hash);
         Ok(Step::Applied(summary, authorization))
     }
 
@@ -498,6 +501,9 @@ impl SignedState {
                 let Some(held) = self.held.remove(&hash) else {
                     continue;
                 };
+                if self.updates.contains_key(&hash) {
+                    continue;
+                }
                 match self.try_apply(&held.update, &held.bytes) {
                     Ok(Step::Applied(summary, _)) => released.push((hash, summary)),
                     Ok(Step::Missing(missing)) => {

@@ -234,6 +234,33 @@ fn missing_deps_are_held_then_released() {
     assert!(s.view().revocation(r#"User::"x""#).is_some());
 }
 
+/// A held update that arrives again in the same batch as its dependency is
+/// applied once, reported once, and no longer held.
+#[test]
+fn held_update_arriving_with_its_dependency_is_applied_once() {
+    let mut author = SignedState::new(root());
+    let u1 = bundle_update(&author, &key(1), &[&key(1), &key(2)], 1);
+    author.ingest(&u1).unwrap();
+    let u2 = revoke_update(&author, &key(3), &[&key(3)], r#"User::"x""#, 2);
+    let mut s = SignedState::new(root());
+    assert!(matches!(s.ingest(&u2).unwrap(), Ingested::Held { .. }));
+    let results = s.ingest_batch(vec![u1.clone().into(), u2.clone().into()]);
+    let mut applied = 0;
+    for r in &results {
+        match r.as_ref().unwrap() {
+            Ingested::Applied { released, .. } => {
+                applied += 1;
+                assert!(released.is_empty(), "released again: {released:?}");
+            }
+            other => panic!("expected applied, got {other:?}"),
+        }
+    }
+    assert_eq!(applied, 2);
+    assert_eq!(s.held_count(), 0);
+    assert_eq!(s.update_count(), 2);
+    assert!(s.view().revocation(r#"User::"x""#).is_some());
+}
+
 #[test]
 fn removed_operator_is_kept_only_where_the_rotation_vouched() {
     // Under root 1, bob co-signs two updates. Root 2 removes bob and records
