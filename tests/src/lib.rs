@@ -1,3 +1,4 @@
 //! Shared helpers for the end-to-end suites.
 
 pub mod mesh;
+pub mod netns;
