@@ -76,34 +76,46 @@ fn ip(args: &[&str]) -> Result<String> {
     run(Command::new("ip").args(args))
 }
 
-/// The `weft` binary, built once per test process with `cargo build`
-/// (a no-op when `cargo test --workspace` has built it already), so a test
-/// never runs a stale binary.
+/// The `weft` binary: `WEFT_BIN` when set, else `target/<profile>/weft`
+/// beside the test executable. When that is missing or older than a source
+/// file of crdt, protocol or node, it is built first with `cargo build`, so
+/// a test never runs a stale binary (`cargo test --workspace` builds it
+/// already, and then nothing is rebuilt).
 pub fn weft_bin() -> Result<&'static Path> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("WEFT_BIN") {
+            return Ok(PathBuf::from(bin));
+        }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         // target/<profile>/deps/<test exe>
         let profile_dir = exe
             .parent()
             .and_then(Path::parent)
             .ok_or("the test executable is not in target/<profile>/deps")?;
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let bin = profile_dir.join("weft");
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .ok_or("no workspace root")?;
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(root)
-            .args(["build", "--quiet", "-p", "weft-node", "--bin", "weft"]);
-        if release {
-            cmd.arg("--release");
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let sources = ["crdt", "protocol", "node", "Cargo.toml", "Cargo.lock"]
+            .iter()
+            .filter_map(|p| newest_mtime(&root.join(p)))
+            .max();
+        if built.is_none() || sources.is_some_and(|s| Some(s) > built) {
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(root)
+                .args(["build", "--quiet", "-p", "weft-node", "--bin", "weft"]);
+            if release {
+                cmd.arg("--release");
+            }
+            if let Some(target) = profile_dir.parent() {
+                cmd.env("CARGO_TARGET_DIR", target);
+            }
+            run(&mut cmd).map_err(|e| format!("cannot build the weft binary: {e:#}"))?;
         }
-        if let Some(target) = profile_dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        run(&mut cmd).map_err(|e| format!("cannot build the weft binary: {e:#}"))?;
-        let bin = profile_dir.join("weft");
         if !bin.exists() {
             return Err(format!("{} does not exist after the build", bin.display()));
         }
@@ -111,6 +123,20 @@ pub fn weft_bin() -> Result<&'static Path> {
     })
     .as_deref()
     .map_err(|e| anyhow!("{e}"))
+}
+
+/// The newest modification time under `path` (skipping `target`).
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "target")
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// Runs `weft ARGS` and returns its stdout.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, ensure};
 use weft_tests::mesh::Author;
-use weft_tests::netns::{Lab, LabSpec, eventually, weft};
+use weft_tests::netns::{Lab, LabSpec, eventually, weft, weft_status};
 
 const PERMIT_ALL: &str = "@id(\"all\")\npermit(principal, action, resource);\n";
 
@@ -479,6 +479,544 @@ async fn kill_9_mid_stream_loses_no_acknowledged_update() -> Result<()> {
     eprintln!(
         "FAULTS crash_safety kills={loops} acknowledged={} in_flight_at_kill={killed_in_flight} lost=0 peer_caught_up_ms={} result=pass",
         all_acked.len(),
+        t.as_millis()
+    );
+    Ok(())
+}
+
+/// A node with no certificate dials the mesh: it is never admitted, and
+/// nothing it holds or gossips is applied anywhere else; it still answers
+/// decisions from its own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unadmitted_node_cannot_join_and_nothing_it_sends_is_applied() -> Result<()> {
+    let mut spec = LabSpec::new(3);
+    spec.uncertified = vec![2];
+    spec.peers = Some(vec![vec![], vec![0], vec![0, 1]]);
+    let mut lab = Lab::new(spec)?;
+    lab.start_all().await?;
+    let lab_ref = &lab;
+    eventually(
+        Duration::from_secs(30),
+        "0 and 1 to admit each other",
+        || async { Ok(lab_ref.admitted(0).await? == 1 && lab_ref.admitted(1).await? == 1) },
+    )
+    .await?;
+    let v1 = bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?;
+    let v1_id = push_file(&lab, 0, &v1).await?;
+    // The outsider takes validly signed updates locally (autonomy) and
+    // would gossip them: a revocation of bob and a bundle of its own.
+    let rev = push_file(
+        &lab,
+        2,
+        &revoke_file(&lab, 2, &lab.alice_key, r#"User::"bob""#)?,
+    )
+    .await?;
+    let mut author = Author::with_key(weft_node::keyfile::read(&lab.alice_key)?, 1);
+    let own = push_bytes(&lab, 2, author.bundle("outsider", r#"User::"eve""#)?).await?;
+    ensure!(!lab.allows(2, r#"User::"bob""#).await?);
+    // Longer than the admission timeout (10 s) and two anti-entropy rounds.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        for i in 0..2 {
+            let st = lab.status(i).await?;
+            let outsider = st["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["node_id"] == lab.nodes[2].id.as_str());
+            ensure!(
+                outsider.is_none_or(|p| p["admitted"] != true),
+                "node {i} admitted the uncertified node: {st}"
+            );
+            ensure!(
+                lab.heads(i).await? == [v1_id.clone()],
+                "node {i} took an update from the outsider: {st}"
+            );
+            ensure!(lab.allows(i, r#"User::"bob""#).await?);
+        }
+        ensure!(lab.admitted(2).await? == 0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let missing = lab.holds(0, &[rev.clone(), own.clone()]).await?;
+    ensure!(missing.len() == 2, "node 0 holds {missing:?}");
+    eprintln!("FAULTS unadmitted result=pass (12 s, never admitted, 0 updates taken)");
+    Ok(())
+}
+
+/// Checks one refusal: a 4xx whose body is `{"error": one sentence}`.
+fn refusal(what: &str, code: u16, body: &str) -> Result<String> {
+    ensure!(
+        (400..500).contains(&code),
+        "{what}: answered {code} {body:?}, not a 4xx"
+    );
+    let v: serde_json::Value = serde_json::from_str(body)
+        .with_context(|| format!("{what}: the body is not JSON: {body:?}"))?;
+    let msg = v["error"]
+        .as_str()
+        .with_context(|| format!("{what}: no \"error\" in {body}"))?;
+    ensure!(
+        !msg.is_empty() && !msg.contains('\n') && msg.len() <= 300,
+        "{what}: the error is not one clear sentence: {msg:?}"
+    );
+    Ok(msg.to_owned())
+}
+
+/// Deterministic noise for the corpus.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A corpus of bad update files and authorize bodies against a running
+/// node: every one is refused with a 4xx and one sentence, the state is
+/// unchanged, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_corpus_is_refused_with_one_sentence_and_changes_nothing() -> Result<()> {
+    let mut lab = Lab::new(LabSpec::new(1))?;
+    lab.start_all().await?;
+    let v1 = bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?;
+    let valid = std::fs::read(&v1)?;
+    push_file(&lab, 0, &v1).await?;
+    let rev_file = revoke_file(&lab, 0, &lab.alice_key, r#"User::"mallory""#)?;
+    let revocation = std::fs::read(&rev_file)?;
+    push_file(&lab, 0, &rev_file).await?;
+    let before = lab.status(0).await?;
+    let fingerprint = |s: &serde_json::Value| {
+        (
+            s["heads"].clone(),
+            s["digest"].clone(),
+            s["updates"].clone(),
+            s["revocations"].clone(),
+        )
+    };
+
+    // Update files.
+    let mut updates: Vec<(String, Vec<u8>)> = Vec::new();
+    for len in [1usize, 4, 6, 7, 16, 64, 1000, 70_000] {
+        updates.push((format!("random {len} bytes"), noise(len as u64, len)));
+    }
+    for cut in [1usize, 4, 5, 6, 10, valid.len() / 2, valid.len() - 1] {
+        updates.push((format!("truncated to {cut} bytes"), valid[..cut].to_vec()));
+    }
+    updates.push((
+        "oversized (over MAX_UPDATE_BYTES)".into(),
+        noise(9, weft_protocol::update::MAX_UPDATE_BYTES + 10),
+    ));
+    updates.push((
+        "oversized (over the HTTP body limit)".into(),
+        noise(10, weft_node::api::MAX_BODY_BYTES + 1),
+    ));
+    let mut wrong_version = valid.clone();
+    wrong_version[5] = 99;
+    updates.push(("wrong format version".into(), wrong_version));
+    let mut wrong_kind = valid.clone();
+    wrong_kind[4] ^= 0x7f;
+    updates.push(("wrong kind".into(), wrong_kind));
+    updates.push((
+        "a trust root, not an update".into(),
+        std::fs::read(&lab.trust)?,
+    ));
+    for at in [valid.len() / 3, valid.len() / 2, valid.len() - 1] {
+        let mut t = valid.clone();
+        t[at] ^= 0x01;
+        updates.push((format!("tampered at byte {at}"), t));
+    }
+    let mut appended = valid.clone();
+    appended.extend_from_slice(b"trailing");
+    updates.push(("trailing bytes".into(), appended));
+    // Unauthorized: bob may write policy but not revoke; mallory is no operator.
+    let bob_rev = revoke_file(&lab, 0, &lab.bob_key, r#"User::"alice""#)?;
+    updates.push((
+        "a revocation signed without the revoke role".into(),
+        std::fs::read(&bob_rev)?,
+    ));
+    let mallory_rev = lab.dir.path().join("mallory.update");
+    let (code, _, err) = weft_status(&[
+        "revoke",
+        "--key",
+        &s(&lab.mallory_key),
+        "--node",
+        &lab.nodes[0].url(),
+        r#"User::"alice""#,
+        "--out",
+        &s(&mallory_rev),
+    ])?;
+    if code == 0 {
+        updates.push((
+            "a revocation signed by an unknown key".into(),
+            std::fs::read(&mallory_rev)?,
+        ));
+    } else {
+        eprintln!(
+            "weft revoke refuses an unknown key up front: {}",
+            err.trim()
+        );
+        let mut a = Author::with_key(weft_node::keyfile::read(&lab.mallory_key)?, 1);
+        updates.push((
+            "a revocation signed by an unknown key".into(),
+            a.revoke(r#"User::"alice""#)?,
+        ));
+    }
+    // An update signed under a trust-root version that does not exist.
+    let mut future = Author::with_key(weft_node::keyfile::read(&lab.alice_key)?, 7);
+    updates.push((
+        "signed under an unknown trust-root version".into(),
+        future.revoke(r#"User::"alice""#)?,
+    ));
+    let mut signature_stripped = revocation.clone();
+    signature_stripped.truncate(revocation.len() - 64);
+    updates.push(("signature cut off".into(), signature_stripped));
+
+    let mut tried = 0usize;
+    let mut sentences = BTreeMap::new();
+    for (what, bytes) in &updates {
+        let r = lab
+            .http()
+            .post(format!("{}/v1/updates", lab.nodes[0].url()))
+            .body(bytes.clone())
+            .send()
+            .await?;
+        let code = r.status().as_u16();
+        let body = r.text().await?;
+        let msg = refusal(what, code, &body)?;
+        sentences.insert(what.clone(), format!("{code} {msg}"));
+        tried += 1;
+    }
+    // A replay of an applied update is idempotent: 202 duplicate.
+    for (what, bytes) in [
+        ("replayed bundle", &valid),
+        ("replayed revocation", &revocation),
+    ] {
+        let (code, body) = lab.submit(0, bytes.clone()).await?;
+        ensure!(
+            code == 202 && body["status"] == "duplicate",
+            "{what}: {code} {body}"
+        );
+        tried += 1;
+    }
+    // The CLI reports a refusal in one line and exits 1.
+    for (what, bytes) in updates.iter().take(12) {
+        let f = lab.dir.path().join("bad.update");
+        std::fs::write(&f, bytes)?;
+        let (code, _, err) = weft_status(&["push", "--node", &lab.nodes[0].url(), &s(&f)])?;
+        ensure!(code == 1, "weft push of {what} exited {code}");
+        ensure!(
+            err.trim().lines().count() == 1 && err.starts_with("error: "),
+            "weft push of {what}: {err:?}"
+        );
+        tried += 1;
+    }
+
+    // Authorize bodies.
+    let big = format!(
+        "{{\"principal\":\"User::\\\"a\\\"\",\"action\":\"Action::\\\"view\\\"\",\"resource\":\"Doc::\\\"d\\\"\",\"context\":{{\"x\":\"{}\"}}}}",
+        "a".repeat(weft_node::api::MAX_AUTHORIZE_BYTES)
+    );
+    let authorize: Vec<(&str, Vec<u8>)> = vec![
+        ("empty body", Vec::new()),
+        ("truncated JSON", br#"{"principal": "User::\"a\"", "act"#.to_vec()),
+        ("random bytes", noise(3, 200)),
+        ("a JSON array", b"[1, 2, 3]".to_vec()),
+        ("a JSON string", b"\"allow\"".to_vec()),
+        ("no principal", br#"{"action": "Action::\"view\"", "resource": "Doc::\"d\""}"#.to_vec()),
+        ("no action", br#"{"principal": "User::\"a\"", "resource": "Doc::\"d\""}"#.to_vec()),
+        ("a principal that is no uid", br#"{"principal": "alice", "action": "Action::\"view\"", "resource": "Doc::\"d\""}"#.to_vec()),
+        ("an action of the wrong type", br#"{"principal": "User::\"a\"", "action": 7, "resource": "Doc::\"d\""}"#.to_vec()),
+        ("a context that is no object", br#"{"principal": "User::\"a\"", "action": "Action::\"view\"", "resource": "Doc::\"d\"", "context": [1]}"#.to_vec()),
+        ("entities that are no entities", br#"{"principal": "User::\"a\"", "action": "Action::\"view\"", "resource": "Doc::\"d\"", "entities": [{"x": 1}]}"#.to_vec()),
+        ("an unknown field", br#"{"principal": "User::\"a\"", "action": "Action::\"view\"", "resource": "Doc::\"d\"", "admin": true}"#.to_vec()),
+        ("a token and a principal", br#"{"token": "wtk1.AAAA", "principal": "User::\"a\"", "action": "Action::\"view\"", "resource": "Doc::\"d\""}"#.to_vec()),
+        ("oversized", big.into_bytes()),
+    ];
+    for (what, body) in &authorize {
+        let r = lab
+            .http()
+            .post(format!("{}/v1/authorize", lab.nodes[0].url()))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        let code = r.status().as_u16();
+        let text = r.text().await?;
+        let msg = refusal(what, code, &text)?;
+        sentences.insert(format!("authorize: {what}"), format!("{code} {msg}"));
+        tried += 1;
+    }
+
+    // A forged identity token is a well-formed request with a bad
+    // credential: it is decided, and denied, with the reason.
+    for token in ["wtk1.AAAA.BBBB", "wtk1.", "not-a-token"] {
+        let (code, body) = {
+            let r = lab
+                .http()
+                .post(format!("{}/v1/authorize", lab.nodes[0].url()))
+                .json(&serde_json::json!({
+                    "token": token, "action": r#"Action::"view""#, "resource": r#"Doc::"d""#,
+                }))
+                .send()
+                .await?;
+            (r.status().as_u16(), r.json::<serde_json::Value>().await?)
+        };
+        ensure!(
+            code == 200
+                && body["decision"] == "deny"
+                && body["errors"].as_array().is_some_and(|e| !e.is_empty()),
+            "forged token {token:?}: {code} {body}"
+        );
+        tried += 1;
+    }
+
+    // Nothing changed, and the node still serves.
+    let after = lab.status(0).await?;
+    ensure!(
+        fingerprint(&before) == fingerprint(&after),
+        "the state changed: {before} -> {after}"
+    );
+    ensure!(lab.allows(0, r#"User::"alice""#).await?);
+    ensure!(!lab.allows(0, r#"User::"mallory""#).await?);
+    ensure!(lab.nodes[0].url().starts_with("http"));
+    for (what, answer) in &sentences {
+        eprintln!("  {what}: {answer}");
+    }
+    eprintln!(
+        "FAULTS bad_input tried={tried} refused_4xx={} result=pass",
+        sentences.len()
+    );
+    Ok(())
+}
+
+/// One answered `/v1/authorize` under load.
+struct Sample {
+    node: usize,
+    principal: usize,
+    sent: Instant,
+    received: Instant,
+    allow: bool,
+    revoked: bool,
+}
+
+/// Sustained `/v1/authorize` load on two nodes while revocations stream in
+/// at a third and a partition flaps between the halves, with 2% packet loss
+/// between nodes: no request fails, no stable principal is ever denied, and
+/// once a node has denied a revoked principal it never allows it again.
+/// Prints throughput and latency percentiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_under_flapping_partition_has_no_errors_and_no_wrong_decisions() -> Result<()> {
+    let secs = env_or("WEFT_LOAD_SECS", 8);
+    let workers = env_or("WEFT_LOAD_WORKERS", 8) as usize;
+    const STABLE: usize = 4;
+    let mut lab = Lab::new(LabSpec::new(4))?;
+    lab.start_all().await?;
+    lab.wait_admitted(3, Duration::from_secs(30)).await?;
+    let v1 = bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?;
+    let v1_id = push_file(&lab, 0, &v1).await?;
+    let lab_ref = &lab;
+    eventually(
+        Duration::from_secs(20),
+        "bundle v1 to reach all four",
+        || {
+            let v1_id = v1_id.clone();
+            async move {
+                for i in 0..4 {
+                    if lab_ref.heads(i).await? != [v1_id.clone()] {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    for i in 0..4 {
+        lab.set_loss(i, 20)?;
+    }
+
+    let principal = |p: usize| {
+        if p < STABLE {
+            format!("User::\"s{p}\"")
+        } else {
+            format!("User::\"r{}\"", p - STABLE)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Load: each worker asks node 0 or 1 about a stable or a revocable principal.
+    let mut load = Vec::new();
+    for w in 0..workers {
+        let (http, errors) = (lab.http().clone(), errors.clone());
+        let urls = [lab.nodes[0].url(), lab.nodes[1].url()];
+        let principals: Vec<String> = (0..STABLE + 64).map(principal).collect();
+        load.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut k = w;
+            while Instant::now() < deadline {
+                k = k.wrapping_mul(31).wrapping_add(7);
+                let node = k % 2;
+                let p = if k % 3 == 0 {
+                    k % STABLE
+                } else {
+                    STABLE + (k / 3) % 64
+                };
+                let sent = Instant::now();
+                let r = http
+                    .post(format!("{}/v1/authorize", urls[node]))
+                    .json(&serde_json::json!({
+                        "principal": principals[p],
+                        "action": r#"Action::"view""#,
+                        "resource": r#"Doc::"d""#,
+                    }))
+                    .send()
+                    .await;
+                let body = match r {
+                    Ok(r) if r.status() == 200 => r.json::<serde_json::Value>().await,
+                    Ok(r) => {
+                        errors
+                            .lock()
+                            .expect("errors")
+                            .push(format!("status {}", r.status()));
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+                match body {
+                    Ok(b) => samples.push(Sample {
+                        node,
+                        principal: p,
+                        sent,
+                        received: Instant::now(),
+                        allow: b["decision"] == "allow",
+                        revoked: b["revoked"] == true,
+                    }),
+                    Err(e) => errors.lock().expect("errors").push(e.to_string()),
+                }
+            }
+            samples
+        }));
+    }
+    // Updates: revocations of r0, r1, ... pushed to node 3, one every 150 ms.
+    let streamer = {
+        let (http, url) = (lab.http().clone(), lab.nodes[3].url());
+        let mut author = Author::with_key(weft_node::keyfile::read(&lab.alice_key)?, 1);
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut k = 0;
+            while Instant::now() < deadline && k < 64 {
+                let bytes = author.revoke(&format!("User::\"r{k}\""))?;
+                let r = http
+                    .post(format!("{url}/v1/updates"))
+                    .body(bytes)
+                    .send()
+                    .await?;
+                ensure!(
+                    r.status() == 202,
+                    "a streamed revocation answered {}",
+                    r.status()
+                );
+                acked.push(k);
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            Ok::<_, anyhow::Error>(acked)
+        })
+    };
+    // Faults: the partition {0,1} | {2,3} flaps every second.
+    let mut flaps = 0;
+    let started = Instant::now();
+    while Instant::now() < deadline {
+        lab.partition(&[&[0, 1], &[2, 3]])?;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        lab.heal_all()?;
+        flaps += 1;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let mut samples = Vec::new();
+    for t in load {
+        samples.extend(t.await?);
+    }
+    let elapsed = started.elapsed();
+    let acked = streamer.await??;
+    for i in 0..4 {
+        lab.set_loss(i, 0)?;
+    }
+    lab.heal_all()?;
+
+    let errors = errors.lock().expect("errors").clone();
+    ensure!(
+        errors.is_empty(),
+        "{} requests failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    // No wrong decisions.
+    let mut first_deny: BTreeMap<(usize, usize), Instant> = BTreeMap::new();
+    for x in &samples {
+        if x.principal < STABLE {
+            ensure!(x.allow, "node {} denied a stable principal", x.node);
+            continue;
+        }
+        if !x.allow {
+            ensure!(
+                x.revoked,
+                "a deny under a permit-all policy that is not a revocation"
+            );
+            let e = first_deny
+                .entry((x.node, x.principal))
+                .or_insert(x.received);
+            *e = (*e).min(x.received);
+        }
+    }
+    for x in samples.iter().filter(|x| x.allow && x.principal >= STABLE) {
+        if let Some(d) = first_deny.get(&(x.node, x.principal)) {
+            ensure!(
+                x.sent <= *d,
+                "node {} allowed {} after it had denied it (revoke wins)",
+                x.node,
+                principal(x.principal)
+            );
+        }
+    }
+    // After the heal, every node enforces every acknowledged revocation.
+    let t = eventually(
+        Duration::from_secs(60),
+        "every node to enforce every revocation",
+        || {
+            let acked = &acked;
+            async move {
+                for i in 0..4 {
+                    if lab_ref.status(i).await?["revocations"] != acked.len() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    for i in 0..4 {
+        for k in &acked {
+            ensure!(!lab.allows(i, &format!("User::\"r{k}\"")).await?);
+        }
+    }
+
+    let mut lat: Vec<Duration> = samples.iter().map(|x| x.received - x.sent).collect();
+    lat.sort();
+    let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
+    let total = samples.len();
+    ensure!(total > 0, "no request was answered");
+    eprintln!(
+        "FAULTS load_under_faults secs={secs} workers={workers} requests={total} throughput_rps={:.0} p50_us={} p99_us={} max_us={} errors=0 wrong=0 revocations={} flaps={flaps} loss=2% converge_after_heal_ms={} result=pass",
+        total as f64 / elapsed.as_secs_f64(),
+        pct(0.50).as_micros(),
+        pct(0.99).as_micros(),
+        lat[lat.len() - 1].as_micros(),
+        acked.len(),
         t.as_millis()
     );
     Ok(())
