@@ -1021,3 +1021,297 @@ async fn load_under_flapping_partition_has_no_errors_and_no_wrong_decisions() ->
     );
     Ok(())
 }
+
+/// Node `i`'s view of peer `id`: (admitted, score), if connected.
+async fn peer_view(lab: &Lab, i: usize, id: &str) -> Result<Option<(bool, Option<f64>)>> {
+    let st = lab.status(i).await?;
+    Ok(st["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node_id"] == id)
+        .map(|p| (p["admitted"] == true, p["score"].as_f64())))
+}
+
+fn refused(st: &serde_json::Value, reason: &str) -> u64 {
+    st["stats"]["refused"][reason].as_u64().unwrap_or(0)
+}
+
+/// A certified node directory made by the CLI outside the lab's nodes:
+/// its key and certificate bytes.
+fn outsider(lab: &Lab, name: &str) -> Result<(weft_protocol::identity::SecretKey, Vec<u8>)> {
+    let dir = lab.dir.path().join(name);
+    weft(&["node", "init", "--dir", &s(&dir), "--trust", &s(&lab.trust)])?;
+    weft(&[
+        "node",
+        "certify",
+        "--key",
+        &s(&lab.alice_key),
+        "--dir",
+        &s(&dir),
+    ])?;
+    Ok((
+        weft_node::keyfile::read(&dir.join("node.key"))?,
+        std::fs::read(dir.join("node.cert"))?,
+    ))
+}
+
+/// An admitted node turns hostile: garbage, forged updates, oversized
+/// gossip, replays and bad sync frames are each refused, it is penalized and
+/// then banned, and the honest mesh keeps working. A second admitted node is
+/// revoked: every node disconnects it, and its redials never get back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_peer_is_refused_penalized_and_a_revoked_one_stays_out() -> Result<()> {
+    use weft_protocol::wire::{SyncRequest, SyncResponse};
+    use weft_tests::hostile::{Hostile, decode_response, frame};
+
+    let mut lab = Lab::new(LabSpec::new(3))?;
+    lab.start_all().await?;
+    lab.wait_admitted(2, Duration::from_secs(30)).await?;
+    let v1 = bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?;
+    let valid = std::fs::read(&v1)?;
+    let v1_id = push_file(&lab, 0, &v1).await?;
+    let targets: Vec<libp2p::Multiaddr> = lab
+        .nodes
+        .iter()
+        .map(|n| n.multiaddr().parse())
+        .collect::<Result<_, _>>()?;
+
+    let (key, cert) = outsider(&lab, "hostile")?;
+    let h = Hostile::start(&key, cert, targets.clone())?;
+    let h_id = h.peer_id.to_string();
+    let lab_ref = &lab;
+    eventually(
+        Duration::from_secs(20),
+        "every node to admit the hostile peer",
+        || {
+            let h_id = &h_id;
+            async move {
+                for i in 0..3 {
+                    if !peer_view(lab_ref, i, h_id).await?.is_some_and(|(a, _)| a) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    let before: Vec<Vec<String>> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(lab.heads(i).await?);
+        }
+        v
+    };
+    let mut faults = 0;
+
+    // 1. Garbage on the update topic: refused as malformed, the sender scored down.
+    h.publish_when_ready(vec![0xEE, 1, 2, 3]).await?;
+    faults += 1;
+    eventually(
+        Duration::from_secs(20),
+        "the garbage to be refused and penalized",
+        || {
+            let h_id = &h_id;
+            async move {
+                for i in 0..3 {
+                    let st = lab_ref.status(i).await?;
+                    let score = peer_view(lab_ref, i, h_id).await?.and_then(|(_, s)| s);
+                    if refused(&st, "malformed") < 1 || !score.is_some_and(|s| s < 0.0) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+
+    // 2. Replays: the bundle every node holds, twice; nothing changes.
+    h.publish(valid.clone()).await?;
+    h.publish(valid.clone()).await?;
+    faults += 2;
+
+    // 3. Bad sync frames, to node 0: garbage, an over-long fetch, a frame
+    //    that claims 9 MiB, and a request in a response's clothing.
+    let n0: libp2p::PeerId = lab.nodes[0].id.parse()?;
+    let mut sync_answers = Vec::new();
+    let garbage = h.request(n0, frame(&[0xAB; 100])).await?;
+    sync_answers.push(("garbage", garbage));
+    let too_many = SyncRequest::Fetch {
+        hashes: vec![[7u8; 32]; 5000],
+    }
+    .to_bytes();
+    sync_answers.push((
+        "a fetch of 5000 hashes",
+        h.request(n0, frame(&too_many)).await?,
+    ));
+    let mut liar = (9u32 * 1024 * 1024).to_be_bytes().to_vec();
+    liar.extend_from_slice(&[0u8; 1024]);
+    sync_answers.push(("a frame claiming 9 MiB", h.request(n0, liar).await?));
+    let wrong_way = SyncResponse::Updates {
+        updates: Vec::new(),
+    }
+    .to_bytes();
+    sync_answers.push((
+        "a response sent as a request",
+        h.request(n0, frame(&wrong_way)).await?,
+    ));
+    faults += 4;
+    for (what, answer) in &sync_answers {
+        match answer {
+            Ok(bytes) => {
+                let r = decode_response(bytes)?;
+                ensure!(
+                    matches!(r, SyncResponse::Refused { .. }),
+                    "{what}: node 0 answered {r:?}"
+                );
+                eprintln!("hostile: {what}: refused: {r:?}");
+            }
+            Err(e) => eprintln!("hostile: {what}: the stream was dropped ({e})"),
+        }
+    }
+
+    // 4. A forged update (a valid one with its signature flipped).
+    let mut author = Author::with_key(weft_node::keyfile::read(&lab.alice_key)?, 1);
+    let mut forged = author.revoke(r#"User::"alice""#)?;
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    h.publish(forged).await?;
+    faults += 1;
+    eventually(
+        Duration::from_secs(20),
+        "the forgery to be refused",
+        || async {
+            for i in 0..3 {
+                if refused(&lab_ref.status(i).await?, "bad_signature") < 1 {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    for (i, heads) in before.iter().enumerate() {
+        ensure!(lab.heads(i).await? == *heads, "node {i} changed state");
+        ensure!(lab.allows(i, r#"User::"alice""#).await?);
+    }
+
+    // 5. A third strike: garbage again. Every node bans it.
+    h.publish(vec![0xEE, 9, 9, 9]).await?;
+    faults += 1;
+    eventually(
+        Duration::from_secs(20),
+        "every node to ban the hostile peer",
+        || {
+            let h_id = &h_id;
+            async move {
+                for i in 0..3 {
+                    let st = lab_ref.status(i).await?;
+                    if st["stats"]["bans"].as_u64().unwrap_or(0) < 1
+                        || peer_view(lab_ref, i, h_id).await?.is_some()
+                    {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+
+    // The honest mesh is unaffected: an update pushed at 2 reaches 0 and 1.
+    let rev = push_file(
+        &lab,
+        2,
+        &revoke_file(&lab, 2, &lab.alice_key, r#"User::"mallory""#)?,
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(20),
+        "the honest mesh to carry an update",
+        || {
+            let expected = {
+                let mut e = vec![v1_id.clone(), rev.clone()];
+                e.sort();
+                e
+            };
+            async move {
+                for i in 0..3 {
+                    let h = lab_ref.heads(i).await?;
+                    if h.len() != 1 || !lab_ref.holds(i, &expected).await?.is_empty() {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    drop(h);
+
+    // A second admitted node is revoked: everyone disconnects it, and it
+    // stays out however often it redials.
+    let (key2, cert2) = outsider(&lab, "revoked")?;
+    let r = Hostile::start(&key2, cert2, targets)?;
+    let r_id = r.peer_id.to_string();
+    eventually(
+        Duration::from_secs(20),
+        "every node to admit the second peer",
+        || {
+            let r_id = &r_id;
+            async move {
+                for i in 0..3 {
+                    if !peer_view(lab_ref, i, r_id).await?.is_some_and(|(a, _)| a) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    // Oversized gossip (5 MiB, over the nodes' gossip limit) is dropped by
+    // gossipsub before anything reads it; the nodes keep serving.
+    let _ = r.publish(vec![0x57; 5 * 1024 * 1024]).await;
+    faults += 1;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        ensure!(lab.holds(i, std::slice::from_ref(&rev)).await?.is_empty());
+        ensure!(
+            lab.status(i).await?["updates"] == 2,
+            "node {i} changed state"
+        );
+    }
+    push_file(&lab, 1, &revoke_file(&lab, 1, &lab.alice_key, &r_id)?).await?;
+    let t = eventually(
+        Duration::from_secs(20),
+        "every node to drop the revoked peer",
+        || async { Ok(r.connected().await?.is_empty()) },
+    )
+    .await?;
+    // It redials every half second; for five seconds it never gets back in.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for i in 0..3 {
+            ensure!(
+                peer_view(&lab, i, &r_id).await?.is_none_or(|(a, _)| !a),
+                "node {i} admitted the revoked peer again"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for i in 0..3 {
+        let st = lab.status(i).await?;
+        ensure!(
+            st["stats"]["bans"].as_u64().unwrap_or(0) >= 2,
+            "node {i}: {st}"
+        );
+    }
+    eprintln!(
+        "FAULTS hostile_peer faults_sent={faults} banned_after=3_strikes revoked_dropped_ms={} result=pass",
+        t.as_millis()
+    );
+    Ok(())
+}
