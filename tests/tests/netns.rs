@@ -534,7 +534,8 @@ async fn an_unadmitted_node_cannot_join_and_nothing_it_sends_is_applied() -> Res
             );
             ensure!(lab.allows(i, r#"User::"bob""#).await?);
         }
-        ensure!(lab.admitted(2).await? == 0);
+        // (The outsider may see 0 and 1 as admitted for a moment: their
+        // certificates are valid. What matters is that they refuse it.)
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let missing = lab.holds(0, &[rev.clone(), own.clone()]).await?;
