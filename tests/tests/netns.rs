@@ -667,6 +667,12 @@ async fn bad_input_corpus_is_refused_with_one_sentence_and_changes_nothing() -> 
         "signed under an unknown trust-root version".into(),
         future.revoke(r#"User::"alice""#)?,
     ));
+    // Found by fuzzing: a 278-byte update whose change is an automerge
+    // bundle chunk that asked for 2 GiB while parsed, which aborted the node.
+    updates.push((
+        "a bundle-chunk bomb".into(),
+        include_bytes!("../../fuzz/seeds/update/bundle-chunk-bomb.update").to_vec(),
+    ));
     let mut signature_stripped = revocation.clone();
     signature_stripped.truncate(revocation.len() - 64);
     updates.push(("signature cut off".into(), signature_stripped));
