@@ -178,6 +178,13 @@ pub fn signing_message(hash: &ChangeHash, root_version: u64) -> [u8; 40] {
     m
 }
 
+/// Where an automerge chunk keeps its type: after the 4 magic bytes and the
+/// 4-byte checksum.
+const CHUNK_TYPE_AT: usize = 8;
+
+/// The chunk type of an uncompressed change.
+const CHUNK_TYPE_CHANGE: u8 = 1;
+
 /// An update whose signatures all verified, with its change parsed.
 #[derive(Clone, Debug)]
 pub struct VerifiedUpdate {
@@ -229,6 +236,15 @@ impl SignedUpdate {
                 "{} signatures, over the limit of {MAX_SIGNATURES}",
                 u.signatures.len()
             )));
+        }
+        // automerge parses a chunk of any type as a change, and a compressed
+        // change or a bundle chunk expands while it is parsed: a few hundred
+        // bytes can ask for gigabytes (found by fuzzing). Updates carry raw
+        // change chunks (`Change::raw_bytes`), so nothing else is parsed.
+        if u.change.get(CHUNK_TYPE_AT) != Some(&CHUNK_TYPE_CHANGE) {
+            return Err(UpdateError::Malformed(
+                "the change is not an uncompressed automerge change chunk".into(),
+            ));
         }
         Ok(u)
     }

@@ -1,3 +1,5 @@
 //! Shared helpers for the end-to-end suites.
 
+pub mod hostile;
 pub mod mesh;
+pub mod netns;

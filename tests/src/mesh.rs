@@ -153,6 +153,16 @@ impl Author {
         }
     }
 
+    /// An author on an empty document (genesis only) who signs with `key`
+    /// under trust-root version `root_version`.
+    pub fn with_key(key: SecretKey, root_version: u64) -> Self {
+        Author {
+            doc: PolicyDoc::new(),
+            key,
+            root_version,
+        }
+    }
+
     fn sign(&self, change: &weft_crdt::Change) -> Result<Vec<u8>> {
         let mut u = SignedUpdate::new(change, self.root_version);
         u.sign(&self.key)?;

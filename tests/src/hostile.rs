@@ -1,0 +1,321 @@
+//! A hostile peer: a libp2p client that speaks Weft's protocols (Noise,
+//! Yamux, gossipsub on the update topic, the sync protocol) well enough to
+//! be admitted, and then sends whatever a test asks for, unchecked:
+//! garbage, forged updates, oversized gossip, replays, raw sync frames.
+//!
+//! It presents a real certificate (an admitted node gone bad), answers the
+//! node's `Hello` and sync requests like an empty node, and keeps redialing
+//! its targets (a revoked peer that will not go away).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+use weft_node::net::{SYNC_PROTOCOL, TOPIC, libp2p_keypair};
+use weft_protocol::identity::SecretKey;
+use weft_protocol::wire::{SyncRequest, SyncResponse};
+
+/// The largest answer the hostile client reads (twice the node's limit).
+const MAX_READ: usize = 16 * 1024 * 1024;
+
+/// Writes requests as given (the test builds the frame, length prefix
+/// and all, so it can lie about the length); reads length-prefixed answers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&res).await?;
+        io.flush().await
+    }
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_READ {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// `bytes` as one sync frame: a 4-byte big-endian length, then the bytes.
+pub fn frame(bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    sync: request_response::Behaviour<RawCodec>,
+}
+
+enum Cmd {
+    Publish(Vec<u8>, oneshot::Sender<Result<(), String>>),
+    Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
+    Connected(oneshot::Sender<BTreeSet<PeerId>>),
+}
+
+/// A running hostile client; dropping it stops it.
+pub struct Hostile {
+    /// Its peer id (the node id its certificate names).
+    pub peer_id: PeerId,
+    cmds: mpsc::Sender<Cmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Hostile {
+    /// Starts a client with `key` and its signed certificate `cert`, dialing
+    /// `targets` and redialing them every half second while not connected.
+    pub fn start(key: &SecretKey, cert: Vec<u8>, targets: Vec<Multiaddr>) -> Result<Hostile> {
+        let keypair = libp2p_keypair(key).map_err(|e| anyhow!(e))?;
+        let peer_id = keypair.public().to_peer_id();
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(ValidationMode::Permissive)
+            .max_transmit_size(MAX_READ)
+            .heartbeat_interval(Duration::from_secs(1))
+            .build()
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut swarm: Swarm<Behaviour> = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|key| {
+                let gossipsub = gossipsub::Behaviour::new(
+                    MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let sync = request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                );
+                Ok(Behaviour { gossipsub, sync })
+            })
+            .map_err(|e| anyhow!("{e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+        let topic = IdentTopic::new(TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| anyhow!("{e}"))?;
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(drive(swarm, topic, cert, targets, rx));
+        Ok(Hostile {
+            peer_id,
+            cmds: tx,
+            task,
+        })
+    }
+
+    /// Publishes `bytes` on the update topic as they are.
+    pub async fn publish(&self, bytes: Vec<u8>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Publish(bytes, tx))
+            .await
+            .map_err(|_| anyhow!("the hostile client stopped"))?;
+        rx.await?
+            .map_err(|e| anyhow!("gossipsub would not publish: {e}"))
+    }
+
+    /// Sends `raw` (a whole frame, see [`frame`]) on the sync protocol to
+    /// `peer`; the answer frame's bytes, or why there was none.
+    pub async fn request(&self, peer: PeerId, raw: Vec<u8>) -> Result<Result<Vec<u8>, String>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Request(peer, raw, tx))
+            .await
+            .map_err(|_| anyhow!("the hostile client stopped"))?;
+        Ok(rx.await?)
+    }
+
+    /// The peers it is connected to now.
+    pub async fn connected(&self) -> Result<BTreeSet<PeerId>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Connected(tx))
+            .await
+            .map_err(|_| anyhow!("the hostile client stopped"))?;
+        Ok(rx.await?)
+    }
+
+    /// Publishes, retrying while gossipsub knows no subscribed peer yet.
+    pub async fn publish_when_ready(&self, bytes: Vec<u8>) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.publish(bytes.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() > Duration::from_secs(15) => {
+                    bail!("publishing: {e:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+async fn drive(
+    mut swarm: Swarm<Behaviour>,
+    topic: IdentTopic,
+    cert: Vec<u8>,
+    targets: Vec<Multiaddr>,
+    mut cmds: mpsc::Receiver<Cmd>,
+) {
+    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>> =
+        HashMap::new();
+    let mut redial = tokio::time::interval(Duration::from_millis(500));
+    let mut target_peers: HashMap<Multiaddr, PeerId> = HashMap::new();
+    let hello = SyncRequest::Hello {
+        cert: cert.clone(),
+        heads: Vec::new(),
+    }
+    .to_bytes();
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(Cmd::Publish(bytes, reply)) => {
+                    let r = swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(topic.clone(), bytes)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                }
+                Some(Cmd::Request(peer, raw, reply)) => {
+                    let id = swarm.behaviour_mut().sync.send_request(&peer, raw);
+                    pending.insert(id, reply);
+                }
+                Some(Cmd::Connected(reply)) => {
+                    let _ = reply.send(swarm.connected_peers().copied().collect());
+                }
+            },
+            _ = redial.tick() => {
+                for t in &targets {
+                    let connected = target_peers.get(t).is_some_and(|p| swarm.is_connected(p));
+                    if !connected {
+                        let _ = swarm.dial(t.clone());
+                    }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                    target_peers.insert(endpoint.get_remote_address().clone(), peer_id);
+                    if num_established.get() == 1 {
+                        // Show the certificate, as an honest node does.
+                        swarm.behaviour_mut().sync.send_request(&peer_id, frame(&hello));
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                    message, ..
+                })) => match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        // Answer like an empty node.
+                        let answer = match SyncRequest::from_bytes(&request) {
+                            Ok(SyncRequest::Hello { .. }) => SyncResponse::Hello {
+                                cert: cert.clone(),
+                                heads: Vec::new(),
+                            },
+                            Ok(SyncRequest::Heads { .. }) => SyncResponse::Offer {
+                                heads: Vec::new(),
+                                hashes: Vec::new(),
+                                more: false,
+                            },
+                            Ok(SyncRequest::Fetch { .. }) => SyncResponse::Updates {
+                                updates: Vec::new(),
+                            },
+                            Err(e) => SyncResponse::Refused { reason: e.to_string() },
+                        };
+                        let _ = swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, frame(&answer.to_bytes()));
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(reply) = pending.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                },
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                    request_response::Event::OutboundFailure { request_id, error, .. },
+                )) => {
+                    if let Some(reply) = pending.remove(&request_id) {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Decodes a sync answer frame's bytes.
+pub fn decode_response(bytes: &[u8]) -> Result<SyncResponse> {
+    SyncResponse::from_bytes(bytes).context("the node's answer is not a sync response")
+}
