@@ -1021,6 +1021,11 @@ impl NodeTask {
                             .behaviour_mut()
                             .sync
                             .send_response(channel, refusal.to_bytes());
+                        let out = self.handle(Input::Malformed {
+                            from: peer,
+                            reason: err.to_string(),
+                        });
+                        let _ = self.carry_out(out, None);
                     }
                 },
                 request_response::Message::Response {
@@ -1040,6 +1045,11 @@ impl NodeTask {
                         }
                         Err(err) => {
                             tracing::warn!(%peer, %err, "dropping a malformed sync response");
+                            let out = self.handle(Input::Malformed {
+                                from: peer,
+                                reason: err.to_string(),
+                            });
+                            let _ = self.carry_out(out, None);
                             Input::RequestFailed { peer }
                         }
                     };

@@ -178,6 +178,14 @@ pub enum Input<P> {
         /// The peer.
         peer: P,
     },
+    /// A peer sent a sync message that does not decode. It counts as a
+    /// strike, like a bad update: three and the peer is banned.
+    Malformed {
+        /// The sending peer.
+        from: P,
+        /// What was wrong, one line.
+        reason: String,
+    },
     /// A connection to a peer opened; `node` is its authenticated identity.
     PeerConnected {
         /// The peer.
@@ -423,6 +431,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.busy = false;
                 }
+            }
+            Input::Malformed { from, reason } => {
+                self.strike(
+                    &from,
+                    format!("sent a malformed sync message: {reason}"),
+                    &mut out,
+                );
             }
             Input::PeerConnected { peer, node } => self.on_connected(peer, node, &mut out),
             Input::PeerDisconnected { peer } => {

@@ -455,6 +455,40 @@ fn forged_gossip_is_rejected_penalized_then_banned() {
     assert!(matches!(outs[0], Output::Verdict(Verdict::Reject)));
 }
 
+/// A sync message that does not decode is a strike: penalized twice, then
+/// banned, and the state is untouched.
+#[test]
+fn malformed_sync_messages_are_strikes() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    m.add(2, cert(2, &admin(), 2));
+    m.connect(1, 2);
+    let r1 = m.replicas.get_mut(&1).unwrap();
+    for strike in 1..=3 {
+        let outs = r1.handle(
+            NOW_MS,
+            0,
+            Input::Malformed {
+                from: 2,
+                reason: "not a sync request".into(),
+            },
+        );
+        if strike < 3 {
+            assert!(
+                matches!(outs.as_slice(), [Output::Penalize { peer: 2, .. }]),
+                "strike {strike}: {outs:?}"
+            );
+        } else {
+            assert!(
+                matches!(outs.as_slice(), [Output::Ban { peer: 2, .. }]),
+                "strike {strike}: {outs:?}"
+            );
+        }
+    }
+    assert!(r1.is_banned(&node_id(2)));
+    assert_eq!(r1.state().update_count(), 0);
+}
+
 #[test]
 fn a_revoked_node_is_banned_and_stays_out() {
     let mut m = Mesh::new();
