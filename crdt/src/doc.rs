@@ -593,11 +593,9 @@ impl PolicyDoc {
                         self.view.index.insert_all(new.iter());
                     }
                 }
-                let entities_of = |b: &Option<Arc<BundleState>>| {
-                    b.as_ref()
-                        .and_then(|b| b.effective_content.as_ref())
-                        .and_then(|c| c.entities.clone())
-                };
+                fn entities_of(b: &Option<Arc<BundleState>>) -> Option<&str> {
+                    b.as_ref()?.effective_content.as_ref()?.entities.as_deref()
+                }
                 if entities_of(&old) != entities_of(&new) {
                     entities_changed = true;
                 }

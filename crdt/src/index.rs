@@ -101,7 +101,7 @@ impl IndexedPolicy {
             .policies()
             .filter_map(|p| IndexedPolicy::new(p, source).map(Arc::new))
             .collect();
-        out.sort_by_key(|p| p.id.to_string());
+        out.sort_by_cached_key(|p| p.id.to_string());
         out
     }
 

@@ -216,12 +216,18 @@ fn tampered_and_forged_updates_are_refused() {
     assert!(matches!(s.ingest(&good).unwrap(), Ingested::Applied { .. }));
 }
 
-#[test]
-fn missing_deps_are_held_then_released() {
+/// A bundle update, and a revocation of `User::"x"` that depends on it.
+fn update_and_dependent() -> (Vec<u8>, Vec<u8>) {
     let mut author = SignedState::new(root());
     let u1 = bundle_update(&author, &key(1), &[&key(1), &key(2)], 1);
     author.ingest(&u1).unwrap();
     let u2 = revoke_update(&author, &key(3), &[&key(3)], r#"User::"x""#, 2);
+    (u1, u2)
+}
+
+#[test]
+fn missing_deps_are_held_then_released() {
+    let (u1, u2) = update_and_dependent();
     let mut s = SignedState::new(root());
     assert!(matches!(s.ingest(&u2).unwrap(), Ingested::Held { .. }));
     assert_eq!(s.update_count(), 0);
@@ -238,10 +244,7 @@ fn missing_deps_are_held_then_released() {
 /// applied once, reported once, and no longer held.
 #[test]
 fn held_update_arriving_with_its_dependency_is_applied_once() {
-    let mut author = SignedState::new(root());
-    let u1 = bundle_update(&author, &key(1), &[&key(1), &key(2)], 1);
-    author.ingest(&u1).unwrap();
-    let u2 = revoke_update(&author, &key(3), &[&key(3)], r#"User::"x""#, 2);
+    let (u1, u2) = update_and_dependent();
     let mut s = SignedState::new(root());
     assert!(matches!(s.ingest(&u2).unwrap(), Ingested::Held { .. }));
     let results = s.ingest_batch(vec![u1.clone().into(), u2.clone().into()]);
