@@ -12,7 +12,9 @@
 //! - [`push`]: submit update files to a node.
 //! - [`token()`]: issue identity tokens.
 //! - [`check()`]: ask a node for a decision.
+//! - [`audit()`]: verify a node's audit chain offline, export its records.
 
+mod audit;
 mod author;
 mod check;
 mod common;
@@ -20,6 +22,7 @@ mod inspect;
 mod nodedir;
 mod token;
 
+pub use audit::{AUDIT_VERIFY_LONG_ABOUT, AuditCommand, AuditExportArgs, AuditVerifyArgs, audit};
 pub use check::{CHECK_LONG_ABOUT, CheckArgs};
 pub use token::{TOKEN_ISSUE_LONG_ABOUT, TokenCommand, TokenIssueArgs};
 

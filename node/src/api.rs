@@ -136,6 +136,9 @@ pub struct Status {
     pub trust_root: RootStatus,
     /// Counters.
     pub stats: StatsStatus,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: crate::audit::AuditStatus,
 }
 
 /// What the handlers share.
@@ -146,6 +149,8 @@ pub struct ApiState {
     pub shared: Arc<Shared>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// The API's routes.
@@ -157,6 +162,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/updates", post(post_update))
         .route("/v1/authorize", post(post_authorize))
         .route("/metrics", get(get_metrics))
+        .route("/v1/audit", get(crate::audit_api::get_records))
+        .route("/v1/audit/status", get(crate::audit_api::get_status))
+        .route("/v1/audit/verify", get(crate::audit_api::get_verify))
+        .route(
+            "/v1/audit/checkpoints",
+            get(crate::audit_api::get_checkpoints),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -483,6 +495,13 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         }
     };
     let started = std::time::Instant::now();
+    let asked = (
+        req.principal
+            .clone()
+            .unwrap_or_else(|| "(identity token)".to_owned()),
+        req.action.clone(),
+        req.resource.clone(),
+    );
     let view = state.shared.view.load();
     let root = state.shared.root.load();
     let now = SystemTime::now()
@@ -497,6 +516,7 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
     let now_ms = crate::net::now_ms();
     let (age_ms, stale) = state.shared.freshness(now_ms);
     let deny_stale = stale && state.shared.stale.on_stale == crate::layout::OnStale::Deny;
+    let mut token_principal = None;
     let d = match parse_authorize(req, check) {
         Ok(_) if deny_stale => weft_crdt::Decision {
             allow: false,
@@ -508,7 +528,12 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             revoked: false,
             revoked_subject: None,
         },
-        Ok(Authorize::Decide(request)) => weft_crdt::decide(&view, &request),
+        Ok(Authorize::Decide(request)) => {
+            if asked.0 == "(identity token)" {
+                token_principal = Some(request.principal().to_string());
+            }
+            weft_crdt::decide(&view, &request)
+        }
         Ok(Authorize::Deny {
             error,
             revoked,
@@ -525,6 +550,19 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
     state
         .metrics
         .observe_decision(d.allow, d.revoked, started.elapsed().as_secs_f64());
+    state.audit.handle.decision(
+        |sampled_one_in| crate::audit::AuditEvent::Decision {
+            principal: token_principal.unwrap_or(asked.0),
+            action: asked.1,
+            resource: asked.2,
+            decision: if d.allow { "allow" } else { "deny" }.to_owned(),
+            reasons: d.reasons.clone(),
+            errors: d.errors.clone(),
+            revoked: d.revoked,
+            sampled_one_in,
+        },
+        d.allow,
+    );
     axum::Json(json!({
         "decision": if d.allow { "allow" } else { "deny" },
         "reasons": d.reasons,

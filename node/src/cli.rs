@@ -118,6 +118,17 @@ pub enum Command {
             and prints the command that replays the run."
     )]
     Sim(weft_node::sim::SimArgs),
+    /// Verify a node's tamper-evident audit trail, or export its records.
+    #[command(
+        subcommand,
+        long_about = "Verify a node's tamper-evident audit trail, or export its records.\n\n\
+            Every node appends its decisions (all denies, sampled allows), the updates it \
+            applied or refused, admissions and bans to a hash-chained log, and signs and \
+            gossips checkpoints of the chain's head, which its peers keep. `verify` checks \
+            a stopped node's chain offline against those checkpoints; `export` streams a \
+            running node's records."
+    )]
+    Audit(weft_node::admin::AuditCommand),
 }
 
 /// `weft node …`
@@ -269,6 +280,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(c) => weft_node::admin::token(c),
         Command::Demo(a) => weft_node::demo::demo(a),
         Command::Sim(a) => weft_node::sim::sim(a),
+        Command::Audit(c) => weft_node::admin::audit(c),
     }
 }
 

@@ -35,6 +35,7 @@ use weft_protocol::time::format_timestamp;
 use weft_protocol::trust::{MAX_TRUST_ROOT_LEN, SignedNodeCert, SignedRoot, from_trust_file};
 
 use crate::api::{self, ApiState, Status};
+use crate::audit::{Audit, AuditConfig, AuditEvent, AuditLog};
 use crate::keyfile;
 use crate::layout::{Config, NodeDir};
 use crate::net::{self, Command, NodeTask, NodeTaskParts, Shared, TOPIC};
@@ -88,6 +89,8 @@ pub struct NodeOptions {
     pub snapshot_every: u64,
     /// When the state counts as stale and what decisions do then.
     pub stale: net::Staleness,
+    /// The audit trail's settings.
+    pub audit: AuditConfig,
 }
 
 impl NodeOptions {
@@ -102,6 +105,7 @@ impl NodeOptions {
             replica: ReplicaConfig::default(),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             stale: net::Staleness::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     node_task: JoinHandle<()>,
     api_task: JoinHandle<()>,
+    audit_task: JoinHandle<()>,
+    audit: Arc<Audit>,
 }
 
 impl NodeHandle {
@@ -148,6 +154,11 @@ impl NodeHandle {
     /// The current policy view.
     pub fn view(&self) -> Arc<PolicyView> {
         self.shared.view.load_full()
+    }
+
+    /// The node's audit trail.
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
     }
 
     /// Bytes `(in, out)` on every libp2p connection since the node started
@@ -202,6 +213,10 @@ impl NodeHandle {
         self.node_task
             .await
             .map_err(|e| anyhow!("the node task failed: {e}"))?;
+        drop(self.audit);
+        self.audit_task
+            .await
+            .map_err(|e| anyhow!("the audit writer failed: {e}"))?;
         Ok(())
     }
 }
@@ -315,6 +330,10 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             "store loaded"
         )
     });
+    let audit_log = Arc::new(
+        AuditLog::open(store.db())
+            .with_context(|| format!("cannot open the audit log in {}", dir.store().display()))?,
+    );
     let store = Arc::new(store);
     let shared = Arc::new(Shared {
         view: ArcSwap::from_pointee(state.view().clone()),
@@ -365,6 +384,21 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
 
     let (commands_tx, commands_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (checkpoints_tx, checkpoints_rx) = mpsc::channel(16);
+    let (audit, audit_writer) = crate::audit::start(
+        audit_log.clone(),
+        &opts.audit,
+        node_id,
+        key,
+        checkpoints_tx,
+        shutdown_rx.clone(),
+    );
+    let audit = Arc::new(audit);
+    audit.handle.record(AuditEvent::Started {
+        node: node_id.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    let audit_task = tokio::spawn(audit_writer.instrument(span.clone()));
     let applied_since_snapshot = report.verified as u64;
     let mut task = NodeTask::new(
         NodeTaskParts {
@@ -377,6 +411,9 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             snapshot_every: opts.snapshot_every,
             commands: commands_rx,
             shutdown: shutdown_rx.clone(),
+            audit_log,
+            audit: audit.handle.clone(),
+            checkpoints: checkpoints_rx,
         },
         applied_since_snapshot,
     );
@@ -400,6 +437,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         commands: commands_tx.clone(),
         shared: shared.clone(),
         metrics: Arc::new(crate::metrics::Metrics::new()),
+        audit: audit.clone(),
     }));
     let mut api_shutdown = shutdown_rx;
     let api_task = tokio::spawn(
@@ -431,6 +469,8 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         shutdown: shutdown_tx,
         node_task,
         api_task,
+        audit_task,
+        audit,
     })
 }
 
@@ -503,6 +543,11 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
             .saturating_mul(1000),
         on_stale: config.on_stale,
     };
+    opts.audit.allow_one_in = config.audit_allow_one_in;
+    opts.audit.checkpoint_every = Duration::from_secs(
+        weft_protocol::time::parse_duration(&config.audit_checkpoint_every)
+            .map_err(|e| anyhow!("audit_checkpoint_every in {}: {e}", dir.config().display()))?,
+    );
     opts.peers = config
         .peers
         .iter()
@@ -669,6 +714,27 @@ pub fn render_status(s: &Status) -> String {
     out += &format!(
         "  traffic:     {} B in, {} B out\n",
         s.stats.bytes_in, s.stats.bytes_out
+    );
+    out += &format!(
+        "  audit:       {} record(s), head {}, {}{}\n",
+        s.audit.records,
+        s.audit.head.chars().take(16).collect::<String>(),
+        match &s.audit.last_checkpoint {
+            Some(cp) => format!(
+                "last checkpoint at record {} ({})",
+                cp.seq,
+                format_timestamp(cp.at_ms / 1000)
+            ),
+            None => "no checkpoint yet".to_owned(),
+        },
+        if s.audit.dropped > 0 {
+            format!(
+                ", {} event(s) DROPPED (queue full; recorded in the chain)",
+                s.audit.dropped
+            )
+        } else {
+            String::new()
+        }
     );
     if !s.stats.refused.is_empty() {
         let refused: Vec<String> = s

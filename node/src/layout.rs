@@ -88,6 +88,12 @@ pub struct Config {
     pub on_stale: OnStale,
     /// Log format: `pretty` or `json`.
     pub log_format: String,
+    /// Allows written to the audit trail: one in this many (denies are
+    /// always written; 0 writes no allows). Default 100.
+    pub audit_allow_one_in: u64,
+    /// How often the node signs and gossips a checkpoint of its audit chain
+    /// (a duration). Default `30s`.
+    pub audit_checkpoint_every: String,
 }
 
 impl Default for Config {
@@ -99,6 +105,8 @@ impl Default for Config {
             stale_after: "5m".into(),
             on_stale: OnStale::Keep,
             log_format: "pretty".into(),
+            audit_allow_one_in: 100,
+            audit_checkpoint_every: "30s".into(),
         }
     }
 }
@@ -138,7 +146,11 @@ impl Config {
              # when stale: \"keep\" enforcing the last state, or \"deny\" everything\n\
              on_stale = {:?}\n\
              # log format: \"pretty\" or \"json\"\n\
-             log_format = {:?}\n",
+             log_format = {:?}\n\
+             # audit trail: write one allow in this many (denies are always written; 0: no allows)\n\
+             audit_allow_one_in = {}\n\
+             # audit trail: how often to sign and gossip a checkpoint of the chain\n\
+             audit_checkpoint_every = {:?}\n",
             self.listen,
             self.api,
             self.stale_after,
@@ -146,7 +158,9 @@ impl Config {
                 OnStale::Keep => "keep",
                 OnStale::Deny => "deny",
             },
-            self.log_format
+            self.log_format,
+            self.audit_allow_one_in,
+            self.audit_checkpoint_every
         )
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
+pub mod audit_api;
 pub mod daemon;
 pub mod demo;
 pub mod keyfile;

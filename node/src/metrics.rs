@@ -51,6 +51,9 @@ pub struct Metrics {
     revocations: Gauge,
     state_age: Gauge<f64, AtomicU64>,
     root_expired: Gauge,
+    audit_records: Gauge,
+    audit_dropped: Counter,
+    audit_peer_checkpoints: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,6 +85,9 @@ impl Metrics {
             revocations: Gauge::default(),
             state_age: Gauge::default(),
             root_expired: Gauge::default(),
+            audit_records: Gauge::default(),
+            audit_dropped: Counter::default(),
+            audit_peer_checkpoints: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -144,6 +150,21 @@ impl Metrics {
             "1 when the trust root has expired",
             m.root_expired.clone(),
         );
+        r.register(
+            "audit_records",
+            "Records in the audit chain",
+            m.audit_records.clone(),
+        );
+        r.register(
+            "audit_dropped",
+            "Audit events dropped because the queue was full (each gap is also recorded in the chain)",
+            m.audit_dropped.clone(),
+        );
+        r.register(
+            "audit_peer_checkpoints",
+            "Peers' audit checkpoints held",
+            m.audit_peer_checkpoints.clone(),
+        );
         *m.registry.lock().expect("no poisoned lock at start") = r;
         m
     }
@@ -200,6 +221,10 @@ impl Metrics {
                 .unwrap_or(-1.0),
         );
         self.root_expired.set(i64::from(status.trust_root.expired));
+        self.audit_records.set(status.audit.records as i64);
+        raise(&self.audit_dropped, status.audit.dropped);
+        self.audit_peer_checkpoints
+            .set(status.audit.peer_checkpoints as i64);
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         encode(&mut out, &registry).expect("writing to a String cannot fail");

@@ -64,6 +64,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weft_crdt::{ChangeHash, PolicyView};
+use weft_protocol::audit::SignedCheckpoint;
 use weft_protocol::export::StateExport;
 use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::replica::{Input, Output, Replica, Timer, Verdict};
@@ -73,6 +74,7 @@ use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 use weft_protocol::wire::{MAX_WIRE_BYTES, SyncRequest, SyncResponse};
 
 use crate::api::{BundleStatus, PeerStatus, RootStatus, StatsStatus, Status};
+use crate::audit::AuditEvent;
 use crate::store::{Store, StoreError};
 
 /// The gossipsub topic that carries signed updates.
@@ -317,6 +319,11 @@ pub fn peer_score(topic: &IdentTopic) -> (PeerScoreParams, PeerScoreThresholds) 
         ip_colocation_factor_weight: 0.0,
         ..PeerScoreParams::default()
     };
+    // Audit checkpoints are scored alike: a forged one counts as invalid.
+    params.topics.insert(
+        IdentTopic::new(crate::audit::AUDIT_TOPIC).hash(),
+        topic_params.clone(),
+    );
     params.topics.insert(topic.hash(), topic_params);
     let thresholds = PeerScoreThresholds {
         gossip_threshold: -5.0,
@@ -339,6 +346,7 @@ fn build_behaviour(
     let (params, thresholds) = peer_score(topic);
     gossipsub.with_peer_score(params, thresholds)?;
     gossipsub.subscribe(topic)?;
+    gossipsub.subscribe(&IdentTopic::new(crate::audit::AUDIT_TOPIC))?;
     let sync = request_response::Behaviour::with_codec(
         SyncCodec,
         [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
@@ -664,6 +672,12 @@ pub(crate) struct NodeTaskParts {
     pub commands: mpsc::Receiver<Command>,
     /// Becomes `true` when the node should stop.
     pub shutdown: watch::Receiver<bool>,
+    /// The audit log (peers' checkpoints are kept in it).
+    pub audit_log: Arc<crate::audit::AuditLog>,
+    /// Where audit events go.
+    pub audit: crate::audit::AuditHandle,
+    /// This node's signed checkpoints, to gossip.
+    pub checkpoints: mpsc::Receiver<Vec<u8>>,
 }
 
 /// The task that owns the replica and the swarm.
@@ -690,6 +704,12 @@ pub(crate) struct NodeTask {
     snapshot_every: u64,
     commands: mpsc::Receiver<Command>,
     shutdown: watch::Receiver<bool>,
+    audit_log: Arc<crate::audit::AuditLog>,
+    audit: crate::audit::AuditHandle,
+    audit_topic: IdentTopic,
+    checkpoints: mpsc::Receiver<Vec<u8>>,
+    /// Peers admitted so far, to record each admission once.
+    admitted: BTreeSet<PeerId>,
 }
 
 impl NodeTask {
@@ -731,6 +751,11 @@ impl NodeTask {
             snapshot_every: parts.snapshot_every.max(1),
             commands: parts.commands,
             shutdown: parts.shutdown,
+            audit_log: parts.audit_log,
+            audit: parts.audit,
+            audit_topic: IdentTopic::new(crate::audit::AUDIT_TOPIC),
+            checkpoints: parts.checkpoints,
+            admitted: BTreeSet::new(),
         }
     }
 
@@ -771,6 +796,7 @@ impl NodeTask {
                     }
                 }
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(cp) = self.checkpoints.recv() => self.publish_checkpoint(cp),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = tokio::time::sleep_until(deadline) => self.fire_timers(),
                 _ = redial.tick() => self.redial(),
@@ -796,7 +822,75 @@ impl NodeTask {
 
     fn handle(&mut self, input: Input<PeerId>) -> Vec<Output<PeerId>> {
         let rand = getrandom::u64().unwrap_or_else(|_| now_ms());
-        self.replica.handle(now_ms(), rand, input)
+        let from = match &input {
+            Input::Gossip { from, .. }
+            | Input::Request { from, .. }
+            | Input::Response { from, .. }
+            | Input::Malformed { from, .. } => Some(*from),
+            _ => None,
+        };
+        let refused_before = self.replica.stats().refused.clone();
+        let out = self.replica.handle(now_ms(), rand, input);
+        if let Some(peer) = from {
+            self.audit_peer(peer, &refused_before);
+        }
+        out
+    }
+
+    /// Records what handling an input from `peer` did: updates refused
+    /// (by reason label) and the peer's admission.
+    fn audit_peer(&mut self, peer: PeerId, refused_before: &BTreeMap<&'static str, u64>) {
+        for (label, n) in &self.replica.stats().refused {
+            let new = n - refused_before.get(label).copied().unwrap_or(0);
+            for _ in 0..new.min(16) {
+                self.audit.record(AuditEvent::UpdateRefused {
+                    reason: (*label).to_owned(),
+                    source: peer.to_string(),
+                });
+            }
+        }
+        if !self.admitted.contains(&peer) && self.replica.admitted_peers().any(|(p, _)| *p == peer)
+        {
+            self.admitted.insert(peer);
+            self.audit.record(AuditEvent::Admitted {
+                peer: peer.to_string(),
+            });
+        }
+    }
+
+    /// Gossips one of this node's audit checkpoints.
+    fn publish_checkpoint(&mut self, bytes: Vec<u8>) {
+        let topic = self.audit_topic.clone();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) | Err(PublishError::NoPeersSubscribedToTopic | PublishError::Duplicate) => {}
+            Err(err) => tracing::warn!(%err, "publishing an audit checkpoint failed"),
+        }
+    }
+
+    /// A peer's audit checkpoint: verified, kept, and forwarded only if good.
+    fn on_checkpoint(&mut self, id: &MessageId, source: &PeerId, data: &[u8]) {
+        let verdict = match SignedCheckpoint::from_bytes(data).and_then(|s| Ok((s.verify()?, s))) {
+            Ok((cp, _)) if cp.node == self.shared.node_id => MessageAcceptance::Ignore,
+            Ok((cp, signed)) => match self.audit_log.put_peer_checkpoint(&cp, &signed) {
+                Ok(true) => {
+                    tracing::debug!(node = %cp.node, seq = cp.seq, "kept a peer's audit checkpoint");
+                    MessageAcceptance::Accept
+                }
+                Ok(false) => MessageAcceptance::Ignore,
+                Err(err) => {
+                    tracing::error!(%err, "storing a peer's audit checkpoint failed");
+                    MessageAcceptance::Ignore
+                }
+            },
+            Err(err) => {
+                tracing::warn!(peer = %source, %err, "refusing an audit checkpoint");
+                MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, verdict);
     }
 
     fn fire_timers(&mut self) {
@@ -844,6 +938,10 @@ impl NodeTask {
                     }
                     Err(err) => {
                         tracing::info!(%err, "submitted update refused");
+                        self.audit.record(AuditEvent::UpdateRefused {
+                            reason: err.to_string(),
+                            source: "api".into(),
+                        });
                         Err(SubmitError::Refused(err))
                     }
                 };
@@ -935,6 +1033,7 @@ impl NodeTask {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                self.admitted.remove(&peer_id);
                 let out = self.handle(Input::PeerDisconnected { peer: peer_id });
                 let _ = self.carry_out(out, None);
                 let now = Instant::now();
@@ -984,6 +1083,10 @@ impl NodeTask {
         else {
             return;
         };
+        if message.topic == self.audit_topic.hash() {
+            self.on_checkpoint(&message_id, &propagation_source, &message.data);
+            return;
+        }
         let out = self.handle(Input::Gossip {
             from: propagation_source,
             bytes: message.data,
@@ -1173,6 +1276,10 @@ impl NodeTask {
                 }
                 Output::Applied { hash, summary } => {
                     tracing::info!(id = %hash, paths = summary.paths.len(), "update applied");
+                    self.audit.record(AuditEvent::UpdateApplied {
+                        id: hash.to_string(),
+                        peer: gossip.map(|(_, p)| p.to_string()),
+                    });
                     self.actors
                         .entry(hex::encode(summary.actor.to_bytes()))
                         .or_default()
@@ -1186,10 +1293,18 @@ impl NodeTask {
                 }
                 Output::Disconnect { peer, reason } => {
                     tracing::info!(%peer, %reason, "disconnecting peer");
+                    self.audit.record(AuditEvent::Disconnected {
+                        peer: peer.to_string(),
+                        reason: reason.clone(),
+                    });
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
                 Output::Ban { peer, node, reason } => {
                     tracing::warn!(%peer, %node, %reason, "banning peer");
+                    self.audit.record(AuditEvent::Banned {
+                        peer: peer.to_string(),
+                        reason: reason.clone(),
+                    });
                     self.banned.insert(peer);
                     let b = self.swarm.behaviour_mut();
                     b.blocked.block_peer(peer);
@@ -1377,6 +1492,7 @@ impl NodeTask {
                 bytes_in: self.shared.traffic.bytes_in(),
                 bytes_out: self.shared.traffic.bytes_out(),
             },
+            audit: crate::audit::status_of(&self.audit_log, &self.audit),
         }
     }
 }

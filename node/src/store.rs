@@ -130,6 +130,11 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The sled database (the audit log keeps its trees in it too).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))

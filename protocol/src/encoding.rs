@@ -53,15 +53,17 @@ pub enum Kind {
     Token,
     /// A quarantine order.
     Quarantine,
-    /// An audit log checkpoint.
+    /// The body of an audit log checkpoint, the bytes a node signs.
     Checkpoint,
+    /// An audit log checkpoint with its signature, as gossiped.
+    SignedCheckpoint,
     /// A node's state exported for authoring tools (`GET /v1/state`).
     State,
 }
 
 impl Kind {
     /// Every kind this build knows.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::TrustRoot,
         Kind::SignedRoot,
         Kind::NodeCert,
@@ -71,6 +73,7 @@ impl Kind {
         Kind::Token,
         Kind::Quarantine,
         Kind::Checkpoint,
+        Kind::SignedCheckpoint,
         Kind::State,
     ];
 
@@ -86,6 +89,7 @@ impl Kind {
             Kind::Token => 0x30,
             Kind::Quarantine => 0x40,
             Kind::Checkpoint => 0x50,
+            Kind::SignedCheckpoint => 0x51,
             Kind::State => 0x60,
         }
     }
@@ -106,7 +110,8 @@ impl Kind {
             Kind::Wire => "wire message",
             Kind::Token => "identity token",
             Kind::Quarantine => "quarantine order",
-            Kind::Checkpoint => "audit checkpoint",
+            Kind::Checkpoint => "audit checkpoint body",
+            Kind::SignedCheckpoint => "signed audit checkpoint",
             Kind::State => "state export",
         }
     }

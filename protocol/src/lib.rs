@@ -1,5 +1,6 @@
 //! Weft's trust and wire layer.
 //!
+//! - [`audit`]: the hash-chained audit trail, its signed checkpoints, verification.
 //! - [`identity`]: ed25519 keys, domain-separated signatures, node ids.
 //! - [`encoding`]: the one canonical, versioned, size-limited binary encoding.
 //! - [`export`]: the state export that authoring tools build updates on.
@@ -13,6 +14,7 @@
 //! No tokio, no libp2p, no sled, no clock and no RNG: time and randomness come
 //! in as arguments.
 
+pub mod audit;
 pub mod encoding;
 pub mod export;
 pub mod identity;

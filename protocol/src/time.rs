@@ -79,6 +79,47 @@ pub fn format_timestamp(unix: u64) -> String {
     )
 }
 
+/// Reads an RFC 3339 UTC timestamp as [`format_timestamp`] writes it
+/// (`2026-01-31T12:00:00Z`; a date alone means its midnight) into Unix
+/// seconds. Anything else, or a time before 1970, gives `None`.
+pub fn parse_timestamp(text: &str) -> Option<u64> {
+    let (date, time) = match text.split_once(['T', 't', ' ']) {
+        Some((d, t)) => (d, Some(t.strip_suffix(['Z', 'z'])?)),
+        None => (text, None),
+    };
+    let num = |s: &str, len: usize| -> Option<u64> {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
+    if d.next().is_some() || y < 1970 || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let secs = match time {
+        None => 0,
+        Some(t) => {
+            let mut p = t.split(':');
+            let (h, mi, s) = (num(p.next()?, 2)?, num(p.next()?, 2)?, num(p.next()?, 2)?);
+            if p.next().is_some() || h > 23 || mi > 59 || s > 60 {
+                return None;
+            }
+            h * 3600 + mi * 60 + s
+        }
+    };
+    // Howard Hinnant's days_from_civil.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let unix = days * 86_400 + secs;
+    // Refuse dates that do not exist (2026-02-31) rather than roll them over.
+    (format_timestamp(unix)[..10] == *date).then_some(unix)
+}
+
 /// Days since 1970-01-01 to a (year, month, day) in the proleptic Gregorian
 /// calendar (Howard Hinnant's algorithm).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -122,6 +163,24 @@ mod tests {
             let e = parse_duration(input).unwrap_err().to_string();
             assert!(e.contains(reason), "{input}: {e}");
             assert!(e.contains("like 90s, 15m, 24h or 365d"), "{e}");
+        }
+    }
+
+    #[test]
+    fn timestamps_read_back() {
+        for t in [0, 86_399, 1_795_651_200, 1_700_000_123, 4_102_444_800] {
+            assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
+        }
+        assert_eq!(parse_timestamp("2026-11-26"), Some(1_795_651_200));
+        for bad in [
+            "2026-02-31",
+            "2026-13-01",
+            "1969-12-31",
+            "2026-11-26T25:00:00Z",
+            "tomorrow",
+            "2026-11-26T10:00:00",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
         }
     }
 

@@ -1,0 +1,296 @@
+//! The audit trail end to end: real nodes record decisions, updates and
+//! admissions in a hash-chained log, sign checkpoints and gossip them; the
+//! peer keeps them; `weft audit verify` finds a changed record, a truncated
+//! log, and (only with the peer's copies) a log rewritten and re-hashed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use weft_node::audit::{AuditConfig, AuditLog};
+use weft_node::daemon::spawn_node;
+use weft_node::layout::NodeDir;
+use weft_protocol::audit::Record;
+use weft_tests::mesh::{Author, Fixture, addr, authorize, eventually, init_logs, push, submit};
+use weft_tests::netns::weft_status;
+
+fn quick_audit() -> AuditConfig {
+    AuditConfig {
+        allow_one_in: 1,
+        checkpoint_every: Duration::from_millis(200),
+        ..AuditConfig::default()
+    }
+}
+
+async fn get_json(url: &str) -> Result<Value> {
+    Ok(reqwest::get(url).await?.json().await?)
+}
+
+async fn get_lines(url: &str) -> Result<Vec<Value>> {
+    let text = reqwest::get(url).await?.text().await?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens a stopped node's audit log to tamper with it.
+fn open_log(dir: &Path) -> Result<(sled::Db, AuditLog)> {
+    let db = sled::open(NodeDir::new(dir).store())?;
+    let log = AuditLog::open(&db)?;
+    Ok((db, log))
+}
+
+fn verify(dir: &Path, peer_dir: Option<&Path>) -> Result<(i32, String, String)> {
+    let d = dir.display().to_string();
+    let mut args = vec!["audit", "verify", "--dir", d.as_str()];
+    let p;
+    if let Some(peer) = peer_dir {
+        p = peer.display().to_string();
+        args.extend(["--peer-dir", p.as_str()]);
+    }
+    weft_status(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_records_events_and_peer_checkpoints_expose_rewrites() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let (dir_a, id_a) = fx.node_dir("a", true)?;
+    let (dir_b, _) = fx.node_dir("b", true)?;
+    let mut oa = fx.options(dir_a.clone(), &[]);
+    oa.audit = quick_audit();
+    let a = spawn_node(oa).await?;
+    let mut ob = fx.options(dir_b.clone(), &[addr(&a)]);
+    ob.audit = quick_audit();
+    let b = spawn_node(ob).await?;
+
+    let mut author = Author::new(&fx);
+    push(&a, author.bundle("b", r#"User::"alice""#)?).await?;
+    let (code, _) = submit(&a, b"garbage".to_vec()).await?;
+    ensure!(code == 400);
+    ensure!(authorize(&a, r#"User::"alice""#).await?["decision"] == "allow");
+    ensure!(authorize(&a, r#"User::"mallory""#).await?["decision"] == "deny");
+
+    // The records, exported over HTTP.
+    let url_a = a.api_url();
+    eventually(Duration::from_secs(10), "a's records", || {
+        let url = format!("{url_a}/v1/audit");
+        async move {
+            let lines = get_lines(&url).await?;
+            Ok(lines.iter().any(|l| l["event"]["kind"] == "admitted")
+                && lines
+                    .iter()
+                    .filter(|l| l["event"]["kind"] == "decision")
+                    .count()
+                    == 2)
+        }
+    })
+    .await?;
+    let kinds = get_lines(&format!("{url_a}/v1/audit")).await?;
+    let find = |pred: &dyn Fn(&Value) -> bool| kinds.iter().any(|l| pred(&l["event"]));
+    ensure!(find(&|e| e["kind"] == "started"), "{kinds:#?}");
+    ensure!(find(&|e| e["kind"] == "update_applied"), "{kinds:#?}");
+    ensure!(
+        find(&|e| e["kind"] == "update_refused" && e["source"] == "api"),
+        "{kinds:#?}"
+    );
+    ensure!(
+        find(&|e| e["kind"] == "decision"
+            && e["principal"] == r#"User::"mallory""#
+            && e["decision"] == "deny"),
+        "{kinds:#?}"
+    );
+    ensure!(
+        find(&|e| e["kind"] == "decision" && e["decision"] == "allow" && e["sampled_one_in"] == 1),
+        "{kinds:#?}"
+    );
+    for (i, l) in kinds.iter().enumerate() {
+        ensure!(l["seq"] == i as u64 + 1, "records are numbered from 1: {l}");
+    }
+    // `since` skips what came before.
+    let last_ms = kinds.last().unwrap()["at_ms"].as_u64().unwrap();
+    let later = get_lines(&format!("{url_a}/v1/audit?since={}", last_ms + 1)).await?;
+    ensure!(later.iter().all(|l| l["at_ms"].as_u64() > Some(last_ms)));
+
+    // A live check of the chain, and the status fields.
+    let v = get_json(&format!("{url_a}/v1/audit/verify")).await?;
+    ensure!(v["ok"] == true, "{v}");
+    let st = get_json(&format!("{url_a}/v1/status")).await?;
+    ensure!(st["audit"]["records"].as_u64() >= Some(6), "{st}");
+    ensure!(st["audit"]["dropped"] == 0, "{st}");
+    let metrics = reqwest::get(format!("{url_a}/metrics"))
+        .await?
+        .text()
+        .await?;
+    ensure!(metrics.contains("weft_audit_dropped_total 0"), "{metrics}");
+    ensure!(metrics.contains("weft_audit_records "), "{metrics}");
+
+    // B holds A's checkpoint of A's current head.
+    let url_b = b.api_url();
+    eventually(
+        Duration::from_secs(15),
+        "b to hold a's newest checkpoint",
+        || {
+            let (ua, ub) = (url_a.clone(), url_b.clone());
+            async move {
+                let head = get_json(&format!("{ua}/v1/audit/status")).await?;
+                let held = get_lines(&format!("{ub}/v1/audit/checkpoints?node={id_a}")).await?;
+                Ok(held
+                    .iter()
+                    .any(|c| c["seq"] == head["records"] && c["head"] == head["head"]))
+            }
+        },
+    )
+    .await?;
+    let records = get_json(&format!("{url_a}/v1/audit/status")).await?["records"]
+        .as_u64()
+        .unwrap();
+    a.shutdown().await?;
+    b.shutdown().await?;
+
+    // Intact: verifies alone and against the peer.
+    let (code, out, err) = verify(&dir_a, Some(&dir_b))?;
+    ensure!(code == 0, "{out}{err}");
+    ensure!(out.contains("intact"), "{out}");
+
+    let scratch = tempfile::tempdir()?;
+
+    // A changed record is named.
+    let changed = scratch.path().join("changed");
+    copy_dir(&dir_a, &changed)?;
+    {
+        let (db, log) = open_log(&changed)?;
+        let mut r = log.record(3).context("record 3")?;
+        r.event = br#"{"kind":"admitted","peer":"forged"}"#.to_vec();
+        log.records_tree()
+            .insert(3u64.to_be_bytes(), r.to_value())?;
+        db.flush()?;
+    }
+    let (code, _, err) = verify(&changed, None)?;
+    ensure!(code == 1, "{err}");
+    ensure!(err.contains("record 3 was changed"), "{err}");
+
+    // A removed record is named.
+    let removed = scratch.path().join("removed");
+    copy_dir(&dir_a, &removed)?;
+    {
+        let (db, log) = open_log(&removed)?;
+        log.records_tree().remove(4u64.to_be_bytes())?;
+        db.flush()?;
+    }
+    let (code, _, err) = verify(&removed, None)?;
+    ensure!(code == 1 && err.contains("record 4 is missing"), "{err}");
+
+    // A truncated log, even with the node's own checkpoints and head marker
+    // wiped, is caught by the checkpoint the peer holds.
+    let cut = scratch.path().join("cut");
+    copy_dir(&dir_a, &cut)?;
+    {
+        let (db, log) = open_log(&cut)?;
+        for s in records - 2..=records {
+            log.records_tree().remove(s.to_be_bytes())?;
+        }
+        db.drop_tree("audit_checkpoints")?;
+        db.open_tree("meta")?.remove("audit_head")?;
+        db.flush()?;
+    }
+    let (code, out, err) = verify(&cut, None)?;
+    ensure!(
+        code == 0,
+        "without the peer the cut is invisible: {out}{err}"
+    );
+    let (code, _, err) = verify(&cut, Some(&dir_b))?;
+    ensure!(code == 1 && err.contains("truncated"), "{err}");
+    ensure!(err.contains("held by peer"), "{err}");
+
+    // A rewrite that re-hashes the chain after record 2 and wipes the
+    // node's own checkpoints: consistent on its own, exposed by the peer.
+    let rewritten = scratch.path().join("rewritten");
+    copy_dir(&dir_a, &rewritten)?;
+    {
+        let (db, log) = open_log(&rewritten)?;
+        let mut prev = log.record(2).context("record 2")?.hash;
+        for seq in 3..=records {
+            let old = log.record(seq).context("a record")?;
+            let event = if seq == 3 {
+                br#"{"kind":"admitted","peer":"forged"}"#.to_vec()
+            } else {
+                old.event
+            };
+            let r = Record::new(seq, old.at_ms, prev, event);
+            prev = r.hash;
+            log.records_tree().insert(seq.to_be_bytes(), r.to_value())?;
+        }
+        db.drop_tree("audit_checkpoints")?;
+        db.open_tree("meta")?.remove("audit_head")?;
+        db.flush()?;
+    }
+    let (code, out, err) = verify(&rewritten, None)?;
+    ensure!(code == 0, "the chain alone cannot tell: {out}{err}");
+    let (code, _, err) = verify(&rewritten, Some(&dir_b))?;
+    ensure!(code == 1, "{err}");
+    ensure!(
+        err.contains("disagrees with the checkpoint") && err.contains("held by peer"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_verify_from_the_command_line() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let (dir, _) = fx.node_dir("solo", true)?;
+    let mut o = fx.options(dir.clone(), &[]);
+    o.audit = quick_audit();
+    let node = spawn_node(o).await?;
+    for _ in 0..3 {
+        authorize(&node, r#"User::"mallory""#).await?;
+    }
+    let url = node.api_url();
+    eventually(Duration::from_secs(10), "three denies recorded", || {
+        let url = url.clone();
+        async move {
+            let st = get_json(&format!("{url}/v1/audit/status")).await?;
+            Ok(st["records"].as_u64() >= Some(4))
+        }
+    })
+    .await?;
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || weft_status(&["audit", "export", "--node", &url, "--since", "1h"])
+    })
+    .await??;
+    ensure!(code == 0, "{err}");
+    let denies = out
+        .lines()
+        .filter(|l| l.contains(r#""decision":"deny""#))
+        .count();
+    ensure!(denies == 3, "{out}");
+    // A running node's store is locked: verify says so in one line.
+    let (code, _, err) = verify(&dir, None)?;
+    ensure!(
+        code == 1 && err.contains("in use by a running node"),
+        "{err}"
+    );
+    ensure!(err.lines().count() == 1, "{err}");
+    let (code, _, err) = weft_status(&["audit", "export", "--node", &url, "--since", "soon"])?;
+    ensure!(code == 1 && err.starts_with("error: --since"), "{err}");
+    node.shutdown().await?;
+    Ok(())
+}
