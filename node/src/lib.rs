@@ -4,10 +4,13 @@
 pub mod admin;
 pub mod api;
 pub mod daemon;
+pub mod dashboard;
 pub mod demo;
+pub mod evidence;
 pub mod keyfile;
 pub mod layout;
 pub mod metrics;
 pub mod net;
+pub mod report;
 pub mod sim;
 pub mod store;
