@@ -248,9 +248,14 @@ async fn get_dashboard_page() -> Response {
 
 async fn get_dashboard(State(state): State<Arc<ApiState>>) -> Response {
     match ask(&state, |reply| Command::Evidence { full: false, reply }).await {
-        Ok(e) => {
+        Ok(mut e) => {
             let now_ms = crate::net::now_ms();
             let (_, stale) = state.shared.freshness(now_ms);
+            // The newest first; a page lists a bounded number of them.
+            e.revocations
+                .sort_by_key(|r| (std::cmp::Reverse(r.time), r.subject.clone()));
+            e.revocations
+                .truncate(crate::dashboard::DASHBOARD_REVOCATIONS);
             axum::Json(crate::dashboard::Dashboard {
                 now_ms,
                 status: e.status,

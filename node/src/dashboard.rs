@@ -24,6 +24,10 @@ pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 /// screen or two; older ones are in the logs (and the audit trail).
 pub const RECENT_DENIES: usize = 100;
 
+/// How many revocations `GET /v1/dashboard` lists, the newest first
+/// (`status.revocations` has the total; the report lists them all).
+pub const DASHBOARD_REVOCATIONS: usize = 500;
+
 /// One denied request, as the dashboard lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DenyRecord {
@@ -143,7 +147,8 @@ pub struct Dashboard {
     /// Bundles with their signers and the times of the changes behind them
     /// (no policy texts).
     pub bundles: Vec<BundleEvidence>,
-    /// Revoked subjects with reason, signers and time.
+    /// Revoked subjects with reason, signers and time: the newest
+    /// [`DASHBOARD_REVOCATIONS`] (untimed ones last).
     pub revocations: Vec<RevocationEvidence>,
     /// Quarantine records.
     pub quarantines: Vec<QuarantineEvidence>,

@@ -863,12 +863,12 @@ pub fn render_html(r: &Report) -> String {
     h += "<h2 id=\"certificates\">Node certificates</h2>\n";
     match &r.certificates.node {
         Some(c) => {
-            let _ = write!(
+            let _ = writeln!(
                 h,
                 "<table><tr><th>This node</th><td>{} <code>{}</code></td></tr>\
                  <tr><th>Issued by</th><td>{} <code class=\"key\">{}</code></td></tr>\
                  <tr><th>Issued</th><td>{}</td></tr><tr><th>Expires</th><td>{}</td></tr>\
-                 <tr><th>Valid</th><td>{}</td></tr></table>\n",
+                 <tr><th>Valid</th><td>{}</td></tr></table>",
                 e(&c.name),
                 e(&c.node_id),
                 e(c.issuer_name.as_deref().unwrap_or("(unknown operator)")),
