@@ -205,6 +205,22 @@ impl Author {
         self.revoke_at(subject, "test", 0)
     }
 
+    /// An update that writes the quarantine record `record_json` for
+    /// `subject`, stamped with the author's `time` (Unix seconds).
+    pub fn quarantine_at(
+        &mut self,
+        subject: &str,
+        record_json: &str,
+        time: i64,
+    ) -> Result<Vec<u8>> {
+        let actor = self.actor();
+        let change = self
+            .doc
+            .build_quarantine(actor, subject, record_json, time)?
+            .context("the quarantine wrote nothing")?;
+        self.sign(&change)
+    }
+
     /// An update that revokes `subject` for `reason`, stamped with the
     /// author's `time` (Unix seconds; 0 records none).
     pub fn revoke_at(&mut self, subject: &str, reason: &str, time: i64) -> Result<Vec<u8>> {

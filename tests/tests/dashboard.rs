@@ -128,6 +128,15 @@ async fn drive(b: &browser::Browser, nodes: &[NodeHandle], author: &mut Author) 
         "the page was reloaded"
     );
 
+    // A quarantine written through the second node shows in its panel.
+    push(
+        &nodes[1],
+        author.quarantine_at(MALLORY, r#"{"reason": "port scan"}"#, 0)?,
+    )
+    .await?;
+    page_shows(b, "quarantines", MALLORY, Duration::from_secs(10)).await?;
+    page_shows(b, "quarantines", "port scan", Duration::from_secs(5)).await?;
+
     // A revoked deny and a plain deny at the first node show in the recent denies.
     let answer = authorize(&nodes[0], ALICE).await?;
     ensure!(answer["revoked"] == true, "{answer}");

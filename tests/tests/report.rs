@@ -53,6 +53,15 @@ async fn weft_report_writes_json_and_html_evidence() -> Result<()> {
         author.revoke_at(r#"User::"mallory""#, REASON, t0 + 30)?,
     )
     .await?;
+    push(
+        &node,
+        author.quarantine_at(
+            r#"User::"eve""#,
+            r#"{"reason": "port scan", "ttl_secs": 600}"#,
+            t0 + 10,
+        )?,
+    )
+    .await?;
     // A revocation written without a time, as older tooling did.
     push(&node, author.revoke(r#"User::"trudy""#)?).await?;
 
@@ -149,18 +158,44 @@ async fn weft_report_writes_json_and_html_evidence() -> Result<()> {
     );
     ensure!(r["certificates"]["node"]["name"] == "n1");
     let timeline = r["timeline"].as_array().context("no timeline")?;
-    ensure!(timeline.len() == 2, "{timeline:?}");
+    ensure!(timeline.len() == 3, "{timeline:?}");
+    ensure!(timeline[0]["kind"] == "quarantine", "{timeline:?}");
+    ensure!(timeline[0]["subject"] == r#"User::"eve""#, "{timeline:?}");
+    ensure!(timeline[0]["reason"] == "port scan", "{timeline:?}");
+    ensure!(timeline[0]["time"] == t0 + 10, "{timeline:?}");
+    ensure!(timeline[0]["signers"][0] == "alice", "{timeline:?}");
+    ensure!(timeline[1]["kind"] == "revocation", "{timeline:?}");
     ensure!(
-        timeline[0]["subject"] == r#"User::"mallory""#,
+        timeline[1]["subject"] == r#"User::"mallory""#,
         "{timeline:?}"
     );
-    ensure!(timeline[0]["reason"] == REASON, "{timeline:?}");
-    ensure!(timeline[0]["time"] == t0 + 30, "{timeline:?}");
-    ensure!(timeline[0]["signers"][0] == "alice", "{timeline:?}");
-    ensure!(timeline[1]["subject"] == r#"User::"trudy""#, "{timeline:?}");
-    ensure!(timeline[1]["time"].is_null(), "{timeline:?}");
+    ensure!(timeline[1]["reason"] == REASON, "{timeline:?}");
+    ensure!(timeline[1]["time"] == t0 + 30, "{timeline:?}");
+    ensure!(timeline[1]["signers"][0] == "alice", "{timeline:?}");
+    ensure!(timeline[2]["subject"] == r#"User::"trudy""#, "{timeline:?}");
+    ensure!(timeline[2]["time"].is_null(), "{timeline:?}");
     ensure!(r["revocations"].as_array().map(Vec::len) == Some(2));
-    ensure!(r["decisions"]["updates_applied"] == 3, "{}", r["decisions"]);
+    ensure!(
+        r["quarantines"][0]["record"]["ttl_secs"] == 600,
+        "{}",
+        r["quarantines"]
+    );
+    ensure!(r["decisions"]["updates_applied"] == 4, "{}", r["decisions"]);
+
+    // GET /v1/anomalies: no detector yet, the active quarantines.
+    let anomalies: Value = reqwest::get(format!("{url}/v1/anomalies"))
+        .await?
+        .json()
+        .await?;
+    ensure!(anomalies["alerts"] == serde_json::json!([]), "{anomalies}");
+    ensure!(
+        anomalies["quarantines"][0]["subject"] == r#"User::"eve""#,
+        "{anomalies}"
+    );
+    ensure!(
+        anomalies["quarantines"][0]["record"]["reason"] == "port scan",
+        "{anomalies}"
+    );
     ensure!(r["audit"].is_null(), "{}", r["audit"]);
     let controls = r["controls"].as_array().context("no controls")?;
     let ids: Vec<&str> = controls.iter().filter_map(|c| c["id"].as_str()).collect();
