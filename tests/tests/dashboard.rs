@@ -205,3 +205,70 @@ async fn the_dashboard_shows_a_revocation_live() -> Result<()> {
     result?;
     closed
 }
+
+/// `GET /v1/dashboard` and `GET /` without a browser: the counts, the recent
+/// denies newest first with what was asked and why, revocations with their
+/// signer, and the page itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_json_counts_decisions_and_keeps_recent_denies() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let (node, _) = fx.spawn("n1", true, &[]).await?;
+    let mut author = Author::new(&fx);
+    push(&node, author.bundle("main", ALICE)?).await?;
+    push(
+        &node,
+        author.revoke_at(r#"User::"bob""#, "left", 1_700_000_000)?,
+    )
+    .await?;
+    ensure!(authorize(&node, ALICE).await?["decision"] == "allow");
+    ensure!(authorize(&node, MALLORY).await?["decision"] == "deny");
+    ensure!(authorize(&node, r#"User::"bob""#).await?["revoked"] == true);
+
+    let d: serde_json::Value = reqwest::get(format!("{}/v1/dashboard", node.api_url()))
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        d["decisions"] == serde_json::json!({"allow": 1, "deny": 1, "revoked": 1}),
+        "{}",
+        d["decisions"]
+    );
+    let denies = d["recent_denies"].as_array().context("no recent denies")?;
+    ensure!(denies.len() == 2, "{denies:?}");
+    ensure!(denies[0]["principal"] == r#"User::"bob""#, "{denies:?}");
+    ensure!(denies[0]["revoked"] == true, "{denies:?}");
+    ensure!(
+        denies[0]["revoked_subject"] == r#"User::"bob""#,
+        "{denies:?}"
+    );
+    ensure!(denies[1]["principal"] == MALLORY, "{denies:?}");
+    ensure!(denies[1]["action"] == r#"Action::"view""#, "{denies:?}");
+    ensure!(denies[1]["resource"] == r#"Doc::"d""#, "{denies:?}");
+    ensure!(denies[1]["at_ms"].as_u64().is_some_and(|t| t > 0));
+    ensure!(d["status"]["node_id"] == node.node_id().to_string());
+    ensure!(d["bundles"][0]["name"] == "main", "{}", d["bundles"]);
+    ensure!(d["bundles"][0]["signers"][0]["name"] == "alice");
+    let rev = &d["revocations"][0];
+    ensure!(rev["subject"] == r#"User::"bob""#, "{rev}");
+    ensure!(
+        rev["reason"] == "left" && rev["time"] == 1_700_000_000,
+        "{rev}"
+    );
+    ensure!(rev["signers"][0]["name"] == "alice", "{rev}");
+    ensure!(d["stale"] == false, "{d}");
+
+    let page = reqwest::get(format!("{}/", node.api_url())).await?;
+    ensure!(page.status() == 200);
+    ensure!(
+        page.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/html"),
+        "{:?}",
+        page.headers()
+    );
+    let html = page.text().await?;
+    ensure!(html.contains("weft-ready") && html.contains("/v1/dashboard"));
+    node.shutdown().await?;
+    Ok(())
+}
