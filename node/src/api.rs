@@ -13,6 +13,10 @@
 //! | `GET /v1/status` | [`Status`] as JSON |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text: decisions by outcome and latency, updates applied and refused by reason, peers, sync rounds, bytes in and out, state age |
 //! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"` |
+//! | `GET /` | the live dashboard (one self-contained HTML page, see [`crate::dashboard`]) |
+//! | `GET /v1/dashboard` | [`crate::dashboard::Dashboard`] as JSON: status, bundles with signers, revocations, quarantines, decision counts, recent denies |
+//! | `GET /v1/anomalies` | `{"alerts": [], "quarantines": [{"subject", "record", "reason"}]}`: no detector runs yet, so no alerts; the active quarantines, each record parsed as JSON when it is JSON |
+//! | `GET /v1/report` | the evidence of a compliance report, [`crate::report::Report`] as JSON (`audit` left `null`: `weft report` fills it from the audit endpoints) |
 //!
 //! Every error body is `{"error": "<one sentence>"}`: 4xx for a bad request,
 //! 5xx for a failure of the node's own.
@@ -151,6 +155,8 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// Decision counts and recent denies, for the dashboard and the report.
+    pub decisions: Arc<crate::dashboard::DecisionLog>,
 }
 
 /// The API's routes.
@@ -169,6 +175,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/audit/checkpoints",
             get(crate::audit_api::get_checkpoints),
         )
+        .route("/", get(get_dashboard_page))
+        .route("/v1/dashboard", get(get_dashboard))
+        .route("/v1/anomalies", get(get_anomalies))
+        .route("/v1/report", get(get_report))
         .fallback(not_found)
         .with_state(state)
 }
@@ -233,6 +243,80 @@ async fn get_metrics(State(state): State<Arc<ApiState>>) -> Response {
 async fn get_status(State(state): State<Arc<ApiState>>) -> Response {
     match ask(&state, |reply| Command::Status { reply }).await {
         Ok(status) => axum::Json(status).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_dashboard_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::dashboard::DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
+async fn get_dashboard(State(state): State<Arc<ApiState>>) -> Response {
+    match ask(&state, |reply| Command::Evidence { full: false, reply }).await {
+        Ok(mut e) => {
+            let now_ms = crate::net::now_ms();
+            let (_, stale) = state.shared.freshness(now_ms);
+            // The newest first; a page lists a bounded number of them.
+            e.revocations
+                .sort_by_key(|r| (std::cmp::Reverse(r.time), r.subject.clone()));
+            e.revocations
+                .truncate(crate::dashboard::DASHBOARD_REVOCATIONS);
+            axum::Json(crate::dashboard::Dashboard {
+                now_ms,
+                status: e.status,
+                stale,
+                stale_after_ms: state.shared.stale.after_ms,
+                bundles: e.bundles,
+                revocations: e.revocations,
+                quarantines: e.quarantines,
+                decisions: state.decisions.counts(),
+                recent_denies: state.decisions.recent(),
+            })
+            .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn get_anomalies(State(state): State<Arc<ApiState>>) -> Response {
+    let view = state.shared.view.load();
+    let quarantines: Vec<serde_json::Value> = view
+        .quarantines()
+        .map(|(subject, text)| {
+            let record = crate::evidence::record_value(text);
+            json!({
+                "subject": subject,
+                "reason": crate::evidence::record_reason(&record),
+                "record": record,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "alerts": [], "quarantines": quarantines })).into_response()
+}
+
+async fn get_report(State(state): State<Arc<ApiState>>) -> Response {
+    match ask(&state, |reply| Command::Evidence { full: true, reply }).await {
+        Ok(e) => {
+            let now_ms = crate::net::now_ms();
+            let (_, stale) = state.shared.freshness(now_ms);
+            let root = state.shared.root.load();
+            let cert = crate::evidence::cert_evidence(&state.shared.cert, &root, now_ms / 1000);
+            let report = crate::report::Report::from_node(
+                e,
+                cert,
+                state.decisions.counts(),
+                stale,
+                now_ms / 1000,
+            );
+            axum::Json(report).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -353,6 +437,12 @@ pub enum Authorize {
     Decide(Box<weft_crdt::Request>),
     /// A deny decided before `decide`: a token that was refused or revoked.
     Deny {
+        /// The principal: the token's, when it could be read, else `token`.
+        principal: String,
+        /// The action asked for.
+        action: String,
+        /// The resource asked for.
+        resource: String,
         /// Why, one sentence.
         error: String,
         /// Whether the deny is for a revocation (of the token's id).
@@ -425,7 +515,10 @@ pub fn parse_authorize(
             .into_iter()
             .collect(),
     };
-    let deny = |error: String| Authorize::Deny {
+    let deny = |principal: &str, error: String| Authorize::Deny {
+        principal: principal.to_owned(),
+        action: action.to_string(),
+        resource: resource.to_string(),
         error,
         revoked: false,
         revoked_subject: None,
@@ -435,21 +528,27 @@ pub fn parse_authorize(
         Who::Token(text) => {
             let token = match token::verify(&text, check.root, &[], check.now) {
                 Ok(t) => t,
-                Err(e) => return Ok(deny(format!("token refused: {e}"))),
+                Err(e) => return Ok(deny("token", format!("token refused: {e}"))),
             };
             let subject = token.revocation_subject();
             if check.view.revocation(&subject).is_some() {
                 return Ok(Authorize::Deny {
+                    principal: token.principal.clone(),
+                    action: action.to_string(),
+                    resource: resource.to_string(),
                     error: format!("token refused: token {} is revoked", token.id_hex()),
                     revoked: true,
                     revoked_subject: Some(subject),
                 });
             }
             let Ok(principal) = EntityUid::from_str(&token.principal) else {
-                return Ok(deny(format!(
-                    "token refused: its principal {:?} is not a Cedar entity uid",
-                    token.principal
-                )));
+                return Ok(deny(
+                    &token.principal,
+                    format!(
+                        "token refused: its principal {:?} is not a Cedar entity uid",
+                        token.principal
+                    ),
+                ));
             };
             let attrs = token
                 .attrs
@@ -465,10 +564,13 @@ pub fn parse_authorize(
             match merged {
                 Ok(c) => (principal, c),
                 Err(e) => {
-                    return Ok(deny(format!(
-                        "token refused: its attributes do not make a context: {}",
-                        one_line(e)
-                    )));
+                    return Ok(deny(
+                        &token.principal,
+                        format!(
+                            "token refused: its attributes do not make a context: {}",
+                            one_line(e)
+                        ),
+                    ));
                 }
             }
         }
@@ -495,13 +597,6 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         }
     };
     let started = std::time::Instant::now();
-    let asked = (
-        req.principal
-            .clone()
-            .unwrap_or_else(|| "(identity token)".to_owned()),
-        req.action.clone(),
-        req.resource.clone(),
-    );
     let view = state.shared.view.load();
     let root = state.shared.root.load();
     let now = SystemTime::now()
@@ -516,9 +611,12 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
     let now_ms = crate::net::now_ms();
     let (age_ms, stale) = state.shared.freshness(now_ms);
     let deny_stale = stale && state.shared.stale.on_stale == crate::layout::OnStale::Deny;
-    let mut token_principal = None;
-    let d = match parse_authorize(req, check) {
-        Ok(_) if deny_stale => weft_crdt::Decision {
+    let parsed = match parse_authorize(req, check) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let d = match &parsed {
+        _ if deny_stale => weft_crdt::Decision {
             allow: false,
             reasons: vec![],
             errors: vec![format!(
@@ -528,41 +626,69 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             revoked: false,
             revoked_subject: None,
         },
-        Ok(Authorize::Decide(request)) => {
-            if asked.0 == "(identity token)" {
-                token_principal = Some(request.principal().to_string());
-            }
-            weft_crdt::decide(&view, &request)
-        }
-        Ok(Authorize::Deny {
+        Authorize::Decide(request) => weft_crdt::decide(&view, request),
+        Authorize::Deny {
             error,
             revoked,
             revoked_subject,
-        }) => weft_crdt::Decision {
+            ..
+        } => weft_crdt::Decision {
             allow: false,
             reasons: vec![],
-            errors: vec![error],
-            revoked,
-            revoked_subject,
+            errors: vec![error.clone()],
+            revoked: *revoked,
+            revoked_subject: revoked_subject.clone(),
         },
-        Err(e) => return e.into_response(),
     };
     state
         .metrics
         .observe_decision(d.allow, d.revoked, started.elapsed().as_secs_f64());
+    let who = || match &parsed {
+        Authorize::Decide(r) => (
+            r.principal().to_string(),
+            r.action().to_string(),
+            r.resource().to_string(),
+        ),
+        Authorize::Deny {
+            principal,
+            action,
+            resource,
+            ..
+        } => (principal.clone(), action.clone(), resource.clone()),
+    };
     state.audit.handle.decision(
-        |sampled_one_in| crate::audit::AuditEvent::Decision {
-            principal: token_principal.unwrap_or(asked.0),
-            action: asked.1,
-            resource: asked.2,
-            decision: if d.allow { "allow" } else { "deny" }.to_owned(),
-            reasons: d.reasons.clone(),
-            errors: d.errors.clone(),
-            revoked: d.revoked,
-            sampled_one_in,
+        |sampled_one_in| {
+            let (principal, action, resource) = who();
+            crate::audit::AuditEvent::Decision {
+                principal,
+                action,
+                resource,
+                decision: if d.allow { "allow" } else { "deny" }.to_owned(),
+                reasons: d.reasons.clone(),
+                errors: d.errors.clone(),
+                revoked: d.revoked,
+                sampled_one_in,
+            }
         },
         d.allow,
     );
+    if d.allow {
+        state.decisions.allow();
+    } else {
+        // Only a deny pays for formatting the request, and for the short
+        // lock of the ring.
+        let (principal, action, resource) = who();
+        state.decisions.deny(crate::dashboard::DenyRecord {
+            at_ms: now_ms,
+            principal,
+            action,
+            resource,
+            reasons: d.reasons.clone(),
+            errors: d.errors.clone(),
+            revoked: d.revoked,
+            revoked_subject: d.revoked_subject.clone(),
+        });
+    }
     axum::Json(json!({
         "decision": if d.allow { "allow" } else { "deny" },
         "reasons": d.reasons,

@@ -6,8 +6,7 @@
 //! last line of stdout; errors are returned to `main`, which prints one
 //! `error: …` line and exits 1. Usage errors are clap's (exit 2).
 //!
-//! `demo`, `sim`, `audit` and `report` are added to [`Command`] as they are
-//! built.
+//! `audit` is added to [`Command`] when it is built.
 
 use std::fs::OpenOptions;
 use std::io::{Read as _, Write as _};
@@ -129,6 +128,9 @@ pub enum Command {
             running node's records."
     )]
     Audit(weft_node::admin::AuditCommand),
+    /// Write a compliance report (HTML or JSON) of a node's policies, trust, revocations and audit chain.
+    #[command(long_about = weft_node::report::REPORT_LONG_ABOUT)]
+    Report(weft_node::report::ReportArgs),
 }
 
 /// `weft node …`
@@ -281,6 +283,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(a) => weft_node::demo::demo(a),
         Command::Sim(a) => weft_node::sim::sim(a),
         Command::Audit(c) => weft_node::admin::audit(c),
+        Command::Report(a) => weft_node::report::report(a),
     }
 }
 

@@ -50,7 +50,7 @@ pub struct NodeRunArgs {
     /// libp2p listen address, like /ip4/0.0.0.0/tcp/7101 [default: from DIR/weft.toml].
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Option<String>,
-    /// HTTP API address, like 127.0.0.1:7100 [default: from DIR/weft.toml].
+    /// HTTP API address, like 127.0.0.1:7100 [default: from DIR/weft.toml]; the live dashboard is at http://HOST:PORT/.
     #[arg(long, value_name = "HOST:PORT")]
     pub api: Option<String>,
     /// A peer to dial and keep dialing; give the flag once per peer (replaces the peers in weft.toml). The /p2p/ suffix is optional.
@@ -342,6 +342,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         traffic: Arc::default(),
         last_sync_ms: Default::default(),
         started_ms: net::now_ms(),
+        cert: cert.clone(),
         stale: opts.stale,
     });
     let replica = Replica::new(state, node_id, cert, opts.replica.clone());
@@ -438,6 +439,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         shared: shared.clone(),
         metrics: Arc::new(crate::metrics::Metrics::new()),
         audit: audit.clone(),
+        decisions: Arc::new(crate::dashboard::DecisionLog::new()),
     }));
     let mut api_shutdown = shutdown_rx;
     let api_task = tokio::spawn(
@@ -591,7 +593,7 @@ async fn wait_for_signal() -> Result<()> {
 
 /// The API base URL from `--node`: a scheme is added when missing, a
 /// trailing slash removed.
-fn base_url(node: &str) -> String {
+pub fn base_url(node: &str) -> String {
     let node = node.trim().trim_end_matches('/');
     if node.starts_with("http://") || node.starts_with("https://") {
         node.to_owned()

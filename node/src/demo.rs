@@ -368,8 +368,8 @@ async fn run(args: DemoArgs) -> Result<ExitCode> {
             out.say(
                 json!({"event": "running", "apis": urls}),
                 format!(
-                    "the mesh keeps running; try:\n    curl -s {}/v1/status\n    weft check --node {} --principal 'User::\"carol\"' --action 'Action::\"read\"' --resource 'Doc::\"plan\"'\npress Ctrl-C to stop",
-                    urls[0], urls[0]
+                    "the mesh keeps running; try:\n    open {}/ in a browser (each node's live dashboard)\n    curl -s {}/v1/status\n    weft check --node {} --principal 'User::\"carol\"' --action 'Action::\"read\"' --resource 'Doc::\"plan\"'\n    weft report --node {} --out report.html\npress Ctrl-C to stop",
+                    urls[0], urls[0], urls[0], urls[0]
                 ),
             );
             tokio::signal::ctrl_c()

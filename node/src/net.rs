@@ -560,6 +560,14 @@ pub enum Command {
         /// Where the status goes.
         reply: oneshot::Sender<Status>,
     },
+    /// `GET /v1/dashboard` and `GET /v1/report`: the state with provenance.
+    Evidence {
+        /// Whether to include every policy's text and look up each
+        /// quarantine's author (the report), or not (the dashboard).
+        full: bool,
+        /// Where the evidence goes.
+        reply: oneshot::Sender<crate::evidence::NodeEvidence>,
+    },
     /// Cut the connections to a peer and refuse it (a simulated partition).
     Block {
         /// The peer.
@@ -598,6 +606,9 @@ pub struct Shared {
     pub last_sync_ms: std::sync::atomic::AtomicU64,
     /// Unix milliseconds when the node started.
     pub started_ms: u64,
+    /// The node certificate it presents (encoded `SignedNodeCert`; empty
+    /// when it has none).
+    pub cert: Vec<u8>,
     /// The staleness policy: after how long without a sync the state is
     /// stale, and what decisions do then.
     pub stale: Staleness,
@@ -700,6 +711,9 @@ pub(crate) struct NodeTask {
     actors: HashMap<String, Vec<ChangeHash>>,
     /// How many hashes `actors` holds.
     indexed: usize,
+    /// The author's timestamp of every applied change (Unix seconds, 0 when
+    /// not recorded), filled with `actors`.
+    times: HashMap<ChangeHash, i64>,
     applied_since_snapshot: u64,
     snapshot_every: u64,
     commands: mpsc::Receiver<Command>,
@@ -747,6 +761,7 @@ impl NodeTask {
             banned: BTreeSet::new(),
             actors: HashMap::new(),
             indexed: 0,
+            times: HashMap::new(),
             applied_since_snapshot,
             snapshot_every: parts.snapshot_every.max(1),
             commands: parts.commands,
@@ -957,6 +972,10 @@ impl NodeTask {
             Command::Status { reply } => {
                 let status = self.status();
                 let _ = reply.send(status);
+            }
+            Command::Evidence { full, reply } => {
+                let evidence = self.evidence(full);
+                let _ = reply.send(evidence);
             }
             Command::Block { peer, reply } => {
                 tracing::info!(%peer, "blocking peer (partition)");
@@ -1284,6 +1303,7 @@ impl NodeTask {
                         .entry(hex::encode(summary.actor.to_bytes()))
                         .or_default()
                         .push(hash);
+                    self.times.insert(hash, summary.time);
                     self.indexed += 1;
                     self.applied_since_snapshot += 1;
                     applied = true;
@@ -1409,6 +1429,7 @@ impl NodeTask {
         let state = self.replica.state();
         if self.indexed != state.update_count() {
             self.actors.clear();
+            self.times.clear();
             self.indexed = 0;
             for m in state.doc().automerge().get_changes_meta(&[]) {
                 if state.contains(&m.hash) {
@@ -1416,6 +1437,7 @@ impl NodeTask {
                         .entry(hex::encode(m.actor.to_bytes()))
                         .or_default()
                         .push(m.hash);
+                    self.times.insert(m.hash, m.timestamp);
                     self.indexed += 1;
                 }
             }
@@ -1493,6 +1515,174 @@ impl NodeTask {
                 bytes_out: self.shared.traffic.bytes_out(),
             },
             audit: crate::audit::status_of(&self.audit_log, &self.audit),
+        }
+    }
+
+    /// The state with provenance: who signed what, and when. With `full`,
+    /// every policy's text, and the author of each quarantine (found by a
+    /// scan of the change history, so only for the report).
+    fn evidence(&mut self, full: bool) -> crate::evidence::NodeEvidence {
+        use crate::evidence::{
+            BundleEvidence, ChangeEvidence, NodeEvidence, OperatorEvidence, PolicyEvidence,
+            QuarantineEvidence, QuarantineLimitsEvidence, RevocationEvidence, RootEvidence,
+            SignerEvidence, record_reason, record_value, recorded_time,
+        };
+        let status = self.status();
+        let state = self.replica.state();
+        let root = state.root();
+        let view = state.view();
+        let roles_of = |op: &weft_protocol::trust::Operator| -> Vec<String> {
+            op.roles.iter().map(|r| r.as_str().to_owned()).collect()
+        };
+        let signer = |key: &weft_protocol::identity::PublicKey| match root.operator_by_key(key) {
+            Some(op) => SignerEvidence {
+                name: Some(op.name.clone()),
+                key: key.to_string(),
+                roles: roles_of(op),
+            },
+            None => SignerEvidence {
+                name: None,
+                key: key.to_string(),
+                roles: Vec::new(),
+            },
+        };
+        let change = |hash: &ChangeHash| ChangeEvidence {
+            hash: hash.to_string(),
+            time: self.times.get(hash).copied().and_then(recorded_time),
+            signers: state
+                .signers_of(hash)
+                .into_iter()
+                .flatten()
+                .map(|k| signer(k).label().to_owned())
+                .collect(),
+        };
+        // The changes by these actors, with their signers, oldest first.
+        let provenance = |actors: &[String]| {
+            let hashes: BTreeSet<&ChangeHash> = actors
+                .iter()
+                .filter_map(|a| self.actors.get(a))
+                .flatten()
+                .collect();
+            let mut signers = BTreeSet::new();
+            for h in &hashes {
+                for k in state.signers_of(h).into_iter().flatten() {
+                    signers.insert(signer(k));
+                }
+            }
+            let mut changes: Vec<ChangeEvidence> = hashes.into_iter().map(change).collect();
+            changes.sort_by_key(|c| (c.time.is_none(), c.time, c.hash.clone()));
+            (signers.into_iter().collect::<Vec<_>>(), changes)
+        };
+        let bundles = view
+            .bundles()
+            .map(|b| {
+                let content = b.effective_content.as_ref().unwrap_or(&b.merged);
+                let (signers, changes) = provenance(&b.authors);
+                BundleEvidence {
+                    name: b.name.clone(),
+                    description: content.description.clone(),
+                    policies: if full {
+                        content
+                            .policies
+                            .iter()
+                            .map(|(id, text)| PolicyEvidence {
+                                id: id.clone(),
+                                text: text.clone(),
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                    policy_count: content.policies.len(),
+                    error: b.error.as_ref().map(ToString::to_string),
+                    conflicts: b.conflicts.len(),
+                    signers,
+                    changes,
+                }
+            })
+            .collect();
+        let revocations = view
+            .revocations()
+            .map(|r| {
+                let (signers, changes) = provenance(&r.actors);
+                RevocationEvidence {
+                    subject: r.subject.clone(),
+                    reason: r.reason.clone(),
+                    signers,
+                    time: changes.iter().filter_map(|c| c.time).max(),
+                    changes,
+                }
+            })
+            .collect();
+        // Quarantine records carry no actor list in the view; the change
+        // that wrote one names it in its message.
+        let mut quarantine_changes: HashMap<String, (i64, ChangeHash)> = HashMap::new();
+        if full && view.quarantines().next().is_some() {
+            for m in state.doc().automerge().get_changes_meta(&[]) {
+                let Some(subject) = m
+                    .message
+                    .as_deref()
+                    .and_then(|t| t.strip_prefix("quarantine "))
+                else {
+                    continue;
+                };
+                if !state.contains(&m.hash) {
+                    continue;
+                }
+                let entry = quarantine_changes
+                    .entry(subject.to_owned())
+                    .or_insert((m.timestamp, m.hash));
+                if m.timestamp >= entry.0 {
+                    *entry = (m.timestamp, m.hash);
+                }
+            }
+        }
+        let quarantines = view
+            .quarantines()
+            .map(|(subject, text)| {
+                let record = record_value(text);
+                let found = quarantine_changes.get(subject).map(|(_, h)| change(h));
+                QuarantineEvidence {
+                    subject: subject.clone(),
+                    reason: record_reason(&record),
+                    record,
+                    signers: found
+                        .as_ref()
+                        .map(|c| c.signers.clone())
+                        .unwrap_or_default(),
+                    time: found.and_then(|c| c.time),
+                }
+            })
+            .collect();
+        let now = now_ms() / 1000;
+        NodeEvidence {
+            status,
+            root: RootEvidence {
+                version: root.version,
+                expires: root.expires,
+                expired: root.is_expired(now),
+                root_keys: root.root_keys.iter().map(ToString::to_string).collect(),
+                root_threshold: root.root_threshold,
+                policy_threshold: root.policy_threshold,
+                revoke_threshold: root.revoke_threshold,
+                quarantine: QuarantineLimitsEvidence {
+                    allowed: root.node_quarantine.allowed,
+                    max_ttl_secs: root.node_quarantine.max_ttl_secs,
+                    max_per_node_per_hour: root.node_quarantine.max_per_node_per_hour,
+                },
+                operators: root
+                    .operators
+                    .iter()
+                    .map(|op| OperatorEvidence {
+                        name: op.name.clone(),
+                        key: op.key.to_string(),
+                        roles: roles_of(op),
+                    })
+                    .collect(),
+            },
+            bundles,
+            revocations,
+            quarantines,
         }
     }
 }

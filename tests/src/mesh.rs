@@ -184,22 +184,50 @@ impl Author {
 
     /// An update that makes bundle `name` hold exactly one policy, `p`.
     pub fn bundle_policy(&mut self, name: &str, policy: &str) -> Result<Vec<u8>> {
+        self.bundle_policy_at(name, policy, 0)
+    }
+
+    /// An update that makes bundle `name` hold exactly one policy, `p`,
+    /// stamped with the author's `time` (Unix seconds; 0 records none).
+    pub fn bundle_policy_at(&mut self, name: &str, policy: &str, time: i64) -> Result<Vec<u8>> {
         let mut content = BundleContent::default();
         content.policies.insert("p".into(), policy.to_owned());
         let actor = self.actor();
         let change = self
             .doc
-            .build_bundle(actor, name, &content, 0)?
+            .build_bundle(actor, name, &content, time)?
             .context("the bundle already holds that content")?;
         self.sign(&change)
     }
 
     /// An update that revokes `subject`.
     pub fn revoke(&mut self, subject: &str) -> Result<Vec<u8>> {
+        self.revoke_at(subject, "test", 0)
+    }
+
+    /// An update that writes the quarantine record `record_json` for
+    /// `subject`, stamped with the author's `time` (Unix seconds).
+    pub fn quarantine_at(
+        &mut self,
+        subject: &str,
+        record_json: &str,
+        time: i64,
+    ) -> Result<Vec<u8>> {
         let actor = self.actor();
         let change = self
             .doc
-            .build_revoke(actor, subject, "test", 0)?
+            .build_quarantine(actor, subject, record_json, time)?
+            .context("the quarantine wrote nothing")?;
+        self.sign(&change)
+    }
+
+    /// An update that revokes `subject` for `reason`, stamped with the
+    /// author's `time` (Unix seconds; 0 records none).
+    pub fn revoke_at(&mut self, subject: &str, reason: &str, time: i64) -> Result<Vec<u8>> {
+        let actor = self.actor();
+        let change = self
+            .doc
+            .build_revoke(actor, subject, reason, time)?
             .context("already revoked")?;
         self.sign(&change)
     }
