@@ -130,6 +130,11 @@ pub enum AuditEvent {
     UpdateApplied {
         /// Its id (change hash).
         id: String,
+        /// What it changed: `bundle NAME`, `revocation SUBJECT`,
+        /// `quarantine SUBJECT` (a revocation or quarantine that is lifted
+        /// shows the same way: the update's own record says which).
+        #[serde(default)]
+        touches: Vec<String>,
         /// The peer it came from; none for a local submit or the store.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         peer: Option<String>,

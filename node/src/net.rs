@@ -1295,8 +1295,27 @@ impl NodeTask {
                 }
                 Output::Applied { hash, summary } => {
                     tracing::info!(id = %hash, paths = summary.paths.len(), "update applied");
+                    let touches = summary
+                        .bundles()
+                        .into_iter()
+                        .map(|b| format!("bundle {b}"))
+                        .chain(
+                            summary
+                                .revocations()
+                                .into_iter()
+                                .map(|s| format!("revocation {s}")),
+                        )
+                        .chain(
+                            summary
+                                .quarantines()
+                                .into_iter()
+                                .map(|s| format!("quarantine {s}")),
+                        )
+                        .take(32)
+                        .collect();
                     self.audit.record(AuditEvent::UpdateApplied {
                         id: hash.to_string(),
+                        touches,
                         peer: gossip.map(|(_, p)| p.to_string()),
                     });
                     self.actors

@@ -104,7 +104,10 @@ async fn the_trail_records_events_and_peer_checkpoints_expose_rewrites() -> Resu
     let kinds = get_lines(&format!("{url_a}/v1/audit")).await?;
     let find = |pred: &dyn Fn(&Value) -> bool| kinds.iter().any(|l| pred(&l["event"]));
     ensure!(find(&|e| e["kind"] == "started"), "{kinds:#?}");
-    ensure!(find(&|e| e["kind"] == "update_applied"), "{kinds:#?}");
+    ensure!(
+        find(&|e| e["kind"] == "update_applied" && e["touches"][0] == "bundle b"),
+        "{kinds:#?}"
+    );
     ensure!(
         find(&|e| e["kind"] == "update_refused" && e["source"] == "api"),
         "{kinds:#?}"
