@@ -16,13 +16,15 @@ pub mod bundle;
 pub mod decide;
 pub mod doc;
 pub mod index;
+pub mod quarantine;
 pub mod schema;
 pub mod view;
 
-pub use automerge::{ActorId, Change, ChangeHash};
+pub use automerge::{ActorId, Change, ChangeHash, ScalarValue, legacy};
 pub use bundle::{BundleContent, BundleError, ParsedBundle, TemplateLink};
-pub use decide::{Decision, Request, decide, decide_full};
+pub use decide::{Decision, Request, decide, decide_at, decide_full};
 pub use doc::{Applied, CrdtError, PolicyDoc, Refusal};
 pub use index::{IndexedPolicy, ScopeIndex};
+pub use quarantine::{QuarantineHit, QuarantineRecord, QuarantineRules};
 pub use schema::{ChangeSummary, Path, SchemaViolation, Section};
 pub use view::{BundleState, Conflict, ConflictSide, PolicyView, Revocation, ViewSummary};

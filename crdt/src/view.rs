@@ -237,6 +237,16 @@ impl PolicyView {
         self.quarantines.iter()
     }
 
+    /// The raw quarantine record of `subject` (canonical form).
+    pub fn quarantine_record(&self, subject: &str) -> Option<&String> {
+        self.quarantines.get(subject)
+    }
+
+    /// Whether any quarantine record exists.
+    pub fn has_quarantines(&self) -> bool {
+        !self.quarantines.is_empty()
+    }
+
     /// The heads of the document this view was built from.
     pub fn heads(&self) -> &[ChangeHash] {
         &self.heads

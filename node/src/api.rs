@@ -623,10 +623,14 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
                 "the state is stale: no sync with any peer for over {} s, and on_stale is deny",
                 state.shared.stale.after_ms / 1000
             )],
-            revoked: false,
-            revoked_subject: None,
+            ..weft_crdt::Decision::default()
         },
-        Authorize::Decide(request) => weft_crdt::decide(&view, request),
+        Authorize::Decide(request) => weft_crdt::decide_at(
+            &view,
+            request,
+            now,
+            &weft_protocol::quarantine::rules_of(&root),
+        ),
         Authorize::Deny {
             error,
             revoked,
@@ -638,6 +642,7 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             errors: vec![error.clone()],
             revoked: *revoked,
             revoked_subject: revoked_subject.clone(),
+            ..weft_crdt::Decision::default()
         },
     };
     state
@@ -695,6 +700,8 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         "errors": d.errors,
         "revoked": d.revoked,
         "revoked_subject": d.revoked_subject,
+        "quarantined": d.quarantine.is_some(),
+        "quarantine": d.quarantine,
         "state": view.digest(),
         "freshness": {"last_sync_ms_ago": age_ms, "stale": stale},
     }))

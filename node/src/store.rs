@@ -34,7 +34,7 @@ use thiserror::Error;
 use weft_crdt::{ChangeHash, PolicyDoc};
 use weft_protocol::state::{DEFAULT_MAX_HELD, Ingested, SignedState};
 use weft_protocol::trust::TrustRoot;
-use weft_protocol::update::{SignedUpdate, UpdateError, VerifiedUpdate};
+use weft_protocol::update::{UpdateError, VerifiedUpdate};
 
 /// How many applied updates between two snapshots. Default 10,000: loading a
 /// snapshot skips the signature checks of what it covers, so start-up
@@ -262,7 +262,7 @@ impl Store {
         // Verify the rest, dropping what is damaged.
         let mut verified: BTreeMap<ChangeHash, Verified> = BTreeMap::new();
         for (key, bytes) in records {
-            match SignedUpdate::from_bytes(&bytes).and_then(SignedUpdate::verify) {
+            match weft_protocol::quarantine::decode_verified(&bytes) {
                 Ok(v) if v.hash == key => {
                     verified.insert(key, (v, bytes));
                 }
@@ -319,7 +319,8 @@ impl Store {
             let bytes = records
                 .get(h)
                 .ok_or_else(|| format!("update {h} it covers is not in the store"))?;
-            let intact = SignedUpdate::from_bytes(bytes).is_ok_and(|u| is_intact(h, &u.change));
+            let intact =
+                weft_protocol::quarantine::change_bytes(bytes).is_ok_and(|c| is_intact(h, &c));
             if !intact {
                 return Err(format!(
                     "the stored record of update {h} it covers is damaged"

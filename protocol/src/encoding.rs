@@ -165,6 +165,15 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// The kind an encoded value's envelope names, if the bytes start with one
+/// this build knows (nothing else is checked).
+pub fn kind_of(bytes: &[u8]) -> Option<Kind> {
+    if bytes.len() < HEADER_LEN || bytes[..MAGIC.len()] != MAGIC {
+        return None;
+    }
+    Kind::from_byte(bytes[MAGIC.len()])
+}
+
 /// Encodes `value` as `kind`, in the current format version.
 pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);

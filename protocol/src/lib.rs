@@ -1,6 +1,7 @@
 //! Weft's trust and wire layer.
 //!
 //! - [`audit`]: the hash-chained audit trail, its signed checkpoints, verification.
+//! - [`quarantine`]: nodes' signed quarantine orders and their bounded authority.
 //! - [`identity`]: ed25519 keys, domain-separated signatures, node ids.
 //! - [`encoding`]: the one canonical, versioned, size-limited binary encoding.
 //! - [`export`]: the state export that authoring tools build updates on.
@@ -18,6 +19,7 @@ pub mod audit;
 pub mod encoding;
 pub mod export;
 pub mod identity;
+pub mod quarantine;
 pub mod replica;
 pub mod state;
 pub mod time;

@@ -29,7 +29,7 @@ use weft_crdt::{Applied, ChangeHash, ChangeSummary, CrdtError, PolicyDoc, Policy
 
 use crate::identity::PublicKey;
 use crate::trust::TrustRoot;
-use crate::update::{Authorization, SignedUpdate, UpdateError, VerifiedUpdate, authorize};
+use crate::update::{Authorization, SignedUpdate, UpdateError, VerifiedUpdate, authorize_verified};
 
 /// Default bound on updates held for missing dependencies.
 ///
@@ -134,8 +134,14 @@ impl SignedState {
                     "the snapshot does not hold update {hash}"
                 )));
             }
-            let update = SignedUpdate::from_bytes(&bytes)?;
-            let signers = update.signatures.iter().map(|s| s.key).collect();
+            let signers =
+                if crate::encoding::kind_of(&bytes) == Some(crate::encoding::Kind::Quarantine) {
+                    crate::quarantine::QuarantineOrder::from_bytes(&bytes)?;
+                    BTreeSet::new()
+                } else {
+                    let update = SignedUpdate::from_bytes(&bytes)?;
+                    update.signatures.iter().map(|s| s.key).collect()
+                };
             state.signers.insert(hash, signers);
             state.updates.insert(hash, bytes);
         }
@@ -275,7 +281,7 @@ impl SignedState {
         let mut verified = Vec::new();
         let mut slots = Vec::new();
         for bytes in items {
-            match SignedUpdate::from_bytes(&bytes).and_then(SignedUpdate::verify) {
+            match crate::quarantine::decode_verified(&bytes) {
                 Ok(v) => {
                     slots.push(results.len());
                     results.push(None);
@@ -324,7 +330,7 @@ impl SignedState {
         let outcome = self.doc.apply_checked(
             batch.iter().map(|(_, v, _)| v.change.clone()),
             |j, summary| {
-                auths[j] = Some(authorize(summary, &batch[j].1.signers, root)?);
+                auths[j] = Some(authorize_verified(summary, &batch[j].1, root)?);
                 Ok::<(), UpdateError>(())
             },
         );
@@ -406,7 +412,7 @@ impl SignedState {
             named,
             current: latest,
         })?;
-        let authorization = authorize(&summary, &update.signers, root)?;
+        let authorization = authorize_verified(&summary, update, root)?;
         if named < latest {
             match self.vouched_by_rotation(&update.hash, named) {
                 Vouch::Yes => {}

@@ -19,6 +19,9 @@
 //!   quarantine): signers holding the `revoke` role, at least the revocation threshold;
 //! - anything else is refused by the schema before authorization is asked.
 //!
+//! A node's quarantine order ([`crate::quarantine`]) goes through the same
+//! pipeline with its own rules ([`authorize_verified`] picks them).
+//!
 //! Signers are counted once each, however often they sign. A signature by a
 //! key that is not an operator of the root is refused (`unknown signer`), and
 //! so is any signature that does not verify: an update carries no dead weight.
@@ -127,6 +130,9 @@ pub enum UpdateError {
     /// The change breaks the document schema or cannot be applied.
     #[error(transparent)]
     State(#[from] CrdtError),
+    /// A node's quarantine order goes beyond what the trust root lets nodes do.
+    #[error("quarantine order refused: {0}")]
+    NodeQuarantine(String),
 }
 
 impl From<DecodeError> for UpdateError {
@@ -149,6 +155,7 @@ impl UpdateError {
             UpdateError::State(CrdtError::MissingDeps(_)) => "missing_deps",
             UpdateError::State(CrdtError::Schema(_)) => "schema",
             UpdateError::State(_) => "state",
+            UpdateError::NodeQuarantine(_) => "node_quarantine",
         }
     }
 }
@@ -178,6 +185,35 @@ pub fn signing_message(hash: &ChangeHash, root_version: u64) -> [u8; 40] {
     m
 }
 
+/// Refuses change bytes that are not one uncompressed change chunk.
+///
+/// automerge parses a chunk of any type as a change, and a compressed
+/// change or a bundle chunk expands while it is parsed: a few hundred bytes
+/// can ask for gigabytes (found by fuzzing). Updates carry raw change chunks
+/// (`Change::raw_bytes`), so nothing else is parsed.
+pub(crate) fn check_chunk(change: &[u8]) -> Result<(), UpdateError> {
+    if change.get(CHUNK_TYPE_AT) != Some(&CHUNK_TYPE_CHANGE) {
+        return Err(UpdateError::Malformed(
+            "the change is not an uncompressed automerge change chunk".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a verified update or quarantine order against `root`: operators'
+/// updates by [`authorize`], nodes' orders by
+/// [`crate::quarantine::authorize_order`].
+pub fn authorize_verified(
+    summary: &ChangeSummary,
+    update: &VerifiedUpdate,
+    root: &TrustRoot,
+) -> Result<Authorization, UpdateError> {
+    match &update.issuer {
+        Some(issuer) => crate::quarantine::authorize_order(summary, &update.change, issuer, root),
+        None => authorize(summary, &update.signers, root),
+    }
+}
+
 /// Where an automerge chunk keeps its type: after the 4 magic bytes and the
 /// 4-byte checksum.
 const CHUNK_TYPE_AT: usize = 8;
@@ -194,8 +230,10 @@ pub struct VerifiedUpdate {
     pub change: Change,
     /// The change hash, recomputed from the bytes.
     pub hash: ChangeHash,
-    /// The distinct signers.
+    /// The distinct signers (operators; empty for a node's quarantine order).
     pub signers: BTreeSet<PublicKey>,
+    /// The node that issued it, for a quarantine order.
+    pub issuer: Option<crate::quarantine::NodeIssuer>,
 }
 
 impl SignedUpdate {
@@ -237,15 +275,7 @@ impl SignedUpdate {
                 u.signatures.len()
             )));
         }
-        // automerge parses a chunk of any type as a change, and a compressed
-        // change or a bundle chunk expands while it is parsed: a few hundred
-        // bytes can ask for gigabytes (found by fuzzing). Updates carry raw
-        // change chunks (`Change::raw_bytes`), so nothing else is parsed.
-        if u.change.get(CHUNK_TYPE_AT) != Some(&CHUNK_TYPE_CHANGE) {
-            return Err(UpdateError::Malformed(
-                "the change is not an uncompressed automerge change chunk".into(),
-            ));
-        }
+        check_chunk(&u.change)?;
         Ok(u)
     }
 
@@ -274,6 +304,7 @@ impl SignedUpdate {
             change,
             hash,
             signers,
+            issuer: None,
         })
     }
 }

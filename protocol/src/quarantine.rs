@@ -1,0 +1,256 @@
+//! Quarantine orders: the one change a node may make on its own.
+//!
+//! A node whose detector flags a principal writes a quarantine record for it
+//! (`quarantines/SUBJECT`, see [`weft_crdt::quarantine`]) as one automerge
+//! change, and signs the change hash with its node key in
+//! [`Domain::Quarantine`] (never [`Domain::Update`]: a node key can never
+//! sign policy). The order carries the node's certificate, so any node can
+//! check it without having met the issuer:
+//!
+//! ```text
+//! QuarantineOrder = { change, root_version, cert (SignedNodeCert bytes), sig }
+//! ```
+//!
+//! It travels, is stored and is synced exactly like a signed update (its
+//! envelope kind tells them apart, [`decode_verified`]). Authorization
+//! ([`authorize_order`]) is a function of the order and the trust root only,
+//! so every replica accepts the same orders:
+//! - the root lets nodes quarantine;
+//! - the certificate verifies under the root (issuer with the admit role),
+//!   names the key that signed, and that key is the change's author;
+//! - the change only puts records under `quarantines/`, no deletes (a node
+//!   cannot lift a quarantine), each a well-formed record whose `issuer` is
+//!   the signing node, with an expiry no later than `issued_at + max_ttl`.
+//!
+//! The rest of the bounded authority (the hourly allowance, a revoked
+//! issuer, expiry) depends on the time and on other records, so it is
+//! applied when a request is decided ([`weft_crdt::decide_at`]).
+
+use serde::{Deserialize, Serialize};
+use weft_crdt::quarantine::{QuarantineRecord, QuarantineRules, parse_record};
+use weft_crdt::view::canonical_subject;
+use weft_crdt::{ActorId, Change, ChangeSummary, PolicyDoc, Section};
+
+use crate::encoding::{self, Kind};
+use crate::identity::{Domain, NodeId, SecretKey, Signature};
+use crate::trust::{MAX_NODE_CERT_LEN, SignedNodeCert, TrustRoot};
+use crate::update::{
+    Authorization, SignedUpdate, UpdateError, VerifiedUpdate, actor_for, author_of, check_chunk,
+    signing_message,
+};
+
+/// The largest encoded order: one small record and a certificate.
+pub const MAX_ORDER_BYTES: usize = 64 * 1024;
+
+/// A node's signed quarantine order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineOrder {
+    /// The raw bytes of one automerge change.
+    #[serde(with = "encoding::bytes")]
+    pub change: Vec<u8>,
+    /// The trust-root version the node signed under.
+    pub root_version: u64,
+    /// The issuing node's certificate (`SignedNodeCert` bytes).
+    #[serde(with = "encoding::bytes")]
+    pub cert: Vec<u8>,
+    /// The node's signature over `change hash || root version`, in
+    /// [`Domain::Quarantine`].
+    pub sig: Signature,
+}
+
+/// The node behind a verified order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeIssuer {
+    /// Its id.
+    pub node: NodeId,
+    /// Its certificate, as carried (checked against the root when authorized).
+    pub cert: SignedNodeCert,
+}
+
+impl QuarantineOrder {
+    /// Writes and signs an order quarantining `subject` on top of `doc`:
+    /// the record's `issuer` is set to the node, and `issued_at` and
+    /// `expires_at` are taken from `record`. `nonce` makes the change's actor
+    /// fresh.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue(
+        doc: &mut PolicyDoc,
+        key: &SecretKey,
+        cert: &SignedNodeCert,
+        root_version: u64,
+        subject: &str,
+        mut record: QuarantineRecord,
+        nonce: [u8; 8],
+    ) -> Result<QuarantineOrder, UpdateError> {
+        let node = NodeId::new(key.public());
+        record.issuer = Some(node.to_string());
+        record.lifted = false;
+        let json = serde_json::to_string(&record).expect("a record serializes");
+        let actor: ActorId = actor_for(&key.public(), nonce);
+        let change = doc
+            .build_quarantine(actor, subject, &json, record.issued_at as i64)?
+            .ok_or_else(|| UpdateError::Malformed("the quarantine changes nothing".into()))?;
+        let sig = key.sign(
+            Domain::Quarantine,
+            &signing_message(&change.hash(), root_version),
+        );
+        Ok(QuarantineOrder {
+            change: change.raw_bytes().to_vec(),
+            root_version,
+            cert: cert.to_bytes(),
+            sig,
+        })
+    }
+
+    /// The canonical encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encoding::encode(Kind::Quarantine, self)
+    }
+
+    /// Decodes an order, refusing anything over [`MAX_ORDER_BYTES`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<QuarantineOrder, UpdateError> {
+        let o: QuarantineOrder = encoding::decode(Kind::Quarantine, bytes, MAX_ORDER_BYTES)?;
+        check_chunk(&o.change)?;
+        if o.cert.len() > MAX_NODE_CERT_LEN {
+            return Err(UpdateError::Malformed(
+                "the quarantine order's certificate is over its size limit".into(),
+            ));
+        }
+        Ok(o)
+    }
+
+    /// Parses the change, recomputes its hash, decodes the certificate and
+    /// checks the signature under the key the certificate names.
+    pub fn verify(self) -> Result<VerifiedUpdate, UpdateError> {
+        let change = PolicyDoc::parse_change(&self.change)?;
+        let hash = change.hash();
+        let cert = SignedNodeCert::from_bytes(&self.cert).map_err(|e| {
+            UpdateError::Malformed(format!("the quarantine order's certificate: {e}"))
+        })?;
+        let node = cert
+            .cert()
+            .map_err(|e| {
+                UpdateError::Malformed(format!("the quarantine order's certificate: {e}"))
+            })?
+            .node;
+        node.public_key()
+            .verify(
+                Domain::Quarantine,
+                &signing_message(&hash, self.root_version),
+                &self.sig,
+            )
+            .map_err(|_| UpdateError::BadSignature {
+                key: Box::new(node.public_key()),
+            })?;
+        Ok(VerifiedUpdate {
+            update: SignedUpdate {
+                change: self.change,
+                root_version: self.root_version,
+                signatures: Vec::new(),
+            },
+            change,
+            hash,
+            signers: Default::default(),
+            issuer: Some(NodeIssuer { node, cert }),
+        })
+    }
+}
+
+/// Decodes and verifies a signed update or a quarantine order, by the kind
+/// its envelope names.
+pub fn decode_verified(bytes: &[u8]) -> Result<VerifiedUpdate, UpdateError> {
+    if encoding::kind_of(bytes) == Some(Kind::Quarantine) {
+        QuarantineOrder::from_bytes(bytes)?.verify()
+    } else {
+        SignedUpdate::from_bytes(bytes)?.verify()
+    }
+}
+
+/// The raw change bytes of a signed update or a quarantine order.
+pub fn change_bytes(bytes: &[u8]) -> Result<Vec<u8>, UpdateError> {
+    if encoding::kind_of(bytes) == Some(Kind::Quarantine) {
+        Ok(QuarantineOrder::from_bytes(bytes)?.change)
+    } else {
+        Ok(SignedUpdate::from_bytes(bytes)?.change)
+    }
+}
+
+/// The rules `root` sets for node-issued quarantines.
+pub fn rules_of(root: &TrustRoot) -> QuarantineRules {
+    QuarantineRules {
+        nodes_allowed: root.node_quarantine.allowed,
+        max_ttl_secs: root.node_quarantine.max_ttl_secs,
+        max_per_hour: root.node_quarantine.max_per_node_per_hour,
+    }
+}
+
+fn refuse(why: impl Into<String>) -> UpdateError {
+    UpdateError::NodeQuarantine(why.into())
+}
+
+/// Checks that `issuer` may make `change` (touching what `summary` says)
+/// under `root`.
+pub fn authorize_order(
+    summary: &ChangeSummary,
+    change: &Change,
+    issuer: &NodeIssuer,
+    root: &TrustRoot,
+) -> Result<Authorization, UpdateError> {
+    let limits = root.node_quarantine;
+    if !limits.allowed {
+        return Err(refuse(format!(
+            "trust root version {} does not let nodes quarantine",
+            root.version
+        )));
+    }
+    // Expiry is not checked here (it would make the verdict depend on when
+    // it is asked); a compromised node is contained by revoking it.
+    let cert = issuer
+        .cert
+        .verify(root, issuer.cert.cert().map(|c| c.issued).unwrap_or(0))
+        .map_err(|e| refuse(format!("the issuer's certificate: {e}")))?;
+    if author_of(&summary.actor) != Some(cert.node.public_key()) {
+        return Err(refuse("the change's author is not the node that signed it"));
+    }
+    let sections = summary.sections();
+    if sections.iter().any(|s| *s != Section::Quarantines) || summary.paths.is_empty() {
+        return Err(refuse("a node may only write under quarantines/"));
+    }
+    let node = cert.node.to_string();
+    let expanded = change.decode();
+    for op in &expanded.operations {
+        let weft_crdt::legacy::OpType::Put(weft_crdt::ScalarValue::Str(json)) = &op.action else {
+            return Err(refuse(
+                "a node may only put quarantine records, not delete or restructure",
+            ));
+        };
+        let weft_crdt::legacy::Key::Map(subject) = &op.key else {
+            return Err(refuse("a quarantine record must be keyed by its subject"));
+        };
+        if canonical_subject(subject) != subject.as_str() {
+            return Err(refuse(format!("{subject:?} is not in canonical form")));
+        }
+        let rec = parse_record(json).ok_or_else(|| refuse("the quarantine record is not valid"))?;
+        if rec.issuer.as_deref() != Some(node.as_str()) {
+            return Err(refuse("the record's issuer is not the node that signed it"));
+        }
+        if rec.lifted {
+            return Err(refuse("a node cannot lift a quarantine"));
+        }
+        let Some(expires) = rec.expires_at else {
+            return Err(refuse("a node's quarantine must expire"));
+        };
+        if expires <= rec.issued_at || expires - rec.issued_at > limits.max_ttl_secs {
+            return Err(refuse(format!(
+                "the quarantine lasts {} s; the trust root allows 1 to {} s",
+                expires.saturating_sub(rec.issued_at),
+                limits.max_ttl_secs
+            )));
+        }
+    }
+    Ok(Authorization {
+        sections,
+        author: cert.node.public_key(),
+        signers: vec![format!("node {}", cert.name)],
+    })
+}
