@@ -143,6 +143,9 @@ pub struct Status {
     /// The audit trail.
     #[serde(default)]
     pub audit: crate::audit::AuditStatus,
+    /// Anomaly detection and quarantines issued.
+    #[serde(default)]
+    pub anomalies: crate::anomaly::AnomalyStatus,
 }
 
 /// What the handlers share.
@@ -287,18 +290,30 @@ async fn get_dashboard(State(state): State<Arc<ApiState>>) -> Response {
 
 async fn get_anomalies(State(state): State<Arc<ApiState>>) -> Response {
     let view = state.shared.view.load();
+    let root = state.shared.root.load();
+    let rules = weft_protocol::quarantine::rules_of(&root);
+    let now = crate::net::now_ms() / 1000;
     let quarantines: Vec<serde_json::Value> = view
         .quarantines()
         .map(|(subject, text)| {
             let record = crate::evidence::record_value(text);
+            let hit = weft_crdt::quarantine::in_force(&view, subject, now, &rules);
             json!({
                 "subject": subject,
                 "reason": crate::evidence::record_reason(&record),
                 "record": record,
+                "active": hit.is_some(),
+                "until": hit.and_then(|h| h.until),
             })
         })
         .collect();
-    axum::Json(json!({ "alerts": [], "quarantines": quarantines })).into_response()
+    let alerts = state.shared.anomalies.recent();
+    axum::Json(json!({
+        "alerts": alerts,
+        "quarantines": quarantines,
+        "active_quarantines": quarantines.iter().filter(|q| q["active"] == true).count(),
+    }))
+    .into_response()
 }
 
 async fn get_report(State(state): State<Arc<ApiState>>) -> Response {

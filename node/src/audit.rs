@@ -165,6 +165,17 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// This node quarantined a subject on its own authority.
+    QuarantineIssued {
+        /// The subject.
+        subject: String,
+        /// Why.
+        reason: String,
+        /// When it lapses (Unix seconds).
+        expires_at: Option<u64>,
+        /// The order's id.
+        id: String,
+    },
     /// Events dropped because the queue was full.
     Dropped {
         /// How many since the last such record.

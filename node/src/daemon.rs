@@ -156,6 +156,23 @@ impl NodeHandle {
         self.shared.view.load_full()
     }
 
+    /// Quarantines `subject` on this node's own authority, as the detector
+    /// does: returns the order's id, or why the node would not issue it.
+    pub async fn quarantine(
+        &self,
+        subject: &str,
+        record: weft_crdt::QuarantineRecord,
+    ) -> Result<String> {
+        let subject = subject.to_owned();
+        self.ask(|reply| Command::Quarantine {
+            subject,
+            record,
+            reply,
+        })
+        .await?
+        .map_err(|e| anyhow!(e))
+    }
+
     /// The node's audit trail.
     pub fn audit(&self) -> &Arc<Audit> {
         &self.audit
@@ -344,6 +361,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         started_ms: net::now_ms(),
         cert: cert.clone(),
         stale: opts.stale,
+        anomalies: Arc::default(),
     });
     let replica = Replica::new(state, node_id, cert, opts.replica.clone());
 
@@ -415,6 +433,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             audit_log,
             audit: audit.handle.clone(),
             checkpoints: checkpoints_rx,
+            node_key: keyfile::read(&dir.key())?,
         },
         applied_since_snapshot,
     );
@@ -733,6 +752,20 @@ pub fn render_status(s: &Status) -> String {
             format!(
                 ", {} event(s) DROPPED (queue full; recorded in the chain)",
                 s.audit.dropped
+            )
+        } else {
+            String::new()
+        }
+    );
+    out += &format!(
+        "  anomalies:   {} alert(s), {} quarantine(s) issued here, {} in force in the mesh{}\n",
+        s.anomalies.alerts,
+        s.anomalies.quarantines_issued,
+        s.anomalies.active_quarantines,
+        if s.anomalies.quarantines_refused > 0 {
+            format!(
+                ", {} not issued (trust root limits)",
+                s.anomalies.quarantines_refused
             )
         } else {
             String::new()

@@ -2,6 +2,7 @@
 //! HTTP API, and the library behind the `weft` command line.
 
 pub mod admin;
+pub mod anomaly;
 pub mod api;
 pub mod audit;
 pub mod audit_api;

@@ -54,6 +54,9 @@ pub struct Metrics {
     audit_records: Gauge,
     audit_dropped: Counter,
     audit_peer_checkpoints: Gauge,
+    anomaly_alerts: Counter,
+    quarantines_issued: Counter,
+    quarantines_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,9 @@ impl Metrics {
             audit_records: Gauge::default(),
             audit_dropped: Counter::default(),
             audit_peer_checkpoints: Gauge::default(),
+            anomaly_alerts: Counter::default(),
+            quarantines_issued: Counter::default(),
+            quarantines_active: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -165,6 +171,21 @@ impl Metrics {
             "Peers' audit checkpoints held",
             m.audit_peer_checkpoints.clone(),
         );
+        r.register(
+            "anomaly_alerts",
+            "Anomaly alerts this node's detector raised",
+            m.anomaly_alerts.clone(),
+        );
+        r.register(
+            "quarantines_issued",
+            "Quarantines this node issued on its own authority",
+            m.quarantines_issued.clone(),
+        );
+        r.register(
+            "quarantines_active",
+            "Quarantines in force now, under the trust root's limits",
+            m.quarantines_active.clone(),
+        );
         *m.registry.lock().expect("no poisoned lock at start") = r;
         m
     }
@@ -222,6 +243,13 @@ impl Metrics {
         );
         self.root_expired.set(i64::from(status.trust_root.expired));
         self.audit_records.set(status.audit.records as i64);
+        raise(&self.anomaly_alerts, status.anomalies.alerts);
+        raise(
+            &self.quarantines_issued,
+            status.anomalies.quarantines_issued,
+        );
+        self.quarantines_active
+            .set(status.anomalies.active_quarantines as i64);
         raise(&self.audit_dropped, status.audit.dropped);
         self.audit_peer_checkpoints
             .set(status.audit.peer_checkpoints as i64);

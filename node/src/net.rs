@@ -568,6 +568,16 @@ pub enum Command {
         /// Where the evidence goes.
         reply: oneshot::Sender<crate::evidence::NodeEvidence>,
     },
+    /// Quarantine a subject on this node's own authority (the detector's
+    /// response): a signed quarantine order, applied and gossiped.
+    Quarantine {
+        /// The subject, a Cedar uid.
+        subject: String,
+        /// The record (its issuer is set to this node).
+        record: weft_crdt::QuarantineRecord,
+        /// The order's id, or why it was not issued.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// Cut the connections to a peer and refuse it (a simulated partition).
     Block {
         /// The peer.
@@ -612,6 +622,8 @@ pub struct Shared {
     /// The staleness policy: after how long without a sync the state is
     /// stale, and what decisions do then.
     pub stale: Staleness,
+    /// The detector's recent alerts and counters.
+    pub anomalies: Arc<crate::anomaly::AnomalyLog>,
 }
 
 /// When the state counts as stale, and what to do then.
@@ -689,6 +701,8 @@ pub(crate) struct NodeTaskParts {
     pub audit: crate::audit::AuditHandle,
     /// This node's signed checkpoints, to gossip.
     pub checkpoints: mpsc::Receiver<Vec<u8>>,
+    /// The node's key, to sign quarantine orders.
+    pub node_key: SecretKey,
 }
 
 /// The task that owns the replica and the swarm.
@@ -722,6 +736,7 @@ pub(crate) struct NodeTask {
     audit: crate::audit::AuditHandle,
     audit_topic: IdentTopic,
     checkpoints: mpsc::Receiver<Vec<u8>>,
+    node_key: SecretKey,
     /// Peers admitted so far, to record each admission once.
     admitted: BTreeSet<PeerId>,
 }
@@ -770,6 +785,7 @@ impl NodeTask {
             audit: parts.audit,
             audit_topic: IdentTopic::new(crate::audit::AUDIT_TOPIC),
             checkpoints: parts.checkpoints,
+            node_key: parts.node_key,
             admitted: BTreeSet::new(),
         }
     }
@@ -870,6 +886,61 @@ impl NodeTask {
             self.audit.record(AuditEvent::Admitted {
                 peer: peer.to_string(),
             });
+        }
+    }
+
+    /// Signs, applies and gossips a quarantine order for `subject`.
+    fn issue_quarantine(
+        &mut self,
+        subject: &str,
+        record: weft_crdt::QuarantineRecord,
+    ) -> Result<String, String> {
+        let root = self.replica.state().root();
+        if !root.node_quarantine.allowed {
+            return Err(format!(
+                "trust root version {} does not let nodes quarantine",
+                root.version
+            ));
+        }
+        let root_version = root.version;
+        let cert =
+            weft_protocol::trust::SignedNodeCert::from_bytes(&self.shared.cert).map_err(|_| {
+                "this node has no valid certificate, so it cannot quarantine".to_owned()
+            })?;
+        let mut doc = weft_crdt::PolicyDoc::load(&self.replica.state().doc().save())
+            .map_err(|e| format!("cannot copy the document: {e}"))?;
+        let nonce = getrandom::u64().unwrap_or_else(|_| now_ms()).to_be_bytes();
+        let reason = record.reason.clone();
+        let expires_at = record.expires_at;
+        let order = weft_protocol::quarantine::QuarantineOrder::issue(
+            &mut doc,
+            &self.node_key,
+            &cert,
+            root_version,
+            subject,
+            record,
+            nonce,
+        )
+        .map_err(|e| e.to_string())?;
+        let bytes = order.to_bytes();
+        match self.replica.submit(now_ms(), &bytes) {
+            Ok((ingested, out)) => {
+                let id = match &ingested {
+                    Ingested::Applied { hash, .. }
+                    | Ingested::Duplicate(hash)
+                    | Ingested::Held { hash, .. } => hash.to_string(),
+                };
+                tracing::warn!(%subject, %reason, %id, "quarantine issued");
+                self.audit.record(AuditEvent::QuarantineIssued {
+                    subject: subject.to_owned(),
+                    reason,
+                    expires_at,
+                    id: id.clone(),
+                });
+                self.carry_out(out, None).map_err(|e| e.to_string())?;
+                Ok(id)
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -996,6 +1067,14 @@ impl NodeTask {
                     }
                 }
                 let _ = reply.send(());
+            }
+            Command::Quarantine {
+                subject,
+                record,
+                reply,
+            } => {
+                let r = self.issue_quarantine(&subject, record);
+                let _ = reply.send(r);
             }
             Command::GossipRaw { bytes, reply } => {
                 let r = self
@@ -1534,6 +1613,17 @@ impl NodeTask {
                 bytes_out: self.shared.traffic.bytes_out(),
             },
             audit: crate::audit::status_of(&self.audit_log, &self.audit),
+            anomalies: {
+                let mut a = self.shared.anomalies.status();
+                let rules = weft_protocol::quarantine::rules_of(root);
+                a.active_quarantines = view
+                    .quarantines()
+                    .filter(|(s, _)| {
+                        weft_crdt::quarantine::in_force(view, s, now / 1000, &rules).is_some()
+                    })
+                    .count() as u64;
+                a
+            },
         }
     }
 

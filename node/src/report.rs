@@ -1255,6 +1255,7 @@ mod tests {
         NodeEvidence {
             status: Status {
                 audit: Default::default(),
+                anomalies: Default::default(),
                 node_id: "12D3KooWnode".into(),
                 listen: vec![],
                 peers: vec![],

@@ -434,7 +434,7 @@ impl Snapshot {
 mod tests {
     use weft_protocol::identity::SecretKey;
     use weft_protocol::trust::{Operator, QuarantineLimits, Role};
-    use weft_protocol::update::actor_for;
+    use weft_protocol::update::{SignedUpdate, actor_for};
 
     use super::*;
 

@@ -57,6 +57,12 @@ pub struct Fixture {
 impl Fixture {
     /// A new trust root, valid for a day.
     pub fn new() -> Result<Self> {
+        Self::with_quarantine(QuarantineLimits::default())
+    }
+
+    /// A new trust root, valid for a day, that lets nodes quarantine within
+    /// `limits`.
+    pub fn with_quarantine(limits: QuarantineLimits) -> Result<Self> {
         let root_key = keyfile::generate()?;
         let alice = keyfile::generate()?;
         let root = TrustRoot {
@@ -71,7 +77,7 @@ impl Fixture {
             }],
             policy_threshold: 1,
             revoke_threshold: 1,
-            node_quarantine: QuarantineLimits::default(),
+            node_quarantine: limits,
             accepted_heads: Vec::new(),
         };
         root.validate()?;
@@ -161,6 +167,18 @@ impl Author {
             key,
             root_version,
         }
+    }
+
+    /// Continues from `node`'s current state (as `weft bundle create` does),
+    /// so the next update follows everything the node holds.
+    pub async fn follow(&mut self, node: &NodeHandle) -> Result<()> {
+        let bytes = reqwest::get(format!("{}/v1/state", node.api_url()))
+            .await?
+            .bytes()
+            .await?;
+        let export = weft_protocol::export::StateExport::from_bytes(&bytes)?;
+        self.doc = PolicyDoc::load(&export.doc)?;
+        Ok(())
     }
 
     fn sign(&self, change: &weft_crdt::Change) -> Result<Vec<u8>> {
