@@ -165,6 +165,17 @@ pub enum AuditEvent {
         /// Why.
         reason: String,
     },
+    /// The node's detector raised an alert.
+    Anomaly {
+        /// The principal.
+        principal: String,
+        /// The score.
+        score: f64,
+        /// Why, in one line.
+        reason: String,
+        /// The features that drove it.
+        evidence: Vec<String>,
+    },
     /// This node quarantined a subject on its own authority.
     QuarantineIssued {
         /// The subject.

@@ -895,7 +895,25 @@ impl NodeTask {
         subject: &str,
         record: weft_crdt::QuarantineRecord,
     ) -> Result<String, String> {
+        let r = self.try_issue_quarantine(subject, record);
+        self.shared.anomalies.quarantine(r.is_ok());
+        if let Err(e) = &r {
+            tracing::info!(%subject, reason = %e, "quarantine not issued");
+        }
+        r
+    }
+
+    fn try_issue_quarantine(
+        &mut self,
+        subject: &str,
+        mut record: weft_crdt::QuarantineRecord,
+    ) -> Result<String, String> {
         let root = self.replica.state().root();
+        // Never ask for more than the root grants: a longer one is refused.
+        let cap = record
+            .issued_at
+            .saturating_add(root.node_quarantine.max_ttl_secs);
+        record.expires_at = Some(record.expires_at.map_or(cap, |e| e.min(cap)));
         if !root.node_quarantine.allowed {
             return Err(format!(
                 "trust root version {} does not let nodes quarantine",

@@ -26,8 +26,17 @@
 //!   Each N runs in a process of its own (the bench runs itself again), so
 //!   that one run's memory does not skew the next one's RSS. Prints one JSON
 //!   line per N, then a table.
+//! - `WEFT_BENCH_KIND=quarantine` measures a node's own quarantine order
+//!   instead (issue #8's "time to contain"): the clock starts when the node
+//!   is asked to quarantine (as its detector does on an alert) and stops
+//!   when every node holds the order, so every node denies the principal.
 //! - Run without `--bench` (as `cargo test --all-targets` does), it is a
 //!   check: 3 nodes, 2 updates, every node must apply both.
+
+/// Whether the run measures quarantine orders rather than revocations.
+fn quarantines() -> bool {
+    std::env::var("WEFT_BENCH_KIND").is_ok_and(|k| k == "quarantine")
+}
 
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
@@ -136,7 +145,15 @@ impl Mesh {
 }
 
 async fn start_mesh(n: usize, seed: u64, mesh_wait: Duration) -> Result<Mesh> {
-    let fx = Fixture::new()?;
+    let fx = if quarantines() {
+        Fixture::with_quarantine(weft_protocol::trust::QuarantineLimits {
+            allowed: true,
+            max_ttl_secs: 3600,
+            max_per_node_per_hour: 100_000,
+        })?
+    } else {
+        Fixture::new()?
+    };
     let mut rng = Rng(seed);
     let rss_before = rss_bytes()?;
     let mut nodes: Vec<NodeHandle> = Vec::with_capacity(n);
@@ -203,6 +220,9 @@ fn propagate(
     author: &mut Author,
     subject: &str,
 ) -> Result<(Duration, Duration, usize)> {
+    if quarantines() {
+        return contain(rt, mesh, subject);
+    }
     let bytes = author.revoke(subject)?;
     let size = bytes.len();
     let target = mesh.rng.below(mesh.nodes.len());
@@ -243,6 +263,70 @@ fn propagate(
         code == 202 && body["status"] == "applied",
         "submit answered {code} {body}"
     );
+    Ok((elapsed, origin, size))
+}
+
+/// One quarantine ordered by a random node and followed until every node
+/// holds it: returns the time to the last node, to the issuing node, and
+/// the order's size.
+fn contain(rt: &Runtime, mesh: &mut Mesh, subject: &str) -> Result<(Duration, Duration, usize)> {
+    let target = mesh.rng.below(mesh.nodes.len());
+    let now = weft_tests::mesh::now();
+    let record = weft_crdt::QuarantineRecord {
+        reason: "bench".into(),
+        issuer: None,
+        issued_at: now,
+        expires_at: Some(now + 3000),
+        score: Some(0.9),
+        evidence: vec![],
+        lifted: false,
+    };
+    let canonical = canonical_subject(subject);
+    let record_for_size = record.clone();
+    let t0 = Instant::now();
+    rt.block_on(mesh.nodes[target].quarantine(subject, record))?;
+    let origin = t0.elapsed();
+    let mut missing: Vec<usize> = (0..mesh.nodes.len()).collect();
+    loop {
+        missing.retain(|&i| mesh.nodes[i].view().quarantine_record(&canonical).is_none());
+        if missing.is_empty() {
+            break;
+        }
+        if t0.elapsed() > UPDATE_TIMEOUT {
+            bail!(
+                "{subject} reached {} of {} nodes",
+                mesh.nodes.len() - missing.len(),
+                mesh.nodes.len()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    let elapsed = t0.elapsed();
+    // The size of an equivalent order (same subject and record, one
+    // dependency), built here: the node does not hand its bytes out.
+    let key = weft_protocol::identity::SecretKey::from_seed([7; 32]);
+    let node = weft_protocol::identity::NodeId::new(key.public());
+    let cert = weft_protocol::trust::SignedNodeCert::sign(
+        &weft_protocol::trust::NodeCert {
+            node,
+            name: "bench".into(),
+            issuer: mesh.fx.alice.public(),
+            issued: now,
+            expires: now + 86_400,
+        },
+        &mesh.fx.alice,
+    );
+    let size = weft_protocol::quarantine::QuarantineOrder::issue(
+        &mut weft_crdt::PolicyDoc::new(),
+        &key,
+        &cert,
+        mesh.fx.root.version,
+        subject,
+        record_for_size,
+        [0; 8],
+    )?
+    .to_bytes()
+    .len();
     Ok((elapsed, origin, size))
 }
 
@@ -305,8 +389,12 @@ fn run(rt: &Runtime, n: usize, k: usize, pace: &Pace, seed: u64) -> Result<Repor
 
     // Every node holds every update.
     for (i, node) in mesh.nodes.iter().enumerate() {
-        let revoked = node.view().revocation_count();
-        ensure!(revoked == k, "node {i} holds {revoked} of {k} revocations");
+        let held = if quarantines() {
+            node.view().quarantines().count()
+        } else {
+            node.view().revocation_count()
+        };
+        ensure!(held == k, "node {i} holds {held} of {k} updates");
     }
     let nodes = std::mem::take(&mut mesh.nodes);
     rt.block_on(async {

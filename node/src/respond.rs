@@ -1,0 +1,177 @@
+//! Detection on the node, and its response: the decision stream goes to the
+//! detector off the request path, and an alert becomes a quarantine order.
+//!
+//! `POST /v1/authorize` hands each decision to [`DetectHandle::observe`],
+//! which never waits: it puts a [`DecisionEvent`] on a bounded queue, or
+//! counts it as dropped when the queue is full. One task drains the queue
+//! through the [`Detector`]. For each alert it:
+//! - keeps it for `GET /v1/anomalies` and the dashboard, and records it in
+//!   the audit trail;
+//! - if [`ResponseConfig::quarantine`] is on and the principal is not
+//!   already quarantined by this node, asks the node task to issue a
+//!   quarantine order for [`ResponseConfig::quarantine_ttl`] (capped by the
+//!   trust root's maximum). Whether the mesh honours it is the trust root's
+//!   call, made on every node (see `weft_protocol::quarantine`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::anomaly::AnomalyLog;
+use crate::audit::{AuditEvent, AuditHandle};
+use crate::detect::{Alert, DecisionEvent, Detector, DetectorConfig};
+use crate::net::Command;
+
+/// What the node does with its detector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResponseConfig {
+    /// Whether to run the detector at all. Default on.
+    pub detect: bool,
+    /// Whether an alert quarantines its principal (if the trust root lets
+    /// nodes quarantine). Default on.
+    pub quarantine: bool,
+    /// How long a quarantine this node issues lasts, at most the trust
+    /// root's maximum. Default 15 minutes: long enough for an operator to
+    /// look, short enough that a false alarm heals by itself.
+    pub quarantine_ttl: Duration,
+    /// Decisions the detector's queue holds. Default 16,384: the detector
+    /// takes in hundreds of thousands of events a second, so this absorbs
+    /// bursts far above what the API serves.
+    pub queue: usize,
+    /// The detector's settings.
+    pub detector: DetectorConfig,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        ResponseConfig {
+            detect: true,
+            quarantine: true,
+            quarantine_ttl: Duration::from_secs(15 * 60),
+            queue: 16_384,
+            detector: DetectorConfig::default(),
+        }
+    }
+}
+
+/// The request path's side: cheap to clone, never waits.
+#[derive(Clone, Debug)]
+pub struct DetectHandle {
+    tx: Option<mpsc::Sender<DecisionEvent>>,
+    anomalies: Arc<AnomalyLog>,
+}
+
+impl DetectHandle {
+    /// A handle that takes nothing (detection off).
+    pub fn off(anomalies: Arc<AnomalyLog>) -> Self {
+        DetectHandle {
+            tx: None,
+            anomalies,
+        }
+    }
+
+    /// Whether detection runs.
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Hands one decision to the detector, or counts it as dropped.
+    pub fn observe(&self, ev: DecisionEvent) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(ev).is_err()
+        {
+            self.anomalies.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The alert as kept for `GET /v1/anomalies`, with what was done about it.
+fn alert_json(alert: &Alert, action: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(alert).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("action".into(), action.into());
+    }
+    v
+}
+
+/// Starts detection: returns the request path's handle and the task to
+/// spawn. The task ends when every handle is dropped.
+pub fn start(
+    cfg: ResponseConfig,
+    seed: u64,
+    anomalies: Arc<AnomalyLog>,
+    commands: mpsc::Sender<Command>,
+    audit: AuditHandle,
+) -> (DetectHandle, impl std::future::Future<Output = ()> + use<>) {
+    let (tx, mut rx) = mpsc::channel::<DecisionEvent>(cfg.queue.max(1));
+    let handle = DetectHandle {
+        tx: cfg.detect.then_some(tx),
+        anomalies: anomalies.clone(),
+    };
+    let task = async move {
+        let mut detector = Detector::new(cfg.detector.clone(), seed);
+        // Principals this node quarantined, until when (Unix seconds).
+        let mut ours: BTreeMap<String, u64> = BTreeMap::new();
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            for ev in batch.drain(..) {
+                let Some(alert) = detector.observe(&ev) else {
+                    continue;
+                };
+                let now = alert.at_ms / 1000;
+                ours.retain(|_, until| *until > now);
+                let action = if !cfg.quarantine {
+                    "alert only"
+                } else if ours.contains_key(&alert.principal) {
+                    "already quarantined"
+                } else {
+                    "quarantine requested"
+                };
+                tracing::warn!(
+                    principal = %alert.principal,
+                    score = alert.score,
+                    reason = %alert.reason,
+                    action,
+                    "anomaly"
+                );
+                anomalies.push(alert_json(&alert, action));
+                audit.record(AuditEvent::Anomaly {
+                    principal: alert.principal.clone(),
+                    score: alert.score,
+                    reason: alert.reason.clone(),
+                    evidence: alert.evidence.clone(),
+                });
+                if action != "quarantine requested" {
+                    continue;
+                }
+                let until = now + cfg.quarantine_ttl.as_secs();
+                ours.insert(alert.principal.clone(), until);
+                let record = weft_crdt::QuarantineRecord {
+                    reason: alert.reason.clone(),
+                    issuer: None,
+                    issued_at: now,
+                    expires_at: Some(until),
+                    score: Some(alert.score),
+                    evidence: alert.evidence.clone(),
+                    lifted: false,
+                };
+                let (reply, answer) = oneshot::channel();
+                let cmd = Command::Quarantine {
+                    subject: alert.principal.clone(),
+                    record,
+                    reply,
+                };
+                if commands.send(cmd).await.is_err() {
+                    return;
+                }
+                // The node task answers at once; the result is counted and
+                // logged there.
+                let _ = answer.await;
+            }
+        }
+    };
+    (handle, task)
+}
