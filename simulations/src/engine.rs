@@ -48,7 +48,7 @@ use weft_protocol::wire::{SyncRequest, SyncResponse};
 
 use crate::SimError;
 use crate::check::{self, Observations};
-use crate::gossip::{Det, GossipNode, MsgId, msg_id};
+use crate::gossip::{Det, GossipNode, MsgId, MsgIdx, PeerSet, msg_id};
 use crate::light;
 use crate::payload::{Action, EPOCH_MS, Fixture, Forgery, FullPayload, LightPayload, Payload};
 use crate::report::{Heal, Latency, Report, Traffic};
@@ -101,10 +101,10 @@ const UNFLUSHED: usize = 2;
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Gossip { id: MsgId, bytes: Arc<[u8]> },
+    Gossip { id: MsgIdx, bytes: Arc<[u8]> },
     Oversized { len: usize },
-    IHave(Vec<MsgId>),
-    IWant(Vec<MsgId>),
+    IHave(Arc<[MsgIdx]>),
+    IWant(Vec<MsgIdx>),
     Graft,
     Prune,
     Request { req: u64, request: SyncRequest },
@@ -121,7 +121,8 @@ impl Msg {
         (match self {
             Msg::Gossip { bytes, .. } => bytes.len() as u64 + 64,
             Msg::Oversized { len } => *len as u64,
-            Msg::IHave(ids) | Msg::IWant(ids) => 16 + 32 * ids.len() as u64,
+            Msg::IHave(ids) => 16 + 32 * ids.len() as u64,
+            Msg::IWant(ids) => 16 + 32 * ids.len() as u64,
             Msg::Graft | Msg::Prune => 24,
             Msg::Request { request, .. } => match request {
                 SyncRequest::Hello { cert, heads: h } => cert.len() as u64 + heads(h.len()),
@@ -161,7 +162,7 @@ enum Ev {
         from: u32,
         to: u32,
         inc_to: u32,
-        msg: Box<Msg>,
+        msg: Msg,
     },
     Connected {
         node: u32,
@@ -227,31 +228,78 @@ struct Queued {
     ev: Ev,
 }
 
-/// The event queue: a bucket per millisecond, first in first out within
-/// it. Sequence numbers grow with every push, so this pops in exactly
-/// `(time, sequence)` order, and many events share a millisecond at 10,000
-/// nodes, which makes it much cheaper than a binary heap.
-#[derive(Default)]
+/// Milliseconds the event queue's wheel spans (a power of two).
+const WHEEL: u64 = 8_192;
+
+/// The event queue: a timing wheel of one bucket per millisecond for the
+/// next [`WHEEL`] ms, first in first out within a bucket, and an ordered map
+/// for later events. Sequence numbers grow with every push, so this pops in
+/// exactly `(time, sequence)` order: a bucket only ever holds one time, and
+/// an event in the map is compared with the wheel's first by both. Many
+/// events share a millisecond at 10,000 nodes, and the buckets keep their
+/// allocations, so this is much cheaper than a binary heap or a map of
+/// buckets.
 struct EventQueue {
-    buckets: BTreeMap<u64, VecDeque<(u64, Ev)>>,
+    slots: Vec<VecDeque<(u64, Ev)>>,
+    in_wheel: usize,
+    /// No event in the wheel is earlier; the time of the last event popped.
+    cursor: u64,
+    far: BTreeMap<(u64, u64), Ev>,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        EventQueue {
+            slots: (0..WHEEL).map(|_| VecDeque::new()).collect(),
+            in_wheel: 0,
+            cursor: 0,
+            far: BTreeMap::new(),
+        }
+    }
 }
 
 impl EventQueue {
     fn push(&mut self, at: u64, seq: u64, ev: Ev) {
-        self.buckets.entry(at).or_default().push_back((seq, ev));
+        debug_assert!(at >= self.cursor, "no event is scheduled in the past");
+        if at - self.cursor < WHEEL {
+            self.slots[(at % WHEEL) as usize].push_back((seq, ev));
+            self.in_wheel += 1;
+        } else {
+            self.far.insert((at, seq), ev);
+        }
     }
 
     fn pop(&mut self) -> Option<Queued> {
-        let mut first = self.buckets.first_entry()?;
-        let at = *first.key();
-        let (seq, ev) = first
-            .get_mut()
-            .pop_front()
-            .expect("no bucket is left empty");
-        if first.get().is_empty() {
-            first.remove();
+        let mut t = self.cursor;
+        let wheel = if self.in_wheel > 0 {
+            while self.slots[(t % WHEEL) as usize].is_empty() {
+                t += 1;
+            }
+            self.slots[(t % WHEEL) as usize]
+                .front()
+                .map(|(seq, _)| *seq)
+        } else {
+            None
+        };
+        let far_first = self
+            .far
+            .first_key_value()
+            .is_some_and(|(k, _)| wheel.is_none_or(|seq| *k < (t, seq)));
+        if far_first {
+            let ((at, seq), ev) = self.far.pop_first().expect("not empty");
+            self.cursor = at;
+            return Some(Queued { at, seq, ev });
         }
-        Some(Queued { at, seq, ev })
+        wheel?;
+        let slot = &mut self.slots[(t % WHEEL) as usize];
+        let (seq, ev) = slot.pop_front().expect("not empty");
+        if slot.is_empty() && slot.capacity() > 1_024 {
+            // A burst (every node connecting at once) should not pin memory.
+            slot.shrink_to(64);
+        }
+        self.in_wheel -= 1;
+        self.cursor = t;
+        Some(Queued { at: t, seq, ev })
     }
 }
 
@@ -261,7 +309,10 @@ struct Node<S> {
     byzantine: bool,
     skew_ms: i64,
     gossip: GossipNode,
-    conns: BTreeSet<u32>,
+    conns: PeerSet,
+    /// When each outgoing connection is free again (a TCP connection
+    /// delivers in order): (peer, ms), sorted by peer.
+    link_ready: Vec<(u32, u64)>,
     disk: BTreeMap<ChangeHash, Arc<[u8]>>,
     unflushed: VecDeque<(ChangeHash, Arc<[u8]>)>,
     acked: BTreeSet<ChangeHash>,
@@ -275,6 +326,48 @@ struct Req {
     to: u32,
     inc_from: u32,
     deadline: u64,
+}
+
+/// Sync requests in flight, by id. Ids are handed out one after another
+/// and every request has the same timeout, so a deque that starts at the
+/// oldest live id serves lookups by index and the timeout sweep from its
+/// front, in the order of a map by id.
+#[derive(Default)]
+struct Requests {
+    /// The id of `slots[0]`.
+    base: u64,
+    /// `None` once answered; the front is always live.
+    slots: VecDeque<Option<Req>>,
+}
+
+impl Requests {
+    fn insert(&mut self, req: u64, r: Req) {
+        if self.slots.is_empty() {
+            self.base = req;
+        }
+        debug_assert_eq!(req, self.base + self.slots.len() as u64, "ids in order");
+        self.slots.push_back(Some(r));
+    }
+
+    fn get(&self, req: u64) -> Option<&Req> {
+        let i = req.checked_sub(self.base)?;
+        self.slots.get(i as usize)?.as_ref()
+    }
+
+    fn remove(&mut self, req: u64) -> Option<Req> {
+        let i = req.checked_sub(self.base)?;
+        let r = self.slots.get_mut(i as usize)?.take();
+        while self.slots.front().is_some_and(Option::is_none) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        r
+    }
+
+    /// The oldest live request.
+    fn first(&self) -> Option<(u64, &Req)> {
+        self.slots.front()?.as_ref().map(|r| (self.base, r))
+    }
 }
 
 struct UpdateRec {
@@ -322,12 +415,14 @@ struct Sim<'a, P: Payload> {
     banned: BTreeSet<(u32, u32)>,
     pending_dials: BTreeSet<(u32, u32)>,
     partition: Option<Partition>,
-    requests: BTreeMap<u64, Req>,
+    requests: Requests,
     next_req: u64,
-    msgs: HashMap<MsgId, Arc<[u8]>, Det>,
-    link_ready: HashMap<(u32, u32), u64, Det>,
-    /// Ids of published updates, in order (what a Byzantine node replays).
-    published: Vec<MsgId>,
+    /// Every gossip message seen, by id: its index.
+    msg_index: HashMap<MsgId, MsgIdx, Det>,
+    /// The bytes of published messages, by index (what IWANT is answered with).
+    msg_bytes: Vec<Option<Arc<[u8]>>>,
+    /// Published updates, in order (what a Byzantine node replays).
+    published: Vec<MsgIdx>,
     updates: Vec<UpdateRec>,
     by_hash: BTreeMap<ChangeHash, usize>,
     delays: Vec<u32>,
@@ -360,10 +455,10 @@ impl<'a, P: Payload> Sim<'a, P> {
             banned: BTreeSet::new(),
             pending_dials: BTreeSet::new(),
             partition: None,
-            requests: BTreeMap::new(),
+            requests: Requests::default(),
             next_req: 0,
-            msgs: HashMap::default(),
-            link_ready: HashMap::default(),
+            msg_index: HashMap::default(),
+            msg_bytes: Vec::new(),
             published: Vec::new(),
             updates: Vec::new(),
             by_hash: BTreeMap::new(),
@@ -445,7 +540,8 @@ impl<'a, P: Payload> Sim<'a, P> {
                 byzantine: byzantine.contains(&(i as u32)),
                 skew_ms,
                 gossip: GossipNode::new(),
-                conns: BTreeSet::new(),
+                conns: PeerSet::new(),
+                link_ready: Vec::new(),
                 disk: BTreeMap::new(),
                 unflushed: VecDeque::new(),
                 acked: BTreeSet::new(),
@@ -493,7 +589,6 @@ impl<'a, P: Payload> Sim<'a, P> {
             let mut cands: Vec<u32> = self.nodes[i as usize]
                 .conns
                 .iter()
-                .copied()
                 .filter(|p| !self.nodes[i as usize].gossip.mesh.contains(p))
                 .collect();
             while self.nodes[i as usize].gossip.mesh.len() < d && !cands.is_empty() {
@@ -567,7 +662,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 to,
                 inc_to,
                 msg,
-            } => self.deliver(from, to, inc_to, *msg),
+            } => self.deliver(from, to, inc_to, msg),
             Ev::Connected { node, peer, inc } => {
                 if self.nodes[node as usize].inc == inc
                     && self.alive(node)
@@ -599,14 +694,14 @@ impl<'a, P: Payload> Sim<'a, P> {
                 // oldest requests come first: fail every one past its
                 // deadline, and wake up again at the next deadline.
                 self.sweep_scheduled = false;
-                while let Some(entry) = self.requests.first_entry() {
-                    if entry.get().deadline > self.now {
-                        let (req, deadline) = (*entry.key(), entry.get().deadline);
+                while let Some((req, first)) = self.requests.first() {
+                    if first.deadline > self.now {
+                        let deadline = first.deadline;
                         self.sweep_scheduled = true;
                         self.push(deadline, Ev::RequestTimeout { req });
                         break;
                     }
-                    let r = entry.remove();
+                    let r = self.requests.remove(req).expect("the first is live");
                     if self.nodes[r.from as usize].inc == r.inc_from && self.alive(r.from) {
                         self.input(r.from, Input::RequestFailed { peer: r.to });
                     }
@@ -774,8 +869,8 @@ impl<'a, P: Payload> Sim<'a, P> {
         }
         let receiver = &self.nodes[to as usize];
         let useless = match &msg {
-            Msg::Gossip { id, .. } => receiver.gossip.seen.contains(id),
-            Msg::IHave(ids) => ids.iter().all(|id| receiver.gossip.seen.contains(id)),
+            Msg::Gossip { id, .. } => receiver.gossip.has_seen(*id),
+            Msg::IHave(ids) => ids.iter().all(|id| receiver.gossip.has_seen(*id)),
             _ => false,
         };
         if useless && receiver.replica.is_some() {
@@ -792,7 +887,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     from,
                     to,
                     inc_to,
-                    msg: Box::new(msg.clone()),
+                    msg: msg.clone(),
                 },
             );
         }
@@ -800,9 +895,14 @@ impl<'a, P: Payload> Sim<'a, P> {
         let mut at = self.now + d + held_back;
         if !reordered && self.sc.network.loss_model == LossModel::Retransmit {
             // One TCP connection delivers in order.
-            let ready = self.link_ready.entry((from, to)).or_insert(0);
-            at = at.max(*ready);
-            *ready = at;
+            let links = &mut self.nodes[from as usize].link_ready;
+            match links.binary_search_by_key(&to, |(p, _)| *p) {
+                Ok(i) => {
+                    at = at.max(links[i].1);
+                    links[i].1 = at;
+                }
+                Err(i) => links.insert(i, (to, at)),
+            }
         }
         self.push(
             at,
@@ -810,7 +910,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 from,
                 to,
                 inc_to,
-                msg: Box::new(msg),
+                msg: msg,
             },
         );
     }
@@ -928,7 +1028,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     request_id,
                     response,
                 } => {
-                    if let Some(r) = self.requests.get(&request_id) {
+                    if let Some(r) = self.requests.get(request_id) {
                         let to = r.from;
                         self.send(
                             n,
@@ -1036,12 +1136,12 @@ impl<'a, P: Payload> Sim<'a, P> {
     /// Revoke wins: asks the node's real decision procedure about subjects it
     /// has accepted revocations of.
     fn probe(&mut self, n: u32, mut subjects: BTreeSet<u32>) {
-        let node = &self.nodes[n as usize];
-        if !node.revoked_seen.is_empty() {
-            let all: Vec<u32> = node.revoked_seen.iter().copied().collect();
-            if let Some(k) = all.choose(&mut self.rng) {
-                subjects.insert(*k);
-            }
+        let len = self.nodes[n as usize].revoked_seen.len();
+        if len > 0 {
+            // As `choose` on the sorted list would pick, without the list.
+            let i = self.rng.random_range(..len);
+            let k = self.nodes[n as usize].revoked_seen.iter().nth(i);
+            subjects.extend(k);
         }
         let node = &self.nodes[n as usize];
         let Some(r) = node.replica.as_ref() else {
@@ -1056,20 +1156,30 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     // ---- gossip ----------------------------------------------------------
 
+    /// The index of the message with these bytes, given at first sight.
+    fn intern(&mut self, bytes: &[u8]) -> MsgIdx {
+        let next = self.msg_bytes.len() as MsgIdx;
+        let i = *self.msg_index.entry(msg_id(bytes)).or_insert(next);
+        if i == next {
+            self.msg_bytes.push(None);
+        }
+        i
+    }
+
     fn publish(&mut self, n: u32, bytes: Arc<[u8]>) {
-        let id = msg_id(&bytes);
-        if let std::collections::hash_map::Entry::Vacant(e) = self.msgs.entry(id) {
-            e.insert(bytes.clone());
+        let id = self.intern(&bytes);
+        if self.msg_bytes[id as usize].is_none() {
+            self.msg_bytes[id as usize] = Some(bytes.clone());
             self.published.push(id);
         }
         let e = self.next_heartbeat(n);
         let g = &mut self.nodes[n as usize].gossip;
-        g.seen.insert(id);
+        g.see(id);
         g.remember(id, e);
         let targets: Vec<u32> = if self.sc.gossip.flood_publish {
-            self.nodes[n as usize].conns.iter().copied().collect()
+            self.nodes[n as usize].conns.iter().collect()
         } else {
-            self.nodes[n as usize].gossip.mesh.iter().copied().collect()
+            self.nodes[n as usize].gossip.mesh.iter().collect()
         };
         for p in targets {
             self.send(
@@ -1126,7 +1236,7 @@ impl<'a, P: Payload> Sim<'a, P> {
         };
         let node = &mut self.nodes[n as usize];
         node.gossip.heartbeat_scheduled = false;
-        if node.gossip.mesh.iter().any(|p| !node.conns.contains(p)) {
+        if node.gossip.mesh.iter().any(|p| !node.conns.contains(&p)) {
             let conns = &node.conns;
             node.gossip.mesh.retain(|p| conns.contains(p));
         }
@@ -1135,7 +1245,6 @@ impl<'a, P: Payload> Sim<'a, P> {
             let mut cands: Vec<u32> = node
                 .conns
                 .iter()
-                .copied()
                 .filter(|p| !node.gossip.mesh.contains(p))
                 .collect();
             while node.gossip.mesh.len() < d && !cands.is_empty() {
@@ -1145,7 +1254,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 sends.push((p, Msg::Graft));
             }
         } else if node.gossip.mesh.len() > d_high {
-            let mut mesh: Vec<u32> = node.gossip.mesh.iter().copied().collect();
+            let mut mesh: Vec<u32> = node.gossip.mesh.iter().collect();
             while mesh.len() > d {
                 let i = self.rng.random_range(0..mesh.len());
                 let p = mesh.swap_remove(i);
@@ -1153,12 +1262,11 @@ impl<'a, P: Payload> Sim<'a, P> {
                 sends.push((p, Msg::Prune));
             }
         }
-        let ids = node.gossip.gossip_ids(k, hg);
+        let ids: Arc<[MsgIdx]> = node.gossip.gossip_ids(k, hg).into();
         if !ids.is_empty() {
             let mut cands: Vec<u32> = node
                 .conns
                 .iter()
-                .copied()
                 .filter(|p| !node.gossip.mesh.contains(p))
                 .collect();
             for _ in 0..d_lazy {
@@ -1190,7 +1298,7 @@ impl<'a, P: Payload> Sim<'a, P> {
         match msg {
             Msg::Gossip { id, bytes } => {
                 let g = &mut self.nodes[to as usize].gossip;
-                if !g.seen.insert(id) {
+                if !g.see(id) {
                     self.c.gossip_duplicates_dropped += 1;
                     return;
                 }
@@ -1213,7 +1321,6 @@ impl<'a, P: Payload> Sim<'a, P> {
                         .gossip
                         .mesh
                         .iter()
-                        .copied()
                         .filter(|p| *p != from)
                         .collect();
                     for p in mesh {
@@ -1236,10 +1343,11 @@ impl<'a, P: Payload> Sim<'a, P> {
             Msg::IHave(ids) => {
                 let now = self.now;
                 let g = &mut self.nodes[to as usize].gossip;
-                let want: Vec<MsgId> = ids
-                    .into_iter()
+                let want: Vec<MsgIdx> = ids
+                    .iter()
+                    .copied()
                     .filter(|id| {
-                        !g.seen.contains(id)
+                        !g.has_seen(*id)
                             && g.asked.get(id).is_none_or(|t| now >= t + IWANT_FOLLOWUP_MS)
                     })
                     .collect();
@@ -1256,7 +1364,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     if self.nodes[to as usize]
                         .gossip
                         .in_cache(id, u, self.sc.gossip.history_length)
-                        && let Some(bytes) = self.msgs.get(&id).cloned()
+                        && let Some(bytes) = self.msg_bytes[id as usize].clone()
                     {
                         self.send(to, from, Msg::Gossip { id, bytes });
                     }
@@ -1283,7 +1391,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 );
             }
             Msg::Response { req, response } => {
-                if self.requests.remove(&req).is_some() {
+                if self.requests.remove(req).is_some() {
                     self.input(to, Input::Response { from, response });
                 }
             }
@@ -1372,7 +1480,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     // either direction); they are redialed after the heal.
                     let mut cut = Vec::new();
                     for a in 0..n as u32 {
-                        for &b in &self.nodes[a as usize].conns {
+                        for b in self.nodes[a as usize].conns.iter() {
                             if a < b && (self.blocked(a, b) || self.blocked(b, a)) {
                                 cut.push((a, b));
                             }
@@ -1412,7 +1520,7 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn crash(&mut self, n: u32, durable: bool, down: u64) {
         self.c.crashes += 1;
-        let peers: Vec<u32> = self.nodes[n as usize].conns.iter().copied().collect();
+        let peers: Vec<u32> = self.nodes[n as usize].conns.iter().collect();
         for p in peers {
             self.close(n, p);
         }
@@ -1493,13 +1601,13 @@ impl<'a, P: Payload> Sim<'a, P> {
                     let Some(bytes) = self
                         .published
                         .choose(&mut self.rng)
-                        .and_then(|id| self.msgs.get(id))
+                        .and_then(|id| self.msg_bytes[*id as usize].as_ref())
                         .cloned()
                     else {
                         continue;
                     };
                     Msg::Gossip {
-                        id: msg_id(&bytes),
+                        id: self.intern(&bytes),
                         bytes,
                     }
                 }
@@ -1520,7 +1628,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     }
                     let bytes: Arc<[u8]> = bytes.into();
                     Msg::Gossip {
-                        id: msg_id(&bytes),
+                        id: self.intern(&bytes),
                         bytes,
                     }
                 }
@@ -1529,13 +1637,13 @@ impl<'a, P: Payload> Sim<'a, P> {
                     self.rng.fill_bytes(&mut junk);
                     let bytes: Arc<[u8]> = junk.into();
                     Msg::Gossip {
-                        id: msg_id(&bytes),
+                        id: self.intern(&bytes),
                         bytes,
                     }
                 }
             };
             self.c.forged_sent += 1;
-            let peers: Vec<u32> = self.nodes[b as usize].conns.iter().copied().collect();
+            let peers: Vec<u32> = self.nodes[b as usize].conns.iter().collect();
             for p in peers {
                 self.send(b, p, msg.clone());
             }

@@ -33,7 +33,7 @@
 //! Heartbeats that could do nothing (empty cache, mesh within bounds) are
 //! not scheduled: the result is the same, and a 10,000-node hour needs it.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
 use sha2::{Digest, Sha256};
@@ -97,6 +97,78 @@ pub fn msg_id(data: &[u8]) -> MsgId {
     u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
+/// A message's index: the order in which the simulation first saw it.
+/// Messages are interned ([`crate::engine`] maps each [`MsgId`] to one), so
+/// per-node seen-sets are bitsets a few words long instead of hash sets.
+pub type MsgIdx = u32;
+
+/// A small set of peers as a sorted vector: a node has a few dozen
+/// connections at most, and a sorted vector keeps them in one or two cache
+/// lines and iterates in the same order as a `BTreeSet`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSet(Vec<u32>);
+
+impl PeerSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        PeerSet(Vec::new())
+    }
+
+    /// Whether `p` is in the set.
+    #[inline]
+    pub fn contains(&self, p: &u32) -> bool {
+        self.0.binary_search(p).is_ok()
+    }
+
+    /// Adds `p`; true if it was not there.
+    pub fn insert(&mut self, p: u32) -> bool {
+        match self.0.binary_search(&p) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, p);
+                true
+            }
+        }
+    }
+
+    /// Removes `p`; true if it was there.
+    pub fn remove(&mut self, p: &u32) -> bool {
+        match self.0.binary_search(p) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// How many.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In ascending order.
+    pub fn iter(&self) -> std::iter::Copied<std::slice::Iter<'_, u32>> {
+        self.0.iter().copied()
+    }
+
+    /// As a sorted slice.
+    pub fn as_slice(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// Keeps the peers for which `f` holds.
+    pub fn retain(&mut self, f: impl FnMut(&u32) -> bool) {
+        self.0.retain(f);
+    }
+}
+
 /// One node's gossip state.
 ///
 /// The message cache is kept by heartbeat number instead of being shifted on
@@ -108,13 +180,14 @@ pub fn msg_id(data: &[u8]) -> MsgId {
 #[derive(Debug, Default)]
 pub struct GossipNode {
     /// Mesh peers.
-    pub mesh: BTreeSet<u32>,
-    /// Every message id seen.
-    pub seen: HashSet<MsgId, Det>,
-    /// Ids asked for by IWANT, with when.
-    pub asked: HashMap<MsgId, u64, Det>,
-    /// The message cache: (window, ids), oldest first.
-    windows: VecDeque<(u64, Vec<MsgId>)>,
+    pub mesh: PeerSet,
+    /// Every message seen (gossipsub's duplicate cache), as a bitset by
+    /// message index.
+    seen: Vec<u64>,
+    /// Messages asked for by IWANT, with when.
+    pub asked: HashMap<MsgIdx, u64, Det>,
+    /// The message cache: (window, messages), oldest first.
+    windows: VecDeque<(u64, Vec<MsgIdx>)>,
     /// A heartbeat is scheduled.
     pub heartbeat_scheduled: bool,
 }
@@ -125,16 +198,37 @@ impl GossipNode {
         GossipNode::default()
     }
 
+    /// Whether message `i` has been seen.
+    #[inline]
+    pub fn has_seen(&self, i: MsgIdx) -> bool {
+        self.seen
+            .get(i as usize / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Marks message `i` seen; true if it was not seen before.
+    #[inline]
+    pub fn see(&mut self, i: MsgIdx) -> bool {
+        let w = i as usize / 64;
+        if w >= self.seen.len() {
+            self.seen.resize(w + 1, 0);
+        }
+        let bit = 1 << (i % 64);
+        let fresh = self.seen[w] & bit == 0;
+        self.seen[w] |= bit;
+        fresh
+    }
+
     /// Puts an accepted message into window `e` (the next heartbeat's number).
-    pub fn remember(&mut self, id: MsgId, e: u64) {
+    pub fn remember(&mut self, id: MsgIdx, e: u64) {
         match self.windows.back_mut() {
             Some((w, ids)) if *w == e => ids.push(id),
             _ => self.windows.push_back((e, vec![id])),
         }
     }
 
-    /// Ids heartbeat `k` announces by IHAVE.
-    pub fn gossip_ids(&self, k: u64, history_gossip: usize) -> Vec<MsgId> {
+    /// Messages heartbeat `k` announces by IHAVE.
+    pub fn gossip_ids(&self, k: u64, history_gossip: usize) -> Vec<MsgIdx> {
         self.windows
             .iter()
             .filter(|(e, _)| *e <= k && e + history_gossip as u64 > k)
@@ -142,8 +236,8 @@ impl GossipNode {
             .collect()
     }
 
-    /// Whether an id is still answerable to IWANT when the next heartbeat is `u`.
-    pub fn in_cache(&self, id: MsgId, u: u64, history_length: usize) -> bool {
+    /// Whether a message is still answerable to IWANT when the next heartbeat is `u`.
+    pub fn in_cache(&self, id: MsgIdx, u: u64, history_length: usize) -> bool {
         self.windows
             .iter()
             .any(|(e, ids)| e + history_length as u64 > u && ids.contains(&id))

@@ -74,6 +74,8 @@ pub struct LightEntry {
     pub seq: u64,
     /// Dependencies.
     pub deps: Vec<ChangeHash>,
+    /// What applying it touches (computed once, at verification).
+    pub summary: ChangeSummary,
 }
 
 #[derive(Clone, Debug)]
@@ -182,7 +184,7 @@ fn decode(bytes: &[u8]) -> Result<(Vec<u8>, LightEntry, Signature), Refusal> {
     if n > MAX_DEPS || bytes.len() != 51 + n * 32 + SIG_LEN {
         return Err(m("light update length does not match its dependencies"));
     }
-    let deps = (0..n)
+    let deps: Vec<ChangeHash> = (0..n)
         .map(|i| {
             ChangeHash(
                 bytes[51 + i * 32..83 + i * 32]
@@ -194,6 +196,7 @@ fn decode(bytes: &[u8]) -> Result<(Vec<u8>, LightEntry, Signature), Refusal> {
     let body = bytes[..bytes.len() - SIG_LEN].to_vec();
     let sig = Signature::from_bytes(bytes[bytes.len() - SIG_LEN..].try_into().expect("64 bytes"));
     let id = ChangeHash(Sha256::digest(&body).into());
+    let summary = summary_of(id, &author, seq, kind, subject, &deps);
     Ok((
         body,
         LightEntry {
@@ -204,6 +207,7 @@ fn decode(bytes: &[u8]) -> Result<(Vec<u8>, LightEntry, Signature), Refusal> {
             subject,
             seq,
             deps,
+            summary,
         },
         sig,
     ))
@@ -393,7 +397,7 @@ impl LightState {
                 self.revoked.insert(e.subject);
             }
         }
-        let summary = summary_of(&e);
+        let summary = e.summary.clone();
         self.applied.insert(e.id, e.clone());
         self.order.push(e);
         (summary.hash, summary)
@@ -422,23 +426,30 @@ impl LightState {
     }
 }
 
-fn summary_of(e: &LightEntry) -> ChangeSummary {
-    let mut actor = e.author.as_bytes().to_vec();
-    actor.extend_from_slice(&e.seq.to_be_bytes());
-    let path = match e.kind {
+fn summary_of(
+    id: ChangeHash,
+    author: &PublicKey,
+    seq: u64,
+    kind: LightKind,
+    subject: u32,
+    deps: &[ChangeHash],
+) -> ChangeSummary {
+    let mut actor = author.as_bytes().to_vec();
+    actor.extend_from_slice(&seq.to_be_bytes());
+    let path = match kind {
         LightKind::Grant => Path(vec![
             "bundles".into(),
-            format!("g{}", e.subject),
+            format!("g{subject}"),
             "policies".into(),
             "p".into(),
         ]),
-        LightKind::Revoke => Path(vec!["revocations".into(), subject_text(e.subject)]),
+        LightKind::Revoke => Path(vec!["revocations".into(), subject_text(subject)]),
     };
     ChangeSummary {
-        hash: e.id,
+        hash: id,
         actor: ActorId::from(actor),
-        deps: e.deps.clone(),
-        max_op: e.seq,
+        deps: deps.to_vec(),
+        max_op: seq,
         time: 0,
         paths: [path].into_iter().collect(),
     }
@@ -512,7 +523,9 @@ impl ReplicaState for LightState {
     }
 
     fn knows(&self, hash: &ChangeHash) -> bool {
-        *hash == self.shared.genesis
+        // Heads first: a peer's heads are most often ours.
+        self.heads.contains(hash)
+            || *hash == self.shared.genesis
             || self.applied.contains_key(hash)
             || self.held.contains_key(hash)
     }
