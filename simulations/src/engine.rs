@@ -96,19 +96,43 @@ pub const REACH_BUCKETS: usize = 200;
 /// Re-ask for an id by IWANT after this long without it (gossipsub's
 /// `iwant_followup_time`, 3 s).
 const IWANT_FOLLOWUP_MS: u64 = 3_000;
+/// Bytes of gossipsub framing around a message's data, approximately (the
+/// protobuf `Message` with its source, sequence number and signature, and
+/// the RPC around it).
+const ENVELOPE: usize = 64;
+/// How long an IDONTWANT holds (libp2p's `IDONTWANT_TIMEOUT`, 3 s; it
+/// drops older ones on its heartbeat).
+const IDONTWANT_MS: u64 = 3_000;
 /// Acknowledged-but-unflushed writes a sabotaged store keeps in memory.
 const UNFLUSHED: usize = 2;
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Gossip { id: MsgIdx, bytes: Arc<[u8]> },
-    Oversized { len: usize },
+    /// A message, with the node that published it (gossipsub's `source`,
+    /// which the node signs: `MessageAuthenticity::Signed`).
+    Gossip {
+        id: MsgIdx,
+        source: u32,
+        bytes: Arc<[u8]>,
+    },
+    Oversized {
+        len: usize,
+    },
     IHave(Arc<[MsgIdx]>),
     IWant(Vec<MsgIdx>),
+    IDontWant(MsgIdx),
     Graft,
     Prune,
-    Request { req: u64, request: SyncRequest },
-    Response { req: u64, response: SyncResponse },
+    /// Sync messages are boxed: they are the largest, and a small `Msg`
+    /// keeps the event queue's buckets small.
+    Request {
+        req: u64,
+        request: Box<SyncRequest>,
+    },
+    Response {
+        req: u64,
+        response: Box<SyncResponse>,
+    },
 }
 
 impl Msg {
@@ -119,17 +143,18 @@ impl Msg {
     fn size(&self) -> u64 {
         let heads = |n: usize| 32 * n as u64 + 8;
         (match self {
-            Msg::Gossip { bytes, .. } => bytes.len() as u64 + 64,
+            Msg::Gossip { bytes, .. } => bytes.len() as u64 + ENVELOPE as u64,
             Msg::Oversized { len } => *len as u64,
             Msg::IHave(ids) => 16 + 32 * ids.len() as u64,
             Msg::IWant(ids) => 16 + 32 * ids.len() as u64,
+            Msg::IDontWant(_) => 16 + 32,
             Msg::Graft | Msg::Prune => 24,
-            Msg::Request { request, .. } => match request {
+            Msg::Request { request, .. } => match &**request {
                 SyncRequest::Hello { cert, heads: h } => cert.len() as u64 + heads(h.len()),
                 SyncRequest::Heads { heads: h } => heads(h.len()),
                 SyncRequest::Fetch { hashes } => heads(hashes.len()),
             },
-            Msg::Response { response, .. } => match response {
+            Msg::Response { response, .. } => match &**response {
                 SyncResponse::Hello { cert, heads: h } => cert.len() as u64 + heads(h.len()),
                 SyncResponse::Offer {
                     heads: h, hashes, ..
@@ -152,6 +177,7 @@ impl Msg {
             Msg::Prune => 6,
             Msg::Request { .. } => 7,
             Msg::Response { .. } => 8,
+            Msg::IDontWant(_) => 9,
         }
     }
 }
@@ -293,9 +319,10 @@ impl EventQueue {
         wheel?;
         let slot = &mut self.slots[(t % WHEEL) as usize];
         let (seq, ev) = slot.pop_front().expect("not empty");
-        if slot.is_empty() && slot.capacity() > 1_024 {
-            // A burst (every node connecting at once) should not pin memory.
-            slot.shrink_to(64);
+        if slot.is_empty() && slot.capacity() > 64 {
+            // A burst (every node connecting at once, a heal) should not
+            // pin memory in thousands of buckets.
+            slot.shrink_to(16);
         }
         self.in_wheel -= 1;
         self.cursor = t;
@@ -394,6 +421,7 @@ struct Counters {
     payload_copies: u64,
     first_deliveries: u64,
     gossip_duplicates_dropped: u64,
+    idontwant_sent: u64,
     oversized_refused: u64,
     rejected: u64,
     penalties: u64,
@@ -419,8 +447,9 @@ struct Sim<'a, P: Payload> {
     next_req: u64,
     /// Every gossip message seen, by id: its index.
     msg_index: HashMap<MsgId, MsgIdx, Det>,
-    /// The bytes of published messages, by index (what IWANT is answered with).
-    msg_bytes: Vec<Option<Arc<[u8]>>>,
+    /// The bytes and publisher of published messages, by index (what IWANT
+    /// is answered with).
+    msg_bytes: Vec<Option<(Arc<[u8]>, u32)>>,
     /// Published updates, in order (what a Byzantine node replays).
     published: Vec<MsgIdx>,
     updates: Vec<UpdateRec>,
@@ -836,10 +865,8 @@ impl<'a, P: Payload> Sim<'a, P> {
         if let Msg::Gossip { .. } = msg {
             self.c.payload_copies += 1;
         }
-        if let Msg::Response {
-            response: SyncResponse::Updates { updates },
-            ..
-        } = &msg
+        if let Msg::Response { response, .. } = &msg
+            && let SyncResponse::Updates { updates } = &**response
         {
             self.c.payload_copies += updates.len() as u64;
         }
@@ -871,6 +898,9 @@ impl<'a, P: Payload> Sim<'a, P> {
         let useless = match &msg {
             Msg::Gossip { id, .. } => receiver.gossip.has_seen(*id),
             Msg::IHave(ids) => ids.iter().all(|id| receiver.gossip.has_seen(*id)),
+            // It only stops copies the receiver would forward or answer
+            // with, and once it has the message it forwards no more.
+            Msg::IDontWant(id) => receiver.gossip.has_seen(*id),
             _ => false,
         };
         if useless && receiver.replica.is_some() {
@@ -910,7 +940,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 from,
                 to,
                 inc_to,
-                msg: msg,
+                msg,
             },
         );
     }
@@ -955,8 +985,8 @@ impl<'a, P: Payload> Sim<'a, P> {
             return;
         }
         self.nodes[b as usize].conns.remove(&a);
-        self.nodes[a as usize].gossip.mesh.remove(&b);
-        self.nodes[b as usize].gossip.mesh.remove(&a);
+        self.nodes[a as usize].gossip.forget(b);
+        self.nodes[b as usize].gossip.forget(a);
         let lat = self.base_latency(a, b).round() as u64;
         let (ia, ib) = (self.nodes[a as usize].inc, self.nodes[b as usize].inc);
         self.push(
@@ -1022,6 +1052,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                         self.sweep_scheduled = true;
                         self.push(deadline, Ev::RequestTimeout { req });
                     }
+                    let request = Box::new(request);
                     self.send(n, to, Msg::Request { req, request });
                 }
                 Output::Respond {
@@ -1035,7 +1066,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                             to,
                             Msg::Response {
                                 req: request_id,
-                                response,
+                                response: Box::new(response),
                             },
                         );
                     }
@@ -1169,7 +1200,7 @@ impl<'a, P: Payload> Sim<'a, P> {
     fn publish(&mut self, n: u32, bytes: Arc<[u8]>) {
         let id = self.intern(&bytes);
         if self.msg_bytes[id as usize].is_none() {
-            self.msg_bytes[id as usize] = Some(bytes.clone());
+            self.msg_bytes[id as usize] = Some((bytes.clone(), n));
             self.published.push(id);
         }
         let e = self.next_heartbeat(n);
@@ -1187,6 +1218,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 p,
                 Msg::Gossip {
                     id,
+                    source: n,
                     bytes: bytes.clone(),
                 },
             );
@@ -1296,16 +1328,28 @@ impl<'a, P: Payload> Sim<'a, P> {
             return;
         }
         match msg {
-            Msg::Gossip { id, bytes } => {
+            Msg::Gossip { id, source, bytes } => {
                 let g = &mut self.nodes[to as usize].gossip;
                 if !g.see(id) {
                     self.c.gossip_duplicates_dropped += 1;
                     return;
                 }
-                g.asked.remove(&id);
+                let promised = g.asked.remove(&id).map(|(_, p)| p);
                 if bytes.len() > self.sc.gossip.max_transmit {
                     self.c.oversized_refused += 1;
                     return;
+                }
+                if bytes.len() + ENVELOPE > self.sc.gossip.idontwant_threshold {
+                    // Gossipsub 1.2, before validation: mesh peers and the
+                    // peer an IWANT for it went to need not send it too.
+                    let mut peers: Vec<u32> = g.mesh.iter().chain(promised).collect();
+                    peers.sort_unstable();
+                    peers.dedup();
+                    peers.retain(|p| *p != from && *p != source);
+                    for p in peers {
+                        self.c.idontwant_sent += 1;
+                        self.send(to, p, Msg::IDontWant(id));
+                    }
                 }
                 let accepted = self.input(
                     to,
@@ -1316,12 +1360,15 @@ impl<'a, P: Payload> Sim<'a, P> {
                 );
                 if accepted {
                     let e = self.next_heartbeat(to);
-                    self.nodes[to as usize].gossip.remember(id, e);
-                    let mesh: Vec<u32> = self.nodes[to as usize]
-                        .gossip
+                    let now = self.now;
+                    let g = &mut self.nodes[to as usize].gossip;
+                    g.remember(id, e);
+                    // Not back to the sender, not to the publisher, not to
+                    // a peer that said IDONTWANT (gossipsub's `forward_msg`).
+                    let mesh: Vec<u32> = g
                         .mesh
                         .iter()
-                        .filter(|p| *p != from)
+                        .filter(|p| *p != from && *p != source && !g.dont_want(*p, id, now))
                         .collect();
                     for p in mesh {
                         self.send(
@@ -1329,6 +1376,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                             p,
                             Msg::Gossip {
                                 id,
+                                source,
                                 bytes: bytes.clone(),
                             },
                         );
@@ -1348,12 +1396,14 @@ impl<'a, P: Payload> Sim<'a, P> {
                     .copied()
                     .filter(|id| {
                         !g.has_seen(*id)
-                            && g.asked.get(id).is_none_or(|t| now >= t + IWANT_FOLLOWUP_MS)
+                            && g.asked
+                                .get(id)
+                                .is_none_or(|(t, _)| now >= t + IWANT_FOLLOWUP_MS)
                     })
                     .collect();
                 if !want.is_empty() {
                     for id in &want {
-                        g.asked.insert(*id, now);
+                        g.asked.insert(*id, (now, from));
                     }
                     self.send(to, from, Msg::IWant(want));
                 }
@@ -1361,14 +1411,20 @@ impl<'a, P: Payload> Sim<'a, P> {
             Msg::IWant(ids) => {
                 for id in ids {
                     let u = self.next_heartbeat(to);
-                    if self.nodes[to as usize]
-                        .gossip
-                        .in_cache(id, u, self.sc.gossip.history_length)
-                        && let Some(bytes) = self.msg_bytes[id as usize].clone()
+                    let g = &self.nodes[to as usize].gossip;
+                    if g.in_cache(id, u, self.sc.gossip.history_length)
+                        && !g.dont_want(from, id, self.now)
+                        && let Some((bytes, source)) = self.msg_bytes[id as usize].clone()
                     {
-                        self.send(to, from, Msg::Gossip { id, bytes });
+                        self.send(to, from, Msg::Gossip { id, source, bytes });
                     }
                 }
+            }
+            Msg::IDontWant(id) => {
+                let now = self.now;
+                self.nodes[to as usize]
+                    .gossip
+                    .dont_send(from, id, now, IDONTWANT_MS);
             }
             Msg::Graft => {
                 self.nodes[to as usize].gossip.mesh.insert(from);
@@ -1386,13 +1442,19 @@ impl<'a, P: Payload> Sim<'a, P> {
                     Input::Request {
                         from,
                         request_id: req,
-                        request,
+                        request: *request,
                     },
                 );
             }
             Msg::Response { req, response } => {
                 if self.requests.remove(req).is_some() {
-                    self.input(to, Input::Response { from, response });
+                    self.input(
+                        to,
+                        Input::Response {
+                            from,
+                            response: *response,
+                        },
+                    );
                 }
             }
         }
@@ -1602,12 +1664,14 @@ impl<'a, P: Payload> Sim<'a, P> {
                         .published
                         .choose(&mut self.rng)
                         .and_then(|id| self.msg_bytes[*id as usize].as_ref())
-                        .cloned()
+                        .map(|(b, _)| b.clone())
                     else {
                         continue;
                     };
+                    // Re-published under its own name.
                     Msg::Gossip {
                         id: self.intern(&bytes),
+                        source: b,
                         bytes,
                     }
                 }
@@ -1629,6 +1693,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     let bytes: Arc<[u8]> = bytes.into();
                     Msg::Gossip {
                         id: self.intern(&bytes),
+                        source: b,
                         bytes,
                     }
                 }
@@ -1638,6 +1703,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     let bytes: Arc<[u8]> = junk.into();
                     Msg::Gossip {
                         id: self.intern(&bytes),
+                        source: b,
                         bytes,
                     }
                 }
@@ -1829,6 +1895,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     round6(self.c.payload_copies as f64 / self.c.first_deliveries as f64)
                 },
                 duplicates_dropped: self.c.gossip_duplicates_dropped,
+                idontwant_sent: self.c.idontwant_sent,
                 rejected: self.c.rejected,
                 oversized_refused: self.c.oversized_refused,
                 penalties: self.c.penalties,

@@ -14,6 +14,7 @@
 //! | `message_id_fn` (SHA-256 of data) | [`msg_id`] (its first 8 bytes)        | |
 //! | `validate_messages` + `report_message_validation_result` | the replica's `Verdict`: only `Accept` is forwarded and cached | |
 //! | duplicate cache                  | `seen`, never expiring within a run    | |
+//! | `idontwant_message_size_threshold` | [`GossipConfig::idontwant_threshold`] | 1,000 |
 //! | GRAFT / PRUNE / IHAVE / IWANT    | [`crate::engine`]'s control messages   | |
 //!
 //! Eager push: a node forwards a message it accepted to its mesh peers (not
@@ -25,10 +26,27 @@
 //! Mesh maintenance on the heartbeat grafts random peers when the mesh is
 //! below `d_low` (up to `d`) and prunes random ones above `d_high` (down to `d`).
 //!
+//! Forwarding skips, as gossipsub's `forward_msg` does, the peer the message
+//! came from, the node that published it (the node signs its messages, so
+//! every message names its `source`), and peers that sent IDONTWANT for it.
+//!
+//! IDONTWANT (gossipsub 1.2, in libp2p since 0.54): a node that receives a
+//! message it has not seen, larger than `idontwant_message_size_threshold`
+//! (libp2p's default, 1,000 bytes, which the node keeps), tells its mesh
+//! peers and the peer it asked by IWANT, except the sender and the
+//! publisher, not to send it; it does so before validation. A peer skips
+//! those when it forwards or answers IWANT, for 3 s (`IDONTWANT_TIMEOUT`;
+//! libp2p drops them on the heartbeat after). Weft's updates are a few
+//! hundred bytes on the wire, below the threshold, so with the node's
+//! configuration no IDONTWANT is ever sent; [`GossipConfig::idontwant_threshold`]
+//! shows what it would change.
+//!
 //! Not modelled: peer scoring (the replica's strikes and bans stand in for
 //! P4; the other terms are off or near zero in the node's configuration),
-//! opportunistic grafting, peer exchange, IDONTWANT, fanout (there is one
-//! topic and every node subscribes), and the backoff after PRUNE.
+//! opportunistic grafting, peer exchange, fanout (there is one topic and
+//! every node subscribes), the backoff after PRUNE, and validation time
+//! (a message is validated the moment it arrives, so no duplicate arrives
+//! while it waits, and gossipsub's `originating_peers` stays empty).
 //!
 //! Heartbeats that could do nothing (empty cache, mesh within bounds) are
 //! not scheduled: the result is the same, and a 10,000-node hour needs it.
@@ -184,8 +202,10 @@ pub struct GossipNode {
     /// Every message seen (gossipsub's duplicate cache), as a bitset by
     /// message index.
     seen: Vec<u64>,
-    /// Messages asked for by IWANT, with when.
-    pub asked: HashMap<MsgIdx, u64, Det>,
+    /// Messages asked for by IWANT, with when and from whom.
+    pub asked: HashMap<MsgIdx, (u64, u32), Det>,
+    /// IDONTWANTs received: (peer, message, until when they hold).
+    dont_send: Vec<(u32, MsgIdx, u64)>,
     /// The message cache: (window, messages), oldest first.
     windows: VecDeque<(u64, Vec<MsgIdx>)>,
     /// A heartbeat is scheduled.
@@ -217,6 +237,27 @@ impl GossipNode {
         let fresh = self.seen[w] & bit == 0;
         self.seen[w] |= bit;
         fresh
+    }
+
+    /// Records peer `p`'s IDONTWANT for message `i`, received at `now`
+    /// and holding for `hold` ms, and drops those that no longer hold.
+    pub fn dont_send(&mut self, p: u32, i: MsgIdx, now: u64, hold: u64) {
+        self.dont_send.retain(|(_, _, until)| *until > now);
+        self.dont_send.push((p, i, now + hold));
+    }
+
+    /// Whether peer `p` said IDONTWANT for message `i`, and it still holds.
+    pub fn dont_want(&self, p: u32, i: MsgIdx, now: u64) -> bool {
+        self.dont_send
+            .iter()
+            .any(|(q, j, until)| *q == p && *j == i && *until > now)
+    }
+
+    /// Forgets a peer whose connection closed: out of the mesh, and its
+    /// IDONTWANTs with it.
+    pub fn forget(&mut self, p: u32) {
+        self.mesh.remove(&p);
+        self.dont_send.retain(|(q, _, _)| *q != p);
     }
 
     /// Puts an accepted message into window `e` (the next heartbeat's number).
