@@ -187,6 +187,67 @@ impl PeerSet {
     }
 }
 
+/// Every node's seen-set (gossipsub's duplicate cache, never expiring
+/// within a run): a bitset per node by message index, all in one array, so
+/// whether a receiver already has a message is one word away.
+#[derive(Debug)]
+pub struct SeenSets {
+    /// Words per node.
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl SeenSets {
+    /// Empty sets for `nodes` nodes.
+    pub fn new(nodes: usize) -> Self {
+        SeenSets {
+            words: 1,
+            bits: vec![0; nodes],
+        }
+    }
+
+    /// Whether node `n` has seen message `i`.
+    #[inline]
+    pub fn has(&self, n: u32, i: MsgIdx) -> bool {
+        let w = i as usize / 64;
+        w < self.words && self.bits[n as usize * self.words + w] & (1 << (i % 64)) != 0
+    }
+
+    /// Marks message `i` seen by node `n`; true if it was not seen before.
+    #[inline]
+    pub fn see(&mut self, n: u32, i: MsgIdx) -> bool {
+        let w = i as usize / 64;
+        if w >= self.words {
+            self.widen(w + 1);
+        }
+        let word = &mut self.bits[n as usize * self.words + w];
+        let bit = 1 << (i % 64);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+
+    /// Forgets everything node `n` has seen (a crash).
+    pub fn clear(&mut self, n: u32) {
+        let at = n as usize * self.words;
+        self.bits[at..at + self.words].fill(0);
+    }
+
+    fn widen(&mut self, need: usize) {
+        let words = need.max(self.words * 2);
+        let nodes = self.bits.len() / self.words;
+        let mut bits = vec![0; nodes * words];
+        for (new, old) in bits
+            .chunks_exact_mut(words)
+            .zip(self.bits.chunks_exact(self.words))
+        {
+            new[..self.words].copy_from_slice(old);
+        }
+        self.words = words;
+        self.bits = bits;
+    }
+}
+
 /// One node's gossip state.
 ///
 /// The message cache is kept by heartbeat number instead of being shifted on
@@ -199,9 +260,6 @@ impl PeerSet {
 pub struct GossipNode {
     /// Mesh peers.
     pub mesh: PeerSet,
-    /// Every message seen (gossipsub's duplicate cache), as a bitset by
-    /// message index.
-    seen: Vec<u64>,
     /// Messages asked for by IWANT, with when and from whom.
     pub asked: HashMap<MsgIdx, (u64, u32), Det>,
     /// IDONTWANTs received: (peer, message, until when they hold).
@@ -216,27 +274,6 @@ impl GossipNode {
     /// Fresh state.
     pub fn new() -> Self {
         GossipNode::default()
-    }
-
-    /// Whether message `i` has been seen.
-    #[inline]
-    pub fn has_seen(&self, i: MsgIdx) -> bool {
-        self.seen
-            .get(i as usize / 64)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-
-    /// Marks message `i` seen; true if it was not seen before.
-    #[inline]
-    pub fn see(&mut self, i: MsgIdx) -> bool {
-        let w = i as usize / 64;
-        if w >= self.seen.len() {
-            self.seen.resize(w + 1, 0);
-        }
-        let bit = 1 << (i % 64);
-        let fresh = self.seen[w] & bit == 0;
-        self.seen[w] |= bit;
-        fresh
     }
 
     /// Records peer `p`'s IDONTWANT for message `i`, received at `now`

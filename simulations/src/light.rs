@@ -455,57 +455,61 @@ fn summary_of(
     }
 }
 
+impl LightState {
+    /// One update of a batch, without releasing held updates.
+    fn ingest_one(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
+        let entry = self
+            .shared
+            .verify(bytes)
+            .map_err(|r| r.to_error(self.shared.root.version))?;
+        if self.applied.contains_key(&entry.id) {
+            return Ok(Ingested::Duplicate(entry.id));
+        }
+        let missing = self.deps_present(&entry);
+        if !missing.is_empty() {
+            if self.held.len() >= MAX_HELD
+                && let Some(oldest) = self
+                    .held
+                    .iter()
+                    .min_by_key(|(_, (_, s))| *s)
+                    .map(|(k, _)| *k)
+            {
+                self.held.remove(&oldest);
+            }
+            self.held_seq += 1;
+            let id = entry.id;
+            self.held.insert(id, (entry, self.held_seq));
+            return Ok(Ingested::Held { hash: id, missing });
+        }
+        let author = entry.author;
+        let (hash, summary) = self.apply(entry);
+        Ok(Ingested::Applied {
+            hash,
+            authorization: Authorization {
+                sections: summary
+                    .paths
+                    .iter()
+                    .filter_map(Path::section)
+                    .collect::<BTreeSet<Section>>(),
+                author,
+                signers: vec![],
+            },
+            summary,
+            released: Vec::new(),
+        })
+    }
+}
+
 impl ReplicaState for LightState {
     fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>> {
-        let version = self.shared.root.version;
         let mut results = Vec::with_capacity(items.len());
         let mut last_applied = None;
         for bytes in items {
-            let entry = match self.shared.verify(&bytes) {
-                Ok(e) => e,
-                Err(r) => {
-                    results.push(Err(r.to_error(version)));
-                    continue;
-                }
-            };
-            if self.applied.contains_key(&entry.id) {
-                results.push(Ok(Ingested::Duplicate(entry.id)));
-                continue;
+            let r = self.ingest_one(&bytes);
+            if let Ok(Ingested::Applied { .. }) = r {
+                last_applied = Some(results.len());
             }
-            let missing = self.deps_present(&entry);
-            if !missing.is_empty() {
-                if self.held.len() >= MAX_HELD
-                    && let Some(oldest) = self
-                        .held
-                        .iter()
-                        .min_by_key(|(_, (_, s))| *s)
-                        .map(|(k, _)| *k)
-                {
-                    self.held.remove(&oldest);
-                }
-                self.held_seq += 1;
-                let id = entry.id;
-                self.held.insert(id, (entry, self.held_seq));
-                results.push(Ok(Ingested::Held { hash: id, missing }));
-                continue;
-            }
-            let author = entry.author;
-            let (hash, summary) = self.apply(entry);
-            last_applied = Some(results.len());
-            results.push(Ok(Ingested::Applied {
-                hash,
-                authorization: Authorization {
-                    sections: summary
-                        .paths
-                        .iter()
-                        .filter_map(Path::section)
-                        .collect::<BTreeSet<Section>>(),
-                    author,
-                    signers: vec![],
-                },
-                summary,
-                released: Vec::new(),
-            }));
+            results.push(r);
         }
         if let Some(i) = last_applied
             && !self.held.is_empty()
@@ -516,6 +520,17 @@ impl ReplicaState for LightState {
             }
         }
         results
+    }
+
+    fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
+        // A batch of one, without the batch (gossip comes one at a time).
+        let mut r = self.ingest_one(bytes);
+        if let Ok(Ingested::Applied { released, .. }) = &mut r
+            && !self.held.is_empty()
+        {
+            *released = self.release();
+        }
+        r
     }
 
     fn heads(&self) -> Vec<ChangeHash> {
