@@ -270,6 +270,10 @@ struct EventQueue {
     in_wheel: usize,
     /// No event in the wheel is earlier; the time of the last event popped.
     cursor: u64,
+    /// No event in the wheel is earlier either: where the last scan for the
+    /// wheel's first event stopped (an event from the map can come first,
+    /// and the wheel need not be scanned again up to here).
+    scan: u64,
     far: BTreeMap<(u64, u64), Ev>,
 }
 
@@ -279,6 +283,7 @@ impl Default for EventQueue {
             slots: (0..WHEEL).map(|_| VecDeque::new()).collect(),
             in_wheel: 0,
             cursor: 0,
+            scan: 0,
             far: BTreeMap::new(),
         }
     }
@@ -290,17 +295,19 @@ impl EventQueue {
         if at - self.cursor < WHEEL {
             self.slots[(at % WHEEL) as usize].push_back((seq, ev));
             self.in_wheel += 1;
+            self.scan = self.scan.min(at);
         } else {
             self.far.insert((at, seq), ev);
         }
     }
 
     fn pop(&mut self) -> Option<Queued> {
-        let mut t = self.cursor;
+        let mut t = self.scan.max(self.cursor);
         let wheel = if self.in_wheel > 0 {
             while self.slots[(t % WHEEL) as usize].is_empty() {
                 t += 1;
             }
+            self.scan = t;
             self.slots[(t % WHEEL) as usize]
                 .front()
                 .map(|(seq, _)| *seq)
@@ -319,10 +326,11 @@ impl EventQueue {
         wheel?;
         let slot = &mut self.slots[(t % WHEEL) as usize];
         let (seq, ev) = slot.pop_front().expect("not empty");
-        if slot.is_empty() && slot.capacity() > 64 {
+        if slot.is_empty() && slot.capacity() > 1_024 {
             // A burst (every node connecting at once, a heal) should not
-            // pin memory in thousands of buckets.
-            slot.shrink_to(16);
+            // pin memory in thousands of buckets; below that, buckets keep
+            // their room, so a busy millisecond costs no reallocation.
+            slot.shrink_to(64);
         }
         self.in_wheel -= 1;
         self.cursor = t;
@@ -347,10 +355,6 @@ struct Node<S> {
     byzantine: bool,
     skew_ms: i64,
     gossip: GossipNode,
-    conns: PeerSet,
-    /// When each outgoing connection is free again (a TCP connection
-    /// delivers in order): (peer, ms), sorted by peer.
-    link_ready: Vec<(u32, u64)>,
     disk: BTreeMap<ChangeHash, Arc<[u8]>>,
     unflushed: VecDeque<(ChangeHash, Arc<[u8]>)>,
     acked: BTreeSet<ChangeHash>,
@@ -452,6 +456,14 @@ struct Sim<'a, P: Payload> {
     nodes: Vec<Node<P::State>>,
     hot: Vec<Hot>,
     seen: SeenSets,
+    scratch_sends: Vec<(u32, Msg)>,
+    scratch_peers: Vec<u32>,
+    /// Each node's open connections (apart from [`Node`], as [`Hot`]: every
+    /// delivery checks its connection).
+    conns: Vec<PeerSet>,
+    /// When each node's outgoing connections are free again (a TCP
+    /// connection delivers in order): (peer, ms), sorted by peer.
+    link_ready: Vec<Vec<(u32, u64)>>,
     dialled: Vec<BTreeSet<u32>>,
     banned: BTreeSet<(u32, u32)>,
     pending_dials: BTreeSet<(u32, u32)>,
@@ -495,6 +507,10 @@ impl<'a, P: Payload> Sim<'a, P> {
             nodes: Vec::new(),
             hot: Vec::new(),
             seen: SeenSets::new(sc.nodes),
+            scratch_sends: Vec::new(),
+            scratch_peers: Vec::new(),
+            conns: vec![PeerSet::new(); sc.nodes],
+            link_ready: vec![Vec::new(); sc.nodes],
             dialled: vec![BTreeSet::new(); sc.nodes],
             banned: BTreeSet::new(),
             pending_dials: BTreeSet::new(),
@@ -584,8 +600,6 @@ impl<'a, P: Payload> Sim<'a, P> {
                 byzantine: byzantine.contains(&(i as u32)),
                 skew_ms,
                 gossip: GossipNode::new(),
-                conns: PeerSet::new(),
-                link_ready: Vec::new(),
                 disk: BTreeMap::new(),
                 unflushed: VecDeque::new(),
                 acked: BTreeSet::new(),
@@ -630,8 +644,7 @@ impl<'a, P: Payload> Sim<'a, P> {
         let d = self.sc.gossip.d;
         let d_high = self.sc.gossip.d_high;
         for i in 0..n as u32 {
-            let mut cands: Vec<u32> = self.nodes[i as usize]
-                .conns
+            let mut cands: Vec<u32> = self.conns[i as usize]
                 .iter()
                 .filter(|p| !self.nodes[i as usize].gossip.mesh.contains(p))
                 .collect();
@@ -710,7 +723,7 @@ impl<'a, P: Payload> Sim<'a, P> {
             Ev::Connected { node, peer, inc } => {
                 if self.hot[node as usize].inc == inc
                     && self.alive(node)
-                    && self.nodes[node as usize].conns.contains(&peer)
+                    && self.conns[node as usize].contains(&peer)
                 {
                     let id = self.payload.fixture().node_ids[peer as usize];
                     self.input(node, Input::PeerConnected { peer, node: id });
@@ -941,7 +954,7 @@ impl<'a, P: Payload> Sim<'a, P> {
         let mut at = self.now + d + held_back;
         if !reordered && self.sc.network.loss_model == LossModel::Retransmit {
             // One TCP connection delivers in order.
-            let links = &mut self.nodes[from as usize].link_ready;
+            let links = &mut self.link_ready[from as usize];
             match links.binary_search_by_key(&to, |(p, _)| *p) {
                 Ok(i) => {
                     at = at.max(links[i].1);
@@ -970,10 +983,10 @@ impl<'a, P: Payload> Sim<'a, P> {
             self.pending_dials.insert(key);
             return;
         }
-        if !self.nodes[a as usize].conns.insert(b) {
+        if !self.conns[a as usize].insert(b) {
             return;
         }
-        self.nodes[b as usize].conns.insert(a);
+        self.conns[b as usize].insert(a);
         // TCP + Noise + Yamux take about two round trips before either side
         // sees the connection.
         let at = self.now + (4.0 * self.base_latency(a, b)).round() as u64 + 1;
@@ -997,10 +1010,10 @@ impl<'a, P: Payload> Sim<'a, P> {
     }
 
     fn close(&mut self, a: u32, b: u32) {
-        if !self.nodes[a as usize].conns.remove(&b) {
+        if !self.conns[a as usize].remove(&b) {
             return;
         }
-        self.nodes[b as usize].conns.remove(&a);
+        self.conns[b as usize].remove(&a);
         self.nodes[a as usize].gossip.forget(b);
         self.nodes[b as usize].gossip.forget(a);
         let lat = self.base_latency(a, b).round() as u64;
@@ -1223,7 +1236,7 @@ impl<'a, P: Payload> Sim<'a, P> {
         self.seen.see(n, id);
         self.nodes[n as usize].gossip.remember(id, e);
         let targets: Vec<u32> = if self.sc.gossip.flood_publish {
-            self.nodes[n as usize].conns.iter().collect()
+            self.conns[n as usize].iter().collect()
         } else {
             self.nodes[n as usize].gossip.mesh.iter().collect()
         };
@@ -1281,18 +1294,17 @@ impl<'a, P: Payload> Sim<'a, P> {
             )
         };
         let node = &mut self.nodes[n as usize];
+        let conns = &self.conns[n as usize];
         node.gossip.heartbeat_scheduled = false;
-        if node.gossip.mesh.iter().any(|p| !node.conns.contains(&p)) {
-            let conns = &node.conns;
+        if node.gossip.mesh.iter().any(|p| !conns.contains(&p)) {
             node.gossip.mesh.retain(|p| conns.contains(p));
         }
-        let mut sends = Vec::new();
+        // Scratch space reused across heartbeats.
+        let mut sends = std::mem::take(&mut self.scratch_sends);
+        let mut cands = std::mem::take(&mut self.scratch_peers);
         if node.gossip.mesh.len() < d_low {
-            let mut cands: Vec<u32> = node
-                .conns
-                .iter()
-                .filter(|p| !node.gossip.mesh.contains(p))
-                .collect();
+            cands.clear();
+            cands.extend(conns.iter().filter(|p| !node.gossip.mesh.contains(p)));
             while node.gossip.mesh.len() < d && !cands.is_empty() {
                 let i = self.rng.random_range(0..cands.len());
                 let p = cands.swap_remove(i);
@@ -1300,21 +1312,19 @@ impl<'a, P: Payload> Sim<'a, P> {
                 sends.push((p, Msg::Graft));
             }
         } else if node.gossip.mesh.len() > d_high {
-            let mut mesh: Vec<u32> = node.gossip.mesh.iter().collect();
-            while mesh.len() > d {
-                let i = self.rng.random_range(0..mesh.len());
-                let p = mesh.swap_remove(i);
+            cands.clear();
+            cands.extend(node.gossip.mesh.iter());
+            while cands.len() > d {
+                let i = self.rng.random_range(0..cands.len());
+                let p = cands.swap_remove(i);
                 node.gossip.mesh.remove(&p);
                 sends.push((p, Msg::Prune));
             }
         }
         let ids: Arc<[MsgIdx]> = node.gossip.gossip_ids(k, hg).into();
         if !ids.is_empty() {
-            let mut cands: Vec<u32> = node
-                .conns
-                .iter()
-                .filter(|p| !node.gossip.mesh.contains(p))
-                .collect();
+            cands.clear();
+            cands.extend(conns.iter().filter(|p| !node.gossip.mesh.contains(p)));
             for _ in 0..d_lazy {
                 if cands.is_empty() {
                     break;
@@ -1327,10 +1337,12 @@ impl<'a, P: Payload> Sim<'a, P> {
         let mesh = node.gossip.mesh.len();
         let again = node.gossip.gossip_after(k, hg)
             || mesh > d_high
-            || (mesh < d_low && mesh < node.conns.len());
-        for (p, m) in sends {
+            || (mesh < d_low && mesh < conns.len());
+        for (p, m) in sends.drain(..) {
             self.send(n, p, m);
         }
+        self.scratch_sends = sends;
+        self.scratch_peers = cands;
         if again {
             self.ensure_heartbeat(n);
         }
@@ -1338,7 +1350,7 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn deliver(&mut self, from: u32, to: u32, inc_to: u32, msg: Msg) {
         let h = self.hot[to as usize];
-        if h.inc != inc_to || !h.up || !self.nodes[to as usize].conns.contains(&from) {
+        if h.inc != inc_to || !h.up || !self.conns[to as usize].contains(&from) {
             return;
         }
         match msg {
@@ -1556,7 +1568,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     // either direction); they are redialed after the heal.
                     let mut cut = Vec::new();
                     for a in 0..n as u32 {
-                        for b in self.nodes[a as usize].conns.iter() {
+                        for b in self.conns[a as usize].iter() {
                             if a < b && (self.blocked(a, b) || self.blocked(b, a)) {
                                 cut.push((a, b));
                             }
@@ -1596,7 +1608,7 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn crash(&mut self, n: u32, durable: bool, down: u64) {
         self.c.crashes += 1;
-        let peers: Vec<u32> = self.nodes[n as usize].conns.iter().collect();
+        let peers: Vec<u32> = self.conns[n as usize].iter().collect();
         for p in peers {
             self.close(n, p);
         }
@@ -1728,7 +1740,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 }
             };
             self.c.forged_sent += 1;
-            let peers: Vec<u32> = self.nodes[b as usize].conns.iter().collect();
+            let peers: Vec<u32> = self.conns[b as usize].iter().collect();
             for p in peers {
                 self.send(b, p, msg.clone());
             }
