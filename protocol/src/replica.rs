@@ -293,6 +293,56 @@ struct Peer {
     more: bool,
 }
 
+/// Connected peers by key, in key order (as a `BTreeMap` iterates).
+///
+/// A node has a few dozen connections at most. Keys sorted in one vector
+/// and values in another make a lookup one binary search over a cache line
+/// or two, where a `BTreeMap` of these values walks nodes of about a
+/// kilobyte each; a simulator with thousands of replicas notices.
+#[derive(Debug)]
+struct PeerTable<P> {
+    keys: Vec<P>,
+    vals: Vec<Peer>,
+}
+
+impl<P: Ord> PeerTable<P> {
+    fn new() -> Self {
+        PeerTable {
+            keys: Vec::new(),
+            vals: Vec::new(),
+        }
+    }
+
+    fn get(&self, k: &P) -> Option<&Peer> {
+        self.keys.binary_search(k).ok().map(|i| &self.vals[i])
+    }
+
+    fn get_mut(&mut self, k: &P) -> Option<&mut Peer> {
+        self.keys.binary_search(k).ok().map(|i| &mut self.vals[i])
+    }
+
+    /// Inserts or replaces.
+    fn insert(&mut self, k: P, v: Peer) {
+        match self.keys.binary_search(&k) {
+            Ok(i) => self.vals[i] = v,
+            Err(i) => {
+                self.keys.insert(i, k);
+                self.vals.insert(i, v);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: &P) -> Option<Peer> {
+        let i = self.keys.binary_search(k).ok()?;
+        self.keys.remove(i);
+        Some(self.vals.remove(i))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&P, &Peer)> {
+        self.keys.iter().zip(self.vals.iter())
+    }
+}
+
 /// Counters for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaStats {
@@ -316,7 +366,7 @@ pub struct Replica<P, S = SignedState> {
     me: NodeId,
     cert: Vec<u8>,
     config: ReplicaConfig,
-    peers: BTreeMap<P, Peer>,
+    peers: PeerTable<P>,
     banned: BTreeSet<NodeId>,
     stats: ReplicaStats,
 }
@@ -338,7 +388,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             me,
             cert,
             config,
-            peers: BTreeMap::new(),
+            peers: PeerTable::new(),
             banned: BTreeSet::new(),
             stats: ReplicaStats::default(),
         }
@@ -401,7 +451,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         let result = self.state.ingest(bytes);
         match &result {
             Ok(ingested) => {
-                self.after_ingest(now_ms, ingested, &mut out);
+                self.after_ingest(now_ms, ingested.clone(), &mut out);
                 if !matches!(ingested, Ingested::Duplicate(_)) {
                     // Publish what we accepted, so peers hear of it now.
                     out.push(Output::Publish(Arc::from(bytes)));
@@ -444,14 +494,16 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 self.peers.remove(&peer);
             }
             Input::Timer(Timer::AntiEntropy) => {
-                let admitted: Vec<P> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.admitted && !p.busy)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                if !admitted.is_empty() {
-                    let peer = admitted[(rand % admitted.len() as u64) as usize].clone();
+                let idle = |p: &&Peer| p.admitted && !p.busy;
+                let n = self.peers.iter().filter(|(_, p)| idle(p)).count();
+                if n > 0 {
+                    let peer = self
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| idle(p))
+                        .nth((rand % n as u64) as usize)
+                        .map(|(k, _)| k.clone())
+                        .expect("n idle peers");
                     self.send_heads(&peer, &mut out);
                 }
                 out.push(Output::Schedule {
@@ -656,7 +708,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 let batch = updates.into_iter().map(|WireBytes(b)| b.into()).collect();
                 for result in self.state.ingest_batch(batch) {
                     match result {
-                        Ok(ingested) => self.after_ingest(now_ms, &ingested, out),
+                        Ok(ingested) => self.after_ingest(now_ms, ingested, out),
                         Err(e) => {
                             *self.stats.refused.entry(e.label()).or_default() += 1;
                             if e.is_misbehaviour() {
@@ -734,7 +786,8 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
     }
 
     fn heads_wire(&self) -> Vec<Hash> {
-        self.state.heads().iter().map(to_wire).collect()
+        // Collected in place: a `ChangeHash` is a `Hash`.
+        self.state.heads().into_iter().map(|h| h.0).collect()
     }
 
     fn on_gossip(&mut self, now_ms: u64, from: P, bytes: &[u8], out: &mut Vec<Output<P>>) {
@@ -752,7 +805,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 if let Ingested::Held { .. } = ingested {
                     self.continue_fetch(&from, out);
                 }
-                self.after_ingest(now_ms, &ingested, out);
+                self.after_ingest(now_ms, ingested, out);
             }
             Err(e) => {
                 *self.stats.refused.entry(e.label()).or_default() += 1;
@@ -794,7 +847,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         out.push(Output::Ban { peer, node, reason });
     }
 
-    fn after_ingest(&mut self, _now_ms: u64, ingested: &Ingested, out: &mut Vec<Output<P>>) {
+    fn after_ingest(&mut self, _now_ms: u64, ingested: Ingested, out: &mut Vec<Output<P>>) {
         let Ingested::Applied {
             hash,
             summary,
@@ -805,15 +858,15 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             return;
         };
         let mut touched_revocations = false;
-        for (h, s) in std::iter::once((hash, summary)).chain(released.iter().map(|(h, s)| (h, s))) {
+        for (h, s) in std::iter::once((hash, summary)).chain(released) {
             self.stats.applied += 1;
             touched_revocations |= !s.revocations().is_empty();
-            if let Some(bytes) = self.state.update_bytes(h) {
-                out.push(Output::Persist { hash: *h, bytes });
+            if let Some(bytes) = self.state.update_bytes(&h) {
+                out.push(Output::Persist { hash: h, bytes });
             }
             out.push(Output::Applied {
-                hash: *h,
-                summary: Box::new(s.clone()),
+                hash: h,
+                summary: Box::new(s),
             });
         }
         if touched_revocations {

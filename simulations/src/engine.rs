@@ -29,10 +29,18 @@
 //! Sync request timeouts are swept in order of their deadlines by one timer,
 //! not one event each.
 //!
-//! Deliveries that cannot change anything (a gossip message or an IHAVE whose
-//! every id the receiver has already seen, at send time) are counted in the
-//! traffic figures but not queued: a 10,000-node run would otherwise spend
-//! most of its time on duplicates that the receiver drops unread.
+//! Deliveries that cannot change anything (a gossip message, an IHAVE or an
+//! IDONTWANT whose every id the receiver has already seen, at send time) are
+//! counted in the traffic figures but not queued: a 10,000-node run would
+//! otherwise spend most of its time on duplicates that the receiver drops
+//! unread.
+//!
+//! # Layout
+//! A 10,000-node run is bound by cache misses on per-node state, so what
+//! almost every event reads of a node is kept in dense arrays apart from the
+//! node records: incarnation and liveness, connections, link readiness, and
+//! the seen-sets (one bitset array by interned message index). The event
+//! queue is a timing wheel of reusable per-millisecond buckets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -48,7 +56,7 @@ use weft_protocol::wire::{SyncRequest, SyncResponse};
 
 use crate::SimError;
 use crate::check::{self, Observations};
-use crate::gossip::{Det, GossipNode, MsgId, msg_id};
+use crate::gossip::{Det, GossipNode, MsgId, MsgIdx, PeerSet, SeenSets, msg_id};
 use crate::light;
 use crate::payload::{Action, EPOCH_MS, Fixture, Forgery, FullPayload, LightPayload, Payload};
 use crate::report::{Heal, Latency, Report, Traffic};
@@ -96,19 +104,43 @@ pub const REACH_BUCKETS: usize = 200;
 /// Re-ask for an id by IWANT after this long without it (gossipsub's
 /// `iwant_followup_time`, 3 s).
 const IWANT_FOLLOWUP_MS: u64 = 3_000;
+/// Bytes of gossipsub framing around a message's data, approximately (the
+/// protobuf `Message` with its source, sequence number and signature, and
+/// the RPC around it).
+const ENVELOPE: usize = 64;
+/// How long an IDONTWANT holds (libp2p's `IDONTWANT_TIMEOUT`, 3 s; it
+/// drops older ones on its heartbeat).
+const IDONTWANT_MS: u64 = 3_000;
 /// Acknowledged-but-unflushed writes a sabotaged store keeps in memory.
 const UNFLUSHED: usize = 2;
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Gossip { id: MsgId, bytes: Arc<[u8]> },
-    Oversized { len: usize },
-    IHave(Vec<MsgId>),
-    IWant(Vec<MsgId>),
+    /// A message, with the node that published it (gossipsub's `source`,
+    /// which the node signs: `MessageAuthenticity::Signed`).
+    Gossip {
+        id: MsgIdx,
+        source: u32,
+        bytes: Arc<[u8]>,
+    },
+    Oversized {
+        len: usize,
+    },
+    IHave(Arc<[MsgIdx]>),
+    IWant(Vec<MsgIdx>),
+    IDontWant(MsgIdx),
     Graft,
     Prune,
-    Request { req: u64, request: SyncRequest },
-    Response { req: u64, response: SyncResponse },
+    /// Sync messages are boxed: they are the largest, and a small `Msg`
+    /// keeps the event queue's buckets small.
+    Request {
+        req: u64,
+        request: Box<SyncRequest>,
+    },
+    Response {
+        req: u64,
+        response: Box<SyncResponse>,
+    },
 }
 
 impl Msg {
@@ -119,16 +151,18 @@ impl Msg {
     fn size(&self) -> u64 {
         let heads = |n: usize| 32 * n as u64 + 8;
         (match self {
-            Msg::Gossip { bytes, .. } => bytes.len() as u64 + 64,
+            Msg::Gossip { bytes, .. } => bytes.len() as u64 + ENVELOPE as u64,
             Msg::Oversized { len } => *len as u64,
-            Msg::IHave(ids) | Msg::IWant(ids) => 16 + 32 * ids.len() as u64,
+            Msg::IHave(ids) => 16 + 32 * ids.len() as u64,
+            Msg::IWant(ids) => 16 + 32 * ids.len() as u64,
+            Msg::IDontWant(_) => 16 + 32,
             Msg::Graft | Msg::Prune => 24,
-            Msg::Request { request, .. } => match request {
+            Msg::Request { request, .. } => match &**request {
                 SyncRequest::Hello { cert, heads: h } => cert.len() as u64 + heads(h.len()),
                 SyncRequest::Heads { heads: h } => heads(h.len()),
                 SyncRequest::Fetch { hashes } => heads(hashes.len()),
             },
-            Msg::Response { response, .. } => match response {
+            Msg::Response { response, .. } => match &**response {
                 SyncResponse::Hello { cert, heads: h } => cert.len() as u64 + heads(h.len()),
                 SyncResponse::Offer {
                     heads: h, hashes, ..
@@ -151,6 +185,7 @@ impl Msg {
             Msg::Prune => 6,
             Msg::Request { .. } => 7,
             Msg::Response { .. } => 8,
+            Msg::IDontWant(_) => 9,
         }
     }
 }
@@ -161,7 +196,7 @@ enum Ev {
         from: u32,
         to: u32,
         inc_to: u32,
-        msg: Box<Msg>,
+        msg: Msg,
     },
     Connected {
         node: u32,
@@ -227,41 +262,107 @@ struct Queued {
     ev: Ev,
 }
 
-/// The event queue: a bucket per millisecond, first in first out within
-/// it. Sequence numbers grow with every push, so this pops in exactly
-/// `(time, sequence)` order, and many events share a millisecond at 10,000
-/// nodes, which makes it much cheaper than a binary heap.
-#[derive(Default)]
+/// Milliseconds the event queue's wheel spans (a power of two).
+const WHEEL: u64 = 8_192;
+
+/// The event queue: a timing wheel of one bucket per millisecond for the
+/// next [`WHEEL`] ms, first in first out within a bucket, and an ordered map
+/// for later events. Sequence numbers grow with every push, so this pops in
+/// exactly `(time, sequence)` order: a bucket only ever holds one time, and
+/// an event in the map is compared with the wheel's first by both. Many
+/// events share a millisecond at 10,000 nodes, and the buckets keep their
+/// allocations, so this is much cheaper than a binary heap or a map of
+/// buckets.
 struct EventQueue {
-    buckets: BTreeMap<u64, VecDeque<(u64, Ev)>>,
+    slots: Vec<VecDeque<(u64, Ev)>>,
+    in_wheel: usize,
+    /// No event in the wheel is earlier; the time of the last event popped.
+    cursor: u64,
+    /// No event in the wheel is earlier either: where the last scan for the
+    /// wheel's first event stopped (an event from the map can come first,
+    /// and the wheel need not be scanned again up to here).
+    scan: u64,
+    far: BTreeMap<(u64, u64), Ev>,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        EventQueue {
+            slots: (0..WHEEL).map(|_| VecDeque::new()).collect(),
+            in_wheel: 0,
+            cursor: 0,
+            scan: 0,
+            far: BTreeMap::new(),
+        }
+    }
 }
 
 impl EventQueue {
     fn push(&mut self, at: u64, seq: u64, ev: Ev) {
-        self.buckets.entry(at).or_default().push_back((seq, ev));
+        debug_assert!(at >= self.cursor, "no event is scheduled in the past");
+        if at - self.cursor < WHEEL {
+            self.slots[(at % WHEEL) as usize].push_back((seq, ev));
+            self.in_wheel += 1;
+            self.scan = self.scan.min(at);
+        } else {
+            self.far.insert((at, seq), ev);
+        }
     }
 
     fn pop(&mut self) -> Option<Queued> {
-        let mut first = self.buckets.first_entry()?;
-        let at = *first.key();
-        let (seq, ev) = first
-            .get_mut()
-            .pop_front()
-            .expect("no bucket is left empty");
-        if first.get().is_empty() {
-            first.remove();
+        let mut t = self.scan.max(self.cursor);
+        let wheel = if self.in_wheel > 0 {
+            while self.slots[(t % WHEEL) as usize].is_empty() {
+                t += 1;
+            }
+            self.scan = t;
+            self.slots[(t % WHEEL) as usize]
+                .front()
+                .map(|(seq, _)| *seq)
+        } else {
+            None
+        };
+        let far_first = self
+            .far
+            .first_key_value()
+            .is_some_and(|(k, _)| wheel.is_none_or(|seq| *k < (t, seq)));
+        if far_first {
+            let ((at, seq), ev) = self.far.pop_first().expect("not empty");
+            self.cursor = at;
+            return Some(Queued { at, seq, ev });
         }
-        Some(Queued { at, seq, ev })
+        wheel?;
+        let slot = &mut self.slots[(t % WHEEL) as usize];
+        let (seq, ev) = slot.pop_front().expect("not empty");
+        if slot.is_empty() && slot.capacity() > 1_024 {
+            // A burst (every node connecting at once, a heal) should not
+            // pin memory in thousands of buckets; below that, buckets keep
+            // their room, so a busy millisecond costs no reallocation.
+            slot.shrink_to(64);
+        }
+        self.in_wheel -= 1;
+        self.cursor = t;
+        Some(Queued { at: t, seq, ev })
     }
+}
+
+/// What almost every event reads of a node, kept apart from [`Node`] in
+/// one dense array (8 bytes a node) so that checking a receiver costs no
+/// cache miss on its large record.
+#[derive(Clone, Copy)]
+struct Hot {
+    /// Incarnation: grows at every crash, so events for an earlier life
+    /// are dropped.
+    inc: u32,
+    /// The replica runs (`Node::replica` is `Some`).
+    up: bool,
 }
 
 struct Node<S> {
     replica: Option<Replica<u32, S>>,
-    inc: u32,
     byzantine: bool,
     skew_ms: i64,
     gossip: GossipNode,
-    conns: BTreeSet<u32>,
     disk: BTreeMap<ChangeHash, Arc<[u8]>>,
     unflushed: VecDeque<(ChangeHash, Arc<[u8]>)>,
     acked: BTreeSet<ChangeHash>,
@@ -275,6 +376,48 @@ struct Req {
     to: u32,
     inc_from: u32,
     deadline: u64,
+}
+
+/// Sync requests in flight, by id. Ids are handed out one after another
+/// and every request has the same timeout, so a deque that starts at the
+/// oldest live id serves lookups by index and the timeout sweep from its
+/// front, in the order of a map by id.
+#[derive(Default)]
+struct Requests {
+    /// The id of `slots[0]`.
+    base: u64,
+    /// `None` once answered; the front is always live.
+    slots: VecDeque<Option<Req>>,
+}
+
+impl Requests {
+    fn insert(&mut self, req: u64, r: Req) {
+        if self.slots.is_empty() {
+            self.base = req;
+        }
+        debug_assert_eq!(req, self.base + self.slots.len() as u64, "ids in order");
+        self.slots.push_back(Some(r));
+    }
+
+    fn get(&self, req: u64) -> Option<&Req> {
+        let i = req.checked_sub(self.base)?;
+        self.slots.get(i as usize)?.as_ref()
+    }
+
+    fn remove(&mut self, req: u64) -> Option<Req> {
+        let i = req.checked_sub(self.base)?;
+        let r = self.slots.get_mut(i as usize)?.take();
+        while self.slots.front().is_some_and(Option::is_none) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        r
+    }
+
+    /// The oldest live request.
+    fn first(&self) -> Option<(u64, &Req)> {
+        self.slots.front()?.as_ref().map(|r| (self.base, r))
+    }
 }
 
 struct UpdateRec {
@@ -301,6 +444,7 @@ struct Counters {
     payload_copies: u64,
     first_deliveries: u64,
     gossip_duplicates_dropped: u64,
+    idontwant_sent: u64,
     oversized_refused: u64,
     rejected: u64,
     penalties: u64,
@@ -318,16 +462,29 @@ struct Sim<'a, P: Payload> {
     seq: u64,
     queue: EventQueue,
     nodes: Vec<Node<P::State>>,
+    hot: Vec<Hot>,
+    seen: SeenSets,
+    scratch_sends: Vec<(u32, Msg)>,
+    scratch_peers: Vec<u32>,
+    /// Each node's open connections (apart from [`Node`], as [`Hot`]: every
+    /// delivery checks its connection).
+    conns: Vec<PeerSet>,
+    /// When each node's outgoing connections are free again (a TCP
+    /// connection delivers in order): (peer, ms), sorted by peer.
+    link_ready: Vec<Vec<(u32, u64)>>,
     dialled: Vec<BTreeSet<u32>>,
     banned: BTreeSet<(u32, u32)>,
     pending_dials: BTreeSet<(u32, u32)>,
     partition: Option<Partition>,
-    requests: BTreeMap<u64, Req>,
+    requests: Requests,
     next_req: u64,
-    msgs: HashMap<MsgId, Arc<[u8]>, Det>,
-    link_ready: HashMap<(u32, u32), u64, Det>,
-    /// Ids of published updates, in order (what a Byzantine node replays).
-    published: Vec<MsgId>,
+    /// Every gossip message seen, by id: its index.
+    msg_index: HashMap<MsgId, MsgIdx, Det>,
+    /// The bytes and publisher of published messages, by index (what IWANT
+    /// is answered with).
+    msg_bytes: Vec<Option<(Arc<[u8]>, u32)>>,
+    /// Published updates, in order (what a Byzantine node replays).
+    published: Vec<MsgIdx>,
     updates: Vec<UpdateRec>,
     by_hash: BTreeMap<ChangeHash, usize>,
     delays: Vec<u32>,
@@ -356,14 +513,20 @@ impl<'a, P: Payload> Sim<'a, P> {
             seq: 0,
             queue: EventQueue::default(),
             nodes: Vec::new(),
+            hot: Vec::new(),
+            seen: SeenSets::new(sc.nodes),
+            scratch_sends: Vec::new(),
+            scratch_peers: Vec::new(),
+            conns: vec![PeerSet::new(); sc.nodes],
+            link_ready: vec![Vec::new(); sc.nodes],
             dialled: vec![BTreeSet::new(); sc.nodes],
             banned: BTreeSet::new(),
             pending_dials: BTreeSet::new(),
             partition: None,
-            requests: BTreeMap::new(),
+            requests: Requests::default(),
             next_req: 0,
-            msgs: HashMap::default(),
-            link_ready: HashMap::default(),
+            msg_index: HashMap::default(),
+            msg_bytes: Vec::new(),
             published: Vec::new(),
             updates: Vec::new(),
             by_hash: BTreeMap::new(),
@@ -399,7 +562,7 @@ impl<'a, P: Payload> Sim<'a, P> {
     }
 
     fn alive(&self, n: u32) -> bool {
-        self.nodes[n as usize].replica.is_some()
+        self.hot[n as usize].up
     }
 
     fn honest_live(&self, n: u32) -> bool {
@@ -439,13 +602,12 @@ impl<'a, P: Payload> Sim<'a, P> {
             let id = self.payload.fixture().node_ids[i];
             let cert = self.payload.fixture().certs[i].clone();
             let replica = Replica::new(self.payload.fresh(), id, cert, self.config.clone());
+            self.hot.push(Hot { inc: 0, up: true });
             self.nodes.push(Node {
                 replica: Some(replica),
-                inc: 0,
                 byzantine: byzantine.contains(&(i as u32)),
                 skew_ms,
                 gossip: GossipNode::new(),
-                conns: BTreeSet::new(),
                 disk: BTreeMap::new(),
                 unflushed: VecDeque::new(),
                 acked: BTreeSet::new(),
@@ -490,10 +652,8 @@ impl<'a, P: Payload> Sim<'a, P> {
         let d = self.sc.gossip.d;
         let d_high = self.sc.gossip.d_high;
         for i in 0..n as u32 {
-            let mut cands: Vec<u32> = self.nodes[i as usize]
-                .conns
+            let mut cands: Vec<u32> = self.conns[i as usize]
                 .iter()
-                .copied()
                 .filter(|p| !self.nodes[i as usize].gossip.mesh.contains(p))
                 .collect();
             while self.nodes[i as usize].gossip.mesh.len() < d && !cands.is_empty() {
@@ -567,11 +727,11 @@ impl<'a, P: Payload> Sim<'a, P> {
                 to,
                 inc_to,
                 msg,
-            } => self.deliver(from, to, inc_to, *msg),
+            } => self.deliver(from, to, inc_to, msg),
             Ev::Connected { node, peer, inc } => {
-                if self.nodes[node as usize].inc == inc
+                if self.hot[node as usize].inc == inc
                     && self.alive(node)
-                    && self.nodes[node as usize].conns.contains(&peer)
+                    && self.conns[node as usize].contains(&peer)
                 {
                     let id = self.payload.fixture().node_ids[peer as usize];
                     self.input(node, Input::PeerConnected { peer, node: id });
@@ -579,18 +739,18 @@ impl<'a, P: Payload> Sim<'a, P> {
                 }
             }
             Ev::Disconnected { node, peer, inc } => {
-                if self.nodes[node as usize].inc == inc && self.alive(node) {
+                if self.hot[node as usize].inc == inc && self.alive(node) {
                     self.input(node, Input::PeerDisconnected { peer });
                     self.ensure_heartbeat(node);
                 }
             }
             Ev::Timer { node, inc, timer } => {
-                if self.nodes[node as usize].inc == inc && self.alive(node) {
+                if self.hot[node as usize].inc == inc && self.alive(node) {
                     self.input(node, Input::Timer(timer));
                 }
             }
             Ev::Heartbeat { node, inc } => {
-                if self.nodes[node as usize].inc == inc && self.alive(node) {
+                if self.hot[node as usize].inc == inc && self.alive(node) {
                     self.heartbeat(node);
                 }
             }
@@ -599,15 +759,15 @@ impl<'a, P: Payload> Sim<'a, P> {
                 // oldest requests come first: fail every one past its
                 // deadline, and wake up again at the next deadline.
                 self.sweep_scheduled = false;
-                while let Some(entry) = self.requests.first_entry() {
-                    if entry.get().deadline > self.now {
-                        let (req, deadline) = (*entry.key(), entry.get().deadline);
+                while let Some((req, first)) = self.requests.first() {
+                    if first.deadline > self.now {
+                        let deadline = first.deadline;
                         self.sweep_scheduled = true;
                         self.push(deadline, Ev::RequestTimeout { req });
                         break;
                     }
-                    let r = entry.remove();
-                    if self.nodes[r.from as usize].inc == r.inc_from && self.alive(r.from) {
+                    let r = self.requests.remove(req).expect("the first is live");
+                    if self.hot[r.from as usize].inc == r.inc_from && self.alive(r.from) {
                         self.input(r.from, Input::RequestFailed { peer: r.to });
                     }
                 }
@@ -741,10 +901,8 @@ impl<'a, P: Payload> Sim<'a, P> {
         if let Msg::Gossip { .. } = msg {
             self.c.payload_copies += 1;
         }
-        if let Msg::Response {
-            response: SyncResponse::Updates { updates },
-            ..
-        } = &msg
+        if let Msg::Response { response, .. } = &msg
+            && let SyncResponse::Updates { updates } = &**response
         {
             self.c.payload_copies += updates.len() as u64;
         }
@@ -772,13 +930,17 @@ impl<'a, P: Payload> Sim<'a, P> {
                 }
             }
         }
-        let receiver = &self.nodes[to as usize];
+        let receiver = self.hot[to as usize];
+        let seen = &self.seen;
         let useless = match &msg {
-            Msg::Gossip { id, .. } => receiver.gossip.seen.contains(id),
-            Msg::IHave(ids) => ids.iter().all(|id| receiver.gossip.seen.contains(id)),
+            Msg::Gossip { id, .. } => seen.has(to, *id),
+            Msg::IHave(ids) => ids.iter().all(|id| seen.has(to, *id)),
+            // It only stops copies the receiver would forward or answer
+            // with, and once it has the message it forwards no more.
+            Msg::IDontWant(id) => seen.has(to, *id),
             _ => false,
         };
-        if useless && receiver.replica.is_some() {
+        if useless && receiver.up {
             self.c.gossip_duplicates_dropped += 1;
             return;
         }
@@ -792,7 +954,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     from,
                     to,
                     inc_to,
-                    msg: Box::new(msg.clone()),
+                    msg: msg.clone(),
                 },
             );
         }
@@ -800,9 +962,14 @@ impl<'a, P: Payload> Sim<'a, P> {
         let mut at = self.now + d + held_back;
         if !reordered && self.sc.network.loss_model == LossModel::Retransmit {
             // One TCP connection delivers in order.
-            let ready = self.link_ready.entry((from, to)).or_insert(0);
-            at = at.max(*ready);
-            *ready = at;
+            let links = &mut self.link_ready[from as usize];
+            match links.binary_search_by_key(&to, |(p, _)| *p) {
+                Ok(i) => {
+                    at = at.max(links[i].1);
+                    links[i].1 = at;
+                }
+                Err(i) => links.insert(i, (to, at)),
+            }
         }
         self.push(
             at,
@@ -810,7 +977,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 from,
                 to,
                 inc_to,
-                msg: Box::new(msg),
+                msg,
             },
         );
     }
@@ -824,14 +991,14 @@ impl<'a, P: Payload> Sim<'a, P> {
             self.pending_dials.insert(key);
             return;
         }
-        if !self.nodes[a as usize].conns.insert(b) {
+        if !self.conns[a as usize].insert(b) {
             return;
         }
-        self.nodes[b as usize].conns.insert(a);
+        self.conns[b as usize].insert(a);
         // TCP + Noise + Yamux take about two round trips before either side
         // sees the connection.
         let at = self.now + (4.0 * self.base_latency(a, b)).round() as u64 + 1;
-        let (ia, ib) = (self.nodes[a as usize].inc, self.nodes[b as usize].inc);
+        let (ia, ib) = (self.hot[a as usize].inc, self.hot[b as usize].inc);
         self.push(
             at,
             Ev::Connected {
@@ -851,14 +1018,14 @@ impl<'a, P: Payload> Sim<'a, P> {
     }
 
     fn close(&mut self, a: u32, b: u32) {
-        if !self.nodes[a as usize].conns.remove(&b) {
+        if !self.conns[a as usize].remove(&b) {
             return;
         }
-        self.nodes[b as usize].conns.remove(&a);
-        self.nodes[a as usize].gossip.mesh.remove(&b);
-        self.nodes[b as usize].gossip.mesh.remove(&a);
+        self.conns[b as usize].remove(&a);
+        self.nodes[a as usize].gossip.forget(b);
+        self.nodes[b as usize].gossip.forget(a);
         let lat = self.base_latency(a, b).round() as u64;
-        let (ia, ib) = (self.nodes[a as usize].inc, self.nodes[b as usize].inc);
+        let (ia, ib) = (self.hot[a as usize].inc, self.hot[b as usize].inc);
         self.push(
             self.now,
             Ev::Disconnected {
@@ -907,7 +1074,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 Output::Send { to, request } => {
                     self.next_req += 1;
                     let req = self.next_req;
-                    let inc_from = self.nodes[n as usize].inc;
+                    let inc_from = self.hot[n as usize].inc;
                     let deadline = self.now + self.sc.replica.request_timeout;
                     self.requests.insert(
                         req,
@@ -922,20 +1089,21 @@ impl<'a, P: Payload> Sim<'a, P> {
                         self.sweep_scheduled = true;
                         self.push(deadline, Ev::RequestTimeout { req });
                     }
+                    let request = Box::new(request);
                     self.send(n, to, Msg::Request { req, request });
                 }
                 Output::Respond {
                     request_id,
                     response,
                 } => {
-                    if let Some(r) = self.requests.get(&request_id) {
+                    if let Some(r) = self.requests.get(request_id) {
                         let to = r.from;
                         self.send(
                             n,
                             to,
                             Msg::Response {
                                 req: request_id,
-                                response,
+                                response: Box::new(response),
                             },
                         );
                     }
@@ -969,7 +1137,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     if self.sc.sabotage.no_anti_entropy && timer == Timer::AntiEntropy {
                         continue;
                     }
-                    let inc = self.nodes[n as usize].inc;
+                    let inc = self.hot[n as usize].inc;
                     self.push(
                         self.now + after_ms,
                         Ev::Timer {
@@ -1036,12 +1204,12 @@ impl<'a, P: Payload> Sim<'a, P> {
     /// Revoke wins: asks the node's real decision procedure about subjects it
     /// has accepted revocations of.
     fn probe(&mut self, n: u32, mut subjects: BTreeSet<u32>) {
-        let node = &self.nodes[n as usize];
-        if !node.revoked_seen.is_empty() {
-            let all: Vec<u32> = node.revoked_seen.iter().copied().collect();
-            if let Some(k) = all.choose(&mut self.rng) {
-                subjects.insert(*k);
-            }
+        let len = self.nodes[n as usize].revoked_seen.len();
+        if len > 0 {
+            // As `choose` on the sorted list would pick, without the list.
+            let i = self.rng.random_range(..len);
+            let k = self.nodes[n as usize].revoked_seen.iter().nth(i);
+            subjects.extend(k);
         }
         let node = &self.nodes[n as usize];
         let Some(r) = node.replica.as_ref() else {
@@ -1056,20 +1224,29 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     // ---- gossip ----------------------------------------------------------
 
+    /// The index of the message with these bytes, given at first sight.
+    fn intern(&mut self, bytes: &[u8]) -> MsgIdx {
+        let next = self.msg_bytes.len() as MsgIdx;
+        let i = *self.msg_index.entry(msg_id(bytes)).or_insert(next);
+        if i == next {
+            self.msg_bytes.push(None);
+        }
+        i
+    }
+
     fn publish(&mut self, n: u32, bytes: Arc<[u8]>) {
-        let id = msg_id(&bytes);
-        if let std::collections::hash_map::Entry::Vacant(e) = self.msgs.entry(id) {
-            e.insert(bytes.clone());
+        let id = self.intern(&bytes);
+        if self.msg_bytes[id as usize].is_none() {
+            self.msg_bytes[id as usize] = Some((bytes.clone(), n));
             self.published.push(id);
         }
         let e = self.next_heartbeat(n);
-        let g = &mut self.nodes[n as usize].gossip;
-        g.seen.insert(id);
-        g.remember(id, e);
+        self.seen.see(n, id);
+        self.nodes[n as usize].gossip.remember(id, e);
         let targets: Vec<u32> = if self.sc.gossip.flood_publish {
-            self.nodes[n as usize].conns.iter().copied().collect()
+            self.conns[n as usize].iter().collect()
         } else {
-            self.nodes[n as usize].gossip.mesh.iter().copied().collect()
+            self.nodes[n as usize].gossip.mesh.iter().collect()
         };
         for p in targets {
             self.send(
@@ -1077,6 +1254,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 p,
                 Msg::Gossip {
                     id,
+                    source: n,
                     bytes: bytes.clone(),
                 },
             );
@@ -1100,14 +1278,13 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn ensure_heartbeat(&mut self, n: u32) {
         let node = &self.nodes[n as usize];
-        if node.gossip.heartbeat_scheduled || node.replica.is_none() {
+        if node.gossip.heartbeat_scheduled || !self.hot[n as usize].up {
             return;
         }
         // Each node's heartbeat ticks on its own phase.
         let at = self.heartbeat_phase(n) + self.next_heartbeat(n) * self.sc.gossip.heartbeat;
-        let node = &mut self.nodes[n as usize];
-        node.gossip.heartbeat_scheduled = true;
-        let inc = node.inc;
+        self.nodes[n as usize].gossip.heartbeat_scheduled = true;
+        let inc = self.hot[n as usize].inc;
         self.push(at, Ev::Heartbeat { node: n, inc });
     }
 
@@ -1125,19 +1302,17 @@ impl<'a, P: Payload> Sim<'a, P> {
             )
         };
         let node = &mut self.nodes[n as usize];
+        let conns = &self.conns[n as usize];
         node.gossip.heartbeat_scheduled = false;
-        if node.gossip.mesh.iter().any(|p| !node.conns.contains(p)) {
-            let conns = &node.conns;
+        if node.gossip.mesh.iter().any(|p| !conns.contains(&p)) {
             node.gossip.mesh.retain(|p| conns.contains(p));
         }
-        let mut sends = Vec::new();
+        // Scratch space reused across heartbeats.
+        let mut sends = std::mem::take(&mut self.scratch_sends);
+        let mut cands = std::mem::take(&mut self.scratch_peers);
         if node.gossip.mesh.len() < d_low {
-            let mut cands: Vec<u32> = node
-                .conns
-                .iter()
-                .copied()
-                .filter(|p| !node.gossip.mesh.contains(p))
-                .collect();
+            cands.clear();
+            cands.extend(conns.iter().filter(|p| !node.gossip.mesh.contains(p)));
             while node.gossip.mesh.len() < d && !cands.is_empty() {
                 let i = self.rng.random_range(0..cands.len());
                 let p = cands.swap_remove(i);
@@ -1145,22 +1320,19 @@ impl<'a, P: Payload> Sim<'a, P> {
                 sends.push((p, Msg::Graft));
             }
         } else if node.gossip.mesh.len() > d_high {
-            let mut mesh: Vec<u32> = node.gossip.mesh.iter().copied().collect();
-            while mesh.len() > d {
-                let i = self.rng.random_range(0..mesh.len());
-                let p = mesh.swap_remove(i);
+            cands.clear();
+            cands.extend(node.gossip.mesh.iter());
+            while cands.len() > d {
+                let i = self.rng.random_range(0..cands.len());
+                let p = cands.swap_remove(i);
                 node.gossip.mesh.remove(&p);
                 sends.push((p, Msg::Prune));
             }
         }
-        let ids = node.gossip.gossip_ids(k, hg);
+        let ids: Arc<[MsgIdx]> = node.gossip.gossip_ids(k, hg).into();
         if !ids.is_empty() {
-            let mut cands: Vec<u32> = node
-                .conns
-                .iter()
-                .copied()
-                .filter(|p| !node.gossip.mesh.contains(p))
-                .collect();
+            cands.clear();
+            cands.extend(conns.iter().filter(|p| !node.gossip.mesh.contains(p)));
             for _ in 0..d_lazy {
                 if cands.is_empty() {
                     break;
@@ -1173,31 +1345,45 @@ impl<'a, P: Payload> Sim<'a, P> {
         let mesh = node.gossip.mesh.len();
         let again = node.gossip.gossip_after(k, hg)
             || mesh > d_high
-            || (mesh < d_low && mesh < node.conns.len());
-        for (p, m) in sends {
+            || (mesh < d_low && mesh < conns.len());
+        for (p, m) in sends.drain(..) {
             self.send(n, p, m);
         }
+        self.scratch_sends = sends;
+        self.scratch_peers = cands;
         if again {
             self.ensure_heartbeat(n);
         }
     }
 
     fn deliver(&mut self, from: u32, to: u32, inc_to: u32, msg: Msg) {
-        let node = &self.nodes[to as usize];
-        if node.inc != inc_to || node.replica.is_none() || !node.conns.contains(&from) {
+        let h = self.hot[to as usize];
+        if h.inc != inc_to || !h.up || !self.conns[to as usize].contains(&from) {
             return;
         }
         match msg {
-            Msg::Gossip { id, bytes } => {
-                let g = &mut self.nodes[to as usize].gossip;
-                if !g.seen.insert(id) {
+            Msg::Gossip { id, source, bytes } => {
+                if !self.seen.see(to, id) {
                     self.c.gossip_duplicates_dropped += 1;
                     return;
                 }
-                g.asked.remove(&id);
+                let g = &mut self.nodes[to as usize].gossip;
+                let promised = g.asked.remove(&id).map(|(_, p)| p);
                 if bytes.len() > self.sc.gossip.max_transmit {
                     self.c.oversized_refused += 1;
                     return;
+                }
+                if bytes.len() + ENVELOPE > self.sc.gossip.idontwant_threshold {
+                    // Gossipsub 1.2, before validation: mesh peers and the
+                    // peer an IWANT for it went to need not send it too.
+                    let mut peers: Vec<u32> = g.mesh.iter().chain(promised).collect();
+                    peers.sort_unstable();
+                    peers.dedup();
+                    peers.retain(|p| *p != from && *p != source);
+                    for p in peers {
+                        self.c.idontwant_sent += 1;
+                        self.send(to, p, Msg::IDontWant(id));
+                    }
                 }
                 let accepted = self.input(
                     to,
@@ -1208,13 +1394,15 @@ impl<'a, P: Payload> Sim<'a, P> {
                 );
                 if accepted {
                     let e = self.next_heartbeat(to);
-                    self.nodes[to as usize].gossip.remember(id, e);
-                    let mesh: Vec<u32> = self.nodes[to as usize]
-                        .gossip
+                    let now = self.now;
+                    let g = &mut self.nodes[to as usize].gossip;
+                    g.remember(id, e);
+                    // Not back to the sender, not to the publisher, not to
+                    // a peer that said IDONTWANT (gossipsub's `forward_msg`).
+                    let mesh: Vec<u32> = g
                         .mesh
                         .iter()
-                        .copied()
-                        .filter(|p| *p != from)
+                        .filter(|p| *p != from && *p != source && !g.dont_want(*p, id, now))
                         .collect();
                     for p in mesh {
                         self.send(
@@ -1222,6 +1410,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                             p,
                             Msg::Gossip {
                                 id,
+                                source,
                                 bytes: bytes.clone(),
                             },
                         );
@@ -1236,16 +1425,19 @@ impl<'a, P: Payload> Sim<'a, P> {
             Msg::IHave(ids) => {
                 let now = self.now;
                 let g = &mut self.nodes[to as usize].gossip;
-                let want: Vec<MsgId> = ids
-                    .into_iter()
+                let want: Vec<MsgIdx> = ids
+                    .iter()
+                    .copied()
                     .filter(|id| {
-                        !g.seen.contains(id)
-                            && g.asked.get(id).is_none_or(|t| now >= t + IWANT_FOLLOWUP_MS)
+                        !self.seen.has(to, *id)
+                            && g.asked
+                                .get(id)
+                                .is_none_or(|(t, _)| now >= t + IWANT_FOLLOWUP_MS)
                     })
                     .collect();
                 if !want.is_empty() {
                     for id in &want {
-                        g.asked.insert(*id, now);
+                        g.asked.insert(*id, (now, from));
                     }
                     self.send(to, from, Msg::IWant(want));
                 }
@@ -1253,14 +1445,20 @@ impl<'a, P: Payload> Sim<'a, P> {
             Msg::IWant(ids) => {
                 for id in ids {
                     let u = self.next_heartbeat(to);
-                    if self.nodes[to as usize]
-                        .gossip
-                        .in_cache(id, u, self.sc.gossip.history_length)
-                        && let Some(bytes) = self.msgs.get(&id).cloned()
+                    let g = &self.nodes[to as usize].gossip;
+                    if g.in_cache(id, u, self.sc.gossip.history_length)
+                        && !g.dont_want(from, id, self.now)
+                        && let Some((bytes, source)) = self.msg_bytes[id as usize].clone()
                     {
-                        self.send(to, from, Msg::Gossip { id, bytes });
+                        self.send(to, from, Msg::Gossip { id, source, bytes });
                     }
                 }
+            }
+            Msg::IDontWant(id) => {
+                let now = self.now;
+                self.nodes[to as usize]
+                    .gossip
+                    .dont_send(from, id, now, IDONTWANT_MS);
             }
             Msg::Graft => {
                 self.nodes[to as usize].gossip.mesh.insert(from);
@@ -1278,13 +1476,19 @@ impl<'a, P: Payload> Sim<'a, P> {
                     Input::Request {
                         from,
                         request_id: req,
-                        request,
+                        request: *request,
                     },
                 );
             }
             Msg::Response { req, response } => {
-                if self.requests.remove(&req).is_some() {
-                    self.input(to, Input::Response { from, response });
+                if self.requests.remove(req).is_some() {
+                    self.input(
+                        to,
+                        Input::Response {
+                            from,
+                            response: *response,
+                        },
+                    );
                 }
             }
         }
@@ -1372,7 +1576,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     // either direction); they are redialed after the heal.
                     let mut cut = Vec::new();
                     for a in 0..n as u32 {
-                        for &b in &self.nodes[a as usize].conns {
+                        for b in self.conns[a as usize].iter() {
                             if a < b && (self.blocked(a, b) || self.blocked(b, a)) {
                                 cut.push((a, b));
                             }
@@ -1412,14 +1616,18 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn crash(&mut self, n: u32, durable: bool, down: u64) {
         self.c.crashes += 1;
-        let peers: Vec<u32> = self.nodes[n as usize].conns.iter().copied().collect();
+        let peers: Vec<u32> = self.conns[n as usize].iter().collect();
         for p in peers {
             self.close(n, p);
         }
         let node = &mut self.nodes[n as usize];
         node.replica = None;
-        node.inc += 1;
         node.gossip = GossipNode::new();
+        self.hot[n as usize] = Hot {
+            inc: self.hot[n as usize].inc + 1,
+            up: false,
+        };
+        self.seen.clear(n);
         node.unflushed.clear();
         node.durable = durable;
         if durable {
@@ -1457,6 +1665,7 @@ impl<'a, P: Payload> Sim<'a, P> {
         let mut r = Replica::new(state, id, cert, self.config.clone());
         let outs = r.start();
         node.replica = Some(r);
+        self.hot[n as usize].up = true;
         self.carry_out(n, outs);
         let peers: Vec<u32> = self.dialled[n as usize].iter().copied().collect();
         for p in peers {
@@ -1493,13 +1702,15 @@ impl<'a, P: Payload> Sim<'a, P> {
                     let Some(bytes) = self
                         .published
                         .choose(&mut self.rng)
-                        .and_then(|id| self.msgs.get(id))
-                        .cloned()
+                        .and_then(|id| self.msg_bytes[*id as usize].as_ref())
+                        .map(|(b, _)| b.clone())
                     else {
                         continue;
                     };
+                    // Re-published under its own name.
                     Msg::Gossip {
-                        id: msg_id(&bytes),
+                        id: self.intern(&bytes),
+                        source: b,
                         bytes,
                     }
                 }
@@ -1520,7 +1731,8 @@ impl<'a, P: Payload> Sim<'a, P> {
                     }
                     let bytes: Arc<[u8]> = bytes.into();
                     Msg::Gossip {
-                        id: msg_id(&bytes),
+                        id: self.intern(&bytes),
+                        source: b,
                         bytes,
                     }
                 }
@@ -1529,13 +1741,14 @@ impl<'a, P: Payload> Sim<'a, P> {
                     self.rng.fill_bytes(&mut junk);
                     let bytes: Arc<[u8]> = junk.into();
                     Msg::Gossip {
-                        id: msg_id(&bytes),
+                        id: self.intern(&bytes),
+                        source: b,
                         bytes,
                     }
                 }
             };
             self.c.forged_sent += 1;
-            let peers: Vec<u32> = self.nodes[b as usize].conns.iter().copied().collect();
+            let peers: Vec<u32> = self.conns[b as usize].iter().collect();
             for p in peers {
                 self.send(b, p, msg.clone());
             }
@@ -1721,6 +1934,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     round6(self.c.payload_copies as f64 / self.c.first_deliveries as f64)
                 },
                 duplicates_dropped: self.c.gossip_duplicates_dropped,
+                idontwant_sent: self.c.idontwant_sent,
                 rejected: self.c.rejected,
                 oversized_refused: self.c.oversized_refused,
                 penalties: self.c.penalties,

@@ -14,6 +14,7 @@
 //! | `message_id_fn` (SHA-256 of data) | [`msg_id`] (its first 8 bytes)        | |
 //! | `validate_messages` + `report_message_validation_result` | the replica's `Verdict`: only `Accept` is forwarded and cached | |
 //! | duplicate cache                  | `seen`, never expiring within a run    | |
+//! | `idontwant_message_size_threshold` | [`GossipConfig::idontwant_threshold`] | 1,000 |
 //! | GRAFT / PRUNE / IHAVE / IWANT    | [`crate::engine`]'s control messages   | |
 //!
 //! Eager push: a node forwards a message it accepted to its mesh peers (not
@@ -25,15 +26,32 @@
 //! Mesh maintenance on the heartbeat grafts random peers when the mesh is
 //! below `d_low` (up to `d`) and prunes random ones above `d_high` (down to `d`).
 //!
+//! Forwarding skips, as gossipsub's `forward_msg` does, the peer the message
+//! came from, the node that published it (the node signs its messages, so
+//! every message names its `source`), and peers that sent IDONTWANT for it.
+//!
+//! IDONTWANT (gossipsub 1.2, in libp2p since 0.54): a node that receives a
+//! message it has not seen, larger than `idontwant_message_size_threshold`
+//! (libp2p's default, 1,000 bytes, which the node keeps), tells its mesh
+//! peers and the peer it asked by IWANT, except the sender and the
+//! publisher, not to send it; it does so before validation. A peer skips
+//! those when it forwards or answers IWANT, for 3 s (`IDONTWANT_TIMEOUT`;
+//! libp2p drops them on the heartbeat after). Weft's updates are a few
+//! hundred bytes on the wire, below the threshold, so with the node's
+//! configuration no IDONTWANT is ever sent; [`GossipConfig::idontwant_threshold`]
+//! shows what it would change.
+//!
 //! Not modelled: peer scoring (the replica's strikes and bans stand in for
 //! P4; the other terms are off or near zero in the node's configuration),
-//! opportunistic grafting, peer exchange, IDONTWANT, fanout (there is one
-//! topic and every node subscribes), and the backoff after PRUNE.
+//! opportunistic grafting, peer exchange, fanout (there is one topic and
+//! every node subscribes), the backoff after PRUNE, and validation time
+//! (a message is validated the moment it arrives, so no duplicate arrives
+//! while it waits, and gossipsub's `originating_peers` stays empty).
 //!
 //! Heartbeats that could do nothing (empty cache, mesh within bounds) are
 //! not scheduled: the result is the same, and a 10,000-node hour needs it.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
 use sha2::{Digest, Sha256};
@@ -97,6 +115,139 @@ pub fn msg_id(data: &[u8]) -> MsgId {
     u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
+/// A message's index: the order in which the simulation first saw it.
+/// Messages are interned ([`crate::engine`] maps each [`MsgId`] to one), so
+/// per-node seen-sets are bitsets a few words long instead of hash sets.
+pub type MsgIdx = u32;
+
+/// A small set of peers as a sorted vector: a node has a few dozen
+/// connections at most, and a sorted vector keeps them in one or two cache
+/// lines and iterates in the same order as a `BTreeSet`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerSet(Vec<u32>);
+
+impl PeerSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        PeerSet(Vec::new())
+    }
+
+    /// Whether `p` is in the set.
+    #[inline]
+    pub fn contains(&self, p: &u32) -> bool {
+        self.0.binary_search(p).is_ok()
+    }
+
+    /// Adds `p`; true if it was not there.
+    pub fn insert(&mut self, p: u32) -> bool {
+        match self.0.binary_search(&p) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, p);
+                true
+            }
+        }
+    }
+
+    /// Removes `p`; true if it was there.
+    pub fn remove(&mut self, p: &u32) -> bool {
+        match self.0.binary_search(p) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// How many.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// In ascending order.
+    pub fn iter(&self) -> std::iter::Copied<std::slice::Iter<'_, u32>> {
+        self.0.iter().copied()
+    }
+
+    /// As a sorted slice.
+    pub fn as_slice(&self) -> &[u32] {
+        &self.0
+    }
+
+    /// Keeps the peers for which `f` holds.
+    pub fn retain(&mut self, f: impl FnMut(&u32) -> bool) {
+        self.0.retain(f);
+    }
+}
+
+/// Every node's seen-set (gossipsub's duplicate cache, never expiring
+/// within a run): a bitset per node by message index, all in one array, so
+/// whether a receiver already has a message is one word away.
+#[derive(Debug)]
+pub struct SeenSets {
+    /// Words per node.
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl SeenSets {
+    /// Empty sets for `nodes` nodes.
+    pub fn new(nodes: usize) -> Self {
+        SeenSets {
+            words: 1,
+            bits: vec![0; nodes],
+        }
+    }
+
+    /// Whether node `n` has seen message `i`.
+    #[inline]
+    pub fn has(&self, n: u32, i: MsgIdx) -> bool {
+        let w = i as usize / 64;
+        w < self.words && self.bits[n as usize * self.words + w] & (1 << (i % 64)) != 0
+    }
+
+    /// Marks message `i` seen by node `n`; true if it was not seen before.
+    #[inline]
+    pub fn see(&mut self, n: u32, i: MsgIdx) -> bool {
+        let w = i as usize / 64;
+        if w >= self.words {
+            self.widen(w + 1);
+        }
+        let word = &mut self.bits[n as usize * self.words + w];
+        let bit = 1 << (i % 64);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
+
+    /// Forgets everything node `n` has seen (a crash).
+    pub fn clear(&mut self, n: u32) {
+        let at = n as usize * self.words;
+        self.bits[at..at + self.words].fill(0);
+    }
+
+    fn widen(&mut self, need: usize) {
+        let words = need.max(self.words * 2);
+        let nodes = self.bits.len() / self.words;
+        let mut bits = vec![0; nodes * words];
+        for (new, old) in bits
+            .chunks_exact_mut(words)
+            .zip(self.bits.chunks_exact(self.words))
+        {
+            new[..self.words].copy_from_slice(old);
+        }
+        self.words = words;
+        self.bits = bits;
+    }
+}
+
 /// One node's gossip state.
 ///
 /// The message cache is kept by heartbeat number instead of being shifted on
@@ -108,13 +259,13 @@ pub fn msg_id(data: &[u8]) -> MsgId {
 #[derive(Debug, Default)]
 pub struct GossipNode {
     /// Mesh peers.
-    pub mesh: BTreeSet<u32>,
-    /// Every message id seen.
-    pub seen: HashSet<MsgId, Det>,
-    /// Ids asked for by IWANT, with when.
-    pub asked: HashMap<MsgId, u64, Det>,
-    /// The message cache: (window, ids), oldest first.
-    windows: VecDeque<(u64, Vec<MsgId>)>,
+    pub mesh: PeerSet,
+    /// Messages asked for by IWANT, with when and from whom.
+    pub asked: HashMap<MsgIdx, (u64, u32), Det>,
+    /// IDONTWANTs received: (peer, message, until when they hold).
+    dont_send: Vec<(u32, MsgIdx, u64)>,
+    /// The message cache: (window, messages), oldest first.
+    windows: VecDeque<(u64, Vec<MsgIdx>)>,
     /// A heartbeat is scheduled.
     pub heartbeat_scheduled: bool,
 }
@@ -125,16 +276,37 @@ impl GossipNode {
         GossipNode::default()
     }
 
+    /// Records peer `p`'s IDONTWANT for message `i`, received at `now`
+    /// and holding for `hold` ms, and drops those that no longer hold.
+    pub fn dont_send(&mut self, p: u32, i: MsgIdx, now: u64, hold: u64) {
+        self.dont_send.retain(|(_, _, until)| *until > now);
+        self.dont_send.push((p, i, now + hold));
+    }
+
+    /// Whether peer `p` said IDONTWANT for message `i`, and it still holds.
+    pub fn dont_want(&self, p: u32, i: MsgIdx, now: u64) -> bool {
+        self.dont_send
+            .iter()
+            .any(|(q, j, until)| *q == p && *j == i && *until > now)
+    }
+
+    /// Forgets a peer whose connection closed: out of the mesh, and its
+    /// IDONTWANTs with it.
+    pub fn forget(&mut self, p: u32) {
+        self.mesh.remove(&p);
+        self.dont_send.retain(|(q, _, _)| *q != p);
+    }
+
     /// Puts an accepted message into window `e` (the next heartbeat's number).
-    pub fn remember(&mut self, id: MsgId, e: u64) {
+    pub fn remember(&mut self, id: MsgIdx, e: u64) {
         match self.windows.back_mut() {
             Some((w, ids)) if *w == e => ids.push(id),
             _ => self.windows.push_back((e, vec![id])),
         }
     }
 
-    /// Ids heartbeat `k` announces by IHAVE.
-    pub fn gossip_ids(&self, k: u64, history_gossip: usize) -> Vec<MsgId> {
+    /// Messages heartbeat `k` announces by IHAVE.
+    pub fn gossip_ids(&self, k: u64, history_gossip: usize) -> Vec<MsgIdx> {
         self.windows
             .iter()
             .filter(|(e, _)| *e <= k && e + history_gossip as u64 > k)
@@ -142,8 +314,8 @@ impl GossipNode {
             .collect()
     }
 
-    /// Whether an id is still answerable to IWANT when the next heartbeat is `u`.
-    pub fn in_cache(&self, id: MsgId, u: u64, history_length: usize) -> bool {
+    /// Whether a message is still answerable to IWANT when the next heartbeat is `u`.
+    pub fn in_cache(&self, id: MsgIdx, u: u64, history_length: usize) -> bool {
         self.windows
             .iter()
             .any(|(e, ids)| e + history_length as u64 > u && ids.contains(&id))

@@ -74,6 +74,8 @@ pub struct LightEntry {
     pub seq: u64,
     /// Dependencies.
     pub deps: Vec<ChangeHash>,
+    /// What applying it touches (computed once, at verification).
+    pub summary: ChangeSummary,
 }
 
 #[derive(Clone, Debug)]
@@ -182,7 +184,7 @@ fn decode(bytes: &[u8]) -> Result<(Vec<u8>, LightEntry, Signature), Refusal> {
     if n > MAX_DEPS || bytes.len() != 51 + n * 32 + SIG_LEN {
         return Err(m("light update length does not match its dependencies"));
     }
-    let deps = (0..n)
+    let deps: Vec<ChangeHash> = (0..n)
         .map(|i| {
             ChangeHash(
                 bytes[51 + i * 32..83 + i * 32]
@@ -194,6 +196,7 @@ fn decode(bytes: &[u8]) -> Result<(Vec<u8>, LightEntry, Signature), Refusal> {
     let body = bytes[..bytes.len() - SIG_LEN].to_vec();
     let sig = Signature::from_bytes(bytes[bytes.len() - SIG_LEN..].try_into().expect("64 bytes"));
     let id = ChangeHash(Sha256::digest(&body).into());
+    let summary = summary_of(id, &author, seq, kind, subject, &deps);
     Ok((
         body,
         LightEntry {
@@ -204,6 +207,7 @@ fn decode(bytes: &[u8]) -> Result<(Vec<u8>, LightEntry, Signature), Refusal> {
             subject,
             seq,
             deps,
+            summary,
         },
         sig,
     ))
@@ -393,7 +397,7 @@ impl LightState {
                 self.revoked.insert(e.subject);
             }
         }
-        let summary = summary_of(&e);
+        let summary = e.summary.clone();
         self.applied.insert(e.id, e.clone());
         self.order.push(e);
         (summary.hash, summary)
@@ -422,79 +426,90 @@ impl LightState {
     }
 }
 
-fn summary_of(e: &LightEntry) -> ChangeSummary {
-    let mut actor = e.author.as_bytes().to_vec();
-    actor.extend_from_slice(&e.seq.to_be_bytes());
-    let path = match e.kind {
+fn summary_of(
+    id: ChangeHash,
+    author: &PublicKey,
+    seq: u64,
+    kind: LightKind,
+    subject: u32,
+    deps: &[ChangeHash],
+) -> ChangeSummary {
+    let mut actor = author.as_bytes().to_vec();
+    actor.extend_from_slice(&seq.to_be_bytes());
+    let path = match kind {
         LightKind::Grant => Path(vec![
             "bundles".into(),
-            format!("g{}", e.subject),
+            format!("g{subject}"),
             "policies".into(),
             "p".into(),
         ]),
-        LightKind::Revoke => Path(vec!["revocations".into(), subject_text(e.subject)]),
+        LightKind::Revoke => Path(vec!["revocations".into(), subject_text(subject)]),
     };
     ChangeSummary {
-        hash: e.id,
+        hash: id,
         actor: ActorId::from(actor),
-        deps: e.deps.clone(),
-        max_op: e.seq,
+        deps: deps.to_vec(),
+        max_op: seq,
         time: 0,
         paths: [path].into_iter().collect(),
     }
 }
 
+impl LightState {
+    /// One update of a batch, without releasing held updates.
+    fn ingest_one(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
+        let entry = self
+            .shared
+            .verify(bytes)
+            .map_err(|r| r.to_error(self.shared.root.version))?;
+        if self.applied.contains_key(&entry.id) {
+            return Ok(Ingested::Duplicate(entry.id));
+        }
+        let missing = self.deps_present(&entry);
+        if !missing.is_empty() {
+            if self.held.len() >= MAX_HELD
+                && let Some(oldest) = self
+                    .held
+                    .iter()
+                    .min_by_key(|(_, (_, s))| *s)
+                    .map(|(k, _)| *k)
+            {
+                self.held.remove(&oldest);
+            }
+            self.held_seq += 1;
+            let id = entry.id;
+            self.held.insert(id, (entry, self.held_seq));
+            return Ok(Ingested::Held { hash: id, missing });
+        }
+        let author = entry.author;
+        let (hash, summary) = self.apply(entry);
+        Ok(Ingested::Applied {
+            hash,
+            authorization: Authorization {
+                sections: summary
+                    .paths
+                    .iter()
+                    .filter_map(Path::section)
+                    .collect::<BTreeSet<Section>>(),
+                author,
+                signers: vec![],
+            },
+            summary,
+            released: Vec::new(),
+        })
+    }
+}
+
 impl ReplicaState for LightState {
     fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>> {
-        let version = self.shared.root.version;
         let mut results = Vec::with_capacity(items.len());
         let mut last_applied = None;
         for bytes in items {
-            let entry = match self.shared.verify(&bytes) {
-                Ok(e) => e,
-                Err(r) => {
-                    results.push(Err(r.to_error(version)));
-                    continue;
-                }
-            };
-            if self.applied.contains_key(&entry.id) {
-                results.push(Ok(Ingested::Duplicate(entry.id)));
-                continue;
+            let r = self.ingest_one(&bytes);
+            if let Ok(Ingested::Applied { .. }) = r {
+                last_applied = Some(results.len());
             }
-            let missing = self.deps_present(&entry);
-            if !missing.is_empty() {
-                if self.held.len() >= MAX_HELD
-                    && let Some(oldest) = self
-                        .held
-                        .iter()
-                        .min_by_key(|(_, (_, s))| *s)
-                        .map(|(k, _)| *k)
-                {
-                    self.held.remove(&oldest);
-                }
-                self.held_seq += 1;
-                let id = entry.id;
-                self.held.insert(id, (entry, self.held_seq));
-                results.push(Ok(Ingested::Held { hash: id, missing }));
-                continue;
-            }
-            let author = entry.author;
-            let (hash, summary) = self.apply(entry);
-            last_applied = Some(results.len());
-            results.push(Ok(Ingested::Applied {
-                hash,
-                authorization: Authorization {
-                    sections: summary
-                        .paths
-                        .iter()
-                        .filter_map(Path::section)
-                        .collect::<BTreeSet<Section>>(),
-                    author,
-                    signers: vec![],
-                },
-                summary,
-                released: Vec::new(),
-            }));
+            results.push(r);
         }
         if let Some(i) = last_applied
             && !self.held.is_empty()
@@ -507,12 +522,25 @@ impl ReplicaState for LightState {
         results
     }
 
+    fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
+        // A batch of one, without the batch (gossip comes one at a time).
+        let mut r = self.ingest_one(bytes);
+        if let Ok(Ingested::Applied { released, .. }) = &mut r
+            && !self.held.is_empty()
+        {
+            *released = self.release();
+        }
+        r
+    }
+
     fn heads(&self) -> Vec<ChangeHash> {
         self.heads.iter().copied().collect()
     }
 
     fn knows(&self, hash: &ChangeHash) -> bool {
-        *hash == self.shared.genesis
+        // Heads first: a peer's heads are most often ours.
+        self.heads.contains(hash)
+            || *hash == self.shared.genesis
             || self.applied.contains_key(hash)
             || self.held.contains_key(hash)
     }

@@ -75,6 +75,9 @@ pub struct Traffic {
     pub amplification: f64,
     /// Gossip duplicates dropped by the receiver's seen cache.
     pub duplicates_dropped: u64,
+    /// IDONTWANT messages sent (gossipsub 1.2; only for messages above
+    /// `idontwant_threshold`).
+    pub idontwant_sent: u64,
     /// Gossip messages the replicas rejected (forged or malformed).
     pub rejected: u64,
     /// Oversized frames refused by the transport.

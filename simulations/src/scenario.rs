@@ -252,6 +252,11 @@ pub struct GossipConfig {
     /// default 4 MiB + 64 KiB.
     #[serde(default = "d_max_transmit")]
     pub max_transmit: usize,
+    /// `idontwant_message_size_threshold`: a message whose gossipsub frame
+    /// is larger than this makes its receiver send IDONTWANT to its mesh,
+    /// bytes. libp2p default (and the node's) 1,000.
+    #[serde(default = "d_idontwant")]
+    pub idontwant_threshold: usize,
 }
 
 fn d_d() -> usize {
@@ -281,6 +286,9 @@ fn d_true() -> bool {
 fn d_dials() -> usize {
     8
 }
+fn d_idontwant() -> usize {
+    1_000
+}
 fn d_max_transmit() -> usize {
     4 * 1024 * 1024 + 64 * 1024
 }
@@ -298,6 +306,7 @@ impl Default for GossipConfig {
             flood_publish: true,
             dials: d_dials(),
             max_transmit: d_max_transmit(),
+            idontwant_threshold: d_idontwant(),
         }
     }
 }

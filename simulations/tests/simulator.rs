@@ -219,6 +219,24 @@ fn convergence_checker_catches_a_mesh_without_anti_entropy() {
     assert!(r.passed, "{:?}", r.invariants);
 }
 
+/// Gossipsub 1.2's IDONTWANT: Weft's updates are below libp2p's 1,000-byte
+/// threshold, so the node's configuration never sends one; with the
+/// threshold at 0 every first receipt sends one to the mesh, and the run
+/// still holds every invariant.
+#[test]
+fn idontwant_only_above_its_threshold() {
+    let mut s = light("split-brain", 40);
+    s.duration = 30_000;
+    s.faults.clear();
+    let r = run(&s, 2);
+    assert!(r.passed, "{:?}", r.invariants);
+    assert_eq!(r.traffic.idontwant_sent, 0);
+    s.gossip.idontwant_threshold = 0;
+    let r = run(&s, 2);
+    assert!(r.passed, "{:?}", r.invariants);
+    assert!(r.traffic.idontwant_sent > 0, "{:?}", r.traffic);
+}
+
 #[test]
 fn reports_and_plots_are_written() {
     let mut s = light("steady", 20);
