@@ -46,7 +46,9 @@
 //! # The multivariate model: half-space trees
 //! The vector of capped z-scores, scaled to `[0, 1]`, goes to an ensemble of
 //! half-space trees ([`hst`]), shared by all principals, updated online once
-//! per closed slot and scoring every event. HS-trees need no training step,
+//! per closed slot with the windows that are clearly ordinary (a norm under
+//! half the alerting one, and no alert cooling down), and scoring every
+//! event. HS-trees need no training step,
 //! use constant memory and time, forget old windows (concept drift), and score
 //! a point by how little recent mass its region holds, which catches joint
 //! deviations (a few features each moderately up) as well as single extreme
@@ -450,11 +452,11 @@ impl Detector {
         let key: Arc<str> = match self.principals.get_key_value(ev.principal.as_str()) {
             Some((k, _)) => k.clone(),
             None => {
-                if self.principals.len() >= self.cfg.max_principals.max(1) {
-                    if let Some((_, old)) = self.by_recency.pop_first() {
-                        self.principals.remove(&old);
-                        self.evicted += 1;
-                    }
+                if self.principals.len() >= self.cfg.max_principals.max(1)
+                    && let Some((_, old)) = self.by_recency.pop_first()
+                {
+                    self.principals.remove(&old);
+                    self.evicted += 1;
                 }
                 let k: Arc<str> = Arc::from(ev.principal.as_str());
                 let mut p = Principal::new(&self.population[0]);
@@ -617,10 +619,10 @@ impl Detector {
     }
 
     fn check(&mut self, p: &mut Principal, ev: &DecisionEvent) -> Option<Alert> {
-        if let Some(last) = p.last_alert_ms {
-            if ev.at_ms < last.saturating_add(self.cfg.cooldown_ms) {
-                return None;
-            }
+        if p.last_alert_ms
+            .is_some_and(|last| ev.at_ms < last.saturating_add(self.cfg.cooldown_ms))
+        {
+            return None;
         }
         let x = p.features(ev.at_ms, self.cfg.novelty_half_life_ms);
         let sc = self.score_vector(p, &x, ev.at_ms);
