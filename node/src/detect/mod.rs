@@ -22,7 +22,7 @@
 //! | `new_sites` | sites (node ids) this principal was never seen at (a 64-bit filter) |
 //! | `token_failures` | requests with a failed or expired token |
 //! | `new_resources_1h` | resources new to the principal (two rotating 1,024-bit Bloom filters), decayed with a one-hour half-life: the slow signal |
-//! | `off_hours` | how rare this hour of the day is for the principal (a 24-bucket histogram): `ln(1/24 ÷ p(hour))`, 0 at a usual hour |
+//! | `off_hours` | how rare this hour of the day is for the principal (a 24-bucket histogram of UTC hours from `at_ms`): `ln(1/24 ÷ p(hour))`, 0 at a usual hour; it supports an alert, never drives one |
 //!
 //! Everything is fixed-size: about 1 KB per principal whatever it does, and
 //! [`DetectorConfig::max_principals`] principals at most (the least recently
