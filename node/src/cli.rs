@@ -131,6 +131,9 @@ pub enum Command {
     /// Write a compliance report (HTML or JSON) of a node's policies, trust, revocations and audit chain.
     #[command(long_about = weft_node::report::REPORT_LONG_ABOUT)]
     Report(weft_node::report::ReportArgs),
+    /// Generate labeled decision traces and evaluate the anomaly detector on them.
+    #[command(subcommand, long_about = weft_node::detect::cli::DETECT_LONG_ABOUT)]
+    Detect(weft_node::detect::cli::DetectCommand),
 }
 
 /// `weft node …`
@@ -284,6 +287,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sim(a) => weft_node::sim::sim(a),
         Command::Audit(c) => weft_node::admin::audit(c),
         Command::Report(a) => weft_node::report::report(a),
+        Command::Detect(c) => weft_node::detect::cli::detect(c),
     }
 }
 

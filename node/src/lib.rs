@@ -9,6 +9,7 @@ pub mod audit_api;
 pub mod daemon;
 pub mod dashboard;
 pub mod demo;
+pub mod detect;
 pub mod evidence;
 pub mod keyfile;
 pub mod layout;

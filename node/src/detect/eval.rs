@@ -1,0 +1,360 @@
+//! Evaluation of the detector against a labeled trace
+//! ([`weft_simulations::traces`]), side by side with a static rate-limit
+//! rule.
+//!
+//! The trace is replayed event by event, in order, through each method; the
+//! labels are read only here, never by the detector. Alerts raised during
+//! the trace's warm-up are not scored.
+//!
+//! # Metrics
+//! - An attack *incident* (one principal, one kind, a start and an end) is
+//!   *detected* when the method alerts on that principal between the start
+//!   and the end plus [`EvalConfig::grace_ms`].
+//! - A *false positive* is an alert, after the warm-up, that falls in no
+//!   incident's span for its principal (benign principals, and attacked
+//!   principals outside their attack). Each alert would become a quarantine,
+//!   so each counts.
+//! - Per kind: recall = detected / incidents; precision = detected /
+//!   (detected + all false positives), strict, since an alert does not say
+//!   which kind it is (every false alarm counts against every kind); F1, their
+//!   harmonic mean. The overall row uses every incident.
+//! - False positives per 1,000 principals per day: false positives ×
+//!   1,000 / principals × 24 h / the scored hours.
+//! - Time to detect: from the incident's start to its first alert, median
+//!   and maximum over the detected incidents of the kind.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use serde::Serialize;
+use weft_simulations::traces::{AttackKind, Event, Trace};
+
+use super::{DecisionEvent, Detector, DetectorConfig};
+
+/// Settings of an evaluation.
+#[derive(Clone, Debug)]
+pub struct EvalConfig {
+    /// The detector under test.
+    pub detector: DetectorConfig,
+    /// The detector's seed.
+    pub seed: u64,
+    /// How long after an incident's end an alert still counts as detecting
+    /// it. Default 5 min.
+    pub grace_ms: u64,
+    /// The baseline rule's limit: it alerts when a principal makes more
+    /// requests than this in 60 s. Default 60 (one a second, twenty times the
+    /// busiest ordinary user of the generated traces).
+    pub rate_limit_per_min: u32,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            detector: DetectorConfig::default(),
+            seed: 1,
+            grace_ms: 5 * 60_000,
+            rate_limit_per_min: 60,
+        }
+    }
+}
+
+/// One kind's figures for one method.
+#[derive(Clone, Debug, Serialize)]
+pub struct KindMetrics {
+    /// The attack kind, or `all`.
+    pub kind: String,
+    /// Incidents of the kind.
+    pub incidents: usize,
+    /// Of them, detected.
+    pub detected: usize,
+    /// Precision (strict, see the module doc).
+    pub precision: f64,
+    /// Recall.
+    pub recall: f64,
+    /// F1.
+    pub f1: f64,
+    /// Median time from the start to the first alert, ms (`null` when none
+    /// was detected).
+    pub ttd_p50_ms: Option<u64>,
+    /// Longest time to detect, ms.
+    pub ttd_max_ms: Option<u64>,
+}
+
+/// A false positive, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct FalsePositive {
+    /// The principal.
+    pub principal: String,
+    /// When.
+    pub at_ms: u64,
+    /// The alert's reason.
+    pub reason: String,
+}
+
+/// One method's results.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodReport {
+    /// `detector` or `rate_limit`.
+    pub method: String,
+    /// What it is, in words.
+    pub description: String,
+    /// Alerts raised after the warm-up.
+    pub alerts: usize,
+    /// Of them, false positives.
+    pub false_positives: usize,
+    /// False positives per 1,000 principals per day.
+    pub fp_per_1000_principals_per_day: f64,
+    /// Per kind, in [`AttackKind::ALL`] order, then `all`.
+    pub kinds: Vec<KindMetrics>,
+    /// The first false positives (at most 20).
+    pub false_positive_samples: Vec<FalsePositive>,
+}
+
+/// The detector's cost on this trace (wall clock: not reproducible).
+#[derive(Clone, Debug, Serialize)]
+pub struct Performance {
+    /// Events replayed through the detector per second, one thread.
+    pub events_per_sec: f64,
+    /// Principals tracked at the end.
+    pub tracked: usize,
+    /// The detector's estimate of its memory, bytes.
+    pub memory_bytes: usize,
+    /// That, per tracked principal (trees included).
+    pub bytes_per_principal: f64,
+}
+
+/// The whole evaluation.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// The trace's seed.
+    pub trace_seed: u64,
+    /// Principals in the trace.
+    pub principals: usize,
+    /// Its length, hours.
+    pub hours: u64,
+    /// Hours scored (after the warm-up).
+    pub scored_hours: f64,
+    /// Events replayed.
+    pub events: usize,
+    /// Incidents per kind.
+    pub incidents: BTreeMap<String, usize>,
+    /// The anomaly detector.
+    pub detector: MethodReport,
+    /// The static rate-limit rule.
+    pub baseline: MethodReport,
+    /// The detector's throughput and memory.
+    pub performance: Performance,
+}
+
+/// An alert, reduced to what scoring needs.
+struct Raised {
+    principal: String,
+    at_ms: u64,
+    reason: String,
+}
+
+fn decision(e: &Event) -> DecisionEvent {
+    DecisionEvent {
+        at_ms: e.at_ms,
+        principal: e.principal.clone(),
+        action: e.action.clone(),
+        resource: e.resource.clone(),
+        allow: e.allow,
+        token_failed: e.token_failed,
+        site: e.site.clone(),
+    }
+}
+
+/// The static rule: more than `limit` requests by one principal in 60 s,
+/// with the detector's cooldown.
+fn rate_limit(trace: &Trace, limit: u32, cooldown_ms: u64) -> Vec<Raised> {
+    let mut seen: HashMap<&str, (VecDeque<u64>, Option<u64>)> = HashMap::new();
+    let mut out = Vec::new();
+    for e in &trace.events {
+        let (q, last) = seen.entry(e.principal.as_str()).or_default();
+        q.push_back(e.at_ms);
+        while q.front().is_some_and(|t| *t + 60_000 <= e.at_ms) {
+            q.pop_front();
+        }
+        if q.len() > limit as usize {
+            q.pop_front();
+            if last.is_none_or(|l| e.at_ms >= l + cooldown_ms) {
+                *last = Some(e.at_ms);
+                out.push(Raised {
+                    principal: e.principal.clone(),
+                    at_ms: e.at_ms,
+                    reason: format!("more than {limit} requests in 60 s"),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    Some(sorted[i])
+}
+
+fn f1(p: f64, r: f64) -> f64 {
+    if p + r == 0.0 {
+        0.0
+    } else {
+        2.0 * p * r / (p + r)
+    }
+}
+
+fn r4(v: f64) -> f64 {
+    (v * 10_000.0).round() / 10_000.0
+}
+
+fn score(
+    trace: &Trace,
+    cfg: &EvalConfig,
+    method: &str,
+    description: &str,
+    alerts: &[Raised],
+) -> MethodReport {
+    let from = trace.header.start_ms + trace.header.warmup_ms;
+    let alerts: Vec<&Raised> = alerts.iter().filter(|a| a.at_ms >= from).collect();
+    let mut by_principal: HashMap<&str, Vec<u64>> = HashMap::new();
+    for a in &alerts {
+        by_principal.entry(&a.principal).or_default().push(a.at_ms);
+    }
+    let in_incident = |a: &Raised| {
+        trace.incidents.iter().any(|i| {
+            i.principal == a.principal
+                && a.at_ms >= i.start_ms
+                && a.at_ms <= i.end_ms + cfg.grace_ms
+        })
+    };
+    let fps: Vec<&&Raised> = alerts.iter().filter(|a| !in_incident(a)).collect();
+    let fp = fps.len();
+    let mut kinds = Vec::new();
+    let mut all_ttd = Vec::new();
+    let (mut all_n, mut all_d) = (0, 0);
+    let metrics = |kind: String, n: usize, d: usize, ttd: &mut Vec<u64>| {
+        ttd.sort_unstable();
+        let precision = if d + fp == 0 {
+            0.0
+        } else {
+            d as f64 / (d + fp) as f64
+        };
+        let recall = if n == 0 { 0.0 } else { d as f64 / n as f64 };
+        KindMetrics {
+            kind,
+            incidents: n,
+            detected: d,
+            precision: r4(precision),
+            recall: r4(recall),
+            f1: r4(f1(precision, recall)),
+            ttd_p50_ms: percentile(ttd, 0.5),
+            ttd_max_ms: ttd.last().copied(),
+        }
+    };
+    for kind in AttackKind::ALL {
+        let mut ttd = Vec::new();
+        let mut n = 0;
+        for i in trace.incidents.iter().filter(|i| i.kind == kind) {
+            n += 1;
+            let first = by_principal.get(i.principal.as_str()).and_then(|ts| {
+                ts.iter()
+                    .copied()
+                    .filter(|t| *t >= i.start_ms && *t <= i.end_ms + cfg.grace_ms)
+                    .min()
+            });
+            if let Some(t) = first {
+                ttd.push(t - i.start_ms);
+            }
+        }
+        let d = ttd.len();
+        all_n += n;
+        all_d += d;
+        all_ttd.extend(ttd.iter().copied());
+        kinds.push(metrics(kind.as_str().to_string(), n, d, &mut ttd));
+    }
+    kinds.push(metrics("all".into(), all_n, all_d, &mut all_ttd));
+    let scored_h = trace.header.hours as f64 - trace.header.warmup_ms as f64 / 3_600_000.0;
+    let per = if trace.header.principals == 0 || scored_h <= 0.0 {
+        0.0
+    } else {
+        fp as f64 * 1000.0 / trace.header.principals as f64 * 24.0 / scored_h
+    };
+    MethodReport {
+        method: method.into(),
+        description: description.into(),
+        alerts: alerts.len(),
+        false_positives: fp,
+        fp_per_1000_principals_per_day: r4(per),
+        kinds,
+        false_positive_samples: fps
+            .iter()
+            .take(20)
+            .map(|a| FalsePositive {
+                principal: a.principal.clone(),
+                at_ms: a.at_ms,
+                reason: a.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Replays `trace` through the detector and the rate-limit rule and scores
+/// both.
+pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
+    let mut det = Detector::new(cfg.detector.clone(), cfg.seed);
+    let events: Vec<DecisionEvent> = trace.events.iter().map(decision).collect();
+    let started = Instant::now();
+    let mut raised = Vec::new();
+    for e in &events {
+        if let Some(a) = det.observe(e) {
+            raised.push(Raised {
+                principal: a.principal,
+                at_ms: a.at_ms,
+                reason: a.reason,
+            });
+        }
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let performance = Performance {
+        events_per_sec: (events.len() as f64 / secs).round(),
+        tracked: det.tracked(),
+        memory_bytes: det.memory_bytes_estimate(),
+        bytes_per_principal: (det.memory_bytes_estimate() as f64 / det.tracked().max(1) as f64)
+            .round(),
+    };
+    let base = rate_limit(trace, cfg.rate_limit_per_min, cfg.detector.cooldown_ms);
+    let mut incidents = BTreeMap::new();
+    for i in &trace.incidents {
+        *incidents.entry(i.kind.as_str().to_string()).or_insert(0) += 1;
+    }
+    EvalReport {
+        trace_seed: trace.header.seed,
+        principals: trace.header.principals,
+        hours: trace.header.hours,
+        scored_hours: trace.header.hours as f64 - trace.header.warmup_ms as f64 / 3_600_000.0,
+        events: events.len(),
+        incidents,
+        detector: score(
+            trace,
+            cfg,
+            "detector",
+            "per-principal robust baselines and half-space trees",
+            &raised,
+        ),
+        baseline: score(
+            trace,
+            cfg,
+            "rate_limit",
+            &format!(
+                "static rule: more than {} requests per principal in 60 s",
+                cfg.rate_limit_per_min
+            ),
+            &base,
+        ),
+        performance,
+    }
+}
