@@ -158,6 +158,8 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// The anomaly detector's queue.
+    pub detect: crate::respond::DetectHandle,
     /// Decision counts and recent denies, for the dashboard and the report.
     pub decisions: Arc<crate::dashboard::DecisionLog>,
 }
@@ -692,6 +694,18 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         },
         d.allow,
     );
+    if state.detect.is_on() {
+        let (principal, action, resource) = who();
+        state.detect.observe(crate::detect::DecisionEvent {
+            at_ms: now_ms,
+            principal,
+            action,
+            resource,
+            allow: d.allow,
+            token_failed: matches!(parsed, Authorize::Deny { revoked: false, .. }),
+            site: None,
+        });
+    }
     if d.allow {
         state.decisions.allow();
     } else {

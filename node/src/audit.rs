@@ -532,6 +532,15 @@ impl AuditHandle {
     pub fn counters(&self) -> &AuditCounters {
         &self.counters
     }
+    /// A handle whose events go to `tx`, for tests of producers.
+    #[doc(hidden)]
+    pub fn for_tests(tx: mpsc::Sender<AuditEvent>) -> Self {
+        AuditHandle {
+            tx,
+            counters: Arc::default(),
+            allow_one_in: 1,
+        }
+    }
 }
 
 /// The audit trail in [`crate::api::Status`] and `GET /v1/audit/status`.

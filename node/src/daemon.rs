@@ -91,6 +91,8 @@ pub struct NodeOptions {
     pub stale: net::Staleness,
     /// The audit trail's settings.
     pub audit: AuditConfig,
+    /// Anomaly detection and the quarantines it may issue.
+    pub response: crate::respond::ResponseConfig,
 }
 
 impl NodeOptions {
@@ -106,6 +108,7 @@ impl NodeOptions {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             stale: net::Staleness::default(),
             audit: AuditConfig::default(),
+            response: crate::respond::ResponseConfig::default(),
         }
     }
 }
@@ -418,6 +421,14 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     });
     let audit_task = tokio::spawn(audit_writer.instrument(span.clone()));
+    let (detect, detector) = crate::respond::start(
+        opts.response.clone(),
+        getrandom::u64().unwrap_or(0),
+        shared.anomalies.clone(),
+        commands_tx.clone(),
+        audit.handle.clone(),
+    );
+    tokio::spawn(detector.instrument(span.clone()));
     let applied_since_snapshot = report.verified as u64;
     let mut task = NodeTask::new(
         NodeTaskParts {
@@ -458,6 +469,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         shared: shared.clone(),
         metrics: Arc::new(crate::metrics::Metrics::new()),
         audit: audit.clone(),
+        detect,
         decisions: Arc::new(crate::dashboard::DecisionLog::new()),
     }));
     let mut api_shutdown = shutdown_rx;
@@ -565,6 +577,12 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         on_stale: config.on_stale,
     };
     opts.audit.allow_one_in = config.audit_allow_one_in;
+    opts.response.detect = config.detect;
+    opts.response.quarantine = config.quarantine_on_alert;
+    opts.response.quarantine_ttl = Duration::from_secs(
+        weft_protocol::time::parse_duration(&config.quarantine_ttl)
+            .map_err(|e| anyhow!("quarantine_ttl in {}: {e}", dir.config().display()))?,
+    );
     opts.audit.checkpoint_every = Duration::from_secs(
         weft_protocol::time::parse_duration(&config.audit_checkpoint_every)
             .map_err(|e| anyhow!("audit_checkpoint_every in {}: {e}", dir.config().display()))?,

@@ -94,6 +94,14 @@ pub struct Config {
     /// How often the node signs and gossips a checkpoint of its audit chain
     /// (a duration). Default `30s`.
     pub audit_checkpoint_every: String,
+    /// Whether the node watches its decisions for anomalies. Default true.
+    pub detect: bool,
+    /// Whether an anomaly quarantines its principal (only if the trust
+    /// root lets nodes quarantine). Default true.
+    pub quarantine_on_alert: bool,
+    /// How long a quarantine this node issues lasts, at most the trust
+    /// root's maximum (a duration). Default `15m`.
+    pub quarantine_ttl: String,
 }
 
 impl Default for Config {
@@ -107,6 +115,9 @@ impl Default for Config {
             log_format: "pretty".into(),
             audit_allow_one_in: 100,
             audit_checkpoint_every: "30s".into(),
+            detect: true,
+            quarantine_on_alert: true,
+            quarantine_ttl: "15m".into(),
         }
     }
 }
@@ -150,7 +161,13 @@ impl Config {
              # audit trail: write one allow in this many (denies are always written; 0: no allows)\n\
              audit_allow_one_in = {}\n\
              # audit trail: how often to sign and gossip a checkpoint of the chain\n\
-             audit_checkpoint_every = {:?}\n",
+             audit_checkpoint_every = {:?}\n\
+             # watch this node's decisions for anomalies\n\
+             detect = {}\n\
+             # quarantine a principal on an anomaly (if the trust root lets nodes quarantine)\n\
+             quarantine_on_alert = {}\n\
+             # how long such a quarantine lasts (at most the trust root's maximum)\n\
+             quarantine_ttl = {:?}\n",
             self.listen,
             self.api,
             self.stale_after,
@@ -160,7 +177,10 @@ impl Config {
             },
             self.log_format,
             self.audit_allow_one_in,
-            self.audit_checkpoint_every
+            self.audit_checkpoint_every,
+            self.detect,
+            self.quarantine_on_alert,
+            self.quarantine_ttl
         )
     }
 }

@@ -16,5 +16,6 @@ pub mod layout;
 pub mod metrics;
 pub mod net;
 pub mod report;
+pub mod respond;
 pub mod sim;
 pub mod store;

@@ -175,3 +175,137 @@ pub fn start(
     };
     (handle, task)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_simulations::traces::{AttackKind, TraceConfig, generate};
+
+    /// A generated day (real detector, real queue) through the response
+    /// task: every alert is kept and audited, and each alerted principal
+    /// gets exactly one quarantine request while its quarantine runs, with
+    /// the alert's reason, score and evidence.
+    #[tokio::test]
+    async fn alerts_become_quarantine_requests() {
+        let trace = generate(&TraceConfig {
+            seed: 11,
+            principals: 150,
+            hours: 24,
+            attacks_per_kind: Some(3),
+        });
+        let anomalies = Arc::new(AnomalyLog::new());
+        let (commands, mut node_task) = mpsc::channel(64);
+        let (audit_tx, mut audit_rx) = mpsc::channel(1 << 16);
+        let audit = AuditHandle::for_tests(audit_tx);
+        let cfg = ResponseConfig {
+            queue: trace.events.len() + 1,
+            ..ResponseConfig::default()
+        };
+        let ttl = cfg.quarantine_ttl.as_secs();
+        let (handle, task) = start(cfg, 1, anomalies.clone(), commands, audit);
+        let task = tokio::spawn(task);
+        // The node task's side: answer every request, keep what was asked.
+        let asked = tokio::spawn(async move {
+            let mut asked = Vec::new();
+            while let Some(cmd) = node_task.recv().await {
+                if let Command::Quarantine {
+                    subject,
+                    record,
+                    reply,
+                } = cmd
+                {
+                    let _ = reply.send(Ok("id".into()));
+                    asked.push((subject, record));
+                }
+            }
+            asked
+        });
+        for e in &trace.events {
+            handle.observe(DecisionEvent {
+                at_ms: e.at_ms,
+                principal: e.principal.clone(),
+                action: e.action.clone(),
+                resource: e.resource.clone(),
+                allow: e.allow,
+                token_failed: e.token_failed,
+                site: e.site.clone(),
+            });
+        }
+        drop(handle);
+        task.await.unwrap();
+        let asked = asked.await.unwrap();
+
+        let st = anomalies.status();
+        assert_eq!(st.dropped, 0);
+        assert!(st.alerts > 0, "the trace's attacks raise alerts");
+        let alerts = anomalies.recent();
+        assert_eq!(alerts.len() as u64, st.alerts.min(200));
+        // Probing attackers are among those quarantined.
+        let probers: Vec<&str> = trace
+            .incidents
+            .iter()
+            .filter(|i| i.kind == AttackKind::PrivilegeProbing)
+            .map(|i| i.principal.as_str())
+            .collect();
+        assert!(
+            asked.iter().any(|(s, _)| probers.contains(&s.as_str())),
+            "no prober quarantined: {:?}",
+            asked.iter().map(|(s, _)| s).collect::<Vec<_>>()
+        );
+        for (subject, record) in &asked {
+            assert_eq!(record.expires_at, Some(record.issued_at + ttl));
+            assert!(record.score.is_some() && !record.reason.is_empty());
+            assert!(!record.evidence.is_empty(), "{subject}: no evidence");
+        }
+        // One request per principal while its quarantine runs.
+        let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+        for (subject, record) in &asked {
+            if let Some(until) = last.insert(subject, record.issued_at + ttl) {
+                assert!(record.issued_at >= until, "{subject} asked twice");
+            }
+        }
+        // Every alert went to the audit trail.
+        let mut audited = 0;
+        while let Ok(ev) = audit_rx.try_recv() {
+            if matches!(ev, AuditEvent::Anomaly { .. }) {
+                audited += 1;
+            }
+        }
+        assert_eq!(audited, st.alerts);
+    }
+
+    #[test]
+    fn a_full_queue_counts_its_drops() {
+        let anomalies = Arc::new(AnomalyLog::new());
+        let (commands, _rx) = mpsc::channel(1);
+        let (audit_tx, _audit_rx) = mpsc::channel(1);
+        let cfg = ResponseConfig {
+            queue: 2,
+            ..ResponseConfig::default()
+        };
+        let (handle, _task) = start(
+            cfg,
+            1,
+            anomalies.clone(),
+            commands,
+            AuditHandle::for_tests(audit_tx),
+        );
+        let ev = DecisionEvent {
+            at_ms: 0,
+            principal: r#"User::"a""#.into(),
+            action: r#"Action::"view""#.into(),
+            resource: r#"Doc::"d""#.into(),
+            allow: true,
+            token_failed: false,
+            site: None,
+        };
+        for _ in 0..5 {
+            handle.observe(ev.clone());
+        }
+        assert_eq!(anomalies.status().dropped, 3);
+        let off = DetectHandle::off(anomalies.clone());
+        off.observe(ev);
+        assert!(!off.is_on());
+        assert_eq!(anomalies.status().dropped, 3);
+    }
+}
