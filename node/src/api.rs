@@ -60,6 +60,12 @@ pub struct PeerStatus {
     pub admitted: bool,
     /// Its gossipsub peer score here, if scored.
     pub score: Option<f64>,
+    /// The name on the certificate it was admitted with.
+    #[serde(default)]
+    pub cert_name: Option<String>,
+    /// When that certificate expires (Unix seconds).
+    #[serde(default)]
+    pub cert_expires: Option<u64>,
 }
 
 /// One bundle in [`Status`].

@@ -1561,14 +1561,24 @@ impl NodeTask {
         let root = state.root();
         let view = state.view();
         let gossipsub = &self.swarm.behaviour().gossipsub;
+        let certs: HashMap<PeerId, (String, u64)> = self
+            .replica
+            .admitted_certs()
+            .map(|(p, _, name, expires)| (*p, (name.to_owned(), expires)))
+            .collect();
         let peers = self
             .replica
             .connected_peers()
-            .map(|(peer, node, admitted)| PeerStatus {
-                node_id: node.to_string(),
-                peer_id: peer.to_string(),
-                admitted,
-                score: gossipsub.peer_score(peer),
+            .map(|(peer, node, admitted)| {
+                let cert = certs.get(peer);
+                PeerStatus {
+                    node_id: node.to_string(),
+                    peer_id: peer.to_string(),
+                    admitted,
+                    score: gossipsub.peer_score(peer),
+                    cert_name: cert.map(|c| c.0.clone()),
+                    cert_expires: cert.map(|c| c.1),
+                }
             })
             .collect();
         let bundles = view

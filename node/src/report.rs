@@ -15,7 +15,7 @@
 //! | `format`, `generated_at` | `"weft-report/v1"`; when the node assembled the evidence |
 //! | `node` | `node_id`, `url`, `digest`, `heads`, `updates`, `held`, `last_sync_ms_ago`, `stale` |
 //! | `trust_root` | `version`, `expires`, `expired`, `root_keys`, `root_threshold`, `policy_threshold`, `revoke_threshold`, `quarantine` {`allowed`, `max_ttl_secs`, `max_per_node_per_hour`}, `operators` [{`name`, `key`, `roles`}] |
-//! | `certificates` | `node` (this node's: `node_id`, `name`, `issuer`, `issuer_name`, `issued`, `expires`, `valid`, `error`, or `null`), `peers` [{`node_id`, `admitted`}], `note` |
+//! | `certificates` | `node` (this node's: `node_id`, `name`, `issuer`, `issuer_name`, `issued`, `expires`, `valid`, `error`, or `null`), `peers` [{`node_id`, `admitted`, `name`, `expires`}] (the certificate each connected peer was admitted with), `note` |
 //! | `bundles` | [{`name`, `description`, `policies` [{`id`, `text`}], `policy_count`, `error`, `conflicts`, `signers` [{`name`, `key`, `roles`}], `changes` [{`hash`, `time`, `signers`}]}] |
 //! | `revocations` | [{`subject`, `reason`, `signers`, `time`, `changes`}] |
 //! | `quarantines` | [{`subject`, `record`, `reason`, `signers`, `time`}] |
@@ -73,6 +73,12 @@ pub struct PeerCert {
     pub node_id: String,
     /// Whether it presented a certificate that verified here.
     pub admitted: bool,
+    /// The name on that certificate.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// When that certificate expires (Unix seconds).
+    #[serde(default)]
+    pub expires: Option<u64>,
 }
 
 /// Node certificates.
@@ -322,9 +328,11 @@ impl Report {
                     .map(|p| PeerCert {
                         node_id: p.node_id.clone(),
                         admitted: p.admitted,
+                        name: p.cert_name.clone(),
+                        expires: p.cert_expires,
                     })
                     .collect(),
-                note: "peer certificates are verified at admission and not kept: each connected peer is listed with whether its certificate verified".into(),
+                note: "peer certificates are verified at admission; each connected peer is listed with the name and expiry of the certificate it was admitted with".into(),
             },
             bundles: e.bundles,
             revocations: e.revocations,
@@ -888,17 +896,21 @@ pub fn render_html(r: &Report) -> String {
         None => h += "<p class=\"muted\">This node has no certificate.</p>\n",
     }
     if !r.certificates.peers.is_empty() {
-        h += "<table><tr><th>Peer</th><th>Certificate</th></tr>\n";
+        h += "<table><tr><th>Peer</th><th>Name</th><th>Certificate</th><th>Expires</th></tr>\n";
         for p in &r.certificates.peers {
             let _ = writeln!(
                 h,
-                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 e(&p.node_id),
+                e(p.name.as_deref().unwrap_or("")),
                 if p.admitted {
                     "verified at admission"
                 } else {
                     "not admitted"
-                }
+                },
+                p.expires
+                    .map(|t| e(&weft_protocol::time::format_timestamp(t)))
+                    .unwrap_or_default()
             );
         }
         h += "</table>\n";

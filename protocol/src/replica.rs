@@ -284,6 +284,9 @@ pub enum Output<P> {
 struct Peer {
     node: NodeId,
     admitted: bool,
+    /// The name and expiry (Unix seconds) of the certificate it was
+    /// admitted with.
+    cert: Option<(String, u64)>,
     strikes: u32,
     /// A request to this peer is in flight.
     busy: bool,
@@ -435,6 +438,15 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         self.peers.iter().map(|(k, p)| (k, &p.node, p.admitted))
     }
 
+    /// Admitted peers with the name and expiry (Unix seconds) of the
+    /// certificate each was admitted with.
+    pub fn admitted_certs(&self) -> impl Iterator<Item = (&P, &NodeId, &str, u64)> {
+        self.peers.iter().filter_map(|(k, p)| {
+            let (name, expires) = p.cert.as_ref()?;
+            Some((k, &p.node, name.as_str(), *expires))
+        })
+    }
+
     /// Whether this node id is banned here.
     pub fn is_banned(&self, node: &NodeId) -> bool {
         self.banned.contains(node)
@@ -535,6 +547,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             Peer {
                 node,
                 admitted: false,
+                cert: None,
                 strikes: 0,
                 busy: true,
                 to_fetch: VecDeque::new(),
@@ -579,8 +592,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         let node = p.node;
         match self.check_cert(now_ms, &node, cert) {
             Ok(()) => {
+                let seen = crate::trust::SignedNodeCert::from_bytes(cert)
+                    .and_then(|c| c.cert())
+                    .ok()
+                    .map(|c| (c.name, c.expires));
                 if let Some(p) = self.peers.get_mut(peer) {
                     p.admitted = true;
+                    p.cert = seen;
                 }
                 true
             }

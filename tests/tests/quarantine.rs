@@ -118,6 +118,21 @@ async fn a_quarantine_reaches_every_node_and_a_flood_is_capped() -> Result<()> {
         .json()
         .await?;
     ensure!(st["anomalies"]["active_quarantines"] == 3, "{st}");
+    // Peers are listed with the certificate they were admitted with.
+    let st_b: Value = reqwest::get(format!("{}/v1/status", b.api_url()))
+        .await?
+        .json()
+        .await?;
+    let mut names: Vec<&str> = st_b["peers"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["cert_name"].as_str()).collect())
+        .unwrap_or_default();
+    names.sort();
+    ensure!(names == ["a", "c"], "{st_b}");
+    ensure!(
+        st_b["peers"][0]["cert_expires"].as_u64() > Some(now()),
+        "{st_b}"
+    );
 
     // Operators: lift v0 (built on the node's state), make v1 permanent.
     let mut op = Author::new(&fx);
