@@ -126,45 +126,7 @@ pub fn decide_at(
     now: u64,
     rules: &crate::quarantine::QuarantineRules,
 ) -> Decision {
-    let d = decide(view, request);
-    if d.revoked || !view.has_quarantines() {
-        return d;
-    }
-    let mut uids: Vec<&EntityUid> = vec![&request.principal, &request.resource];
-    let merged;
-    let entities: &Entities = if request.entities.is_empty() {
-        view.entities()
-    } else {
-        match view
-            .entities()
-            .clone()
-            .add_entities(request.entities.iter().cloned(), None)
-        {
-            Ok(e) => {
-                merged = e;
-                &merged
-            }
-            // Already a deny, with the reason.
-            Err(_) => return d,
-        }
-    };
-    for uid in [&request.principal, &request.resource] {
-        if let Some(ancestors) = entities.ancestors(uid) {
-            uids.extend(ancestors);
-        }
-    }
-    for uid in uids {
-        if let Some(hit) = crate::quarantine::in_force(view, &uid.to_string(), now, rules) {
-            return Decision {
-                allow: false,
-                reasons: vec![],
-                errors: vec![format!("quarantined: {}", hit.reason)],
-                quarantine: Some(hit),
-                ..Decision::default()
-            };
-        }
-    }
-    d
+    decide_with(view, request, Evaluation::Indexed, Some((now, rules)))
 }
 
 /// Decides `request` against `view`. Pure: no I/O, no clock.
@@ -172,14 +134,14 @@ pub fn decide_at(
 /// Only the policies whose scope matches the request are evaluated (see
 /// [`crate::index`]); the answer is the same as [`decide_full`]'s.
 pub fn decide(view: &PolicyView, request: &Request) -> Decision {
-    decide_with(view, request, Evaluation::Indexed)
+    decide_with(view, request, Evaluation::Indexed, None)
 }
 
 /// Decides `request` by evaluating every policy in force with Cedar, as
 /// [`decide`] did before the scope index. It is the reference the index is
 /// tested against, and the baseline it is measured against.
 pub fn decide_full(view: &PolicyView, request: &Request) -> Decision {
-    decide_with(view, request, Evaluation::Full)
+    decide_with(view, request, Evaluation::Full, None)
 }
 
 #[derive(Clone, Copy)]
@@ -197,7 +159,32 @@ struct Outcome {
     failed_forbids: BTreeSet<String>,
 }
 
-fn decide_with(view: &PolicyView, request: &Request, how: Evaluation) -> Decision {
+/// The quarantine in force at `now` under `rules` on the principal, the
+/// resource or one of their ancestors, if any.
+fn quarantine_hit(
+    view: &PolicyView,
+    entities: &Entities,
+    request: &Request,
+    now: u64,
+    rules: &crate::quarantine::QuarantineRules,
+) -> Option<crate::quarantine::QuarantineHit> {
+    for uid in [&request.principal, &request.resource] {
+        let ancestors = entities.ancestors(uid).into_iter().flatten();
+        for u in std::iter::once(uid).chain(ancestors) {
+            if let Some(hit) = crate::quarantine::in_force(view, &u.to_string(), now, rules) {
+                return Some(hit);
+            }
+        }
+    }
+    None
+}
+
+fn decide_with(
+    view: &PolicyView,
+    request: &Request,
+    how: Evaluation,
+    quarantine: Option<(u64, &crate::quarantine::QuarantineRules)>,
+) -> Decision {
     let merged;
     let entities: &Entities = if request.entities.is_empty() {
         view.entities()
@@ -227,6 +214,19 @@ fn decide_with(view: &PolicyView, request: &Request, how: Evaluation) -> Decisio
             errors: vec![],
             revoked: true,
             revoked_subject: Some(subject),
+            ..Decision::default()
+        };
+    }
+
+    if let Some((now, rules)) = quarantine
+        && view.has_quarantines()
+        && let Some(hit) = quarantine_hit(view, entities, request, now, rules)
+    {
+        return Decision {
+            allow: false,
+            reasons: vec![],
+            errors: vec![format!("quarantined: {}", hit.reason)],
+            quarantine: Some(hit),
             ..Decision::default()
         };
     }

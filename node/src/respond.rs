@@ -221,15 +221,7 @@ mod tests {
             asked
         });
         for e in &trace.events {
-            handle.observe(DecisionEvent {
-                at_ms: e.at_ms,
-                principal: e.principal.clone(),
-                action: e.action.clone(),
-                resource: e.resource.clone(),
-                allow: e.allow,
-                token_failed: e.token_failed,
-                site: e.site.clone(),
-            });
+            handle.observe(DecisionEvent::from(e));
         }
         drop(handle);
         task.await.unwrap();

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use serde::Serialize;
-use weft_simulations::traces::{AttackKind, Event, Trace};
+use weft_simulations::traces::{AttackKind, Trace};
 
 use super::{DecisionEvent, Detector, DetectorConfig};
 
@@ -151,18 +151,6 @@ struct Raised {
     principal: String,
     at_ms: u64,
     reason: String,
-}
-
-fn decision(e: &Event) -> DecisionEvent {
-    DecisionEvent {
-        at_ms: e.at_ms,
-        principal: e.principal.clone(),
-        action: e.action.clone(),
-        resource: e.resource.clone(),
-        allow: e.allow,
-        token_failed: e.token_failed,
-        site: e.site.clone(),
-    }
 }
 
 /// The static rule: more than `limit` requests by one principal in 60 s,
@@ -306,7 +294,7 @@ fn score(
 /// both.
 pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
     let mut det = Detector::new(cfg.detector.clone(), cfg.seed);
-    let events: Vec<DecisionEvent> = trace.events.iter().map(decision).collect();
+    let events: Vec<DecisionEvent> = trace.events.iter().map(DecisionEvent::from).collect();
     let started = Instant::now();
     let mut raised = Vec::new();
     for e in &events {

@@ -105,6 +105,21 @@ pub struct DecisionEvent {
     pub site: Option<String>,
 }
 
+impl From<&weft_simulations::traces::Event> for DecisionEvent {
+    /// A trace's decision, without its label.
+    fn from(e: &weft_simulations::traces::Event) -> Self {
+        DecisionEvent {
+            at_ms: e.at_ms,
+            principal: e.principal.clone(),
+            action: e.action.clone(),
+            resource: e.resource.clone(),
+            allow: e.allow,
+            token_failed: e.token_failed,
+            site: e.site.clone(),
+        }
+    }
+}
+
 /// One feature's part in an alert.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeatureContribution {

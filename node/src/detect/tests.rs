@@ -19,23 +19,11 @@ fn trace() -> &'static Trace {
     })
 }
 
-fn to_event(e: &weft_simulations::traces::Event) -> DecisionEvent {
-    DecisionEvent {
-        at_ms: e.at_ms,
-        principal: e.principal.clone(),
-        action: e.action.clone(),
-        resource: e.resource.clone(),
-        allow: e.allow,
-        token_failed: e.token_failed,
-        site: e.site.clone(),
-    }
-}
-
 fn alerts(t: &Trace, seed: u64) -> Vec<Alert> {
     let mut d = Detector::new(DetectorConfig::default(), seed);
     t.events
         .iter()
-        .filter_map(|e| d.observe(&to_event(e)))
+        .filter_map(|e| d.observe(&DecisionEvent::from(e)))
         .collect()
 }
 
