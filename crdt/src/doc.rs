@@ -411,7 +411,16 @@ impl PolicyDoc {
     /// the chunk's checksum (the one header field the hash does not cover)
     /// must match it, so one change has exactly one valid byte string.
     pub fn parse_change(bytes: &[u8]) -> Result<Change, CrdtError> {
-        let change = Change::try_from(bytes).map_err(|e| CrdtError::Malformed(one_line(&e)))?;
+        // automerge 0.12 panics on some malformed op columns (an object id
+        // whose counter overflows u32, found by fuzzing) instead of
+        // returning an error. Such bytes come from peers, so the panic is
+        // caught and the change refused like any other malformed one.
+        let parsed = std::panic::catch_unwind(|| Change::try_from(bytes)).map_err(|_| {
+            CrdtError::Malformed(
+                "automerge could not parse the change (malformed op columns)".into(),
+            )
+        })?;
+        let change = parsed.map_err(|e| CrdtError::Malformed(one_line(&e)))?;
         if bytes.get(4..8) != Some(&change.hash().0[..4]) {
             return Err(CrdtError::Malformed(
                 "the change's checksum does not match its contents".into(),
