@@ -78,6 +78,22 @@ pub enum CrdtError {
     /// The saved document does not start from this crate's genesis change.
     #[error("saved document is not a weft state (it lacks the genesis change)")]
     NotWeftState,
+    /// The change's actor already has a different change with this number:
+    /// its author signed two different changes in one lane. The first one a
+    /// replica holds stays; the other is refused wherever the first is held.
+    #[error(
+        "equivocation: actor {actor} already has a different change number {seq} here (its latest is number {latest}, {latest_hash}); an author must never sign two changes with one actor and number"
+    )]
+    Equivocation {
+        /// The actor, in hex.
+        actor: String,
+        /// The refused change's number in its actor's sequence.
+        seq: u64,
+        /// The actor's latest change number here.
+        latest: u64,
+        /// The hash of that change.
+        latest_hash: ChangeHash,
+    },
 }
 
 impl From<AutomergeError> for CrdtError {
@@ -104,6 +120,10 @@ pub enum Applied {
     Duplicate,
 }
 
+/// Above this many changed subjects, the view reads the revocations map in
+/// one pass instead of one lookup per subject (a load, a large sync batch).
+const BULK_REVOCATIONS: usize = 64;
+
 /// Key of an object in the path table: the op id that created it.
 type ObjKey = (u64, ActorId);
 
@@ -114,6 +134,8 @@ pub struct PolicyDoc {
     objects: HashMap<ObjKey, Path>,
     /// Hash of every applied change (automerge's own lookup builds metadata).
     applied: HashSet<ChangeHash>,
+    /// Each actor's latest change here: its number and hash.
+    lanes: HashMap<ActorId, (u64, ChangeHash)>,
     /// Whether `objects` and `bundle_history` cover every change (false after
     /// a load, until `complete_tables` runs).
     complete: bool,
@@ -160,9 +182,18 @@ impl PolicyDoc {
             Ok(Some((Value::Object(ObjType::Map), id))) => id,
             _ => unreachable!("genesis creates the top-level maps"),
         };
-        let applied = doc.get_changes_meta(&[]).iter().map(|m| m.hash).collect();
+        let mut applied = HashSet::new();
+        let mut lanes: HashMap<ActorId, (u64, ChangeHash)> = HashMap::new();
+        for m in doc.get_changes_meta(&[]) {
+            applied.insert(m.hash);
+            let lane = lanes.entry(m.actor.into_owned()).or_insert((0, m.hash));
+            if m.seq > lane.0 {
+                *lane = (m.seq, m.hash);
+            }
+        }
         PolicyDoc {
             applied,
+            lanes,
             complete: true,
             bundles_obj: obj(BUNDLES),
             revocations_obj: obj(REVOCATIONS),
@@ -330,7 +361,54 @@ impl PolicyDoc {
         if !missing.is_empty() {
             return Err(CrdtError::MissingDeps(missing));
         }
+        self.check_lane(change, None)?;
         self.resolve_ops(change, created)
+    }
+
+    /// Checks a change's number in its actor's sequence, once its
+    /// dependencies are known to be here (`batch` holds the lanes of changes
+    /// admitted earlier in the same batch). The next number is the only one
+    /// that fits: an honest author's previous change in the lane is always in
+    /// the causal past of its dependencies, so a lower number is a second
+    /// change signed in the same place (equivocation) and a higher one cannot
+    /// come from an honest author.
+    fn check_lane(
+        &self,
+        change: &Change,
+        batch: Option<&HashMap<ActorId, (u64, ChangeHash)>>,
+    ) -> Result<(), CrdtError> {
+        if self.contains(&change.hash()) {
+            // Already here: summarizing it is not admitting it again.
+            return Ok(());
+        }
+        let actor = change.actor_id();
+        let (latest, latest_hash) = batch
+            .and_then(|b| b.get(actor))
+            .or_else(|| self.lanes.get(actor))
+            .copied()
+            .unwrap_or((0, ChangeHash([0; 32])));
+        let seq = change.seq();
+        if seq <= latest {
+            return Err(CrdtError::Equivocation {
+                actor: actor.to_hex_string(),
+                seq,
+                latest,
+                latest_hash,
+            });
+        }
+        if seq != latest + 1 {
+            return Err(CrdtError::Malformed(format!(
+                "the change is number {seq} of actor {}, whose latest change here is number {latest}, though all its dependencies are here",
+                actor.to_hex_string()
+            )));
+        }
+        Ok(())
+    }
+
+    /// An actor's latest change here: its number in the actor's sequence and
+    /// its hash (`None` for an actor with no change here).
+    pub fn lane(&self, actor: &ActorId) -> Option<(u64, ChangeHash)> {
+        self.lanes.get(actor).copied()
     }
 
     /// Resolves the path of every operation against the path table (which
@@ -470,6 +548,7 @@ impl PolicyDoc {
         let mut results: Vec<Result<Applied, Refusal<E>>> = Vec::new();
         let mut admitted: Vec<(usize, Change, Vec<ObjKey>)> = Vec::new();
         let mut admitted_hashes: BTreeSet<ChangeHash> = BTreeSet::new();
+        let mut batch_lanes: HashMap<ActorId, (u64, ChangeHash)> = HashMap::new();
         for (i, change) in changes.into_iter().enumerate() {
             let hash = change.hash();
             if self.contains(&hash) || admitted_hashes.contains(&hash) {
@@ -484,6 +563,10 @@ impl PolicyDoc {
                 .collect();
             if !missing.is_empty() {
                 results.push(Err(Refusal::State(CrdtError::MissingDeps(missing))));
+                continue;
+            }
+            if let Err(e) = self.check_lane(&change, Some(&batch_lanes)) {
+                results.push(Err(Refusal::State(e)));
                 continue;
             }
             let mut created = Vec::new();
@@ -509,6 +592,7 @@ impl PolicyDoc {
             let keys = created.iter().map(|(k, _)| k.clone()).collect();
             self.objects.extend(created);
             admitted_hashes.insert(hash);
+            batch_lanes.insert(change.actor_id().clone(), (change.seq(), hash));
             admitted.push((results.len(), change, keys));
             results.push(Ok(Applied::New(summary)));
         }
@@ -532,6 +616,8 @@ impl PolicyDoc {
             if let Ok(Applied::New(summary)) = &results[*idx] {
                 let summary = summary.clone();
                 self.applied.insert(change.hash());
+                self.lanes
+                    .insert(change.actor_id().clone(), (change.seq(), change.hash()));
                 self.note_summary(&summary);
             }
         }
@@ -562,8 +648,16 @@ impl PolicyDoc {
         if !dirty.heads {
             return;
         }
+        let mut bulk = if dirty.revocations.len() > BULK_REVOCATIONS {
+            self.read_revocations_bulk(&dirty.revocations)
+        } else {
+            HashMap::new()
+        };
         for subject in &dirty.revocations {
-            self.refresh_revocation(subject);
+            match bulk.remove(subject.as_str()) {
+                Some(r) => self.put_revocation(r),
+                None => self.refresh_revocation(subject),
+            }
         }
         for subject in &dirty.quarantines {
             match self.doc.get(&self.quarantines_obj, subject.as_str()) {
@@ -602,8 +696,13 @@ impl PolicyDoc {
                         self.view.index.insert_all(new.iter());
                     }
                 }
-                fn entities_of(b: &Option<Arc<BundleState>>) -> Option<&str> {
-                    b.as_ref()?.effective_content.as_ref()?.entities.as_deref()
+                // A bundle's entities come from its entities file and, for
+                // actions, from its schema.
+                fn entities_of(
+                    b: &Option<Arc<BundleState>>,
+                ) -> Option<(Option<&str>, Option<&str>)> {
+                    let c = b.as_ref()?.effective_content.as_ref()?;
+                    Some((c.entities.as_deref(), c.schema.as_deref()))
                 }
                 if entities_of(&old) != entities_of(&new) {
                     entities_changed = true;
@@ -621,6 +720,41 @@ impl PolicyDoc {
         self.view.heads = Arc::new(heads);
     }
 
+    /// Reads, in one pass over the revocations map, the record of every
+    /// subject in `dirty` that has exactly one value under its canonical key
+    /// (what [`PolicyDoc::refresh_revocation`] would find for it, without one
+    /// lookup per subject). Conflicted and non-canonical keys are left out,
+    /// for the per-subject path.
+    fn read_revocations_bulk(&self, dirty: &BTreeSet<String>) -> HashMap<String, Revocation> {
+        let mut out = HashMap::new();
+        for item in self.doc.map_range(&self.revocations_obj, ..) {
+            if item.conflict || !dirty.contains(item.key.as_ref()) {
+                continue;
+            }
+            let canonical = canonical_subject(&item.key);
+            if canonical != item.key {
+                continue;
+            }
+            let reason = reason_of(&item.value.clone().into_value());
+            out.insert(
+                canonical.clone(),
+                Revocation {
+                    subject: canonical,
+                    reason,
+                    actors: vec![actor_hex(&item.id())],
+                },
+            );
+        }
+        out
+    }
+
+    fn put_revocation(&mut self, r: Revocation) {
+        if let Ok(uid) = EntityUid::from_str(&r.subject) {
+            self.view.revoked_uids.insert(uid);
+        }
+        self.view.revoked.insert(r.subject.clone(), r);
+    }
+
     fn refresh_revocation(&mut self, subject: &str) {
         let canonical = canonical_subject(subject);
         // Several raw keys may canonicalize to the same subject; gather them all.
@@ -629,16 +763,7 @@ impl PolicyDoc {
         for raw in keys {
             if let Ok(values) = self.doc.get_all(&self.revocations_obj, raw) {
                 for (value, id) in values {
-                    let reason = match value {
-                        Value::Scalar(v) => match v.as_ref() {
-                            ScalarValue::Str(s) => serde_json::from_str::<RevocationRecord>(s)
-                                .map(|r| r.reason)
-                                .unwrap_or_else(|_| s.to_string()),
-                            _ => String::new(),
-                        },
-                        Value::Object(_) => String::new(),
-                    };
-                    records.push((actor_hex(&id), reason));
+                    records.push((actor_hex(&id), reason_of(&value)));
                 }
             }
         }
@@ -913,6 +1038,8 @@ impl PolicyDoc {
         self.applied.insert(change.hash());
         let mut created = Vec::new();
         let summary = self.summarize_inner(&change, Some(&mut created))?;
+        self.lanes
+            .insert(change.actor_id().clone(), (change.seq(), change.hash()));
         self.objects.extend(created);
         self.note_summary(&summary);
         self.refresh_view();
@@ -944,6 +1071,19 @@ fn raw_keys_for(doc: &Automerge, obj: &ObjId, canonical: &str, given: &str) -> V
         }
     }
     keys.into_iter().collect()
+}
+
+/// The reason in a revocation record (the raw string if it is not one).
+fn reason_of(value: &Value<'_>) -> String {
+    match value {
+        Value::Scalar(v) => match v.as_ref() {
+            ScalarValue::Str(s) => serde_json::from_str::<RevocationRecord>(s)
+                .map(|r| r.reason)
+                .unwrap_or_else(|_| s.to_string()),
+            _ => String::new(),
+        },
+        Value::Object(_) => String::new(),
+    }
 }
 
 fn actor_hex(id: &ObjId) -> String {

@@ -123,15 +123,21 @@ struct History {
 }
 
 /// Runs the operations on three authoring replicas and returns every change.
-fn run(ops: &[Op]) -> History {
+/// With `lanes`, each author writes every change with one actor (as the CLI
+/// does with its lane file); otherwise every change has a fresh actor.
+fn run(ops: &[Op], lanes: bool) -> History {
     let mut authors: Vec<PolicyDoc> = (0..3).map(|_| PolicyDoc::new()).collect();
     let mut changes = Vec::new();
     let mut revokes = Vec::new();
     let mut n = 0u32;
-    let mut fresh_actor = || {
+    let mut actor_for = |author: usize| {
         n += 1;
         let mut v = vec![0u8; 40];
-        v[..4].copy_from_slice(&n.to_be_bytes());
+        if lanes {
+            v[39] = 1 + author as u8;
+        } else {
+            v[..4].copy_from_slice(&n.to_be_bytes());
+        }
         ActorId::from(v)
     };
     for (t, op) in ops.iter().enumerate() {
@@ -144,7 +150,7 @@ fn run(ops: &[Op]) -> History {
             } => {
                 let name = ["main", "extra"][name];
                 if let Some(c) = authors[author]
-                    .build_bundle(fresh_actor(), name, &palette(content), t)
+                    .build_bundle(actor_for(author), name, &palette(content), t)
                     .unwrap()
                 {
                     changes.push(c);
@@ -152,7 +158,7 @@ fn run(ops: &[Op]) -> History {
             }
             Op::Revoke { author, subject } => {
                 if let Some(c) = authors[author]
-                    .build_revoke(fresh_actor(), SUBJECTS[subject], "r", t)
+                    .build_revoke(actor_for(author), SUBJECTS[subject], "r", t)
                     .unwrap()
                 {
                     revokes.push((c.hash(), SUBJECTS[subject].to_string()));
@@ -161,7 +167,7 @@ fn run(ops: &[Op]) -> History {
             }
             Op::Reinstate { author, subject } => {
                 if let Ok(Some(c)) =
-                    authors[author].build_reinstate(fresh_actor(), SUBJECTS[subject], t)
+                    authors[author].build_reinstate(actor_for(author), SUBJECTS[subject], t)
                 {
                     changes.push(c);
                 }
@@ -271,8 +277,9 @@ proptest! {
         keys2 in prop::collection::vec(any::<u64>(), 64),
         dups in prop::collection::vec(any::<usize>(), 0..6),
         split in any::<usize>(),
+        lanes in any::<bool>(),
     ) {
-        let h = run(&ops);
+        let h = run(&ops, lanes);
         let n = h.changes.len();
         let mut a = PolicyDoc::new();
         deliver(&mut a, h.changes.iter().cloned(), false);
@@ -308,8 +315,9 @@ proptest! {
     fn incremental_view_equals_rebuild(
         ops in prop::collection::vec(op(), 1..24),
         keys in prop::collection::vec(any::<u64>(), 64),
+        lanes in any::<bool>(),
     ) {
-        let h = run(&ops);
+        let h = run(&ops, lanes);
         let order = delivery_order(h.changes.len(), &keys, &[]);
         let mut doc = PolicyDoc::new();
         // Check after every single delivery, not just at the end.
@@ -328,8 +336,9 @@ proptest! {
     fn revoke_wins(
         ops in prop::collection::vec(op(), 1..24),
         keys in prop::collection::vec(any::<u64>(), 64),
+        lanes in any::<bool>(),
     ) {
-        let h = run(&ops);
+        let h = run(&ops, lanes);
         let order = delivery_order(h.changes.len(), &keys, &[]);
         let mut doc = PolicyDoc::new();
         let mut held = Vec::new();

@@ -378,3 +378,66 @@ fn load_refuses_foreign_documents() {
     ));
     assert!(PolicyDoc::load(b"garbage").is_err());
 }
+
+#[test]
+fn a_schema_change_alone_refreshes_the_action_entities() {
+    let entities = r#"[{"uid":{"type":"User","id":"bob"},"attrs":{},"parents":[]}]"#;
+    let mut content = bundle(&[("p", ALLOW_ALICE)]);
+    content.entities = Some(entities.into());
+    let mut doc = PolicyDoc::new();
+    doc.build_bundle(actor(1), "main", &content, 1)
+        .unwrap()
+        .unwrap();
+    let before = doc.view().summary().entities;
+    // Same entities file, now with a schema that declares actions.
+    content.schema = Some(
+        "entity User; entity Doc; action view appliesTo { principal: User, resource: Doc };".into(),
+    );
+    doc.build_bundle(actor(1), "main", &content, 2)
+        .unwrap()
+        .unwrap();
+    let after = doc.view().summary().entities;
+    assert_ne!(before, after);
+    assert!(after.iter().any(|e| e == r#"Action::"view""#), "{after:?}");
+    assert_eq!(after, doc.rebuild().unwrap().view().summary().entities);
+}
+
+#[test]
+fn a_large_load_reads_revocations_like_one_by_one() {
+    // Enough subjects for the one-pass read on load, some of them revoked
+    // concurrently by two authors (a conflict), some reinstated.
+    let mut a = PolicyDoc::new();
+    for i in 0..150 {
+        a.build_revoke(actor(1), &format!(r#"User::"u{i}""#), "left", i)
+            .unwrap()
+            .unwrap();
+    }
+    let mut b = PolicyDoc::load(&a.save()).unwrap();
+    for i in (0..150).step_by(7) {
+        a.build_revoke(actor(2), &format!(r#"User::"u{i}""#), "a", 200)
+            .unwrap()
+            .unwrap();
+        b.build_revoke(actor(3), &format!(r#"User::"u{i}""#), "b", 200)
+            .unwrap()
+            .unwrap();
+    }
+    for i in (1..150).step_by(11) {
+        a.build_reinstate(actor(2), &format!(r#"User::"u{i}""#), 300)
+            .unwrap();
+    }
+    for r in a.apply_batch(b.changes()) {
+        r.unwrap();
+    }
+    let rebuilt = a.rebuild().unwrap();
+    assert_eq!(rebuilt.view().summary(), a.view().summary());
+    let conflicted = a.view().revocation(r#"User::"u7""#).unwrap();
+    assert_eq!(conflicted.actors.len(), 2, "{conflicted:?}");
+    assert!(a.view().revocation(r#"User::"u12""#).is_none());
+    for i in 0..150 {
+        let r = req(&format!(r#"User::"u{i}""#));
+        assert_eq!(
+            decide(rebuilt.view(), &r).revoked,
+            decide(a.view(), &r).revoked
+        );
+    }
+}

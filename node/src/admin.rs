@@ -19,6 +19,7 @@ mod author;
 mod check;
 mod common;
 mod inspect;
+mod lane;
 mod nodedir;
 mod token;
 

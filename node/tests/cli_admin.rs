@@ -672,6 +672,95 @@ fn revocations_of_a_uid_and_a_node_apply() {
     assert!(v["threshold_met"].is_null());
 }
 
+/// `weft revoke --json` for `subject`, built on `state`; returns the lane.
+fn revoke_lane(mesh: &Mesh, state: &str, subject: &str, out: &str) -> serde_json::Value {
+    let json = mesh.ok(&[
+        "revoke",
+        "--key",
+        "alice.key",
+        "--state",
+        state,
+        subject,
+        "--out",
+        out,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(last_line(&json)).unwrap();
+    v["lane"].clone()
+}
+
+#[test]
+fn an_operator_continues_one_lane_and_starts_a_new_one_when_unsure() {
+    let mesh = Mesh::new(1);
+    let mut node = mesh.node_state();
+    let apply = |node: &mut SignedState, file: &str| match node.ingest(&mesh.read(file)) {
+        Ok(Ingested::Applied { .. }) => {}
+        other => panic!("{file}: {other:?}"),
+    };
+
+    let first = revoke_lane(&mesh, "state.bin", r#"User::"u1""#, "u1.update");
+    assert_eq!(
+        (first["seq"].as_u64(), first["continued"].as_bool()),
+        (Some(1), Some(false))
+    );
+    apply(&mut node, "u1.update");
+    let lane_file = mesh.path().join("alice.key.lane");
+    let mode = std::fs::metadata(&lane_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "lane file mode {mode:o}");
+
+    // Built on a state that holds the lane's latest change: the lane goes on.
+    mesh.write_state("state2.bin", node.doc());
+    let second = revoke_lane(&mesh, "state2.bin", r#"User::"u2""#, "u2.update");
+    assert_eq!(second["actor"], first["actor"]);
+    assert_eq!(
+        (second["seq"].as_u64(), second["continued"].as_bool()),
+        (Some(2), Some(true))
+    );
+    apply(&mut node, "u2.update");
+
+    // Built on an older state (one without number 2): a new lane, which
+    // cannot collide with anything already signed.
+    let stale = revoke_lane(&mesh, "state.bin", r#"User::"u3""#, "u3.update");
+    assert_ne!(stale["actor"], first["actor"]);
+    assert_eq!(
+        (stale["seq"].as_u64(), stale["continued"].as_bool()),
+        (Some(1), Some(false))
+    );
+    apply(&mut node, "u3.update");
+
+    // A lane file that does not parse starts a new lane, with a warning.
+    std::fs::write(&lane_file, "not a lane").unwrap();
+    mesh.write_state("state3.bin", node.doc());
+    let o = weft(
+        mesh.path(),
+        &[
+            "revoke",
+            "--key",
+            "alice.key",
+            "--state",
+            "state3.bin",
+            r#"User::"u4""#,
+            "--out",
+            "u4.update",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not hold an author lane"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_str(last_line(&stdout(&o))).unwrap();
+    assert_eq!(v["lane"]["continued"], false);
+    apply(&mut node, "u4.update");
+
+    // Every update the lanes produced applied: four revocations in force.
+    for u in ["u1", "u2", "u3", "u4"] {
+        assert!(node.view().revocation(&format!(r#"User::"{u}""#)).is_some());
+    }
+}
+
 #[test]
 fn revoke_refuses_garbage_and_a_push_without_a_node() {
     let mesh = Mesh::new(1);

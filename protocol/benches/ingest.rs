@@ -8,7 +8,9 @@
 //! - The saved document's bytes per revocation are printed once.
 //!
 //! Run: `cargo bench -p weft-protocol --bench ingest`
-//! (`WEFT_BENCH_BASE=10000` for a quicker run).
+//! (`WEFT_BENCH_BASE=10000` for a quicker run; `WEFT_BENCH_LANES=N` writes
+//! the updates in N author lanes, one actor each, instead of one actor per
+//! update; `WEFT_BENCH_BATCHES=1,100` picks the batch sizes).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -39,12 +41,18 @@ fn root(op: &SecretKey) -> TrustRoot {
 }
 
 /// `n` signed revocations, each built on the one before (one operator's stream).
-fn revocations(doc: &mut PolicyDoc, op: &SecretKey, start: u64, n: u64) -> Vec<Vec<u8>> {
+fn revocations(
+    doc: &mut PolicyDoc,
+    op: &SecretKey,
+    start: u64,
+    n: u64,
+    lanes: u64,
+) -> Vec<Vec<u8>> {
     (start..start + n)
         .map(|i| {
             let change = doc
                 .build_revoke(
-                    actor_for(&op.public(), i.to_be_bytes()),
+                    actor_for(&op.public(), (i % lanes).to_be_bytes()),
                     &format!(r#"User::"u{i}""#),
                     "offboarded",
                     i as i64,
@@ -70,8 +78,19 @@ fn bench(c: &mut Criterion) {
     let op = SecretKey::from_seed([1; 32]);
     let mut author = PolicyDoc::new();
     let t = Instant::now();
-    let stored = revocations(&mut author, &op, 0, base);
-    let fresh = revocations(&mut author, &op, base, extra);
+    // One actor per update unless told otherwise (what the CLI wrote before
+    // author lanes, and what a state with many short-lived lanes looks like).
+    let lanes: u64 = std::env::var("WEFT_BENCH_LANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let label = if lanes == u64::MAX {
+        "actor_per_update".to_string()
+    } else {
+        format!("{lanes}_lanes")
+    };
+    let stored = revocations(&mut author, &op, 0, base, lanes);
+    let fresh = revocations(&mut author, &op, base, extra, lanes);
     eprintln!(
         "generated {} signed revocations in {:?}",
         base + extra,
@@ -100,41 +119,48 @@ fn bench(c: &mut Criterion) {
     // Few samples: each iteration grows the state, and automerge's memory
     // grows fast with the number of actors (see BENCHMARKS.md).
     group.sample_size(10);
-    for batch in [1usize, 1000] {
+    let batches: Vec<usize> = std::env::var("WEFT_BENCH_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 1000]);
+    for batch in batches {
         group.throughput(Throughput::Elements(batch as u64));
         let mut next = 0usize;
-        group.bench_function(format!("revocations_into_{base}/batch_{batch}"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    if next + batch > fresh.len() {
-                        // Start again from a state of `base` revocations.
-                        state = SignedState::new(root(&op));
-                        for r in
-                            state.ingest_batch(stored.iter().map(|u| u.as_slice().into()).collect())
-                        {
+        group.bench_function(
+            format!("revocations_into_{base}_{label}/batch_{batch}"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        if next + batch > fresh.len() {
+                            // Start again from a state of `base` revocations.
+                            state = SignedState::new(root(&op));
+                            for r in state
+                                .ingest_batch(stored.iter().map(|u| u.as_slice().into()).collect())
+                            {
+                                r.unwrap();
+                            }
+                            next = 0;
+                        }
+                        let items = fresh[next..next + batch].to_vec();
+                        let t = Instant::now();
+                        for r in black_box(state.ingest_batch(items)) {
                             r.unwrap();
                         }
-                        next = 0;
+                        total += t.elapsed();
+                        next += batch;
                     }
-                    let items = fresh[next..next + batch].to_vec();
-                    let t = Instant::now();
-                    for r in black_box(state.ingest_batch(items)) {
-                        r.unwrap();
-                    }
-                    total += t.elapsed();
-                    next += batch;
-                }
-                total
-            })
-        });
+                    total
+                })
+            },
+        );
     }
     group.finish();
 
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
     group.throughput(Throughput::Elements(base));
-    group.bench_function(format!("verify_all_{base}"), |b| {
+    group.bench_function(format!("verify_all_{base}_{label}"), |b| {
         b.iter(|| {
             let mut s = SignedState::new(root(&op));
             for r in s.ingest_batch(stored.iter().map(|u| u.as_slice().into()).collect()) {
@@ -143,7 +169,7 @@ fn bench(c: &mut Criterion) {
             black_box(s.update_count())
         })
     });
-    group.bench_function(format!("load_saved_doc_{base}"), |b| {
+    group.bench_function(format!("load_saved_doc_{base}_{label}"), |b| {
         b.iter(|| black_box(PolicyDoc::load(&saved).unwrap().change_count()))
     });
     group.finish();

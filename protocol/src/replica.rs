@@ -906,6 +906,12 @@ impl UpdateError {
     /// tampered or malformed update), as opposed to a matter of timing (an
     /// unknown root version).
     pub fn is_misbehaviour(&self) -> bool {
-        !matches!(self, UpdateError::RootVersion { .. })
+        // An equivocation is the author's fault, not the relaying peer's:
+        // an honest peer that holds the other change relays it in good faith.
+        !matches!(
+            self,
+            UpdateError::RootVersion { .. }
+                | UpdateError::State(weft_crdt::CrdtError::Equivocation { .. })
+        )
     }
 }

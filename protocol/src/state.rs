@@ -83,7 +83,13 @@ pub struct SignedState {
     held: BTreeMap<ChangeHash, Held>,
     held_seq: u64,
     max_held: usize,
+    /// Changes refused as equivocations: they can never apply here (the
+    /// other change in their place is permanent), so sync stops fetching them.
+    equivocations: BTreeSet<ChangeHash>,
 }
+
+/// How many equivocating changes a state remembers not to fetch again.
+const MAX_EQUIVOCATIONS: usize = 4096;
 
 impl SignedState {
     /// An empty state trusting `root`.
@@ -98,6 +104,7 @@ impl SignedState {
             held: BTreeMap::new(),
             held_seq: 0,
             max_held: DEFAULT_MAX_HELD,
+            equivocations: BTreeSet::new(),
         }
     }
 
@@ -197,9 +204,19 @@ impl SignedState {
         self.updates.contains_key(hash)
     }
 
-    /// Whether the update with this hash is applied or held.
+    /// Whether the update with this hash is applied or held, or was refused
+    /// as an equivocation (and so is not worth fetching).
     pub fn knows(&self, hash: &ChangeHash) -> bool {
-        self.updates.contains_key(hash) || self.held.contains_key(hash)
+        self.updates.contains_key(hash)
+            || self.held.contains_key(hash)
+            || self.equivocations.contains(hash)
+    }
+
+    fn note_equivocation(&mut self, hash: ChangeHash) {
+        if self.equivocations.len() >= MAX_EQUIVOCATIONS {
+            self.equivocations.pop_first();
+        }
+        self.equivocations.insert(hash);
     }
 
     /// The signed bytes of an applied update.
@@ -356,7 +373,12 @@ impl SignedState {
                     self.hold(v, bytes, missing.clone());
                     Ok(Ingested::Held { hash, missing })
                 }
-                Err(Refusal::State(e)) => Err(e.into()),
+                Err(Refusal::State(e)) => {
+                    if matches!(e, CrdtError::Equivocation { .. }) {
+                        self.note_equivocation(v.hash);
+                    }
+                    Err(e.into())
+                }
                 Err(Refusal::Check(e)) => Err(e),
             });
         }
@@ -376,7 +398,12 @@ impl SignedState {
                     self.hold(v, bytes, missing.clone());
                     Ok(Ingested::Held { hash, missing })
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    if matches!(e, UpdateError::State(CrdtError::Equivocation { .. })) {
+                        self.note_equivocation(v.hash);
+                    }
+                    Err(e)
+                }
             });
         }
         if any_applied && !self.held.is_empty() {

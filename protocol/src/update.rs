@@ -154,6 +154,7 @@ impl UpdateError {
             UpdateError::RootVersion { .. } => "root_version",
             UpdateError::State(CrdtError::MissingDeps(_)) => "missing_deps",
             UpdateError::State(CrdtError::Schema(_)) => "schema",
+            UpdateError::State(CrdtError::Equivocation { .. }) => "equivocation",
             UpdateError::State(_) => "state",
             UpdateError::NodeQuarantine(_) => "node_quarantine",
         }

@@ -226,6 +226,38 @@ fn update_and_dependent() -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
+fn an_equivocation_is_refused_without_blaming_the_relay_and_not_fetched_again() {
+    let mut state = SignedState::new(root());
+    let alice = key(1);
+    // Two different revocations signed by alice in one lane, at number 1.
+    let first = revoke_update(&state, &alice, &[&alice], r#"User::"x""#, 9);
+    let second = revoke_update(&state, &alice, &[&alice], r#"User::"y""#, 9);
+    assert!(matches!(
+        state.ingest(&first).unwrap(),
+        Ingested::Applied { .. }
+    ));
+    let err = refused(&mut state, &second);
+    assert_eq!(err.label(), "equivocation");
+    assert!(!err.is_misbehaviour(), "the relaying peer is not at fault");
+    assert!(err.to_string().contains("equivocation"), "{err}");
+    // Sync does not fetch it again, and it never applies.
+    let hash = SignedUpdate::from_bytes(&second)
+        .unwrap()
+        .verify()
+        .unwrap()
+        .hash;
+    assert!(state.knows(&hash));
+    assert!(!state.doc().contains(&hash));
+    assert_eq!(refused(&mut state, &second).label(), "equivocation");
+    // The lane goes on with the next number.
+    let next = revoke_update(&state, &alice, &[&alice], r#"User::"z""#, 9);
+    assert!(matches!(
+        state.ingest(&next).unwrap(),
+        Ingested::Applied { .. }
+    ));
+}
+
+#[test]
 fn missing_deps_are_held_then_released() {
     let (u1, u2) = update_and_dependent();
     let mut s = SignedState::new(root());

@@ -12,12 +12,13 @@ use weft_crdt::schema::check_bundle_name;
 use weft_crdt::{BundleContent, Change, ChangeSummary, bundle::split_policy_file};
 use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::trust::{Role, TrustRoot};
-use weft_protocol::update::{MAX_UPDATE_BYTES, SignedUpdate, actor_for};
+use weft_protocol::update::{MAX_UPDATE_BYTES, SignedUpdate};
 
 use super::common::{
     LoadedState, Missing, PushError, client, load_state, now, post_update, read_limited,
     signers_json, who, write_new_file,
 };
+use super::lane::Lane;
 use super::{BundleCreateArgs, RevokeArgs};
 use crate::keyfile;
 
@@ -102,14 +103,6 @@ pub(crate) fn read_policy_dir(dir: &Path) -> Result<BundleContent> {
 fn read_text(path: &Path) -> Result<String> {
     let bytes = read_limited(path, MAX_SOURCE_FILE, "a policy source file")?;
     String::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
-}
-
-/// A fresh actor for a change authored by `key`.
-fn fresh_actor(key: &SecretKey) -> Result<weft_crdt::ActorId> {
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce)
-        .map_err(|e| anyhow!("cannot get random bytes from the operating system: {e}"))?;
-    Ok(actor_for(&key.public(), nonce))
 }
 
 /// Checks that `key` belongs to an operator of `root`, and warns when the
@@ -216,6 +209,15 @@ fn print_signers(built: &Built, root: &TrustRoot) {
     println!("  status:   {}", built.missing.describe());
 }
 
+/// The author lane a change was written in, for `--json` output.
+fn lane_json(change: &Change, continued: bool) -> Value {
+    json!({
+        "actor": change.actor_id().to_hex_string(),
+        "seq": change.seq(),
+        "continued": continued,
+    })
+}
+
 /// Runs `weft bundle create`.
 pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
     check_bundle_name(&a.name).map_err(|e| anyhow!("--name: {e}"))?;
@@ -233,8 +235,9 @@ pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
     let mut doc = state.load_doc()?;
     let before = doc.view().bundle(&a.name).map(|b| b.merged.clone());
     let time = i64::try_from(now).unwrap_or(i64::MAX);
+    let lane = Lane::open(&a.key, &key, &doc)?;
     let change = doc
-        .build_bundle(fresh_actor(&key)?, &a.name, &content, time)
+        .build_bundle(lane.actor(), &a.name, &content, time)
         .map_err(|e| anyhow!("cannot build the update: {e}"))?
         .ok_or_else(|| {
             anyhow!(
@@ -243,6 +246,8 @@ pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
             )
         })?;
     let built = sign_change(&change, &key, &state)?;
+    let lane_json = lane_json(&change, lane.continued());
+    lane.record(&change)?;
     write_new_file(&a.out, &built.bytes, a.force)?;
 
     let (added, changed, removed) = policy_diff(before.as_ref(), &content);
@@ -269,6 +274,7 @@ pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
                 "changed": changed,
                 "removed": removed,
                 "root_version": built.update.root_version,
+                "lane": lane_json,
                 "paths": paths_json(&built.summary),
                 "signers": signers_json(Some(&state.root), &built.signers),
                 "missing": built.missing.to_json(),
@@ -399,6 +405,7 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
     let current = doc.view().revocation(&subject).cloned();
     let time = i64::try_from(now).unwrap_or(i64::MAX);
     let action = if a.reinstate { "reinstate" } else { "revoke" };
+    let lane = Lane::open(&a.key, &key, &doc)?;
     let change = if a.reinstate {
         if current.is_none() {
             bail!(
@@ -406,7 +413,7 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
                 state.origin
             );
         }
-        doc.build_reinstate(fresh_actor(&key)?, &subject, time)
+        doc.build_reinstate(lane.actor(), &subject, time)
             .map_err(|e| anyhow!("cannot build the update: {e}"))?
             .ok_or_else(|| anyhow!("{subject} has no revocation to lift; nothing to sign"))?
     } else {
@@ -415,11 +422,13 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
         if current.as_ref().is_some_and(|r| r.reason == a.reason) {
             bail!("{subject} is already revoked with that reason");
         }
-        doc.build_revoke(fresh_actor(&key)?, &subject, &a.reason, time)
+        doc.build_revoke(lane.actor(), &subject, &a.reason, time)
             .map_err(|e| anyhow!("cannot build the update: {e}"))?
             .ok_or_else(|| anyhow!("{subject} is already revoked with that reason"))?
     };
     let built = sign_change(&change, &key, &state)?;
+    let lane_json = lane_json(&change, lane.continued());
+    lane.record(&change)?;
 
     let mut pushed = None;
     match &a.out {
@@ -455,6 +464,7 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
                 "pushed": pushed.is_some(),
                 "status": pushed.as_ref().map(|p| p.status.clone()),
                 "root_version": built.update.root_version,
+                "lane": lane_json,
                 "paths": paths_json(&built.summary),
                 "signers": signers_json(Some(&state.root), &built.signers),
                 "missing": built.missing.to_json(),
