@@ -17,7 +17,8 @@
 //! entities changed, and the merged policy set only when someone asks for it.
 //!
 //! # Revoke wins
-//! A revocation is a put at `revocations/SUBJECT`; a reinstatement is a delete
+//! A revocation is a put at `revocations/BUCKET/SUBJECT` (the bucket is fixed by
+//! the subject, see [`crate::schema::revocation_bucket`]); a reinstatement is a delete
 //! of that key. An automerge delete removes only the values its author had
 //! seen, so a concurrent reinstatement never lifts a revocation, and
 //! concurrent revocations of one subject each stay until a reinstatement that
@@ -120,14 +121,16 @@ pub enum Applied {
     Duplicate,
 }
 
-/// Above this many changed subjects, the view reads the revocations map in
-/// one pass instead of one lookup per subject (a load, a large sync batch).
+/// Above this many changed subjects (and a quarter of those revoked), the
+/// view reads the revocations map in one pass instead of one lookup per
+/// subject (a load, a large first sync).
 const BULK_REVOCATIONS: usize = 64;
 
 /// Key of an object in the path table: the op id that created it.
 type ObjKey = (u64, ActorId);
 
 /// The replicated policy document and its materialized view.
+#[derive(Clone)]
 pub struct PolicyDoc {
     doc: Automerge,
     /// Path of every map object created by an applied change.
@@ -142,13 +145,14 @@ pub struct PolicyDoc {
     /// For each bundle, the changes that touched it, by `(max_op, hash)`.
     bundle_history: BTreeMap<String, BTreeSet<(u64, ChangeHash)>>,
     bundles_obj: ObjId,
-    revocations_obj: ObjId,
+    /// The revocation buckets, by number.
+    revocation_buckets: Vec<ObjId>,
     quarantines_obj: ObjId,
     view: PolicyView,
     dirty: Dirty,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Dirty {
     bundles: BTreeSet<String>,
     revocations: BTreeSet<String>,
@@ -165,10 +169,16 @@ impl Default for PolicyDoc {
 impl PolicyDoc {
     /// A document holding only the genesis change.
     pub fn new() -> Self {
+        // Built once per process: genesis holds every revocation bucket.
+        static EMPTY: std::sync::OnceLock<PolicyDoc> = std::sync::OnceLock::new();
+        EMPTY.get_or_init(Self::from_genesis).clone()
+    }
+
+    fn from_genesis() -> Self {
         let mut doc = Automerge::new().with_actor(ActorId::from(schema::GENESIS_ACTOR));
         let genesis = schema::genesis();
         let mut objects = HashMap::new();
-        register_genesis(&genesis, &mut objects);
+        objects.extend(schema::genesis_objects());
         doc.apply_changes([genesis])
             .expect("the genesis change applies to an empty document");
         let mut d = Self::from_parts(doc, objects);
@@ -196,7 +206,15 @@ impl PolicyDoc {
             lanes,
             complete: true,
             bundles_obj: obj(BUNDLES),
-            revocations_obj: obj(REVOCATIONS),
+            revocation_buckets: {
+                let revocations = obj(REVOCATIONS);
+                (0..=u8::MAX)
+                    .map(|n| match doc.get(&revocations, schema::bucket_name(n)) {
+                        Ok(Some((Value::Object(ObjType::Map), id))) => id,
+                        _ => unreachable!("genesis creates every revocation bucket"),
+                    })
+                    .collect()
+            },
             quarantines_obj: obj(QUARANTINES),
             doc,
             objects,
@@ -214,7 +232,7 @@ impl PolicyDoc {
             return Err(CrdtError::NotWeftState);
         }
         let mut objects = HashMap::new();
-        register_genesis(&schema::genesis(), &mut objects);
+        objects.extend(schema::genesis_objects());
         let mut fresh = Self::from_parts(doc, objects);
         // The path table is rebuilt from the objects visible in the document,
         // which is cheap; objects that are no longer visible (a deleted
@@ -224,7 +242,11 @@ impl PolicyDoc {
         fresh.walk_objects();
         let keys = |obj: &ObjId| -> BTreeSet<String> { fresh.doc.keys(obj).collect() };
         fresh.dirty.bundles = keys(&fresh.bundles_obj);
-        fresh.dirty.revocations = keys(&fresh.revocations_obj);
+        fresh.dirty.revocations = fresh
+            .revocation_buckets
+            .iter()
+            .flat_map(|b| fresh.doc.keys(b))
+            .collect();
         fresh.dirty.quarantines = keys(&fresh.quarantines_obj);
         fresh.dirty.heads = true;
         fresh.refresh_view();
@@ -648,7 +670,10 @@ impl PolicyDoc {
         if !dirty.heads {
             return;
         }
-        let mut bulk = if dirty.revocations.len() > BULK_REVOCATIONS {
+        // One pass over every bucket pays off only when a good part of the
+        // revocations changed (a load); otherwise one lookup per subject.
+        let changed = dirty.revocations.len();
+        let mut bulk = if changed > BULK_REVOCATIONS && changed * 4 > self.view.revoked.len() {
             self.read_revocations_bulk(&dirty.revocations)
         } else {
             HashMap::new()
@@ -727,7 +752,11 @@ impl PolicyDoc {
     /// for the per-subject path.
     fn read_revocations_bulk(&self, dirty: &BTreeSet<String>) -> HashMap<String, Revocation> {
         let mut out = HashMap::new();
-        for item in self.doc.map_range(&self.revocations_obj, ..) {
+        for item in self
+            .revocation_buckets
+            .iter()
+            .flat_map(|b| self.doc.map_range(b, ..))
+        {
             if item.conflict || !dirty.contains(item.key.as_ref()) {
                 continue;
             }
@@ -748,6 +777,13 @@ impl PolicyDoc {
         out
     }
 
+    /// The bucket object that holds `subject`'s revocation.
+    fn bucket_of(&self, subject: &str) -> &ObjId {
+        let name = schema::revocation_bucket(subject);
+        let n = u8::from_str_radix(&name, 16).expect("a bucket name is two hex digits");
+        &self.revocation_buckets[usize::from(n)]
+    }
+
     fn put_revocation(&mut self, r: Revocation) {
         if let Ok(uid) = EntityUid::from_str(&r.subject) {
             self.view.revoked_uids.insert(uid);
@@ -761,7 +797,7 @@ impl PolicyDoc {
         let mut records: Vec<(String, String)> = Vec::new();
         let keys: BTreeSet<&str> = [canonical.as_str(), subject].into_iter().collect();
         for raw in keys {
-            if let Ok(values) = self.doc.get_all(&self.revocations_obj, raw) {
+            if let Ok(values) = self.doc.get_all(self.bucket_of(raw), raw) {
                 for (value, id) in values {
                     records.push((actor_hex(&id), reason_of(&value)));
                 }
@@ -965,7 +1001,7 @@ impl PolicyDoc {
             after: self.view.digest.clone(),
         })
         .expect("a revocation record serializes");
-        let obj = self.revocations_obj.clone();
+        let obj = self.bucket_of(&subject).clone();
         self.transact(actor, time, &format!("revoke {subject}"), |tx| {
             tx.put(&obj, subject.as_str(), record.as_str())?;
             Ok(())
@@ -981,11 +1017,11 @@ impl PolicyDoc {
         time: i64,
     ) -> Result<Option<Change>, CrdtError> {
         let canonical = canonical_subject(subject);
-        let keys = raw_keys_for(&self.doc, &self.revocations_obj, &canonical, subject);
+        let obj = self.bucket_of(&canonical).clone();
+        let keys = raw_keys_for(&self.doc, &obj, &canonical, subject);
         if keys.is_empty() {
             return Err(SchemaViolation(format!("{canonical} is not revoked here")).into());
         }
-        let obj = self.revocations_obj.clone();
         self.transact(actor, time, &format!("reinstate {canonical}"), |tx| {
             for k in &keys {
                 tx.delete(&obj, k.as_str())?;
@@ -1044,19 +1080,6 @@ impl PolicyDoc {
         self.note_summary(&summary);
         self.refresh_view();
         Ok(Some(change))
-    }
-}
-
-fn register_genesis(genesis: &Change, objects: &mut HashMap<ObjKey, Path>) {
-    let expanded = genesis.decode();
-    let start = expanded.start_op.get();
-    for (i, op) in expanded.operations.iter().enumerate() {
-        if let (legacy::OpType::Make(ObjType::Map), legacy::Key::Map(k)) = (&op.action, &op.key) {
-            objects.insert(
-                (start + i as u64, expanded.actor_id.clone()),
-                Path(vec![k.to_string()]),
-            );
-        }
     }
 }
 

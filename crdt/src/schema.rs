@@ -10,13 +10,18 @@
 //! │                            entities?: "<cedar entity JSON>",
 //! │                            links?: "<template links JSON>",
 //! │                            description?: "<text>" } }
-//! ├── revocations:  { SUBJECT: "<revocation record JSON>" }
+//! ├── revocations:  { BUCKET: { SUBJECT: "<revocation record JSON>" } }
 //! └── quarantines:  { SUBJECT: "<quarantine record JSON>" }
 //! ```
 //!
-//! The three top-level maps are created by the [`genesis`] change, which is
-//! byte-for-byte the same on every replica (fixed actor, time 0), so no two
-//! replicas ever race to create them. Every later change may only touch the
+//! The three top-level maps, and the 256 revocation buckets (`00` to `ff`),
+//! are created by the [`genesis`] change, which is byte-for-byte the same on
+//! every replica (fixed actor, time 0), so no two replicas ever race to
+//! create them. A subject's bucket is fixed by its canonical form
+//! ([`revocation_bucket`]), and a revocation written in any other bucket is
+//! refused. The buckets keep each map small: automerge applies a remote
+//! write to a map by walking the map's entries up to the key, so one map of
+//! every revocation would make each new one cost in proportion to all of them. Every later change may only touch the
 //! paths listed in [`Section`], with the operations that [`classify_op`]
 //! allows; anything else is a [`SchemaViolation`].
 
@@ -24,7 +29,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, Automerge, Change, ChangeHash, ObjType, ROOT};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ObjType, ROOT, legacy};
 
 /// Top-level key of the bundles map.
 pub const BUNDLES: &str = "bundles";
@@ -41,23 +46,91 @@ pub const BUNDLE_FIELDS: [&str; 4] = ["schema", "entities", "links", "descriptio
 /// actors are 40 bytes long (see `protocol`), this one is 16.
 pub const GENESIS_ACTOR: [u8; 16] = *b"weft-genesis-v1\0";
 
+/// How many buckets the revocations map is split into.
+pub const REVOCATION_BUCKETS: usize = 256;
+
+/// The bucket (two lowercase hex digits) that holds `subject`'s revocation:
+/// the first byte of SHA-256 over a domain prefix and the canonical subject,
+/// so every spelling of one uid lands in the same bucket.
+pub fn revocation_bucket(subject: &str) -> String {
+    bucket_of_canonical(&crate::view::canonical_subject(subject))
+}
+
+/// [`revocation_bucket`] for a subject already in canonical form (as
+/// `canonical_subject` gives it), without parsing it again.
+pub fn bucket_of_canonical(canonical: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"weft/revocation-bucket/v1\0");
+    h.update(canonical.as_bytes());
+    bucket_name(h.finalize()[0])
+}
+
+/// The name of bucket `n`.
+pub fn bucket_name(n: u8) -> String {
+    format!("{n:02x}")
+}
+
 /// Longest bundle name, policy id or subject accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 512;
 
-/// Builds the genesis change: the three empty top-level maps.
+/// Builds the genesis change: the three top-level maps and the revocation
+/// buckets, all empty.
 ///
 /// It is a pure function of this crate's version, so every replica derives
 /// the same bytes and the same hash.
 pub fn genesis() -> Change {
+    static GENESIS: std::sync::OnceLock<Change> = std::sync::OnceLock::new();
+    GENESIS.get_or_init(build_genesis).clone()
+}
+
+fn build_genesis() -> Change {
     let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR));
     let mut tx = doc.transaction();
     for key in [BUNDLES, QUARANTINES, REVOCATIONS] {
-        tx.put_object(ROOT, key, ObjType::Map)
+        let obj = tx
+            .put_object(ROOT, key, ObjType::Map)
             .expect("putting a map into an empty document cannot fail");
+        if key == REVOCATIONS {
+            for n in 0..=u8::MAX {
+                tx.put_object(&obj, bucket_name(n), ObjType::Map)
+                    .expect("putting a map into a new map cannot fail");
+            }
+        }
     }
     tx.commit_with(CommitOptions::default().with_time(0));
     doc.get_last_local_change()
         .expect("the genesis transaction made a change")
+}
+
+/// Every map the [`genesis`] change creates: the op id that made it
+/// (counter, actor) and its path.
+pub fn genesis_objects() -> Vec<((u64, ActorId), Path)> {
+    static OBJECTS: std::sync::OnceLock<Vec<((u64, ActorId), Path)>> = std::sync::OnceLock::new();
+    OBJECTS.get_or_init(build_genesis_objects).clone()
+}
+
+fn build_genesis_objects() -> Vec<((u64, ActorId), Path)> {
+    let expanded = genesis().decode();
+    let start = expanded.start_op.get();
+    let mut out: Vec<((u64, ActorId), Path)> = Vec::new();
+    for (i, op) in expanded.operations.iter().enumerate() {
+        if let (legacy::OpType::Make(ObjType::Map), legacy::Key::Map(k)) = (&op.action, &op.key) {
+            let parent = match &op.obj {
+                legacy::ObjectId::Root => Path(vec![]),
+                legacy::ObjectId::Id(legacy::OpId(counter, actor)) => out
+                    .iter()
+                    .find(|(id, _)| id.0 == *counter && id.1 == *actor)
+                    .map(|(_, p)| p.clone())
+                    .expect("genesis creates a map before it writes into it"),
+            };
+            out.push((
+                (start + i as u64, expanded.actor_id.clone()),
+                parent.child(k),
+            ));
+        }
+    }
+    out
 }
 
 /// The hash of the [`genesis`] change.
@@ -143,7 +216,20 @@ pub(crate) fn slot_at(parent: &Path, key: &str) -> Result<Slot, SchemaViolation>
             BUNDLE_FIELDS.join(", ")
         ))),
         [BUNDLES, _, POLICIES] => Ok(Slot::Str),
-        [REVOCATIONS] | [QUARANTINES] => Ok(Slot::Str),
+        [REVOCATIONS] => Err(SchemaViolation(format!(
+            "the revocation buckets are fixed; `{key}` cannot be written under {REVOCATIONS}"
+        ))),
+        [REVOCATIONS, bucket] => {
+            let right = revocation_bucket(key);
+            if *bucket == right {
+                Ok(Slot::Str)
+            } else {
+                Err(SchemaViolation(format!(
+                    "the revocation of `{key}` belongs in bucket {right}, not {bucket}"
+                )))
+            }
+        }
+        [QUARANTINES] => Ok(Slot::Str),
         _ => Err(SchemaViolation(format!(
             "nothing may be written under {parent}"
         ))),
@@ -193,24 +279,24 @@ impl ChangeSummary {
 
     /// Names of the bundles the change touches.
     pub fn bundles(&self) -> BTreeSet<&str> {
-        self.keys_in(BUNDLES)
+        self.keys_in(BUNDLES, 1)
     }
 
     /// Subjects whose revocation the change writes or deletes.
     pub fn revocations(&self) -> BTreeSet<&str> {
-        self.keys_in(REVOCATIONS)
+        self.keys_in(REVOCATIONS, 2)
     }
 
     /// Subjects whose quarantine the change writes or deletes.
     pub fn quarantines(&self) -> BTreeSet<&str> {
-        self.keys_in(QUARANTINES)
+        self.keys_in(QUARANTINES, 1)
     }
 
-    fn keys_in(&self, section: &str) -> BTreeSet<&str> {
+    fn keys_in(&self, section: &str, depth: usize) -> BTreeSet<&str> {
         self.paths
             .iter()
             .filter(|p| p.0.first().map(String::as_str) == Some(section))
-            .filter_map(|p| p.0.get(1).map(String::as_str))
+            .filter_map(|p| p.0.get(depth).map(String::as_str))
             .collect()
     }
 }
@@ -240,8 +326,18 @@ mod tests {
         assert_eq!(slot_at(&bn.child(POLICIES), "p1").unwrap(), Slot::Str);
         assert!(slot_at(&bn.child(POLICIES).child("p1"), "x").is_err());
         let r = Path(vec![REVOCATIONS.into()]);
-        assert_eq!(slot_at(&r, "User::\"a\"").unwrap(), Slot::Str);
-        assert!(slot_at(&r.child("x"), "y").is_err());
-        assert!(slot_at(&r, &"x".repeat(MAX_KEY_LEN + 1)).is_err());
+        let a = "User::\"a\"";
+        // Buckets are fixed; a subject goes only in its own bucket.
+        assert!(slot_at(&r, a).is_err());
+        assert!(slot_at(&r, "00").is_err());
+        let right = r.child(&revocation_bucket(a));
+        assert_eq!(slot_at(&right, a).unwrap(), Slot::Str);
+        let wrong = bucket_name(u8::from_str_radix(&revocation_bucket(a), 16).unwrap() ^ 1);
+        let err = slot_at(&r.child(&wrong), a).unwrap_err();
+        assert!(err.0.contains("belongs in bucket"), "{err}");
+        assert!(slot_at(&right.child(a), "y").is_err());
+        assert!(slot_at(&right, &"x".repeat(MAX_KEY_LEN + 1)).is_err());
+        // Every spelling of one uid has one bucket.
+        assert_eq!(revocation_bucket(a), revocation_bucket(" User::\"a\" "));
     }
 }

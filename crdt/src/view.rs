@@ -50,7 +50,7 @@ pub struct Revocation {
     pub actors: Vec<String>,
 }
 
-/// The record stored at `revocations/SUBJECT`, as JSON.
+/// The record stored at `revocations/BUCKET/SUBJECT`, as JSON.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationRecord {
     /// Why the subject was revoked.

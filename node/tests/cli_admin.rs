@@ -667,7 +667,11 @@ fn revocations_of_a_uid_and_a_node_apply() {
     // update show reads a revocation without any state.
     let v: serde_json::Value =
         serde_json::from_str(&mesh.ok(&["update", "show", "alice.update", "--json"])).unwrap();
-    assert_eq!(v["operations"][0]["path"], r#"revocations/User::"alice""#);
+    let bucket = weft_crdt::schema::revocation_bucket(r#"User::"alice""#);
+    assert_eq!(
+        v["operations"][0]["path"],
+        format!(r#"revocations/{bucket}/User::"alice""#)
+    );
     assert_eq!(v["signatures"].as_array().unwrap().len(), 1);
     assert!(v["threshold_met"].is_null());
 }

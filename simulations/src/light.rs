@@ -443,7 +443,15 @@ fn summary_of(
             "policies".into(),
             "p".into(),
         ]),
-        LightKind::Revoke => Path(vec!["revocations".into(), subject_text(subject)]),
+        LightKind::Revoke => {
+            let subject = subject_text(subject);
+            Path(vec![
+                weft_crdt::schema::REVOCATIONS.into(),
+                // Simulated subjects are canonical already.
+                weft_crdt::schema::bucket_of_canonical(&subject),
+                subject,
+            ])
+        }
     };
     ChangeSummary {
         hash: id,

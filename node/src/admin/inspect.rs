@@ -34,19 +34,13 @@ pub(crate) struct OpLine {
 }
 
 /// Reads a change's operations without the base state. Objects made by the
-/// genesis change (the three top-level maps) and by the change itself are
+/// genesis change (the top-level maps and revocation buckets) and by the change itself are
 /// resolved; any other object is one of the base state's bundles or policy maps.
 pub(crate) fn read_ops(change: &Change) -> Vec<OpLine> {
-    let mut objects: HashMap<(u64, ActorId), String> = HashMap::new();
-    let genesis = schema::genesis().decode();
-    for (i, op) in genesis.operations.iter().enumerate() {
-        if let (legacy::OpType::Make(ObjType::Map), legacy::Key::Map(k)) = (&op.action, &op.key) {
-            objects.insert(
-                (genesis.start_op.get() + i as u64, genesis.actor_id.clone()),
-                k.to_string(),
-            );
-        }
-    }
+    let mut objects: HashMap<(u64, ActorId), String> = schema::genesis_objects()
+        .into_iter()
+        .map(|(id, path)| (id, path.to_string()))
+        .collect();
     let expanded = change.decode();
     let start = expanded.start_op.get();
     let mut out = Vec::new();
@@ -536,7 +530,8 @@ mod tests {
             .unwrap();
         let ops = read_ops(&revoke);
         assert_eq!(ops.len(), 1);
-        assert_eq!(ops[0].path, r#"revocations/User::"a""#);
+        let bucket = schema::revocation_bucket(r#"User::"a""#);
+        assert_eq!(ops[0].path, format!(r#"revocations/{bucket}/User::"a""#));
         assert_eq!(ops[0].section, Some(Section::Revocations));
     }
 }
