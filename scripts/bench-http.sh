@@ -11,8 +11,13 @@
 # the load generator does not preempt the node under test. Without PIN,
 # everything shares every core and wrk runs 2 threads (WRK_THREADS overrides).
 # PRIO=1 (as root) also runs node 1 and wrk at nice -10, above the rest of
-# the bench and anything else on the machine, to show how much of the tail
-# is the scheduler running other work in their place.
+# the bench and anything else on the machine; PRIO=rt runs them in the
+# real-time class (SCHED_FIFO 1), which preempts all ordinary work at once.
+# Either way node 1's other threads are not raised (see below). Both show
+# how much of the tail is the scheduler running other work in their place.
+# PRIO=rt is a diagnostic for light load (1 connection): a saturated wrk or
+# API thread hits the kernel's real-time throttling (5% of each second left
+# to ordinary work), which stalls them for tens of milliseconds.
 # Prints, after wrk, the CPU time each of node 1's threads used during the run.
 # WEFT=PATH runs that `weft` binary instead of building this tree's.
 # Needs Debian's `wrk` (and `taskset`, from util-linux, for PIN=1), plus
@@ -35,10 +40,14 @@ else
   wrk_threads=${WRK_THREADS:-2}
 fi
 on_wrk=("${on_rest[@]}")
-if [[ "${PRIO:-0}" == 1 ]]; then
-  on_node=(nice -n -10 "${on_node[@]}")
-  on_wrk=(nice -n -10 "${on_wrk[@]}")
-fi
+case "${PRIO:-0}" in
+  0) ;;
+  1) on_node=(nice -n -10 "${on_node[@]}"); on_wrk=(nice -n -10 "${on_wrk[@]}") ;;
+  rt) on_node=(chrt -f 1 "${on_node[@]}"); on_wrk=(chrt -f 1 "${on_wrk[@]}") ;;
+  *) echo "error: PRIO is 0, 1 or rt" >&2; exit 1 ;;
+esac
+# wrk needs at least one connection per thread.
+[[ $wrk_threads -le $conns ]] || wrk_threads=$conns
 command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 
 if [[ -n "${WEFT:-}" ]]; then
@@ -77,6 +86,15 @@ url() { echo "http://127.0.0.1:${api[$1]}"; }
 for i in 1 2 3; do
   for _ in $(seq 1 100); do curl -fsS "$(url "$i")/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 done
+# Under PRIO, only node 1's API threads are raised: its own background
+# thread (gossip, apply, sled, audit, detector) goes back to ordinary
+# (PRIO=rt) or below it (PRIO=1, nice 10), so decisions come first.
+if [[ "${PRIO:-0}" != 0 ]]; then
+  for t in /proc/"${pids[0]}"/task/*; do
+    [[ "$(cat "$t/comm" 2>/dev/null)" == weft-api ]] && continue
+    if [[ "$PRIO" == rt ]]; then chrt -o -p 0 "${t##*/}"; else renice -n 10 -p "${t##*/}"; fi >/dev/null 2>&1 || true
+  done
+fi
 mkdir -p policies
 cat >policies/main.cedar <<'EOF'
 permit (principal in Group::"staff", action == Action::"read", resource);
