@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt as _;
 use clap::Args;
 use futures::StreamExt as _;
 use libp2p::gossipsub::IdentTopic;
@@ -93,6 +94,12 @@ pub struct NodeOptions {
     pub audit: AuditConfig,
     /// Anomaly detection and the quarantines it may issue.
     pub response: crate::respond::ResponseConfig,
+    /// The runtime that serves the HTTP API, when it should not be the one
+    /// `spawn_node` is called on. `weft node run` gives the API a runtime of
+    /// its own, so that a decision never waits behind gossip, automerge,
+    /// sled or the audit writer on a shared worker thread. `None` (the
+    /// default, for tests and the demo) serves it on the caller's runtime.
+    pub api_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl NodeOptions {
@@ -109,6 +116,7 @@ impl NodeOptions {
             stale: net::Staleness::default(),
             audit: AuditConfig::default(),
             response: crate::respond::ResponseConfig::default(),
+            api_runtime: None,
         }
     }
 }
@@ -450,8 +458,16 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     );
     task.replay(early);
 
-    let listener = tokio::net::TcpListener::bind(&opts.api)
+    // The listener belongs to the runtime that serves it: bind it there.
+    let api_rt = opts
+        .api_runtime
+        .clone()
+        .unwrap_or_else(tokio::runtime::Handle::current);
+    let api_bind = opts.api.clone();
+    let listener = api_rt
+        .spawn(async move { tokio::net::TcpListener::bind(api_bind).await })
         .await
+        .map_err(|e| anyhow!("binding the API failed: {e}"))?
         .with_context(|| format!("cannot listen for the API on {}", opts.api))?;
     let api_addr = listener.local_addr()?;
     span.in_scope(|| {
@@ -473,7 +489,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         decisions: Arc::new(crate::dashboard::DecisionLog::new()),
     }));
     let mut api_shutdown = shutdown_rx;
-    let api_task = tokio::spawn(
+    let api_task = api_rt.spawn(
         async move {
             let stop = async move {
                 while !*api_shutdown.borrow() {
@@ -482,6 +498,11 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
                     }
                 }
             };
+            // Answers are written in one go: never let Nagle hold one back
+            // waiting for the client's delayed ACK.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             if let Err(err) = axum::serve(listener, router)
                 .with_graceful_shutdown(stop)
                 .await
@@ -594,10 +615,22 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
 
     init_logging(&config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Two runtimes. The node's own work (the swarm, gossip and sync, automerge
+    // apply, sled flushes, the audit writer, the detector) runs on this
+    // thread; CPU-heavy loading goes to its blocking pool. Decisions are
+    // served by `weft-api` workers, one per core this process may run on,
+    // which run nothing else: a decision never queues behind an apply.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_name("weft-node")
         .build()
         .context("cannot start the async runtime")?;
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weft-api")
+        .build()
+        .context("cannot start the API's async runtime")?;
+    opts.api_runtime = Some(api_runtime.handle().clone());
     runtime.block_on(async move {
         let node = spawn_node(opts).await?;
         eprintln!(
@@ -615,6 +648,8 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         node.shutdown().await?;
         Ok::<_, anyhow::Error>(())
     })?;
+    // The API has stopped by now; nothing of it may outlive the process.
+    api_runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }
 
