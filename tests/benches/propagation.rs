@@ -118,6 +118,9 @@ fn nodes_cpu_ms() -> Result<u64> {
         ensure!(f.len() > 13, "odd stat: {stat}");
         Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
     }
+    // The two reads are not atomic: the main thread may gain a tick in
+    // between, so a quiet window can read a tick lower than the one before
+    // (callers subtract with saturation).
     let all = ticks("/proc/self/stat")?;
     let mine = ticks("/proc/thread-self/stat")?;
     Ok(all.saturating_sub(mine) * 10)
@@ -377,7 +380,7 @@ fn run(rt: &Runtime, n: usize, k: usize, pace: &Pace, seed: u64) -> Result<Repor
     }
     std::thread::sleep(pace.settle);
     let busy_bytes = mesh.sent() - sent_before;
-    let busy_cpu = nodes_cpu_ms()? - cpu_before;
+    let busy_cpu = nodes_cpu_ms()?.saturating_sub(cpu_before);
     let window = began.elapsed();
 
     // The same window with nothing pushed: heartbeats and anti-entropy.
@@ -385,7 +388,7 @@ fn run(rt: &Runtime, n: usize, k: usize, pace: &Pace, seed: u64) -> Result<Repor
     let idle_cpu_before = nodes_cpu_ms()?;
     std::thread::sleep(window);
     let idle_bytes = mesh.sent() - idle_before;
-    let idle_cpu = nodes_cpu_ms()? - idle_cpu_before;
+    let idle_cpu = nodes_cpu_ms()?.saturating_sub(idle_cpu_before);
 
     // Every node holds every update.
     for (i, node) in mesh.nodes.iter().enumerate() {
