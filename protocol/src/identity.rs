@@ -212,10 +212,28 @@ pub struct PublicKey(VerifyingKey);
 impl PublicKey {
     /// Parses 32 bytes, refusing invalid points and weak (small-order) keys.
     pub fn from_bytes(bytes: &[u8; PUBLIC_KEY_LEN]) -> Result<Self, KeyError> {
+        // Decompressing a point costs a square root; the same few operator
+        // keys sign almost every update, so valid keys are remembered (per
+        // thread, a pure function of the bytes, bounded).
+        const CACHED_KEYS: usize = 256;
+        thread_local! {
+            static PARSED: std::cell::RefCell<std::collections::HashMap<[u8; PUBLIC_KEY_LEN], VerifyingKey>> =
+                std::cell::RefCell::new(std::collections::HashMap::new());
+        }
+        if let Some(key) = PARSED.with(|c| c.borrow().get(bytes).copied()) {
+            return Ok(PublicKey(key));
+        }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidPoint)?;
         if key.is_weak() {
             return Err(KeyError::Weak);
         }
+        PARSED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= CACHED_KEYS {
+                c.clear();
+            }
+            c.insert(*bytes, key);
+        });
         Ok(PublicKey(key))
     }
 

@@ -174,6 +174,26 @@ const ORDER_TWO_POINT: [u8; 32] = {
 };
 
 #[test]
+fn parsing_a_key_again_gives_the_same_answer() {
+    // Valid keys are remembered after the first parse; the answer must not
+    // change, and refusals are never remembered as keys.
+    let good = SecretKey::from_seed([42; 32]).public();
+    let bytes = good.to_bytes();
+    for _ in 0..3 {
+        assert_eq!(PublicKey::from_bytes(&bytes).unwrap(), good);
+        assert_eq!(PublicKey::from_bytes(&IDENTITY_POINT), Err(KeyError::Weak));
+    }
+    // Far more distinct keys than the cache holds still parse correctly.
+    for n in 0..600u32 {
+        let mut seed = [0u8; 32];
+        seed[..4].copy_from_slice(&n.to_be_bytes());
+        let k = SecretKey::from_seed(seed).public();
+        assert_eq!(PublicKey::from_bytes(&k.to_bytes()).unwrap(), k);
+    }
+    assert_eq!(PublicKey::from_bytes(&bytes).unwrap(), good);
+}
+
+#[test]
 fn weak_keys_are_refused_from_bytes() {
     assert_eq!(PublicKey::from_bytes(&IDENTITY_POINT), Err(KeyError::Weak));
     assert_eq!(PublicKey::from_bytes(&ORDER_TWO_POINT), Err(KeyError::Weak));
