@@ -19,7 +19,7 @@ mod author;
 mod check;
 mod common;
 mod inspect;
-mod lane;
+pub(crate) mod lane;
 mod nodedir;
 mod token;
 

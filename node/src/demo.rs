@@ -27,7 +27,7 @@ use weft_protocol::trust::{
     NodeCert, Operator, QuarantineLimits, Role, SignedNodeCert, SignedRoot, TrustRoot,
     to_trust_file,
 };
-use weft_protocol::update::{SignedUpdate, actor_for};
+use weft_protocol::update::SignedUpdate;
 
 use crate::daemon::{NodeHandle, NodeOptions, spawn_node};
 use crate::keyfile;
@@ -193,11 +193,9 @@ fn signed(change: &Change, root_version: u64, keys: &[&SecretKey]) -> Result<Sig
     Ok(u)
 }
 
-/// A fresh actor for `key`.
+/// A fresh actor for `key` (the demo writes each change in a new lane).
 fn actor(key: &SecretKey) -> Result<weft_crdt::ActorId> {
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| anyhow!("no random bytes: {e}"))?;
-    Ok(actor_for(&key.public(), nonce))
+    crate::admin::lane::fresh_actor(key)
 }
 
 fn revoke_change(doc: &mut PolicyDoc, key: &SecretKey, subject: &str) -> Result<Change> {
