@@ -684,22 +684,26 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             ..
         } => (principal.clone(), action.clone(), resource.clone()),
     };
-    state.audit.handle.decision(
-        |sampled_one_in| {
-            let (principal, action, resource) = who();
-            crate::audit::AuditEvent::Decision {
-                principal,
-                action,
-                resource,
-                decision: if d.allow { "allow" } else { "deny" }.to_owned(),
-                reasons: d.reasons.clone(),
-                errors: d.errors.clone(),
-                revoked: d.revoked,
-                sampled_one_in,
-            }
-        },
-        d.allow,
-    );
+    state
+        .audit
+        .handle
+        .decision(
+            |sampled_one_in| {
+                let (principal, action, resource) = who();
+                crate::audit::AuditEvent::Decision {
+                    principal,
+                    action,
+                    resource,
+                    decision: if d.allow { "allow" } else { "deny" }.to_owned(),
+                    reasons: d.reasons.clone(),
+                    errors: d.errors.clone(),
+                    revoked: d.revoked,
+                    sampled_one_in,
+                }
+            },
+            d.allow,
+        )
+        .await;
     if state.detect.is_on() {
         let (principal, action, resource) = who();
         state.detect.observe(crate::detect::DecisionEvent {

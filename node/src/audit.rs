@@ -15,13 +15,24 @@
 //! its verification are in [`weft_protocol::audit`].
 //!
 //! # Nothing is lost silently
-//! Producers (the API's handlers and the node task) never wait on the disk:
-//! they put events on a bounded queue ([`AuditConfig::queue`]) and a writer
-//! task appends them. When the queue is full the event is dropped and
-//! counted; the count shows in `/metrics` (`weft_audit_dropped_total`), in
-//! `weft status`, and in the chain itself, as a `dropped` record the writer
-//! appends as soon as it has room, so a gap in the trail is recorded in the
-//! trail.
+//! Producers never write to the disk themselves: they put events on bounded
+//! queues and a writer task appends them in batches.
+//! - Decisions, from the API's handlers, go on the decision queue
+//!   ([`AuditConfig::queue`]). When it is full the handler waits for room,
+//!   up to [`AuditConfig::wait`]: that is the backpressure, a node asked for
+//!   more decisions than it can record answers more slowly rather than
+//!   forget them. Each wait is counted (`weft_audit_waits_total`).
+//! - Everything else (updates applied or refused, admissions, bans,
+//!   anomalies, quarantines) comes from the node task, which must never
+//!   stall the network, so it goes on a queue of its own
+//!   ([`AuditConfig::control_queue`]) that a flood of decisions cannot
+//!   fill, and the writer empties it first.
+//!
+//! An event that still finds no room (after the wait, for a decision) is
+//! dropped and counted; the count shows in `/metrics`
+//! (`weft_audit_dropped_total`), in `weft status`, and in the chain itself,
+//! as a `dropped` record the writer appends as soon as it has room, so a gap
+//! in the trail is recorded in the trail.
 //!
 //! # Checkpoints
 //! Every [`AuditConfig::checkpoint_every`] (if the chain grew), the writer
@@ -73,10 +84,17 @@ pub const HELD_BY_SELF: &str = "the node itself";
 /// Settings of the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditConfig {
-    /// Events the queue holds before new ones are dropped (and counted).
-    /// Default 8,192: the writer appends tens of thousands of records a
-    /// second, so this absorbs a burst of several hundred milliseconds.
+    /// Decisions the queue holds before new ones wait for room. Default
+    /// 8,192: the writer appends tens of thousands of records a second, so
+    /// this absorbs a burst of several hundred milliseconds.
     pub queue: usize,
+    /// How long a decision waits for room in a full queue before its record
+    /// is dropped (and counted). Default 100 ms; zero never waits.
+    pub wait: Duration,
+    /// Events of the node task (updates, admissions, bans, anomalies,
+    /// quarantines) the writer holds before new ones are dropped (and
+    /// counted). Default 4,096; decisions never use this room.
+    pub control_queue: usize,
     /// Allows written: one in this many (denies are always written).
     /// Default 100; 1 writes every allow, 0 none.
     pub allow_one_in: u64,
@@ -89,6 +107,8 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             queue: 8192,
+            wait: Duration::from_millis(100),
+            control_queue: 4096,
             allow_one_in: 100,
             checkpoint_every: Duration::from_secs(30),
         }
@@ -483,6 +503,8 @@ fn seq_of(k: &[u8]) -> u64 {
 pub struct AuditCounters {
     /// Events dropped because the queue was full (or the writer stopped).
     pub dropped: AtomicU64,
+    /// Decisions that found the queue full and waited for room.
+    pub waits: AtomicU64,
     /// Drops already written into the chain as `dropped` records.
     dropped_recorded: AtomicU64,
     /// Records written since start.
@@ -495,26 +517,31 @@ pub struct AuditCounters {
     pub failures: AtomicU64,
 }
 
-/// The producers' side: cheap to clone, never waits.
+/// The producers' side, cheap to clone.
 #[derive(Clone)]
 pub struct AuditHandle {
     tx: mpsc::Sender<AuditEvent>,
+    control: mpsc::Sender<AuditEvent>,
     counters: Arc<AuditCounters>,
     allow_one_in: u64,
+    wait: Duration,
 }
 
 impl AuditHandle {
-    /// Queues an event; if the queue is full, drops it and counts the drop.
+    /// Queues an event of the node task on the control queue, without
+    /// waiting; if that queue is full, drops it and counts the drop.
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(event).is_err() {
+        if self.control.try_send(event).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Records a decision: always for a deny, one in
-    /// [`AuditConfig::allow_one_in`] for an allow.
-    pub fn decision(&self, make: impl FnOnce(Option<u64>) -> AuditEvent, allow: bool) {
-        if allow {
+    /// [`AuditConfig::allow_one_in`] for an allow. When the decision queue
+    /// is full it waits for room, up to [`AuditConfig::wait`], then drops the
+    /// record and counts the drop.
+    pub async fn decision(&self, make: impl FnOnce(Option<u64>) -> AuditEvent, allow: bool) {
+        let event = if allow {
             if self.allow_one_in == 0 {
                 return;
             }
@@ -522,9 +549,24 @@ impl AuditHandle {
             if !n.is_multiple_of(self.allow_one_in) {
                 return;
             }
-            self.record(make(Some(self.allow_one_in)));
+            make(Some(self.allow_one_in))
         } else {
-            self.record(make(None));
+            make(None)
+        };
+        let event = match self.tx.try_send(event) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.wait, self.tx.send(event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -532,13 +574,16 @@ impl AuditHandle {
     pub fn counters(&self) -> &AuditCounters {
         &self.counters
     }
-    /// A handle whose events go to `tx`, for tests of producers.
+    /// A handle whose events (decisions and the node task's) all go to
+    /// `tx`, for tests of producers.
     #[doc(hidden)]
     pub fn for_tests(tx: mpsc::Sender<AuditEvent>) -> Self {
         AuditHandle {
+            control: tx.clone(),
             tx,
             counters: Arc::default(),
             allow_one_in: 1,
+            wait: Duration::ZERO,
         }
     }
 }
@@ -552,6 +597,9 @@ pub struct AuditStatus {
     pub head: String,
     /// Events dropped since start because the queue was full.
     pub dropped: u64,
+    /// Decisions since start that found the queue full and waited for room.
+    #[serde(default)]
+    pub waits: u64,
     /// This node's newest checkpoint.
     pub last_checkpoint: Option<CheckpointStatus>,
     /// Peers' checkpoints this node holds.
@@ -602,6 +650,7 @@ pub fn status_of(log: &AuditLog, handle: &AuditHandle) -> AuditStatus {
         records,
         head: hex::encode(head),
         dropped: handle.counters.dropped.load(Ordering::Relaxed),
+        waits: handle.counters.waits.load(Ordering::Relaxed),
         last_checkpoint: log.last_checkpoint().as_ref().map(Into::into),
         peer_checkpoints: log.peer_checkpoint_count() as u64,
     }
@@ -631,11 +680,14 @@ pub fn start(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> (Audit, impl std::future::Future<Output = ()> + use<>) {
     let (tx, mut rx) = mpsc::channel(config.queue.max(1));
+    let (control, mut control_rx) = mpsc::channel(config.control_queue.max(1));
     let counters = Arc::new(AuditCounters::default());
     let handle = AuditHandle {
         tx,
+        control,
         counters: counters.clone(),
         allow_one_in: config.allow_one_in,
+        wait: config.wait,
     };
     let every = config.checkpoint_every.max(Duration::from_millis(10));
     let writer_log = log.clone();
@@ -644,11 +696,31 @@ pub fn start(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut control_batch = Vec::with_capacity(WRITE_BATCH);
+        let mut decisions_open = true;
+        let mut control_open = true;
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                // The node task's events first: a flood of decisions never
+                // holds them back.
+                biased;
+                n = control_rx.recv_many(&mut control_batch, WRITE_BATCH), if control_open => {
                     if n == 0 {
-                        break;
+                        control_open = false;
+                        if !decisions_open {
+                            break;
+                        }
+                        continue;
+                    }
+                    write_batch(&log, &counters, control_batch.drain(..));
+                }
+                n = rx.recv_many(&mut batch, WRITE_BATCH), if decisions_open => {
+                    if n == 0 {
+                        decisions_open = false;
+                        if !control_open {
+                            break;
+                        }
+                        continue;
                     }
                     write_batch(&log, &counters, batch.drain(..));
                     if n < WRITE_BATCH {
@@ -670,6 +742,10 @@ pub fn start(
         }
         // Whatever is still queued is written before the end.
         rx.close();
+        control_rx.close();
+        while let Ok(ev) = control_rx.try_recv() {
+            batch.push(ev);
+        }
         while let Ok(ev) = rx.try_recv() {
             batch.push(ev);
         }
@@ -874,6 +950,8 @@ mod tests {
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let cfg = AuditConfig {
             queue: 8,
+            control_queue: 8,
+            wait: Duration::ZERO,
             allow_one_in: 1,
             checkpoint_every: Duration::from_secs(3600),
         };
@@ -902,22 +980,38 @@ mod tests {
         assert!(log.verify(id, vec![]).ok());
     }
 
-    #[test]
-    fn allows_are_sampled_and_denies_always_written() {
-        let (tx, mut rx) = mpsc::channel(1000);
+    fn handle(
+        allow_one_in: u64,
+        queue: usize,
+        wait: Duration,
+    ) -> (
+        AuditHandle,
+        mpsc::Receiver<AuditEvent>,
+        mpsc::Receiver<AuditEvent>,
+    ) {
+        let (tx, rx) = mpsc::channel(queue);
+        let (control, control_rx) = mpsc::channel(queue);
         let h = AuditHandle {
             tx,
+            control,
             counters: Arc::default(),
-            allow_one_in: 10,
+            allow_one_in,
+            wait,
         };
+        (h, rx, control_rx)
+    }
+
+    #[tokio::test]
+    async fn allows_are_sampled_and_denies_always_written() {
+        let (h, mut rx, _control) = handle(10, 1000, Duration::ZERO);
         let ev = |s: Option<u64>| AuditEvent::Dropped {
             count: s.unwrap_or(0),
         };
         for _ in 0..100 {
-            h.decision(ev, true);
+            h.decision(ev, true).await;
         }
         for _ in 0..7 {
-            h.decision(ev, false);
+            h.decision(ev, false).await;
         }
         let mut allows = 0;
         let mut denies = 0;
@@ -929,5 +1023,98 @@ mod tests {
             }
         }
         assert_eq!((allows, denies), (10, 7));
+    }
+
+    fn deny(n: u64) -> impl FnOnce(Option<u64>) -> AuditEvent {
+        move |_| AuditEvent::Dropped { count: n }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_decisions_wait_instead_of_dropping_them() {
+        let (h, mut rx, _control) = handle(1, 2, Duration::from_secs(5));
+        h.decision(deny(1), false).await;
+        h.decision(deny(2), false).await;
+        // The queue is full; the writer frees room 50 ms later.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut got = Vec::new();
+            while let Some(AuditEvent::Dropped { count }) = rx.recv().await {
+                got.push(count);
+                if got.len() == 3 {
+                    break;
+                }
+            }
+            got
+        });
+        let started = std::time::Instant::now();
+        h.decision(deny(3), false).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "the third decision waited for room: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            reader.await.unwrap(),
+            vec![1, 2, 3],
+            "nothing lost, in order"
+        );
+        let c = h.counters();
+        assert_eq!(c.waits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_decision_that_waits_too_long_is_dropped_and_counted() {
+        let (h, _rx, _control) = handle(1, 1, Duration::from_millis(20));
+        h.decision(deny(1), false).await;
+        let started = std::time::Instant::now();
+        h.decision(deny(2), false).await;
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        let c = h.counters();
+        assert_eq!(c.waits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_decisions_does_not_crowd_out_the_node_tasks_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = Arc::new(AuditLog::open(&db).unwrap());
+        let (k, id) = key();
+        let (ptx, _prx) = mpsc::channel(4);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let cfg = AuditConfig {
+            queue: 4,
+            wait: Duration::ZERO,
+            control_queue: 4,
+            ..AuditConfig::default()
+        };
+        let (audit, writer) = start(log.clone(), &cfg, id, k, ptx, stop);
+        // The writer is not running yet: the decision queue overflows...
+        for i in 0..20 {
+            audit.handle.decision(deny(100 + i), false).await;
+        }
+        // ...and the node task's events still have their room.
+        for i in 0..4 {
+            audit.handle.record(AuditEvent::Dropped { count: i });
+        }
+        let c = audit.handle.counters();
+        assert_eq!(c.dropped.load(Ordering::Relaxed), 16);
+        let handle = audit.handle.clone();
+        drop(audit);
+        drop(handle);
+        writer.await;
+        let counts: Vec<u64> = log
+            .records_from(1, 100)
+            .iter()
+            .map(|r| match serde_json::from_slice(&r.event).unwrap() {
+                AuditEvent::Dropped { count } => count,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The node task's events first, with the record of the gap right
+        // after the first batch, then the decisions that fit.
+        assert_eq!(counts, vec![0, 1, 2, 3, 16, 100, 101, 102, 103]);
+        assert!(log.verify(id, vec![]).ok());
     }
 }

@@ -790,7 +790,7 @@ pub fn render_status(s: &Status) -> String {
         s.stats.bytes_in, s.stats.bytes_out
     );
     out += &format!(
-        "  audit:       {} record(s), head {}, {}{}\n",
+        "  audit:       {} record(s), head {}, {}{}{}\n",
         s.audit.records,
         s.audit.head.chars().take(16).collect::<String>(),
         match &s.audit.last_checkpoint {
@@ -805,6 +805,14 @@ pub fn render_status(s: &Status) -> String {
             format!(
                 ", {} event(s) DROPPED (queue full; recorded in the chain)",
                 s.audit.dropped
+            )
+        } else {
+            String::new()
+        },
+        if s.audit.waits > 0 {
+            format!(
+                ", {} decision(s) waited for room in the queue",
+                s.audit.waits
             )
         } else {
             String::new()

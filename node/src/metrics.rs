@@ -53,6 +53,7 @@ pub struct Metrics {
     root_expired: Gauge,
     audit_records: Gauge,
     audit_dropped: Counter,
+    audit_waits: Counter,
     audit_peer_checkpoints: Gauge,
     anomaly_alerts: Counter,
     quarantines_issued: Counter,
@@ -90,6 +91,7 @@ impl Metrics {
             root_expired: Gauge::default(),
             audit_records: Gauge::default(),
             audit_dropped: Counter::default(),
+            audit_waits: Counter::default(),
             audit_peer_checkpoints: Gauge::default(),
             anomaly_alerts: Counter::default(),
             quarantines_issued: Counter::default(),
@@ -165,6 +167,11 @@ impl Metrics {
             "audit_dropped",
             "Audit events dropped because the queue was full (each gap is also recorded in the chain)",
             m.audit_dropped.clone(),
+        );
+        r.register(
+            "audit_waits",
+            "Decisions that found the audit queue full and waited for room (backpressure)",
+            m.audit_waits.clone(),
         );
         r.register(
             "audit_peer_checkpoints",
@@ -251,6 +258,7 @@ impl Metrics {
         self.quarantines_active
             .set(status.anomalies.active_quarantines as i64);
         raise(&self.audit_dropped, status.audit.dropped);
+        raise(&self.audit_waits, status.audit.waits);
         self.audit_peer_checkpoints
             .set(status.audit.peer_checkpoints as i64);
         let mut out = String::new();
