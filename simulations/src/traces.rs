@@ -124,7 +124,7 @@ impl AttackKind {
 }
 
 /// The ground truth of one event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Label {
     /// Ordinary traffic, including the benign surprises.

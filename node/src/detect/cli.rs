@@ -26,7 +26,7 @@ pub const DETECT_LONG_ABOUT: &str = "Generate labeled decision traces and evalua
     F1         the harmonic mean of the two\n  \
     FP/1k/day  false positives (alerts after the warm-up outside every incident of their \
     principal) per 1,000 principals per day\n  \
-    TTD        time from the attack's start to its first alert: median and maximum\n\n\
+    TTD        time from the attack's first request to its first alert: median and maximum\n\n\
     Alerts during the trace's warm-up (its first half, at most 24 h) are not scored: the \
     detector has no training step and learns its baselines there.";
 

@@ -20,14 +20,16 @@
 //!   harmonic mean. The overall row uses every incident.
 //! - False positives per 1,000 principals per day: false positives ×
 //!   1,000 / principals × 24 h / the scored hours.
-//! - Time to detect: from the incident's start to its first alert, median
-//!   and maximum over the detected incidents of the kind.
+//! - Time to detect: from the incident's first request (the first event
+//!   labeled with its kind; before it there is nothing to detect) to its
+//!   first alert, median and maximum over the detected incidents of the
+//!   kind.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use serde::Serialize;
-use weft_simulations::traces::{AttackKind, Trace};
+use weft_simulations::traces::{AttackKind, Label, Trace};
 
 use super::{DecisionEvent, Detector, DetectorConfig};
 
@@ -243,6 +245,16 @@ fn score(
             ttd_max_ms: ttd.last().copied(),
         }
     };
+    // An attack starts with its first request: before it there is nothing
+    // to detect, so time to detect is counted from there.
+    let mut first_request: HashMap<(&str, Label), u64> = HashMap::new();
+    for e in &trace.events {
+        if e.label != Label::Benign {
+            first_request
+                .entry((e.principal.as_str(), e.label))
+                .or_insert(e.at_ms);
+        }
+    }
     for kind in AttackKind::ALL {
         let mut ttd = Vec::new();
         let mut n = 0;
@@ -255,7 +267,12 @@ fn score(
                     .min()
             });
             if let Some(t) = first {
-                ttd.push(t - i.start_ms);
+                let began = first_request
+                    .get(&(i.principal.as_str(), Label::from(kind)))
+                    .copied()
+                    .unwrap_or(i.start_ms)
+                    .max(i.start_ms);
+                ttd.push(t.saturating_sub(began));
             }
         }
         let d = ttd.len();

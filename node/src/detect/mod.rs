@@ -43,6 +43,13 @@
 //! the smallest change that matters (so a perfectly regular principal is not
 //! alarmed by one extra request), capped at [`DetectorConfig::z_cap`].
 //!
+//! The slow feature, `new_resources_1h`, needs more: it rises over hours, a
+//! resource at a time, and winsorizing alone would let each step teach the
+//! baseline the next one. Its baselines learn only from windows whose
+//! novelty z-score is at most 1, and it drives nothing until the principal
+//! is established (128 windows of activity and three hours since it was
+//! first seen): a young principal is still meeting its world.
+//!
 //! # The multivariate model: half-space trees
 //! The vector of capped z-scores, scaled to `[0, 1]`, goes to an ensemble of
 //! half-space trees ([`hst`]), shared by all principals, updated online once
@@ -170,8 +177,8 @@ pub struct DetectorConfig {
     pub threshold: f64,
     /// The norm of the driving z-scores an event needs. Default 5.5: on the
     /// tuning traces, no benign principal went above 4.2 after the
-    /// warm-up, and two requests from two new sites with two new
-    /// (action, resource type) pairs reach 5.7.
+    /// warm-up, and one request from a new site with a new (action,
+    /// resource type) pair reaches 6.4, two from two new sites 10.
     pub min_norm: f64,
     /// Principals tracked at most; the least recently seen is evicted.
     /// Default 100,000: about 100 MB.
@@ -232,14 +239,23 @@ pub const FEATURES: [&str; NF] = [
 const NF: usize = 9;
 const OFF_HOURS: usize = 8;
 const NOVEL: usize = 7;
-/// Windows of history after which a principal is established (tier 8):
-/// about four hours of activity at one request a minute...
-const ESTABLISHED: u32 = 256;
+/// Windows of history after which a principal is established (tier 7):
+/// about two hours of activity at one request a minute, a working day at
+/// one request every four minutes...
+const ESTABLISHED: u32 = 128;
 /// ...and at least three hours since it was first seen, so what it
 /// explored while new (decayed with a one-hour half-life) is mostly gone.
 const ESTABLISHED_MS: u64 = 3 * 3_600_000;
 /// The smallest change of each feature that matters (see the module doc).
-const FLOORS: [f64; NF] = [5.0, 0.08, 4.0, 1.0, 0.5, 0.5, 1.0, 3.0, 1.0];
+/// A new (action, resource type) pair scores 4 and a new site 5 against a
+/// principal that never shows either, so one request from a site the
+/// principal was never seen at, with a pair it never used, reaches
+/// [`DetectorConfig::min_norm`] on its own; a new site alone does not.
+const FLOORS: [f64; NF] = [5.0, 0.08, 4.0, 1.0, 0.25, 0.2, 1.0, 3.0, 1.0];
+/// The novelty baselines (the principal's and its tier's) learn only from
+/// windows whose novelty z-score is at most this: a rise over hours, one
+/// resource at a time, never teaches them that it is normal.
+const NOVEL_HOLD_Z: f64 = 1.0;
 const SLOTS: usize = 6;
 const TIERS: usize = 16;
 const RES_BITS: usize = 1024;
@@ -525,7 +541,11 @@ impl Detector {
         let n = self.population_n[tier];
         let pop_alpha = (1.0 / (n as f64 + 1.0)).max(self.cfg.population_alpha);
         let own_alpha = (1.0 / (f64::from(p.samples) + 1.0)).max(self.cfg.baseline_alpha);
+        let hold_novel = sc.z[NOVEL] > NOVEL_HOLD_Z;
         for i in 0..NF {
+            if i == NOVEL && hold_novel {
+                continue;
+            }
             self.population[tier][i].update(x[i], FLOORS[i], pop_alpha);
             p.base[i].update(x[i], FLOORS[i], own_alpha);
         }
@@ -609,15 +629,8 @@ impl Detector {
         let mut baseline = [0.0; NF];
         let mut z = [0.0; NF];
         for i in 0..NF {
-            let mut mean = w * f64::from(p.base[i].mean) + (1.0 - w) * f64::from(pop[i].mean);
-            let mut dev = w * f64::from(p.base[i].dev) + (1.0 - w) * f64::from(pop[i].dev);
-            if i == NOVEL && established && f64::from(pop[i].mean) < mean {
-                // The slow feature, for an established principal: a rise
-                // over hours would teach the own baseline as it goes, so it
-                // is held to the level of its peers at the same stage.
-                mean = f64::from(pop[i].mean);
-                dev = f64::from(pop[i].dev);
-            }
+            let mean = w * f64::from(p.base[i].mean) + (1.0 - w) * f64::from(pop[i].mean);
+            let dev = w * f64::from(p.base[i].dev) + (1.0 - w) * f64::from(pop[i].dev);
             baseline[i] = mean;
             z[i] = ((x[i] - mean).max(0.0) / (dev + FLOORS[i])).min(self.cfg.z_cap);
             if i == NOVEL && !established {

@@ -51,12 +51,8 @@ fn detect_every_attack_kind_on_a_small_trace() {
     for kind in AttackKind::ALL {
         let n = trace().incidents.iter().filter(|i| i.kind == kind).count();
         let found = alert_for(kind);
-        // Low-and-slow builds its signal over hours and often ends
-        // unnoticed (see BENCHMARKS.md); every other kind is caught every
-        // time.
-        let need = if kind == AttackKind::LowAndSlow { 1 } else { n };
         assert!(
-            found.len() >= need,
+            found.len() >= n,
             "{kind:?}: {} of {n} detected",
             found.len()
         );
@@ -66,7 +62,13 @@ fn detect_every_attack_kind_on_a_small_trace() {
 #[test]
 fn detect_explanations_name_the_driving_feature() {
     let expect: [(AttackKind, &[&str]); 5] = [
-        (AttackKind::CredentialStuffing, &["token_failures"]),
+        // Stuffing comes from sites all over the mesh, so it is often the
+        // first denied request from a site the principal never used that
+        // alerts, before failures pile up.
+        (
+            AttackKind::CredentialStuffing,
+            &["token_failures", "new_sites"],
+        ),
         (AttackKind::PrivilegeProbing, &["deny_ratio"]),
         (
             AttackKind::BulkExfiltration,
