@@ -19,8 +19,10 @@
 //!   in a loop.
 //! - [`Lab::set_loss`] drops a share of the packets a node receives from
 //!   its peers (`numgen random`), never the test's own API calls.
-//! - [`Lab::set_delay`] adds `tc netem` delay when the kernel has netem;
-//!   it fails loudly when it does not (some CI kernels ship without it).
+//! - [`Lab::set_delay`] delays what a node sends to its peers: with
+//!   `tc netem` when the kernel has it, otherwise with an NFQUEUE rule and
+//!   a thread that holds each packet ([`crate::delay`]); kernels built
+//!   without netem are common on CI machines.
 //!
 //! # Cleanup
 //! The lab owns its processes, namespaces and bridge, and [`Drop`] kills
@@ -307,6 +309,7 @@ pub struct Lab {
     bridge: String,
     namespaces: Vec<String>,
     veths: Vec<String>,
+    delays: Mutex<std::collections::HashMap<usize, crate::delay::Delay>>,
     http: reqwest::Client,
     _serial: MutexGuard<'static, ()>,
 }
@@ -342,6 +345,7 @@ impl Lab {
             bridge: format!("{LINK_PREFIX}b{tag}"),
             namespaces: Vec::new(),
             veths: Vec::new(),
+            delays: Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -628,9 +632,36 @@ impl Lab {
         Ok(())
     }
 
-    /// Delays what node `i` sends by `ms` with `tc netem`; fails when the
-    /// kernel has no netem. `0` removes it.
-    pub fn set_delay(&self, i: usize, ms: u32) -> Result<()> {
+    /// Delays what node `i` sends to its peers by `ms` (`0` removes the
+    /// delay): with `tc netem` when the kernel has it, otherwise with an
+    /// NFQUEUE rule and a holding thread ([`crate::delay`]). Returns which.
+    pub fn set_delay(&self, i: usize, ms: u32) -> Result<&'static str> {
+        let mut delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        delays.remove(&i);
+        if ms == 0 {
+            let _ = self.netem(i, 0);
+            return Ok("none");
+        }
+        if self.netem(i, ms).is_ok() {
+            return Ok("netem");
+        }
+        let d = crate::delay::Delay::start(
+            &self.nodes[i].ns,
+            Duration::from_millis(u64::from(ms)),
+            self.bridge_ip,
+        )?;
+        delays.insert(i, d);
+        Ok("nfqueue")
+    }
+
+    /// Packets node `i`'s NFQUEUE delay has let through so far (0 under
+    /// netem or without a delay).
+    pub fn delayed_packets(&self, i: usize) -> u64 {
+        let delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        delays.get(&i).map_or(0, crate::delay::Delay::delayed)
+    }
+
+    fn netem(&self, i: usize, ms: u32) -> Result<()> {
         let ns = &self.nodes[i].ns;
         if ms == 0 {
             let _ = run(Command::new("ip").args([
@@ -658,8 +689,8 @@ impl Lab {
 
     /// Whether this kernel has `tc netem`.
     pub fn has_netem(&self) -> bool {
-        let ok = self.set_delay(0, 1).is_ok();
-        let _ = self.set_delay(0, 0);
+        let ok = self.netem(0, 1).is_ok();
+        let _ = self.netem(0, 0);
         ok
     }
 
@@ -792,6 +823,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.delays
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();

@@ -304,6 +304,193 @@ async fn split_brain_both_sides_enforce_their_own_state_and_converge_after_the_h
     Ok(())
 }
 
+/// The round-trip time from node `from`'s namespace to node `to`, by ping
+/// (min, avg, max in ms).
+fn ping_rtt(lab: &Lab, from: usize, to: usize) -> Result<(f64, f64, f64)> {
+    let out = weft_tests::netns::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.nodes[from].ns,
+        "ping",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        "-q",
+        &lab.nodes[to].ip.to_string(),
+    ]))
+    .context("ping between namespaces (install iputils-ping)")?;
+    // rtt min/avg/max/mdev = 120.3/121.0/122.1/0.6 ms
+    let line = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .with_context(|| format!("no rtt line in ping's output: {out}"))?;
+    let nums: Vec<f64> = line
+        .split('=')
+        .nth(1)
+        .context("rtt line")?
+        .trim()
+        .trim_end_matches(" ms")
+        .split('/')
+        .map(|v| v.parse::<f64>())
+        .collect::<Result<_, _>>()?;
+    ensure!(nums.len() >= 3, "rtt line: {line}");
+    Ok((nums[0], nums[1], nums[2]))
+}
+
+/// The time until every node denies `subject` after `push` hands its
+/// revocation to node `at`.
+async fn revoke_everywhere(lab: &Lab, at: usize, subject: &str) -> Result<Duration> {
+    ensure!(
+        lab.allows(at, subject).await?,
+        "{subject} is denied already"
+    );
+    let file = revoke_file(lab, at, &lab.alice_key, subject)?;
+    let bytes = std::fs::read(&file)?;
+    let started = Instant::now();
+    push_bytes(lab, at, bytes).await?;
+    eventually(
+        Duration::from_secs(60),
+        &format!("every node to deny {subject}"),
+        || async {
+            for i in 0..lab.nodes.len() {
+                if lab.allows(i, subject).await? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// Delay and loss on every link (60 ms added to everything each node sends
+/// its peers, so 120 ms round trips, and 3% of packets dropped on receipt):
+/// the delay is real (ping between namespaces sees it), updates still reach
+/// every node, slower, and a split 2|2 under the same faults converges
+/// after the heal with both revocations everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_and_loss_on_every_link_slow_the_mesh_but_it_converges() -> Result<()> {
+    const DELAY_MS: u32 = 60;
+    let mut lab = Lab::new(LabSpec::new(4))?;
+    lab.start_all().await?;
+    lab.wait_admitted(3, Duration::from_secs(30)).await?;
+    // Everyone is allowed until revoked.
+    let v1 = push_file(
+        &lab,
+        0,
+        &bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?,
+    )
+    .await?;
+    let lab_ref = &lab;
+    eventually(
+        Duration::from_secs(20),
+        "the bundle to reach all four",
+        || {
+            let v1 = v1.clone();
+            async move {
+                for i in 0..4 {
+                    if lab_ref.heads(i).await? != [v1.clone()] {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    let (min0, _, _) = ping_rtt(&lab, 0, 1)?;
+    let fast = revoke_everywhere(&lab, 0, r#"User::"before""#).await?;
+
+    let mut how = "";
+    for i in 0..4 {
+        how = lab.set_delay(i, DELAY_MS)?;
+        lab.set_loss(i, 30)?;
+    }
+    let (min1, avg1, max1) = ping_rtt(&lab, 0, 1)?;
+    eprintln!(
+        "delay ({how}): ping 0 -> 1 min {min0:.2} ms before, {min1:.1}/{avg1:.1}/{max1:.1} ms \
+         (min/avg/max) with {DELAY_MS} ms added each way"
+    );
+    ensure!(
+        min1 >= f64::from(2 * DELAY_MS) * 0.95,
+        "a round trip with {DELAY_MS} ms each way took only {min1} ms"
+    );
+    ensure!(
+        max1 < f64::from(2 * DELAY_MS) + 100.0,
+        "the delay is far above what was set: {max1} ms"
+    );
+
+    let slow = revoke_everywhere(&lab, 0, r#"User::"during""#).await?;
+    eprintln!(
+        "delay: a revocation reached all four in {fast:?} without faults, {slow:?} with them"
+    );
+    ensure!(
+        slow >= Duration::from_millis(u64::from(DELAY_MS)),
+        "a revocation crossed a {DELAY_MS} ms link in {slow:?}"
+    );
+
+    lab.partition(&[&[0, 1], &[2, 3]])?;
+    let left = push_bytes(
+        &lab,
+        0,
+        std::fs::read(revoke_file(&lab, 0, &lab.alice_key, r#"User::"left""#)?)?,
+    )
+    .await?;
+    let right = push_bytes(
+        &lab,
+        3,
+        std::fs::read(revoke_file(&lab, 3, &lab.alice_key, r#"User::"right""#)?)?,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        lab.allows(3, r#"User::"left""#).await? && lab.allows(0, r#"User::"right""#).await?,
+        "a revocation crossed the partition"
+    );
+    lab.heal_all()?;
+    let ids = [left, right];
+    let t = eventually(
+        Duration::from_secs(90),
+        "all four to converge after the heal under delay and loss",
+        || {
+            let ids = &ids;
+            async move {
+                let first = lab_ref.heads(0).await?;
+                for i in 0..4 {
+                    if lab_ref.heads(i).await? != first || !lab_ref.holds(i, ids).await?.is_empty()
+                    {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        },
+    )
+    .await?;
+    for i in 0..4 {
+        for who in ["before", "during", "left", "right"] {
+            ensure!(
+                !lab.allows(i, &format!("User::\"{who}\"")).await?,
+                "node {i} allows {who}"
+            );
+        }
+    }
+    let delayed: u64 = (0..4).map(|i| lab.delayed_packets(i)).sum();
+    eprintln!(
+        "FAULTS delay_loss nodes=4 delay_ms={DELAY_MS} loss_permille=30 via={how} \
+         rtt_ms={avg1:.1} propagate_ms={} converge_ms={} packets_delayed={delayed} result=pass",
+        slow.as_millis(),
+        t.as_millis()
+    );
+    for i in 0..4 {
+        lab.set_delay(i, 0)?;
+        lab.set_loss(i, 0)?;
+    }
+    Ok(())
+}
+
 /// A one-way cut (0 cannot reach 2) does not stop an update pushed to 0
 /// from reaching 2 through 1, and lifting it leaves the mesh whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
