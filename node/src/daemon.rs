@@ -133,6 +133,7 @@ pub struct NodeHandle {
     node_task: JoinHandle<()>,
     api_task: JoinHandle<()>,
     audit_task: JoinHandle<()>,
+    detect_task: JoinHandle<()>,
     audit: Arc<Audit>,
 }
 
@@ -241,6 +242,9 @@ impl NodeHandle {
         self.node_task
             .await
             .map_err(|e| anyhow!("the node task failed: {e}"))?;
+        self.detect_task
+            .await
+            .map_err(|e| anyhow!("the detector task failed: {e}"))?;
         drop(self.audit);
         self.audit_task
             .await
@@ -429,14 +433,19 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     });
     let audit_task = tokio::spawn(audit_writer.instrument(span.clone()));
+    let mut response = opts.response.clone();
+    if response.state_file.is_none() {
+        response.state_file = Some(dir.detector_state());
+    }
     let (detect, detector) = crate::respond::start(
-        opts.response.clone(),
+        response,
         getrandom::u64().unwrap_or(0),
         shared.anomalies.clone(),
         commands_tx.clone(),
         audit.handle.clone(),
+        shutdown_rx.clone(),
     );
-    tokio::spawn(detector.instrument(span.clone()));
+    let detect_task = tokio::spawn(detector.instrument(span.clone()));
     let applied_since_snapshot = report.verified as u64;
     let mut task = NodeTask::new(
         NodeTaskParts {
@@ -524,6 +533,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         node_task,
         api_task,
         audit_task,
+        detect_task,
         audit,
     })
 }

@@ -54,6 +54,11 @@ impl NodeDir {
     pub fn store(&self) -> PathBuf {
         self.root.join("store")
     }
+
+    /// The anomaly detector's saved state (baselines, trees).
+    pub fn detector_state(&self) -> PathBuf {
+        self.root.join("detector.state")
+    }
 }
 
 /// What a node does when its state is stale (no sync with any peer for

@@ -12,13 +12,23 @@
 //!   quarantine order for [`ResponseConfig::quarantine_ttl`] (capped by the
 //!   trust root's maximum). Whether the mesh honours it is the trust root's
 //!   call, made on every node (see `weft_protocol::quarantine`).
+//!
+//! The detector's state is saved to [`ResponseConfig::state_file`] every
+//! [`ResponseConfig::save_every`] while decisions come in, and when the node
+//! shuts down, and read back at start: a restarted node goes on with the
+//! baselines it had learned instead of starting blind. A state file that
+//! cannot be read is reported and set aside (`.bad`), and the detector
+//! starts fresh.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::anomaly::AnomalyLog;
 use crate::audit::{AuditEvent, AuditHandle};
@@ -57,6 +67,12 @@ pub struct ResponseConfig {
     pub queue: usize,
     /// The detector's settings.
     pub detector: DetectorConfig,
+    /// Where the detector's state is kept across restarts (`None`: not
+    /// kept). `weft node run` uses `DIR/detector.state`, mode 0600.
+    pub state_file: Option<PathBuf>,
+    /// How often the state is saved while decisions come in. Default 5
+    /// minutes: a crash loses at most that much learning.
+    pub save_every: Duration,
 }
 
 impl Default for ResponseConfig {
@@ -67,6 +83,8 @@ impl Default for ResponseConfig {
             quarantine_ttl: Duration::from_secs(15 * 60),
             queue: 16_384,
             detector: DetectorConfig::default(),
+            state_file: None,
+            save_every: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -111,14 +129,81 @@ fn alert_json(alert: &Alert, action: &str) -> serde_json::Value {
     v
 }
 
+/// The detector saved in `path`, or a fresh one with `seed` when there is
+/// none; a file that cannot be read is renamed `.bad` and reported.
+pub fn load_detector(cfg: &DetectorConfig, seed: u64, path: Option<&Path>) -> Detector {
+    let Some(path) = path else {
+        return Detector::new(cfg.clone(), seed);
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Detector::new(cfg.clone(), seed);
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), %e, "cannot read the detector's state; starting fresh");
+            return Detector::new(cfg.clone(), seed);
+        }
+    };
+    match Detector::restore(cfg.clone(), &bytes) {
+        Ok(d) => {
+            tracing::info!(
+                path = %path.display(),
+                principals = d.tracked(),
+                "detector state restored"
+            );
+            d
+        }
+        Err(reason) => {
+            let bad = path.with_extension("state.bad");
+            let _ = std::fs::rename(path, &bad);
+            tracing::warn!(
+                path = %path.display(),
+                set_aside = %bad.display(),
+                %reason,
+                "the detector's saved state is unusable; starting fresh"
+            );
+            Detector::new(cfg.clone(), seed)
+        }
+    }
+}
+
+/// Writes the detector's state to `path` (mode 0600) through a temporary
+/// file and a rename, so a crash leaves the old state or the new, never
+/// half of one.
+pub fn save_detector(detector: &Detector, path: &Path) -> std::io::Result<()> {
+    let bytes = detector.save();
+    let tmp = path.with_extension("state.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+fn save_logged(detector: &Detector, path: Option<&Path>) {
+    if let Some(path) = path
+        && let Err(e) = save_detector(detector, path)
+    {
+        tracing::error!(path = %path.display(), %e, "saving the detector's state failed");
+    }
+}
+
 /// Starts detection: returns the request path's handle and the task to
-/// spawn. The task ends when every handle is dropped.
+/// spawn. The task ends when every handle is dropped or `shutdown` turns
+/// true, and saves the detector's state as it ends.
 pub fn start(
     cfg: ResponseConfig,
     seed: u64,
     anomalies: Arc<AnomalyLog>,
     commands: mpsc::Sender<Command>,
     audit: AuditHandle,
+    mut shutdown: watch::Receiver<bool>,
 ) -> (DetectHandle, impl std::future::Future<Output = ()> + use<>) {
     let (tx, mut rx) = mpsc::channel::<DecisionEvent>(cfg.queue.max(1));
     let handle = DetectHandle {
@@ -126,15 +211,31 @@ pub fn start(
         anomalies: anomalies.clone(),
     };
     let task = async move {
-        let mut detector = Detector::new(cfg.detector.clone(), seed);
+        let state = cfg.state_file.clone();
+        let mut detector = if cfg.detect {
+            load_detector(&cfg.detector, seed, state.as_deref())
+        } else {
+            Detector::new(cfg.detector.clone(), seed)
+        };
+        let mut last_save = Instant::now();
+        let mut unsaved = false;
         // Principals this node quarantined, until when (Unix seconds).
         let mut ours: BTreeMap<String, u64> = BTreeMap::new();
         let mut batch = Vec::with_capacity(DRAIN_BATCH);
-        loop {
-            let n = rx.recv_many(&mut batch, DRAIN_BATCH).await;
+        'run: loop {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, DRAIN_BATCH) => n,
+                changed = shutdown.changed() => {
+                    if changed.is_ok() && !*shutdown.borrow() {
+                        continue;
+                    }
+                    0
+                }
+            };
             if n == 0 {
                 break;
             }
+            unsaved = true;
             for ev in batch.drain(..) {
                 let Some(alert) = detector.observe(&ev) else {
                     continue;
@@ -183,17 +284,25 @@ pub fn start(
                     reply,
                 };
                 if commands.send(cmd).await.is_err() {
-                    return;
+                    break 'run;
                 }
                 // The node task answers at once; the result is counted and
                 // logged there.
                 let _ = answer.await;
+            }
+            if unsaved && last_save.elapsed() >= cfg.save_every {
+                save_logged(&detector, state.as_deref());
+                last_save = Instant::now();
+                unsaved = false;
             }
             if n < DRAIN_BATCH {
                 // The queue is empty: let decisions gather instead of being
                 // woken for each one (see DRAIN_EVERY).
                 tokio::time::sleep(DRAIN_EVERY).await;
             }
+        }
+        if unsaved {
+            save_logged(&detector, state.as_deref());
         }
     };
     (handle, task)
@@ -225,7 +334,8 @@ mod tests {
             ..ResponseConfig::default()
         };
         let ttl = cfg.quarantine_ttl.as_secs();
-        let (handle, task) = start(cfg, 1, anomalies.clone(), commands, audit);
+        let (_stop, stop) = watch::channel(false);
+        let (handle, task) = start(cfg, 1, anomalies.clone(), commands, audit, stop);
         let task = tokio::spawn(task);
         // The node task's side: answer every request, keep what was asked.
         let asked = tokio::spawn(async move {
@@ -298,12 +408,14 @@ mod tests {
             queue: 2,
             ..ResponseConfig::default()
         };
+        let (_stop, stop) = watch::channel(false);
         let (handle, _task) = start(
             cfg,
             1,
             anomalies.clone(),
             commands,
             AuditHandle::for_tests(audit_tx),
+            stop,
         );
         let ev = DecisionEvent {
             at_ms: 0,
@@ -322,5 +434,73 @@ mod tests {
         off.observe(ev);
         assert!(!off.is_on());
         assert_eq!(anomalies.status().dropped, 3);
+    }
+
+    fn decision(at_ms: u64, principal: &str) -> DecisionEvent {
+        DecisionEvent {
+            at_ms,
+            principal: principal.into(),
+            action: r#"Action::"view""#.into(),
+            resource: r#"Doc::"d""#.into(),
+            allow: true,
+            token_failed: false,
+            site: Some("site-0".into()),
+        }
+    }
+
+    /// What the detector learned survives a restart: the task saves its
+    /// state (mode 0600) when the node shuts down, and the next start
+    /// reads it back; an unreadable file is set aside and the detector
+    /// starts fresh.
+    #[tokio::test]
+    async fn the_detector_state_is_saved_at_shutdown_and_restored() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("detector.state");
+        let cfg = ResponseConfig {
+            state_file: Some(path.clone()),
+            ..ResponseConfig::default()
+        };
+        let anomalies = Arc::new(AnomalyLog::new());
+        let (commands, _node_task) = mpsc::channel(64);
+        let (audit_tx, _audit_rx) = mpsc::channel(1024);
+        let (stop_tx, stop) = watch::channel(false);
+        let (handle, task) = start(
+            cfg.clone(),
+            9,
+            anomalies.clone(),
+            commands,
+            AuditHandle::for_tests(audit_tx),
+            stop,
+        );
+        let task = tokio::spawn(task);
+        for i in 0..40u64 {
+            handle.observe(decision(1_000 * i, &format!("User::\"u{i}\"")));
+        }
+        // Let the task take them in, then shut down.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !path.exists(),
+            "nothing saved before the interval or the end"
+        );
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the task ends on shutdown")
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let restored = load_detector(&cfg.detector, 1, Some(&path));
+        assert_eq!(restored.tracked(), 40);
+
+        std::fs::write(&path, b"not a detector").unwrap();
+        let fresh = load_detector(&cfg.detector, 1, Some(&path));
+        assert_eq!(fresh.tracked(), 0);
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read(path.with_extension("state.bad")).unwrap(),
+            b"not a detector"
+        );
+        drop(handle);
     }
 }

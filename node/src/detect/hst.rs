@@ -23,7 +23,7 @@
 //! by every principal; updates and scores cost `trees × depth` steps.
 
 /// Settings of the ensemble.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HstConfig {
     /// Trees in the ensemble. Default 25, the paper's.
     pub trees: usize,
@@ -51,7 +51,7 @@ impl Default for HstConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Node {
     dim: u8,
     split: f32,
@@ -60,7 +60,7 @@ struct Node {
 }
 
 /// The ensemble.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct HalfSpaceTrees {
     cfg: HstConfig,
     /// `trees` complete binary trees, each in breadth-first order.
@@ -182,6 +182,17 @@ impl HalfSpaceTrees {
             }
         }
         isolated as f64 / self.cfg.trees as f64
+    }
+
+    /// Whether these trees (restored from bytes) have the shape `cfg`
+    /// gives and split only dimensions below `dims`, so that scoring and
+    /// updating them cannot index out of bounds.
+    pub fn fits(&self, cfg: &HstConfig, dims: usize) -> bool {
+        let per_tree = (1usize << (cfg.depth + 1)) - 1;
+        self.cfg == *cfg
+            && self.per_tree == per_tree
+            && self.nodes.len() == cfg.trees * per_tree
+            && self.nodes.iter().all(|n| usize::from(n.dim) < dims)
     }
 
     /// Bytes held by the trees.

@@ -261,7 +261,7 @@ const TIERS: usize = 16;
 const RES_BITS: usize = 1024;
 const RES_ROTATE: u32 = 150;
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Slot {
     idx: u64,
     count: u32,
@@ -273,7 +273,7 @@ struct Slot {
     actions: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Baseline {
     mean: f32,
     dev: f32,
@@ -289,7 +289,7 @@ impl Baseline {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Principal {
     slots: [Slot; SLOTS],
     cur: u64,
@@ -320,6 +320,37 @@ pub struct Detector {
     population_n: [u64; TIERS],
     trees: HalfSpaceTrees,
     evicted: u64,
+}
+
+/// The layout of [`Detector::save`]'s bytes; a change of layout bumps it.
+const SAVED_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    version: u32,
+    seed: u64,
+    window_ms: u64,
+    hst: &'a HstConfig,
+    tick: u64,
+    evicted: u64,
+    population: &'a [[Baseline; NF]; TIERS],
+    population_n: &'a [u64; TIERS],
+    trees: &'a HalfSpaceTrees,
+    principals: Vec<(&'a str, &'a Principal)>,
+}
+
+#[derive(Deserialize)]
+struct Saved {
+    version: u32,
+    seed: u64,
+    window_ms: u64,
+    hst: HstConfig,
+    tick: u64,
+    evicted: u64,
+    population: [[Baseline; NF]; TIERS],
+    population_n: [u64; TIERS],
+    trees: HalfSpaceTrees,
+    principals: Vec<(String, Principal)>,
 }
 
 /// FNV-1a, then a SplitMix finalizer: a stable hash (the same on every run
@@ -473,6 +504,72 @@ impl Detector {
         let per = std::mem::size_of::<Principal>() + std::mem::size_of::<Arc<str>>() * 2 + 48;
         let keys: usize = self.principals.keys().map(|k| k.len() + 16).sum();
         self.principals.len() * per + keys + self.trees.memory_bytes()
+    }
+
+    /// The detector's whole state (principals, baselines, trees, seed) as
+    /// bytes, for [`Detector::restore`]: a restarted node carries on where
+    /// it stopped instead of learning its baselines again.
+    pub fn save(&self) -> Vec<u8> {
+        let mut principals: Vec<(&str, &Principal)> = self
+            .principals
+            .iter()
+            .map(|(k, p)| (k.as_ref(), p))
+            .collect();
+        principals.sort_by_key(|(_, p)| p.lru);
+        let saved = SavedRef {
+            version: SAVED_VERSION,
+            seed: self.seed,
+            window_ms: self.cfg.window_ms,
+            hst: &self.cfg.hst,
+            tick: self.tick,
+            evicted: self.evicted,
+            population: &self.population,
+            population_n: &self.population_n,
+            trees: &self.trees,
+            principals,
+        };
+        postcard::to_allocvec(&saved).unwrap_or_default()
+    }
+
+    /// A detector from [`Detector::save`]'s bytes, with `cfg`. It goes on
+    /// exactly as the saved one would have (same seed, same state). Fails,
+    /// with the reason, on bytes that do not decode or were saved under
+    /// another window or trees' shape; principals over `cfg`'s cap are
+    /// dropped, least recently seen first.
+    pub fn restore(cfg: DetectorConfig, bytes: &[u8]) -> Result<Detector, String> {
+        let saved: Saved = postcard::from_bytes(bytes)
+            .map_err(|e| format!("the saved detector state does not decode: {e}"))?;
+        if saved.version != SAVED_VERSION {
+            return Err(format!(
+                "the saved detector state is version {}, this build reads {SAVED_VERSION}",
+                saved.version
+            ));
+        }
+        if saved.window_ms != cfg.window_ms || saved.hst != cfg.hst {
+            return Err(
+                "the saved detector state was made with another window or other trees".into(),
+            );
+        }
+        let mut d = Detector::new(cfg, saved.seed);
+        if !saved.trees.fits(&d.cfg.hst, NF) {
+            return Err("the saved trees do not match their settings".into());
+        }
+        d.tick = saved.tick;
+        d.evicted = saved.evicted;
+        d.population = saved.population;
+        d.population_n = saved.population_n;
+        d.trees = saved.trees;
+        let cap = d.cfg.max_principals.max(1);
+        let skip = saved.principals.len().saturating_sub(cap);
+        d.evicted += skip as u64;
+        for (k, p) in saved.principals.into_iter().skip(skip) {
+            let k: Arc<str> = Arc::from(k.as_str());
+            if d.by_recency.insert(p.lru, k.clone()).is_some() {
+                return Err("the saved detector state has two principals at one tick".into());
+            }
+            d.principals.insert(k, p);
+        }
+        Ok(d)
     }
 
     /// Takes one decision into account; returns an alert when it makes the

@@ -180,3 +180,74 @@ fn detect_memory_per_principal_is_bounded() {
     let per_principal = one - d.trees.memory_bytes();
     assert!(per_principal < 2048, "{per_principal} bytes");
 }
+
+#[test]
+fn detect_a_restored_detector_goes_on_exactly_as_the_saved_one() {
+    let t = trace();
+    let split = t.header.start_ms + t.header.warmup_ms;
+    let (before, after): (Vec<_>, Vec<_>) = t.events.iter().partition(|e| e.at_ms < split);
+    let mut saved = Detector::new(DetectorConfig::default(), 7);
+    for e in &before {
+        saved.observe(&DecisionEvent::from(*e));
+    }
+    let bytes = saved.save();
+    let mut restored = Detector::restore(DetectorConfig::default(), &bytes).expect("restores");
+    assert_eq!(restored.tracked(), saved.tracked());
+    assert_eq!(restored.save(), bytes, "saving again gives the same bytes");
+    let mut fresh = Detector::new(DetectorConfig::default(), 7);
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for e in &after {
+        let ev = DecisionEvent::from(*e);
+        a.extend(saved.observe(&ev));
+        b.extend(restored.observe(&ev));
+        c.extend(fresh.observe(&ev));
+    }
+    assert!(
+        a.len() >= 10,
+        "the scored half has attacks: {} alerts",
+        a.len()
+    );
+    assert_eq!(a, b, "the restored detector raises exactly the same alerts");
+    assert_ne!(
+        a, c,
+        "a detector that starts over has no baselines and alerts differently"
+    );
+}
+
+#[test]
+fn detect_bad_saved_state_is_refused_with_a_reason() {
+    let t = trace();
+    let split = t.header.start_ms + t.header.warmup_ms;
+    let mut d = Detector::new(DetectorConfig::default(), 3);
+    for e in t.events.iter().take_while(|e| e.at_ms < split) {
+        d.observe(&DecisionEvent::from(e));
+    }
+    assert!(d.tracked() > 100, "{} principals", d.tracked());
+    let bytes = d.save();
+    for cut in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
+        let err = Detector::restore(DetectorConfig::default(), &bytes[..cut])
+            .err()
+            .unwrap_or_else(|| panic!("{cut} bytes of {} restored", bytes.len()));
+        assert!(err.contains("does not decode"), "{err}");
+    }
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) as u8)
+        .collect();
+    assert!(Detector::restore(DetectorConfig::default(), &garbage).is_err());
+    let other_window = DetectorConfig {
+        window_ms: 120_000,
+        ..DetectorConfig::default()
+    };
+    let err = Detector::restore(other_window, &bytes)
+        .err()
+        .expect("another window is refused");
+    assert!(err.contains("another window"), "{err}");
+    // A smaller cap keeps the most recently seen.
+    let small = DetectorConfig {
+        max_principals: 10,
+        ..DetectorConfig::default()
+    };
+    let r = Detector::restore(small, &bytes).unwrap();
+    assert_eq!(r.tracked(), 10);
+    assert_eq!(r.evicted(), d.evicted() + (d.tracked() as u64 - 10));
+}
