@@ -207,7 +207,13 @@ fn decide_with(
         }
     };
 
-    if let Some(subject) = revoked_subject(view, entities, request) {
+    let resolved = crate::index::Resolved::new(
+        entities,
+        &request.principal,
+        &request.action,
+        &request.resource,
+    );
+    if let Some(subject) = revoked_subject(view, &resolved) {
         return Decision {
             allow: false,
             reasons: vec![],
@@ -232,7 +238,7 @@ fn decide_with(
     }
 
     let mut outcome = match how {
-        Evaluation::Indexed => evaluate_candidates(view, request, entities),
+        Evaluation::Indexed => evaluate_candidates(view, request, entities, &resolved),
         Evaluation::Full => evaluate_all(view, request, entities),
     };
     // Cedar reports these from hash sets; sort them so every replica answers alike.
@@ -286,21 +292,21 @@ fn evaluate_all(view: &PolicyView, request: &Request, entities: &Entities) -> Ou
 /// whose response says which of them are satisfied: when it denies with
 /// reasons, those are all of its satisfied forbids; when it allows, its
 /// reasons are all of its satisfied permits and none of its forbids holds.
-fn evaluate_candidates(view: &PolicyView, request: &Request, entities: &Entities) -> Outcome {
-    let candidates = view.index().candidates(
-        entities,
-        &request.principal,
-        &request.action,
-        &request.resource,
-    );
+fn evaluate_candidates(
+    view: &PolicyView,
+    request: &Request,
+    entities: &Entities,
+    resolved: &crate::index::Resolved<'_>,
+) -> Outcome {
+    let candidates = view.index().candidates_for(entities, resolved);
     let mut forbids = Vec::new();
     let mut permits = Vec::new();
     let mut conditional = Vec::new();
     for c in candidates {
         match (c.conditional, c.forbid) {
             (true, _) => conditional.push(c),
-            (false, true) => forbids.push(c.id.to_string()),
-            (false, false) => permits.push(c.id.to_string()),
+            (false, true) => forbids.push(c.id_text.clone()),
+            (false, false) => permits.push(c.id_text.clone()),
         }
     }
     let mut errors = Vec::new();
@@ -341,21 +347,14 @@ fn evaluate_candidates(view: &PolicyView, request: &Request, entities: &Entities
 }
 
 /// The first revoked subject among the principal, the resource and their ancestors.
-fn revoked_subject(view: &PolicyView, entities: &Entities, request: &Request) -> Option<String> {
+fn revoked_subject(view: &PolicyView, r: &crate::index::Resolved<'_>) -> Option<String> {
     if view.revocation_count() == 0 {
         return None;
     }
-    for uid in [&request.principal, &request.resource] {
-        if view.is_uid_revoked(uid) {
-            return Some(uid.to_string());
-        }
-        if let Some(ancestors) = entities.ancestors(uid) {
-            for a in ancestors {
-                if view.is_uid_revoked(a) {
-                    return Some(a.to_string());
-                }
-            }
-        }
-    }
-    None
+    std::iter::once(&r.principal)
+        .chain(&r.principal_ancestors)
+        .chain(std::iter::once(&r.resource))
+        .chain(&r.resource_ancestors)
+        .find(|uid| view.is_uid_revoked(uid))
+        .map(ToString::to_string)
 }

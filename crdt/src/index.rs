@@ -57,6 +57,9 @@ use crate::bundle::ParsedBundle;
 pub struct IndexedPolicy {
     /// The policy's id in the merged set (`BUNDLE/ID`).
     pub id: PolicyId,
+    /// The same id as text (`id.to_string()`, which escapes and so costs a
+    /// formatting pass), kept for the reasons of every decision.
+    pub id_text: String,
     /// Whether it is a `forbid`.
     pub forbid: bool,
     /// Whether it has `when` or `unless` clauses. A policy without them is
@@ -84,6 +87,7 @@ impl IndexedPolicy {
         };
         Some(IndexedPolicy {
             id: policy.id().clone(),
+            id_text: policy.id().to_string(),
             forbid: policy.effect() == Effect::Forbid,
             conditional: policy.has_non_scope_constraint(),
             principal: policy.principal_constraint(),
@@ -152,32 +156,88 @@ impl IndexedPolicy {
         action: &EntityUid,
         resource: &EntityUid,
     ) -> bool {
-        let within = |x: &EntityUid, e: &EntityUid| x == e || entities.is_ancestor_of(e, x);
+        self.matches(
+            entities,
+            &Resolved::new(entities, principal, action, resource),
+        )
+    }
+
+    /// [`IndexedPolicy::scope_matches`] with the request's ancestors already
+    /// looked up.
+    fn matches(&self, entities: &Entities, r: &Resolved<'_>) -> bool {
         let p = match &self.principal {
             PrincipalConstraint::Any => true,
-            PrincipalConstraint::Eq(u) => principal == u,
-            PrincipalConstraint::In(u) => within(principal, u),
-            PrincipalConstraint::Is(t) => principal.type_name() == t,
-            PrincipalConstraint::IsIn(t, u) => principal.type_name() == t && within(principal, u),
+            PrincipalConstraint::Eq(u) => r.principal == u,
+            PrincipalConstraint::In(u) => r.principal_in(u),
+            PrincipalConstraint::Is(t) => r.principal.type_name() == t,
+            PrincipalConstraint::IsIn(t, u) => r.principal.type_name() == t && r.principal_in(u),
         };
         if !p {
             return false;
         }
         let a = match &self.action {
             ActionConstraint::Any => true,
-            ActionConstraint::Eq(u) => action == u,
-            ActionConstraint::In(us) => us.iter().any(|u| within(action, u)),
+            ActionConstraint::Eq(u) => r.action == u,
+            ActionConstraint::In(us) => us
+                .iter()
+                .any(|u| r.action == u || entities.is_ancestor_of(u, r.action)),
         };
         if !a {
             return false;
         }
         match &self.resource {
             ResourceConstraint::Any => true,
-            ResourceConstraint::Eq(u) => resource == u,
-            ResourceConstraint::In(u) => within(resource, u),
-            ResourceConstraint::Is(t) => resource.type_name() == t,
-            ResourceConstraint::IsIn(t, u) => resource.type_name() == t && within(resource, u),
+            ResourceConstraint::Eq(u) => r.resource == u,
+            ResourceConstraint::In(u) => r.resource_in(u),
+            ResourceConstraint::Is(t) => r.resource.type_name() == t,
+            ResourceConstraint::IsIn(t, u) => r.resource.type_name() == t && r.resource_in(u),
         }
+    }
+}
+
+/// A request's principal and resource with their ancestors, looked up in
+/// the entities once for the whole decision (each lookup hashes a uid with
+/// Cedar's map; a decision used to make several for each uid).
+pub struct Resolved<'q> {
+    /// The principal.
+    pub principal: &'q EntityUid,
+    /// Its ancestors (transitively, as Cedar's entities hold them).
+    pub principal_ancestors: Vec<&'q EntityUid>,
+    /// The action.
+    pub action: &'q EntityUid,
+    /// The resource.
+    pub resource: &'q EntityUid,
+    /// Its ancestors.
+    pub resource_ancestors: Vec<&'q EntityUid>,
+}
+
+impl<'q> Resolved<'q> {
+    /// Looks up the ancestors of `principal` and `resource` in `entities`.
+    pub fn new(
+        entities: &'q Entities,
+        principal: &'q EntityUid,
+        action: &'q EntityUid,
+        resource: &'q EntityUid,
+    ) -> Self {
+        Resolved {
+            principal,
+            principal_ancestors: entities
+                .ancestors(principal)
+                .into_iter()
+                .flatten()
+                .collect(),
+            action,
+            resource,
+            resource_ancestors: entities.ancestors(resource).into_iter().flatten().collect(),
+        }
+    }
+
+    fn principal_in(&self, e: &EntityUid) -> bool {
+        self.principal == e || self.principal_ancestors.contains(&e)
+    }
+
+    fn resource_in(&self, e: &EntityUid) -> bool {
+        self.resource == e || self.resource_ancestors.contains(&e)
     }
 }
 
@@ -236,7 +296,12 @@ impl ByResource {
 #[derive(Clone, Debug, Default)]
 pub struct ScopeIndex {
     unkeyed: Arc<ByResource>,
-    keyed: imbl::HashMap<EntityUid, Arc<ByResource>>,
+    keyed: imbl::GenericHashMap<
+        EntityUid,
+        Arc<ByResource>,
+        crate::FastHash,
+        imbl::shared_ptr::DefaultSharedPtr,
+    >,
     len: usize,
     sets: SetCache,
 }
@@ -362,25 +427,25 @@ impl ScopeIndex {
         action: &EntityUid,
         resource: &EntityUid,
     ) -> Vec<&'a Arc<IndexedPolicy>> {
-        let query = Query {
+        self.candidates_for(
             entities,
-            principal,
-            action,
-            resource,
-            resource_keys: std::iter::once(resource)
-                .chain(entities.ancestors(resource).into_iter().flatten())
-                .collect(),
-        };
+            &Resolved::new(entities, principal, action, resource),
+        )
+    }
+
+    /// [`ScopeIndex::candidates`] with the request's ancestors already
+    /// looked up.
+    pub fn candidates_for<'a>(
+        &'a self,
+        entities: &Entities,
+        r: &Resolved<'_>,
+    ) -> Vec<&'a Arc<IndexedPolicy>> {
+        let query = Query { entities, r };
         let mut found = Vec::new();
         query.visit(&self.unkeyed, &mut found);
-        if let Some(by) = self.keyed.get(principal) {
-            query.visit(by, &mut found);
-        }
-        if let Some(ancestors) = entities.ancestors(principal) {
-            for a in ancestors {
-                if let Some(by) = self.keyed.get(a) {
-                    query.visit(by, &mut found);
-                }
+        for p in std::iter::once(&r.principal).chain(&r.principal_ancestors) {
+            if let Some(by) = self.keyed.get(*p) {
+                query.visit(by, &mut found);
             }
         }
         found
@@ -390,11 +455,7 @@ impl ScopeIndex {
 /// One request's lookup.
 struct Query<'q> {
     entities: &'q Entities,
-    principal: &'q EntityUid,
-    action: &'q EntityUid,
-    resource: &'q EntityUid,
-    /// The resource and its ancestors.
-    resource_keys: Vec<&'q EntityUid>,
+    r: &'q Resolved<'q>,
 }
 
 impl Query<'_> {
@@ -403,7 +464,7 @@ impl Query<'_> {
         if by.keyed.is_empty() {
             return;
         }
-        for key in &self.resource_keys {
+        for key in std::iter::once(&self.r.resource).chain(&self.r.resource_ancestors) {
             if let Some(bucket) = by.bucket(key) {
                 self.visit_bucket(bucket, found);
             }
@@ -412,7 +473,7 @@ impl Query<'_> {
 
     fn visit_bucket<'a>(&self, bucket: &'a Bucket, found: &mut Vec<&'a Arc<IndexedPolicy>>) {
         for p in bucket {
-            if p.scope_matches(self.entities, self.principal, self.action, self.resource) {
+            if p.matches(self.entities, self.r) {
                 found.push(p);
             }
         }

@@ -102,7 +102,8 @@ pub struct PolicyView {
     pub(crate) entity_errors: Arc<Vec<String>>,
     pub(crate) revoked: imbl::OrdMap<String, Revocation>,
     /// The revoked subjects that are Cedar uids, for lookups without formatting.
-    pub(crate) revoked_uids: imbl::HashSet<EntityUid>,
+    pub(crate) revoked_uids:
+        imbl::GenericHashSet<EntityUid, crate::FastHash, imbl::shared_ptr::DefaultSharedPtr>,
     pub(crate) quarantines: imbl::OrdMap<String, String>,
     pub(crate) heads: Arc<Vec<ChangeHash>>,
     pub(crate) digest: String,
@@ -117,7 +118,7 @@ impl Default for PolicyView {
             entities: Arc::new(Entities::empty()),
             entity_errors: Arc::new(Vec::new()),
             revoked: imbl::OrdMap::new(),
-            revoked_uids: imbl::HashSet::new(),
+            revoked_uids: imbl::GenericHashSet::default(),
             quarantines: imbl::OrdMap::new(),
             heads: Arc::new(Vec::new()),
             digest: digest_of(&[]),
