@@ -13,11 +13,13 @@
 //! as an argument, and `protocol` decides who may write what.
 
 /// The hasher of the hash sets a decision looks entity uids up in (the
-/// revoked uids, the scope index): foldhash, seeded at random per process.
-/// SipHash, the standard library's default, was a third of a decision's
-/// time. The keys are uids from operator-signed policies and revocations;
-/// a request's uids are only looked up.
-pub type FastHash = foldhash::fast::RandomState;
+/// revoked uids, the scope index): foldhash with a fixed seed, so this crate
+/// draws no randomness (ARCHITECTURE.md, deterministic core). SipHash, the
+/// standard library's default, was a third of a decision's time. A fixed
+/// seed is safe here: the keys are uids from operator-signed policies and
+/// revocations, which no peer or client can choose; a request's uids are
+/// only looked up. Nothing iterates these sets into a result.
+pub type FastHash = foldhash::fast::FixedState;
 
 pub mod bundle;
 pub mod decide;
