@@ -479,16 +479,27 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
     /// Handles one event.
     pub fn handle(&mut self, now_ms: u64, rand: u64, input: Input<P>) -> Vec<Output<P>> {
         let mut out = Vec::new();
+        self.handle_into(now_ms, rand, input, &mut out);
+        out
+    }
+
+    /// Handles one event, appending its effects to `out` (as [`Self::handle`],
+    /// for a driver that reuses one vector across events).
+    pub fn handle_into(
+        &mut self,
+        now_ms: u64,
+        rand: u64,
+        input: Input<P>,
+        out: &mut Vec<Output<P>>,
+    ) {
         match input {
-            Input::Gossip { from, bytes } => self.on_gossip(now_ms, from, &bytes, &mut out),
+            Input::Gossip { from, bytes } => self.on_gossip(now_ms, from, &bytes, out),
             Input::Request {
                 from,
                 request_id,
                 request,
-            } => self.on_request(now_ms, from, request_id, request, &mut out),
-            Input::Response { from, response } => {
-                self.on_response(now_ms, from, response, &mut out)
-            }
+            } => self.on_request(now_ms, from, request_id, request, out),
+            Input::Response { from, response } => self.on_response(now_ms, from, response, out),
             Input::RequestFailed { peer } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.busy = false;
@@ -498,10 +509,10 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 self.strike(
                     &from,
                     format!("sent a malformed sync message: {reason}"),
-                    &mut out,
+                    out,
                 );
             }
-            Input::PeerConnected { peer, node } => self.on_connected(peer, node, &mut out),
+            Input::PeerConnected { peer, node } => self.on_connected(peer, node, out),
             Input::PeerDisconnected { peer } => {
                 self.peers.remove(&peer);
             }
@@ -516,7 +527,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                         .nth((rand % n as u64) as usize)
                         .map(|(k, _)| k.clone())
                         .expect("n idle peers");
-                    self.send_heads(&peer, &mut out);
+                    self.send_heads(&peer, out);
                 }
                 out.push(Output::Schedule {
                     after_ms: self.config.anti_entropy_interval_ms,
@@ -534,7 +545,6 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 }
             }
         }
-        out
     }
 
     fn on_connected(&mut self, peer: P, node: NodeId, out: &mut Vec<Output<P>>) {
@@ -648,8 +658,8 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 ));
             }
             SyncRequest::Heads { heads } => {
-                let heads: Vec<ChangeHash> = heads.iter().map(from_wire).collect();
-                let missing = self.state.missing_for(&heads);
+                let theirs: Vec<ChangeHash> = heads.iter().map(from_wire).collect();
+                let missing = self.state.missing_for(&theirs);
                 let more = missing.len() > MAX_OFFER;
                 out.push(Output::Respond {
                     request_id,
@@ -659,8 +669,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                         more,
                     },
                 });
-                let wire: Vec<Hash> = heads.iter().map(to_wire).collect();
-                self.sync_if_behind(&from, &wire, out);
+                self.sync_if_behind(&from, &heads, out);
             }
             SyncRequest::Fetch { hashes } => {
                 let updates = hashes
