@@ -21,6 +21,9 @@ fn line(label: &str, s: &Scenario, seed: u64) -> Result<()> {
         h.finish(),
         r.passed
     );
+    for i in r.invariants.iter().filter(|i| !i.pass) {
+        println!("    {} failed: {}", i.name, i.detail);
+    }
     Ok(())
 }
 
