@@ -548,27 +548,30 @@ struct TwoOffers {
     sent: Vec<(u8, SyncRequest)>,
 }
 
+fn replica(n: u8) -> Replica<u8> {
+    Replica::new(
+        SignedState::new(root()),
+        node_id(n),
+        cert(n, &admin(), n),
+        ReplicaConfig::default(),
+    )
+}
+
 impl TwoOffers {
     fn new() -> Self {
-        let mk = |n: u8| {
-            Replica::new(
-                SignedState::new(root()),
-                node_id(n),
-                cert(n, &admin(), n),
-                ReplicaConfig::default(),
-            )
-        };
-        let mut peers = BTreeMap::new();
-        let mut r1 = mk(1);
+        let mut r1 = replica(1);
         let u = revocation(r1.state(), r#"User::"eve""#, 0);
         r1.submit(NOW_MS, &u).unwrap();
-        let mut r2 = mk(2);
+        let mut r2 = replica(2);
         r2.submit(NOW_MS, &u).unwrap();
-        peers.insert(1, r1);
-        peers.insert(2, r2);
+        TwoOffers::with(r1, r2)
+    }
+
+    /// Node 3 connected to `r1` and `r2`.
+    fn with(r1: Replica<u8>, r2: Replica<u8>) -> Self {
         let mut t = TwoOffers {
-            r3: mk(3),
-            peers,
+            r3: replica(3),
+            peers: [(1, r1), (2, r2)].into_iter().collect(),
             sent: Vec::new(),
         };
         for p in [1, 2] {
@@ -694,4 +697,36 @@ fn a_slow_fetch_is_hedged_with_the_other_peer_after_a_second() {
         !outs.iter().any(|o| matches!(o, Output::Send { .. })),
         "{outs:?}"
     );
+}
+
+#[test]
+fn a_guessed_dependency_holds_no_offer_back() {
+    // Peer 2 holds two updates, the second on top of the first; peer 1
+    // holds neither, yet relays the second by gossip.
+    let mut r2 = replica(2);
+    let u1 = revocation(r2.state(), r#"User::"a""#, 0);
+    r2.submit(NOW_MS, &u1).unwrap();
+    let u2 = revocation(r2.state(), r#"User::"b""#, 0);
+    r2.submit(NOW_MS, &u2).unwrap();
+    let mut t = TwoOffers::with(replica(1), r2);
+    for p in [1, 2] {
+        t.answer(NOW_MS, p);
+    }
+    // Whatever node 3 asked peer 1 so far, answered: it has nothing.
+    while t.sent.iter().any(|(p, _)| *p == 1) {
+        t.answer(NOW_MS, 1);
+    }
+    t.feed(NOW_MS, Input::Gossip { from: 1, bytes: u2 });
+    assert_eq!(t.r3.state().held_count(), 1);
+    assert_eq!(
+        t.fetches_to(1),
+        1,
+        "the missing dependency, asked of the relay"
+    );
+    // Peer 2's offer is fetched at once, though peer 1 was asked first.
+    t.answer(NOW_MS, 2);
+    assert_eq!(t.fetches_to(2), 1, "{:?}", t.sent);
+    t.answer(NOW_MS + 100, 2);
+    assert_eq!(t.r3.state().heads(), t.peers[&2].state().heads());
+    assert_eq!(t.r3.state().held_count(), 0);
 }
