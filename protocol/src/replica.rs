@@ -126,6 +126,14 @@ pub struct ReplicaConfig {
     /// Misbehaviours (forged or malformed messages) before a peer is banned.
     /// Default 3: one bad message can be an accident of versions, three cannot.
     pub strikes_to_ban: u32,
+    /// How long an update being fetched from one peer is not asked of the
+    /// other peers that offer it too, in milliseconds. Default 1,000: a
+    /// fetch takes one round trip, and one still unanswered after a second
+    /// has most likely lost a segment (TCP's initial retransmission timeout
+    /// is 1 s, RFC 6298); then the next peer that offers it is asked as
+    /// well. After a partition heals, every peer across the cut offers the
+    /// same updates at once, and without this each would send them all.
+    pub fetch_hedge_ms: u64,
 }
 
 impl Default for ReplicaConfig {
@@ -134,6 +142,7 @@ impl Default for ReplicaConfig {
             anti_entropy_interval_ms: 5_000,
             admission_timeout_ms: 10_000,
             strikes_to_ban: 3,
+            fetch_hedge_ms: 1_000,
         }
     }
 }
@@ -145,6 +154,9 @@ pub enum Timer<P> {
     AntiEntropy,
     /// The admission deadline of a peer.
     Admission(P),
+    /// Offered updates were left for a fetch in flight to another peer:
+    /// time to ask again if that fetch has not brought them.
+    Fetch,
 }
 
 /// An event for the replica.
@@ -370,6 +382,16 @@ pub struct Replica<P, S = SignedState> {
     cert: Vec<u8>,
     config: ReplicaConfig,
     peers: PeerTable<P>,
+    /// Hashes asked for by a `Fetch` in flight, and from which peer. A hash
+    /// another peer also offers is not asked for twice: it stays in that
+    /// peer's `to_fetch` until the fetch in flight ends, and is fetched
+    /// from that peer then only if the first fetch did not bring it.
+    /// `fetching`: with when (driver clock) it was asked.
+    fetching: BTreeMap<ChangeHash, (P, u64)>,
+    /// A [`Timer::Fetch`] is scheduled.
+    fetch_timer: bool,
+    /// The driver's clock at the last input, ms.
+    now_ms: u64,
     banned: BTreeSet<NodeId>,
     stats: ReplicaStats,
 }
@@ -392,6 +414,9 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             cert,
             config,
             peers: PeerTable::new(),
+            fetching: BTreeMap::new(),
+            fetch_timer: false,
+            now_ms: 0,
             banned: BTreeSet::new(),
             stats: ReplicaStats::default(),
         }
@@ -460,6 +485,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         bytes: &[u8],
     ) -> Result<(Ingested, Vec<Output<P>>), UpdateError> {
         let mut out = Vec::new();
+        self.now_ms = now_ms;
         let result = self.state.ingest(bytes);
         match &result {
             Ok(ingested) => {
@@ -479,31 +505,45 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
     /// Handles one event.
     pub fn handle(&mut self, now_ms: u64, rand: u64, input: Input<P>) -> Vec<Output<P>> {
         let mut out = Vec::new();
+        self.handle_into(now_ms, rand, input, &mut out);
+        out
+    }
+
+    /// Handles one event, appending its effects to `out` (as [`Self::handle`],
+    /// for a driver that reuses one vector across events).
+    pub fn handle_into(
+        &mut self,
+        now_ms: u64,
+        rand: u64,
+        input: Input<P>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        self.now_ms = now_ms;
         match input {
-            Input::Gossip { from, bytes } => self.on_gossip(now_ms, from, &bytes, &mut out),
+            Input::Gossip { from, bytes } => self.on_gossip(now_ms, from, &bytes, out),
             Input::Request {
                 from,
                 request_id,
                 request,
-            } => self.on_request(now_ms, from, request_id, request, &mut out),
-            Input::Response { from, response } => {
-                self.on_response(now_ms, from, response, &mut out)
-            }
+            } => self.on_request(now_ms, from, request_id, request, out),
+            Input::Response { from, response } => self.on_response(now_ms, from, response, out),
             Input::RequestFailed { peer } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.busy = false;
                 }
+                self.fetch_ended(&peer, out);
             }
             Input::Malformed { from, reason } => {
                 self.strike(
                     &from,
                     format!("sent a malformed sync message: {reason}"),
-                    &mut out,
+                    out,
                 );
             }
-            Input::PeerConnected { peer, node } => self.on_connected(peer, node, &mut out),
+            Input::PeerConnected { peer, node } => self.on_connected(peer, node, out),
             Input::PeerDisconnected { peer } => {
                 self.peers.remove(&peer);
+                self.fetch_ended(&peer, out);
             }
             Input::Timer(Timer::AntiEntropy) => {
                 let idle = |p: &&Peer| p.admitted && !p.busy;
@@ -516,12 +556,30 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                         .nth((rand % n as u64) as usize)
                         .map(|(k, _)| k.clone())
                         .expect("n idle peers");
-                    self.send_heads(&peer, &mut out);
+                    self.send_heads(&peer, out);
                 }
                 out.push(Output::Schedule {
                     after_ms: self.config.anti_entropy_interval_ms,
                     timer: Timer::AntiEntropy,
                 });
+            }
+            Input::Timer(Timer::Fetch) => {
+                self.fetch_timer = false;
+                if !self.fetching.is_empty() {
+                    let nobody = self.peers.keys.len();
+                    self.resume_fetches_but(nobody, out);
+                }
+                // Hashes still waiting (their peer was busy): look again.
+                if !self.fetch_timer
+                    && !self.fetching.is_empty()
+                    && self.peers.iter().any(|(_, p)| !p.to_fetch.is_empty())
+                {
+                    self.fetch_timer = true;
+                    out.push(Output::Schedule {
+                        after_ms: self.config.fetch_hedge_ms,
+                        timer: Timer::Fetch,
+                    });
+                }
             }
             Input::Timer(Timer::Admission(peer)) => {
                 if let Some(p) = self.peers.get(&peer)
@@ -534,7 +592,6 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 }
             }
         }
-        out
     }
 
     fn on_connected(&mut self, peer: P, node: NodeId, out: &mut Vec<Output<P>>) {
@@ -648,8 +705,8 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 ));
             }
             SyncRequest::Heads { heads } => {
-                let heads: Vec<ChangeHash> = heads.iter().map(from_wire).collect();
-                let missing = self.state.missing_for(&heads);
+                let theirs: Vec<ChangeHash> = heads.iter().map(from_wire).collect();
+                let missing = self.state.missing_for(&theirs);
                 let more = missing.len() > MAX_OFFER;
                 out.push(Output::Respond {
                     request_id,
@@ -659,8 +716,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                         more,
                     },
                 });
-                let wire: Vec<Hash> = heads.iter().map(to_wire).collect();
-                self.sync_if_behind(&from, &wire, out);
+                self.sync_if_behind(&from, &heads, out);
             }
             SyncRequest::Fetch { hashes } => {
                 let updates = hashes
@@ -689,6 +745,31 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         } else {
             return;
         }
+        // The peer's one request in flight is answered: what it was asked
+        // to fetch is no longer in flight (whatever the answer brings is
+        // ingested below, before other peers are asked for the rest).
+        let fetched = self.forget_fetching(&from);
+        self.on_answer(now_ms, from.clone(), response, out);
+        if fetched {
+            self.resume_fetches(&from, out);
+        }
+        // Offered hashes left waiting while this peer was busy.
+        if self
+            .peers
+            .get(&from)
+            .is_some_and(|p| p.admitted && !p.busy && !p.to_fetch.is_empty())
+        {
+            self.continue_fetch(&from, out);
+        }
+    }
+
+    fn on_answer(
+        &mut self,
+        now_ms: u64,
+        from: P,
+        response: SyncResponse,
+        out: &mut Vec<Output<P>>,
+    ) {
         match response {
             SyncResponse::Hello { cert, heads } => {
                 if self.admit(now_ms, &from, &cert, out) {
@@ -740,8 +821,49 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         }
     }
 
+    /// Forgets the hashes in flight from `peer`; true if there were any.
+    fn forget_fetching(&mut self, peer: &P) -> bool {
+        if self.fetching.is_empty() {
+            return false;
+        }
+        let before = self.fetching.len();
+        self.fetching.retain(|_, (q, _)| q != peer);
+        self.fetching.len() != before
+    }
+
+    /// The request in flight to `peer` ended without an answer (failed, or
+    /// the peer left): other peers are asked for what it was to bring.
+    fn fetch_ended(&mut self, peer: &P, out: &mut Vec<Output<P>>) {
+        if self.forget_fetching(peer) {
+            self.resume_fetches(peer, out);
+        }
+    }
+
+    /// Continues fetching from every idle peer (other than `except`) that
+    /// still has offered hashes waiting: those were left while another
+    /// peer was fetching them.
+    fn resume_fetches(&mut self, except: &P, out: &mut Vec<Output<P>>) {
+        let skip = self.peers.keys.binary_search(except).unwrap_or(usize::MAX);
+        self.resume_fetches_but(skip, out);
+    }
+
+    /// As [`Self::resume_fetches`], skipping the peer at index `skip`.
+    fn resume_fetches_but(&mut self, skip: usize, out: &mut Vec<Output<P>>) {
+        let waiting: Vec<P> = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, p))| *i != skip && p.admitted && !p.busy && !p.to_fetch.is_empty())
+            .map(|(_, (k, _))| k.clone())
+            .collect();
+        for k in waiting {
+            self.continue_fetch(&k, out);
+        }
+    }
+
     /// Sends the next `Fetch` to `peer`, or asks for more heads, or fetches
-    /// dependencies that held updates still wait for.
+    /// dependencies that held updates still wait for. Hashes a `Fetch` to
+    /// another peer is bringing are left in the queue for later.
     fn continue_fetch(&mut self, peer: &P, out: &mut Vec<Output<P>>) {
         let wanted = self.state.wanted();
         let Some(p) = self.peers.get_mut(peer) else {
@@ -750,18 +872,42 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         if p.busy {
             return;
         }
+        let now = self.now_ms;
+        let hedge = self.config.fetch_hedge_ms;
+        // In flight from another peer, and not for long.
+        let in_flight = |f: &BTreeMap<ChangeHash, (P, u64)>, h: &ChangeHash| {
+            f.get(h)
+                .is_some_and(|(q, since)| q != peer && now.saturating_sub(*since) < hedge)
+        };
         let mut batch: Vec<Hash> = Vec::new();
+        let mut later: Vec<ChangeHash> = Vec::new();
         while batch.len() < MAX_FETCH {
             let Some(h) = p.to_fetch.pop_front() else {
                 break;
             };
-            if !self.state.knows(&h) {
+            if self.state.knows(&h) {
+                continue;
+            }
+            if in_flight(&self.fetching, &h) {
+                later.push(h);
+            } else {
                 batch.push(to_wire(&h));
             }
+        }
+        // What the peer offered is recorded as in flight; the dependencies
+        // of held updates asked for below are a guess (the peer may not
+        // have them), and hold nobody else back.
+        let offered = batch.len();
+        let left = !later.is_empty();
+        for h in later.into_iter().rev() {
+            p.to_fetch.push_front(h);
         }
         for h in wanted {
             if batch.len() >= MAX_FETCH {
                 break;
+            }
+            if in_flight(&self.fetching, &h) {
+                continue;
             }
             let w = to_wire(&h);
             if !batch.contains(&w) {
@@ -770,6 +916,15 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         }
         if !batch.is_empty() {
             p.busy = true;
+            for h in &batch[..offered] {
+                let asked = self
+                    .fetching
+                    .entry(from_wire(h))
+                    .or_insert_with(|| (peer.clone(), now));
+                if asked.0 != *peer {
+                    *asked = (peer.clone(), now);
+                }
+            }
             out.push(Output::Send {
                 to: peer.clone(),
                 request: SyncRequest::Fetch { hashes: batch },
@@ -777,6 +932,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         } else if p.more {
             p.more = false;
             self.send_heads(peer, out);
+        }
+        if left && !self.fetch_timer {
+            self.fetch_timer = true;
+            out.push(Output::Schedule {
+                after_ms: self.config.fetch_hedge_ms,
+                timer: Timer::Fetch,
+            });
         }
     }
 
@@ -862,7 +1024,12 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         self.banned.insert(node);
         self.peers.remove(&peer);
         self.stats.bans += 1;
-        out.push(Output::Ban { peer, node, reason });
+        out.push(Output::Ban {
+            peer: peer.clone(),
+            node,
+            reason,
+        });
+        self.fetch_ended(&peer, out);
     }
 
     fn after_ingest(&mut self, _now_ms: u64, ingested: Ingested, out: &mut Vec<Output<P>>) {

@@ -537,3 +537,196 @@ fn a_revoked_node_is_banned_and_stays_out() {
         ));
     }
 }
+
+/// A replica (node 3) driven by hand against two real peers (1 and 2) that
+/// hold the same update, so that both offer it at the same time, as every
+/// peer across a healed partition does.
+struct TwoOffers {
+    r3: Replica<u8>,
+    peers: BTreeMap<u8, Replica<u8>>,
+    /// Requests node 3 sent and not yet answered: (peer, request).
+    sent: Vec<(u8, SyncRequest)>,
+}
+
+fn replica(n: u8) -> Replica<u8> {
+    Replica::new(
+        SignedState::new(root()),
+        node_id(n),
+        cert(n, &admin(), n),
+        ReplicaConfig::default(),
+    )
+}
+
+impl TwoOffers {
+    fn new() -> Self {
+        let mut r1 = replica(1);
+        let u = revocation(r1.state(), r#"User::"eve""#, 0);
+        r1.submit(NOW_MS, &u).unwrap();
+        let mut r2 = replica(2);
+        r2.submit(NOW_MS, &u).unwrap();
+        TwoOffers::with(r1, r2)
+    }
+
+    /// Node 3 connected to `r1` and `r2`.
+    fn with(r1: Replica<u8>, r2: Replica<u8>) -> Self {
+        let mut t = TwoOffers {
+            r3: replica(3),
+            peers: [(1, r1), (2, r2)].into_iter().collect(),
+            sent: Vec::new(),
+        };
+        for p in [1, 2] {
+            let r = t.peers.get_mut(&p).unwrap();
+            r.handle(
+                NOW_MS,
+                0,
+                Input::PeerConnected {
+                    peer: 3,
+                    node: node_id(3),
+                },
+            );
+            t.feed(
+                NOW_MS,
+                Input::PeerConnected {
+                    peer: p,
+                    node: node_id(p),
+                },
+            );
+        }
+        t
+    }
+
+    /// Hands `input` to node 3 and records what it sends.
+    fn feed(&mut self, now: u64, input: Input<u8>) -> Vec<Output<u8>> {
+        let outs = self.r3.handle(now, 0, input);
+        for o in &outs {
+            if let Output::Send { to, request } = o {
+                self.sent.push((*to, request.clone()));
+            }
+        }
+        outs
+    }
+
+    /// Answers node 3's oldest request to `peer` with that peer's real answer.
+    fn answer(&mut self, now: u64, peer: u8) -> Vec<Output<u8>> {
+        let i = self.sent.iter().position(|(p, _)| *p == peer).unwrap();
+        let (_, request) = self.sent.remove(i);
+        let outs = self.peers.get_mut(&peer).unwrap().handle(
+            now,
+            0,
+            Input::Request {
+                from: 3,
+                request_id: 1,
+                request,
+            },
+        );
+        let response = outs
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Respond { response, .. } => Some(response),
+                _ => None,
+            })
+            .unwrap();
+        self.feed(
+            now,
+            Input::Response {
+                from: peer,
+                response,
+            },
+        )
+    }
+
+    /// Node 3's requests in flight to `peer` that are fetches.
+    fn fetches_to(&self, peer: u8) -> usize {
+        self.sent
+            .iter()
+            .filter(|(p, r)| *p == peer && matches!(r, SyncRequest::Fetch { .. }))
+            .count()
+    }
+
+    /// Both peers have offered the update; the fetch goes to one of them.
+    fn both_offered() -> Self {
+        let mut t = TwoOffers::new();
+        // Hello answers (admission), then the offers.
+        for p in [1, 2] {
+            t.answer(NOW_MS, p);
+        }
+        for p in [1, 2] {
+            t.answer(NOW_MS, p);
+        }
+        t
+    }
+}
+
+#[test]
+fn an_update_offered_by_two_peers_is_fetched_once() {
+    let mut t = TwoOffers::both_offered();
+    assert_eq!(t.fetches_to(1), 1, "{:?}", t.sent);
+    assert_eq!(t.fetches_to(2), 0, "the second offer waits: {:?}", t.sent);
+    t.answer(NOW_MS + 100, 1);
+    assert_eq!(t.r3.state().heads(), t.peers[&1].state().heads());
+    // The retry timer finds nothing left to fetch.
+    t.feed(NOW_MS + 1_000, Input::Timer(Timer::Fetch));
+    assert_eq!(t.fetches_to(2), 0, "{:?}", t.sent);
+    assert_eq!(t.r3.stats().synced, 1);
+}
+
+#[test]
+fn a_failed_fetch_is_asked_of_the_other_peer_that_offered() {
+    let mut t = TwoOffers::both_offered();
+    assert_eq!(t.fetches_to(1), 1);
+    t.sent.retain(|(p, _)| *p != 1);
+    t.feed(NOW_MS + 30_000, Input::RequestFailed { peer: 1 });
+    assert_eq!(t.fetches_to(2), 1, "{:?}", t.sent);
+    t.answer(NOW_MS + 30_100, 2);
+    assert_eq!(t.r3.state().heads(), t.peers[&2].state().heads());
+}
+
+#[test]
+fn a_slow_fetch_is_hedged_with_the_other_peer_after_a_second() {
+    let mut t = TwoOffers::both_offered();
+    let hedge = ReplicaConfig::default().fetch_hedge_ms;
+    let outs = t.feed(NOW_MS + hedge / 2, Input::Timer(Timer::Fetch));
+    assert_eq!(t.fetches_to(2), 0, "not yet: {outs:?}");
+    t.feed(NOW_MS + hedge, Input::Timer(Timer::Fetch));
+    assert_eq!(t.fetches_to(2), 1, "{:?}", t.sent);
+    t.answer(NOW_MS + hedge + 100, 2);
+    assert_eq!(t.r3.state().heads(), t.peers[&2].state().heads());
+    // The first answer, arriving late, changes nothing and asks for nothing.
+    let outs = t.answer(NOW_MS + hedge + 200, 1);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Send { .. })),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn a_guessed_dependency_holds_no_offer_back() {
+    // Peer 2 holds two updates, the second on top of the first; peer 1
+    // holds neither, yet relays the second by gossip.
+    let mut r2 = replica(2);
+    let u1 = revocation(r2.state(), r#"User::"a""#, 0);
+    r2.submit(NOW_MS, &u1).unwrap();
+    let u2 = revocation(r2.state(), r#"User::"b""#, 0);
+    r2.submit(NOW_MS, &u2).unwrap();
+    let mut t = TwoOffers::with(replica(1), r2);
+    for p in [1, 2] {
+        t.answer(NOW_MS, p);
+    }
+    // Whatever node 3 asked peer 1 so far, answered: it has nothing.
+    while t.sent.iter().any(|(p, _)| *p == 1) {
+        t.answer(NOW_MS, 1);
+    }
+    t.feed(NOW_MS, Input::Gossip { from: 1, bytes: u2 });
+    assert_eq!(t.r3.state().held_count(), 1);
+    assert_eq!(
+        t.fetches_to(1),
+        1,
+        "the missing dependency, asked of the relay"
+    );
+    // Peer 2's offer is fetched at once, though peer 1 was asked first.
+    t.answer(NOW_MS, 2);
+    assert_eq!(t.fetches_to(2), 1, "{:?}", t.sent);
+    t.answer(NOW_MS + 100, 2);
+    assert_eq!(t.r3.state().heads(), t.peers[&2].state().heads());
+    assert_eq!(t.r3.state().held_count(), 0);
+}

@@ -3,7 +3,7 @@
 //! 50 ms delay with 10% loss, and the 50-node model check against the
 //! loopback measurement.
 //!
-//! `cargo run --release -p weft-simulations --example goals -- [hour|wan|model|all] [SEED]`
+//! `cargo run --release -p weft-simulations --example goals -- [hour|wan|model|all] [SEED] [ROW]`
 
 use std::time::Instant;
 
@@ -84,6 +84,14 @@ fn show(label: &str, r: &Report, wall: f64, cpu: f64) {
         r.traffic.bytes_per_node,
         r.traffic.idontwant_sent
     );
+    println!(
+        "   payload copies {}: gossip {}, IWANT answers {}, sync {}; first deliveries {}",
+        r.traffic.payload_copies,
+        r.traffic.copies_gossip,
+        r.traffic.copies_iwant,
+        r.traffic.copies_sync,
+        r.traffic.first_deliveries
+    );
     for h in &r.heals {
         println!(
             "   heal at {} ms ({}): converged after {:?} ms",
@@ -127,16 +135,25 @@ fn hour(seed: u64) -> Result<()> {
     Ok(())
 }
 
-fn wan(seed: u64) -> Result<()> {
+fn wan(seed: u64, only: Option<usize>) -> Result<()> {
     // The last row sends IDONTWANT for every message (threshold 0), which
     // the node's configuration never does for updates this small.
-    for (model, d, idontwant) in [
+    for (row, (model, d, idontwant)) in [
         (LossModel::Retransmit, (6, 2, 12), 1_000),
         (LossModel::Drop, (6, 2, 12), 1_000),
         (LossModel::Retransmit, (3, 2, 6), 1_000),
         (LossModel::Drop, (3, 2, 6), 1_000),
         (LossModel::Retransmit, (6, 2, 12), 0),
-    ] {
+        (LossModel::Retransmit, (5, 2, 10), 1_000),
+        (LossModel::Retransmit, (4, 2, 8), 1_000),
+        (LossModel::Drop, (4, 2, 8), 1_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if only.is_some_and(|o| o != row + 1) {
+            continue;
+        }
         let mut s = base("goal-wan", 10_000);
         s.duration = 300_000;
         s.workload.interval = 5_000;
@@ -190,14 +207,16 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map(String::as_str).unwrap_or("all");
     let seed = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+    // `wan SEED ROW` runs one row of the table (1 to 8).
+    let row = args.get(3).and_then(|s| s.parse().ok());
     let _ = (FaultKind::Partition, Shape::Halves);
     match which {
         "hour" => hour(seed),
-        "wan" => wan(seed),
+        "wan" => wan(seed, row),
         "model" => model(seed),
         _ => {
             model(seed)?;
-            wan(seed)?;
+            wan(seed, None)?;
             hour(seed)
         }
     }

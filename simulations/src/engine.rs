@@ -42,7 +42,7 @@
 //! the seen-sets (one bitset array by interned message index). The event
 //! queue is a timing wheel of reusable per-millisecond buckets.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -143,6 +143,11 @@ enum Msg {
     },
 }
 
+/// Bytes on the wire of an IHAVE with `ids` ids (as [`Msg::size`]).
+fn ihave_size(ids: usize) -> u64 {
+    16 + 32 * ids as u64 + 6
+}
+
 impl Msg {
     /// Bytes on the wire, approximately: gossipsub's protobuf framing is
     /// about 64 bytes around a message and 8 per control message; sync
@@ -153,7 +158,7 @@ impl Msg {
         (match self {
             Msg::Gossip { bytes, .. } => bytes.len() as u64 + ENVELOPE as u64,
             Msg::Oversized { len } => *len as u64,
-            Msg::IHave(ids) => 16 + 32 * ids.len() as u64,
+            Msg::IHave(ids) => return ihave_size(ids.len()),
             Msg::IWant(ids) => 16 + 32 * ids.len() as u64,
             Msg::IDontWant(_) => 16 + 32,
             Msg::Graft | Msg::Prune => 24,
@@ -283,7 +288,16 @@ struct EventQueue {
     /// and the wheel need not be scanned again up to here).
     scan: u64,
     far: BTreeMap<(u64, u64), Ev>,
+    /// Large, empty buckets from past bursts, handed to the next bucket
+    /// that fills up, so that a burst (every node's anti-entropy timer in
+    /// one millisecond) costs no chain of reallocations.
+    spare: Vec<VecDeque<(u64, Ev)>>,
 }
+
+/// Buckets at least this large go to the spare pool when they empty.
+const BIG_BUCKET: usize = 1_024;
+/// Spare buckets kept at most.
+const SPARE_BUCKETS: usize = 4;
 
 impl Default for EventQueue {
     fn default() -> Self {
@@ -293,6 +307,7 @@ impl Default for EventQueue {
             cursor: 0,
             scan: 0,
             far: BTreeMap::new(),
+            spare: Vec::new(),
         }
     }
 }
@@ -301,7 +316,15 @@ impl EventQueue {
     fn push(&mut self, at: u64, seq: u64, ev: Ev) {
         debug_assert!(at >= self.cursor, "no event is scheduled in the past");
         if at - self.cursor < WHEEL {
-            self.slots[(at % WHEEL) as usize].push_back((seq, ev));
+            let slot = &mut self.slots[(at % WHEEL) as usize];
+            if slot.len() == slot.capacity()
+                && slot.len() >= 64
+                && let Some(mut big) = self.spare.pop()
+            {
+                big.extend(slot.drain(..));
+                *slot = big;
+            }
+            slot.push_back((seq, ev));
             self.in_wheel += 1;
             self.scan = self.scan.min(at);
         } else {
@@ -334,11 +357,17 @@ impl EventQueue {
         wheel?;
         let slot = &mut self.slots[(t % WHEEL) as usize];
         let (seq, ev) = slot.pop_front().expect("not empty");
-        if slot.is_empty() && slot.capacity() > 1_024 {
+        if slot.is_empty() && slot.capacity() > BIG_BUCKET {
             // A burst (every node connecting at once, a heal) should not
-            // pin memory in thousands of buckets; below that, buckets keep
-            // their room, so a busy millisecond costs no reallocation.
-            slot.shrink_to(64);
+            // pin memory in thousands of buckets: a few go to the spare
+            // pool, the rest shrink. Below that, buckets keep their room,
+            // so a busy millisecond costs no reallocation.
+            if self.spare.len() < SPARE_BUCKETS {
+                self.spare
+                    .push(std::mem::replace(slot, VecDeque::with_capacity(64)));
+            } else {
+                slot.shrink_to(64);
+            }
         }
         self.in_wheel -= 1;
         self.cursor = t;
@@ -363,10 +392,12 @@ struct Node<S> {
     byzantine: bool,
     skew_ms: i64,
     gossip: GossipNode,
-    disk: BTreeMap<ChangeHash, Arc<[u8]>>,
+    /// The node's store (lookups only: a restart loads it in hash order).
+    disk: HashMap<ChangeHash, Arc<[u8]>, Det>,
     unflushed: VecDeque<(ChangeHash, Arc<[u8]>)>,
-    acked: BTreeSet<ChangeHash>,
-    acked_at_crash: Option<BTreeSet<ChangeHash>>,
+    /// What the node acknowledged (lookups only: checked in hash order).
+    acked: HashSet<ChangeHash, Det>,
+    acked_at_crash: Option<HashSet<ChangeHash, Det>>,
     durable: bool,
     revoked_seen: BTreeSet<u32>,
 }
@@ -442,6 +473,8 @@ struct Counters {
     partitioned: u64,
     duplicated: u64,
     payload_copies: u64,
+    iwant_copies: u64,
+    sync_copies: u64,
     first_deliveries: u64,
     gossip_duplicates_dropped: u64,
     idontwant_sent: u64,
@@ -466,6 +499,9 @@ struct Sim<'a, P: Payload> {
     seen: SeenSets,
     scratch_sends: Vec<(u32, Msg)>,
     scratch_peers: Vec<u32>,
+    scratch_ids: Vec<MsgIdx>,
+    scratch_lazy: Vec<u32>,
+    scratch_outs: Vec<Output<u32>>,
     /// Each node's open connections (apart from [`Node`], as [`Hot`]: every
     /// delivery checks its connection).
     conns: Vec<PeerSet>,
@@ -517,6 +553,9 @@ impl<'a, P: Payload> Sim<'a, P> {
             seen: SeenSets::new(sc.nodes),
             scratch_sends: Vec::new(),
             scratch_peers: Vec::new(),
+            scratch_ids: Vec::new(),
+            scratch_lazy: Vec::new(),
+            scratch_outs: Vec::new(),
             conns: vec![PeerSet::new(); sc.nodes],
             link_ready: vec![Vec::new(); sc.nodes],
             dialled: vec![BTreeSet::new(); sc.nodes],
@@ -608,9 +647,9 @@ impl<'a, P: Payload> Sim<'a, P> {
                 byzantine: byzantine.contains(&(i as u32)),
                 skew_ms,
                 gossip: GossipNode::new(),
-                disk: BTreeMap::new(),
+                disk: HashMap::default(),
                 unflushed: VecDeque::new(),
-                acked: BTreeSet::new(),
+                acked: HashSet::default(),
                 acked_at_crash: None,
                 durable: true,
                 revoked_seen: BTreeSet::new(),
@@ -896,8 +935,6 @@ impl<'a, P: Payload> Sim<'a, P> {
     }
 
     fn send(&mut self, from: u32, to: u32, msg: Msg) {
-        self.c.bytes[from as usize] += msg.size();
-        self.c.messages += 1;
         if let Msg::Gossip { .. } = msg {
             self.c.payload_copies += 1;
         }
@@ -905,32 +942,11 @@ impl<'a, P: Payload> Sim<'a, P> {
             && let SyncResponse::Updates { updates } = &**response
         {
             self.c.payload_copies += updates.len() as u64;
+            self.c.sync_copies += updates.len() as u64;
         }
-        if self.blocked(from, to) {
-            self.c.partitioned += 1;
+        let Some(held_back) = self.transmit(from, to, msg.size()) else {
             return;
-        }
-        let mut held_back = 0;
-        if self.sc.network.loss > 0.0 {
-            match self.sc.network.loss_model {
-                LossModel::Drop => {
-                    if self.rng.random::<f64>() < self.sc.network.loss {
-                        self.c.lost += 1;
-                        return;
-                    }
-                }
-                LossModel::Retransmit => {
-                    let mut rto = self.sc.network.rto.max(1);
-                    while self.rng.random::<f64>() < self.sc.network.loss && rto < 120_000 {
-                        self.c.lost += 1;
-                        self.c.bytes[from as usize] += msg.size();
-                        held_back += rto;
-                        rto *= 2;
-                    }
-                }
-            }
-        }
-        let receiver = self.hot[to as usize];
+        };
         let seen = &self.seen;
         let useless = match &msg {
             Msg::Gossip { id, .. } => seen.has(to, *id),
@@ -940,11 +956,50 @@ impl<'a, P: Payload> Sim<'a, P> {
             Msg::IDontWant(id) => seen.has(to, *id),
             _ => false,
         };
-        if useless && receiver.up {
+        if useless && self.hot[to as usize].up {
             self.c.gossip_duplicates_dropped += 1;
             return;
         }
-        let inc_to = receiver.inc;
+        self.enqueue(from, to, held_back, msg);
+    }
+
+    /// The first half of a send: counts a message of `size` bytes, and
+    /// applies the partition and the loss. `None` if it is gone; otherwise
+    /// how long retransmissions hold it back, ms.
+    fn transmit(&mut self, from: u32, to: u32, size: u64) -> Option<u64> {
+        self.c.bytes[from as usize] += size;
+        self.c.messages += 1;
+        if self.blocked(from, to) {
+            self.c.partitioned += 1;
+            return None;
+        }
+        let mut held_back = 0;
+        if self.sc.network.loss > 0.0 {
+            match self.sc.network.loss_model {
+                LossModel::Drop => {
+                    if self.rng.random::<f64>() < self.sc.network.loss {
+                        self.c.lost += 1;
+                        return None;
+                    }
+                }
+                LossModel::Retransmit => {
+                    let mut rto = self.sc.network.rto.max(1);
+                    while self.rng.random::<f64>() < self.sc.network.loss && rto < 120_000 {
+                        self.c.lost += 1;
+                        self.c.bytes[from as usize] += size;
+                        held_back += rto;
+                        rto *= 2;
+                    }
+                }
+            }
+        }
+        Some(held_back)
+    }
+
+    /// The second half of a send: duplication, delay, in-order delivery on
+    /// the connection, and the delivery event.
+    fn enqueue(&mut self, from: u32, to: u32, held_back: u64, msg: Msg) {
+        let inc_to = self.hot[to as usize].inc;
         if self.sc.network.duplicate > 0.0 && self.rng.random::<f64>() < self.sc.network.duplicate {
             self.c.duplicated += 1;
             let d = self.delay(from, to) + held_back;
@@ -1054,15 +1109,24 @@ impl<'a, P: Payload> Sim<'a, P> {
         let Some(r) = self.nodes[n as usize].replica.as_mut() else {
             return false;
         };
-        let outs = r.handle(now, rand, input);
-        self.carry_out(n, outs)
+        let mut outs = std::mem::take(&mut self.scratch_outs);
+        r.handle_into(now, rand, input, &mut outs);
+        let accepted = self.carry_out_drain(n, &mut outs);
+        self.scratch_outs = outs;
+        accepted
     }
 
-    fn carry_out(&mut self, n: u32, outs: Vec<Output<u32>>) -> bool {
+    fn carry_out(&mut self, n: u32, mut outs: Vec<Output<u32>>) -> bool {
+        self.carry_out_drain(n, &mut outs)
+    }
+
+    /// Carries out (and empties) `outs`; true when they accept a gossip
+    /// message.
+    fn carry_out_drain(&mut self, n: u32, outs: &mut Vec<Output<u32>>) -> bool {
         let mut touched: BTreeSet<u32> = BTreeSet::new();
         let mut applied_any = false;
         let mut accepted = false;
-        for out in outs {
+        for out in outs.drain(..) {
             match out {
                 Output::Publish(bytes) => self.publish(n, bytes),
                 Output::Verdict(v) => {
@@ -1329,7 +1393,11 @@ impl<'a, P: Payload> Sim<'a, P> {
                 sends.push((p, Msg::Prune));
             }
         }
-        let ids: Arc<[MsgIdx]> = node.gossip.gossip_ids(k, hg).into();
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        let mut lazy = std::mem::take(&mut self.scratch_lazy);
+        ids.clear();
+        lazy.clear();
+        node.gossip.gossip_ids_into(k, hg, &mut ids);
         if !ids.is_empty() {
             cands.clear();
             cands.extend(conns.iter().filter(|p| !node.gossip.mesh.contains(p)));
@@ -1338,7 +1406,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                     break;
                 }
                 let i = self.rng.random_range(0..cands.len());
-                sends.push((cands.swap_remove(i), Msg::IHave(ids.clone())));
+                lazy.push(cands.swap_remove(i));
             }
         }
         node.gossip.prune(k + 1, hl);
@@ -1349,8 +1417,25 @@ impl<'a, P: Payload> Sim<'a, P> {
         for (p, m) in sends.drain(..) {
             self.send(n, p, m);
         }
+        // IHAVE, as `send` would carry it; the ids are shared by every
+        // target, and copied only if one of them is missing one.
+        let size = ihave_size(ids.len());
+        let mut shared: Option<Arc<[MsgIdx]>> = None;
+        for &p in &lazy {
+            let Some(held_back) = self.transmit(n, p, size) else {
+                continue;
+            };
+            if self.hot[p as usize].up && ids.iter().all(|id| self.seen.has(p, *id)) {
+                self.c.gossip_duplicates_dropped += 1;
+                continue;
+            }
+            let ids = shared.get_or_insert_with(|| Arc::from(&ids[..])).clone();
+            self.enqueue(n, p, held_back, Msg::IHave(ids));
+        }
         self.scratch_sends = sends;
         self.scratch_peers = cands;
+        self.scratch_ids = ids;
+        self.scratch_lazy = lazy;
         if again {
             self.ensure_heartbeat(n);
         }
@@ -1399,12 +1484,14 @@ impl<'a, P: Payload> Sim<'a, P> {
                     g.remember(id, e);
                     // Not back to the sender, not to the publisher, not to
                     // a peer that said IDONTWANT (gossipsub's `forward_msg`).
-                    let mesh: Vec<u32> = g
-                        .mesh
-                        .iter()
-                        .filter(|p| *p != from && *p != source && !g.dont_want(*p, id, now))
-                        .collect();
-                    for p in mesh {
+                    let mut mesh = std::mem::take(&mut self.scratch_peers);
+                    mesh.clear();
+                    mesh.extend(
+                        g.mesh
+                            .iter()
+                            .filter(|p| *p != from && *p != source && !g.dont_want(*p, id, now)),
+                    );
+                    for &p in &mesh {
                         self.send(
                             to,
                             p,
@@ -1415,6 +1502,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                             },
                         );
                     }
+                    self.scratch_peers = mesh;
                     self.ensure_heartbeat(to);
                 }
             }
@@ -1450,6 +1538,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                         && !g.dont_want(from, id, self.now)
                         && let Some((bytes, source)) = self.msg_bytes[id as usize].clone()
                     {
+                        self.c.iwant_copies += 1;
                         self.send(to, from, Msg::Gossip { id, source, bytes });
                     }
                 }
@@ -1645,13 +1734,21 @@ impl<'a, P: Payload> Sim<'a, P> {
 
     fn restart(&mut self, n: u32) {
         let mut state = self.payload.fresh();
-        let stored: Vec<Arc<[u8]>> = self.nodes[n as usize].disk.values().cloned().collect();
+        let mut stored: Vec<(ChangeHash, Arc<[u8]>)> = self.nodes[n as usize]
+            .disk
+            .iter()
+            .map(|(h, b)| (*h, b.clone()))
+            .collect();
+        stored.sort_unstable_by_key(|(h, _)| *h);
+        let stored: Vec<Arc<[u8]>> = stored.into_iter().map(|(_, b)| b).collect();
         if !stored.is_empty() {
             // The node loads its store: each update verified again.
             let _ = state.ingest_batch(stored);
         }
         let node = &mut self.nodes[n as usize];
         if let Some(acked) = node.acked_at_crash.take() {
+            let mut acked: Vec<ChangeHash> = acked.into_iter().collect();
+            acked.sort_unstable();
             for h in acked {
                 if !self.payload.contains(&state, &h) {
                     self.obs.lost.push((n, h, self.now));
@@ -1927,6 +2024,9 @@ impl<'a, P: Payload> Sim<'a, P> {
                 partitioned: self.c.partitioned,
                 duplicated: self.c.duplicated,
                 payload_copies: self.c.payload_copies,
+                copies_gossip: self.c.payload_copies - self.c.iwant_copies - self.c.sync_copies,
+                copies_iwant: self.c.iwant_copies,
+                copies_sync: self.c.sync_copies,
                 first_deliveries: self.c.first_deliveries,
                 amplification: if self.c.first_deliveries == 0 {
                     0.0

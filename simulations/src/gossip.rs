@@ -120,70 +120,126 @@ pub fn msg_id(data: &[u8]) -> MsgId {
 /// per-node seen-sets are bitsets a few words long instead of hash sets.
 pub type MsgIdx = u32;
 
-/// A small set of peers as a sorted vector: a node has a few dozen
-/// connections at most, and a sorted vector keeps them in one or two cache
-/// lines and iterates in the same order as a `BTreeSet`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerSet(Vec<u32>);
+/// Peers a [`PeerSet`] holds without a heap allocation: a node dials 8
+/// peers and is dialled by about as many, so most connection sets and
+/// every mesh fit.
+const INLINE_PEERS: usize = 22;
+
+/// A small set of peers, sorted: a node has a few dozen connections at
+/// most. Up to [`INLINE_PEERS`] are kept inline, so that checking a
+/// connection reads the dense array it sits in and follows no pointer;
+/// more spill to a sorted vector. Iterates in ascending order, as a
+/// `BTreeSet` does.
+#[derive(Clone, Debug)]
+pub struct PeerSet {
+    len: u32,
+    inline: [u32; INLINE_PEERS],
+    /// All the peers, when there are more than fit inline.
+    spill: Vec<u32>,
+}
+
+impl Default for PeerSet {
+    fn default() -> Self {
+        PeerSet {
+            len: 0,
+            inline: [0; INLINE_PEERS],
+            spill: Vec::new(),
+        }
+    }
+}
+
+impl PartialEq for PeerSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for PeerSet {}
 
 impl PeerSet {
     /// An empty set.
     pub fn new() -> Self {
-        PeerSet(Vec::new())
+        PeerSet::default()
     }
 
     /// Whether `p` is in the set.
     #[inline]
     pub fn contains(&self, p: &u32) -> bool {
-        self.0.binary_search(p).is_ok()
+        self.as_slice().binary_search(p).is_ok()
     }
 
     /// Adds `p`; true if it was not there.
     pub fn insert(&mut self, p: u32) -> bool {
-        match self.0.binary_search(&p) {
-            Ok(_) => false,
-            Err(i) => {
-                self.0.insert(i, p);
-                true
+        let Err(i) = self.as_slice().binary_search(&p) else {
+            return false;
+        };
+        let len = self.len as usize;
+        if len < INLINE_PEERS {
+            self.inline.copy_within(i..len, i + 1);
+            self.inline[i] = p;
+        } else {
+            if len == INLINE_PEERS {
+                self.spill = self.inline.to_vec();
             }
+            self.spill.insert(i, p);
         }
+        self.len += 1;
+        true
     }
 
     /// Removes `p`; true if it was there.
     pub fn remove(&mut self, p: &u32) -> bool {
-        match self.0.binary_search(p) {
-            Ok(i) => {
-                self.0.remove(i);
-                true
+        let Ok(i) = self.as_slice().binary_search(p) else {
+            return false;
+        };
+        let len = self.len as usize;
+        if len <= INLINE_PEERS {
+            self.inline.copy_within(i + 1..len, i);
+        } else {
+            self.spill.remove(i);
+            if len - 1 == INLINE_PEERS {
+                self.inline.copy_from_slice(&self.spill);
+                self.spill = Vec::new();
             }
-            Err(_) => false,
         }
+        self.len -= 1;
+        true
     }
 
     /// How many.
     #[inline]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.len as usize
     }
 
     /// Whether empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 
     /// In ascending order.
     pub fn iter(&self) -> std::iter::Copied<std::slice::Iter<'_, u32>> {
-        self.0.iter().copied()
+        self.as_slice().iter().copied()
     }
 
     /// As a sorted slice.
+    #[inline]
     pub fn as_slice(&self) -> &[u32] {
-        &self.0
+        let len = self.len as usize;
+        if len <= INLINE_PEERS {
+            &self.inline[..len]
+        } else {
+            &self.spill
+        }
     }
 
     /// Keeps the peers for which `f` holds.
-    pub fn retain(&mut self, f: impl FnMut(&u32) -> bool) {
-        self.0.retain(f);
+    pub fn retain(&mut self, mut f: impl FnMut(&u32) -> bool) {
+        let kept: Vec<u32> = self.iter().filter(|p| f(p)).collect();
+        *self = PeerSet::new();
+        for p in kept {
+            self.insert(p);
+        }
     }
 }
 
@@ -264,8 +320,10 @@ pub struct GossipNode {
     pub asked: HashMap<MsgIdx, (u64, u32), Det>,
     /// IDONTWANTs received: (peer, message, until when they hold).
     dont_send: Vec<(u32, MsgIdx, u64)>,
-    /// The message cache: (window, messages), oldest first.
-    windows: VecDeque<(u64, Vec<MsgIdx>)>,
+    /// The message cache: (window, message), oldest first (one flat queue:
+    /// a window rarely holds more than one message, and a heartbeat reads
+    /// them all).
+    windows: VecDeque<(u64, MsgIdx)>,
     /// A heartbeat is scheduled.
     pub heartbeat_scheduled: bool,
 }
@@ -299,26 +357,31 @@ impl GossipNode {
 
     /// Puts an accepted message into window `e` (the next heartbeat's number).
     pub fn remember(&mut self, id: MsgIdx, e: u64) {
-        match self.windows.back_mut() {
-            Some((w, ids)) if *w == e => ids.push(id),
-            _ => self.windows.push_back((e, vec![id])),
-        }
+        self.windows.push_back((e, id));
     }
 
     /// Messages heartbeat `k` announces by IHAVE.
     pub fn gossip_ids(&self, k: u64, history_gossip: usize) -> Vec<MsgIdx> {
-        self.windows
-            .iter()
-            .filter(|(e, _)| *e <= k && e + history_gossip as u64 > k)
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect()
+        let mut out = Vec::new();
+        self.gossip_ids_into(k, history_gossip, &mut out);
+        out
+    }
+
+    /// Messages heartbeat `k` announces by IHAVE, appended to `out`.
+    pub fn gossip_ids_into(&self, k: u64, history_gossip: usize, out: &mut Vec<MsgIdx>) {
+        out.extend(
+            self.windows
+                .iter()
+                .filter(|(e, _)| *e <= k && e + history_gossip as u64 > k)
+                .map(|(_, id)| *id),
+        );
     }
 
     /// Whether a message is still answerable to IWANT when the next heartbeat is `u`.
     pub fn in_cache(&self, id: MsgIdx, u: u64, history_length: usize) -> bool {
         self.windows
             .iter()
-            .any(|(e, ids)| e + history_length as u64 > u && ids.contains(&id))
+            .any(|(e, i)| e + history_length as u64 > u && *i == id)
     }
 
     /// Whether a heartbeat after `k` still has ids to announce.
@@ -337,5 +400,42 @@ impl GossipNode {
         {
             self.windows.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn peer_set_behaves_as_a_sorted_set_inline_and_spilled() {
+        let mut set = PeerSet::new();
+        let mut model = BTreeSet::new();
+        // A fixed pseudo-random walk of inserts and removes across the
+        // inline limit and back.
+        let mut x = 12_345u64;
+        for step in 0..4_000_u32 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let p = ((x >> 33) % 40) as u32;
+            let grow = (step / 500_u32).is_multiple_of(2);
+            if !(x >> 20).is_multiple_of(3) || grow {
+                assert_eq!(set.insert(p), model.insert(p));
+            } else {
+                assert_eq!(set.remove(&p), model.remove(&p));
+            }
+            assert_eq!(set.len(), model.len());
+            assert!(set.iter().eq(model.iter().copied()));
+            assert_eq!(set.contains(&p), model.contains(&p));
+        }
+        set.retain(|p| p % 2 == 0);
+        model.retain(|p| p % 2 == 0);
+        assert!(set.iter().eq(model.iter().copied()));
+        let mut other = PeerSet::new();
+        for p in model.iter().rev() {
+            other.insert(*p);
+        }
+        assert_eq!(set, other);
     }
 }

@@ -69,6 +69,13 @@ pub struct Traffic {
     pub duplicated: u64,
     /// Payload copies sent (gossip, IWANT answers, sync).
     pub payload_copies: u64,
+    /// Of which gossip: eager pushes to mesh peers and a publisher's own
+    /// updates to its peers.
+    pub copies_gossip: u64,
+    /// Of which answers to IWANT.
+    pub copies_iwant: u64,
+    /// Of which updates in sync responses.
+    pub copies_sync: u64,
     /// First deliveries of updates to honest nodes.
     pub first_deliveries: u64,
     /// `payload_copies / first_deliveries`.
