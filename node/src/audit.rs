@@ -697,30 +697,23 @@ pub fn start(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut control_batch = Vec::with_capacity(WRITE_BATCH);
-        let mut decisions_open = true;
-        let mut control_open = true;
         loop {
+            // Both queues' senders live in every `AuditHandle`, so either
+            // ending means every handle is gone; what the other still holds
+            // is written below.
             tokio::select! {
                 // The node task's events first: a flood of decisions never
                 // holds them back.
                 biased;
-                n = control_rx.recv_many(&mut control_batch, WRITE_BATCH), if control_open => {
+                n = control_rx.recv_many(&mut control_batch, WRITE_BATCH) => {
                     if n == 0 {
-                        control_open = false;
-                        if !decisions_open {
-                            break;
-                        }
-                        continue;
+                        break;
                     }
                     write_batch(&log, &counters, control_batch.drain(..));
                 }
-                n = rx.recv_many(&mut batch, WRITE_BATCH), if decisions_open => {
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
-                        decisions_open = false;
-                        if !control_open {
-                            break;
-                        }
-                        continue;
+                        break;
                     }
                     write_batch(&log, &counters, batch.drain(..));
                     if n < WRITE_BATCH {

@@ -94,6 +94,39 @@ async fn push_bytes(lab: &Lab, i: usize, bytes: Vec<u8>) -> Result<String> {
     Ok(body["id"].as_str().context("no id")?.to_owned())
 }
 
+/// Waits until every node's heads are exactly `[id]`.
+async fn wait_all_at(lab: &Lab, id: &str, timeout: Duration, what: &str) -> Result<Duration> {
+    eventually(timeout, what, || async move {
+        for i in 0..lab.nodes.len() {
+            if lab.heads(i).await? != [id] {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
+/// Waits until every node has the same heads and holds every one of `ids`;
+/// returns how long it took.
+async fn wait_converged(
+    lab: &Lab,
+    ids: &[String],
+    timeout: Duration,
+    what: &str,
+) -> Result<Duration> {
+    eventually(timeout, what, || async move {
+        let first = lab.heads(0).await?;
+        for i in 0..lab.nodes.len() {
+            if lab.heads(i).await? != first || !lab.holds(i, ids).await?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------
 
 /// Six nodes split 3|3. Each side revokes a different subject and writes a
@@ -110,20 +143,11 @@ async fn split_brain_both_sides_enforce_their_own_state_and_converge_after_the_h
     let v1 = bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?;
     let v1_id = push_file(&lab, 0, &v1).await?;
     let lab_ref = &lab;
-    eventually(
+    wait_all_at(
+        &lab,
+        &v1_id,
         Duration::from_secs(20),
         "bundle v1 to reach all six",
-        || {
-            let v1_id = v1_id.clone();
-            async move {
-                for i in 0..6 {
-                    if lab_ref.heads(i).await? != [v1_id.clone()] {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-        },
     )
     .await?;
 
@@ -234,31 +258,17 @@ async fn split_brain_both_sides_enforce_their_own_state_and_converge_after_the_h
     // everywhere, and all six decide alike.
     lab.heal_all()?;
     let all_ids: Vec<String> = [v1_id, w_rev, w_bundle, e_rev, e_bundle].to_vec();
-    let healed = Instant::now();
-    let t = eventually(
+    let t = wait_converged(
+        &lab,
+        &all_ids,
         Duration::from_secs(90),
         "all six to converge after the heal",
-        || {
-            let all_ids = &all_ids;
-            async move {
-                let first = lab_ref.heads(0).await?;
-                for i in 0..6 {
-                    if lab_ref.heads(i).await? != first
-                        || !lab_ref.holds(i, all_ids).await?.is_empty()
-                    {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-        },
     )
     .await?;
     eprintln!(
         "split-brain: all six converged {} ms after the heal",
         t.as_millis()
     );
-    let _ = healed;
     let mut digests = BTreeMap::new();
     for i in 0..6 {
         let st = lab.status(i).await?;
@@ -383,21 +393,11 @@ async fn delay_and_loss_on_every_link_slow_the_mesh_but_it_converges() -> Result
         &bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?,
     )
     .await?;
-    let lab_ref = &lab;
-    eventually(
+    wait_all_at(
+        &lab,
+        &v1,
         Duration::from_secs(20),
         "the bundle to reach all four",
-        || {
-            let v1 = v1.clone();
-            async move {
-                for i in 0..4 {
-                    if lab_ref.heads(i).await? != [v1.clone()] {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-        },
     )
     .await?;
     let (min0, _, _) = ping_rtt(&lab, 0, 1)?;
@@ -450,23 +450,11 @@ async fn delay_and_loss_on_every_link_slow_the_mesh_but_it_converges() -> Result
         "a revocation crossed the partition"
     );
     lab.heal_all()?;
-    let ids = [left, right];
-    let t = eventually(
+    let t = wait_converged(
+        &lab,
+        &[left, right],
         Duration::from_secs(90),
         "all four to converge after the heal under delay and loss",
-        || {
-            let ids = &ids;
-            async move {
-                let first = lab_ref.heads(0).await?;
-                for i in 0..4 {
-                    if lab_ref.heads(i).await? != first || !lab_ref.holds(i, ids).await?.is_empty()
-                    {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-        },
     )
     .await?;
     for i in 0..4 {
@@ -1040,20 +1028,11 @@ async fn load_under_flapping_partition_has_no_errors_and_no_wrong_decisions() ->
     let v1 = bundle_file(&lab, 0, "v1", &policy_dir(&lab, "v1", PERMIT_ALL)?)?;
     let v1_id = push_file(&lab, 0, &v1).await?;
     let lab_ref = &lab;
-    eventually(
+    wait_all_at(
+        &lab,
+        &v1_id,
         Duration::from_secs(20),
         "bundle v1 to reach all four",
-        || {
-            let v1_id = v1_id.clone();
-            async move {
-                for i in 0..4 {
-                    if lab_ref.heads(i).await? != [v1_id.clone()] {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            }
-        },
     )
     .await?;
     for i in 0..4 {
