@@ -208,7 +208,7 @@ impl PolicyDoc {
             bundles_obj: obj(BUNDLES),
             revocation_buckets: {
                 let revocations = obj(REVOCATIONS);
-                (0..=u8::MAX)
+                (0..schema::REVOCATION_BUCKETS as u16)
                     .map(|n| match doc.get(&revocations, schema::bucket_name(n)) {
                         Ok(Some((Value::Object(ObjType::Map), id))) => id,
                         _ => unreachable!("genesis creates every revocation bucket"),
@@ -780,7 +780,7 @@ impl PolicyDoc {
     /// The bucket object that holds `subject`'s revocation.
     fn bucket_of(&self, subject: &str) -> &ObjId {
         let name = schema::revocation_bucket(subject);
-        let n = u8::from_str_radix(&name, 16).expect("a bucket name is two hex digits");
+        let n = schema::bucket_number(&name).expect("revocation_bucket names a bucket");
         &self.revocation_buckets[usize::from(n)]
     }
 

@@ -14,7 +14,7 @@
 //! └── quarantines:  { SUBJECT: "<quarantine record JSON>" }
 //! ```
 //!
-//! The three top-level maps, and the 256 revocation buckets (`00` to `ff`),
+//! The three top-level maps, and the 4,096 revocation buckets (`000` to `fff`),
 //! are created by the [`genesis`] change, which is byte-for-byte the same on
 //! every replica (fixed actor, time 0), so no two replicas ever race to
 //! create them. A subject's bucket is fixed by its canonical form
@@ -47,11 +47,13 @@ pub const BUNDLE_FIELDS: [&str; 4] = ["schema", "entities", "links", "descriptio
 pub const GENESIS_ACTOR: [u8; 16] = *b"weft-genesis-v1\0";
 
 /// How many buckets the revocations map is split into.
-pub const REVOCATION_BUCKETS: usize = 256;
+/// At 100,000 revocations a bucket holds about 24, so the walk that automerge
+/// makes to apply a revocation stays short (see BENCHMARKS.md, "Ingest").
+pub const REVOCATION_BUCKETS: usize = 4096;
 
-/// The bucket (two lowercase hex digits) that holds `subject`'s revocation:
-/// the first byte of SHA-256 over a domain prefix and the canonical subject,
-/// so every spelling of one uid lands in the same bucket.
+/// The bucket (three lowercase hex digits) that holds `subject`'s revocation:
+/// the first 12 bits of SHA-256 over a domain prefix and the canonical
+/// subject, so every spelling of one uid lands in the same bucket.
 pub fn revocation_bucket(subject: &str) -> String {
     bucket_of_canonical(&crate::view::canonical_subject(subject))
 }
@@ -63,12 +65,22 @@ pub fn bucket_of_canonical(canonical: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"weft/revocation-bucket/v1\0");
     h.update(canonical.as_bytes());
-    bucket_name(h.finalize()[0])
+    let d = h.finalize();
+    bucket_name(u16::from_be_bytes([d[0], d[1]]) >> 4)
 }
 
-/// The name of bucket `n`.
-pub fn bucket_name(n: u8) -> String {
-    format!("{n:02x}")
+/// The name of bucket `n` (below [`REVOCATION_BUCKETS`]).
+pub fn bucket_name(n: u16) -> String {
+    debug_assert!(usize::from(n) < REVOCATION_BUCKETS);
+    format!("{n:03x}")
+}
+
+/// The number of the bucket named `name`, if it is one.
+pub fn bucket_number(name: &str) -> Option<u16> {
+    if name.len() != 3 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u16::from_str_radix(name, 16).ok()
 }
 
 /// Longest bundle name, policy id or subject accepted, in bytes.
@@ -92,7 +104,7 @@ fn build_genesis() -> Change {
             .put_object(ROOT, key, ObjType::Map)
             .expect("putting a map into an empty document cannot fail");
         if key == REVOCATIONS {
-            for n in 0..=u8::MAX {
+            for n in 0..REVOCATION_BUCKETS as u16 {
                 tx.put_object(&obj, bucket_name(n), ObjType::Map)
                     .expect("putting a map into a new map cannot fail");
             }
@@ -329,13 +341,27 @@ mod tests {
         let a = "User::\"a\"";
         // Buckets are fixed; a subject goes only in its own bucket.
         assert!(slot_at(&r, a).is_err());
-        assert!(slot_at(&r, "00").is_err());
+        assert!(slot_at(&r, "000").is_err());
         let right = r.child(&revocation_bucket(a));
         assert_eq!(slot_at(&right, a).unwrap(), Slot::Str);
-        let wrong = bucket_name(u8::from_str_radix(&revocation_bucket(a), 16).unwrap() ^ 1);
+        let wrong = bucket_name(bucket_number(&revocation_bucket(a)).unwrap() ^ 1);
         let err = slot_at(&r.child(&wrong), a).unwrap_err();
         assert!(err.0.contains("belongs in bucket"), "{err}");
         assert!(slot_at(&right.child(a), "y").is_err());
+        // Every bucket has a name of its own, and names read back.
+        let names: BTreeSet<String> = (0..REVOCATION_BUCKETS as u16).map(bucket_name).collect();
+        assert_eq!(names.len(), REVOCATION_BUCKETS);
+        for (n, name) in names.iter().enumerate() {
+            assert_eq!(bucket_number(name), Some(n as u16), "{name}");
+        }
+        for bad in ["", "00", "0000", "FFF", "g00", "+ff"] {
+            assert_eq!(bucket_number(bad), None, "{bad}");
+        }
+        // Subjects spread over the buckets.
+        let used: BTreeSet<String> = (0..20_000)
+            .map(|i| revocation_bucket(&format!("User::\"u{i}\"")))
+            .collect();
+        assert!(used.len() > REVOCATION_BUCKETS * 9 / 10, "{}", used.len());
         assert!(slot_at(&right, &"x".repeat(MAX_KEY_LEN + 1)).is_err());
         // Every spelling of one uid has one bucket.
         assert_eq!(revocation_bucket(a), revocation_bucket(" User::\"a\" "));

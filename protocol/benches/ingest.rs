@@ -154,6 +154,56 @@ fn bench(c: &mut Criterion) {
                 })
             },
         );
+        // The same path split in two, to show where the time goes: the
+        // signature checks alone, and everything after them.
+        group.bench_function(format!("verify_only/batch_{batch}"), |b| {
+            let mut next = 0usize;
+            b.iter(|| {
+                if next + batch > fresh.len() {
+                    next = 0;
+                }
+                for u in &fresh[next..next + batch] {
+                    black_box(weft_protocol::quarantine::decode_verified(u).unwrap());
+                }
+                next += batch;
+            })
+        });
+        let mut next = fresh.len();
+        group.bench_function(
+            format!("apply_verified_into_{base}_{label}/batch_{batch}"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        if next + batch > fresh.len() {
+                            state = SignedState::new(root(&op));
+                            for r in state
+                                .ingest_batch(stored.iter().map(|u| u.as_slice().into()).collect())
+                            {
+                                r.unwrap();
+                            }
+                            next = 0;
+                        }
+                        let items: Vec<_> = fresh[next..next + batch]
+                            .iter()
+                            .map(|u| {
+                                (
+                                    weft_protocol::quarantine::decode_verified(u).unwrap(),
+                                    u.clone(),
+                                )
+                            })
+                            .collect();
+                        let t = Instant::now();
+                        for r in black_box(state.ingest_verified_batch(items)) {
+                            r.unwrap();
+                        }
+                        total += t.elapsed();
+                        next += batch;
+                    }
+                    total
+                })
+            },
+        );
     }
     group.finish();
 
