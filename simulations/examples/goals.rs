@@ -7,6 +7,10 @@
 
 use std::time::Instant;
 
+/// The allocator the `weft` binary uses, so the figures are the CLI's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 use weft_simulations::scenario::{Fault, FaultKind, LossModel, Shape};
 use weft_simulations::{Mode, Report, Scenario, run_scenario};
