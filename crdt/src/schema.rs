@@ -147,7 +147,8 @@ fn build_genesis_objects() -> Vec<((u64, ActorId), Path)> {
 
 /// The hash of the [`genesis`] change.
 pub fn genesis_hash() -> ChangeHash {
-    genesis().hash()
+    static HASH: std::sync::OnceLock<ChangeHash> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| genesis().hash())
 }
 
 /// A path in the document, from the root, as its map keys.

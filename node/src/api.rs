@@ -103,6 +103,10 @@ pub struct StatsStatus {
     pub refused: BTreeMap<String, u64>,
     /// Sync rounds started.
     pub sync_rounds: u64,
+    /// Anti-entropy rounds skipped because a peer had just synced with
+    /// this node.
+    #[serde(default)]
+    pub rounds_skipped: u64,
     /// Updates received by sync.
     pub synced: u64,
     /// Peers banned.

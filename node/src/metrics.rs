@@ -40,6 +40,7 @@ pub struct Metrics {
     applied: Counter,
     refused: Family<Reason, Counter>,
     sync_rounds: Counter,
+    rounds_skipped: Counter,
     synced: Counter,
     bans: Counter,
     bytes_in: Counter,
@@ -78,6 +79,7 @@ impl Metrics {
             applied: Counter::default(),
             refused: Family::default(),
             sync_rounds: Counter::default(),
+            rounds_skipped: Counter::default(),
             synced: Counter::default(),
             bans: Counter::default(),
             bytes_in: Counter::default(),
@@ -122,6 +124,11 @@ impl Metrics {
             "sync_rounds",
             "Anti-entropy rounds started",
             m.sync_rounds.clone(),
+        );
+        r.register(
+            "sync_rounds_skipped",
+            "Anti-entropy rounds skipped: a peer had synced with this node since the last one",
+            m.rounds_skipped.clone(),
         );
         r.register(
             "synced_updates",
@@ -232,6 +239,7 @@ impl Metrics {
             );
         }
         raise(&self.sync_rounds, status.stats.sync_rounds);
+        raise(&self.rounds_skipped, status.stats.rounds_skipped);
         raise(&self.synced, status.stats.synced);
         raise(&self.bans, status.stats.bans);
         raise(&self.bytes_in, status.stats.bytes_in);

@@ -1635,6 +1635,7 @@ impl NodeTask {
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect(),
                 sync_rounds: stats.sync_rounds,
+                rounds_skipped: stats.rounds_skipped,
                 synced: stats.synced,
                 bans: stats.bans,
                 bytes_in: self.shared.traffic.bytes_in(),

@@ -205,9 +205,11 @@ impl SignedState {
     }
 
     /// Whether the update with this hash is applied or held, or was refused
-    /// as an equivocation (and so is not worth fetching).
+    /// as an equivocation (and so is not worth fetching), or is the genesis
+    /// change every state starts from (the heads of a state with no update).
     pub fn knows(&self, hash: &ChangeHash) -> bool {
         self.updates.contains_key(hash)
+            || *hash == weft_crdt::schema::genesis_hash()
             || self.held.contains_key(hash)
             || self.equivocations.contains(hash)
     }

@@ -348,6 +348,62 @@ fn anti_entropy_heals_a_missed_gossip() {
         )));
 }
 
+/// Heads requests node `n` has sent so far.
+fn heads_sent(m: &Mesh, n: u8) -> usize {
+    m.outputs
+        .iter()
+        .filter(|(from, o)| {
+            *from == n
+                && matches!(
+                    o,
+                    Output::Send {
+                        request: SyncRequest::Heads { .. },
+                        ..
+                    }
+                )
+        })
+        .count()
+}
+
+#[test]
+fn a_replica_a_peer_synced_with_skips_its_next_round_but_never_two() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    m.add(2, cert(2, &admin(), 2));
+    m.connect(1, 2);
+    let tick = |m: &mut Mesh, n: u8| {
+        let before = heads_sent(m, n);
+        m.input(n, Input::Timer(Timer::AntiEntropy));
+        heads_sent(m, n) - before
+    };
+    // Nobody asked node 2 yet: it runs its round. Both states are empty
+    // (their heads are the genesis change), and the exchange settles.
+    assert_eq!(tick(&mut m, 2), 1);
+    // Node 2's round asked node 1: node 1 skips its next one...
+    assert_eq!(tick(&mut m, 1), 0);
+    assert_eq!(m.replicas[&1].stats().rounds_skipped, 1);
+    // ...and runs the one after, which asks node 2, which skips.
+    assert_eq!(tick(&mut m, 1), 1);
+    assert_eq!(tick(&mut m, 2), 0);
+    // Never two in a row, however often node 1 asks.
+    assert_eq!(tick(&mut m, 1), 1);
+    assert_eq!(tick(&mut m, 2), 1);
+    // Its own round does not count as being asked.
+    assert_eq!(tick(&mut m, 2), 1);
+    assert_eq!(m.replicas[&2].stats().rounds_skipped, 1);
+    assert_eq!(m.replicas[&1].stats().rounds_skipped, 1);
+
+    // A skipped round loses nothing: what node 1 missed comes with node 2's
+    // next round, or with the round node 2 asked for.
+    m.cut = true;
+    let u = revocation(m.state(2), r#"User::"mallory""#, 0);
+    m.submit(2, &u);
+    m.cut = false;
+    assert!(m.state(1).view().revocation(r#"User::"mallory""#).is_none());
+    assert_eq!(tick(&mut m, 2), 1);
+    assert!(m.state(1).view().revocation(r#"User::"mallory""#).is_some());
+}
+
 #[test]
 fn peers_without_a_valid_certificate_are_refused() {
     for bad in [
