@@ -393,6 +393,12 @@ fn a_replica_a_peer_synced_with_skips_its_next_round_but_never_two() {
     assert_eq!(m.replicas[&2].stats().rounds_skipped, 1);
     assert_eq!(m.replicas[&1].stats().rounds_skipped, 1);
 
+    // Node 2's last rounds found node 1 equal: node 1 skips, then runs and
+    // finds node 2 equal, which skips.
+    assert_eq!(tick(&mut m, 1), 0);
+    assert_eq!(tick(&mut m, 1), 1);
+    assert_eq!(tick(&mut m, 2), 0);
+
     // A skipped round loses nothing: what node 1 missed comes with node 2's
     // next round, or with the round node 2 asked for.
     m.cut = true;
@@ -402,6 +408,10 @@ fn a_replica_a_peer_synced_with_skips_its_next_round_but_never_two() {
     assert!(m.state(1).view().revocation(r#"User::"mallory""#).is_none());
     assert_eq!(tick(&mut m, 2), 1);
     assert!(m.state(1).view().revocation(r#"User::"mallory""#).is_some());
+    // Node 2's round found node 1 behind: that exchange does not stand in
+    // for node 1's own next round.
+    assert_eq!(tick(&mut m, 1), 1);
+    assert_eq!(m.replicas[&1].stats().rounds_skipped, 2);
 }
 
 #[test]
