@@ -261,8 +261,10 @@ impl Store {
 
         // Verify the rest, dropping what is damaged.
         let mut verified: BTreeMap<ChangeHash, Verified> = BTreeMap::new();
-        for (key, bytes) in records {
-            match weft_protocol::quarantine::decode_verified(&bytes) {
+        let (keys, bytes): (Vec<ChangeHash>, Vec<Arc<[u8]>>) = records.into_iter().unzip();
+        let checked = weft_protocol::quarantine::decode_verified_all(&bytes);
+        for ((key, bytes), checked) in keys.into_iter().zip(bytes).zip(checked) {
+            match checked {
                 Ok(v) if v.hash == key => {
                     verified.insert(key, (v, bytes));
                 }

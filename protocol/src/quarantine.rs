@@ -166,6 +166,42 @@ pub fn decode_verified(bytes: &[u8]) -> Result<VerifiedUpdate, UpdateError> {
     }
 }
 
+/// [`decode_verified`] for every item, on as many threads as the process may
+/// run on (each item is still checked on its own, with `verify_strict`).
+/// Results are in the order of `items`. For checking many stored updates at
+/// once, such as a node's start without a usable snapshot; one update at a
+/// time stays on the caller's thread.
+pub fn decode_verified_all<B: AsRef<[u8]> + Sync>(
+    items: &[B],
+) -> Vec<Result<VerifiedUpdate, UpdateError>> {
+    /// Below this, starting threads costs more than it saves.
+    const PER_THREAD: usize = 256;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(items.len() / PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return items.iter().map(|b| decode_verified(b.as_ref())).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|b| decode_verified(b.as_ref()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a verifying thread does not panic"))
+            .collect()
+    })
+}
+
 /// The raw change bytes of a signed update or a quarantine order.
 pub fn change_bytes(bytes: &[u8]) -> Result<Vec<u8>, UpdateError> {
     if encoding::kind_of(bytes) == Some(Kind::Quarantine) {

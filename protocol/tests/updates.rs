@@ -394,3 +394,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn verifying_many_on_several_threads_gives_each_its_own_verdict_in_order() {
+    use weft_protocol::quarantine::{decode_verified, decode_verified_all};
+    let op = key(1);
+    let mut doc = PolicyDoc::new();
+    let mut items: Vec<Vec<u8>> = (0..700u64)
+        .map(|i| {
+            let change = doc
+                .build_revoke(
+                    actor_for(&op.public(), nonce(0)),
+                    &format!(r#"User::"u{i}""#),
+                    "test",
+                    0,
+                )
+                .unwrap()
+                .unwrap();
+            let mut u = SignedUpdate::new(&change, 1);
+            u.sign(&op).unwrap();
+            u.to_bytes()
+        })
+        .collect();
+    // A forged signature, garbage and a truncated update, spread over the
+    // chunks the threads take.
+    let last = items[3].len() - 1;
+    items[3][last] ^= 1;
+    items[350] = b"not an update".to_vec();
+    let half = items[699].len() / 2;
+    items[699].truncate(half);
+    let all = decode_verified_all(&items);
+    assert_eq!(all.len(), items.len());
+    for (i, (got, bytes)) in all.iter().zip(&items).enumerate() {
+        let alone = decode_verified(bytes);
+        match (got, &alone) {
+            (Ok(a), Ok(b)) => assert_eq!(a.hash, b.hash, "item {i}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "item {i}"),
+            _ => panic!(
+                "item {i}: {:?} alone, {:?} in the batch",
+                alone.is_ok(),
+                got.is_ok()
+            ),
+        }
+        assert_eq!(got.is_err(), [3, 350, 699].contains(&i), "item {i}");
+    }
+}
