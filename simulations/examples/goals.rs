@@ -12,7 +12,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
-use weft_simulations::scenario::{Fault, FaultKind, LossModel, Shape};
+use weft_simulations::scenario::{Fault, FaultKind, GossipConfig, LossModel, Shape};
 use weft_simulations::{Mode, Report, Scenario, run_scenario};
 
 fn peak_rss_mib() -> f64 {
@@ -140,21 +140,36 @@ fn hour(seed: u64) -> Result<()> {
 }
 
 fn wan(seed: u64, only: Option<usize>) -> Result<()> {
-    // The last row sends IDONTWANT for every message (threshold 0), which
-    // the node's configuration never does for updates this small.
-    for (row, (model, d, idontwant)) in [
-        (LossModel::Retransmit, (6, 2, 12), 1_000),
-        (LossModel::Drop, (6, 2, 12), 1_000),
-        (LossModel::Retransmit, (3, 2, 6), 1_000),
-        (LossModel::Drop, (3, 2, 6), 1_000),
-        (LossModel::Retransmit, (6, 2, 12), 0),
-        (LossModel::Retransmit, (5, 2, 10), 1_000),
-        (LossModel::Retransmit, (4, 2, 8), 1_000),
-        (LossModel::Drop, (4, 2, 8), 1_000),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    /// One row: loss model, D / D_low / D_high, IDONTWANT threshold,
+    /// anonymous envelope, `history_gossip` / `gossip_lazy`.
+    type Row = (
+        LossModel,
+        (usize, usize, usize),
+        usize,
+        bool,
+        (usize, usize),
+    );
+    let node = GossipConfig::default();
+    let d = (node.d, node.d_low, node.d_high);
+    let lazy = (node.history_gossip, node.d_lazy);
+    let rows: [Row; 10] = [
+        // The node's configuration.
+        (LossModel::Retransmit, d, 1_000, true, lazy),
+        (LossModel::Drop, d, 1_000, true, lazy),
+        // The node's configuration before: D = 6/2/12, a signed envelope,
+        // libp2p's lazy gossip.
+        (LossModel::Retransmit, (6, 2, 12), 1_000, false, (3, 6)),
+        (LossModel::Retransmit, (6, 2, 12), 1_000, true, lazy),
+        (LossModel::Retransmit, (5, 2, 10), 1_000, true, lazy),
+        (LossModel::Retransmit, (4, 2, 5), 1_000, true, lazy),
+        (LossModel::Retransmit, (3, 2, 6), 1_000, true, lazy),
+        (LossModel::Drop, (3, 2, 6), 1_000, true, lazy),
+        (LossModel::Retransmit, d, 1_000, false, (3, 6)),
+        // IDONTWANT for every message, which the node's configuration never
+        // sends for updates this small.
+        (LossModel::Retransmit, d, 0, true, lazy),
+    ];
+    for (row, (model, d, idontwant, anonymous, (history, d_lazy))) in rows.into_iter().enumerate() {
         if only.is_some_and(|o| o != row + 1) {
             continue;
         }
@@ -168,11 +183,16 @@ fn wan(seed: u64, only: Option<usize>) -> Result<()> {
         s.network.loss_model = model;
         (s.gossip.d, s.gossip.d_low, s.gossip.d_high) = d;
         s.gossip.idontwant_threshold = idontwant;
+        s.gossip.anonymous = anonymous;
+        (s.gossip.history_gossip, s.gossip.d_lazy) = (history, d_lazy);
         s.faults = vec![partition(100_000, 200_000)];
         run(
             &format!(
-                "50 ms one-way, 10% loss ({model:?}), D={}/{}/{}, IDONTWANT above {idontwant} bytes, split-brain 100-200 s",
-                d.0, d.1, d.2
+                "50 ms one-way, 10% loss ({model:?}), D={}/{}/{}, IDONTWANT above {idontwant} bytes, {} envelope, history_gossip {history}, gossip_lazy {d_lazy}, split-brain 100-200 s",
+                d.0,
+                d.1,
+                d.2,
+                if anonymous { "anonymous" } else { "signed" }
             ),
             &s,
             seed,
@@ -211,7 +231,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map(String::as_str).unwrap_or("all");
     let seed = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
-    // `wan SEED ROW` runs one row of the table (1 to 8).
+    // `wan SEED ROW` runs one row of the table (1 to 10).
     let row = args.get(3).and_then(|s| s.parse().ok());
     let _ = (FaultKind::Partition, Shape::Halves);
     match which {

@@ -3,12 +3,13 @@
 //! # How the model maps onto gossipsub
 //! | gossipsub (rust-libp2p)          | here                                   | default |
 //! |----------------------------------|----------------------------------------|---------|
-//! | `mesh_n` (D)                     | [`GossipConfig::d`]                    | 6 (node) |
+//! | `mesh_n` (D)                     | [`GossipConfig::d`]                    | 4 (node) |
 //! | `mesh_n_low` (D_low)             | [`GossipConfig::d_low`]                | 2 (node) |
-//! | `mesh_n_high` (D_high)           | [`GossipConfig::d_high`]               | 12 (node) |
-//! | `gossip_lazy` (D_lazy)           | [`GossipConfig::d_lazy`]               | 6 |
+//! | `mesh_n_high` (D_high)           | [`GossipConfig::d_high`]               | 8 (node) |
+//! | `gossip_lazy` (D_lazy)           | [`GossipConfig::d_lazy`]               | 2 (node) |
 //! | `heartbeat_interval`             | [`GossipConfig::heartbeat`]            | 1 s |
-//! | `history_gossip` / `history_length` | same names                          | 3 / 5 |
+//! | `history_gossip` / `history_length` | same names                          | 1 (node) / 5 |
+//! | `MessageAuthenticity::Anonymous` + `ValidationMode::Anonymous` | [`GossipConfig::anonymous`] | true (node) |
 //! | `flood_publish`                  | [`GossipConfig::flood_publish`]        | true |
 //! | `max_transmit_size`              | [`GossipConfig::max_transmit`]         | 4 MiB + 64 KiB |
 //! | `message_id_fn` (SHA-256 of data) | [`msg_id`] (its first 8 bytes)        | |
@@ -27,14 +28,15 @@
 //! below `d_low` (up to `d`) and prunes random ones above `d_high` (down to `d`).
 //!
 //! Forwarding skips, as gossipsub's `forward_msg` does, the peer the message
-//! came from, the node that published it (the node signs its messages, so
-//! every message names its `source`), and peers that sent IDONTWANT for it.
+//! came from, the node that published it if the message names its `source`
+//! (only with `anonymous` false: the node's envelope is anonymous and names
+//! none), and peers that sent IDONTWANT for it.
 //!
 //! IDONTWANT (gossipsub 1.2, in libp2p since 0.54): a node that receives a
 //! message it has not seen, larger than `idontwant_message_size_threshold`
 //! (libp2p's default, 1,000 bytes, which the node keeps), tells its mesh
 //! peers and the peer it asked by IWANT, except the sender and the
-//! publisher, not to send it; it does so before validation. A peer skips
+//! publisher (if named), not to send it; it does so before validation. A peer skips
 //! those when it forwards or answers IWANT, for 3 s (`IDONTWANT_TIMEOUT`;
 //! libp2p drops them on the heartbeat after). Weft's updates are a few
 //! hundred bytes on the wire, below the threshold, so with the node's

@@ -218,23 +218,24 @@ impl Default for NetworkConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GossipConfig {
-    /// `mesh_n`: the mesh degree a node aims for. Node default 6.
+    /// `mesh_n`: the mesh degree a node aims for. Node default 4.
     #[serde(default = "d_d")]
     pub d: usize,
     /// `mesh_n_low`: below this the heartbeat grafts. Node default 2.
     #[serde(default = "d_d_low")]
     pub d_low: usize,
-    /// `mesh_n_high`: above this the heartbeat prunes. Node default 12.
+    /// `mesh_n_high`: above this the heartbeat prunes. Node default 8.
     #[serde(default = "d_d_high")]
     pub d_high: usize,
     /// `gossip_lazy`: peers outside the mesh that get IHAVE per heartbeat.
-    /// libp2p default 6.
+    /// Node default 2 (libp2p's is 6).
     #[serde(default = "d_d_lazy")]
     pub d_lazy: usize,
     /// `heartbeat_interval`, ms. Node default 1,000.
     #[serde(default = "d_heartbeat", deserialize_with = "de_ms")]
     pub heartbeat: u64,
-    /// `history_gossip`: heartbeats whose message ids go into IHAVE. libp2p default 3.
+    /// `history_gossip`: heartbeats whose message ids go into IHAVE. Node
+    /// default 1 (libp2p's is 3).
     #[serde(default = "d_history_gossip")]
     pub history_gossip: usize,
     /// `history_length`: heartbeats a message stays answerable to IWANT. libp2p default 5.
@@ -257,25 +258,32 @@ pub struct GossipConfig {
     /// bytes. libp2p default (and the node's) 1,000.
     #[serde(default = "d_idontwant")]
     pub idontwant_threshold: usize,
+    /// `MessageAuthenticity::Anonymous` with `ValidationMode::Anonymous`:
+    /// messages carry no source, sequence number or envelope signature
+    /// (updates are operator-signed, and ids are SHA-256 of the data), so
+    /// forwarding and IDONTWANT cannot skip the publisher. Node default
+    /// true; false is `MessageAuthenticity::Signed`.
+    #[serde(default = "d_true")]
+    pub anonymous: bool,
 }
 
 fn d_d() -> usize {
-    6
+    4
 }
 fn d_d_low() -> usize {
     2
 }
 fn d_d_high() -> usize {
-    12
+    8
 }
 fn d_d_lazy() -> usize {
-    6
+    2
 }
 fn d_heartbeat() -> u64 {
     1_000
 }
 fn d_history_gossip() -> usize {
-    3
+    1
 }
 fn d_history_length() -> usize {
     5
@@ -307,6 +315,7 @@ impl Default for GossipConfig {
             dials: d_dials(),
             max_transmit: d_max_transmit(),
             idontwant_threshold: d_idontwant(),
+            anonymous: true,
         }
     }
 }

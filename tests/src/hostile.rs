@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -18,7 +20,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
-use weft_node::net::{SYNC_PROTOCOL, TOPIC, libp2p_keypair};
+use weft_node::net::{SYNC_PROTOCOL, TOPIC, libp2p_keypair, message_id};
 use weft_protocol::identity::SecretKey;
 use weft_protocol::wire::{SyncRequest, SyncResponse};
 
@@ -127,8 +129,21 @@ impl Hostile {
     pub fn start(key: &SecretKey, cert: Vec<u8>, targets: Vec<Multiaddr>) -> Result<Hostile> {
         let keypair = libp2p_keypair(key).map_err(|e| anyhow!(e))?;
         let peer_id = keypair.public().to_peer_id();
+        // The node's anonymous envelope, and its ids (SHA-256 of the data)
+        // for what it receives; what it publishes gets an id of its own, so
+        // it can replay bytes the mesh has already seen.
+        let replay = Arc::new(AtomicU64::new(0));
+        let publishing = replay.clone();
         let gossip_config = gossipsub::ConfigBuilder::default()
-            .validation_mode(ValidationMode::Permissive)
+            .validation_mode(ValidationMode::Anonymous)
+            .message_id_fn(move |m: &gossipsub::Message| {
+                let mut id = message_id(&m.data).0;
+                let n = publishing.load(Ordering::Relaxed);
+                if n != 0 {
+                    id.extend_from_slice(&n.to_be_bytes());
+                }
+                gossipsub::MessageId::new(&id)
+            })
             .max_transmit_size(MAX_READ)
             .heartbeat_interval(Duration::from_secs(1))
             .build()
@@ -140,11 +155,9 @@ impl Hostile {
                 noise::Config::new,
                 yamux::Config::default,
             )?
-            .with_behaviour(|key| {
-                let gossipsub = gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
-                    gossip_config,
-                )?;
+            .with_behaviour(|_| {
+                let gossipsub =
+                    gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_config)?;
                 let sync = request_response::Behaviour::with_codec(
                     RawCodec,
                     [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
@@ -163,7 +176,7 @@ impl Hostile {
             .subscribe(&topic)
             .map_err(|e| anyhow!("{e}"))?;
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(drive(swarm, topic, cert, targets, rx));
+        let task = tokio::spawn(drive(swarm, topic, cert, targets, rx, replay));
         Ok(Hostile {
             peer_id,
             cmds: tx,
@@ -224,7 +237,9 @@ async fn drive(
     cert: Vec<u8>,
     targets: Vec<Multiaddr>,
     mut cmds: mpsc::Receiver<Cmd>,
+    replay: Arc<AtomicU64>,
 ) {
+    let mut published = 0u64;
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>> =
         HashMap::new();
     let mut redial = tokio::time::interval(Duration::from_millis(500));
@@ -239,12 +254,15 @@ async fn drive(
             cmd = cmds.recv() => match cmd {
                 None => return,
                 Some(Cmd::Publish(bytes, reply)) => {
+                    published += 1;
+                    replay.store(published, Ordering::Relaxed);
                     let r = swarm
                         .behaviour_mut()
                         .gossipsub
                         .publish(topic.clone(), bytes)
                         .map(|_| ())
                         .map_err(|e| e.to_string());
+                    replay.store(0, Ordering::Relaxed);
                     let _ = reply.send(r);
                 }
                 Some(Cmd::Request(peer, raw, reply)) => {
