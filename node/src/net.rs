@@ -276,11 +276,11 @@ pub(crate) struct Behaviour {
 /// unchanged: a Reject penalizes the peer that delivered the message (and
 /// any that sent it again while it was being validated), never its author.
 ///
-/// Lazy gossip is lighter than libp2p's defaults: an id goes into IHAVE for
-/// one heartbeat (`history_gossip` 1, default 3), to 2 peers outside the
-/// mesh (`gossip_lazy` 2, default 6). On a topic this quiet the mesh
-/// delivers almost everything; IHAVE is the repair path, and anti-entropy
-/// behind it fetches whatever both miss.
+/// Lazy gossip keeps libp2p's defaults: an id goes into IHAVE for 3
+/// heartbeats, to 6 peers outside the mesh. It is the repair path for a node
+/// that misses every eager copy (one whose mesh peers were all busy, say);
+/// with IHAVE to 2 peers for one heartbeat, such a node on the 100-node
+/// loopback benchmark once waited 4.5 s for anti-entropy (BENCHMARKS.md).
 ///
 /// `flood_publish` (the default) sends a node's own updates to every peer
 /// with a good score, not only its mesh, which matters more for latency than
@@ -295,8 +295,6 @@ pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
         .mesh_n_low(2)
         .mesh_n_high(8)
         .mesh_outbound_min(1)
-        .history_gossip(1)
-        .gossip_lazy(2)
         .heartbeat_interval(Duration::from_secs(1))
         .build()
         .map_err(|e| format!("invalid gossipsub configuration: {e}"))

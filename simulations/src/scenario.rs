@@ -228,14 +228,14 @@ pub struct GossipConfig {
     #[serde(default = "d_d_high")]
     pub d_high: usize,
     /// `gossip_lazy`: peers outside the mesh that get IHAVE per heartbeat.
-    /// Node default 2 (libp2p's is 6).
+    /// libp2p's default (and the node's) 6.
     #[serde(default = "d_d_lazy")]
     pub d_lazy: usize,
     /// `heartbeat_interval`, ms. Node default 1,000.
     #[serde(default = "d_heartbeat", deserialize_with = "de_ms")]
     pub heartbeat: u64,
-    /// `history_gossip`: heartbeats whose message ids go into IHAVE. Node
-    /// default 1 (libp2p's is 3).
+    /// `history_gossip`: heartbeats whose message ids go into IHAVE.
+    /// libp2p's default (and the node's) 3.
     #[serde(default = "d_history_gossip")]
     pub history_gossip: usize,
     /// `history_length`: heartbeats a message stays answerable to IWANT. libp2p default 5.
@@ -277,13 +277,13 @@ fn d_d_high() -> usize {
     8
 }
 fn d_d_lazy() -> usize {
-    2
+    6
 }
 fn d_heartbeat() -> u64 {
     1_000
 }
 fn d_history_gossip() -> usize {
-    1
+    3
 }
 fn d_history_length() -> usize {
     5
