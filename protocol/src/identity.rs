@@ -8,7 +8,7 @@
 //! - Every signature is made and checked under a [`Domain`], so a signature of
 //!   one kind (say a node certificate) never verifies as another kind (say a
 //!   trust root).
-//! - Verification is always `verify_strict`.
+//! - Verification is always `verify_strict`'s verdict (see [`PublicKey::verify`]).
 //! - [`SecretKey`] never prints its secret, and zeroizes it on drop.
 //!
 //! There is one text form for a public key, used in the CLI, in JSON and in
@@ -255,7 +255,8 @@ impl PublicKey {
         self.0.as_bytes()
     }
 
-    /// Checks `sig` over `msg` in `domain`, with `verify_strict` only.
+    /// Checks `sig` over `msg` in `domain`, with `verify_strict`'s verdict
+    /// (computed as [`strict`] explains).
     pub fn verify(
         &self,
         domain: Domain,
@@ -263,12 +264,61 @@ impl PublicKey {
         sig: &Signature,
     ) -> Result<(), SignatureError> {
         let signed = domain.message(msg);
-        self.0
-            .verify_strict(&signed, &sig.to_dalek())
-            .map_err(|_| SignatureError::Invalid {
-                key: Box::new(*self),
-            })
+        strict(&self.0, &signed, &sig.to_dalek()).map_err(|_| SignatureError::Invalid {
+            key: Box::new(*self),
+        })
     }
+}
+
+/// The canonical encodings of the eight points of small order (the torsion
+/// subgroup of edwards25519), as `CompressedEdwardsY` renders them.
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = {
+    const fn digit(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            _ => c - b'a' + 10,
+        }
+    }
+    const fn hex(s: &str) -> [u8; 32] {
+        let s = s.as_bytes();
+        let mut out = [0u8; 32];
+        let mut i = 0;
+        while i < 32 {
+            out[i] = (digit(s[2 * i]) << 4) | digit(s[2 * i + 1]);
+            i += 1;
+        }
+        out
+    }
+    [
+        hex("0100000000000000000000000000000000000000000000000000000000000000"),
+        hex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+        hex("0000000000000000000000000000000000000000000000000000000000000000"),
+        hex("0000000000000000000000000000000000000000000000000000000000000080"),
+        hex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+        hex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"),
+        hex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+        hex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"),
+    ]
+};
+
+/// `verify_strict`'s verdict, for less: ed25519-dalek's `verify_strict`
+/// decompresses `R` (a field square root) only to refuse an `R` of small
+/// order, then checks that `R` equals the canonical encoding of
+/// `[s]B − [k]A`, which the plain `verify` checks as well. An `R` that passes
+/// that comparison is canonical, so it is of small order exactly when its
+/// bytes are one of the eight [`SMALL_ORDER_ENCODINGS`]; comparing bytes
+/// gives the same verdict without the square root (about a fifth of a
+/// verification). `A` of small order is refused as `verify_strict` does.
+fn strict(
+    key: &VerifyingKey,
+    signed: &[u8],
+    sig: &ed25519_dalek::Signature,
+) -> Result<(), ed25519_dalek::SignatureError> {
+    use ed25519_dalek::Verifier as _;
+    if key.is_weak() || SMALL_ORDER_ENCODINGS.contains(sig.r_bytes()) {
+        return Err(ed25519_dalek::SignatureError::new());
+    }
+    key.verify(signed, sig)
 }
 
 impl Ord for PublicKey {
@@ -674,6 +724,88 @@ mod tests {
 
     fn key(n: u8) -> SecretKey {
         SecretKey::from_seed([n; 32])
+    }
+
+    #[test]
+    fn the_small_order_encodings_are_the_whole_torsion_subgroup() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let mut seen = std::collections::BTreeSet::new();
+        for bytes in SMALL_ORDER_ENCODINGS {
+            let point = CompressedEdwardsY(bytes).decompress().expect("a point");
+            assert!(point.is_small_order(), "{}", hex::encode(bytes));
+            assert_eq!(point.compress().to_bytes(), bytes, "canonical");
+            seen.insert(bytes);
+        }
+        // The torsion subgroup has exactly eight points, each with exactly
+        // one canonical encoding: eight distinct ones are all of them.
+        assert_eq!(seen.len(), 8);
+    }
+
+    /// A signature whose `R` is the identity, made by the holder of the
+    /// secret scalar `a`: `s = k·a`, so `[s]B − [k]A` is the identity. The
+    /// plain equation accepts it; `verify_strict` does not.
+    fn identity_r_signature(a_seed: u8, msg: &[u8]) -> (VerifyingKey, ed25519_dalek::Signature) {
+        use curve25519_dalek::{EdwardsPoint, Scalar};
+        use sha2::{Digest as _, Sha512};
+        let a = Scalar::from_bytes_mod_order([a_seed; 32]);
+        let big_a = EdwardsPoint::mul_base(&a).compress().to_bytes();
+        let r = SMALL_ORDER_ENCODINGS[0];
+        let mut h = Sha512::new();
+        h.update(r);
+        h.update(big_a);
+        h.update(msg);
+        let wide: [u8; 64] = h.finalize().into();
+        let s = Scalar::from_bytes_mod_order_wide(&wide) * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r);
+        sig[32..].copy_from_slice(s.as_bytes());
+        (
+            VerifyingKey::from_bytes(&big_a).unwrap(),
+            ed25519_dalek::Signature::from_bytes(&sig),
+        )
+    }
+
+    #[test]
+    fn a_signature_with_an_identity_r_is_refused_like_verify_strict_refuses_it() {
+        use ed25519_dalek::Verifier as _;
+        let msg = b"weft/update/v1 revoke everything";
+        let (key, sig) = identity_r_signature(7, msg);
+        assert!(key.verify(msg, &sig).is_ok(), "the plain equation holds");
+        assert!(key.verify_strict(msg, &sig).is_err());
+        assert!(strict(&key, msg, &sig).is_err());
+    }
+
+    proptest::proptest! {
+        /// The shortcut gives `verify_strict`'s verdict on honest signatures
+        /// and on every kind of damage to them.
+        #[test]
+        fn the_strict_check_agrees_with_verify_strict(
+            seed in proptest::prelude::any::<[u8; 32]>(),
+            msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            damage in 0usize..5,
+            at in 0usize..64,
+            byte in proptest::prelude::any::<u8>(),
+            which in 0usize..8,
+        ) {
+            let secret = SigningKey::from_bytes(&seed);
+            let key = secret.verifying_key();
+            let (key, mut sig) = match damage {
+                4 => identity_r_signature(seed[0], &msg),
+                _ => (key, ed25519_dalek::Signer::sign(&secret, &msg)),
+            };
+            let mut bytes = sig.to_bytes();
+            match damage {
+                1 => bytes[at] ^= byte.max(1),
+                2 => bytes[..32].copy_from_slice(&SMALL_ORDER_ENCODINGS[which]),
+                3 => bytes[at] = byte,
+                _ => {}
+            }
+            sig = ed25519_dalek::Signature::from_bytes(&bytes);
+            proptest::prop_assert_eq!(
+                strict(&key, &msg, &sig).is_ok(),
+                key.verify_strict(&msg, &sig).is_ok()
+            );
+        }
     }
 
     #[test]
