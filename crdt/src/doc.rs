@@ -42,9 +42,8 @@ use automerge::{
     ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc,
     ScalarValue, Value, legacy,
 };
-use std::str::FromStr;
 
-use cedar_policy::{Entities, EntityUid};
+use cedar_policy::Entities;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{BundleContent, one_line};
@@ -55,7 +54,7 @@ use crate::schema::{
 };
 use crate::view::{
     BundleState, Conflict, ConflictSide, PolicyView, Revocation, RevocationRecord,
-    canonical_subject, digest_of,
+    canonical_subject, digest_of, uid_of_canonical,
 };
 
 /// Errors of the replicated state.
@@ -228,7 +227,10 @@ impl PolicyDoc {
     /// from scratch. The caller is responsible for having verified every change.
     pub fn load(bytes: &[u8]) -> Result<Self, CrdtError> {
         let doc = Automerge::load(bytes).map_err(|e| CrdtError::Load(one_line(&e)))?;
-        if doc.get_changes_meta(&[]).first().map(|m| m.hash) != Some(schema::genesis_hash()) {
+        if doc
+            .get_change_meta_by_hash(&schema::genesis_hash())
+            .is_none_or(|g| !g.deps.is_empty())
+        {
             return Err(CrdtError::NotWeftState);
         }
         let mut objects = HashMap::new();
@@ -676,12 +678,20 @@ impl PolicyDoc {
         let mut bulk = if changed > BULK_REVOCATIONS && changed * 4 > self.view.revoked.len() {
             self.read_revocations_bulk(&dirty.revocations)
         } else {
-            HashMap::new()
+            HashMap::default()
         };
-        for subject in &dirty.revocations {
-            match bulk.remove(subject.as_str()) {
-                Some(r) => self.put_revocation(r),
-                None => self.refresh_revocation(subject),
+        if bulk.len() == dirty.revocations.len() {
+            // Every changed subject was read in the pass (its keys are
+            // distinct changed subjects).
+            for (_, r) in bulk {
+                self.put_revocation(r);
+            }
+        } else {
+            for subject in &dirty.revocations {
+                match bulk.remove(subject.as_str()) {
+                    Some(r) => self.put_revocation(r),
+                    None => self.refresh_revocation(subject),
+                }
             }
         }
         for subject in &dirty.quarantines {
@@ -750,8 +760,13 @@ impl PolicyDoc {
     /// (what [`PolicyDoc::refresh_revocation`] would find for it, without one
     /// lookup per subject). Conflicted and non-canonical keys are left out,
     /// for the per-subject path.
-    fn read_revocations_bulk(&self, dirty: &BTreeSet<String>) -> HashMap<String, Revocation> {
-        let mut out = HashMap::new();
+    fn read_revocations_bulk(
+        &self,
+        dirty: &BTreeSet<String>,
+    ) -> HashMap<String, Revocation, crate::FastHash> {
+        let dirty: std::collections::HashSet<&str, crate::FastHash> =
+            dirty.iter().map(String::as_str).collect();
+        let mut out = HashMap::with_capacity_and_hasher(dirty.len(), crate::FastHash::default());
         for item in self
             .revocation_buckets
             .iter()
@@ -785,7 +800,7 @@ impl PolicyDoc {
     }
 
     fn put_revocation(&mut self, r: Revocation) {
-        if let Ok(uid) = EntityUid::from_str(&r.subject) {
+        if let Some(uid) = uid_of_canonical(&r.subject) {
             self.view.revoked_uids.insert(uid);
         }
         self.view.revoked.insert(r.subject.clone(), r);
@@ -803,7 +818,7 @@ impl PolicyDoc {
                 }
             }
         }
-        let uid = EntityUid::from_str(&canonical).ok();
+        let uid = uid_of_canonical(&canonical);
         if records.is_empty() {
             self.view.revoked.remove(&canonical);
             if let Some(uid) = uid {

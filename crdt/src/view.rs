@@ -141,6 +141,47 @@ pub fn canonical_subject(subject: &str) -> String {
     }
 }
 
+/// The Cedar uid that a canonical subject names, if it names one.
+///
+/// A subject in the plain form (see [`canonical_subject`]) is assembled from
+/// its type, parsed once per thread and remembered, and its id, which needs
+/// no unescaping: parsing the whole uid costs more than the rest of a
+/// revocation's path through the view. Anything else goes through Cedar's
+/// parser.
+pub fn uid_of_canonical(subject: &str) -> Option<EntityUid> {
+    use cedar_policy::{EntityId, EntityTypeName};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    /// Distinct types kept per thread (they are few: `User`, `Node`, ...).
+    const CACHED_TYPES: usize = 64;
+    thread_local! {
+        static TYPES: RefCell<HashMap<String, Option<EntityTypeName>>> = RefCell::new(HashMap::new());
+    }
+    if !is_plain_uid(subject) {
+        return EntityUid::from_str(subject).ok();
+    }
+    let (path, id) = subject
+        .strip_suffix('"')
+        .and_then(|b| b.split_once("::\""))
+        .expect("a plain uid has a type and a quoted id");
+    let type_name = TYPES.with(|t| {
+        let mut t = t.borrow_mut();
+        if let Some(known) = t.get(path) {
+            return known.clone();
+        }
+        if t.len() >= CACHED_TYPES {
+            t.clear();
+        }
+        let parsed = EntityTypeName::from_str(path).ok();
+        t.insert(path.to_owned(), parsed.clone());
+        parsed
+    })?;
+    Some(EntityUid::from_type_name_and_id(
+        type_name,
+        EntityId::new(id),
+    ))
+}
+
 /// Whether `s` is `Name(::Name)*::"id"` with ASCII identifiers and an id of
 /// printable ASCII other than quotes and backslashes: the form in which
 /// Cedar renders a uid, with nothing it would escape or respace.
@@ -377,6 +418,40 @@ mod tests {
         assert!(is_plain_uid(r#"User::"alice""#));
         assert!(!is_plain_uid(r#"User :: "alice""#));
         assert!(!is_plain_uid(r#"User::"it's""#));
+    }
+
+    #[test]
+    fn uids_are_assembled_as_cedar_parses_them() {
+        for s in [
+            r#"User::"alice""#,
+            r#"Acme::Corp::User::"a b-c.d@e""#,
+            r#"if::"x""#,
+            r#"User::"it's""#,
+            r#"User::"caf\u{e9}""#,
+            r#"User::"a\"b""#,
+            "alice",
+            r#"User::"""#,
+        ] {
+            let canonical = canonical_subject(s);
+            assert_eq!(
+                uid_of_canonical(&canonical),
+                EntityUid::from_str(&canonical).ok(),
+                "{s:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn uid_of_canonical_agrees_with_cedar(
+            s in r#"[A-Za-z_0-9]{0,3}(::[A-Za-z_0-9]{0,3}){0,2}::"[ -~\u{e9}]{0,6}""#
+        ) {
+            let canonical = canonical_subject(&s);
+            prop_assert_eq!(
+                uid_of_canonical(&canonical),
+                EntityUid::from_str(&canonical).ok()
+            );
+        }
     }
 
     proptest! {
