@@ -371,6 +371,27 @@ impl PolicyDoc {
         self.summarize_inner(change, None)
     }
 
+    /// What a change already in this document touched, as
+    /// [`PolicyDoc::summarize`] reported it before it was applied: for
+    /// checking a saved document's changes against their signers again.
+    pub fn summarize_applied(&mut self, change: &Change) -> Result<ChangeSummary, CrdtError> {
+        if !self.contains(&change.hash()) {
+            return Err(CrdtError::Malformed(format!(
+                "change {} is not in this document",
+                change.hash()
+            )));
+        }
+        match self.resolve_ops(change, None) {
+            Err(_) if !self.complete => {
+                // It may write into an object the loaded document no longer
+                // shows (a deleted bundle, say).
+                self.complete_tables();
+                self.resolve_ops(change, None)
+            }
+            r => r,
+        }
+    }
+
     fn summarize_inner(
         &self,
         change: &Change,

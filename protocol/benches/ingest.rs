@@ -5,6 +5,9 @@
 //!   into a state that already holds `BASE` revocations.
 //! - `load/verify_all`: rebuilding a state of `BASE` revocations from the stored
 //!   signed updates, verifying every one.
+//! - `load/load_and_verify_snapshot`: a node's start from its snapshot of
+//!   `BASE` revocations: the saved document loaded while every signature is
+//!   checked, then every update matched to it and authorized again.
 //! - The saved document's bytes per revocation are printed once.
 //!
 //! Run: `cargo bench -p weft-protocol --bench ingest`
@@ -229,6 +232,30 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function(format!("load_saved_doc_{base}_{label}"), |b| {
         b.iter(|| black_box(PolicyDoc::load(&saved).unwrap().change_count()))
+    });
+    // A node's start from its snapshot (node/src/store.rs): the saved
+    // document loads on one thread while every update's signatures are
+    // checked in batches on all of them, then every update is matched to the
+    // document's changes and authorized again under the trust root.
+    let stored_arcs: Vec<std::sync::Arc<[u8]>> =
+        stored.iter().map(|u| u.as_slice().into()).collect();
+    group.bench_function(format!("load_and_verify_snapshot_{base}_{label}"), |b| {
+        b.iter(|| {
+            let (doc, checked) = std::thread::scope(|scope| {
+                let loading = scope.spawn(|| PolicyDoc::load(&saved).unwrap());
+                let checked = weft_protocol::quarantine::decode_batch_verified_all(&stored_arcs);
+                (loading.join().unwrap(), checked)
+            });
+            let updates = checked
+                .into_iter()
+                .zip(&stored_arcs)
+                .map(|(v, bytes)| (v.unwrap(), bytes.clone()));
+            black_box(
+                SignedState::from_snapshot(root(&op), doc, updates)
+                    .unwrap()
+                    .update_count(),
+            )
+        })
     });
     group.finish();
 }

@@ -29,7 +29,7 @@ use weft_crdt::{Applied, ChangeHash, ChangeSummary, CrdtError, PolicyDoc, Policy
 
 use crate::identity::PublicKey;
 use crate::trust::TrustRoot;
-use crate::update::{Authorization, SignedUpdate, UpdateError, VerifiedUpdate, authorize_verified};
+use crate::update::{Authorization, UpdateError, VerifiedUpdate, authorize_verified};
 
 /// Default bound on updates held for missing dependencies.
 ///
@@ -109,51 +109,48 @@ impl SignedState {
     }
 
     /// Restores a state from a snapshot that this node wrote of its own
-    /// verified state: the document saved with [`PolicyDoc::save`] and loaded
-    /// with [`PolicyDoc::load`], plus the signed bytes of every update the
-    /// document holds. Signatures are **not** checked again; each update is
-    /// only decoded, to learn its signers.
+    /// state: the document saved with [`PolicyDoc::save`] and loaded with
+    /// [`PolicyDoc::load`], plus every update the document holds, each with
+    /// its signatures already checked (the caller checks them, in parallel
+    /// with loading the document; see `decode_batch_verified_all`).
     ///
-    /// # Why this is safe
-    /// Only the node writes its own store, and it snapshots only a state whose
-    /// every update went through [`SignedState::ingest`] (signatures, threshold
-    /// and paths against the trust root). Trusting the snapshot is trusting
-    /// the node's own disk, which also holds the node's secret key: whoever
-    /// can rewrite the store can impersonate the node anyway. Accidental damage
-    /// is the caller's to detect: it checks that each record's key is the hash
-    /// recomputed from its bytes, and falls back to re-verifying every update
-    /// when the snapshot and the records disagree. Updates stored after the
-    /// snapshot are ingested on top of it, verified, as usual. Never call this
-    /// with a snapshot that came from anywhere but this node's own store.
+    /// What is checked here, so that the snapshot is trusted for nothing a
+    /// signature can vouch for:
+    /// - every update's change is in the document, and the document holds no
+    ///   change without an update (the genesis change aside), so every op in
+    ///   it is covered by a signature over its change's hash;
+    /// - every update that names the current trust root is authorized again
+    ///   under it: its author signed it, its signers hold the roles its paths
+    ///   need, as many as the thresholds say.
     ///
-    /// Fails, changing nothing, when an update does not decode, when the
-    /// document lacks one of the updates, or when the counts disagree (the
-    /// document holds a change that has no update).
+    /// An update that names an older root was judged, when it was accepted,
+    /// against the chain of roots the node held then (a rotation's
+    /// `accepted_heads`); that chain is not kept across restarts, so such an
+    /// update is kept on its signatures alone.
+    ///
+    /// Fails, changing nothing, with the first update that does not hold.
     pub fn from_snapshot(
         root: TrustRoot,
-        doc: PolicyDoc,
-        updates: impl IntoIterator<Item = (ChangeHash, Arc<[u8]>)>,
+        mut doc: PolicyDoc,
+        updates: impl IntoIterator<Item = (VerifiedUpdate, Arc<[u8]>)>,
     ) -> Result<Self, UpdateError> {
         let mut state = SignedState::new(root);
-        for (hash, bytes) in updates {
-            if !doc.contains(&hash) {
+        for (v, bytes) in updates {
+            if !doc.contains(&v.hash) {
                 return Err(UpdateError::Malformed(format!(
-                    "the snapshot does not hold update {hash}"
+                    "the snapshot does not hold update {}",
+                    v.hash
                 )));
             }
-            let signers =
-                if crate::encoding::kind_of(&bytes) == Some(crate::encoding::Kind::Quarantine) {
-                    crate::quarantine::QuarantineOrder::from_bytes(&bytes)?;
-                    BTreeSet::new()
-                } else {
-                    let update = SignedUpdate::from_bytes(&bytes)?;
-                    update.signatures.iter().map(|s| s.key).collect()
-                };
-            state.signers.insert(hash, signers);
-            state.updates.insert(hash, bytes);
+            if v.update.root_version == state.root().version {
+                let summary = doc.summarize_applied(&v.change)?;
+                authorize_verified(&summary, &v, state.root())?;
+            }
+            state.signers.insert(v.hash, v.signers);
+            state.updates.insert(v.hash, bytes);
         }
         // The genesis change is the one change of the document without an update.
-        let changes = doc.automerge().get_changes_meta(&[]).len();
+        let changes = doc.change_count();
         if changes != state.updates.len() + 1 {
             return Err(UpdateError::Malformed(format!(
                 "the snapshot holds {} change(s) but {} update(s) were given",
@@ -279,7 +276,7 @@ impl SignedState {
     }
 
     /// Ingests an update whose signatures were already checked (by
-    /// [`SignedUpdate::verify`]); `bytes` are its encoded form.
+    /// [`crate::update::SignedUpdate::verify`]); `bytes` are its encoded form.
     pub fn ingest_verified(
         &mut self,
         update: VerifiedUpdate,

@@ -288,25 +288,63 @@ impl SignedUpdate {
     /// Parses the change, recomputes its hash and checks every signature with
     /// `verify_strict`. Any bad signature refuses the whole update.
     pub fn verify(self) -> Result<VerifiedUpdate, UpdateError> {
+        let (update, checks) = self.decode_unchecked()?;
+        for c in &checks {
+            c.verify()?;
+        }
+        Ok(update)
+    }
+
+    /// Parses the change and recomputes its hash, and lists the signature
+    /// checks that [`SignedUpdate::verify`] makes, without making them: the
+    /// result is not verified until every check passes.
+    pub(crate) fn decode_unchecked(
+        self,
+    ) -> Result<(VerifiedUpdate, Vec<SignatureCheck>), UpdateError> {
         let change = PolicyDoc::parse_change(&self.change)?;
         let hash = change.hash();
         let msg = signing_message(&hash, self.root_version);
-        let mut signers = BTreeSet::new();
-        for s in &self.signatures {
-            s.key
-                .verify(Domain::Update, &msg, &s.sig)
-                .map_err(|_| UpdateError::BadSignature {
-                    key: Box::new(s.key),
-                })?;
-            signers.insert(s.key);
-        }
-        Ok(VerifiedUpdate {
-            update: self,
-            change,
-            hash,
-            signers,
-            issuer: None,
-        })
+        let checks = self
+            .signatures
+            .iter()
+            .map(|s| SignatureCheck {
+                domain: Domain::Update,
+                key: s.key,
+                msg,
+                sig: s.sig,
+            })
+            .collect();
+        let signers = self.signatures.iter().map(|s| s.key).collect();
+        Ok((
+            VerifiedUpdate {
+                update: self,
+                change,
+                hash,
+                signers,
+                issuer: None,
+            },
+            checks,
+        ))
+    }
+}
+
+/// One signature an update carries, to be checked.
+#[derive(Clone, Debug)]
+pub(crate) struct SignatureCheck {
+    pub(crate) domain: Domain,
+    pub(crate) key: PublicKey,
+    pub(crate) msg: [u8; 40],
+    pub(crate) sig: Signature,
+}
+
+impl SignatureCheck {
+    /// The check on its own, with `verify_strict`'s verdict.
+    pub(crate) fn verify(&self) -> Result<(), UpdateError> {
+        self.key
+            .verify(self.domain, &self.msg, &self.sig)
+            .map_err(|_| UpdateError::BadSignature {
+                key: Box::new(self.key),
+            })
     }
 }
 

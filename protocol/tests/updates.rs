@@ -8,7 +8,7 @@ use weft_crdt::{BundleContent, PolicyDoc};
 use weft_protocol::identity::{PublicKey, SecretKey};
 use weft_protocol::state::{Ingested, SignedState};
 use weft_protocol::trust::{Operator, QuarantineLimits, Role, TrustRoot};
-use weft_protocol::update::{SignedUpdate, UpdateError, actor_for};
+use weft_protocol::update::{SignedUpdate, UpdateError, VerifiedUpdate, actor_for};
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
@@ -397,7 +397,19 @@ proptest! {
 
 #[test]
 fn verifying_many_on_several_threads_gives_each_its_own_verdict_in_order() {
-    use weft_protocol::quarantine::{decode_verified, decode_verified_all};
+    each_gets_its_own_verdict(weft_protocol::quarantine::decode_verified_all);
+}
+
+#[test]
+fn verifying_a_store_in_batches_gives_each_its_own_verdict_in_order() {
+    each_gets_its_own_verdict(weft_protocol::quarantine::decode_batch_verified_all);
+}
+
+/// A verdict for each of many stored updates, in order.
+type VerifyAll = fn(&[Vec<u8>]) -> Vec<Result<VerifiedUpdate, UpdateError>>;
+
+fn each_gets_its_own_verdict(verify_all: VerifyAll) {
+    use weft_protocol::quarantine::decode_verified;
     let op = key(1);
     let mut doc = PolicyDoc::new();
     let mut items: Vec<Vec<u8>> = (0..700u64)
@@ -423,7 +435,11 @@ fn verifying_many_on_several_threads_gives_each_its_own_verdict_in_order() {
     items[350] = b"not an update".to_vec();
     let half = items[699].len() / 2;
     items[699].truncate(half);
-    let all = decode_verified_all(&items);
+    // A valid signature, but another update's.
+    let sig_at = items[500].len() - 64;
+    let other = items[501][sig_at..].to_vec();
+    items[500][sig_at..].copy_from_slice(&other);
+    let all = verify_all(&items);
     assert_eq!(all.len(), items.len());
     for (i, (got, bytes)) in all.iter().zip(&items).enumerate() {
         let alone = decode_verified(bytes);
@@ -436,6 +452,6 @@ fn verifying_many_on_several_threads_gives_each_its_own_verdict_in_order() {
                 got.is_ok()
             ),
         }
-        assert_eq!(got.is_err(), [3, 350, 699].contains(&i), "item {i}");
+        assert_eq!(got.is_err(), [3, 350, 500, 699].contains(&i), "item {i}");
     }
 }
