@@ -374,22 +374,22 @@ impl PolicyDoc {
     /// What a change already in this document touched, as
     /// [`PolicyDoc::summarize`] reported it before it was applied: for
     /// checking a saved document's changes against their signers again.
-    pub fn summarize_applied(&mut self, change: &Change) -> Result<ChangeSummary, CrdtError> {
+    /// A loaded document knows only the objects it still shows; a change that
+    /// wrote into one it no longer shows (a deleted bundle, say) fails here
+    /// until [`PolicyDoc::complete_tables`] has run.
+    pub fn summarize_applied(&self, change: &Change) -> Result<ChangeSummary, CrdtError> {
         if !self.contains(&change.hash()) {
             return Err(CrdtError::Malformed(format!(
                 "change {} is not in this document",
                 change.hash()
             )));
         }
-        match self.resolve_ops(change, None) {
-            Err(_) if !self.complete => {
-                // It may write into an object the loaded document no longer
-                // shows (a deleted bundle, say).
-                self.complete_tables();
-                self.resolve_ops(change, None)
-            }
-            r => r,
-        }
+        self.resolve_ops(change, None)
+    }
+
+    /// Whether every object's path is known (see [`PolicyDoc::complete_tables`]).
+    pub fn tables_complete(&self) -> bool {
+        self.complete
     }
 
     fn summarize_inner(

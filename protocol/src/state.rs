@@ -135,17 +135,38 @@ impl SignedState {
         updates: impl IntoIterator<Item = (VerifiedUpdate, Arc<[u8]>)>,
     ) -> Result<Self, UpdateError> {
         let mut state = SignedState::new(root);
+        let updates: Vec<(VerifiedUpdate, Arc<[u8]>)> = updates.into_iter().collect();
+        if let Some((v, _)) = updates.iter().find(|(v, _)| !doc.contains(&v.hash)) {
+            return Err(UpdateError::Malformed(format!(
+                "the snapshot does not hold update {}",
+                v.hash
+            )));
+        }
+        let latest = state.root();
+        let judge = |doc: &PolicyDoc, v: &VerifiedUpdate| -> Result<(), UpdateError> {
+            if v.update.root_version == latest.version {
+                authorize_verified(&doc.summarize_applied(&v.change)?, v, latest)?;
+            }
+            Ok(())
+        };
+        let failed: Vec<usize> = on_all_cores(&updates, |part, offset| {
+            part.iter()
+                .enumerate()
+                .filter(|(_, (v, _))| judge(&doc, v).is_err())
+                .map(|(i, _)| offset + i)
+                .collect()
+        });
+        if !failed.is_empty() {
+            // Some may write into objects the loaded document no longer
+            // shows; learn every object's path and judge those again.
+            if !doc.tables_complete() {
+                doc.complete_tables();
+            }
+            for i in failed {
+                judge(&doc, &updates[i].0)?;
+            }
+        }
         for (v, bytes) in updates {
-            if !doc.contains(&v.hash) {
-                return Err(UpdateError::Malformed(format!(
-                    "the snapshot does not hold update {}",
-                    v.hash
-                )));
-            }
-            if v.update.root_version == state.root().version {
-                let summary = doc.summarize_applied(&v.change)?;
-                authorize_verified(&summary, &v, state.root())?;
-            }
             state.signers.insert(v.hash, v.signers);
             state.updates.insert(v.hash, bytes);
         }
@@ -572,6 +593,37 @@ impl SignedState {
             .filter(|h| !self.updates.contains_key(h))
             .collect()
     }
+}
+
+/// `work` on every part of `items`, one part per core the process may run
+/// on (given the part and the index of its first item), the parts' results
+/// concatenated in order.
+fn on_all_cores<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&[T], usize) -> Vec<R> + Sync,
+) -> Vec<R> {
+    /// Below this, starting threads costs more than it saves.
+    const PER_THREAD: usize = 256;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(items.len() / PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return work(items, 0);
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let work = &work;
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .enumerate()
+            .map(|(n, part)| scope.spawn(move || work(part, n * chunk)))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a worker thread does not panic"))
+            .collect()
+    })
 }
 
 #[allow(clippy::large_enum_variant)]
