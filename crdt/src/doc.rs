@@ -659,11 +659,10 @@ impl PolicyDoc {
         }
         for (idx, change, _) in &admitted {
             if let Ok(Applied::New(summary)) = &results[*idx] {
-                let summary = summary.clone();
                 self.applied.insert(change.hash());
                 self.lanes
                     .insert(change.actor_id().clone(), (change.seq(), change.hash()));
-                self.note_summary(&summary);
+                self.note_summary(summary);
             }
         }
         self.refresh_view();

@@ -65,6 +65,7 @@ pub enum Ingested {
     },
 }
 
+#[derive(Clone)]
 struct Held {
     update: VerifiedUpdate,
     bytes: Arc<[u8]>,
@@ -73,6 +74,7 @@ struct Held {
 }
 
 /// The verified replicated state of one node.
+#[derive(Clone)]
 pub struct SignedState {
     doc: PolicyDoc,
     roots: BTreeMap<u64, TrustRoot>,
@@ -379,7 +381,7 @@ impl SignedState {
                     // It may have been held, and arrived again with its deps.
                     self.held.remove(&v.hash);
                     self.updates.insert(v.hash, bytes);
-                    self.signers.insert(v.hash, v.signers.clone());
+                    self.signers.insert(v.hash, v.signers);
                     Ok(Ingested::Applied {
                         hash: v.hash,
                         summary,
