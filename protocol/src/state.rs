@@ -78,10 +78,9 @@ struct Held {
 pub struct SignedState {
     doc: PolicyDoc,
     roots: BTreeMap<u64, TrustRoot>,
-    /// The signed bytes of every applied update, by change hash.
-    updates: BTreeMap<ChangeHash, Arc<[u8]>>,
-    /// Signers of every applied update.
-    signers: BTreeMap<ChangeHash, BTreeSet<PublicKey>>,
+    /// The signed bytes and the signers of every applied update, by change
+    /// hash.
+    updates: BTreeMap<ChangeHash, (Arc<[u8]>, BTreeSet<PublicKey>)>,
     held: BTreeMap<ChangeHash, Held>,
     held_seq: u64,
     max_held: usize,
@@ -102,7 +101,6 @@ impl SignedState {
             doc: PolicyDoc::new(),
             roots,
             updates: BTreeMap::new(),
-            signers: BTreeMap::new(),
             held: BTreeMap::new(),
             held_seq: 0,
             max_held: DEFAULT_MAX_HELD,
@@ -169,8 +167,7 @@ impl SignedState {
             }
         }
         for (v, bytes) in updates {
-            state.signers.insert(v.hash, v.signers);
-            state.updates.insert(v.hash, bytes);
+            state.updates.insert(v.hash, (bytes, v.signers));
         }
         // The genesis change is the one change of the document without an update.
         let changes = doc.change_count();
@@ -243,7 +240,7 @@ impl SignedState {
 
     /// The signed bytes of an applied update.
     pub fn update_bytes(&self, hash: &ChangeHash) -> Option<Arc<[u8]>> {
-        self.updates.get(hash).cloned()
+        self.updates.get(hash).map(|(bytes, _)| bytes.clone())
     }
 
     /// Every applied update's hash.
@@ -263,7 +260,7 @@ impl SignedState {
 
     /// Signers of an applied update.
     pub fn signers_of(&self, hash: &ChangeHash) -> Option<&BTreeSet<PublicKey>> {
-        self.signers.get(hash)
+        self.updates.get(hash).map(|(_, signers)| signers)
     }
 
     /// Dependencies that held updates wait for and no one has supplied yet.
@@ -380,8 +377,7 @@ impl SignedState {
                     any_applied = true;
                     // It may have been held, and arrived again with its deps.
                     self.held.remove(&v.hash);
-                    self.updates.insert(v.hash, bytes);
-                    self.signers.insert(v.hash, v.signers);
+                    self.updates.insert(v.hash, (bytes, v.signers));
                     Ok(Ingested::Applied {
                         hash: v.hash,
                         summary,
@@ -480,8 +476,8 @@ impl SignedState {
             }
             Applied::Duplicate => {}
         }
-        self.updates.insert(update.hash, bytes.clone());
-        self.signers.insert(update.hash, update.signers.clone());
+        self.updates
+            .insert(update.hash, (bytes.clone(), update.signers.clone()));
         self.held.remove(&update.hash);
         Ok(Step::Applied(summary, authorization))
     }
@@ -580,7 +576,7 @@ impl SignedState {
             .doc
             .changes()
             .iter()
-            .filter_map(|c| self.updates.get(&c.hash()).cloned())
+            .filter_map(|c| self.updates.get(&c.hash()).map(|(bytes, _)| bytes.clone()))
             .collect();
         let before: BTreeSet<ChangeHash> = self.updates.keys().copied().collect();
         let mut fresh = SignedState::new(self.root().clone()).with_max_held(self.max_held);
