@@ -249,23 +249,24 @@ pub(crate) struct Behaviour {
 
 /// The gossipsub configuration.
 ///
-/// Mesh sizes: `mesh_n` 4, `mesh_n_low` 2, `mesh_n_high` 8,
-/// `mesh_outbound_min` 1. At 1,000 nodes a degree of 4 reaches everyone in
-/// about log4(1000) ≈ 5 hops, one more than the gossipsub spec's 6, for
-/// about a third fewer copies of each update (the simulator's lossy WAN:
-/// 2.84 copies per delivery against 3.92 at 6/2/12, every connected node
-/// reached within 1.5 s either way; BENCHMARKS.md). At a 3-node site each
-/// node has only 2 peers: with the default `mesh_n_low` of 5 the mesh would
-/// count as under-populated forever and every heartbeat would try to graft
-/// peers that do not exist; with 2 it is simply full. One outbound peer is
-/// the most a node that dialled one peer can have. A node grafts only while
-/// its mesh is below `mesh_n_low`, so meshes settle between 2 and 8 (about
-/// 3.6 peers of about 6 connections in the loopback benchmark).
-/// `mesh_n_high` stays well above a typical node's connection count: a
-/// well-connected node refuses inbound grafts once its mesh holds
-/// `mesh_n_high` peers, and a node whose peers all refuse is left with no
-/// mesh and waits for IHAVE (at 4/2/5 on loopback, updates took up to
-/// 0.8 s to reach everyone).
+/// Mesh sizes: `mesh_n` 3, `mesh_n_low` 1, `mesh_n_high` 12,
+/// `mesh_outbound_min` 1. A node grafts only when its mesh is empty, and
+/// then up to 3 peers, so meshes stay sparse and an update costs about one
+/// eager copy per node instead of about two at 4/2/8 (1.7–2.0× the update's
+/// size in bytes sent per node on the loopback benchmark, against 3.4–3.8×;
+/// BENCHMARKS.md, "Propagation"). In the simulator's 10,000-node WAN (50 ms,
+/// 10% loss) every connected node is still reached within 1.5 s; the
+/// median update takes about twice as long to reach every node (more hops,
+/// and some nodes are reached by IHAVE), and 2/1/8 misses that goal. At a
+/// 3-node site each node has 2 peers and both can be in its mesh; the
+/// default `mesh_n_low` of 5 would count that mesh as under-populated
+/// forever. One outbound peer is the most a node that dialled one peer can
+/// have. `mesh_n_high` stays above a typical node's connection count: a
+/// node whose mesh grows past it prunes down to `mesh_n` at once, and its
+/// pruned peers, often left with no mesh and backed off from it, wait for
+/// IHAVE; at 3/1/8 on the 100-node benchmark one update in 30 took 2.2 s
+/// to reach everyone, at 3/1/12 none above 80 ms in three runs. It also
+/// refuses inbound grafts at that size (at 4/2/5, updates took up to 0.8 s).
 ///
 /// The envelope is anonymous (`MessageAuthenticity::Anonymous`,
 /// `ValidationMode::Anonymous`): no source, sequence number or signature,
@@ -276,25 +277,28 @@ pub(crate) struct Behaviour {
 /// unchanged: a Reject penalizes the peer that delivered the message (and
 /// any that sent it again while it was being validated), never its author.
 ///
-/// Lazy gossip keeps libp2p's defaults: an id goes into IHAVE for 3
-/// heartbeats, to 6 peers outside the mesh. It is the repair path for a node
-/// that misses every eager copy (one whose mesh peers were all busy, say);
-/// with IHAVE to 2 peers for one heartbeat, such a node on the 100-node
-/// loopback benchmark once waited 4.5 s for anti-entropy (BENCHMARKS.md).
+/// Lazy gossip: an id goes into IHAVE for one heartbeat (`history_gossip`
+/// 1, libp2p's default 3) to at least 6 peers outside the mesh
+/// (`gossip_lazy`, libp2p's default), which is every such peer of most
+/// nodes. It is the repair path for a node that misses every eager copy;
+/// to 2 peers, such a node on the 100-node benchmark once waited 4.5 s for
+/// anti-entropy. Three heartbeats cost 0.4–0.7× of the update in bytes per
+/// node on the benchmark and were no faster in its worst case.
 ///
 /// `flood_publish` (the default) sends a node's own updates to every peer
-/// with a good score, not only its mesh, which matters more for latency than
-/// bandwidth on a topic this quiet.
+/// with a good score, not only its mesh: the first hop's redundancy, which
+/// a sparse mesh needs more.
 pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
     gossipsub::ConfigBuilder::default()
         .validate_messages()
         .validation_mode(ValidationMode::Anonymous)
         .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
         .max_transmit_size(MAX_GOSSIP_BYTES)
-        .mesh_n(4)
-        .mesh_n_low(2)
-        .mesh_n_high(8)
+        .mesh_n(3)
+        .mesh_n_low(1)
+        .mesh_n_high(12)
         .mesh_outbound_min(1)
+        .history_gossip(1)
         .heartbeat_interval(Duration::from_secs(1))
         .build()
         .map_err(|e| format!("invalid gossipsub configuration: {e}"))

@@ -156,15 +156,19 @@ fn wan(seed: u64, only: Option<usize>) -> Result<()> {
         // The node's configuration.
         (LossModel::Retransmit, d, 1_000, true, lazy),
         (LossModel::Drop, d, 1_000, true, lazy),
-        // The node's configuration before: D = 6/2/12, a signed envelope,
-        // libp2p's lazy gossip.
+        // The node's configuration before: D = 4/2/8, libp2p's lazy gossip.
+        (LossModel::Retransmit, (4, 2, 8), 1_000, true, (3, 6)),
+        (LossModel::Drop, (4, 2, 8), 1_000, true, (3, 6)),
+        // The first: D = 6/2/12, a signed envelope, libp2p's lazy gossip.
         (LossModel::Retransmit, (6, 2, 12), 1_000, false, (3, 6)),
-        (LossModel::Retransmit, (6, 2, 12), 1_000, true, lazy),
-        (LossModel::Retransmit, (5, 2, 10), 1_000, true, lazy),
-        (LossModel::Retransmit, (4, 2, 5), 1_000, true, lazy),
-        (LossModel::Retransmit, (3, 2, 6), 1_000, true, lazy),
-        (LossModel::Drop, (3, 2, 6), 1_000, true, lazy),
-        (LossModel::Retransmit, d, 1_000, false, (3, 6)),
+        // D_high 8: hubs prune more often.
+        (LossModel::Retransmit, (3, 1, 8), 1_000, true, lazy),
+        // IHAVE for three heartbeats.
+        (LossModel::Retransmit, d, 1_000, true, (3, 6)),
+        // A smaller mesh still.
+        (LossModel::Retransmit, (2, 1, 8), 1_000, true, lazy),
+        // Grafting while below 2 peers.
+        (LossModel::Retransmit, (3, 2, 12), 1_000, true, lazy),
         // IDONTWANT for every message, which the node's configuration never
         // sends for updates this small.
         (LossModel::Retransmit, d, 0, true, lazy),

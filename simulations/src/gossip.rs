@@ -3,12 +3,12 @@
 //! # How the model maps onto gossipsub
 //! | gossipsub (rust-libp2p)          | here                                   | default |
 //! |----------------------------------|----------------------------------------|---------|
-//! | `mesh_n` (D)                     | [`GossipConfig::d`]                    | 4 (node) |
-//! | `mesh_n_low` (D_low)             | [`GossipConfig::d_low`]                | 2 (node) |
-//! | `mesh_n_high` (D_high)           | [`GossipConfig::d_high`]               | 8 (node) |
+//! | `mesh_n` (D)                     | [`GossipConfig::d`]                    | 3 (node) |
+//! | `mesh_n_low` (D_low)             | [`GossipConfig::d_low`]                | 1 (node) |
+//! | `mesh_n_high` (D_high)           | [`GossipConfig::d_high`]               | 12 (node) |
 //! | `gossip_lazy` (D_lazy)           | [`GossipConfig::d_lazy`]               | 6 (node) |
 //! | `heartbeat_interval`             | [`GossipConfig::heartbeat`]            | 1 s |
-//! | `history_gossip` / `history_length` | same names                          | 3 (node) / 5 |
+//! | `history_gossip` / `history_length` | same names                          | 1 (node) / 5 |
 //! | `MessageAuthenticity::Anonymous` + `ValidationMode::Anonymous` | [`GossipConfig::anonymous`] | true (node) |
 //! | `flood_publish`                  | [`GossipConfig::flood_publish`]        | true |
 //! | `max_transmit_size`              | [`GossipConfig::max_transmit`]         | 4 MiB + 64 KiB |

@@ -218,13 +218,13 @@ impl Default for NetworkConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GossipConfig {
-    /// `mesh_n`: the mesh degree a node aims for. Node default 4.
+    /// `mesh_n`: the mesh degree a node aims for. Node default 3.
     #[serde(default = "d_d")]
     pub d: usize,
-    /// `mesh_n_low`: below this the heartbeat grafts. Node default 2.
+    /// `mesh_n_low`: below this the heartbeat grafts. Node default 1.
     #[serde(default = "d_d_low")]
     pub d_low: usize,
-    /// `mesh_n_high`: above this the heartbeat prunes. Node default 8.
+    /// `mesh_n_high`: above this the heartbeat prunes. Node default 12.
     #[serde(default = "d_d_high")]
     pub d_high: usize,
     /// `gossip_lazy`: peers outside the mesh that get IHAVE per heartbeat.
@@ -235,7 +235,7 @@ pub struct GossipConfig {
     #[serde(default = "d_heartbeat", deserialize_with = "de_ms")]
     pub heartbeat: u64,
     /// `history_gossip`: heartbeats whose message ids go into IHAVE.
-    /// libp2p's default (and the node's) 3.
+    /// Node default 1 (libp2p's, 3).
     #[serde(default = "d_history_gossip")]
     pub history_gossip: usize,
     /// `history_length`: heartbeats a message stays answerable to IWANT. libp2p default 5.
@@ -268,13 +268,13 @@ pub struct GossipConfig {
 }
 
 fn d_d() -> usize {
-    4
+    3
 }
 fn d_d_low() -> usize {
-    2
+    1
 }
 fn d_d_high() -> usize {
-    8
+    12
 }
 fn d_d_lazy() -> usize {
     6
@@ -283,7 +283,7 @@ fn d_heartbeat() -> u64 {
     1_000
 }
 fn d_history_gossip() -> usize {
-    3
+    1
 }
 fn d_history_length() -> usize {
     5
