@@ -264,9 +264,13 @@ pub(crate) struct Behaviour {
 /// have. `mesh_n_high` stays above a typical node's connection count: a
 /// node whose mesh grows past it prunes down to `mesh_n` at once, and its
 /// pruned peers, often left with no mesh and backed off from it, wait for
-/// IHAVE; at 3/1/8 on the 100-node benchmark one update in 30 took 2.2 s
-/// to reach everyone, at 3/1/12 none above 80 ms in three runs. It also
-/// refuses inbound grafts at that size (at 4/2/5, updates took up to 0.8 s).
+/// IHAVE until they graft again; at 3/1/8 on the 100-node benchmark one
+/// update in 30 took 2.2 s to reach everyone in two runs, at 3/1/12 none
+/// above 80 ms in three. It also refuses inbound grafts at that size (at
+/// 4/2/5, updates took up to 0.8 s). Sparse meshes take a few heartbeats to
+/// settle after a start: at 100 nodes on 2 cores, an update in the first
+/// 3 s could take 1.7-1.9 s (IHAVE and anti-entropy reach the nodes the
+/// meshes do not yet), none after 6 s.
 ///
 /// The envelope is anonymous (`MessageAuthenticity::Anonymous`,
 /// `ValidationMode::Anonymous`): no source, sequence number or signature,
