@@ -42,6 +42,11 @@ fn quarantines() -> bool {
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
+/// The allocator the `weft` binary runs with (node/src/main.rs), so that the
+/// CPU and memory figures are the node's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context as _, Result, bail, ensure};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
