@@ -53,7 +53,7 @@ use crate::schema::{
     SchemaViolation, Slot,
 };
 use crate::view::{
-    BundleState, Conflict, ConflictSide, PolicyView, Revocation, RevocationRecord,
+    BundleState, Conflict, ConflictSide, OpRef, PolicyView, Revocation, RevocationRecord,
     canonical_subject, digest_of, uid_of_canonical,
 };
 
@@ -806,6 +806,7 @@ impl PolicyDoc {
                     subject: canonical,
                     reason,
                     actors: vec![actor_hex(&item.id())],
+                    writes: OpRef::of(&item.id()).into_iter().collect(),
                 },
             );
         }
@@ -830,11 +831,13 @@ impl PolicyDoc {
         let canonical = canonical_subject(subject);
         // Several raw keys may canonicalize to the same subject; gather them all.
         let mut records: Vec<(String, String)> = Vec::new();
+        let mut writes: Vec<OpRef> = Vec::new();
         let keys: BTreeSet<&str> = [canonical.as_str(), subject].into_iter().collect();
         for raw in keys {
             if let Ok(values) = self.doc.get_all(self.bucket_of(raw), raw) {
                 for (value, id) in values {
                     records.push((actor_hex(&id), reason_of(&value)));
+                    writes.extend(OpRef::of(&id));
                 }
             }
         }
@@ -852,19 +855,22 @@ impl PolicyDoc {
             let mut actors: Vec<String> = records.into_iter().map(|r| r.0).collect();
             actors.sort();
             actors.dedup();
+            writes.sort();
+            writes.dedup();
             self.view.revoked.insert(
                 canonical.clone(),
                 Revocation {
                     subject: canonical,
                     reason,
                     actors,
+                    writes,
                 },
             );
         }
     }
 
     fn refresh_bundle(&mut self, name: &str, old: Option<&BundleState>) {
-        let Some((merged, conflicts, authors)) =
+        let Some((merged, conflicts, writes)) =
             read_bundle(&self.doc, &self.bundles_obj, name, None)
         else {
             self.view.bundles.remove(name);
@@ -883,7 +889,11 @@ impl PolicyDoc {
             fallback_from: None,
             error: None,
             conflicts,
-            authors,
+            authors: {
+                let actors: BTreeSet<&str> = writes.iter().map(|w| w.actor.as_str()).collect();
+                actors.into_iter().map(str::to_owned).collect()
+            },
+            writes,
             indexed: Arc::new(Vec::new()),
         };
         // The same content as the version in force: keep its parse and index.
@@ -1169,13 +1179,13 @@ fn read_str_all<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> (Option<String>,
 }
 
 /// Reads bundle `name`, now or as of `heads`, with its conflicts and the
-/// actors (hex, sorted) that wrote what it holds.
+/// operations (sorted) that wrote what it holds.
 fn read_bundle(
     doc: &Automerge,
     bundles: &ObjId,
     name: &str,
     heads: Option<&[ChangeHash]>,
-) -> Option<(BundleContent, Vec<Conflict>, Vec<String>)> {
+) -> Option<(BundleContent, Vec<Conflict>, Vec<OpRef>)> {
     let get_all = |obj: &ObjId, key: &str| -> Vec<(Value<'_>, ObjId)> {
         match heads {
             None => doc.get_all(obj, key),
@@ -1186,7 +1196,7 @@ fn read_bundle(
     let mut conflicts = Vec::new();
     let mut writers = BTreeSet::new();
     let mut note_conflict = |path: String, sides: &[(Value<'_>, ObjId)]| {
-        writers.extend(sides.iter().map(|(_, id)| actor_hex(id)));
+        writers.extend(sides.iter().filter_map(|(_, id)| OpRef::of(id)));
         if sides.len() > 1 {
             let winner = sides.len() - 1;
             conflicts.push(Conflict {

@@ -36,4 +36,4 @@ pub use doc::{Applied, CrdtError, PolicyDoc, Refusal};
 pub use index::{IndexedPolicy, ScopeIndex};
 pub use quarantine::{QuarantineHit, QuarantineRecord, QuarantineRules};
 pub use schema::{ChangeSummary, Path, SchemaViolation, Section};
-pub use view::{BundleState, Conflict, ConflictSide, PolicyView, Revocation, ViewSummary};
+pub use view::{BundleState, Conflict, ConflictSide, OpRef, PolicyView, Revocation, ViewSummary};

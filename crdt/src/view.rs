@@ -38,6 +38,32 @@ pub struct Conflict {
     pub sides: Vec<ConflictSide>,
 }
 
+/// One live operation in the document: its actor (hex) and counter. The
+/// pair names the change that holds it (the actor's change whose op range
+/// covers the counter), so it is how an item leads to the changes, and the
+/// signatures, that wrote what it holds now; an actor alone does not, since
+/// an author lane writes many changes with one actor.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpRef {
+    /// Hex of the operation's actor.
+    pub actor: String,
+    /// The operation's counter.
+    pub counter: u64,
+}
+
+impl OpRef {
+    /// The operation an object id names (`None` for the root).
+    pub(crate) fn of(id: &automerge::ObjId) -> Option<OpRef> {
+        match id {
+            automerge::ObjId::Root => None,
+            automerge::ObjId::Id(counter, actor, _) => Some(OpRef {
+                actor: hex::encode(actor.to_bytes()),
+                counter: *counter,
+            }),
+        }
+    }
+}
+
 /// A revocation as recorded in the document.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
@@ -48,6 +74,9 @@ pub struct Revocation {
     /// Hex of the actors whose records are live (concurrent revocations of one
     /// subject each stay until a reinstatement that saw them removes them).
     pub actors: Vec<String>,
+    /// The operations that wrote the live records, sorted.
+    #[serde(default)]
+    pub writes: Vec<OpRef>,
 }
 
 /// The record stored at `revocations/BUCKET/SUBJECT`, as JSON.
@@ -86,6 +115,9 @@ pub struct BundleState {
     /// Hex of the actors that wrote what the bundle holds now (every side of
     /// a conflict included), sorted.
     pub authors: Vec<String>,
+    /// The operations that wrote what the bundle holds now (every side of a
+    /// conflict included), sorted.
+    pub writes: Vec<OpRef>,
     /// The effective version's policies, indexed by scope.
     pub indexed: Arc<Vec<Arc<IndexedPolicy>>>,
 }
@@ -129,6 +161,11 @@ impl Default for PolicyView {
 /// Canonical text of a subject: a Cedar uid re-rendered, anything else as given.
 pub fn canonical_subject(subject: &str) -> String {
     let subject = subject.trim();
+    if !subject.contains("::") {
+        // No Cedar uid lacks the separator (a node id, say): Cedar would
+        // refuse it, and its refusal is the costly path.
+        return subject.to_owned();
+    }
     if is_plain_uid(subject) {
         // Cedar would render it back unchanged (or refuse it, which keeps it
         // as given too); parsing costs more than the rest of a revocation's
@@ -156,6 +193,9 @@ pub fn uid_of_canonical(subject: &str) -> Option<EntityUid> {
     const CACHED_TYPES: usize = 64;
     thread_local! {
         static TYPES: RefCell<HashMap<String, Option<EntityTypeName>>> = RefCell::new(HashMap::new());
+    }
+    if !subject.contains("::") {
+        return None;
     }
     if !is_plain_uid(subject) {
         return EntityUid::from_str(subject).ok();
@@ -412,6 +452,9 @@ mod tests {
             r#"1User::"x""#,
             r#"::"x""#,
             "alice",
+            "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+            r#"User:"x""#,
+            r#"User: :"x""#,
         ] {
             assert_eq!(canonical_subject(s), through_cedar(s), "{s:?}");
         }
@@ -451,6 +494,16 @@ mod tests {
                 uid_of_canonical(&canonical),
                 EntityUid::from_str(&canonical).ok()
             );
+        }
+    }
+
+    proptest! {
+        /// Text without `::` (node ids among it) is never a uid.
+        #[test]
+        fn text_without_a_separator_is_no_uid(s in r#"[ -~\t\u{e9}]{0,16}"#) {
+            prop_assume!(!s.contains("::"));
+            prop_assert_eq!(canonical_subject(&s), through_cedar(&s));
+            prop_assert_eq!(uid_of_canonical(&s), EntityUid::from_str(&s).ok());
         }
     }
 

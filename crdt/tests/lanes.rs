@@ -5,6 +5,7 @@
 
 use automerge::{ActorId, Change, ExpandedChange};
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 use weft_crdt::{CrdtError, PolicyDoc};
 
 fn lane(n: u8) -> ActorId {
@@ -152,5 +153,76 @@ proptest! {
         for l in [lane(1), lane(2)] {
             prop_assert_eq!(doc.lane(&l), author.lane(&l));
         }
+    }
+}
+
+/// The change of `actor`'s lane that holds operation `op`: the one with the
+/// lowest highest-op counter at or above the op's counter.
+fn change_of(changes: &[&Change], op: &weft_crdt::OpRef) -> Option<automerge::ChangeHash> {
+    changes
+        .iter()
+        .filter(|c| hex::encode(c.actor_id().to_bytes()) == op.actor && c.max_op() >= op.counter)
+        .min_by_key(|c| c.max_op())
+        .map(|c| c.hash())
+}
+
+#[test]
+fn live_operations_name_the_change_in_a_lane_that_wrote_each_item() {
+    let mut doc = PolicyDoc::new();
+    let ra = revoke(&mut doc, lane(3), "a");
+    let mut content = weft_crdt::BundleContent::default();
+    content
+        .policies
+        .insert("p".into(), "permit(principal, action, resource);".into());
+    let b1 = doc
+        .build_bundle(lane(3), "web", &content, 1)
+        .unwrap()
+        .unwrap();
+    let rb = revoke(&mut doc, lane(3), "b");
+    content
+        .policies
+        .insert("q".into(), "forbid(principal, action, resource);".into());
+    let b2 = doc
+        .build_bundle(lane(3), "web", &content, 2)
+        .unwrap()
+        .unwrap();
+    let lane_changes = [&ra, &b1, &rb, &b2];
+    // One actor wrote all four: the actor alone cannot tell them apart.
+    let view = doc.view();
+    for (who, change) in [("a", &ra), ("b", &rb)] {
+        let r = view.revocation(&format!(r#"User::"{who}""#)).unwrap();
+        assert_eq!(r.actors, vec![hex::encode(lane(3).to_bytes())]);
+        let held: Vec<_> = r
+            .writes
+            .iter()
+            .map(|w| change_of(&lane_changes, w))
+            .collect();
+        assert_eq!(held, vec![Some(change.hash())], "revocation of {who}");
+    }
+    // The bundle holds operations of both of its changes and of no other.
+    let bundle = view.bundles().find(|b| b.name == "web").unwrap();
+    let held: BTreeSet<_> = bundle
+        .writes
+        .iter()
+        .map(|w| change_of(&lane_changes, w))
+        .collect();
+    assert_eq!(held, BTreeSet::from([Some(b1.hash()), Some(b2.hash())]));
+    // A replica that received the changes sees the same operations.
+    let mut replica = PolicyDoc::new();
+    for c in lane_changes {
+        replica.apply(c.clone()).unwrap();
+    }
+    // So does one loaded from a save (the view is read in bulk then).
+    let loaded = PolicyDoc::load(&doc.save()).unwrap();
+    for other in [replica.view(), loaded.view()] {
+        for who in ["a", "b"] {
+            let subject = format!(r#"User::"{who}""#);
+            assert_eq!(
+                other.revocation(&subject).unwrap().writes,
+                view.revocation(&subject).unwrap().writes
+            );
+        }
+        let web = other.bundles().find(|b| b.name == "web").unwrap();
+        assert_eq!(web.writes, bundle.writes);
     }
 }

@@ -24,7 +24,7 @@
 //! | `Publish` | gossipsub publish (no peers yet is fine: sync catches them up) |
 //! | `Verdict` | `report_message_validation_result` for the message being handled |
 //! | `Send` / `Respond` | request-response request / response on the stored channel |
-//! | `Persist` | sled insert, then one flush per input: before anything else for a local submit, after the verdict for gossip |
+//! | `Persist` | sled insert before anything else; then a flush at once for a local submit or order (durable before the 202), or by the background flusher for updates from peers (forwarding and the new view never wait on the disk) |
 //! | `Applied` | a new [`PolicyView`] is swapped in for readers |
 //! | `Penalize` | a log line (gossipsub scoring has already counted the reject) |
 //! | `Disconnect` / `Ban` | close the connections; a ban also blocks the peer |
@@ -61,7 +61,7 @@ use libp2p::{
     yamux,
 };
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weft_crdt::{ChangeHash, PolicyView};
 use weft_protocol::audit::SignedCheckpoint;
@@ -758,8 +758,10 @@ pub(crate) struct NodeTask {
     requests: HashMap<OutboundRequestId, PeerId>,
     partitioned: BTreeSet<PeerId>,
     banned: BTreeSet<PeerId>,
-    /// Actor (hex) of every applied change, to its hashes: for bundle signers.
-    actors: HashMap<String, Vec<ChangeHash>>,
+    /// Every applied change by actor (hex) and highest op counter, to find
+    /// the change that holds a live operation ([`NodeTask::change_of`]): for
+    /// the signers and times of bundles and revocations.
+    actors: HashMap<String, BTreeMap<u64, ChangeHash>>,
     /// How many hashes `actors` holds.
     indexed: usize,
     /// The author's timestamp of every applied change (Unix seconds, 0 when
@@ -776,6 +778,34 @@ pub(crate) struct NodeTask {
     node_key: SecretKey,
     /// Peers admitted so far, to record each admission once.
     admitted: BTreeSet<PeerId>,
+    /// Wakes the background flusher ([`flush_when_asked`]).
+    flush_wanted: Arc<Notify>,
+}
+
+/// When the updates among a batch of outputs are flushed to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flush {
+    /// Before anything else is carried out: the caller is told the update
+    /// was accepted, so it must survive a crash.
+    Now,
+    /// By the background flusher, soon after: updates from peers, which a
+    /// node that crashes first fetches again by sync.
+    Background,
+}
+
+/// Flushes the store each time it is asked, on the blocking pool, so that
+/// the node's task never waits on the disk for updates from peers. Requests
+/// that arrive while a flush runs are served by one more flush after it.
+async fn flush_when_asked(store: Arc<Store>, wanted: Arc<Notify>) {
+    loop {
+        wanted.notified().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%err, "flushing the store failed"),
+            Err(err) => tracing::error!(%err, "flushing the store did not finish"),
+        }
+    }
 }
 
 impl NodeTask {
@@ -824,6 +854,7 @@ impl NodeTask {
             checkpoints: parts.checkpoints,
             node_key: parts.node_key,
             admitted: BTreeSet::new(),
+            flush_wanted: Arc::new(Notify::new()),
         }
     }
 
@@ -837,8 +868,12 @@ impl NodeTask {
 
     /// Runs until shutdown is signalled, then flushes the store.
     pub(crate) async fn run(mut self) {
+        let flusher = tokio::spawn(flush_when_asked(
+            self.store.clone(),
+            self.flush_wanted.clone(),
+        ));
         let start = self.replica.start();
-        let _ = self.carry_out(start, None);
+        let _ = self.carry_out(start, None, Flush::Background);
         self.check_snapshot();
         self.redial();
         let mut redial = tokio::time::interval(Duration::from_millis(250));
@@ -871,6 +906,7 @@ impl NodeTask {
                 _ = root_check.tick() => self.check_root(),
             }
         }
+        flusher.abort();
         if let Err(err) = self.store.flush() {
             tracing::error!(%err, "flushing the store at shutdown failed");
         }
@@ -992,7 +1028,8 @@ impl NodeTask {
                     expires_at,
                     id: id.clone(),
                 });
-                self.carry_out(out, None).map_err(|e| e.to_string())?;
+                self.carry_out(out, None, Flush::Now)
+                    .map_err(|e| e.to_string())?;
                 Ok(id)
             }
             Err(e) => Err(e.to_string()),
@@ -1042,7 +1079,7 @@ impl NodeTask {
             }
             let timer = entry.remove();
             let out = self.handle(Input::Timer(timer));
-            let _ = self.carry_out(out, None);
+            let _ = self.carry_out(out, None, Flush::Background);
         }
     }
 
@@ -1069,7 +1106,7 @@ impl NodeTask {
                                 },
                             );
                         }
-                        match self.carry_out(out, None) {
+                        match self.carry_out(out, None, Flush::Now) {
                             Ok(()) => Ok(Submitted {
                                 id: hash.to_string(),
                                 status,
@@ -1170,7 +1207,7 @@ impl NodeTask {
                                 peer: peer_id,
                                 node,
                             });
-                            let _ = self.carry_out(out, None);
+                            let _ = self.carry_out(out, None, Flush::Background);
                         }
                         Err(err) => {
                             tracing::warn!(peer = %peer_id, %err, "disconnecting a peer whose id is not a node id");
@@ -1188,7 +1225,7 @@ impl NodeTask {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "peer disconnected");
                 self.admitted.remove(&peer_id);
                 let out = self.handle(Input::PeerDisconnected { peer: peer_id });
-                let _ = self.carry_out(out, None);
+                let _ = self.carry_out(out, None, Flush::Background);
                 let now = Instant::now();
                 for t in &mut self.targets {
                     if t.peer == Some(peer_id) {
@@ -1244,7 +1281,11 @@ impl NodeTask {
             from: propagation_source,
             bytes: message.data,
         });
-        let _ = self.carry_out(out, Some((&message_id, &propagation_source)));
+        let _ = self.carry_out(
+            out,
+            Some((&message_id, &propagation_source)),
+            Flush::Background,
+        );
     }
 
     fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
@@ -1262,7 +1303,7 @@ impl NodeTask {
                             request_id,
                             request,
                         });
-                        let _ = self.carry_out(out, None);
+                        let _ = self.carry_out(out, None, Flush::Background);
                         // The replica answers every request at once; a channel
                         // left over is dropped rather than kept forever.
                         self.channels.remove(&request_id);
@@ -1281,7 +1322,7 @@ impl NodeTask {
                             from: peer,
                             reason: err.to_string(),
                         });
-                        let _ = self.carry_out(out, None);
+                        let _ = self.carry_out(out, None, Flush::Background);
                     }
                 },
                 request_response::Message::Response {
@@ -1305,12 +1346,12 @@ impl NodeTask {
                                 from: peer,
                                 reason: err.to_string(),
                             });
-                            let _ = self.carry_out(out, None);
+                            let _ = self.carry_out(out, None, Flush::Background);
                             Input::RequestFailed { peer }
                         }
                     };
                     let out = self.handle(input);
-                    let _ = self.carry_out(out, None);
+                    let _ = self.carry_out(out, None, Flush::Background);
                 }
             },
             request_response::Event::OutboundFailure {
@@ -1322,7 +1363,7 @@ impl NodeTask {
                 self.requests.remove(&request_id);
                 tracing::debug!(%peer, %error, "sync request failed");
                 let out = self.handle(Input::RequestFailed { peer });
-                let _ = self.carry_out(out, None);
+                let _ = self.carry_out(out, None, Flush::Background);
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");
@@ -1331,32 +1372,31 @@ impl NodeTask {
         }
     }
 
-    /// Writes updates to the store and flushes once.
-    fn persist(&self, updates: &[(ChangeHash, Arc<[u8]>)]) -> Result<(), StoreError> {
-        if updates.is_empty() {
-            return Ok(());
-        }
+    /// Writes updates to the store (not yet durable).
+    fn store_updates(&self, updates: &[(ChangeHash, Arc<[u8]>)]) -> Result<(), StoreError> {
         for (hash, bytes) in updates {
             if let Err(err) = self.store.put_update(hash, bytes) {
                 tracing::error!(id = %hash, %err, "storing an update failed");
                 return Err(err);
             }
         }
-        self.store.flush().inspect_err(|err| {
-            tracing::error!(%err, "flushing the store failed");
-        })
+        Ok(())
     }
 
-    /// Carries out the replica's effects. Every `Persist` is written with
-    /// one flush: before anything else, so that a local submit is durable
-    /// before it is acknowledged or published; but for a gossip message
-    /// after the verdict, so that forwarding a valid update never waits on
-    /// the disk (a node that crashes in between fetches the update again by
-    /// sync). Returns the store error, if any, after carrying out the rest.
+    /// Carries out the replica's effects. Every `Persist` is written to the
+    /// store before anything else. With [`Flush::Now`] (a submit or an order
+    /// the caller is told was accepted) the store is flushed then too, so
+    /// that the update is durable before it is acknowledged or published.
+    /// With [`Flush::Background`] (updates from peers) the flush is left to
+    /// the background flusher, so that neither forwarding a valid update nor
+    /// the new view waits on the disk: a node that crashes before the flush
+    /// fetches the update again by sync. Returns the store error, if any,
+    /// after carrying out the rest.
     fn carry_out(
         &mut self,
         outputs: Vec<Output<PeerId>>,
         gossip: Option<(&MessageId, &PeerId)>,
+        flush: Flush,
     ) -> Result<(), StoreError> {
         let updates: Vec<(ChangeHash, Arc<[u8]>)> = outputs
             .iter()
@@ -1365,11 +1405,19 @@ impl NodeTask {
                 _ => None,
             })
             .collect();
-        let persist_first = gossip.is_none();
-        let mut store_result = Ok(());
-        if persist_first {
-            store_result = self.persist(&updates);
-        }
+        let store_result = if updates.is_empty() {
+            Ok(())
+        } else {
+            self.store_updates(&updates).and_then(|()| match flush {
+                Flush::Now => self.store.flush().inspect_err(|err| {
+                    tracing::error!(%err, "flushing the store failed");
+                }),
+                Flush::Background => {
+                    self.flush_wanted.notify_one();
+                    Ok(())
+                }
+            })
+        };
 
         let mut applied = false;
         let mut verdict_given = false;
@@ -1455,7 +1503,7 @@ impl NodeTask {
                     self.actors
                         .entry(hex::encode(summary.actor.to_bytes()))
                         .or_default()
-                        .push(hash);
+                        .insert(summary.max_op, hash);
                     self.times.insert(hash, summary.time);
                     self.indexed += 1;
                     self.applied_since_snapshot += 1;
@@ -1498,9 +1546,6 @@ impl NodeTask {
                 .behaviour_mut()
                 .gossipsub
                 .report_message_validation_result(id, source, MessageAcceptance::Ignore);
-        }
-        if !persist_first {
-            store_result = self.persist(&updates);
         }
         if let Some(t) = self.replica.stats().last_sync_ms {
             self.shared
@@ -1577,6 +1622,18 @@ impl NodeTask {
         }
     }
 
+    /// The applied change that holds operation `op`: its actor's change
+    /// with the lowest highest-op counter at or above the op's counter (an
+    /// actor's changes hold increasing, disjoint op ranges). Valid once
+    /// `actors` is indexed ([`NodeTask::status`] does that).
+    fn change_of(&self, op: &weft_crdt::OpRef) -> Option<&ChangeHash> {
+        self.actors
+            .get(&op.actor)?
+            .range(op.counter..)
+            .next()
+            .map(|(_, hash)| hash)
+    }
+
     fn status(&mut self) -> Status {
         let now = now_ms();
         let state = self.replica.state();
@@ -1589,7 +1646,7 @@ impl NodeTask {
                     self.actors
                         .entry(hex::encode(m.actor.to_bytes()))
                         .or_default()
-                        .push(m.hash);
+                        .insert(m.max_op, m.hash);
                     self.times.insert(m.hash, m.timestamp);
                     self.indexed += 1;
                 }
@@ -1622,11 +1679,7 @@ impl NodeTask {
             .bundles()
             .map(|b| {
                 let mut signers = BTreeSet::new();
-                let hashes = b
-                    .authors
-                    .iter()
-                    .filter_map(|a| self.actors.get(a))
-                    .flatten();
+                let hashes = b.writes.iter().filter_map(|w| self.change_of(w));
                 for hash in hashes {
                     for key in state.signers_of(hash).into_iter().flatten() {
                         signers.insert(
@@ -1731,13 +1784,10 @@ impl NodeTask {
                 .map(|k| signer(k).label().to_owned())
                 .collect(),
         };
-        // The changes by these actors, with their signers, oldest first.
-        let provenance = |actors: &[String]| {
-            let hashes: BTreeSet<&ChangeHash> = actors
-                .iter()
-                .filter_map(|a| self.actors.get(a))
-                .flatten()
-                .collect();
+        // The changes that hold these operations, with their signers, oldest first.
+        let provenance = |writes: &[weft_crdt::OpRef]| {
+            let hashes: BTreeSet<&ChangeHash> =
+                writes.iter().filter_map(|w| self.change_of(w)).collect();
             let mut signers = BTreeSet::new();
             for h in &hashes {
                 for k in state.signers_of(h).into_iter().flatten() {
@@ -1752,7 +1802,7 @@ impl NodeTask {
             .bundles()
             .map(|b| {
                 let content = b.effective_content.as_ref().unwrap_or(&b.merged);
-                let (signers, changes) = provenance(&b.authors);
+                let (signers, changes) = provenance(&b.writes);
                 BundleEvidence {
                     name: b.name.clone(),
                     description: content.description.clone(),
@@ -1779,7 +1829,7 @@ impl NodeTask {
         let revocations = view
             .revocations()
             .map(|r| {
-                let (signers, changes) = provenance(&r.actors);
+                let (signers, changes) = provenance(&r.writes);
                 RevocationEvidence {
                     subject: r.subject.clone(),
                     reason: r.reason.clone(),

@@ -143,10 +143,18 @@ impl Fixture {
 }
 
 /// An operator's working copy of the document, to author updates on.
+///
+/// Like the CLI (`KEY.lane`), an author writes its successive changes with
+/// one automerge actor, and starts a new lane (a fresh actor) only when its
+/// document does not end that lane with the author's latest change (after
+/// [`Author::follow`] to a state without it), so no two of its changes ever
+/// share an actor and a number.
 pub struct Author {
     doc: PolicyDoc,
     key: SecretKey,
     root_version: u64,
+    /// The lane's actor and the hash of the latest change written in it.
+    lane: Option<(weft_crdt::ActorId, weft_crdt::ChangeHash)>,
 }
 
 impl Author {
@@ -156,6 +164,7 @@ impl Author {
             doc: PolicyDoc::new(),
             key: fx.alice.clone_key(),
             root_version: fx.root.version,
+            lane: None,
         }
     }
 
@@ -166,6 +175,7 @@ impl Author {
             doc: PolicyDoc::new(),
             key,
             root_version,
+            lane: None,
         }
     }
 
@@ -181,13 +191,21 @@ impl Author {
         Ok(())
     }
 
-    fn sign(&self, change: &weft_crdt::Change) -> Result<Vec<u8>> {
+    fn sign(&mut self, change: &weft_crdt::Change) -> Result<Vec<u8>> {
+        self.lane = Some((change.actor_id().clone(), change.hash()));
         let mut u = SignedUpdate::new(change, self.root_version);
         u.sign(&self.key)?;
         Ok(u.to_bytes())
     }
 
+    /// The lane's actor while the document ends the lane with the author's
+    /// latest change there; otherwise a new lane's.
     fn actor(&self) -> weft_crdt::ActorId {
+        if let Some((actor, last)) = &self.lane
+            && self.doc.lane(actor).is_some_and(|(_, hash)| hash == *last)
+        {
+            return actor.clone();
+        }
         let n = NONCE.fetch_add(1, Ordering::Relaxed);
         actor_for(&self.key.public(), n.to_be_bytes())
     }
