@@ -301,6 +301,24 @@ const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = {
     ]
 };
 
+/// Whether an `R` is refused before a batch sees it: an encoding that is not
+/// canonical (a `y` of at least p = 2^255 − 19, or the sign bit set on a
+/// point whose `x` is 0, which are `y` = 1 and `y` = −1), or one of the eight
+/// canonical encodings of a point of small order. Every encoding that
+/// decompresses to a point of small order is among these, and no square root
+/// is taken to tell (the batch decompresses `R` once itself).
+fn refused_r(r: &[u8; 32]) -> bool {
+    let sign = r[31] & 0x80 != 0;
+    let mut y = *r;
+    y[31] &= 0x7f;
+    // y ≥ p: the top 250 bits all set and the low byte at least 0xed.
+    let at_least_p = y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed;
+    // p − 1 is 0xec followed by 0xff bytes and a final 0x7f.
+    let minus_one = y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] == 0xec;
+    let one = y[0] == 1 && y[1..].iter().all(|&b| b == 0);
+    at_least_p || (sign && (one || minus_one)) || SMALL_ORDER_ENCODINGS.contains(r)
+}
+
 /// `verify_strict`'s verdict, for less: ed25519-dalek's `verify_strict`
 /// decompresses `R` (a field square root) only to refuse an `R` of small
 /// order, then checks that `R` equals the canonical encoding of
@@ -512,9 +530,9 @@ impl<'de> Deserialize<'de> for Signature {
 /// each item is checked on its own with `verify_strict` to name the first bad
 /// one. An empty batch is fine.
 ///
-/// Signatures whose `R` is a point of small order are refused up front, as
-/// `verify_strict` refuses them (keys of small order cannot exist as a
-/// [`PublicKey`]). One difference remains, inherent to batch verification: a
+/// Signatures whose `R` is a point of small order, or not canonically
+/// encoded, are refused up front, as `verify_strict` refuses them (keys of
+/// small order cannot exist as a [`PublicKey`]). One difference remains, inherent to batch verification: a
 /// *signer* who deliberately puts a torsion component into `R` can produce a
 /// signature that the batch may accept and `verify_strict` refuses. Such a
 /// signature can only be made by the holder of the secret key, never forged by
@@ -531,7 +549,7 @@ pub fn verify_batch(
     let messages: Vec<Vec<u8>> = items.iter().map(|(_, m, _)| domain.message(m)).collect();
     let small_order_r = items.iter().any(|(_, _, sig)| {
         let r: [u8; 32] = sig.0[..32].try_into().expect("32 bytes");
-        matches!(VerifyingKey::from_bytes(&r), Ok(p) if p.is_weak())
+        refused_r(&r)
     });
     if !small_order_r {
         let msg_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
@@ -739,6 +757,62 @@ mod tests {
         // The torsion subgroup has exactly eight points, each with exactly
         // one canonical encoding: eight distinct ones are all of them.
         assert_eq!(seen.len(), 8);
+    }
+
+    /// Every `R` that decompresses to a point of small order is refused by
+    /// the byte test, in every encoding: the eight canonical ones, each with
+    /// the sign bit flipped, and each `y` written as `y + p` where that fits.
+    #[test]
+    fn every_encoding_of_a_small_order_r_is_refused_without_a_square_root() {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        let add_p = |y: [u8; 32]| -> Option<[u8; 32]> {
+            // y + p with p = 2^255 − 19, as 32 little-endian bytes; None when
+            // it does not fit below 2^255.
+            let p: [u8; 32] = {
+                let mut p = [0xff; 32];
+                p[0] = 0xed;
+                p[31] = 0x7f;
+                p
+            };
+            let mut out = [0u8; 32];
+            let mut carry = 0u16;
+            for i in 0..32 {
+                let sum = u16::from(y[i]) + u16::from(p[i]) + carry;
+                out[i] = sum as u8;
+                carry = sum >> 8;
+            }
+            (carry == 0 && out[31] & 0x80 == 0).then_some(out)
+        };
+        let mut encodings = Vec::new();
+        for canonical in SMALL_ORDER_ENCODINGS {
+            for sign in [0u8, 0x80] {
+                let mut y = canonical;
+                y[31] &= 0x7f;
+                let mut e = y;
+                e[31] |= sign;
+                encodings.push(e);
+                if let Some(mut big) = add_p(y) {
+                    big[31] |= sign;
+                    encodings.push(big);
+                }
+            }
+        }
+        let mut small = 0;
+        for e in &encodings {
+            if let Some(point) = CompressedEdwardsY(*e).decompress()
+                && point.is_small_order()
+            {
+                small += 1;
+                assert!(refused_r(e), "{}", hex::encode(e));
+            }
+        }
+        assert!(small > 8, "non-canonical encodings were tried ({small})");
+        // Ordinary signatures' R pass.
+        for n in 0..32u8 {
+            let sig = key(n).sign(Domain::Update, &[n; 40]);
+            let r: [u8; 32] = sig.0[..32].try_into().unwrap();
+            assert!(!refused_r(&r));
+        }
     }
 
     /// A signature whose `R` is the identity, made by the holder of the
