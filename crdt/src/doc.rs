@@ -800,13 +800,14 @@ impl PolicyDoc {
                 continue;
             }
             let reason = reason_of(&item.value.clone().into_value());
+            let writes: Vec<OpRef> = OpRef::of(&item.id()).into_iter().collect();
             out.insert(
                 canonical.clone(),
                 Revocation {
                     subject: canonical,
                     reason,
-                    actors: vec![actor_hex(&item.id())],
-                    writes: OpRef::of(&item.id()).into_iter().collect(),
+                    actors: OpRef::actors(&writes),
+                    writes,
                 },
             );
         }
@@ -830,19 +831,19 @@ impl PolicyDoc {
     fn refresh_revocation(&mut self, subject: &str) {
         let canonical = canonical_subject(subject);
         // Several raw keys may canonicalize to the same subject; gather them all.
-        let mut records: Vec<(String, String)> = Vec::new();
+        let mut reasons: Vec<String> = Vec::new();
         let mut writes: Vec<OpRef> = Vec::new();
         let keys: BTreeSet<&str> = [canonical.as_str(), subject].into_iter().collect();
         for raw in keys {
             if let Ok(values) = self.doc.get_all(self.bucket_of(raw), raw) {
                 for (value, id) in values {
-                    records.push((actor_hex(&id), reason_of(&value)));
+                    reasons.push(reason_of(&value));
                     writes.extend(OpRef::of(&id));
                 }
             }
         }
         let uid = uid_of_canonical(&canonical);
-        if records.is_empty() {
+        if reasons.is_empty() {
             self.view.revoked.remove(&canonical);
             if let Some(uid) = uid {
                 self.view.revoked_uids.remove(&uid);
@@ -851,10 +852,7 @@ impl PolicyDoc {
             if let Some(uid) = uid {
                 self.view.revoked_uids.insert(uid);
             }
-            let reason = records.last().map(|r| r.1.clone()).unwrap_or_default();
-            let mut actors: Vec<String> = records.into_iter().map(|r| r.0).collect();
-            actors.sort();
-            actors.dedup();
+            let reason = reasons.pop().unwrap_or_default();
             writes.sort();
             writes.dedup();
             self.view.revoked.insert(
@@ -862,7 +860,7 @@ impl PolicyDoc {
                 Revocation {
                     subject: canonical,
                     reason,
-                    actors,
+                    actors: OpRef::actors(&writes),
                     writes,
                 },
             );
@@ -889,10 +887,7 @@ impl PolicyDoc {
             fallback_from: None,
             error: None,
             conflicts,
-            authors: {
-                let actors: BTreeSet<&str> = writes.iter().map(|w| w.actor.as_str()).collect();
-                actors.into_iter().map(str::to_owned).collect()
-            },
+            authors: OpRef::actors(&writes),
             writes,
             indexed: Arc::new(Vec::new()),
         };

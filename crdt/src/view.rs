@@ -62,6 +62,13 @@ impl OpRef {
             }),
         }
     }
+
+    /// The distinct actors (hex, sorted) of `writes`.
+    pub(crate) fn actors(writes: &[OpRef]) -> Vec<String> {
+        let actors: std::collections::BTreeSet<&str> =
+            writes.iter().map(|w| w.actor.as_str()).collect();
+        actors.into_iter().map(str::to_owned).collect()
+    }
 }
 
 /// A revocation as recorded in the document.
