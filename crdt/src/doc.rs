@@ -128,16 +128,26 @@ const BULK_REVOCATIONS: usize = 64;
 /// Key of an object in the path table: the op id that created it.
 type ObjKey = (u64, ActorId);
 
+/// Every key here (change hashes, actors, op ids) is written only by changes
+/// that passed their signers' check, so a fixed fast hash is enough.
+type FastMap<K, V> = HashMap<K, V, crate::FastHash>;
+type FastSet<K> = HashSet<K, crate::FastHash>;
+
+/// A revocation bucket key that one operation of an applied change wrote:
+/// the key, the string it put (`None` for a delete or another value), and
+/// the operation.
+type BucketWrite = (String, Option<String>, OpRef);
+
 /// The replicated policy document and its materialized view.
 #[derive(Clone)]
 pub struct PolicyDoc {
     doc: Automerge,
     /// Path of every map object created by an applied change.
-    objects: HashMap<ObjKey, Path>,
+    objects: FastMap<ObjKey, Path>,
     /// Hash of every applied change (automerge's own lookup builds metadata).
-    applied: HashSet<ChangeHash>,
+    applied: FastSet<ChangeHash>,
     /// Each actor's latest change here: its number and hash.
-    lanes: HashMap<ActorId, (u64, ChangeHash)>,
+    lanes: FastMap<ActorId, (u64, ChangeHash)>,
     /// Whether `objects` and `bundle_history` cover every change (false after
     /// a load, until `complete_tables` runs).
     complete: bool,
@@ -146,6 +156,11 @@ pub struct PolicyDoc {
     bundles_obj: ObjId,
     /// The revocation buckets, by number.
     revocation_buckets: Vec<ObjId>,
+    /// Every other spelling of a subject that a change has written a key
+    /// under, by canonical subject (the builders write canonical keys only,
+    /// so this is almost always empty). A subject's revocation is read from
+    /// all of its spellings.
+    aliases: FastMap<String, BTreeSet<String>>,
     quarantines_obj: ObjId,
     view: PolicyView,
     dirty: Dirty,
@@ -155,6 +170,11 @@ pub struct PolicyDoc {
 struct Dirty {
     bundles: BTreeSet<String>,
     revocations: BTreeSet<String>,
+    /// What the changes applied since the last refresh wrote under each
+    /// revocation key, when exactly one operation wrote it: the string put
+    /// and the operation (`None` when it was written more than once, or
+    /// deleted). See [`PolicyDoc::fresh_revocation`].
+    written: FastMap<String, Option<(String, OpRef)>>,
     quarantines: BTreeSet<String>,
     heads: bool,
 }
@@ -176,7 +196,7 @@ impl PolicyDoc {
     fn from_genesis() -> Self {
         let mut doc = Automerge::new().with_actor(ActorId::from(schema::GENESIS_ACTOR));
         let genesis = schema::genesis();
-        let mut objects = HashMap::new();
+        let mut objects = FastMap::default();
         objects.extend(schema::genesis_objects());
         doc.apply_changes([genesis])
             .expect("the genesis change applies to an empty document");
@@ -186,13 +206,13 @@ impl PolicyDoc {
         d
     }
 
-    fn from_parts(doc: Automerge, objects: HashMap<ObjKey, Path>) -> Self {
+    fn from_parts(doc: Automerge, objects: FastMap<ObjKey, Path>) -> Self {
         let obj = |key: &str| match doc.get(ROOT, key) {
             Ok(Some((Value::Object(ObjType::Map), id))) => id,
             _ => unreachable!("genesis creates the top-level maps"),
         };
-        let mut applied = HashSet::new();
-        let mut lanes: HashMap<ActorId, (u64, ChangeHash)> = HashMap::new();
+        let mut applied = FastSet::default();
+        let mut lanes: FastMap<ActorId, (u64, ChangeHash)> = FastMap::default();
         for m in doc.get_changes_meta(&[]) {
             applied.insert(m.hash);
             let lane = lanes.entry(m.actor.into_owned()).or_insert((0, m.hash));
@@ -215,6 +235,7 @@ impl PolicyDoc {
                     .collect()
             },
             quarantines_obj: obj(QUARANTINES),
+            aliases: FastMap::default(),
             doc,
             objects,
             bundle_history: BTreeMap::new(),
@@ -233,7 +254,7 @@ impl PolicyDoc {
         {
             return Err(CrdtError::NotWeftState);
         }
-        let mut objects = HashMap::new();
+        let mut objects = FastMap::default();
         objects.extend(schema::genesis_objects());
         let mut fresh = Self::from_parts(doc, objects);
         // The path table is rebuilt from the objects visible in the document,
@@ -249,6 +270,9 @@ impl PolicyDoc {
             .iter()
             .flat_map(|b| fresh.doc.keys(b))
             .collect();
+        for key in &fresh.dirty.revocations {
+            note_alias(&mut fresh.aliases, key);
+        }
         fresh.dirty.quarantines = keys(&fresh.quarantines_obj);
         fresh.dirty.heads = true;
         fresh.refresh_view();
@@ -420,7 +444,7 @@ impl PolicyDoc {
     fn check_lane(
         &self,
         change: &Change,
-        batch: Option<&HashMap<ActorId, (u64, ChangeHash)>>,
+        batch: Option<&FastMap<ActorId, (u64, ChangeHash)>>,
     ) -> Result<(), CrdtError> {
         if self.contains(&change.hash()) {
             // Already here: summarizing it is not admitting it again.
@@ -461,10 +485,22 @@ impl PolicyDoc {
     fn resolve_ops(
         &self,
         change: &Change,
+        created: Option<&mut Vec<(ObjKey, Path)>>,
+    ) -> Result<ChangeSummary, CrdtError> {
+        self.resolve_ops_into(change, created, None)
+    }
+
+    /// [`PolicyDoc::resolve_ops`], also listing in `written` what each
+    /// operation writes into a revocation bucket.
+    fn resolve_ops_into(
+        &self,
+        change: &Change,
         mut created: Option<&mut Vec<(ObjKey, Path)>>,
+        mut written: Option<&mut Vec<BucketWrite>>,
     ) -> Result<ChangeSummary, CrdtError> {
         let expanded = change.decode();
-        let mut local: HashMap<ObjKey, Path> = HashMap::new();
+        let mut local: FastMap<ObjKey, Path> = FastMap::default();
+        let mut actor_hex: Option<String> = None;
         let mut paths = BTreeSet::new();
         let start = expanded.start_op.get();
         for (i, op) in expanded.operations.iter().enumerate() {
@@ -502,8 +538,27 @@ impl PolicyDoc {
                     }
                     local.insert(k, path.clone());
                 }
-                (legacy::OpType::Put(ScalarValue::Str(_)), Slot::Str) => {}
-                (legacy::OpType::Delete, _) => {}
+                (legacy::OpType::Put(ScalarValue::Str(_)), Slot::Str)
+                | (legacy::OpType::Delete, _) => {
+                    if let Some(w) = written.as_deref_mut()
+                        && parent.0.first().map(String::as_str) == Some(REVOCATIONS)
+                    {
+                        let value = match &op.action {
+                            legacy::OpType::Put(ScalarValue::Str(v)) => Some(v.to_string()),
+                            _ => None,
+                        };
+                        let actor = actor_hex
+                            .get_or_insert_with(|| hex::encode(expanded.actor_id.to_bytes()));
+                        w.push((
+                            key.clone(),
+                            value,
+                            OpRef {
+                                actor: actor.clone(),
+                                counter: start + i as u64,
+                            },
+                        ));
+                    }
+                }
                 (action, slot) => {
                     return Err(SchemaViolation(format!(
                         "operation {action:?} is not allowed at {path} (expected {})",
@@ -591,9 +646,9 @@ impl PolicyDoc {
         mut check: impl FnMut(usize, &ChangeSummary) -> Result<(), E>,
     ) -> Vec<Result<Applied, Refusal<E>>> {
         let mut results: Vec<Result<Applied, Refusal<E>>> = Vec::new();
-        let mut admitted: Vec<(usize, Change, Vec<ObjKey>)> = Vec::new();
+        let mut admitted: Vec<(usize, Change, Vec<ObjKey>, Vec<BucketWrite>)> = Vec::new();
         let mut admitted_hashes: BTreeSet<ChangeHash> = BTreeSet::new();
-        let mut batch_lanes: HashMap<ActorId, (u64, ChangeHash)> = HashMap::new();
+        let mut batch_lanes: FastMap<ActorId, (u64, ChangeHash)> = FastMap::default();
         for (i, change) in changes.into_iter().enumerate() {
             let hash = change.hash();
             if self.contains(&hash) || admitted_hashes.contains(&hash) {
@@ -615,13 +670,16 @@ impl PolicyDoc {
                 continue;
             }
             let mut created = Vec::new();
-            let mut resolved = self.resolve_ops(&change, Some(&mut created));
+            let mut written = Vec::new();
+            let mut resolved =
+                self.resolve_ops_into(&change, Some(&mut created), Some(&mut written));
             if resolved.is_err() && !self.complete {
                 // The change may write into an object the loaded document no
                 // longer shows; learn every object's path and try again.
                 self.complete_tables();
                 created.clear();
-                resolved = self.resolve_ops(&change, Some(&mut created));
+                written.clear();
+                resolved = self.resolve_ops_into(&change, Some(&mut created), Some(&mut written));
             }
             let summary = match resolved {
                 Ok(s) => s,
@@ -638,17 +696,17 @@ impl PolicyDoc {
             self.objects.extend(created);
             admitted_hashes.insert(hash);
             batch_lanes.insert(change.actor_id().clone(), (change.seq(), hash));
-            admitted.push((results.len(), change, keys));
+            admitted.push((results.len(), change, keys, written));
             results.push(Ok(Applied::New(summary)));
         }
         if admitted.is_empty() {
             return results;
         }
-        let batch: Vec<Change> = admitted.iter().map(|(_, c, _)| c.clone()).collect();
+        let batch: Vec<Change> = admitted.iter().map(|(_, c, _, _)| c.clone()).collect();
         if self.doc.apply_changes(batch).is_err() {
             // automerge refused the batch as a whole (for instance a duplicate
             // sequence number); apply one by one to keep the good ones.
-            for (idx, change, keys) in &admitted {
+            for (idx, change, keys, _) in &admitted {
                 if let Err(e) = self.doc.apply_changes([change.clone()]) {
                     for k in keys {
                         self.objects.remove(k);
@@ -657,12 +715,23 @@ impl PolicyDoc {
                 }
             }
         }
-        for (idx, change, _) in &admitted {
-            if let Ok(Applied::New(summary)) = &results[*idx] {
+        for (idx, change, _, written) in admitted {
+            if let Ok(Applied::New(summary)) = &results[idx] {
                 self.applied.insert(change.hash());
                 self.lanes
                     .insert(change.actor_id().clone(), (change.seq(), change.hash()));
                 self.note_summary(summary);
+                for (key, value, op) in written {
+                    match self.dirty.written.entry(key) {
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(value.map(|v| (v, op)));
+                        }
+                        // Written twice since the last refresh: read back.
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            e.insert(None);
+                        }
+                    }
+                }
             }
         }
         self.refresh_view();
@@ -677,9 +746,10 @@ impl PolicyDoc {
                 .insert((summary.max_op, summary.hash));
             self.dirty.bundles.insert(b.to_owned());
         }
-        self.dirty
-            .revocations
-            .extend(summary.revocations().into_iter().map(str::to_owned));
+        for key in summary.revocations() {
+            note_alias(&mut self.aliases, key);
+            self.dirty.revocations.insert(key.to_owned());
+        }
         self.dirty
             .quarantines
             .extend(summary.quarantines().into_iter().map(str::to_owned));
@@ -688,9 +758,13 @@ impl PolicyDoc {
 
     /// Brings the view up to date with everything applied since the last refresh.
     pub fn refresh_view(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
         if !dirty.heads {
             return;
+        }
+        let written = std::mem::take(&mut dirty.written);
+        if !written.is_empty() {
+            self.fresh_revocations(&mut dirty.revocations, written);
         }
         // One pass over every bucket pays off only when a good part of the
         // revocations changed (a load); otherwise one lookup per subject.
@@ -775,11 +849,43 @@ impl PolicyDoc {
         self.view.heads = Arc::new(heads);
     }
 
+    /// Puts in the view, without reading the document back, each changed
+    /// subject whose record is known from the one operation that wrote it,
+    /// and takes it out of `dirty`. That is the case when the key is the
+    /// subject's canonical form, the subject has no other spelling in the
+    /// document, no revocation of it was in the view (so its key held no
+    /// value), and exactly one operation since the last refresh wrote the
+    /// key, a put: the put is then the subject's only value, which is what
+    /// [`PolicyDoc::refresh_revocation`] would read. Every other subject is
+    /// left in `dirty` to be read back.
+    fn fresh_revocations(
+        &mut self,
+        dirty: &mut BTreeSet<String>,
+        written: FastMap<String, Option<(String, OpRef)>>,
+    ) {
+        for (key, once) in written {
+            let Some((value, op)) = once else { continue };
+            if self.aliases.contains_key(&key)
+                || self.view.revoked.contains_key(&key)
+                || canonical_subject(&key) != key
+                || !dirty.remove(&key)
+            {
+                continue;
+            }
+            self.put_revocation(Revocation {
+                reason: reason_of_str(&value),
+                subject: key,
+                actors: vec![op.actor.clone()],
+                writes: vec![op],
+            });
+        }
+    }
+
     /// Reads, in one pass over the revocations map, the record of every
     /// subject in `dirty` that has exactly one value under its canonical key
     /// (what [`PolicyDoc::refresh_revocation`] would find for it, without one
-    /// lookup per subject). Conflicted and non-canonical keys are left out,
-    /// for the per-subject path.
+    /// lookup per subject). Conflicted and non-canonical keys, and subjects
+    /// with other spellings, are left out, for the per-subject path.
     fn read_revocations_bulk(
         &self,
         dirty: &BTreeSet<String>,
@@ -796,7 +902,7 @@ impl PolicyDoc {
                 continue;
             }
             let canonical = canonical_subject(&item.key);
-            if canonical != item.key {
+            if canonical != item.key || self.aliases.contains_key(&canonical) {
                 continue;
             }
             let reason = reason_of(&item.value.clone().into_value());
@@ -833,7 +939,10 @@ impl PolicyDoc {
         // Several raw keys may canonicalize to the same subject; gather them all.
         let mut reasons: Vec<String> = Vec::new();
         let mut writes: Vec<OpRef> = Vec::new();
-        let keys: BTreeSet<&str> = [canonical.as_str(), subject].into_iter().collect();
+        let mut keys: BTreeSet<&str> = [canonical.as_str(), subject].into_iter().collect();
+        if let Some(aliases) = self.aliases.get(&canonical) {
+            keys.extend(aliases.iter().map(String::as_str));
+        }
         for raw in keys {
             if let Ok(values) = self.doc.get_all(self.bucket_of(raw), raw) {
                 for (value, id) in values {
@@ -1136,17 +1245,30 @@ fn raw_keys_for(doc: &Automerge, obj: &ObjId, canonical: &str, given: &str) -> V
     keys.into_iter().collect()
 }
 
+/// Records `key` in `aliases` if it is not its subject's canonical spelling.
+fn note_alias(aliases: &mut FastMap<String, BTreeSet<String>>, key: &str) {
+    let canonical = canonical_subject(key);
+    if canonical != key {
+        aliases.entry(canonical).or_default().insert(key.to_owned());
+    }
+}
+
 /// The reason in a revocation record (the raw string if it is not one).
 fn reason_of(value: &Value<'_>) -> String {
     match value {
         Value::Scalar(v) => match v.as_ref() {
-            ScalarValue::Str(s) => serde_json::from_str::<RevocationRecord>(s)
-                .map(|r| r.reason)
-                .unwrap_or_else(|_| s.to_string()),
+            ScalarValue::Str(s) => reason_of_str(s),
             _ => String::new(),
         },
         Value::Object(_) => String::new(),
     }
+}
+
+/// The reason in a revocation record's text (the text itself if it is not one).
+fn reason_of_str(s: &str) -> String {
+    serde_json::from_str::<RevocationRecord>(s)
+        .map(|r| r.reason)
+        .unwrap_or_else(|_| s.to_owned())
 }
 
 fn actor_hex(id: &ObjId) -> String {

@@ -14,7 +14,9 @@
 //! (`WEFT_BENCH_BASE=10000` for a quicker run; `WEFT_BENCH_LANES=N` writes
 //! the updates in N author lanes, one actor each, instead of one actor per
 //! update; `WEFT_BENCH_BATCHES=1,100` picks the batch sizes; `WEFT_BENCH_WARM=N`
-//! how many of the stored updates go in after the bulk build, default 5,000).
+//! how many of the stored updates go in after the bulk build, default 5,000;
+//! `WEFT_BENCH_PASSES=N` runs passes over the fresh updates instead, see
+//! `steady_passes`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -160,6 +162,14 @@ fn bench(c: &mut Criterion) {
     );
 
     let fresh: Vec<std::sync::Arc<[u8]>> = fresh.into_iter().map(Into::into).collect();
+    if let Some(passes) = std::env::var("WEFT_BENCH_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        drop(state);
+        steady_passes(&warmed, &fresh, passes);
+        return;
+    }
     let mut group = c.benchmark_group("ingest");
     // Few samples: each iteration grows the state, and automerge's memory
     // grows fast with the number of actors (see BENCHMARKS.md).
@@ -275,6 +285,63 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// `WEFT_BENCH_PASSES=N`: instead of the criterion groups, `N` passes over
+/// the fresh updates in batches of 100, each pass from a clone of the warmed
+/// state, alternately through the whole path (`ingest_batch`) and through
+/// `ingest_verified_batch` with the signatures checked beforehand, untimed.
+/// One line per pass gives the mean per update. A process runs for a while,
+/// so the median pass says more on a shared machine than one criterion
+/// sample; run two builds alternately to compare them.
+fn steady_passes(warmed: &SignedState, fresh: &[std::sync::Arc<[u8]>], passes: usize) {
+    let checked: Vec<_> = fresh
+        .iter()
+        .map(|u| {
+            (
+                weft_protocol::quarantine::decode_verified(u).unwrap(),
+                u.clone(),
+            )
+        })
+        .collect();
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for pass in 0..2 * passes {
+        let whole = pass % 2 == 0;
+        let mut state = warmed.clone();
+        let mut total = Duration::ZERO;
+        for (bytes, verified) in fresh.chunks(100).zip(checked.chunks(100)) {
+            let t = Instant::now();
+            let results = if whole {
+                state.ingest_batch(bytes.to_vec())
+            } else {
+                state.ingest_verified_batch(verified.to_vec())
+            };
+            total += t.elapsed();
+            for r in black_box(results) {
+                r.unwrap();
+            }
+        }
+        let per = total.as_secs_f64() * 1e6 / fresh.len() as f64;
+        times[usize::from(!whole)].push(per);
+        eprintln!(
+            "pass {}: {} {per:.1} µs per update",
+            pass / 2 + 1,
+            if whole { "verify and apply" } else { "apply only" }
+        );
+        drop(state);
+    }
+    for (name, mut t) in ["verify and apply", "apply only"].into_iter().zip(times) {
+        t.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name}: median {:.1} µs per update ({:.0}/s), min {:.1}, max {:.1}, {} passes of {}",
+            t[t.len() / 2],
+            1e6 / t[t.len() / 2],
+            t[0],
+            t[t.len() - 1],
+            t.len(),
+            fresh.len()
+        );
+    }
 }
 
 #[allow(missing_docs)]

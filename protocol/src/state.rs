@@ -22,10 +22,12 @@
 //! re-judges its stored updates against the new chain ([`SignedState::adopt_root`]);
 //! anything that no longer qualifies, and everything built on it, is dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use weft_crdt::{Applied, ChangeHash, ChangeSummary, CrdtError, PolicyDoc, PolicyView, Refusal};
+use weft_crdt::{
+    Applied, ChangeHash, ChangeSummary, CrdtError, FastHash, PolicyDoc, PolicyView, Refusal,
+};
 
 use crate::identity::PublicKey;
 use crate::trust::TrustRoot;
@@ -73,14 +75,17 @@ struct Held {
     seq: u64,
 }
 
+/// An applied update as the state keeps it: its signed bytes and its signers.
+type Stored = (Arc<[u8]>, BTreeSet<PublicKey>);
+
 /// The verified replicated state of one node.
 #[derive(Clone)]
 pub struct SignedState {
     doc: PolicyDoc,
     roots: BTreeMap<u64, TrustRoot>,
     /// The signed bytes and the signers of every applied update, by change
-    /// hash.
-    updates: BTreeMap<ChangeHash, (Arc<[u8]>, BTreeSet<PublicKey>)>,
+    /// hash (looked up for every update that arrives, so hashed, not sorted).
+    updates: HashMap<ChangeHash, Stored, FastHash>,
     held: BTreeMap<ChangeHash, Held>,
     held_seq: u64,
     max_held: usize,
@@ -100,7 +105,7 @@ impl SignedState {
         SignedState {
             doc: PolicyDoc::new(),
             roots,
-            updates: BTreeMap::new(),
+            updates: HashMap::default(),
             held: BTreeMap::new(),
             held_seq: 0,
             max_held: DEFAULT_MAX_HELD,
@@ -166,6 +171,7 @@ impl SignedState {
                 judge(&doc, &updates[i].0)?;
             }
         }
+        state.updates.reserve(updates.len());
         for (v, bytes) in updates {
             state.updates.insert(v.hash, (bytes, v.signers));
         }
@@ -243,7 +249,7 @@ impl SignedState {
         self.updates.get(hash).map(|(bytes, _)| bytes.clone())
     }
 
-    /// Every applied update's hash.
+    /// Every applied update's hash, in no particular order.
     pub fn update_hashes(&self) -> impl Iterator<Item = &ChangeHash> {
         self.updates.keys()
     }
