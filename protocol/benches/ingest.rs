@@ -326,7 +326,11 @@ fn steady_passes(warmed: &SignedState, fresh: &[std::sync::Arc<[u8]>], passes: u
         eprintln!(
             "pass {}: {} {per:.1} µs per update",
             pass / 2 + 1,
-            if whole { "verify and apply" } else { "apply only" }
+            if whole {
+                "verify and apply"
+            } else {
+                "apply only"
+            }
         );
         drop(state);
     }

@@ -156,7 +156,7 @@ impl QuarantineOrder {
             change,
             hash,
             signers: Default::default(),
-            issuer: Some(NodeIssuer { node, cert }),
+            issuer: Some(Box::new(NodeIssuer { node, cert })),
         };
         Ok((update, check))
     }

@@ -31,7 +31,7 @@ use weft_crdt::{
 
 use crate::identity::PublicKey;
 use crate::trust::TrustRoot;
-use crate::update::{Authorization, UpdateError, VerifiedUpdate, authorize_verified};
+use crate::update::{Authorization, Signers, UpdateError, VerifiedUpdate, authorize_verified};
 
 /// Default bound on updates held for missing dependencies.
 ///
@@ -76,7 +76,7 @@ struct Held {
 }
 
 /// An applied update as the state keeps it: its signed bytes and its signers.
-type Stored = (Arc<[u8]>, BTreeSet<PublicKey>);
+type Stored = (Arc<[u8]>, Signers);
 
 /// The verified replicated state of one node.
 #[derive(Clone)]
@@ -266,7 +266,7 @@ impl SignedState {
 
     /// Signers of an applied update.
     pub fn signers_of(&self, hash: &ChangeHash) -> Option<&BTreeSet<PublicKey>> {
-        self.updates.get(hash).map(|(_, signers)| signers)
+        self.updates.get(hash).map(|(_, signers)| &**signers)
     }
 
     /// Dependencies that held updates wait for and no one has supplied yet.

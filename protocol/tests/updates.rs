@@ -520,3 +520,27 @@ fn a_snapshot_is_authorized_update_by_update() {
     ));
     assert!(SignedState::from_snapshot(root(), doc, more).is_err());
 }
+
+/// Updates with the same signers share one set of keys, and each set is
+/// still exactly its update's distinct signers, in whatever order and
+/// however often they signed.
+#[test]
+fn equal_signer_sets_are_shared_and_exact() {
+    use std::sync::Arc;
+    use weft_protocol::update::shared_signers;
+    let (a, b, c) = (key(1).public(), key(2).public(), key(3).public());
+    let ab = shared_signers([a, b]);
+    let ba = shared_signers([b, a, b]);
+    assert!(Arc::ptr_eq(&ab, &ba));
+    assert_eq!(*ab, BTreeSet::from([a, b]));
+    let abc = shared_signers([c, a, b]);
+    assert!(!Arc::ptr_eq(&ab, &abc));
+    assert_eq!(*abc, BTreeSet::from([a, b, c]));
+    assert!(shared_signers([]).is_empty());
+    // Past the table's bound it starts again; sets stay exact.
+    for n in 0..200u8 {
+        let k = key(n.wrapping_add(10)).public();
+        assert_eq!(*shared_signers([k, a]), BTreeSet::from([k, a]));
+    }
+    assert_eq!(*shared_signers([b, a]), BTreeSet::from([a, b]));
+}
