@@ -221,27 +221,45 @@ impl Store {
     pub fn load_state(&self, root: TrustRoot) -> Result<(SignedState, LoadReport), StoreError> {
         let started = Instant::now();
         let mut report = LoadReport::default();
-        let mut records: BTreeMap<ChangeHash, Arc<[u8]>> = BTreeMap::new();
-        for (key, bytes) in self.records()? {
-            match <[u8; 32]>::try_from(key.as_slice()) {
-                Ok(k) => {
-                    records.insert(ChangeHash(k), bytes);
+        let snapshot = self.snapshot()?;
+        // The snapshot's document loads on a thread of its own while the
+        // records are read and their signatures checked.
+        let (mut records, restored) = std::thread::scope(|scope| {
+            // A document that makes automerge panic is refused like any
+            // other, and the thread never ends in a panic, whatever path
+            // this one takes.
+            let loading = snapshot.as_ref().map(|snap| {
+                scope.spawn(
+                    || match std::panic::catch_unwind(|| PolicyDoc::load(&snap.doc)) {
+                        Ok(loaded) => loaded.map_err(|e| e.to_string()),
+                        Err(_) => Err("loading the snapshot's document panicked".to_string()),
+                    },
+                )
+            });
+            let records = self.read_records(&mut report)?;
+            let restored = match (&snapshot, loading) {
+                (Some(snap), Some(loading)) => {
+                    Some(self.restore_snapshot(&root, snap, &records, loading))
                 }
-                Err(_) => {
-                    tracing::warn!(key = %hex::encode(&key), "removing a store record whose key is not a change hash");
-                    self.remove(&key)?;
-                    report.damaged += 1;
-                }
-            }
-        }
+                _ => None,
+            };
+            Ok::<_, StoreError>((records, restored))
+        })?;
 
         let mut state = None;
-        if let Some(snap) = self.snapshot()? {
-            match self.restore_snapshot(&root, &snap, &records) {
+        if let (Some(snap), Some(restored)) = (&snapshot, restored) {
+            match restored {
                 Ok(s) => {
                     report.from_snapshot = s.update_count();
-                    for h in &snap.covered {
-                        records.remove(h);
+                    if records.len() == snap.covered.len() {
+                        // Every record is covered: the snapshot's updates
+                        // are distinct (it holds one change for each) and all
+                        // among the records.
+                        records.clear();
+                    } else {
+                        for h in &snap.covered {
+                            records.remove(h);
+                        }
                     }
                     state = Some(s);
                 }
@@ -313,31 +331,58 @@ impl Store {
         Ok((state, report))
     }
 
+    /// Every stored record by its change hash; records whose key is not a
+    /// change hash are removed and counted as damaged.
+    fn read_records(
+        &self,
+        report: &mut LoadReport,
+    ) -> Result<BTreeMap<ChangeHash, Arc<[u8]>>, StoreError> {
+        let mut records = BTreeMap::new();
+        for (key, bytes) in self.records()? {
+            match <[u8; 32]>::try_from(key.as_slice()) {
+                Ok(k) => {
+                    records.insert(ChangeHash(k), bytes);
+                }
+                Err(_) => {
+                    tracing::warn!(key = %hex::encode(&key), "removing a store record whose key is not a change hash");
+                    self.remove(&key)?;
+                    report.damaged += 1;
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// The state the snapshot holds, from its document (`loading`, started
+    /// by the caller) and the records of the updates it covers, every
+    /// signature checked while the document loads.
     fn restore_snapshot(
         &self,
         root: &TrustRoot,
         snap: &Snapshot,
         records: &BTreeMap<ChangeHash, Arc<[u8]>>,
+        loading: std::thread::ScopedJoinHandle<'_, Result<PolicyDoc, String>>,
     ) -> Result<SignedState, String> {
-        let mut bytes = Vec::with_capacity(snap.covered.len());
-        for h in &snap.covered {
-            bytes.push(
+        let bytes: Result<Vec<Arc<[u8]>>, String> = snap
+            .covered
+            .iter()
+            .map(|h| {
                 records
                     .get(h)
-                    .ok_or_else(|| format!("update {h} it covers is not in the store"))?
-                    .clone(),
-            );
-        }
+                    .cloned()
+                    .ok_or_else(|| format!("update {h} it covers is not in the store"))
+            })
+            .collect();
         // Loading the document and checking every signature are independent:
         // one thread loads while the others check.
-        let (doc, checked) = std::thread::scope(|scope| {
-            let loading = scope.spawn(|| PolicyDoc::load(&snap.doc));
-            let checked = weft_protocol::quarantine::decode_batch_verified_all(&bytes);
-            (loading.join(), checked)
-        });
-        let doc = doc
-            .map_err(|_| "loading the snapshot's document panicked".to_string())?
-            .map_err(|e| e.to_string())?;
+        let checked = bytes.as_ref().map_or_else(
+            |_| Vec::new(),
+            |b| weft_protocol::quarantine::decode_batch_verified_all(b),
+        );
+        let doc = loading
+            .join()
+            .map_err(|_| "loading the snapshot's document panicked".to_string())??;
+        let bytes = bytes?;
         let mut covered = Vec::with_capacity(bytes.len());
         for ((h, bytes), checked) in snap.covered.iter().zip(bytes).zip(checked) {
             match checked {

@@ -2,6 +2,7 @@
 //! 100,000 signed updates first). Run it in release mode:
 //!
 //! `WEFT_SCALE=100000 cargo test --release -p weft-node --test store_scale -- --ignored --nocapture`
+//! (`WEFT_SCALE_KEEP=1` keeps the store and prints where).
 
 use std::time::Instant;
 
@@ -42,6 +43,20 @@ fn start_up_with_many_updates() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let op = SecretKey::from_seed([3; 32]);
+    if let Ok(path) = std::env::var(FRESH_STORE) {
+        // The second role: a node's restart, in a process that has done
+        // nothing else (see the end of this test).
+        let store = Store::open(std::path::Path::new(&path)).unwrap();
+        let t = Instant::now();
+        let (state, report) = store.load_state(root(&op)).unwrap();
+        eprintln!(
+            "start from the snapshot in a fresh process: {:?} {report:?}",
+            t.elapsed()
+        );
+        assert_eq!(state.update_count() as u64, n);
+        assert_eq!(report.from_snapshot as u64, n);
+        return;
+    }
     let own_actors = std::env::var("WEFT_SCALE_ACTORS").is_ok_and(|v| v == "1");
     let lane = |i: u64| if own_actors { i.to_be_bytes() } else { [0; 8] };
     let dir = tempfile::tempdir().unwrap();
@@ -88,4 +103,30 @@ fn start_up_with_many_updates() {
     );
     assert_eq!(state.update_count() as u64, n);
     assert_eq!(report.from_snapshot as u64, n);
+    drop((state, store));
+
+    // This process has built, signed and verified everything above, and its
+    // heap shows it; a node restarts in a new process. The same start again,
+    // in this test binary run afresh on the same store.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["start_up_with_many_updates", "--exact", "--ignored", "--nocapture"])
+        .env(FRESH_STORE, dir.path().join("store"))
+        .env("WEFT_SCALE", n.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("in a fresh process"))
+        .unwrap_or_else(|| panic!("the fresh process did not start: {err}"));
+    eprintln!("{line}");
+    assert!(out.status.success(), "{err}");
+    if std::env::var("WEFT_SCALE_KEEP").is_ok_and(|v| v == "1") {
+        // For profiling the start: `WEFT_SCALE_FRESH_STORE=PATH` and this
+        // test binary run it again.
+        eprintln!("store kept at {}", dir.keep().join("store").display());
+    }
 }
+
+/// Where the fresh process finds the store, when it is the one running.
+const FRESH_STORE: &str = "WEFT_SCALE_FRESH_STORE";
