@@ -109,7 +109,12 @@ fn start_up_with_many_updates() {
     // heap shows it; a node restarts in a new process. The same start again,
     // in this test binary run afresh on the same store.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["start_up_with_many_updates", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "start_up_with_many_updates",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(FRESH_STORE, dir.path().join("store"))
         .env("WEFT_SCALE", n.to_string())
         .output()
