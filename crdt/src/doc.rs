@@ -173,7 +173,7 @@ struct Dirty {
     /// What the changes applied since the last refresh wrote under each
     /// revocation key, when exactly one operation wrote it: the string put
     /// and the operation (`None` when it was written more than once, or
-    /// deleted). See [`PolicyDoc::fresh_revocation`].
+    /// deleted). See [`PolicyDoc::fresh_revocations`].
     written: FastMap<String, Option<(String, OpRef)>>,
     quarantines: BTreeSet<String>,
     heads: bool,
@@ -722,15 +722,12 @@ impl PolicyDoc {
                     .insert(change.actor_id().clone(), (change.seq(), change.hash()));
                 self.note_summary(summary);
                 for (key, value, op) in written {
-                    match self.dirty.written.entry(key) {
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(value.map(|v| (v, op)));
-                        }
+                    self.dirty
+                        .written
+                        .entry(key)
                         // Written twice since the last refresh: read back.
-                        std::collections::hash_map::Entry::Occupied(mut e) => {
-                            e.insert(None);
-                        }
-                    }
+                        .and_modify(|once| *once = None)
+                        .or_insert_with(|| value.map(|v| (v, op)));
                 }
             }
         }

@@ -47,14 +47,7 @@ fn start_up_with_many_updates() {
         // The second role: a node's restart, in a process that has done
         // nothing else (see the end of this test).
         let store = Store::open(std::path::Path::new(&path)).unwrap();
-        let t = Instant::now();
-        let (state, report) = store.load_state(root(&op)).unwrap();
-        eprintln!(
-            "start from the snapshot in a fresh process: {:?} {report:?}",
-            t.elapsed()
-        );
-        assert_eq!(state.update_count() as u64, n);
-        assert_eq!(report.from_snapshot as u64, n);
+        start_from_snapshot(&store, &op, n, "in a fresh process");
         return;
     }
     let own_actors = std::env::var("WEFT_SCALE_ACTORS").is_ok_and(|v| v == "1");
@@ -95,15 +88,13 @@ fn start_up_with_many_updates() {
     eprintln!("snapshot saved in {:?}", t.elapsed());
     drop(state);
 
-    let t = Instant::now();
-    let (state, report) = store.load_state(root(&op)).unwrap();
-    eprintln!(
-        "start from the snapshot (every signature checked, every update authorized): {:?} {report:?}",
-        t.elapsed()
+    start_from_snapshot(
+        &store,
+        &op,
+        n,
+        "(every signature checked, every update authorized)",
     );
-    assert_eq!(state.update_count() as u64, n);
-    assert_eq!(report.from_snapshot as u64, n);
-    drop((state, store));
+    drop(store);
 
     // This process has built, signed and verified everything above, and its
     // heap shows it; a node restarts in a new process. The same start again,
@@ -131,6 +122,18 @@ fn start_up_with_many_updates() {
         // test binary run it again.
         eprintln!("store kept at {}", dir.keep().join("store").display());
     }
+}
+
+/// Starts from `store`'s snapshot of `n` updates and prints how long it took.
+fn start_from_snapshot(store: &Store, op: &SecretKey, n: u64, what: &str) {
+    let t = Instant::now();
+    let (state, report) = store.load_state(root(op)).unwrap();
+    eprintln!(
+        "start from the snapshot {what}: {:?} {report:?}",
+        t.elapsed()
+    );
+    assert_eq!(state.update_count() as u64, n);
+    assert_eq!(report.from_snapshot as u64, n);
 }
 
 /// Where the fresh process finds the store, when it is the one running.
