@@ -766,23 +766,19 @@ impl PolicyDoc {
         // One pass over every bucket pays off only when a good part of the
         // revocations changed (a load); otherwise one lookup per subject.
         let changed = dirty.revocations.len();
-        let mut bulk = if changed > BULK_REVOCATIONS && changed * 4 > self.view.revoked.len() {
-            self.read_revocations_bulk(&dirty.revocations)
+        let bulk = if changed > BULK_REVOCATIONS && changed * 4 > self.view.revoked.len() {
+            self.read_revocations_bulk()
         } else {
-            HashMap::default()
+            Vec::new()
         };
-        if bulk.len() == dirty.revocations.len() {
-            // Every changed subject was read in the pass (its keys are
-            // distinct changed subjects).
-            for (_, r) in bulk {
-                self.put_revocation(r);
-            }
-        } else {
-            for subject in &dirty.revocations {
-                match bulk.remove(subject.as_str()) {
-                    Some(r) => self.put_revocation(r),
-                    None => self.refresh_revocation(subject),
-                }
+        // Both sorted by subject, walked together; in the subjects' order,
+        // which the view's map takes much faster than scattered keys.
+        let mut bulk = bulk.into_iter().peekable();
+        for subject in &dirty.revocations {
+            while bulk.next_if(|r| r.subject < *subject).is_some() {}
+            match bulk.next_if(|r| r.subject == *subject) {
+                Some(r) => self.put_revocation(r),
+                None => self.refresh_revocation(subject),
             }
         }
         for subject in &dirty.quarantines {
@@ -879,23 +875,19 @@ impl PolicyDoc {
     }
 
     /// Reads, in one pass over the revocations map, the record of every
-    /// subject in `dirty` that has exactly one value under its canonical key
-    /// (what [`PolicyDoc::refresh_revocation`] would find for it, without one
-    /// lookup per subject). Conflicted and non-canonical keys, and subjects
-    /// with other spellings, are left out, for the per-subject path.
-    fn read_revocations_bulk(
-        &self,
-        dirty: &BTreeSet<String>,
-    ) -> HashMap<String, Revocation, crate::FastHash> {
-        let dirty: std::collections::HashSet<&str, crate::FastHash> =
-            dirty.iter().map(String::as_str).collect();
-        let mut out = HashMap::with_capacity_and_hasher(dirty.len(), crate::FastHash::default());
+    /// subject that has exactly one value under its canonical key (what
+    /// [`PolicyDoc::refresh_revocation`] would find for it, without one
+    /// lookup per subject), sorted by subject. Conflicted and non-canonical
+    /// keys, and subjects with other spellings, are left out, for the
+    /// per-subject path.
+    fn read_revocations_bulk(&self) -> Vec<Revocation> {
+        let mut out = Vec::new();
         for item in self
             .revocation_buckets
             .iter()
             .flat_map(|b| self.doc.map_range(b, ..))
         {
-            if item.conflict || !dirty.contains(item.key.as_ref()) {
+            if item.conflict {
                 continue;
             }
             let canonical = canonical_subject(&item.key);
@@ -904,16 +896,14 @@ impl PolicyDoc {
             }
             let reason = reason_of(&item.value.clone().into_value());
             let writes: Vec<OpRef> = OpRef::of(&item.id()).into_iter().collect();
-            out.insert(
-                canonical.clone(),
-                Revocation {
-                    subject: canonical,
-                    reason,
-                    actors: OpRef::actors(&writes),
-                    writes,
-                },
-            );
+            out.push(Revocation {
+                subject: canonical,
+                reason,
+                actors: OpRef::actors(&writes),
+                writes,
+            });
         }
+        out.sort_unstable_by(|a, b| a.subject.cmp(&b.subject));
         out
     }
 
