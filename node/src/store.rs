@@ -19,9 +19,10 @@
 //! snapshot: its document ([`PolicyDoc::save`]) and the list of update hashes
 //! it covers. On start the snapshot's document is loaded while every covered
 //! record is decoded, its change hashed and its signatures checked (in
-//! batches, on every core), and then every update is authorized again
-//! against the trust root and matched to the document's changes
-//! ([`SignedState::from_snapshot`]). So nothing in the snapshot is trusted
+//! batches, on every core), and every update is authorized again against
+//! the trust root and matched to the document's changes, as soon as both
+//! its signatures and the document are in ([`SignedState::restore`]). So
+//! nothing in the snapshot is trusted
 //! that a signature can vouch for; what it saves is automerge's apply. The
 //! records stored after the snapshot are verified and ingested on top, in
 //! causal order. If a covered record is missing, damaged or refused, the
@@ -232,7 +233,7 @@ impl Store {
                 scope.spawn(
                     || match std::panic::catch_unwind(|| PolicyDoc::load(&snap.doc)) {
                         Ok(loaded) => loaded.map_err(|e| e.to_string()),
-                        Err(_) => Err("loading the snapshot's document panicked".to_string()),
+                        Err(_) => Err("automerge panicked".to_string()),
                     },
                 )
             });
@@ -363,44 +364,30 @@ impl Store {
         records: &BTreeMap<ChangeHash, Arc<[u8]>>,
         loading: std::thread::ScopedJoinHandle<'_, Result<PolicyDoc, String>>,
     ) -> Result<SignedState, String> {
-        let bytes: Result<Vec<Arc<[u8]>>, String> = snap
+        let covered: Result<Vec<_>, String> = snap
             .covered
             .iter()
             .map(|h| {
                 records
                     .get(h)
-                    .cloned()
+                    .map(|b| (*h, b.clone()))
                     .ok_or_else(|| format!("update {h} it covers is not in the store"))
             })
             .collect();
-        // Loading the document and checking every signature are independent:
-        // one thread loads while the others check.
-        let checked = bytes.as_ref().map_or_else(
-            |_| Vec::new(),
-            |b| weft_protocol::quarantine::decode_batch_verified_all(b),
-        );
-        let doc = loading
-            .join()
-            .map_err(|_| "loading the snapshot's document panicked".to_string())??;
-        let bytes = bytes?;
-        let mut covered = Vec::with_capacity(bytes.len());
-        for ((h, bytes), checked) in snap.covered.iter().zip(bytes).zip(checked) {
-            match checked {
-                Ok(v) if v.hash == *h => covered.push((v, bytes)),
-                Ok(v) => {
-                    return Err(format!(
-                        "the stored record of update {h} it covers is damaged: it hashes to {}",
-                        v.hash
-                    ));
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "the stored record of update {h} it covers does not verify: {e}"
-                    ));
-                }
+        let load = || {
+            loading
+                .join()
+                .map_err(|_| "its loading thread panicked".to_string())?
+        };
+        let covered = match covered {
+            Ok(c) => c,
+            Err(e) => {
+                // The loading thread ends either way; its document is not needed.
+                let _ = load();
+                return Err(e);
             }
-        }
-        SignedState::from_snapshot(root.clone(), doc, covered).map_err(|e| e.to_string())
+        };
+        SignedState::restore(root.clone(), load, &covered).map_err(|e| e.to_string())
     }
 }
 

@@ -218,6 +218,39 @@ fn decode_unchecked(bytes: &[u8]) -> Result<(VerifiedUpdate, Vec<SignatureCheck>
     }
 }
 
+/// Signatures per batch in [`decode_batch_verified`]: larger batches gain
+/// little and cost more to redo.
+pub const VERIFY_BATCH: usize = 128;
+
+/// [`decode_verified`] for each of `group` (best at most [`VERIFY_BATCH`]
+/// items), with their signatures checked in one batch, on this thread; see
+/// [`decode_batch_verified_all`] for when a batch check is fit to use.
+pub fn decode_batch_verified<B: AsRef<[u8]>>(
+    group: &[B],
+) -> Vec<Result<VerifiedUpdate, UpdateError>> {
+    let decoded: Vec<_> = group.iter().map(|b| decode_unchecked(b.as_ref())).collect();
+    let checks: Vec<&SignatureCheck> = decoded
+        .iter()
+        .filter_map(|d| d.as_ref().ok())
+        .flat_map(|(_, c)| c)
+        .collect();
+    let batch_holds = [Domain::Update, Domain::Quarantine]
+        .into_iter()
+        .all(|domain| {
+            let items: Vec<_> = checks
+                .iter()
+                .filter(|c| c.domain == domain)
+                .map(|c| (&c.key, c.msg.as_slice(), &c.sig))
+                .collect();
+            crate::identity::verify_batch(domain, &items).is_ok()
+        });
+    if batch_holds {
+        decoded.into_iter().map(|d| d.map(|(u, _)| u)).collect()
+    } else {
+        group.iter().map(|b| decode_verified(b.as_ref())).collect()
+    }
+}
+
 /// [`decode_verified_all`] for a node's own store, with the signatures
 /// checked in batches (`identity::verify_batch`, about half the cost of one
 /// check at a time). A batch that fails is checked again item by item, so
@@ -233,32 +266,10 @@ fn decode_unchecked(bytes: &[u8]) -> Result<(VerifiedUpdate, Vec<SignatureCheck>
 pub fn decode_batch_verified_all<B: AsRef<[u8]> + Sync>(
     items: &[B],
 ) -> Vec<Result<VerifiedUpdate, UpdateError>> {
-    /// Signatures per batch: larger batches gain little and cost more to redo.
-    const BATCH: usize = 128;
     let check_part = |part: &[B]| -> Vec<Result<VerifiedUpdate, UpdateError>> {
         let mut out = Vec::with_capacity(part.len());
-        for group in part.chunks(BATCH) {
-            let decoded: Vec<_> = group.iter().map(|b| decode_unchecked(b.as_ref())).collect();
-            let checks: Vec<&SignatureCheck> = decoded
-                .iter()
-                .filter_map(|d| d.as_ref().ok())
-                .flat_map(|(_, c)| c)
-                .collect();
-            let batch_holds = [Domain::Update, Domain::Quarantine]
-                .into_iter()
-                .all(|domain| {
-                    let items: Vec<_> = checks
-                        .iter()
-                        .filter(|c| c.domain == domain)
-                        .map(|c| (&c.key, c.msg.as_slice(), &c.sig))
-                        .collect();
-                    crate::identity::verify_batch(domain, &items).is_ok()
-                });
-            if batch_holds {
-                out.extend(decoded.into_iter().map(|d| d.map(|(u, _)| u)));
-            } else {
-                out.extend(group.iter().map(|b| decode_verified(b.as_ref())));
-            }
+        for group in part.chunks(VERIFY_BATCH) {
+            out.extend(decode_batch_verified(group));
         }
         out
     };

@@ -23,7 +23,8 @@
 //! anything that no longer qualifies, and everything built on it, is dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use weft_crdt::{
     Applied, ChangeHash, ChangeSummary, CrdtError, FastHash, PolicyDoc, PolicyView, Refusal,
@@ -136,28 +137,158 @@ impl SignedState {
     /// Fails, changing nothing, with the first update that does not hold.
     pub fn from_snapshot(
         root: TrustRoot,
-        mut doc: PolicyDoc,
+        doc: PolicyDoc,
         updates: impl IntoIterator<Item = (VerifiedUpdate, Arc<[u8]>)>,
     ) -> Result<Self, UpdateError> {
-        let mut state = SignedState::new(root);
-        let updates: Vec<(VerifiedUpdate, Arc<[u8]>)> = updates.into_iter().collect();
-        if let Some((v, _)) = updates.iter().find(|(v, _)| !doc.contains(&v.hash)) {
-            return Err(UpdateError::Malformed(format!(
-                "the snapshot does not hold update {}",
-                v.hash
-            )));
-        }
+        SignedState::new(root).assemble(doc, Vec::new(), updates.into_iter().collect())
+    }
+
+    /// Restores a state from a snapshot of this node's own state, as
+    /// [`SignedState::from_snapshot`] does, from the signed bytes of every
+    /// update it covers (`covered`, each under the hash its snapshot lists)
+    /// and `load`, which yields the saved document. Checking the signatures
+    /// (in batches, see [`crate::quarantine::decode_batch_verified_all`]) and
+    /// loading the document run side by side; once the document is there,
+    /// each update is authorized as soon as its signatures are checked, so
+    /// that few of them are ever held parsed at once.
+    ///
+    /// Fails, changing nothing, with the first update that does not hold
+    /// or, when it fails, with `load`'s error.
+    pub fn restore<L>(
+        root: TrustRoot,
+        load: L,
+        covered: &[(ChangeHash, Arc<[u8]>)],
+    ) -> Result<Self, RestoreError>
+    where
+        L: FnOnce() -> Result<PolicyDoc, String> + Send,
+    {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::restore_on(cores, root, load, covered)
+    }
+
+    /// [`SignedState::restore`] on at most `threads` threads (at least one).
+    /// The one that runs `load` checks signatures too once the document is
+    /// in; with one thread, the document comes first and every update is
+    /// judged right after its signatures.
+    pub fn restore_on<L>(
+        threads: usize,
+        root: TrustRoot,
+        load: L,
+        covered: &[(ChangeHash, Arc<[u8]>)],
+    ) -> Result<Self, RestoreError>
+    where
+        L: FnOnce() -> Result<PolicyDoc, String> + Send,
+    {
+        let state = SignedState::new(root);
         let latest = state.root();
-        let judge = |doc: &PolicyDoc, v: &VerifiedUpdate| -> Result<(), UpdateError> {
-            if v.update.root_version == latest.version {
-                authorize_verified(&doc.summarize_applied(&v.change)?, v, latest)?;
+        let groups: Vec<_> = covered.chunks(crate::quarantine::VERIFY_BATCH).collect();
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let loaded: OnceLock<PolicyDoc> = OnceLock::new();
+        // Takes groups until none is left, each checked in one batch, and
+        // keeps only the hash and the signers of what the loaded document
+        // already vouches for.
+        let work = || -> Result<Vec<Restored>, RestoreError> {
+            let mut done = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Some(group) = groups.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                let bytes: Vec<&[u8]> = group.iter().map(|(_, b)| &b[..]).collect();
+                let doc = loaded.get();
+                let checked = crate::quarantine::decode_batch_verified(&bytes);
+                for ((hash, bytes), checked) in group.iter().zip(checked) {
+                    let fail = |e| {
+                        stop.store(true, Ordering::Relaxed);
+                        Err(e)
+                    };
+                    let mut v = match checked {
+                        Ok(v) if v.hash == *hash => v,
+                        Ok(v) => {
+                            return fail(RestoreError::Damaged {
+                                hash: *hash,
+                                actual: v.hash,
+                            });
+                        }
+                        Err(err) => {
+                            return fail(RestoreError::Unverified {
+                                hash: *hash,
+                                err: Box::new(err),
+                            });
+                        }
+                    };
+                    match doc {
+                        Some(doc) if judge_restored(doc, &v, latest).is_ok() => {
+                            done.push(Restored::Kept(v.hash, v.signers, bytes.clone()));
+                        }
+                        _ => {
+                            // Judging needs the parsed change and the root
+                            // version, not a second copy of the change's bytes
+                            // nor the signatures, already checked.
+                            v.update.change = Vec::new();
+                            v.update.signatures = Vec::new();
+                            done.push(Restored::Pending(Box::new(v), bytes.clone()));
+                        }
+                    }
+                }
             }
-            Ok(())
+            Ok(done)
         };
-        let failed: Vec<usize> = on_all_cores(&updates, |part, offset| {
+        let threads = threads.min(groups.len()).max(1);
+        let (load_error, parts) = std::thread::scope(|scope| {
+            let work = &work;
+            // The loading thread takes groups too, once the document is in.
+            let loader = scope.spawn(|| match load() {
+                Ok(doc) => {
+                    let _ = loaded.set(doc);
+                    (None, work())
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    (Some(e), Ok(Vec::new()))
+                }
+            });
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut parts = Vec::new();
+            for h in helpers {
+                parts.push(h.join().expect("a verifying thread does not panic"));
+            }
+            let (load_error, own) = loader.join().expect("the loading thread does not panic");
+            parts.push(own);
+            (load_error, parts)
+        });
+        if let Some(e) = load_error {
+            return Err(RestoreError::Load(e));
+        }
+        let mut kept = Vec::with_capacity(covered.len());
+        let mut pending = Vec::new();
+        for part in parts {
+            for r in part? {
+                match r {
+                    Restored::Kept(h, signers, bytes) => kept.push((h, signers, bytes)),
+                    Restored::Pending(v, bytes) => pending.push((*v, bytes)),
+                }
+            }
+        }
+        let doc = loaded
+            .into_inner()
+            .ok_or_else(|| RestoreError::Load("no document".into()))?;
+        Ok(state.assemble(doc, kept, pending)?)
+    }
+
+    /// The state of a snapshot: `doc` and its updates, `kept` already judged
+    /// against it, `pending` judged here.
+    fn assemble(
+        mut self,
+        mut doc: PolicyDoc,
+        kept: Vec<(ChangeHash, Signers, Arc<[u8]>)>,
+        pending: Vec<(VerifiedUpdate, Arc<[u8]>)>,
+    ) -> Result<Self, UpdateError> {
+        let latest = self.root();
+        let failed: Vec<usize> = on_all_cores(&pending, |part, offset| {
             part.iter()
                 .enumerate()
-                .filter(|(_, (v, _))| judge(&doc, v).is_err())
+                .filter(|(_, (v, _))| judge_restored(&doc, v, latest).is_err())
                 .map(|(i, _)| offset + i)
                 .collect()
         });
@@ -168,24 +299,27 @@ impl SignedState {
                 doc.complete_tables();
             }
             for i in failed {
-                judge(&doc, &updates[i].0)?;
+                judge_restored(&doc, &pending[i].0, latest)?;
             }
         }
-        state.updates.reserve(updates.len());
-        for (v, bytes) in updates {
-            state.updates.insert(v.hash, (bytes, v.signers));
+        self.updates.reserve(kept.len() + pending.len());
+        for (hash, signers, bytes) in kept {
+            self.updates.insert(hash, (bytes, signers));
+        }
+        for (v, bytes) in pending {
+            self.updates.insert(v.hash, (bytes, v.signers));
         }
         // The genesis change is the one change of the document without an update.
         let changes = doc.change_count();
-        if changes != state.updates.len() + 1 {
+        if changes != self.updates.len() + 1 {
             return Err(UpdateError::Malformed(format!(
                 "the snapshot holds {} change(s) but {} update(s) were given",
                 changes.saturating_sub(1),
-                state.updates.len()
+                self.updates.len()
             )));
         }
-        state.doc = doc;
-        Ok(state)
+        self.doc = doc;
+        Ok(self)
     }
 
     /// Sets the bound on held updates.
@@ -602,6 +736,64 @@ impl SignedState {
 /// `work` on every part of `items`, one part per core the process may run
 /// on (given the part and the index of its first item), the parts' results
 /// concatenated in order.
+/// An update of a snapshot being restored ([`SignedState::restore`]).
+enum Restored {
+    /// Verified and judged: what the state keeps of it.
+    Kept(ChangeHash, Signers, Arc<[u8]>),
+    /// Verified before the document was there (or refused by it before its
+    /// tables were complete): judged at the end.
+    Pending(Box<VerifiedUpdate>, Arc<[u8]>),
+}
+
+/// Whether `doc`, loaded from a snapshot, vouches for `v`: its change is in
+/// the document and, when `v` names the current root, `latest` authorizes
+/// it again. An update that names an older root was judged against the
+/// chain of roots held when it came, which a restart does not keep.
+fn judge_restored(
+    doc: &PolicyDoc,
+    v: &VerifiedUpdate,
+    latest: &TrustRoot,
+) -> Result<(), UpdateError> {
+    if !doc.contains(&v.hash) {
+        return Err(UpdateError::Malformed(format!(
+            "the snapshot does not hold update {}",
+            v.hash
+        )));
+    }
+    if v.update.root_version == latest.version {
+        authorize_verified(&doc.summarize_applied(&v.change)?, v, latest)?;
+    }
+    Ok(())
+}
+
+/// Why [`SignedState::restore`] refused a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The document did not load.
+    #[error("the snapshot's document does not load: {0}")]
+    Load(String),
+    /// A record's change is not the one its snapshot lists.
+    #[error("the stored record of update {hash} it covers is damaged: it hashes to {actual}")]
+    Damaged {
+        /// The hash the snapshot lists.
+        hash: ChangeHash,
+        /// The hash of the record's change.
+        actual: ChangeHash,
+    },
+    /// A record does not verify.
+    #[error("the stored record of update {hash} it covers does not verify: {err}")]
+    Unverified {
+        /// The hash the snapshot lists.
+        hash: ChangeHash,
+        /// Why.
+        err: Box<UpdateError>,
+    },
+    /// An update is not in the document, or not authorized, or the document
+    /// holds a change without an update.
+    #[error(transparent)]
+    Refused(#[from] UpdateError),
+}
+
 fn on_all_cores<T: Sync, R: Send>(
     items: &[T],
     work: impl Fn(&[T], usize) -> Vec<R> + Sync,

@@ -544,3 +544,145 @@ fn equal_signer_sets_are_shared_and_exact() {
     }
     assert_eq!(*shared_signers([b, a]), BTreeSet::from([a, b]));
 }
+
+/// Signed updates under their hashes, as a node's store keeps them.
+type Records = Vec<(weft_crdt::ChangeHash, std::sync::Arc<[u8]>)>;
+
+/// A state of `n` revocations by carol and two bundle updates by alice and
+/// bob, ingested one at a time, and the signed bytes of each, as a node's
+/// store keeps them.
+fn many_updates(n: u64) -> (SignedState, Records) {
+    let (alice, bob, carol) = (key(1), key(2), key(3));
+    let mut state = SignedState::new(root());
+    for n in 0..2 {
+        let b = bundle_update(&state, &alice, &[&alice, &bob], n);
+        state.ingest(&b).unwrap();
+    }
+    let mut doc = PolicyDoc::load(&state.doc().save()).unwrap();
+    for i in 0..n {
+        let change = doc
+            .build_revoke(
+                actor_for(&carol.public(), nonce(7)),
+                &format!(r#"User::"u{i}""#),
+                "test",
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        let mut u = SignedUpdate::new(&change, 1);
+        u.sign(&carol).unwrap();
+        state.ingest(&u.to_bytes()).unwrap();
+    }
+    let covered = state
+        .update_hashes()
+        .map(|h| (*h, state.update_bytes(h).unwrap()))
+        .collect();
+    (state, covered)
+}
+
+/// Restores `covered` with the document of `state`. `late`: on four
+/// threads, the document handed over only after a while, so that signatures
+/// are checked before it is in and their updates judged at the end;
+/// otherwise on one thread, which loads the document first and judges each
+/// update right after its signatures.
+fn restore(
+    state: &SignedState,
+    root: TrustRoot,
+    covered: &[(weft_crdt::ChangeHash, std::sync::Arc<[u8]>)],
+    late: bool,
+) -> Result<SignedState, weft_protocol::state::RestoreError> {
+    let saved = state.doc().save();
+    SignedState::restore_on(
+        if late { 4 } else { 1 },
+        root,
+        || {
+            if late {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            PolicyDoc::load(&saved).map_err(|e| e.to_string())
+        },
+        covered,
+    )
+}
+
+#[test]
+fn a_snapshot_restores_from_its_records_whenever_its_document_comes() {
+    use weft_protocol::state::RestoreError;
+    // Several groups of signatures, checked in batches.
+    let (state, covered) = many_updates(140);
+    assert_eq!(covered.len(), 142);
+    for late in [false, true] {
+        let restored = restore(&state, root(), &covered, late).unwrap();
+        assert_eq!(
+            restored.view().summary(),
+            state.view().summary(),
+            "late: {late}"
+        );
+        assert_eq!(restored.update_count(), state.update_count());
+        for (h, bytes) in &covered {
+            assert_eq!(restored.update_bytes(h).as_deref(), Some(&bytes[..]));
+        }
+
+        // Under a root where bundles need three signers, the bundle
+        // updates (two signers each) no longer pass.
+        let mut stricter = root();
+        stricter.policy_threshold = 3;
+        let err = restore(&state, stricter, &covered, late).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                RestoreError::Refused(UpdateError::TooFewSigners { .. })
+            ),
+            "{err}"
+        );
+
+        // A record under another update's hash is damaged.
+        let mut swapped = covered.clone();
+        let other = swapped[130].1.clone();
+        swapped[100].1 = other;
+        let err = restore(&state, root(), &swapped, late).err().unwrap();
+        assert!(
+            matches!(err, RestoreError::Damaged { hash, .. } if hash == covered[100].0),
+            "{err}"
+        );
+
+        // A record whose signature was altered does not verify.
+        let mut forged = covered.clone();
+        let mut bytes = forged[135].1.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        forged[135].1 = bytes.into();
+        let err = restore(&state, root(), &forged, late).err().unwrap();
+        assert!(
+            matches!(err, RestoreError::Unverified { hash, .. } if hash == covered[135].0),
+            "{err}"
+        );
+
+        // One update fewer than the document holds, or one it lacks.
+        let err = restore(&state, root(), &covered[1..], late).err().unwrap();
+        assert!(
+            matches!(err, RestoreError::Refused(UpdateError::Malformed(_))),
+            "{err}"
+        );
+        let extra = revoke_update(&state, &key(3), &[&key(3)], r#"User::"elsewhere""#, 999);
+        let hash = weft_protocol::quarantine::decode_verified(&extra)
+            .unwrap()
+            .hash;
+        let mut more = covered.clone();
+        more.push((hash, extra.into()));
+        let err = restore(&state, root(), &more, late).err().unwrap();
+        assert!(
+            matches!(err, RestoreError::Refused(UpdateError::Malformed(_))),
+            "{err}"
+        );
+    }
+
+    // A document that does not load refuses the snapshot.
+    let err = SignedState::restore(root(), || Err("broken".into()), &covered)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, RestoreError::Load(ref e) if e == "broken"),
+        "{err}"
+    );
+}
