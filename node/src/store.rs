@@ -22,12 +22,11 @@
 //! batches, on every core), and every update is authorized again against
 //! the trust root and matched to the document's changes, as soon as both
 //! its signatures and the document are in ([`SignedState::restore`]). So
-//! nothing in the snapshot is trusted
-//! that a signature can vouch for; what it saves is automerge's apply. The
-//! records stored after the snapshot are verified and ingested on top, in
-//! causal order. If a covered record is missing, damaged or refused, the
-//! snapshot is dropped and everything is verified from scratch, one
-//! signature at a time.
+//! nothing in the snapshot is trusted that a signature can vouch for; what
+//! it saves is automerge's apply. The records stored after the snapshot are
+//! verified and ingested on top, in causal order. If a covered record is
+//! missing, damaged or refused, the snapshot is dropped and everything is
+//! verified from scratch, one signature at a time.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;

@@ -117,8 +117,9 @@ impl SignedState {
     /// Restores a state from a snapshot that this node wrote of its own
     /// state: the document saved with [`PolicyDoc::save`] and loaded with
     /// [`PolicyDoc::load`], plus every update the document holds, each with
-    /// its signatures already checked (the caller checks them, in parallel
-    /// with loading the document; see `decode_batch_verified_all`).
+    /// its signatures already checked. [`SignedState::restore`] does the
+    /// same from the updates' signed bytes, checking the signatures while
+    /// the document loads, which is how a node starts.
     ///
     /// What is checked here, so that the snapshot is trusted for nothing a
     /// signature can vouch for:
@@ -733,9 +734,6 @@ impl SignedState {
     }
 }
 
-/// `work` on every part of `items`, one part per core the process may run
-/// on (given the part and the index of its first item), the parts' results
-/// concatenated in order.
 /// An update of a snapshot being restored ([`SignedState::restore`]).
 enum Restored {
     /// Verified and judged: what the state keeps of it.
@@ -794,6 +792,9 @@ pub enum RestoreError {
     Refused(#[from] UpdateError),
 }
 
+/// `work` on every part of `items`, one part per core the process may run
+/// on (given the part and the index of its first item), the parts' results
+/// concatenated in order.
 fn on_all_cores<T: Sync, R: Send>(
     items: &[T],
     work: impl Fn(&[T], usize) -> Vec<R> + Sync,
