@@ -796,9 +796,15 @@ enum Flush {
 /// Flushes the store each time it is asked, on the blocking pool, so that
 /// the node's task never waits on the disk for updates from peers. Requests
 /// that arrive while a flush runs are served by one more flush after it.
-async fn flush_when_asked(store: Arc<Store>, wanted: Arc<Notify>) {
+/// Returns when `stop` is notified, never during a flush: once it has
+/// returned, nothing it started holds the store (and sled's lock on it).
+async fn flush_when_asked(store: Arc<Store>, wanted: Arc<Notify>, stop: Arc<Notify>) {
     loop {
-        wanted.notified().await;
+        tokio::select! {
+            biased;
+            () = stop.notified() => return,
+            () = wanted.notified() => {}
+        }
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => {}
@@ -868,9 +874,11 @@ impl NodeTask {
 
     /// Runs until shutdown is signalled, then flushes the store.
     pub(crate) async fn run(mut self) {
+        let stop_flusher = Arc::new(Notify::new());
         let flusher = tokio::spawn(flush_when_asked(
             self.store.clone(),
             self.flush_wanted.clone(),
+            stop_flusher.clone(),
         ));
         let start = self.replica.start();
         let _ = self.carry_out(start, None, Flush::Background);
@@ -906,7 +914,13 @@ impl NodeTask {
                 _ = root_check.tick() => self.check_root(),
             }
         }
-        flusher.abort();
+        // Not an abort: a flush already on the blocking pool would go on
+        // holding the store after this task ends, and a node started again
+        // on the same directory would find sled's lock still taken.
+        stop_flusher.notify_one();
+        if let Err(err) = flusher.await {
+            tracing::error!(%err, "the store's flusher failed");
+        }
         if let Err(err) = self.store.flush() {
             tracing::error!(%err, "flushing the store at shutdown failed");
         }
