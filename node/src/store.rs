@@ -378,14 +378,8 @@ impl Store {
                 .join()
                 .map_err(|_| "its loading thread panicked".to_string())?
         };
-        let covered = match covered {
-            Ok(c) => c,
-            Err(e) => {
-                // The loading thread ends either way; its document is not needed.
-                let _ = load();
-                return Err(e);
-            }
-        };
+        // On an error the scope still joins the loading thread.
+        let covered = covered?;
         SignedState::restore(root.clone(), load, &covered).map_err(|e| e.to_string())
     }
 }

@@ -223,8 +223,19 @@ fn decode_unchecked(bytes: &[u8]) -> Result<(VerifiedUpdate, Vec<SignatureCheck>
 pub const VERIFY_BATCH: usize = 128;
 
 /// [`decode_verified`] for each of `group` (best at most [`VERIFY_BATCH`]
-/// items), with their signatures checked in one batch, on this thread; see
-/// [`decode_batch_verified_all`] for when a batch check is fit to use.
+/// items), with their signatures checked in one batch, on this thread
+/// (`identity::verify_batch`, about half the cost of one check at a time).
+/// A batch that fails is checked again item by item, so each damaged record
+/// gets its own error, and every result is `Ok` only where the item
+/// verifies on its own as well.
+///
+/// Only for re-checking updates this node already accepted one at a time
+/// (its store, at a start: [`crate::state::SignedState::restore`]): the
+/// batch equation can accept a signature that `verify_strict` refuses, if
+/// its *signer* (never a third party) built it to, so nodes that batched
+/// differently could judge such an update differently. A store rewritten by
+/// someone holding an operator's secret key is not something a signature
+/// check can catch anyway.
 pub fn decode_batch_verified<B: AsRef<[u8]>>(
     group: &[B],
 ) -> Vec<Result<VerifiedUpdate, UpdateError>> {
@@ -249,50 +260,6 @@ pub fn decode_batch_verified<B: AsRef<[u8]>>(
     } else {
         group.iter().map(|b| decode_verified(b.as_ref())).collect()
     }
-}
-
-/// [`decode_verified_all`] for a node's own store, with the signatures
-/// checked in batches (`identity::verify_batch`, about half the cost of one
-/// check at a time). A batch that fails is checked again item by item, so
-/// each damaged record gets its own error, and every result is `Ok` only
-/// where the item verifies on its own as well.
-///
-/// Only for re-checking updates this node already accepted one at a time:
-/// the batch equation can accept a signature that `verify_strict` refuses,
-/// if its *signer* (never a third party) built it to, so nodes that batched
-/// differently could judge such an update differently. A store rewritten by
-/// someone holding an operator's secret key is not something a signature
-/// check can catch anyway.
-pub fn decode_batch_verified_all<B: AsRef<[u8]> + Sync>(
-    items: &[B],
-) -> Vec<Result<VerifiedUpdate, UpdateError>> {
-    let check_part = |part: &[B]| -> Vec<Result<VerifiedUpdate, UpdateError>> {
-        let mut out = Vec::with_capacity(part.len());
-        for group in part.chunks(VERIFY_BATCH) {
-            out.extend(decode_batch_verified(group));
-        }
-        out
-    };
-    /// Below this, starting threads costs more than it saves.
-    const PER_THREAD: usize = 256;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(items.len() / PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return check_part(items);
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || check_part(part)))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("a verifying thread does not panic"))
-            .collect()
-    })
 }
 
 /// The raw change bytes of a signed update or a quarantine order.

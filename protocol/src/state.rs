@@ -115,14 +115,15 @@ impl SignedState {
     }
 
     /// Restores a state from a snapshot that this node wrote of its own
-    /// state: the document saved with [`PolicyDoc::save`] and loaded with
-    /// [`PolicyDoc::load`], plus every update the document holds, each with
-    /// its signatures already checked. [`SignedState::restore`] does the
-    /// same from the updates' signed bytes, checking the signatures while
-    /// the document loads, which is how a node starts.
+    /// state: `load` yields the document it saved with [`PolicyDoc::save`],
+    /// and `covered` holds the signed bytes of every update the document
+    /// holds, each under the hash the snapshot lists.
     ///
     /// What is checked here, so that the snapshot is trusted for nothing a
     /// signature can vouch for:
+    /// - every update's signatures, again (in batches, see
+    ///   [`crate::quarantine::decode_batch_verified`]), and its change is the
+    ///   one its hash names;
     /// - every update's change is in the document, and the document holds no
     ///   change without an update (the genesis change aside), so every op in
     ///   it is covered by a signature over its change's hash;
@@ -135,26 +136,11 @@ impl SignedState {
     /// `accepted_heads`); that chain is not kept across restarts, so such an
     /// update is kept on its signatures alone.
     ///
-    /// Fails, changing nothing, with the first update that does not hold.
-    pub fn from_snapshot(
-        root: TrustRoot,
-        doc: PolicyDoc,
-        updates: impl IntoIterator<Item = (VerifiedUpdate, Arc<[u8]>)>,
-    ) -> Result<Self, UpdateError> {
-        SignedState::new(root).assemble(doc, Vec::new(), updates.into_iter().collect())
-    }
-
-    /// Restores a state from a snapshot of this node's own state, as
-    /// [`SignedState::from_snapshot`] does, from the signed bytes of every
-    /// update it covers (`covered`, each under the hash its snapshot lists)
-    /// and `load`, which yields the saved document. Checking the signatures
-    /// (in batches, see [`crate::quarantine::decode_batch_verified_all`]) and
-    /// loading the document run side by side; once the document is there,
-    /// each update is authorized as soon as its signatures are checked, so
-    /// that few of them are ever held parsed at once.
-    ///
-    /// Fails, changing nothing, with the first update that does not hold
-    /// or, when it fails, with `load`'s error.
+    /// Checking the signatures and loading the document run side by side;
+    /// once the document is there, each update is authorized as soon as its
+    /// signatures are checked, so that few of them are ever held parsed at
+    /// once. Fails, changing nothing, with the first update that does not
+    /// hold or, when it fails, with `load`'s error.
     pub fn restore<L>(
         root: TrustRoot,
         load: L,

@@ -402,7 +402,14 @@ fn verifying_many_on_several_threads_gives_each_its_own_verdict_in_order() {
 
 #[test]
 fn verifying_a_store_in_batches_gives_each_its_own_verdict_in_order() {
-    each_gets_its_own_verdict(weft_protocol::quarantine::decode_batch_verified_all);
+    // As a node's start checks its snapshot's records (`SignedState::restore`).
+    each_gets_its_own_verdict(|items| {
+        use weft_protocol::quarantine::{VERIFY_BATCH, decode_batch_verified};
+        items
+            .chunks(VERIFY_BATCH)
+            .flat_map(decode_batch_verified)
+            .collect()
+    });
 }
 
 /// A verdict for each of many stored updates, in order.
@@ -454,71 +461,6 @@ fn each_gets_its_own_verdict(verify_all: VerifyAll) {
         }
         assert_eq!(got.is_err(), [3, 350, 500, 699].contains(&i), "item {i}");
     }
-}
-
-/// Updates with their checked signatures, and their bytes.
-type Checked = Vec<(VerifiedUpdate, std::sync::Arc<[u8]>)>;
-
-/// A state's saved document and its updates, as a node's snapshot holds them.
-fn snapshot_of(state: &SignedState) -> (PolicyDoc, Checked) {
-    let doc = PolicyDoc::load(&state.doc().save()).unwrap();
-    let updates = state
-        .update_hashes()
-        .map(|h| {
-            let bytes = state.update_bytes(h).unwrap();
-            (
-                weft_protocol::quarantine::decode_verified(&bytes).unwrap(),
-                bytes,
-            )
-        })
-        .collect();
-    (doc, updates)
-}
-
-#[test]
-fn a_snapshot_is_authorized_update_by_update() {
-    let (alice, bob, carol) = (key(1), key(2), key(3));
-    let mut state = SignedState::new(root());
-    for n in 0..3 {
-        let b = bundle_update(&state, &alice, &[&alice, &bob], n);
-        state.ingest(&b).unwrap();
-        let r = revoke_update(
-            &state,
-            &carol,
-            &[&carol],
-            &format!(r#"User::"u{n}""#),
-            100 + n,
-        );
-        state.ingest(&r).unwrap();
-    }
-    let (doc, updates) = snapshot_of(&state);
-    let restored = SignedState::from_snapshot(root(), doc, updates.clone()).unwrap();
-    assert_eq!(restored.view().summary(), state.view().summary());
-    assert_eq!(restored.update_count(), 6);
-
-    // Under a root where bundles need three signers, the bundle updates
-    // (two signers each) no longer pass; nothing is restored.
-    let mut stricter = root();
-    stricter.policy_threshold = 3;
-    let (doc, _) = snapshot_of(&state);
-    let err = SignedState::from_snapshot(stricter, doc, updates.clone())
-        .err()
-        .expect("refused");
-    assert!(matches!(err, UpdateError::TooFewSigners { .. }), "{err}");
-
-    // An update missing from the list, or one the document lacks, is refused.
-    let (doc, mut fewer) = snapshot_of(&state);
-    fewer.pop();
-    assert!(SignedState::from_snapshot(root(), doc, fewer).is_err());
-    let (doc, mut more) = snapshot_of(&state);
-    let mut other = SignedState::new(root());
-    let extra = revoke_update(&other, &carol, &[&carol], r#"User::"elsewhere""#, 999);
-    other.ingest(&extra).unwrap();
-    more.push((
-        weft_protocol::quarantine::decode_verified(&extra).unwrap(),
-        extra.into(),
-    ));
-    assert!(SignedState::from_snapshot(root(), doc, more).is_err());
 }
 
 /// Updates with the same signers share one set of keys, and each set is
