@@ -94,12 +94,14 @@ pub struct NodeOptions {
     pub audit: AuditConfig,
     /// Anomaly detection and the quarantines it may issue.
     pub response: crate::respond::ResponseConfig,
-    /// The runtime that serves the HTTP API, when it should not be the one
-    /// `spawn_node` is called on. `weft node run` gives the API a runtime of
-    /// its own, so that a decision never waits behind gossip, automerge,
-    /// sled or the audit writer on a shared worker thread. `None` (the
+    /// The runtimes that serve the HTTP API, when it should not be the one
+    /// `spawn_node` is called on; each serves the same listening socket.
+    /// `weft node run` gives the API single-threaded runtimes of its own,
+    /// one per core, so that a decision never waits behind gossip,
+    /// automerge, sled or the audit writer, and a connection's requests
+    /// stay on one thread (no hand-off between workers). Empty (the
     /// default, for tests and the demo) serves it on the caller's runtime.
-    pub api_runtime: Option<tokio::runtime::Handle>,
+    pub api_runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl NodeOptions {
@@ -116,7 +118,7 @@ impl NodeOptions {
             stale: net::Staleness::default(),
             audit: AuditConfig::default(),
             response: crate::respond::ResponseConfig::default(),
-            api_runtime: None,
+            api_runtimes: Vec::new(),
         }
     }
 }
@@ -131,7 +133,7 @@ pub struct NodeHandle {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     node_task: JoinHandle<()>,
-    api_task: JoinHandle<()>,
+    api_tasks: Vec<JoinHandle<()>>,
     audit_task: JoinHandle<()>,
     detect_task: JoinHandle<()>,
     audit: Arc<Audit>,
@@ -236,9 +238,10 @@ impl NodeHandle {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
         drop(self.commands);
-        self.api_task
-            .await
-            .map_err(|e| anyhow!("the API task failed: {e}"))?;
+        for task in self.api_tasks {
+            task.await
+                .map_err(|e| anyhow!("the API task failed: {e}"))?;
+        }
         self.node_task
             .await
             .map_err(|e| anyhow!("the node task failed: {e}"))?;
@@ -467,16 +470,17 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     );
     task.replay(early);
 
-    // The listener belongs to the runtime that serves it: bind it there.
-    let api_rt = opts
-        .api_runtime
-        .clone()
-        .unwrap_or_else(tokio::runtime::Handle::current);
-    let api_bind = opts.api.clone();
-    let listener = api_rt
-        .spawn(async move { tokio::net::TcpListener::bind(api_bind).await })
+    // One listening socket, bound here; each API runtime serves its own
+    // duplicate of it. A connection is accepted by whichever runtime gets to
+    // it first (an idle one, as a rule) and stays there.
+    let api_runtimes = if opts.api_runtimes.is_empty() {
+        vec![tokio::runtime::Handle::current()]
+    } else {
+        opts.api_runtimes.clone()
+    };
+    let listener = tokio::net::TcpListener::bind(&opts.api)
         .await
-        .map_err(|e| anyhow!("binding the API failed: {e}"))?
+        .and_then(|l| l.into_std())
         .with_context(|| format!("cannot listen for the API on {}", opts.api))?;
     let api_addr = listener.local_addr()?;
     span.in_scope(|| {
@@ -497,30 +501,44 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         detect,
         decisions: Arc::new(crate::dashboard::DecisionLog::new()),
     }));
-    let mut api_shutdown = shutdown_rx;
-    let api_task = api_rt.spawn(
-        async move {
-            let stop = async move {
-                while !*api_shutdown.borrow() {
-                    if api_shutdown.changed().await.is_err() {
-                        break;
+    let mut api_tasks = Vec::with_capacity(api_runtimes.len());
+    for rt in &api_runtimes {
+        let listener = {
+            // A listener registers with the reactor of the runtime it is
+            // made in.
+            let _in = rt.enter();
+            tokio::net::TcpListener::from_std(listener.try_clone()?)
+                .context("cannot serve the API on its runtime")?
+        };
+        let mut api_shutdown = shutdown_rx.clone();
+        let router = router.clone();
+        api_tasks.push(
+            rt.spawn(
+                async move {
+                    let stop = async move {
+                        while !*api_shutdown.borrow() {
+                            if api_shutdown.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    // Answers are written in one go: never let Nagle hold one
+                    // back waiting for the client's delayed ACK.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    if let Err(err) = axum::serve(listener, router)
+                        .with_graceful_shutdown(stop)
+                        .await
+                    {
+                        tracing::error!(%err, "the API server failed");
                     }
                 }
-            };
-            // Answers are written in one go: never let Nagle hold one back
-            // waiting for the client's delayed ACK.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(err) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(%err, "the API server failed");
-            }
-        }
-        .instrument(span),
-    );
+                .instrument(span.clone()),
+            ),
+        );
+    }
+    drop(listener);
 
     Ok(NodeHandle {
         api_addr,
@@ -531,7 +549,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         shared,
         shutdown: shutdown_tx,
         node_task,
-        api_task,
+        api_tasks,
         audit_task,
         detect_task,
         audit,
@@ -625,23 +643,24 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
 
     init_logging(&config.log_format);
-    // Two runtimes. The node's own work (the swarm, gossip and sync, automerge
-    // apply, sled flushes, the audit writer, the detector) runs on this
-    // thread; CPU-heavy loading goes to its blocking pool. Decisions are
-    // served by `weft-api` workers, one per core this process may run on,
-    // which run nothing else: a decision never queues behind an apply.
+    // The node's own work (the swarm, gossip and sync, automerge apply,
+    // sled flushes, the audit writer, the detector) runs on this thread;
+    // CPU-heavy loading goes to its blocking pool. Decisions are served by
+    // `weft-api` threads, one per core this process may run on unless
+    // `api_threads` says otherwise, which run nothing else: a decision never
+    // queues behind an apply.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("weft-node")
         .build()
         .context("cannot start the async runtime")?;
-    let api_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("weft-api")
-        .build()
-        .context("cannot start the API's async runtime")?;
-    opts.api_runtime = Some(api_runtime.handle().clone());
-    runtime.block_on(async move {
+    let threads = match config.api_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let api = ApiThreads::start(threads)?;
+    opts.api_runtimes = api.handles.clone();
+    let served = runtime.block_on(async move {
         let node = spawn_node(opts).await?;
         eprintln!(
             "weft node {} running: API http://{}, libp2p {}",
@@ -657,10 +676,65 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         tracing::info!("shutting down");
         node.shutdown().await?;
         Ok::<_, anyhow::Error>(())
-    })?;
-    // The API has stopped by now; nothing of it may outlive the process.
-    api_runtime.shutdown_timeout(Duration::from_secs(1));
+    });
+    // The API has stopped by now (or never started); nothing of it may
+    // outlive the process.
+    api.stop();
+    served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The threads that serve the HTTP API: each runs a single-threaded tokio
+/// runtime, so a connection's requests are read, decided and answered on
+/// one thread with no hand-off between workers (a work-stealing runtime
+/// woke a second worker for about every request at low concurrency: a
+/// quarter more CPU per decision).
+struct ApiThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ApiThreads {
+    fn start(n: usize) -> Result<ApiThreads> {
+        let mut api = ApiThreads {
+            handles: Vec::with_capacity(n),
+            stop: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start an async runtime for the API")?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            api.handles.push(runtime.handle().clone());
+            api.stop.push(stop);
+            let thread = std::thread::Builder::new()
+                .name("weft-api".into())
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                });
+            match thread {
+                Ok(t) => api.threads.push(t),
+                Err(e) => {
+                    api.stop();
+                    return Err(anyhow!("cannot start an API thread: {e}"));
+                }
+            }
+        }
+        Ok(api)
+    }
+
+    /// Stops every thread, once what it serves has finished or after a
+    /// second.
+    fn stop(self) {
+        drop(self.stop);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

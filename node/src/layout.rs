@@ -107,6 +107,10 @@ pub struct Config {
     /// How long a quarantine this node issues lasts, at most the trust
     /// root's maximum (a duration). Default `15m`.
     pub quarantine_ttl: String,
+    /// How many threads serve the HTTP API, each with its own event loop
+    /// and its share of the connections. Default 0: one per core the
+    /// process may run on.
+    pub api_threads: usize,
 }
 
 impl Default for Config {
@@ -123,6 +127,7 @@ impl Default for Config {
             detect: true,
             quarantine_on_alert: true,
             quarantine_ttl: "15m".into(),
+            api_threads: 0,
         }
     }
 }
@@ -172,7 +177,9 @@ impl Config {
              # quarantine a principal on an anomaly (if the trust root lets nodes quarantine)\n\
              quarantine_on_alert = {}\n\
              # how long such a quarantine lasts (at most the trust root's maximum)\n\
-             quarantine_ttl = {:?}\n",
+             quarantine_ttl = {:?}\n\
+             # threads serving the HTTP API (0: one per core)\n\
+             api_threads = {}\n",
             self.listen,
             self.api,
             self.stale_after,
@@ -185,7 +192,8 @@ impl Config {
             self.audit_checkpoint_every,
             self.detect,
             self.quarantine_on_alert,
-            self.quarantine_ttl
+            self.quarantine_ttl,
+            self.api_threads
         )
     }
 }
@@ -199,6 +207,7 @@ mod tests {
         let mut c = Config::default();
         c.peers.push("/ip4/127.0.0.1/tcp/7201".into());
         c.on_stale = OnStale::Deny;
+        c.api_threads = 3;
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();
