@@ -2,11 +2,12 @@
 //!
 //! [`generate`] builds, from a seed, a day-shaped stream of authorization
 //! decisions: many principals with daily rhythms (the baseline), benign
-//! surprises (new employees, nightly batch jobs) and labeled attacks. Every
-//! event carries its ground truth, and every attack its start and end, so a
-//! detector replayed over the trace can be scored per incident. The same
-//! [`TraceConfig`] (seed included) gives the same trace, line for line: one
-//! ChaCha8 RNG, no clock, and events ordered by `(at_ms, generation order)`.
+//! surprises (new employees, nightly batch jobs, travellers) and labeled
+//! attacks. Every event carries its ground truth, and every attack its start
+//! and end, so a detector replayed over the trace can be scored per
+//! incident. The same [`TraceConfig`] (seed included) gives the same trace,
+//! line for line: one ChaCha8 RNG, no clock, and events ordered by `(at_ms,
+//! generation order)`.
 //!
 //! # File format (`weft-trace/v1`, JSON lines)
 //! One JSON object per line, told apart by `"type"`:
@@ -47,6 +48,9 @@
 //! - New employees (`User::"new-0"`), one per 250 principals: a user who
 //!   first appears after the warm-up, during the day, exploring widely (30% of
 //!   requests outside the working set, more denies) in the first hour.
+//! - Travellers (`User::"trav-0"`), one per 250 principals: an ordinary user
+//!   who, within two hours after the warm-up, goes on working as usual from
+//!   a site never used before.
 //! - Attacks, [`TraceConfig::attacks_per_kind`] of each kind, each on its own
 //!   victim (an ordinary user), starting at a uniform time after the warm-up:
 //!   see [`AttackKind`].
@@ -192,7 +196,7 @@ pub struct Incident {
 pub struct Surprise {
     /// The principal.
     pub principal: String,
-    /// `new_employee` or `batch_job`.
+    /// `new_employee`, `batch_job` or `traveller`.
     pub kind: String,
     /// When it first acts.
     pub start_ms: u64,
@@ -650,13 +654,40 @@ pub fn generate(cfg: &TraceConfig) -> Trace {
             });
         }
     }
+    // Travellers, one per 250 principals: ordinary users who, some time
+    // after the warm-up, go on working as usual from a site they were never
+    // seen at. Generated last, so every other principal and attack is the
+    // same as in a trace of the same seed without them.
+    for k in 0..extras {
+        let u = new_user(&mut rng, uid("User", format!("trav-{k}")));
+        let away = (0..SITES)
+            .filter(|s| *s != u.home && Some(*s) != u.second)
+            .collect::<Vec<_>>();
+        let away = pick(&mut rng, &away);
+        let leaves = scored_from + rng.random_range(0..2 * HOUR_MS);
+        let mut own = Vec::new();
+        user_days(&mut rng, &u, start, start, end, &mut own);
+        let mut first_away = None;
+        for e in &mut own {
+            if e.at_ms >= leaves {
+                e.site = Some(site(away));
+                first_away = first_away.or(Some(e.at_ms));
+            }
+        }
+        events.append(&mut own);
+        surprises.push(Surprise {
+            principal: u.id.clone(),
+            kind: "traveller".into(),
+            start_ms: first_away.unwrap_or(leaves),
+        });
+    }
     incidents.sort_by(|a, b| (a.start_ms, &a.principal).cmp(&(b.start_ms, &b.principal)));
     // A stable sort keeps generation order among equal times.
     events.sort_by_key(|e| e.at_ms);
     let header = Header {
         format: FORMAT.into(),
         seed: cfg.seed,
-        principals: cfg.principals + 2 * extras,
+        principals: cfg.principals + 3 * extras,
         hours,
         start_ms: start,
         warmup_ms: warmup,
@@ -782,6 +813,33 @@ mod tests {
             }
         }
         assert!(t.events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
-        assert_eq!(t.surprises.len(), 2);
+        assert_eq!(t.surprises.len(), 3);
+    }
+
+    #[test]
+    fn a_traveller_works_as_usual_from_a_site_never_used_before() {
+        let t = generate(&small());
+        let from = t.header.start_ms + t.header.warmup_ms;
+        let trav = t.surprises.iter().find(|s| s.kind == "traveller").unwrap();
+        assert!(trav.start_ms >= from);
+        let own: Vec<_> = t
+            .events
+            .iter()
+            .filter(|e| e.principal == trav.principal)
+            .collect();
+        assert!(own.iter().all(|e| e.label == Label::Benign));
+        let before: std::collections::BTreeSet<_> = own
+            .iter()
+            .filter(|e| e.at_ms < trav.start_ms)
+            .map(|e| e.site.clone())
+            .collect();
+        let away: Vec<_> = own.iter().filter(|e| e.at_ms >= trav.start_ms).collect();
+        assert!(!before.is_empty() && !away.is_empty());
+        assert!(away.iter().all(|e| e.site == away[0].site));
+        assert!(
+            !before.contains(&away[0].site),
+            "{before:?} {:?}",
+            away[0].site
+        );
     }
 }

@@ -15,7 +15,7 @@ use super::eval::{EvalConfig, EvalReport, MethodReport, evaluate};
 /// The long help of `weft detect`.
 pub const DETECT_LONG_ABOUT: &str = "Generate labeled decision traces and evaluate the anomaly detector on them.\n\n\
     `gen` writes a deterministic trace (JSON lines, format weft-trace/v1): principals with \
-    daily rhythms, benign surprises (new employees, nightly batch jobs) and labeled attacks \
+    daily rhythms, benign surprises (new employees, nightly batch jobs, travellers at a new site) and labeled attacks \
     (credential stuffing, privilege probing, bulk exfiltration, lateral movement across sites, \
     low-and-slow). `eval` replays a trace through the detector and, side by side, through a \
     static rate-limit rule, and reports per attack kind:\n\n  \
@@ -49,7 +49,7 @@ pub struct GenArgs {
     /// The seed of every random choice.
     #[arg(long, value_name = "S", default_value_t = 1)]
     pub seed: u64,
-    /// Ordinary users (one new employee and one batch job per 250 come on top).
+    /// Ordinary users (one new employee, one batch job and one traveller per 250 come on top).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub principals: usize,
     /// Length of the trace in hours; the first half (at most 24) is warm-up.

@@ -94,9 +94,15 @@ fn detect_explanations_name_the_driving_feature() {
 }
 
 #[test]
-fn detect_no_alert_on_a_new_employee_or_a_batch_job() {
+fn detect_no_alert_on_a_new_employee_a_batch_job_or_a_traveller() {
     let t = trace();
     let from = t.header.start_ms + t.header.warmup_ms;
+    let kinds: std::collections::BTreeSet<_> =
+        t.surprises.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["batch_job", "new_employee", "traveller"]
+    );
     for s in &t.surprises {
         let hit: Vec<_> = all_alerts()
             .iter()
