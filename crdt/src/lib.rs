@@ -7,7 +7,7 @@
 //! [`PolicyDoc::build_reinstate`]), says which paths a change touches before
 //! it is applied ([`PolicyDoc::summarize`]), applies changes idempotently,
 //! and keeps a materialized [`PolicyView`] up to date incrementally. The pure
-//! [`decide`] answers authorization requests against a view.
+//! [`decide()`] answers authorization requests against a view.
 //!
 //! The crate has no signatures, no I/O, no clock and no async: time comes in
 //! as an argument, and `protocol` decides who may write what.

@@ -21,9 +21,10 @@
 //! ([`revocation_bucket`]), and a revocation written in any other bucket is
 //! refused. The buckets keep each map small: automerge applies a remote
 //! write to a map by walking the map's entries up to the key, so one map of
-//! every revocation would make each new one cost in proportion to all of them. Every later change may only touch the
-//! paths listed in [`Section`], with the operations that [`classify_op`]
-//! allows; anything else is a [`SchemaViolation`].
+//! every revocation would make each new one cost in proportion to all of
+//! them. Every later change may only touch the paths listed in [`Section`],
+//! with the operations the schema allows at each; anything else is a
+//! [`SchemaViolation`].
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -256,7 +256,7 @@ impl PublicKey {
     }
 
     /// Checks `sig` over `msg` in `domain`, with `verify_strict`'s verdict
-    /// (computed as [`strict`] explains).
+    /// (computed as the private `strict` explains).
     pub fn verify(
         &self,
         domain: Domain,

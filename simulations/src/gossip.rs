@@ -128,7 +128,7 @@ pub type MsgIdx = u32;
 const INLINE_PEERS: usize = 22;
 
 /// A small set of peers, sorted: a node has a few dozen connections at
-/// most. Up to [`INLINE_PEERS`] are kept inline, so that checking a
+/// most. Up to `INLINE_PEERS` (22) are kept inline, so that checking a
 /// connection reads the dense array it sits in and follows no pointer;
 /// more spill to a sorted vector. Iterates in ascending order, as a
 /// `BTreeSet` does.
