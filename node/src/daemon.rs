@@ -137,9 +137,15 @@ pub struct NodeHandle {
     audit_task: JoinHandle<()>,
     detect_task: JoinHandle<()>,
     audit: Arc<Audit>,
+    loaded: crate::store::LoadReport,
 }
 
 impl NodeHandle {
+    /// What the node found in its store when it started.
+    pub fn load_report(&self) -> &crate::store::LoadReport {
+        &self.loaded
+    }
+
     /// The address the HTTP API listens on.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
@@ -553,6 +559,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         audit_task,
         detect_task,
         audit,
+        loaded: report,
     })
 }
 

@@ -769,6 +769,8 @@ pub(crate) struct NodeTask {
     times: HashMap<ChangeHash, i64>,
     applied_since_snapshot: u64,
     snapshot_every: u64,
+    /// The snapshot being encoded and written on the blocking pool, if any.
+    snapshot_writer: Option<tokio::task::JoinHandle<()>>,
     commands: mpsc::Receiver<Command>,
     shutdown: watch::Receiver<bool>,
     audit_log: Arc<crate::audit::AuditLog>,
@@ -852,6 +854,7 @@ impl NodeTask {
             times: HashMap::new(),
             applied_since_snapshot,
             snapshot_every: parts.snapshot_every.max(1),
+            snapshot_writer: None,
             commands: parts.commands,
             shutdown: parts.shutdown,
             audit_log: parts.audit_log,
@@ -920,6 +923,12 @@ impl NodeTask {
         stop_flusher.notify_one();
         if let Err(err) = flusher.await {
             tracing::error!(%err, "the store's flusher failed");
+        }
+        // The same for a snapshot being written.
+        if let Some(writer) = self.snapshot_writer.take()
+            && let Err(err) = writer.await
+        {
+            tracing::error!(%err, "writing a snapshot failed");
         }
         if let Err(err) = self.store.flush() {
             tracing::error!(%err, "flushing the store at shutdown failed");
@@ -1580,22 +1589,41 @@ impl NodeTask {
         store_result
     }
 
+    /// Every `snapshot_every` applied updates, copies the state's document
+    /// and update hashes (a few milliseconds) and has them encoded and
+    /// written on the blocking pool (a few hundred milliseconds for a large
+    /// document), so gossip, sync, the audit writer and the detector do not
+    /// stop meanwhile. One snapshot at a time: while one is being written,
+    /// the next waits.
     fn check_snapshot(&mut self) {
-        if self.applied_since_snapshot < self.snapshot_every {
+        if self.applied_since_snapshot < self.snapshot_every
+            || self
+                .snapshot_writer
+                .as_ref()
+                .is_some_and(|w| !w.is_finished())
+        {
             return;
         }
         let started = std::time::Instant::now();
-        match self.store.save_snapshot(self.replica.state()) {
-            Ok(()) => {
-                tracing::info!(
-                    updates = self.replica.state().update_count(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+        let capture = crate::store::SnapshotCapture::of(self.replica.state());
+        let captured_ms = started.elapsed().as_millis() as u64;
+        self.applied_since_snapshot = 0;
+        let store = self.store.clone();
+        let span = tracing::Span::current();
+        self.snapshot_writer = Some(tokio::task::spawn_blocking(move || {
+            let _in = span.enter();
+            let started = std::time::Instant::now();
+            match store.save_capture(&capture) {
+                Ok(()) => tracing::info!(
+                    updates = capture.update_count(),
+                    captured_ms,
+                    written_ms = started.elapsed().as_millis() as u64,
                     "saved a snapshot"
-                );
-                self.applied_since_snapshot = 0;
+                ),
+                // The next one comes after as many updates again.
+                Err(err) => tracing::error!(%err, "saving a snapshot failed"),
             }
-            Err(err) => tracing::error!(%err, "saving a snapshot failed"),
-        }
+        }));
     }
 
     fn redial(&mut self) {

@@ -17,7 +17,9 @@
 //! Applying 100,000 updates one by one to a fresh document takes long, so
 //! every [`DEFAULT_SNAPSHOT_EVERY`] applied updates the node saves a
 //! snapshot: its document ([`PolicyDoc::save`]) and the list of update hashes
-//! it covers. On start the snapshot's document is loaded while every covered
+//! it covers. The node copies both on its own thread ([`SnapshotCapture`],
+//! 7-9 ms at 100,000 updates) and encodes and writes them on the blocking
+//! pool (about 0.2 s), so gossip and sync do not stop meanwhile. On start the snapshot's document is loaded while every covered
 //! record is decoded, its change hashed and its signatures checked (in
 //! batches, on every core), and every update is authorized again against
 //! the trust root and matched to the document's changes, as soon as both
@@ -69,7 +71,8 @@ pub enum StoreError {
 pub struct LoadReport {
     /// Updates applied (from the snapshot and on top of it).
     pub applied: usize,
-    /// Updates the snapshot covered (applied without re-checking signatures).
+    /// Updates the snapshot covered (applied with its saved document; their
+    /// signatures are checked all the same).
     pub from_snapshot: usize,
     /// Updates verified and ingested one by one.
     pub verified: usize,
@@ -90,6 +93,30 @@ pub type Record = (Vec<u8>, Arc<[u8]>);
 
 /// A verified update with its bytes, by change hash.
 type Verified = (VerifiedUpdate, Arc<[u8]>);
+
+/// A state's document and update hashes, copied at one moment so that its
+/// snapshot can be encoded and written elsewhere while the state moves on.
+/// Copying is cheap next to encoding: about 7 ms against 0.2 s at 100,000
+/// updates.
+pub struct SnapshotCapture {
+    doc: automerge::Automerge,
+    hashes: Vec<ChangeHash>,
+}
+
+impl SnapshotCapture {
+    /// Copies what a snapshot of `state` holds.
+    pub fn of(state: &SignedState) -> SnapshotCapture {
+        SnapshotCapture {
+            doc: state.doc().automerge().clone(),
+            hashes: state.update_hashes().copied().collect(),
+        }
+    }
+
+    /// How many updates the snapshot covers.
+    pub fn update_count(&self) -> usize {
+        self.hashes.len()
+    }
+}
 
 /// The sled store of one node.
 pub struct Store {
@@ -187,14 +214,34 @@ impl Store {
     /// Saves a snapshot of `state`: its document and the hashes of every
     /// update it holds, and flushes.
     pub fn save_snapshot(&self, state: &SignedState) -> Result<(), StoreError> {
-        let doc = state.doc().save();
-        let n = state.update_count();
+        self.write_snapshot(
+            &state.doc().save(),
+            state.update_count(),
+            state.update_hashes(),
+        )
+    }
+
+    /// Saves a snapshot taken earlier with [`SnapshotCapture::of`]: the
+    /// same as [`Store::save_snapshot`] of the state as it was then, whatever
+    /// was applied since. Encoding the document is the slow part (about
+    /// 0.2 s at 100,000 updates); this is what the node runs off its own
+    /// thread.
+    pub fn save_capture(&self, capture: &SnapshotCapture) -> Result<(), StoreError> {
+        self.write_snapshot(&capture.doc.save(), capture.hashes.len(), &capture.hashes)
+    }
+
+    fn write_snapshot<'a>(
+        &self,
+        doc: &[u8],
+        n: usize,
+        hashes: impl IntoIterator<Item = &'a ChangeHash>,
+    ) -> Result<(), StoreError> {
         let mut v = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 16 + doc.len() + 32 * n);
         v.extend_from_slice(SNAPSHOT_MAGIC);
         v.extend_from_slice(&(doc.len() as u64).to_be_bytes());
-        v.extend_from_slice(&doc);
+        v.extend_from_slice(doc);
         v.extend_from_slice(&(n as u64).to_be_bytes());
-        for h in state.update_hashes() {
+        for h in hashes {
             v.extend_from_slice(&h.0);
         }
         self.meta.insert(KEY_SNAPSHOT, v).map_err(|e| self.err(e))?;
@@ -589,6 +636,38 @@ mod tests {
         assert_eq!(report.damaged, 1);
         assert_eq!(state.update_count(), 3);
         assert!(store.snapshot().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_captured_snapshot_holds_the_state_as_it_was_when_captured() {
+        let dir = tempfile::tempdir().unwrap();
+        let ups = updates(30);
+        let store = store_with(dir.path(), &ups[..20]);
+        let (mut state, _) = store.load_state(root()).unwrap();
+        let capture = SnapshotCapture::of(&state);
+        assert_eq!(capture.update_count(), 20);
+        // The state moves on before the snapshot is written.
+        for (h, b) in &ups[20..] {
+            state.ingest(b).unwrap();
+            store.put_update(h, b).unwrap();
+        }
+        assert_eq!(state.update_count(), 30);
+        store.save_capture(&capture).unwrap();
+        let (loaded, report) = store.load_state(root()).unwrap();
+        assert!(!report.snapshot_dropped);
+        assert_eq!(report.from_snapshot, 20);
+        assert_eq!(report.verified, 10);
+        assert_eq!(loaded.heads(), state.heads());
+        assert_eq!(loaded.view().summary(), state.view().summary());
+        // The same bytes as a snapshot saved at once from that state.
+        let at_once = store_with(tempfile::tempdir().unwrap().path(), &ups[..20]);
+        let (twenty, _) = at_once.load_state(root()).unwrap();
+        at_once.save_snapshot(&twenty).unwrap();
+        let saved = |s: &Store| s.meta.get(KEY_SNAPSHOT).unwrap().unwrap().to_vec();
+        let (a, b) = (saved(&store), saved(&at_once));
+        let (a, b) = (Snapshot::decode(&a).unwrap(), Snapshot::decode(&b).unwrap());
+        assert_eq!(a.covered, b.covered);
+        assert_eq!(a.doc, b.doc);
     }
 
     #[test]

@@ -197,8 +197,14 @@ async fn a_restarted_node_has_its_state_before_it_reaches_any_peer() -> Result<(
     ensure!(before.updates == 5 && before.revocations == 3);
     node.shutdown().await?;
 
-    // No peers at all: whatever it has, it has from its own store.
+    // No peers at all: whatever it has, it has from its own store. The
+    // snapshot was written off the node's thread; the shutdown waited for it.
     let node = spawn_node(opts.clone()).await?;
+    let loaded = node.load_report();
+    ensure!(
+        loaded.from_snapshot == 3 && loaded.verified == 2 && !loaded.snapshot_dropped,
+        "{loaded:?}"
+    );
     let after = node.status().await?;
     ensure!(after.peers.is_empty());
     ensure!(after.updates == 5, "{after:?}");
