@@ -19,11 +19,12 @@
 //! snapshot: its document ([`PolicyDoc::save`]) and the list of update hashes
 //! it covers. The node copies both on its own thread ([`SnapshotCapture`],
 //! 7-9 ms at 100,000 updates) and encodes and writes them on the blocking
-//! pool (about 0.2 s), so gossip and sync do not stop meanwhile. On start the snapshot's document is loaded while every covered
-//! record is decoded, its change hashed and its signatures checked (in
-//! batches, on every core), and every update is authorized again against
-//! the trust root and matched to the document's changes, as soon as both
-//! its signatures and the document are in ([`SignedState::restore`]). So
+//! pool (about 0.2 s), so gossip and sync do not stop meanwhile. On start
+//! the snapshot's document is loaded while every covered record is decoded,
+//! its change hashed and its signatures checked (in batches, on every core),
+//! and every update is authorized again against the trust root and matched
+//! to the document's changes, as soon as both its signatures and the
+//! document are in ([`SignedState::restore`]). So
 //! nothing in the snapshot is trusted that a signature can vouch for; what
 //! it saves is automerge's apply. The records stored after the snapshot are
 //! verified and ingested on top, in causal order. If a covered record is
