@@ -34,7 +34,7 @@
 //! the changes arrived. If no version is valid, the bundle contributes nothing
 //! and its error is reported.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transactable};
@@ -125,13 +125,21 @@ pub enum Applied {
 /// subject (a load, a large first sync).
 const BULK_REVOCATIONS: usize = 64;
 
+/// What a batch being applied has admitted so far ([`PolicyDoc::apply_checked`]).
+#[derive(Default)]
+struct Admitted {
+    /// Each actor's latest admitted change: its number and hash.
+    lanes: FastMap<ActorId, (u64, ChangeHash)>,
+    /// Each admitted change's largest operation counter.
+    max_ops: FastMap<ChangeHash, u64>,
+}
+
 /// Key of an object in the path table: the op id that created it.
 type ObjKey = (u64, ActorId);
 
 /// Every key here (change hashes, actors, op ids) is written only by changes
 /// that passed their signers' check, so a fixed fast hash is enough.
 type FastMap<K, V> = HashMap<K, V, crate::FastHash>;
-type FastSet<K> = HashSet<K, crate::FastHash>;
 
 /// A revocation bucket key that one operation of an applied change wrote:
 /// the key, the string it put (`None` for a delete or another value), and
@@ -144,8 +152,10 @@ pub struct PolicyDoc {
     doc: Automerge,
     /// Path of every map object created by an applied change.
     objects: FastMap<ObjKey, Path>,
-    /// Hash of every applied change (automerge's own lookup builds metadata).
-    applied: FastSet<ChangeHash>,
+    /// Every applied change by hash, with its largest operation counter
+    /// (`max_op`): a change's first counter must follow the largest of its
+    /// dependencies' (automerge's own lookup builds metadata).
+    applied: FastMap<ChangeHash, u64>,
     /// Each actor's latest change here: its number and hash.
     lanes: FastMap<ActorId, (u64, ChangeHash)>,
     /// Whether `objects` and `bundle_history` cover every change (false after
@@ -211,10 +221,10 @@ impl PolicyDoc {
             Ok(Some((Value::Object(ObjType::Map), id))) => id,
             _ => unreachable!("genesis creates the top-level maps"),
         };
-        let mut applied = FastSet::default();
+        let mut applied = FastMap::default();
         let mut lanes: FastMap<ActorId, (u64, ChangeHash)> = FastMap::default();
         for m in doc.get_changes_meta(&[]) {
-            applied.insert(m.hash);
+            applied.insert(m.hash, m.max_op);
             let lane = lanes.entry(m.actor.into_owned()).or_insert((0, m.hash));
             if m.seq > lane.0 {
                 *lane = (m.seq, m.hash);
@@ -351,7 +361,7 @@ impl PolicyDoc {
 
     /// Whether the change with this hash is part of the state.
     pub fn contains(&self, hash: &ChangeHash) -> bool {
-        self.applied.contains(hash)
+        self.applied.contains_key(hash)
     }
 
     /// The change with this hash, if it is part of the state.
@@ -434,25 +444,29 @@ impl PolicyDoc {
         self.resolve_ops(change, created)
     }
 
-    /// Checks a change's number in its actor's sequence, once its
-    /// dependencies are known to be here (`batch` holds the lanes of changes
-    /// admitted earlier in the same batch). The next number is the only one
-    /// that fits: an honest author's previous change in the lane is always in
-    /// the causal past of its dependencies, so a lower number is a second
-    /// change signed in the same place (equivocation) and a higher one cannot
-    /// come from an honest author.
-    fn check_lane(
-        &self,
-        change: &Change,
-        batch: Option<&FastMap<ActorId, (u64, ChangeHash)>>,
-    ) -> Result<(), CrdtError> {
+    /// Checks a change's place, once its dependencies are known to be here
+    /// (`batch` holds what was admitted earlier in the same batch):
+    ///
+    /// 1. **Its number in its actor's sequence.** The next number is the
+    ///    only one that fits: an honest author's previous change in the lane
+    ///    is always in the causal past of its dependencies, so a lower number
+    ///    is a second change signed in the same place (equivocation) and a
+    ///    higher one cannot come from an honest author.
+    /// 2. **Its operation counters.** Its first counter (`start_op`) must be
+    ///    one above the largest counter among its dependencies, as automerge
+    ///    numbers a change made on top of them. A change whose counters go
+    ///    backwards applies, but the saved document then no longer loads
+    ///    (automerge derives each change's operation count from the counters
+    ///    of its dependencies); one that skips counters loads as a different
+    ///    change. Either would poison every later save.
+    fn check_lane(&self, change: &Change, batch: Option<&Admitted>) -> Result<(), CrdtError> {
         if self.contains(&change.hash()) {
             // Already here: summarizing it is not admitting it again.
             return Ok(());
         }
         let actor = change.actor_id();
         let (latest, latest_hash) = batch
-            .and_then(|b| b.get(actor))
+            .and_then(|b| b.lanes.get(actor))
             .or_else(|| self.lanes.get(actor))
             .copied()
             .unwrap_or((0, ChangeHash([0; 32])));
@@ -469,6 +483,28 @@ impl PolicyDoc {
             return Err(CrdtError::Malformed(format!(
                 "the change is number {seq} of actor {}, whose latest change here is number {latest}, though all its dependencies are here",
                 actor.to_hex_string()
+            )));
+        }
+        let deps_max = change
+            .deps()
+            .iter()
+            .filter_map(|d| {
+                self.applied
+                    .get(d)
+                    .or_else(|| batch.and_then(|b| b.max_ops.get(d)))
+            })
+            .copied()
+            .max()
+            .unwrap_or(0);
+        let start = change.start_op().get();
+        if start <= deps_max {
+            return Err(CrdtError::Malformed(format!(
+                "the change's operation counters go backwards: it starts at {start}, but its dependencies reach {deps_max}"
+            )));
+        }
+        if start != deps_max + 1 {
+            return Err(CrdtError::Malformed(format!(
+                "the change's operation counters skip: it starts at {start}, but its dependencies end at {deps_max}"
             )));
         }
         Ok(())
@@ -498,7 +534,7 @@ impl PolicyDoc {
         mut created: Option<&mut Vec<(ObjKey, Path)>>,
         mut written: Option<&mut Vec<BucketWrite>>,
     ) -> Result<ChangeSummary, CrdtError> {
-        let expanded = change.decode();
+        let expanded = Self::expand(change)?;
         let mut local: FastMap<ObjKey, Path> = FastMap::default();
         let mut actor_hex: Option<String> = None;
         let mut paths = BTreeSet::new();
@@ -607,6 +643,23 @@ impl PolicyDoc {
         Ok(change)
     }
 
+    /// Decodes a parsed change's operations, naming every object, key and
+    /// predecessor by actor id.
+    ///
+    /// automerge 0.12 parses some changes that it then cannot decode, and
+    /// panics there instead of refusing them: an operation that names an
+    /// actor past the change's actor table, for one. Such bytes come from
+    /// outside (signed, but the signer may be hostile or broken), so the
+    /// panic is contained here and the change refused as malformed; nothing
+    /// is shared with the code that panicked, so nothing is left half done.
+    pub fn expand(change: &Change) -> Result<automerge::ExpandedChange, CrdtError> {
+        std::panic::catch_unwind(|| change.decode()).map_err(|_| {
+            CrdtError::Malformed(
+                "automerge could not decode the change's operations (an actor, object or key it names is not in the change)".into(),
+            )
+        })
+    }
+
     /// Applies one change and updates the view.
     pub fn apply(&mut self, change: Change) -> Result<Applied, CrdtError> {
         self.apply_batch([change])
@@ -647,25 +700,24 @@ impl PolicyDoc {
     ) -> Vec<Result<Applied, Refusal<E>>> {
         let mut results: Vec<Result<Applied, Refusal<E>>> = Vec::new();
         let mut admitted: Vec<(usize, Change, Vec<ObjKey>, Vec<BucketWrite>)> = Vec::new();
-        let mut admitted_hashes: BTreeSet<ChangeHash> = BTreeSet::new();
-        let mut batch_lanes: FastMap<ActorId, (u64, ChangeHash)> = FastMap::default();
+        let mut batch = Admitted::default();
         for (i, change) in changes.into_iter().enumerate() {
             let hash = change.hash();
-            if self.contains(&hash) || admitted_hashes.contains(&hash) {
+            if self.contains(&hash) || batch.max_ops.contains_key(&hash) {
                 results.push(Ok(Applied::Duplicate));
                 continue;
             }
             let missing: Vec<ChangeHash> = change
                 .deps()
                 .iter()
-                .filter(|d| !self.contains(d) && !admitted_hashes.contains(d))
+                .filter(|d| !self.contains(d) && !batch.max_ops.contains_key(d))
                 .copied()
                 .collect();
             if !missing.is_empty() {
                 results.push(Err(Refusal::State(CrdtError::MissingDeps(missing))));
                 continue;
             }
-            if let Err(e) = self.check_lane(&change, Some(&batch_lanes)) {
+            if let Err(e) = self.check_lane(&change, Some(&batch)) {
                 results.push(Err(Refusal::State(e)));
                 continue;
             }
@@ -694,8 +746,10 @@ impl PolicyDoc {
             }
             let keys = created.iter().map(|(k, _)| k.clone()).collect();
             self.objects.extend(created);
-            admitted_hashes.insert(hash);
-            batch_lanes.insert(change.actor_id().clone(), (change.seq(), hash));
+            batch.max_ops.insert(hash, change.max_op());
+            batch
+                .lanes
+                .insert(change.actor_id().clone(), (change.seq(), hash));
             admitted.push((results.len(), change, keys, written));
             results.push(Ok(Applied::New(summary)));
         }
@@ -717,7 +771,7 @@ impl PolicyDoc {
         }
         for (idx, change, _, written) in admitted {
             if let Ok(Applied::New(summary)) = &results[idx] {
-                self.applied.insert(change.hash());
+                self.applied.insert(change.hash(), change.max_op());
                 self.lanes
                     .insert(change.actor_id().clone(), (change.seq(), change.hash()));
                 self.note_summary(summary);
@@ -782,16 +836,34 @@ impl PolicyDoc {
             }
         }
         for subject in &dirty.quarantines {
-            match self.doc.get(&self.quarantines_obj, subject.as_str()) {
-                Ok(Some((Value::Scalar(v), _))) => {
-                    if let ScalarValue::Str(s) = v.as_ref() {
+            let sides: Vec<String> = self
+                .doc
+                .get_all(&self.quarantines_obj, subject.as_str())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(v, _)| match v {
+                    Value::Scalar(v) => match v.as_ref() {
+                        ScalarValue::Str(s) => Some(s.to_string()),
+                        _ => None,
+                    },
+                    Value::Object(_) => None,
+                })
+                .collect();
+            let canonical = canonical_subject(subject);
+            match crate::quarantine::merge_sides(sides) {
+                Some((shown, others)) => {
+                    self.view.quarantines.insert(canonical.clone(), shown);
+                    if others.is_empty() {
+                        self.view.quarantine_others.remove(&canonical);
+                    } else {
                         self.view
-                            .quarantines
-                            .insert(canonical_subject(subject), s.to_string());
+                            .quarantine_others
+                            .insert(canonical, Arc::new(others));
                     }
                 }
-                _ => {
-                    self.view.quarantines.remove(&canonical_subject(subject));
+                None => {
+                    self.view.quarantines.remove(&canonical);
+                    self.view.quarantine_others.remove(&canonical);
                 }
             }
         }
@@ -1207,7 +1279,7 @@ impl PolicyDoc {
             return Ok(None);
         };
         // The change is applied already; register what it created and refresh.
-        self.applied.insert(change.hash());
+        self.applied.insert(change.hash(), change.max_op());
         let mut created = Vec::new();
         let summary = self.summarize_inner(&change, Some(&mut created))?;
         self.lanes

@@ -23,6 +23,29 @@
 //!
 //! An operator-written record (no `issuer`) is honoured until its expiry, if
 //! it has one, unless lifted.
+//!
+//! # Records dated in the future are ignored
+//! A record whose `issued_at` lies more than [`MAX_CLOCK_SKEW_SECS`] ahead of
+//! the deciding node's clock is neither in force nor counted in its issuer's
+//! hourly allowance: dating an order a year ahead would otherwise put it
+//! outside every hour that the allowance counts, and keep it in force until
+//! then. (Nodes also refuse to apply such an order, see
+//! `weft_protocol::quarantine`; this rule covers a record applied by a node
+//! whose clock was ahead.)
+//!
+//! # Concurrent records of one subject
+//! Two records written concurrently under one subject both stay in the
+//! document; [`merge_sides`] says which count, on every replica alike:
+//! - if any is an operator's record (no `issuer`), the operators' latest one
+//!   is the subject's record: a node can never override what an operator
+//!   wrote, whether a quarantine or its lifting;
+//! - otherwise (nodes' records only) every one of them is decided on, and
+//!   the subject is quarantined while any is in force: a node cannot shorten
+//!   another node's quarantine by writing beside it.
+//!
+//! A node cannot write *over* a record it did not issue either: its order may
+//! only replace its own records (checked by `weft_protocol::quarantine`
+//! before the order is applied).
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +79,32 @@ pub struct QuarantineRecord {
 /// Most bytes of a record's JSON that are parsed; a longer record is not
 /// honoured.
 pub const MAX_RECORD_LEN: usize = 16 * 1024;
+
+/// How far ahead of a node's clock a record's `issued_at` may lie, in
+/// seconds: five minutes, the clock skew Kerberos tolerates by default and
+/// far more than NTP-synced hosts drift. A record dated further ahead is
+/// ignored until the clock catches up, and nodes refuse to apply it.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
+/// Whether `rec` is dated more than [`MAX_CLOCK_SKEW_SECS`] after `now`.
+pub fn dated_in_future(rec: &QuarantineRecord, now: u64) -> bool {
+    rec.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS)
+}
+
+/// Which of the records written concurrently under one subject count (see
+/// the module doc), given in automerge's order (its winner last): the
+/// record shown and decided on, and the others decided on as well. `None`
+/// when there is no record. A side that is not a record's JSON counts as an
+/// operator's (a node's order must hold a well-formed record).
+pub fn merge_sides(sides: Vec<String>) -> Option<(String, Vec<String>)> {
+    let by_operator = |json: &String| parse_record(json).is_none_or(|r| r.issuer.is_none());
+    if let Some(shown) = sides.iter().rev().find(|s| by_operator(s)) {
+        return Some((shown.clone(), Vec::new()));
+    }
+    let mut sides = sides;
+    let shown = sides.pop()?;
+    Some((shown, sides))
+}
 
 /// How far node-issued quarantines are honoured (from the trust root).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,18 +166,26 @@ fn lapses_at(rec: &QuarantineRecord, rules: &QuarantineRules) -> Option<u64> {
 }
 
 /// Whether the node-issued `rec` of `subject` is within its issuer's hourly
-/// allowance: fewer than `max_per_hour` records of the same issuer come
-/// before it, ordered by `(issued_at, subject)`, within the hour up to its
-/// own `issued_at`.
-fn within_rate(view: &PolicyView, subject: &str, rec: &QuarantineRecord, max: u32) -> bool {
+/// allowance at `now`: fewer than `max_per_hour` records of the same issuer
+/// come before it, ordered by `(issued_at, subject)`, within the hour up to
+/// its own `issued_at`. Records dated in the future are not counted (nor
+/// ever in force).
+fn within_rate(
+    view: &PolicyView,
+    subject: &str,
+    rec: &QuarantineRecord,
+    max: u32,
+    now: u64,
+) -> bool {
     let issuer = rec.issuer.as_deref();
     let key = (rec.issued_at, subject);
     let earlier = view
-        .quarantines()
+        .all_quarantine_records()
         .filter_map(|(s, json)| Some((s, parse_record(json)?)))
         .filter(|(s, r)| {
             r.issuer.as_deref() == issuer
-                && r.issued_at + 3600 > rec.issued_at
+                && !dated_in_future(r, now)
+                && r.issued_at.saturating_add(3600) > rec.issued_at
                 && (r.issued_at, s.as_str()) < key
         })
         .count();
@@ -136,15 +193,30 @@ fn within_rate(view: &PolicyView, subject: &str, rec: &QuarantineRecord, max: u3
 }
 
 /// The quarantine of `subject` (canonical form) that is in force at `now`
-/// (Unix seconds) under `rules`, if any.
+/// (Unix seconds) under `rules`, if any: the first of its records
+/// ([`PolicyView::quarantine_records`]) in force.
 pub fn in_force(
     view: &PolicyView,
     subject: &str,
     now: u64,
     rules: &QuarantineRules,
 ) -> Option<QuarantineHit> {
-    let json = view.quarantine_record(subject)?;
+    view.quarantine_records(subject)
+        .find_map(|json| record_in_force(view, subject, json, now, rules))
+}
+
+/// Whether one record of `subject` is in force at `now` under `rules`.
+fn record_in_force(
+    view: &PolicyView,
+    subject: &str,
+    json: &str,
+    now: u64,
+    rules: &QuarantineRules,
+) -> Option<QuarantineHit> {
     let rec = parse_record(json)?;
+    if dated_in_future(&rec, now) {
+        return None;
+    }
     let until = lapses_at(&rec, rules);
     if until.is_some_and(|t| now >= t) {
         return None;
@@ -153,7 +225,7 @@ pub fn in_force(
         if view.is_revoked_canonical(issuer) {
             return None;
         }
-        if !within_rate(view, subject, &rec, rules.max_per_hour) {
+        if !within_rate(view, subject, &rec, rules.max_per_hour, now) {
             return None;
         }
     }

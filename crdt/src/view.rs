@@ -143,7 +143,12 @@ pub struct PolicyView {
     /// The revoked subjects that are Cedar uids, for lookups without formatting.
     pub(crate) revoked_uids:
         imbl::GenericHashSet<EntityUid, crate::FastHash, imbl::shared_ptr::DefaultSharedPtr>,
+    /// The quarantine record of each subject that is shown and decided on
+    /// ([`crate::quarantine::merge_sides`]).
     pub(crate) quarantines: imbl::OrdMap<String, String>,
+    /// The other records of subjects that concurrent node orders wrote
+    /// (rare); each is decided on too.
+    pub(crate) quarantine_others: imbl::OrdMap<String, Arc<Vec<String>>>,
     pub(crate) heads: Arc<Vec<ChangeHash>>,
     pub(crate) digest: String,
 }
@@ -159,6 +164,7 @@ impl Default for PolicyView {
             revoked: imbl::OrdMap::new(),
             revoked_uids: imbl::GenericHashSet::default(),
             quarantines: imbl::OrdMap::new(),
+            quarantine_others: imbl::OrdMap::new(),
             heads: Arc::new(Vec::new()),
             digest: digest_of(&[]),
         }
@@ -359,6 +365,27 @@ impl PolicyView {
     /// The raw quarantine record of `subject` (canonical form).
     pub fn quarantine_record(&self, subject: &str) -> Option<&String> {
         self.quarantines.get(subject)
+    }
+
+    /// Every raw quarantine record of `subject` that is decided on: the one
+    /// [`PolicyView::quarantine_record`] shows, then those of concurrent node
+    /// orders ([`crate::quarantine::merge_sides`]).
+    pub fn quarantine_records(&self, subject: &str) -> impl Iterator<Item = &String> {
+        self.quarantines.get(subject).into_iter().chain(
+            self.quarantine_others
+                .get(subject)
+                .into_iter()
+                .flat_map(|o| o.iter()),
+        )
+    }
+
+    /// Every raw quarantine record decided on, with its subject.
+    pub fn all_quarantine_records(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.quarantines.iter().chain(
+            self.quarantine_others
+                .iter()
+                .flat_map(|(s, o)| o.iter().map(move |r| (s, r))),
+        )
     }
 
     /// Whether any quarantine record exists.

@@ -9,7 +9,8 @@
 //! - [`node_init`], [`node_certify`]: a node's directory and admission certificate.
 //! - [`bundle`], [`revoke`]: author a signed update on top of a node's state.
 //! - [`update`]: co-sign an update file, or show what it does and who signed it.
-//! - [`push`]: submit update files to a node.
+//! - [`push`]: submit update files (and trust roots) to a node.
+//! - [`trust_rotate`], [`trust_sign`]: a new trust root, carried through the mesh.
 //! - [`token()`]: issue identity tokens.
 //! - [`check()`]: ask a node for a decision.
 //! - [`audit()`]: verify a node's audit chain offline, export its records.
@@ -21,10 +22,12 @@ mod common;
 mod inspect;
 pub(crate) mod lane;
 mod nodedir;
+mod rotate;
 mod token;
 
 pub use audit::{AUDIT_VERIFY_LONG_ABOUT, AuditCommand, AuditExportArgs, AuditVerifyArgs, audit};
 pub use check::{CHECK_LONG_ABOUT, CheckArgs};
+pub use rotate::{TRUST_ROTATE_LONG_ABOUT, TrustRotateArgs, TrustSignArgs};
 pub use token::{TOKEN_ISSUE_LONG_ABOUT, TokenCommand, TokenIssueArgs};
 
 use std::path::PathBuf;
@@ -349,6 +352,16 @@ pub fn update(cmd: UpdateCommand) -> Result<ExitCode> {
 /// Runs `weft push`.
 pub fn push(args: PushArgs) -> Result<ExitCode> {
     inspect::push(&args)
+}
+
+/// Runs `weft trust rotate`.
+pub fn trust_rotate(args: TrustRotateArgs) -> Result<ExitCode> {
+    rotate::trust_rotate(&args)
+}
+
+/// Runs `weft trust sign`.
+pub fn trust_sign(args: TrustSignArgs) -> Result<ExitCode> {
+    rotate::trust_sign(&args)
 }
 
 /// Runs `weft token …`.

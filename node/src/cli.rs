@@ -214,6 +214,10 @@ pub enum TrustCommand {
         root is reported, not refused: nodes keep enforcing it and raise the alarm."
     )]
     Show(TrustShowArgs),
+    /// Write a new trust root, one version up, signed by root keys, and push it to the mesh.
+    Rotate(weft_node::admin::TrustRotateArgs),
+    /// Add a root key's signature to a trust file (for a rotation signed by several holders).
+    Sign(weft_node::admin::TrustSignArgs),
 }
 
 /// Arguments of `weft trust init`.
@@ -273,6 +277,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Key(KeyCommand::Show(a)) => key_show(&a),
         Command::Trust(TrustCommand::Init(a)) => trust_init(&a),
         Command::Trust(TrustCommand::Show(a)) => trust_show(&a),
+        Command::Trust(TrustCommand::Rotate(a)) => weft_node::admin::trust_rotate(a),
+        Command::Trust(TrustCommand::Sign(a)) => weft_node::admin::trust_sign(a),
         Command::Node(NodeCommand::Init(a)) => weft_node::admin::node_init(a),
         Command::Node(NodeCommand::Certify(a)) => weft_node::admin::node_certify(a),
         Command::Node(NodeCommand::Run(a)) => weft_node::daemon::node_run(a),

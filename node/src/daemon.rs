@@ -328,15 +328,17 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     let node_id = NodeId::new(key.public());
     let span = tracing::info_span!("node", id = %short_id(&node_id));
 
-    let signed_root = read_trust(&dir.trust())?;
-    let verified = signed_root.verify_initial(now_secs()).with_context(|| {
-        format!(
-            "the trust root in {} does not verify",
-            dir.trust().display()
-        )
-    })?;
-    let root = verified.root;
-    if verified.expired {
+    let file_root = read_trust(&dir.trust())?;
+    let store = Store::open(&dir.store())?;
+    let chain = crate::rootchain::resolve(&file_root, &store.roots()?, now_secs())
+        .with_context(|| format!("the trust root of {}", dir.root().display()))?;
+    for (version, bytes) in &chain.new {
+        store.put_root(*version, bytes)?;
+    }
+    store.flush()?;
+    let root = chain.latest().clone();
+    let signed_root = chain.latest_signed().clone();
+    if chain.expired {
         span.in_scope(|| {
             tracing::error!(
                 version = root.version,
@@ -347,13 +349,12 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     }
     let cert = span.in_scope(|| read_cert(&dir, &node_id, &root));
 
-    let store = Store::open(&dir.store())?;
-    store.put_trust_root(&signed_root.to_bytes())?;
     // Loading verifies signatures: keep it off the async workers.
     let load_span = span.clone();
     let load_root = root.clone();
+    let load_chain = chain.roots.clone();
     let (store, loaded) = tokio::task::spawn_blocking(move || {
-        let loaded = load_span.in_scope(|| store.load_state(load_root));
+        let loaded = load_span.in_scope(|| store.load_state_chain(load_root, load_chain));
         (store, loaded)
     })
     .await
@@ -462,7 +463,8 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             replica,
             store,
             shared: shared.clone(),
-            signed_root: signed_root.to_bytes(),
+            signed_root: signed_root.to_vec(),
+            trust_file: dir.trust(),
             peers: opts.peers.clone(),
             snapshot_every: opts.snapshot_every,
             commands: commands_rx,

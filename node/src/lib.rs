@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod net;
 pub mod report;
 pub mod respond;
+pub mod rootchain;
 pub mod sim;
 pub mod store;

@@ -724,6 +724,8 @@ pub(crate) struct NodeTaskParts {
     pub shared: Arc<Shared>,
     /// The `SignedRoot` bytes the node runs under, for `GET /v1/state`.
     pub signed_root: Vec<u8>,
+    /// `DIR/trust.json`, rewritten when the node adopts a rotation.
+    pub trust_file: std::path::PathBuf,
     /// Peers to dial and keep dialing.
     pub peers: Vec<Multiaddr>,
     /// Applied updates between snapshots.
@@ -749,6 +751,7 @@ pub(crate) struct NodeTask {
     store: Arc<Store>,
     shared: Arc<Shared>,
     signed_root: Vec<u8>,
+    trust_file: std::path::PathBuf,
     topic: IdentTopic,
     targets: Vec<DialTarget>,
     timers: BTreeMap<(Instant, u64), Timer<PeerId>>,
@@ -840,6 +843,7 @@ impl NodeTask {
             store: parts.store,
             shared: parts.shared,
             signed_root: parts.signed_root,
+            trust_file: parts.trust_file,
             topic: IdentTopic::new(TOPIC),
             targets,
             timers: BTreeMap::new(),
@@ -1059,6 +1063,59 @@ impl NodeTask {
         }
     }
 
+    /// A trust root submitted as a rotation (`weft trust rotate`, `weft
+    /// push`): adopted, stored and gossiped, or refused.
+    fn submit_root(&mut self, bytes: &[u8]) -> Result<Submitted, SubmitError> {
+        match self.replica.submit_root(now_ms(), bytes) {
+            Ok((adopted, out)) => {
+                let version = self.replica.state().root().version;
+                self.carry_out(out, None, Flush::Now)?;
+                Ok(Submitted {
+                    id: format!("trust-root-v{version}"),
+                    status: if adopted { "applied" } else { "duplicate" },
+                })
+            }
+            Err(err) => {
+                tracing::info!(%err, "submitted trust root refused");
+                self.audit.record(AuditEvent::UpdateRefused {
+                    reason: err.to_string(),
+                    source: "api".into(),
+                });
+                Err(SubmitError::Refused(err))
+            }
+        }
+    }
+
+    /// Makes an adopted trust root the one the node runs under: stored
+    /// (flushed), written to `trust.json` (first, so that a crash between
+    /// the two leaves a `trust.json` that a restart adopts), shown to
+    /// readers and exports.
+    fn adopt_root(&mut self, version: u64, signed: &[u8], dropped: usize) {
+        if let Err(err) = crate::rootchain::write_trust_file(&self.trust_file, signed) {
+            tracing::error!(path = %self.trust_file.display(), %err, "writing the adopted trust root to the trust file failed");
+        }
+        if let Err(err) = self
+            .store
+            .put_root(version, signed)
+            .and_then(|()| self.store.flush())
+        {
+            tracing::error!(%err, "storing the adopted trust root failed");
+        }
+        self.signed_root = signed.to_vec();
+        self.shared
+            .root
+            .store(Arc::new(self.replica.state().root().clone()));
+        self.shared
+            .view
+            .store(Arc::new(self.replica.state().view().clone()));
+        tracing::warn!(version, dropped, "adopted a new trust root");
+        self.audit.record(AuditEvent::UpdateApplied {
+            id: format!("trust-root-v{version}"),
+            touches: vec![format!("trust root version {version}")],
+            peer: None,
+        });
+    }
+
     /// Gossips one of this node's audit checkpoints.
     fn publish_checkpoint(&mut self, bytes: Vec<u8>) {
         let topic = self.audit_topic.clone();
@@ -1109,6 +1166,13 @@ impl NodeTask {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Submit { bytes, reply } => {
+                if weft_protocol::encoding::kind_of(&bytes)
+                    == Some(weft_protocol::encoding::Kind::SignedRoot)
+                {
+                    let result = self.submit_root(&bytes);
+                    let _ = reply.send(result);
+                    return;
+                }
                 let result = match self.replica.submit(now_ms(), &bytes) {
                     Ok((ingested, out)) => {
                         let (hash, status) = match &ingested {
@@ -1117,18 +1181,6 @@ impl NodeTask {
                             Ingested::Held { hash, .. } => (*hash, "held"),
                         };
                         tracing::info!(id = %hash, status, "update submitted");
-                        let mut out = out;
-                        if status == "held" {
-                            // Acknowledged means durable, held or not: the
-                            // store reloads it as held until its dependencies come.
-                            out.insert(
-                                0,
-                                Output::Persist {
-                                    hash,
-                                    bytes: Arc::from(bytes.as_slice()),
-                                },
-                            );
-                        }
                         match self.carry_out(out, None, Flush::Now) {
                             Ok(()) => Ok(Submitted {
                                 id: hash.to_string(),
@@ -1447,6 +1499,17 @@ impl NodeTask {
         for o in outputs {
             match o {
                 Output::Persist { .. } => {}
+                Output::RootAdopted {
+                    version,
+                    signed,
+                    dropped,
+                } => self.adopt_root(version, &signed, dropped),
+                Output::Forget { hash } => {
+                    tracing::info!(id = %hash, "dropping a held update that never applied");
+                    if let Err(err) = self.store.remove(&hash.0) {
+                        tracing::error!(id = %hash, %err, "removing a dropped held update from the store failed");
+                    }
+                }
                 Output::Publish(bytes) => {
                     match self
                         .swarm

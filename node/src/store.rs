@@ -3,8 +3,9 @@
 //! ```text
 //! store/ (sled)
 //! ├── updates   32-byte change hash -> the signed update's bytes, as received
-//! └── meta      "trust_root" -> the SignedRoot bytes the node runs under
-//!               "snapshot"   -> a saved document and the hashes it covers
+//! ├── roots     trust root version (8 bytes, big-endian) -> its SignedRoot bytes:
+//! │             every root the node has adopted ([`crate::rootchain`])
+//! └── meta      "snapshot"   -> a saved document and the hashes it covers
 //! ```
 //!
 //! Every record is content-addressed and signed, so damage is detected on
@@ -49,9 +50,9 @@ use weft_protocol::update::{UpdateError, VerifiedUpdate};
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 
 const UPDATES: &str = "updates";
+const ROOTS: &str = "roots";
 const META: &str = "meta";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
-const KEY_TRUST_ROOT: &[u8] = b"trust_root";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNP1";
 
 /// A failure of the store itself (not of a record in it).
@@ -124,6 +125,7 @@ pub struct Store {
     path: String,
     db: sled::Db,
     updates: sled::Tree,
+    roots: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -137,11 +139,13 @@ impl Store {
         };
         let db = sled::open(path).map_err(err)?;
         let updates = db.open_tree(UPDATES).map_err(err)?;
+        let roots = db.open_tree(ROOTS).map_err(err)?;
         let meta = db.open_tree(META).map_err(err)?;
         Ok(Store {
             path: p,
             db,
             updates,
+            roots,
             meta,
         })
     }
@@ -196,20 +200,21 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Records the trust root the node runs under (`SignedRoot` bytes).
-    pub fn put_trust_root(&self, signed_root: &[u8]) -> Result<(), StoreError> {
-        self.meta
-            .insert(KEY_TRUST_ROOT, signed_root)
+    /// Records a trust root the node has adopted (`SignedRoot` bytes), under
+    /// its version (not yet durable: call [`Store::flush`]).
+    pub fn put_root(&self, version: u64, signed_root: &[u8]) -> Result<(), StoreError> {
+        self.roots
+            .insert(version.to_be_bytes(), signed_root)
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
 
-    /// The trust root recorded by [`Store::put_trust_root`], if any.
-    pub fn trust_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.meta
-            .get(KEY_TRUST_ROOT)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| self.err(e))
+    /// Every trust root recorded by [`Store::put_root`], oldest first.
+    pub fn roots(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.roots
+            .iter()
+            .map(|r| r.map(|(_, v)| v.to_vec()).map_err(|e| self.err(e)))
+            .collect()
     }
 
     /// Saves a snapshot of `state`: its document and the hashes of every
@@ -267,6 +272,18 @@ impl Store {
     /// snapshot when there is a usable one, then verifying the rest in causal
     /// order. Damaged records are logged and removed.
     pub fn load_state(&self, root: TrustRoot) -> Result<(SignedState, LoadReport), StoreError> {
+        self.load_state_chain(root, Vec::new())
+    }
+
+    /// [`Store::load_state`] with the chain of roots that led to `root`
+    /// (oldest first, each with its encoded `SignedRoot`; `root` may end
+    /// it), by which updates that name an older root are judged (see
+    /// [`SignedState::with_chain`]).
+    pub fn load_state_chain(
+        &self,
+        root: TrustRoot,
+        chain: Vec<(TrustRoot, Arc<[u8]>)>,
+    ) -> Result<(SignedState, LoadReport), StoreError> {
         let started = Instant::now();
         let mut report = LoadReport::default();
         let snapshot = self.snapshot()?;
@@ -326,12 +343,13 @@ impl Store {
         // usual bound applies again once loading is done.
         let mut state = state
             .unwrap_or_else(|| SignedState::new(root.clone()))
+            .with_chain(chain)
             .with_max_held(records.len() + DEFAULT_MAX_HELD);
 
         // Verify the rest, dropping what is damaged.
         let mut verified: BTreeMap<ChangeHash, Verified> = BTreeMap::new();
         let (keys, bytes): (Vec<ChangeHash>, Vec<Arc<[u8]>>) = records.into_iter().unzip();
-        let checked = weft_protocol::quarantine::decode_verified_all(&bytes);
+        let checked = weft_protocol::boundary::decode_verified_all(&bytes);
         for ((key, bytes), checked) in keys.into_iter().zip(bytes).zip(checked) {
             match checked {
                 Ok(v) if v.hash == key => {
@@ -684,8 +702,8 @@ mod tests {
         let last = forged.len() - 1;
         forged[last] ^= 1;
         assert_eq!(
-            weft_protocol::quarantine::change_bytes(&forged).unwrap(),
-            weft_protocol::quarantine::change_bytes(&ups[7].1).unwrap()
+            weft_protocol::boundary::change_bytes(&forged).unwrap(),
+            weft_protocol::boundary::change_bytes(&ups[7].1).unwrap()
         );
         store.put_update(&ups[7].0, &forged).unwrap();
         let (state, report) = store.load_state(root()).unwrap();

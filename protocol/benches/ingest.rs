@@ -213,7 +213,7 @@ fn bench(c: &mut Criterion) {
                     next = 0;
                 }
                 for u in &fresh[next..next + batch] {
-                    black_box(weft_protocol::quarantine::decode_verified(u).unwrap());
+                    black_box(weft_protocol::boundary::decode_verified(u).unwrap());
                 }
                 next += batch;
             })
@@ -233,7 +233,7 @@ fn bench(c: &mut Criterion) {
                             .iter()
                             .map(|u| {
                                 (
-                                    weft_protocol::quarantine::decode_verified(u).unwrap(),
+                                    weft_protocol::boundary::decode_verified(u).unwrap(),
                                     u.clone(),
                                 )
                             })
@@ -272,7 +272,7 @@ fn bench(c: &mut Criterion) {
     let covered: Vec<(weft_crdt::ChangeHash, std::sync::Arc<[u8]>)> = stored
         .iter()
         .map(|u| {
-            let hash = weft_protocol::quarantine::decode_verified(u).unwrap().hash;
+            let hash = weft_protocol::boundary::decode_verified(u).unwrap().hash;
             (hash, u.as_slice().into())
         })
         .collect();
@@ -301,7 +301,7 @@ fn steady_passes(warmed: &SignedState, fresh: &[std::sync::Arc<[u8]>], passes: u
         .iter()
         .map(|u| {
             (
-                weft_protocol::quarantine::decode_verified(u).unwrap(),
+                weft_protocol::boundary::decode_verified(u).unwrap(),
                 u.clone(),
             )
         })

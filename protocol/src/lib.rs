@@ -1,6 +1,7 @@
 //! Weft's trust and wire layer.
 //!
 //! - [`audit`]: the hash-chained audit trail, its signed checkpoints, verification.
+//! - [`boundary`]: the trust boundary, the one way in for updates and orders.
 //! - [`quarantine`]: nodes' signed quarantine orders and their bounded authority.
 //! - [`identity`]: ed25519 keys, domain-separated signatures, node ids.
 //! - [`encoding`]: the one canonical, versioned, size-limited binary encoding.
@@ -16,6 +17,7 @@
 //! in as arguments.
 
 pub mod audit;
+pub mod boundary;
 pub mod encoding;
 pub mod export;
 pub mod identity;

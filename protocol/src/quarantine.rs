@@ -12,22 +12,30 @@
 //! ```
 //!
 //! It travels, is stored and is synced exactly like a signed update (its
-//! envelope kind tells them apart, [`decode_verified`]). Authorization
-//! ([`authorize_order`]) is a function of the order and the trust root only,
-//! so every replica accepts the same orders:
-//! - the root lets nodes quarantine;
-//! - the certificate verifies under the root (issuer with the admit role),
-//!   names the key that signed, and that key is the change's author;
+//! envelope kind tells them apart, [`crate::boundary`]). At the boundary the
+//! root must let nodes quarantine and the certificate must be one the
+//! root's operators signed for the node whose key signed the order. Then
+//! [`authorize_order`] reads the records; every rule but one is a function
+//! of the order and the trust root only, so every replica accepts the same
+//! orders:
+//! - the change's author is the certified node;
 //! - the change only puts records under `quarantines/`, no deletes (a node
 //!   cannot lift a quarantine), each a well-formed record whose `issuer` is
-//!   the signing node, with an expiry no later than `issued_at + max_ttl`.
+//!   the signing node, with an expiry no later than `issued_at + max_ttl`;
+//! - it overwrites only records the same node wrote (a node can shorten or
+//!   lift no one else's quarantine);
+//! - the certificate was valid at the record's `issued_at`, and the record
+//!   expires no later than the certificate does;
+//! - and, by the receiving node's clock, the record is not dated more than
+//!   [`MAX_CLOCK_SKEW_SECS`] ahead (refused until the clock catches up).
 //!
 //! The rest of the bounded authority (the hourly allowance, a revoked
-//! issuer, expiry) depends on the time and on other records, so it is
-//! applied when a request is decided ([`weft_crdt::decide_at`]).
+//! issuer, expiry, records dated in the future) depends on the time and on
+//! other records, so it is applied when a request is decided
+//! ([`weft_crdt::decide_at`], [`weft_crdt::quarantine`]).
 
 use serde::{Deserialize, Serialize};
-use weft_crdt::quarantine::{QuarantineRecord, QuarantineRules, parse_record};
+use weft_crdt::quarantine::{MAX_CLOCK_SKEW_SECS, QuarantineRecord, QuarantineRules, parse_record};
 use weft_crdt::view::canonical_subject;
 use weft_crdt::{ActorId, Change, ChangeSummary, PolicyDoc, Section};
 
@@ -35,8 +43,7 @@ use crate::encoding::{self, Kind};
 use crate::identity::{Domain, NodeId, SecretKey, Signature};
 use crate::trust::{MAX_NODE_CERT_LEN, SignedNodeCert, TrustRoot};
 use crate::update::{
-    Authorization, SignatureCheck, SignedUpdate, UpdateError, VerifiedUpdate, actor_for, author_of,
-    check_chunk, signing_message,
+    Authorization, UpdateError, VerifiedUpdate, actor_for, author_of, signing_message,
 };
 
 /// The largest encoded order: one small record and a certificate.
@@ -110,7 +117,7 @@ impl QuarantineOrder {
     /// Decodes an order, refusing anything over [`MAX_ORDER_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<QuarantineOrder, UpdateError> {
         let o: QuarantineOrder = encoding::decode(Kind::Quarantine, bytes, MAX_ORDER_BYTES)?;
-        check_chunk(&o.change)?;
+        crate::boundary::check_chunk(&o.change)?;
         if o.cert.len() > MAX_NODE_CERT_LEN {
             return Err(UpdateError::Malformed(
                 "the quarantine order's certificate is over its size limit".into(),
@@ -119,155 +126,12 @@ impl QuarantineOrder {
         Ok(o)
     }
 
-    /// Parses the change, recomputes its hash, decodes the certificate and
-    /// checks the signature under the key the certificate names.
+    /// Hashes and parses the change, decodes the certificate and checks the
+    /// signature under the key the certificate names
+    /// ([`crate::boundary::decode_verified`]). Whether the certificate is
+    /// one the trust root's operators signed is not asked here.
     pub fn verify(self) -> Result<VerifiedUpdate, UpdateError> {
-        let (update, check) = self.decode_unchecked()?;
-        check.verify()?;
-        Ok(update)
-    }
-
-    /// [`QuarantineOrder::verify`] without its signature check, which is
-    /// returned to be made.
-    pub(crate) fn decode_unchecked(self) -> Result<(VerifiedUpdate, SignatureCheck), UpdateError> {
-        let change = PolicyDoc::parse_change(&self.change)?;
-        let hash = change.hash();
-        let cert = SignedNodeCert::from_bytes(&self.cert).map_err(|e| {
-            UpdateError::Malformed(format!("the quarantine order's certificate: {e}"))
-        })?;
-        let node = cert
-            .cert()
-            .map_err(|e| {
-                UpdateError::Malformed(format!("the quarantine order's certificate: {e}"))
-            })?
-            .node;
-        let check = SignatureCheck {
-            domain: Domain::Quarantine,
-            key: node.public_key(),
-            msg: signing_message(&hash, self.root_version),
-            sig: self.sig,
-        };
-        let update = VerifiedUpdate {
-            update: SignedUpdate {
-                change: self.change,
-                root_version: self.root_version,
-                signatures: Vec::new(),
-            },
-            change,
-            hash,
-            signers: Default::default(),
-            issuer: Some(Box::new(NodeIssuer { node, cert })),
-        };
-        Ok((update, check))
-    }
-}
-
-/// Decodes and verifies a signed update or a quarantine order, by the kind
-/// its envelope names.
-pub fn decode_verified(bytes: &[u8]) -> Result<VerifiedUpdate, UpdateError> {
-    if encoding::kind_of(bytes) == Some(Kind::Quarantine) {
-        QuarantineOrder::from_bytes(bytes)?.verify()
-    } else {
-        SignedUpdate::from_bytes(bytes)?.verify()
-    }
-}
-
-/// [`decode_verified`] for every item, on as many threads as the process may
-/// run on (each item is still checked on its own, with `verify_strict`).
-/// Results are in the order of `items`. For checking many stored updates at
-/// once, such as a node's start without a usable snapshot; one update at a
-/// time stays on the caller's thread.
-pub fn decode_verified_all<B: AsRef<[u8]> + Sync>(
-    items: &[B],
-) -> Vec<Result<VerifiedUpdate, UpdateError>> {
-    /// Below this, starting threads costs more than it saves.
-    const PER_THREAD: usize = 256;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(items.len() / PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return items.iter().map(|b| decode_verified(b.as_ref())).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|b| decode_verified(b.as_ref()))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("a verifying thread does not panic"))
-            .collect()
-    })
-}
-
-/// Decodes an update or an order and lists its signature checks, unmade.
-fn decode_unchecked(bytes: &[u8]) -> Result<(VerifiedUpdate, Vec<SignatureCheck>), UpdateError> {
-    if encoding::kind_of(bytes) == Some(Kind::Quarantine) {
-        let (u, c) = QuarantineOrder::from_bytes(bytes)?.decode_unchecked()?;
-        Ok((u, vec![c]))
-    } else {
-        SignedUpdate::from_bytes(bytes)?.decode_unchecked()
-    }
-}
-
-/// Signatures per batch in [`decode_batch_verified`]: larger batches gain
-/// little and cost more to redo.
-pub const VERIFY_BATCH: usize = 128;
-
-/// [`decode_verified`] for each of `group` (best at most [`VERIFY_BATCH`]
-/// items), with their signatures checked in one batch, on this thread
-/// (`identity::verify_batch`, about half the cost of one check at a time).
-/// A batch that fails is checked again item by item, so each damaged record
-/// gets its own error, and every result is `Ok` only where the item
-/// verifies on its own as well.
-///
-/// Only for re-checking updates this node already accepted one at a time
-/// (its store, at a start: [`crate::state::SignedState::restore`]): the
-/// batch equation can accept a signature that `verify_strict` refuses, if
-/// its *signer* (never a third party) built it to, so nodes that batched
-/// differently could judge such an update differently. A store rewritten by
-/// someone holding an operator's secret key is not something a signature
-/// check can catch anyway.
-pub fn decode_batch_verified<B: AsRef<[u8]>>(
-    group: &[B],
-) -> Vec<Result<VerifiedUpdate, UpdateError>> {
-    let decoded: Vec<_> = group.iter().map(|b| decode_unchecked(b.as_ref())).collect();
-    let checks: Vec<&SignatureCheck> = decoded
-        .iter()
-        .filter_map(|d| d.as_ref().ok())
-        .flat_map(|(_, c)| c)
-        .collect();
-    let batch_holds = [Domain::Update, Domain::Quarantine]
-        .into_iter()
-        .all(|domain| {
-            let items: Vec<_> = checks
-                .iter()
-                .filter(|c| c.domain == domain)
-                .map(|c| (&c.key, c.msg.as_slice(), &c.sig))
-                .collect();
-            crate::identity::verify_batch(domain, &items).is_ok()
-        });
-    if batch_holds {
-        decoded.into_iter().map(|d| d.map(|(u, _)| u)).collect()
-    } else {
-        group.iter().map(|b| decode_verified(b.as_ref())).collect()
-    }
-}
-
-/// The raw change bytes of a signed update or a quarantine order.
-pub fn change_bytes(bytes: &[u8]) -> Result<Vec<u8>, UpdateError> {
-    if encoding::kind_of(bytes) == Some(Kind::Quarantine) {
-        Ok(QuarantineOrder::from_bytes(bytes)?.change)
-    } else {
-        Ok(SignedUpdate::from_bytes(bytes)?.change)
+        crate::boundary::decode_verified(&self.to_bytes())
     }
 }
 
@@ -285,12 +149,30 @@ fn refuse(why: impl Into<String>) -> UpdateError {
 }
 
 /// Checks that `issuer` may make `change` (touching what `summary` says)
-/// under `root`.
+/// under `root`, on a node whose clock reads `now` (Unix seconds). Every rule
+/// but the last is a function of the order and the root alone, so every
+/// replica reaches the same verdict:
+/// - the root lets nodes quarantine, and the certificate is one its
+///   operators signed for the node that signed the order and wrote the change;
+/// - the change only puts records under `quarantines/` (no deletes, nothing
+///   else), each keyed by a subject in canonical form;
+/// - it replaces only records this node wrote before (every operation it
+///   overwrites is the node's own): a node can lift or shorten no one
+///   else's quarantine;
+/// - each record is well formed, issued by this node, not lifted, and lasts
+///   between 1 s and `max_ttl`;
+/// - the certificate was valid when the record is dated (`issued_at` within
+///   its window), and the record expires no later than the certificate: an
+///   expired certificate authorizes nothing in force;
+/// - last, the record is not dated more than [`MAX_CLOCK_SKEW_SECS`] after
+///   `now` ([`UpdateError::FutureDated`]: a node refuses it until its
+///   clock catches up, which an honest order never needs).
 pub fn authorize_order(
     summary: &ChangeSummary,
     change: &Change,
     issuer: &NodeIssuer,
     root: &TrustRoot,
+    now: u64,
 ) -> Result<Authorization, UpdateError> {
     let limits = root.node_quarantine;
     if !limits.allowed {
@@ -299,13 +181,9 @@ pub fn authorize_order(
             root.version
         )));
     }
-    // Expiry is not checked here (it would make the verdict depend on when
-    // it is asked); a compromised node is contained by revoking it.
-    let cert = issuer
-        .cert
-        .verify(root, issuer.cert.cert().map(|c| c.issued).unwrap_or(0))
-        .map_err(|e| refuse(format!("the issuer's certificate: {e}")))?;
-    if author_of(&summary.actor) != Some(cert.node.public_key()) {
+    let cert = crate::boundary::certified_by(issuer, root)?;
+    let node_key = cert.node.public_key();
+    if author_of(&summary.actor) != Some(node_key) {
         return Err(refuse("the change's author is not the node that signed it"));
     }
     let sections = summary.sections();
@@ -313,7 +191,8 @@ pub fn authorize_order(
         return Err(refuse("a node may only write under quarantines/"));
     }
     let node = cert.node.to_string();
-    let expanded = change.decode();
+    let expanded = PolicyDoc::expand(change)?;
+    let mut latest = 0;
     for op in &expanded.operations {
         let weft_crdt::legacy::OpType::Put(weft_crdt::ScalarValue::Str(json)) = &op.action else {
             return Err(refuse(
@@ -325,6 +204,11 @@ pub fn authorize_order(
         };
         if canonical_subject(subject) != subject.as_str() {
             return Err(refuse(format!("{subject:?} is not in canonical form")));
+        }
+        if op.pred.iter().any(|p| author_of(&p.1) != Some(node_key)) {
+            return Err(refuse(format!(
+                "the order replaces a record of {subject} that this node did not write"
+            )));
         }
         let rec = parse_record(json).ok_or_else(|| refuse("the quarantine record is not valid"))?;
         if rec.issuer.as_deref() != Some(node.as_str()) {
@@ -343,10 +227,31 @@ pub fn authorize_order(
                 limits.max_ttl_secs
             )));
         }
+        if rec.issued_at < cert.issued || rec.issued_at >= cert.expires {
+            return Err(refuse(format!(
+                "the issuer's certificate was not valid at {}, when the order is dated (it is valid from {} until {})",
+                crate::time::format_timestamp(rec.issued_at),
+                crate::time::format_timestamp(cert.issued),
+                crate::time::format_timestamp(cert.expires)
+            )));
+        }
+        if expires > cert.expires {
+            return Err(refuse(format!(
+                "the quarantine would outlast the issuer's certificate, which expires at {}",
+                crate::time::format_timestamp(cert.expires)
+            )));
+        }
+        latest = latest.max(rec.issued_at);
+    }
+    if latest > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Err(UpdateError::FutureDated {
+            ahead: latest - now,
+            skew: MAX_CLOCK_SKEW_SECS,
+        });
     }
     Ok(Authorization {
         sections,
-        author: cert.node.public_key(),
+        author: node_key,
         signers: vec![format!("node {}", cert.name)],
     })
 }

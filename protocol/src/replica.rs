@@ -41,7 +41,7 @@ use std::sync::Arc;
 use weft_crdt::{ChangeHash, ChangeSummary};
 
 use crate::identity::NodeId;
-use crate::state::{Ingested, SignedState};
+use crate::state::{Ingested, RootAdoption, SignedState, Source};
 use crate::trust::SignedNodeCert;
 use crate::update::UpdateError;
 
@@ -53,6 +53,42 @@ pub trait ReplicaState {
     /// Decodes, verifies, authorizes and applies a batch of updates; one
     /// result per update, in order (see [`SignedState::ingest_batch`]).
     fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>>;
+    /// [`ReplicaState::ingest_batch`] for updates from `source`, which what
+    /// is held is counted against (see [`SignedState::ingest_from`]).
+    fn ingest_from(
+        &mut self,
+        items: Vec<Arc<[u8]>>,
+        source: Source,
+    ) -> Vec<Result<Ingested, UpdateError>> {
+        let _ = source;
+        self.ingest_batch(items)
+    }
+    /// Moves the state's clock to `now_ms` (see [`SignedState::advance`]).
+    fn advance(&mut self, now_ms: u64) {
+        let _ = now_ms;
+    }
+    /// Held updates dropped unapplied since the last call (see
+    /// [`SignedState::take_dropped`]).
+    fn take_dropped(&mut self) -> Vec<ChangeHash> {
+        Vec::new()
+    }
+    /// The version of the latest trust root.
+    fn root_version(&self) -> u64 {
+        1
+    }
+    /// Encoded `SignedRoot`s of versions after `after`, oldest first.
+    fn signed_roots_after(&self, after: u64) -> Vec<Arc<[u8]>> {
+        let _ = after;
+        Vec::new()
+    }
+    /// Verifies an encoded `SignedRoot` as a rotation at `now_ms` and adopts
+    /// it (see [`SignedState::adopt_signed_root`]).
+    fn adopt_root(&mut self, bytes: &[u8], now_ms: u64) -> Result<RootAdoption, UpdateError> {
+        let _ = (bytes, now_ms);
+        Err(UpdateError::Malformed(
+            "this state does not take trust roots".into(),
+        ))
+    }
     /// Decodes, verifies, authorizes and applies one update.
     fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
         self.ingest_batch(vec![Arc::from(bytes)])
@@ -79,6 +115,28 @@ pub trait ReplicaState {
 impl ReplicaState for SignedState {
     fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>> {
         SignedState::ingest_batch(self, items)
+    }
+    fn ingest_from(
+        &mut self,
+        items: Vec<Arc<[u8]>>,
+        source: Source,
+    ) -> Vec<Result<Ingested, UpdateError>> {
+        SignedState::ingest_from(self, items, source)
+    }
+    fn advance(&mut self, now_ms: u64) {
+        SignedState::advance(self, now_ms);
+    }
+    fn take_dropped(&mut self) -> Vec<ChangeHash> {
+        SignedState::take_dropped(self)
+    }
+    fn root_version(&self) -> u64 {
+        self.root().version
+    }
+    fn signed_roots_after(&self, after: u64) -> Vec<Arc<[u8]>> {
+        SignedState::signed_roots_after(self, after)
+    }
+    fn adopt_root(&mut self, bytes: &[u8], now_ms: u64) -> Result<RootAdoption, UpdateError> {
+        Ok(self.adopt_signed_root(bytes, now_ms / 1000)?)
     }
     fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
         SignedState::ingest(self, bytes)
@@ -115,7 +173,9 @@ impl ReplicaState for SignedState {
         Ok(())
     }
 }
-use crate::wire::{Hash, MAX_FETCH, MAX_OFFER, SyncRequest, SyncResponse, WireBytes};
+use crate::wire::{
+    Hash, MAX_FETCH, MAX_OFFER, MAX_ROOTS, MAX_WIRE_BYTES, SyncRequest, SyncResponse, WireBytes,
+};
 
 /// Replica settings.
 #[derive(Clone, Debug)]
@@ -162,6 +222,9 @@ pub enum Timer<P> {
     /// Offered updates were left for a fetch in flight to another peer:
     /// time to ask again if that fetch has not brought them.
     Fetch,
+    /// The certificate a peer was admitted with may have expired: it is
+    /// disconnected if so.
+    Certificate(P),
 }
 
 /// An event for the replica.
@@ -251,12 +314,31 @@ pub enum Output<P> {
         /// The answer.
         response: SyncResponse,
     },
-    /// Store this update durably (before acknowledging a local submit).
+    /// Store this update durably (before acknowledging a local submit): an
+    /// applied update, or one held from a local submit.
     Persist {
         /// Its change hash.
         hash: ChangeHash,
         /// Its signed bytes.
         bytes: Arc<[u8]>,
+    },
+    /// A newer trust root was adopted (from a submit, gossip or sync): store
+    /// it as the node's root, and serve decisions and exports under it.
+    RootAdopted {
+        /// Its version.
+        version: u64,
+        /// Its encoded `SignedRoot`.
+        signed: Arc<[u8]>,
+        /// How many applied updates no longer qualify under the new chain
+        /// and were dropped from the state.
+        dropped: usize,
+    },
+    /// A held update was dropped without being applied (over a bound, held
+    /// too long, or invalid once its dependencies came): remove it from the
+    /// store, if it is there. Never names an applied update.
+    Forget {
+        /// Its change hash.
+        hash: ChangeHash,
     },
     /// An update was applied; the view changed.
     Applied {
@@ -304,6 +386,11 @@ struct Peer {
     /// The name and expiry (Unix seconds) of the certificate it was
     /// admitted with.
     cert: Option<(String, u64)>,
+    /// That certificate's bytes, checked again when the trust root rotates.
+    cert_bytes: Vec<u8>,
+    /// The peer holds a newer trust root than this replica: ask it for the
+    /// roots once it is idle.
+    wants_roots: bool,
     strikes: u32,
     /// A request to this peer is in flight.
     busy: bool,
@@ -492,8 +579,9 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         self.banned.contains(node)
     }
 
-    /// A local submit (`POST /v1/updates`). On success the effects start with
-    /// `Persist`, which the driver must make durable before it acknowledges.
+    /// A local submit (`POST /v1/updates`). Unless it is a duplicate, the
+    /// effects start with `Persist` (of the update, applied or held), which
+    /// the driver must make durable before it acknowledges.
     pub fn submit(
         &mut self,
         now_ms: u64,
@@ -501,20 +589,41 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
     ) -> Result<(Ingested, Vec<Output<P>>), UpdateError> {
         let mut out = Vec::new();
         self.now_ms = now_ms;
-        let result = self.state.ingest(bytes);
+        self.state.advance(now_ms);
+        let bytes: Arc<[u8]> = Arc::from(bytes);
+        let result = self
+            .state
+            .ingest_from(vec![bytes.clone()], Source::Local)
+            .pop()
+            .expect("one result per update");
         match &result {
             Ok(ingested) => {
+                if let Ingested::Held { hash, .. } = ingested {
+                    // Acknowledged means durable, held or not.
+                    out.push(Output::Persist {
+                        hash: *hash,
+                        bytes: bytes.clone(),
+                    });
+                }
                 self.after_ingest(now_ms, ingested.clone(), &mut out);
                 if !matches!(ingested, Ingested::Duplicate(_)) {
                     // Publish what we accepted, so peers hear of it now.
-                    out.push(Output::Publish(Arc::from(bytes)));
+                    out.push(Output::Publish(bytes));
                 }
             }
             Err(e) => {
                 *self.stats.refused.entry(e.label()).or_default() += 1;
             }
         }
+        self.forget_dropped(&mut out);
         result.map(|i| (i, out))
+    }
+
+    /// Effects for the held updates the state dropped unapplied.
+    fn forget_dropped(&mut self, out: &mut Vec<Output<P>>) {
+        for hash in self.state.take_dropped() {
+            out.push(Output::Forget { hash });
+        }
     }
 
     /// Handles one event.
@@ -534,6 +643,12 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         out: &mut Vec<Output<P>>,
     ) {
         self.now_ms = now_ms;
+        self.state.advance(now_ms);
+        self.handle_input(now_ms, rand, input, out);
+        self.forget_dropped(out);
+    }
+
+    fn handle_input(&mut self, now_ms: u64, rand: u64, input: Input<P>, out: &mut Vec<Output<P>>) {
         match input {
             Input::Gossip { from, bytes } => self.on_gossip(now_ms, from, &bytes, out),
             Input::Request {
@@ -613,7 +728,41 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                     });
                 }
             }
+            Input::Timer(Timer::Certificate(peer)) => self.check_cert_expiry(now_ms, peer, out),
         }
+    }
+
+    /// Disconnects `peer` if the certificate it was admitted with has
+    /// expired by `now_ms`; otherwise looks again when it expires.
+    fn check_cert_expiry(&mut self, now_ms: u64, peer: P, out: &mut Vec<Output<P>>) {
+        let Some((name, expires)) = self.peers.get(&peer).and_then(|p| p.cert.clone()) else {
+            return;
+        };
+        if now_ms / 1000 >= expires {
+            self.peers.remove(&peer);
+            out.push(Output::Disconnect {
+                peer: peer.clone(),
+                reason: format!("its node certificate ({name}) expired while it was connected"),
+            });
+            self.fetch_ended(&peer, out);
+        } else {
+            self.schedule_cert_check(now_ms, peer, expires, out);
+        }
+    }
+
+    /// Asks for a [`Timer::Certificate`] when a certificate that expires at
+    /// `expires` (Unix seconds) lapses, or in a day if that is later (a
+    /// timer stays within what any driver's clock can add).
+    fn schedule_cert_check(&self, now_ms: u64, peer: P, expires: u64, out: &mut Vec<Output<P>>) {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let after_ms = expires
+            .saturating_mul(1000)
+            .saturating_sub(now_ms)
+            .clamp(1, DAY_MS);
+        out.push(Output::Schedule {
+            after_ms,
+            timer: Timer::Certificate(peer),
+        });
     }
 
     fn on_connected(&mut self, peer: P, node: NodeId, out: &mut Vec<Output<P>>) {
@@ -627,6 +776,8 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 node,
                 admitted: false,
                 cert: None,
+                cert_bytes: Vec::new(),
+                wants_roots: false,
                 strikes: 0,
                 busy: true,
                 to_fetch: VecDeque::new(),
@@ -638,6 +789,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             request: SyncRequest::Hello {
                 cert: self.cert.clone(),
                 heads: self.heads_wire(),
+                root: self.state.root_version(),
             },
         });
         out.push(Output::Schedule {
@@ -675,9 +827,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                     .and_then(|c| c.cert())
                     .ok()
                     .map(|c| (c.name, c.expires));
+                if let Some((_, expires)) = &seen {
+                    self.schedule_cert_check(now_ms, peer.clone(), *expires, out);
+                }
                 if let Some(p) = self.peers.get_mut(peer) {
                     p.admitted = true;
                     p.cert = seen;
+                    p.cert_bytes = cert.to_vec();
                 }
                 true
             }
@@ -707,7 +863,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             },
         };
         match request {
-            SyncRequest::Hello { cert, heads } => {
+            SyncRequest::Hello { cert, heads, root } => {
                 if !self.admit(now_ms, &from, &cert, out) {
                     out.push(refuse("admission refused"));
                     return;
@@ -717,8 +873,10 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                     response: SyncResponse::Hello {
                         cert: self.cert.clone(),
                         heads: self.heads_wire(),
+                        root: self.state.root_version(),
                     },
                 });
+                self.note_root(&from, root);
                 self.sync_if_behind(&from, &heads, out);
             }
             _ if !self.peers.get(&from).is_some_and(|p| p.admitted) => {
@@ -726,7 +884,8 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                     "not admitted: send Hello with a node certificate first",
                 ));
             }
-            SyncRequest::Heads { heads } => {
+            SyncRequest::Heads { heads, root } => {
+                self.note_root(&from, root);
                 let theirs: Vec<ChangeHash> = heads.iter().map(from_wire).collect();
                 let missing = self.state.missing_for(&theirs);
                 // Only an exchange that found both sides equal stands in for
@@ -742,9 +901,30 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                         heads: self.heads_wire(),
                         hashes: missing.iter().take(MAX_OFFER).map(to_wire).collect(),
                         more,
+                        root: self.state.root_version(),
                     },
                 });
                 self.sync_if_behind(&from, &heads, out);
+            }
+            SyncRequest::Roots { after } => {
+                let mut roots = Vec::new();
+                let mut bytes = 0;
+                for r in self
+                    .state
+                    .signed_roots_after(after)
+                    .into_iter()
+                    .take(MAX_ROOTS)
+                {
+                    bytes += r.len();
+                    if bytes > MAX_WIRE_BYTES / 2 && !roots.is_empty() {
+                        break;
+                    }
+                    roots.push(WireBytes(r.to_vec()));
+                }
+                out.push(Output::Respond {
+                    request_id,
+                    response: SyncResponse::Roots { roots },
+                });
             }
             SyncRequest::Fetch { hashes } => {
                 let updates = hashes
@@ -799,10 +979,12 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         out: &mut Vec<Output<P>>,
     ) {
         match response {
-            SyncResponse::Hello { cert, heads } => {
+            SyncResponse::Hello { cert, heads, root } => {
                 if self.admit(now_ms, &from, &cert, out) {
                     self.stats.last_sync_ms = Some(now_ms);
+                    self.note_root(&from, root);
                     self.sync_if_behind(&from, &heads, out);
+                    self.continue_fetch(&from, out);
                 }
             }
             SyncResponse::Refused { reason } => {
@@ -814,8 +996,10 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 heads,
                 hashes,
                 more,
+                root,
             } => {
                 self.stats.last_sync_ms = Some(now_ms);
+                self.note_root(&from, root);
                 let wanted: Vec<ChangeHash> = hashes
                     .iter()
                     .map(from_wire)
@@ -828,12 +1012,25 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 let _ = heads;
                 self.continue_fetch(&from, out);
             }
+            SyncResponse::Roots { roots } => {
+                for bytes in roots {
+                    if let Err(e) = self.take_root(now_ms, &bytes.0, out) {
+                        *self.stats.refused.entry(e.label()).or_default() += 1;
+                        if e.is_misbehaviour() {
+                            self.strike(&from, format!("sent a bad trust root by sync: {e}"), out);
+                            break;
+                        }
+                    }
+                }
+                self.continue_fetch(&from, out);
+            }
             SyncResponse::Updates { updates } => {
                 self.stats.last_sync_ms = Some(now_ms);
                 self.stats.synced += updates.len() as u64;
                 // One batch: automerge's cost is per call, not per change.
                 let batch = updates.into_iter().map(|WireBytes(b)| b.into()).collect();
-                for result in self.state.ingest_batch(batch) {
+                let source = self.source_of(&from);
+                for result in self.state.ingest_from(batch, source) {
                     match result {
                         Ok(ingested) => self.after_ingest(now_ms, ingested, out),
                         Err(e) => {
@@ -894,10 +1091,20 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
     /// another peer is bringing are left in the queue for later.
     fn continue_fetch(&mut self, peer: &P, out: &mut Vec<Output<P>>) {
         let wanted = self.state.wanted();
+        let root = self.state.root_version();
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
         if p.busy {
+            return;
+        }
+        if p.wants_roots && p.admitted {
+            p.wants_roots = false;
+            p.busy = true;
+            out.push(Output::Send {
+                to: peer.clone(),
+                request: SyncRequest::Roots { after: root },
+            });
             return;
         }
         let now = self.now_ms;
@@ -989,7 +1196,10 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         self.stats.sync_rounds += 1;
         out.push(Output::Send {
             to: peer.clone(),
-            request: SyncRequest::Heads { heads },
+            request: SyncRequest::Heads {
+                heads,
+                root: self.state.root_version(),
+            },
         });
     }
 
@@ -998,12 +1208,120 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         self.state.heads().into_iter().map(|h| h.0).collect()
     }
 
+    /// Notes the trust root version a peer holds: a newer one is asked for
+    /// as soon as the peer is idle ([`Self::continue_fetch`]).
+    fn note_root(&mut self, peer: &P, theirs: u64) {
+        let ours = self.state.root_version();
+        if let Some(p) = self.peers.get_mut(peer)
+            && theirs > ours
+        {
+            p.wants_roots = true;
+        }
+    }
+
+    /// Adopts the encoded `SignedRoot` in `bytes` if it is a rotation from
+    /// the latest root: the effects say so, and peers whose certificates no
+    /// longer verify under the new root are disconnected. `Ok(false)` when
+    /// the root is already held.
+    fn take_root(
+        &mut self,
+        now_ms: u64,
+        bytes: &[u8],
+        out: &mut Vec<Output<P>>,
+    ) -> Result<bool, UpdateError> {
+        match self.state.adopt_root(bytes, now_ms)? {
+            RootAdoption::Known => Ok(false),
+            RootAdoption::Adopted {
+                version,
+                signed,
+                dropped,
+            } => {
+                out.push(Output::RootAdopted {
+                    version,
+                    signed,
+                    dropped: dropped.len(),
+                });
+                let refused: Vec<(P, String)> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.admitted)
+                    .filter_map(|(k, p)| {
+                        self.state
+                            .check_node_cert(now_ms, &p.node, &p.cert_bytes)
+                            .err()
+                            .map(|e| (k.clone(), e))
+                    })
+                    .collect();
+                for (peer, reason) in refused {
+                    self.peers.remove(&peer);
+                    out.push(Output::Disconnect {
+                        peer: peer.clone(),
+                        reason: format!(
+                            "its certificate does not verify under trust root version {version}: {reason}"
+                        ),
+                    });
+                    self.fetch_ended(&peer, out);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// A local submit of an encoded `SignedRoot` (`POST /v1/updates`, `weft
+    /// trust rotate`): adopted if it is a rotation from the latest root, and
+    /// then published. `Ok(false)` when the root is already held.
+    pub fn submit_root(
+        &mut self,
+        now_ms: u64,
+        bytes: &[u8],
+    ) -> Result<(bool, Vec<Output<P>>), UpdateError> {
+        self.now_ms = now_ms;
+        self.state.advance(now_ms);
+        let mut out = Vec::new();
+        match self.take_root(now_ms, bytes, &mut out) {
+            Ok(adopted) => {
+                if adopted {
+                    out.push(Output::Publish(Arc::from(bytes)));
+                }
+                self.forget_dropped(&mut out);
+                Ok((adopted, out))
+            }
+            Err(e) => {
+                *self.stats.refused.entry(e.label()).or_default() += 1;
+                Err(e)
+            }
+        }
+    }
+
     fn on_gossip(&mut self, now_ms: u64, from: P, bytes: &[u8], out: &mut Vec<Output<P>>) {
         if !self.peers.get(&from).is_some_and(|p| p.admitted) {
             out.push(Output::Verdict(Verdict::Ignore));
             return;
         }
-        match self.state.ingest(bytes) {
+        if crate::encoding::kind_of(bytes) == Some(crate::encoding::Kind::SignedRoot) {
+            let verdict = match self.take_root(now_ms, bytes, out) {
+                Ok(true) => Verdict::Accept,
+                Ok(false) => Verdict::Ignore,
+                Err(e) => {
+                    *self.stats.refused.entry(e.label()).or_default() += 1;
+                    if e.is_misbehaviour() {
+                        self.strike(&from, format!("gossiped a bad trust root: {e}"), out);
+                        Verdict::Reject
+                    } else {
+                        Verdict::Ignore
+                    }
+                }
+            };
+            out.push(Output::Verdict(verdict));
+            return;
+        }
+        let source = self.source_of(&from);
+        let result = self
+            .state
+            .ingest_from(vec![Arc::from(bytes)], source)
+            .pop()
+            .expect("one result per update");
+        match result {
             Ok(ingested) => {
                 let verdict = match &ingested {
                     Ingested::Duplicate(_) => Verdict::Ignore,
@@ -1025,6 +1343,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 }
             }
         }
+    }
+
+    /// The source that updates from `peer` count against.
+    fn source_of(&self, peer: &P) -> Source {
+        self.peers
+            .get(peer)
+            .map_or(Source::Local, |p| Source::Peer(p.node))
     }
 
     fn strike(&mut self, peer: &P, reason: String, out: &mut Vec<Output<P>>) {
@@ -1103,9 +1428,14 @@ impl UpdateError {
     pub fn is_misbehaviour(&self) -> bool {
         // An equivocation is the author's fault, not the relaying peer's:
         // an honest peer that holds the other change relays it in good faith.
+        // An order dated a little ahead of this node's clock may be fine by
+        // the relaying peer's.
+        // A root older than this node's is one the peer has not replaced yet.
         !matches!(
             self,
             UpdateError::RootVersion { .. }
+                | UpdateError::FutureDated { .. }
+                | UpdateError::Rotation(crate::trust::TrustError::Rollback { .. })
                 | UpdateError::State(weft_crdt::CrdtError::Equivocation { .. })
         )
     }

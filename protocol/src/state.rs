@@ -1,11 +1,27 @@
 //! [`SignedState`]: the replicated document behind a wall of signature checks.
 //!
 //! Every update goes through the same pipeline, whatever its source (a local
-//! submit, gossip, or sync): decode, verify every signature, summarize the
-//! paths its change touches, authorize those paths against the trust root it
-//! names, and only then apply. A refused update leaves the state unchanged. An
-//! update whose dependencies are missing is verified and held (bounded) until
-//! they arrive.
+//! submit, gossip, or sync): the trust boundary ([`crate::boundary::check`]:
+//! envelope, hash, signers known to the root it names, every signature),
+//! then the parse, then the paths its change touches are summarized and
+//! authorized against that root, and only then is it applied. A refused
+//! update leaves the state unchanged.
+//!
+//! # Held updates
+//! An update whose dependencies are missing is held until they arrive, once
+//! it has passed the boundary (so only what a threshold of known signers
+//! signed is ever held). What is held is bounded ([`HeldLimits`]): in count,
+//! in bytes in all and in bytes per source (a peer, or the local API), and
+//! in time. Past a bound the oldest held update goes (of that source, for
+//! its own bound); one held longer than the time bound is dropped when the
+//! clock passes it ([`SignedState::advance`]). Whatever is dropped is
+//! reported ([`SignedState::take_dropped`]) so the driver can remove it from
+//! its store; sync fetches it again if it still matters.
+//!
+//! # Time
+//! The state reads no clock: the driver moves it forward with
+//! [`SignedState::advance`] (milliseconds since the Unix epoch). It dates
+//! held updates and judges quarantine orders dated ahead of it.
 //!
 //! # Trust-root rotations and older updates
 //! An update is judged against the trust-root version it names, which must be
@@ -30,7 +46,7 @@ use weft_crdt::{
     Applied, ChangeHash, ChangeSummary, CrdtError, FastHash, PolicyDoc, PolicyView, Refusal,
 };
 
-use crate::identity::PublicKey;
+use crate::identity::{NodeId, PublicKey};
 use crate::trust::TrustRoot;
 use crate::update::{Authorization, Signers, UpdateError, VerifiedUpdate, authorize_verified};
 
@@ -40,6 +56,44 @@ use crate::update::{Authorization, Signers, UpdateError, VerifiedUpdate, authori
 /// thousand held updates cover several rounds in flight; beyond that the
 /// oldest are dropped and fetched again later.
 pub const DEFAULT_MAX_HELD: usize = 4096;
+
+/// How much a state holds for missing dependencies, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldLimits {
+    /// Most updates held. Default [`DEFAULT_MAX_HELD`].
+    pub max_updates: usize,
+    /// Most bytes held in all. Default 64 MiB: sixteen updates of the
+    /// largest size, or tens of thousands of ordinary revocations and
+    /// bundles (hundreds of bytes to a few kilobytes each).
+    pub max_bytes: usize,
+    /// Most bytes held from one source (one peer, or the local API).
+    /// Default 16 MiB: one peer can never take more than a quarter.
+    pub max_bytes_per_source: usize,
+    /// How long an update is held, in milliseconds. Default ten minutes:
+    /// sync asks every few seconds for what held updates wait for, so a
+    /// dependency that has not come in a hundred rounds is not coming.
+    pub ttl_ms: u64,
+}
+
+impl Default for HeldLimits {
+    fn default() -> Self {
+        HeldLimits {
+            max_updates: DEFAULT_MAX_HELD,
+            max_bytes: 64 << 20,
+            max_bytes_per_source: 16 << 20,
+            ttl_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// Where updates came from, for the bound on what one source may have held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// This node: its API, its own orders, its store.
+    Local,
+    /// A peer, by node id.
+    Peer(NodeId),
+}
 
 /// The outcome of ingesting one update.
 #[allow(clippy::large_enum_variant)]
@@ -74,6 +128,9 @@ struct Held {
     bytes: Arc<[u8]>,
     missing: Vec<ChangeHash>,
     seq: u64,
+    /// When it was held (the state's clock, ms).
+    since_ms: u64,
+    source: Source,
 }
 
 /// An applied update as the state keeps it: its signed bytes and its signers.
@@ -84,12 +141,23 @@ type Stored = (Arc<[u8]>, Signers);
 pub struct SignedState {
     doc: PolicyDoc,
     roots: BTreeMap<u64, TrustRoot>,
+    /// The encoded `SignedRoot` of every root in the chain whose bytes this
+    /// state was given or adopted, by version: what a peer that missed a
+    /// rotation is sent.
+    signed_roots: BTreeMap<u64, Arc<[u8]>>,
     /// The signed bytes and the signers of every applied update, by change
     /// hash (looked up for every update that arrives, so hashed, not sorted).
     updates: HashMap<ChangeHash, Stored, FastHash>,
     held: BTreeMap<ChangeHash, Held>,
     held_seq: u64,
-    max_held: usize,
+    held_limits: HeldLimits,
+    /// Bytes held, in all and by source.
+    held_bytes: usize,
+    held_by_source: BTreeMap<Source, usize>,
+    /// Held updates dropped unapplied since the last [`SignedState::take_dropped`].
+    dropped: Vec<ChangeHash>,
+    /// The driver's clock (ms since the Unix epoch), as last advanced.
+    clock_ms: u64,
     /// Changes refused as equivocations: they can never apply here (the
     /// other change in their place is permanent), so sync stops fetching them.
     equivocations: BTreeSet<ChangeHash>,
@@ -106,10 +174,15 @@ impl SignedState {
         SignedState {
             doc: PolicyDoc::new(),
             roots,
+            signed_roots: BTreeMap::new(),
             updates: HashMap::default(),
             held: BTreeMap::new(),
             held_seq: 0,
-            max_held: DEFAULT_MAX_HELD,
+            held_limits: HeldLimits::default(),
+            held_bytes: 0,
+            held_by_source: BTreeMap::new(),
+            dropped: Vec::new(),
+            clock_ms: 0,
             equivocations: BTreeSet::new(),
         }
     }
@@ -122,7 +195,7 @@ impl SignedState {
     /// What is checked here, so that the snapshot is trusted for nothing a
     /// signature can vouch for:
     /// - every update's signatures, again (in batches, see
-    ///   [`crate::quarantine::decode_batch_verified`]), and its change is the
+    ///   [`crate::boundary::decode_batch_verified`]), and its change is the
     ///   one its hash names;
     /// - every update's change is in the document, and the document holds no
     ///   change without an update (the genesis change aside), so every op in
@@ -168,7 +241,7 @@ impl SignedState {
     {
         let state = SignedState::new(root);
         let latest = state.root();
-        let groups: Vec<_> = covered.chunks(crate::quarantine::VERIFY_BATCH).collect();
+        let groups: Vec<_> = covered.chunks(crate::boundary::VERIFY_BATCH).collect();
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let loaded: OnceLock<PolicyDoc> = OnceLock::new();
@@ -183,7 +256,7 @@ impl SignedState {
                 };
                 let bytes: Vec<&[u8]> = group.iter().map(|(_, b)| &b[..]).collect();
                 let doc = loaded.get();
-                let checked = crate::quarantine::decode_batch_verified(&bytes);
+                let checked = crate::boundary::decode_batch_verified(&bytes);
                 for ((hash, bytes), checked) in group.iter().zip(checked) {
                     let fail = |e| {
                         stop.store(true, Ordering::Relaxed);
@@ -309,10 +382,60 @@ impl SignedState {
         Ok(self)
     }
 
-    /// Sets the bound on held updates.
+    /// Sets the bound on how many updates are held.
     pub fn with_max_held(mut self, max: usize) -> Self {
-        self.max_held = max.max(1);
+        self.held_limits.max_updates = max.max(1);
         self
+    }
+
+    /// Sets every bound on held updates.
+    pub fn with_held_limits(mut self, limits: HeldLimits) -> Self {
+        self.held_limits = HeldLimits {
+            max_updates: limits.max_updates.max(1),
+            ..limits
+        };
+        self
+    }
+
+    /// The bounds on held updates.
+    pub fn held_limits(&self) -> HeldLimits {
+        self.held_limits
+    }
+
+    /// Moves the state's clock to `now_ms` (never backwards) and drops held
+    /// updates held longer than [`HeldLimits::ttl_ms`]. Returns how many
+    /// were dropped; their hashes wait in [`SignedState::take_dropped`].
+    pub fn advance(&mut self, now_ms: u64) -> usize {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        let Some(deadline) = self.clock_ms.checked_sub(self.held_limits.ttl_ms) else {
+            return 0;
+        };
+        let expired: Vec<ChangeHash> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.since_ms < deadline)
+            .map(|(k, _)| *k)
+            .collect();
+        for hash in &expired {
+            self.unhold(hash, true);
+        }
+        expired.len()
+    }
+
+    /// The state's clock (ms since the Unix epoch), as last advanced.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Held updates dropped without being applied (over a bound, too old, or
+    /// found invalid once their dependencies came) since the last call.
+    pub fn take_dropped(&mut self) -> Vec<ChangeHash> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Bytes of the updates held.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// The latest trust root.
@@ -326,6 +449,70 @@ impl SignedState {
     /// Every root in the chain, oldest first.
     pub fn roots(&self) -> impl Iterator<Item = &TrustRoot> {
         self.roots.values()
+    }
+
+    /// Adds a chain of roots with their encoded `SignedRoot`s, oldest first
+    /// (one the caller has verified, rotation by rotation, as a node's store
+    /// keeps it; it may end with the latest root, whose encoding is then
+    /// kept too). Updates that name an older root are judged against the
+    /// rotation after it (see the module doc). Roots newer than the latest
+    /// are ignored: those are adopted ([`SignedState::adopt_signed_root`]).
+    pub fn with_chain(mut self, chain: Vec<(TrustRoot, Arc<[u8]>)>) -> Self {
+        let latest = self.root().version;
+        for (root, signed) in chain {
+            if root.version > latest {
+                continue;
+            }
+            self.signed_roots.insert(root.version, signed);
+            self.roots.entry(root.version).or_insert(root);
+        }
+        self
+    }
+
+    /// The encoded `SignedRoot`s this state holds of versions after `after`,
+    /// oldest first.
+    pub fn signed_roots_after(&self, after: u64) -> Vec<Arc<[u8]>> {
+        self.signed_roots
+            .range(after.saturating_add(1)..)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// Verifies the encoded `SignedRoot` in `bytes` as a rotation from the
+    /// latest root at `now` (Unix seconds: its signatures by a threshold of
+    /// the latest root's keys and of its own, its version higher) and
+    /// adopts it ([`SignedState::adopt_root`]). A root this state already
+    /// holds, the same body again, is [`RootAdoption::Known`].
+    pub fn adopt_signed_root(
+        &mut self,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<RootAdoption, crate::trust::TrustError> {
+        let signed = crate::trust::SignedRoot::from_bytes(bytes)?;
+        let offered = signed.root()?;
+        if let Some(held) = self.roots.get(&offered.version) {
+            if *held == offered {
+                return Ok(RootAdoption::Known);
+            }
+            return Err(crate::trust::TrustError::Invalid(format!(
+                "trust root version {} differs from the version {} this node holds",
+                offered.version, offered.version
+            )));
+        }
+        let current = crate::trust::VerifiedRoot {
+            root: self.root().clone(),
+            expired: false,
+        };
+        let next = current.verify_rotation(&signed, now)?;
+        let version = next.root.version;
+        let dropped = self.adopt_root(next.root);
+        let bytes: Arc<[u8]> = Arc::from(bytes);
+        self.signed_roots.insert(version, bytes.clone());
+        Ok(RootAdoption::Adopted {
+            version,
+            signed: bytes,
+            dropped,
+        })
     }
 
     /// The document.
@@ -415,7 +602,8 @@ impl SignedState {
             .collect()
     }
 
-    /// Decodes, verifies, authorizes and applies one update.
+    /// Checks ([`crate::boundary::check`]), authorizes and applies one update
+    /// from the local API, at the state's clock.
     pub fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, UpdateError> {
         self.ingest_batch(vec![Arc::from(bytes)])
             .pop()
@@ -434,17 +622,27 @@ impl SignedState {
             .expect("one result per update")
     }
 
-    /// Decodes, verifies, authorizes and applies a batch of updates, in one
-    /// automerge step where it can. Each update gets its own result; a
-    /// refused update does not hold back the others. Updates arriving
-    /// together (a sync response, a burst of gossip) should come through
-    /// here: automerge's cost is per call, not per change.
+    /// [`SignedState::ingest_from`] for updates from the local API.
     pub fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>> {
+        self.ingest_from(items, Source::Local)
+    }
+
+    /// Checks each update at the trust boundary ([`crate::boundary::check`]),
+    /// then authorizes and applies the batch, in one automerge step where it
+    /// can. Each update gets its own result; a refused update does not hold
+    /// back the others. Updates arriving together (a sync response, a burst
+    /// of gossip) should come through here: automerge's cost is per call,
+    /// not per change. What is held is counted against `source`.
+    pub fn ingest_from(
+        &mut self,
+        items: Vec<Arc<[u8]>>,
+        source: Source,
+    ) -> Vec<Result<Ingested, UpdateError>> {
         let mut results: Vec<Option<Result<Ingested, UpdateError>>> = Vec::new();
         let mut verified = Vec::new();
         let mut slots = Vec::new();
         for bytes in items {
-            match crate::quarantine::decode_verified(&bytes) {
+            match crate::boundary::check(&bytes, &self.roots) {
                 Ok(v) => {
                     slots.push(results.len());
                     results.push(None);
@@ -453,7 +651,7 @@ impl SignedState {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let out = self.ingest_verified_batch(verified);
+        let out = self.ingest_checked(verified, source);
         for (slot, r) in slots.into_iter().zip(out) {
             results[slot] = Some(r);
         }
@@ -463,12 +661,23 @@ impl SignedState {
             .collect()
     }
 
-    /// [`SignedState::ingest_batch`] for updates whose signatures were checked.
+    /// [`SignedState::ingest_batch`] for updates that passed
+    /// [`crate::boundary::check`] (or, for this node's own store,
+    /// [`crate::boundary::decode_verified`]), from the local source.
     pub fn ingest_verified_batch(
         &mut self,
         items: Vec<(VerifiedUpdate, Arc<[u8]>)>,
     ) -> Vec<Result<Ingested, UpdateError>> {
+        self.ingest_checked(items, Source::Local)
+    }
+
+    fn ingest_checked(
+        &mut self,
+        items: Vec<(VerifiedUpdate, Arc<[u8]>)>,
+        source: Source,
+    ) -> Vec<Result<Ingested, UpdateError>> {
         let latest = self.root().version;
+        let now = self.clock_ms / 1000;
         let mut results: Vec<Option<Result<Ingested, UpdateError>>> =
             items.iter().map(|_| None).collect();
         // Updates under the latest root go through one automerge step; those
@@ -493,7 +702,7 @@ impl SignedState {
         let outcome = self.doc.apply_checked(
             batch.iter().map(|(_, v, _)| v.change.clone()),
             |j, summary| {
-                auths[j] = Some(authorize_verified(summary, &batch[j].1, root)?);
+                auths[j] = Some(authorize_verified(summary, &batch[j].1, root, now)?);
                 Ok::<(), UpdateError>(())
             },
         );
@@ -503,7 +712,7 @@ impl SignedState {
                 Ok(Applied::New(summary)) => {
                     any_applied = true;
                     // It may have been held, and arrived again with its deps.
-                    self.held.remove(&v.hash);
+                    self.unhold(&v.hash, false);
                     self.updates.insert(v.hash, (bytes, v.signers));
                     Ok(Ingested::Applied {
                         hash: v.hash,
@@ -515,7 +724,7 @@ impl SignedState {
                 Ok(Applied::Duplicate) => Ok(Ingested::Duplicate(v.hash)),
                 Err(Refusal::State(CrdtError::MissingDeps(missing))) => {
                     let hash = v.hash;
-                    self.hold(v, bytes, missing.clone());
+                    self.hold(v, bytes, missing.clone(), source);
                     Ok(Ingested::Held { hash, missing })
                 }
                 Err(Refusal::State(e)) => {
@@ -540,7 +749,7 @@ impl SignedState {
                 }
                 Ok(Step::Missing(missing)) => {
                     let hash = v.hash;
-                    self.hold(v, bytes, missing.clone());
+                    self.hold(v, bytes, missing.clone(), source);
                     Ok(Ingested::Held { hash, missing })
                 }
                 Err(e) => {
@@ -584,7 +793,7 @@ impl SignedState {
             named,
             current: latest,
         })?;
-        let authorization = authorize_verified(&summary, update, root)?;
+        let authorization = authorize_verified(&summary, update, root, self.clock_ms / 1000)?;
         if named < latest {
             match self.vouched_by_rotation(&update.hash, named) {
                 Vouch::Yes => {}
@@ -605,7 +814,7 @@ impl SignedState {
         }
         self.updates
             .insert(update.hash, (bytes.clone(), update.signers.clone()));
-        self.held.remove(&update.hash);
+        self.unhold(&update.hash, false);
         Ok(Step::Applied(summary, authorization))
     }
 
@@ -643,13 +852,42 @@ impl SignedState {
         Vouch::No
     }
 
-    fn hold(&mut self, update: VerifiedUpdate, bytes: Arc<[u8]>, missing: Vec<ChangeHash>) {
-        if self.held.len() >= self.max_held
-            && let Some(oldest) = self.held.iter().min_by_key(|(_, h)| h.seq).map(|(k, _)| *k)
+    /// Holds `update` for `missing`, within [`HeldLimits`]: the oldest held
+    /// updates make room, of `source` first when its own bound is reached.
+    /// An update larger than a bound on its own is not held.
+    fn hold(
+        &mut self,
+        update: VerifiedUpdate,
+        bytes: Arc<[u8]>,
+        missing: Vec<ChangeHash>,
+        source: Source,
+    ) {
+        let size = bytes.len();
+        let limits = self.held_limits;
+        self.unhold(&update.hash, false);
+        if size > limits.max_bytes_per_source || size > limits.max_bytes {
+            self.dropped.push(update.hash);
+            return;
+        }
+        while self
+            .held_by_source
+            .get(&source)
+            .is_some_and(|b| b + size > limits.max_bytes_per_source)
         {
-            self.held.remove(&oldest);
+            let Some(oldest) = self.oldest_held(Some(source)) else {
+                break;
+            };
+            self.unhold(&oldest, true);
+        }
+        while self.held.len() >= limits.max_updates || self.held_bytes + size > limits.max_bytes {
+            let Some(oldest) = self.oldest_held(None) else {
+                break;
+            };
+            self.unhold(&oldest, true);
         }
         self.held_seq += 1;
+        self.held_bytes += size;
+        *self.held_by_source.entry(source).or_default() += size;
         self.held.insert(
             update.hash,
             Held {
@@ -657,8 +895,36 @@ impl SignedState {
                 bytes,
                 missing,
                 seq: self.held_seq,
+                since_ms: self.clock_ms,
+                source,
             },
         );
+    }
+
+    /// The hash of the update held longest (of `source`, if given).
+    fn oldest_held(&self, source: Option<Source>) -> Option<ChangeHash> {
+        self.held
+            .iter()
+            .filter(|(_, h)| source.is_none_or(|s| h.source == s))
+            .min_by_key(|(_, h)| h.seq)
+            .map(|(k, _)| *k)
+    }
+
+    /// Takes `hash` out of the held updates, if it is there, keeping the
+    /// byte counts; `dropped` records it as dropped unapplied.
+    fn unhold(&mut self, hash: &ChangeHash, dropped: bool) -> Option<Held> {
+        let held = self.held.remove(hash)?;
+        self.held_bytes -= held.bytes.len();
+        if let Some(b) = self.held_by_source.get_mut(&held.source) {
+            *b -= held.bytes.len();
+            if *b == 0 {
+                self.held_by_source.remove(&held.source);
+            }
+        }
+        if dropped {
+            self.dropped.push(*hash);
+        }
+        Some(held)
     }
 
     /// Applies held updates whose dependencies are now all present, until no
@@ -676,7 +942,7 @@ impl SignedState {
                 return released;
             }
             for hash in ready {
-                let Some(held) = self.held.remove(&hash) else {
+                let Some(held) = self.unhold(&hash, false) else {
                     continue;
                 };
                 if self.updates.contains_key(&hash) {
@@ -685,9 +951,12 @@ impl SignedState {
                 match self.try_apply(&held.update, &held.bytes) {
                     Ok(Step::Applied(summary, _)) => released.push((hash, summary)),
                     Ok(Step::Missing(missing)) => {
+                        let size = held.bytes.len();
+                        self.held_bytes += size;
+                        *self.held_by_source.entry(held.source).or_default() += size;
                         self.held.insert(hash, Held { missing, ..held });
                     }
-                    Err(_) => {}
+                    Err(_) => self.dropped.push(hash),
                 }
             }
         }
@@ -706,8 +975,10 @@ impl SignedState {
             .filter_map(|c| self.updates.get(&c.hash()).map(|(bytes, _)| bytes.clone()))
             .collect();
         let before: BTreeSet<ChangeHash> = self.updates.keys().copied().collect();
-        let mut fresh = SignedState::new(self.root().clone()).with_max_held(self.max_held);
+        let mut fresh = SignedState::new(self.root().clone()).with_held_limits(self.held_limits);
         fresh.roots = self.roots.clone();
+        fresh.signed_roots = std::mem::take(&mut self.signed_roots);
+        fresh.clock_ms = self.clock_ms;
         for bytes in stored {
             // Refusals are the point here: they are what the new chain drops.
             let _ = fresh.ingest(&bytes);
@@ -718,6 +989,22 @@ impl SignedState {
             .filter(|h| !self.updates.contains_key(h))
             .collect()
     }
+}
+
+/// What [`SignedState::adopt_signed_root`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootAdoption {
+    /// The root is now the latest.
+    Adopted {
+        /// Its version.
+        version: u64,
+        /// Its encoded `SignedRoot`.
+        signed: Arc<[u8]>,
+        /// Applied updates dropped because they no longer qualify.
+        dropped: Vec<ChangeHash>,
+    },
+    /// The state already holds this root.
+    Known,
 }
 
 /// An update of a snapshot being restored ([`SignedState::restore`]).
@@ -745,7 +1032,8 @@ fn judge_restored(
         )));
     }
     if v.update.root_version == latest.version {
-        authorize_verified(&doc.summarize_applied(&v.change)?, v, latest)?;
+        // Judged when it came; a restart does not judge its date again.
+        authorize_verified(&doc.summarize_applied(&v.change)?, v, latest, u64::MAX)?;
     }
     Ok(())
 }

@@ -32,7 +32,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use weft_crdt::{ActorId, Change, ChangeHash, ChangeSummary, CrdtError, PolicyDoc, Section};
+use weft_crdt::{ActorId, Change, ChangeHash, ChangeSummary, CrdtError, Section};
 
 use crate::encoding::{self, DecodeError, Kind};
 use crate::identity::{Domain, PublicKey, SecretKey, Signature};
@@ -113,6 +113,23 @@ pub enum UpdateError {
         /// The threshold.
         need: usize,
     },
+    /// The update carries no signature at all.
+    #[error("the update is not signed: it carries no signature")]
+    Unsigned,
+    /// Too few of the signers hold a role that could authorize any change.
+    #[error(
+        "too few signers: an update needs {need_policy} operator(s) with the policy role or {need_revoke} with the revoke role, this one has {policy} and {revoke}"
+    )]
+    NotEnoughSigners {
+        /// Distinct signers with the policy role.
+        policy: usize,
+        /// The policy threshold.
+        need_policy: usize,
+        /// Distinct signers with the revoke role.
+        revoke: usize,
+        /// The revocation threshold.
+        need_revoke: usize,
+    },
     /// The change's actor is not bound to a signer.
     #[error("the change's author is not among its signers (actor {actor})")]
     ActorNotSigner {
@@ -135,6 +152,21 @@ pub enum UpdateError {
     /// A node's quarantine order goes beyond what the trust root lets nodes do.
     #[error("quarantine order refused: {0}")]
     NodeQuarantine(String),
+    /// A trust root offered as a rotation does not verify, or conflicts with
+    /// the chain this node holds.
+    #[error("trust root refused: {0}")]
+    Rotation(#[from] crate::trust::TrustError),
+    /// A quarantine order is dated further ahead of this node's clock than
+    /// the skew allowed; it is refused until the clock catches up.
+    #[error(
+        "quarantine order refused for now: it is dated {ahead} s ahead of this node's clock, more than the {skew} s of skew allowed"
+    )]
+    FutureDated {
+        /// How far ahead, in seconds.
+        ahead: u64,
+        /// The skew allowed, in seconds.
+        skew: u64,
+    },
 }
 
 impl From<DecodeError> for UpdateError {
@@ -151,7 +183,10 @@ impl UpdateError {
             UpdateError::BadSignature { .. } => "bad_signature",
             UpdateError::UnknownSigner { .. } => "unknown_signer",
             UpdateError::WrongRole { .. } => "wrong_role",
-            UpdateError::TooFewSigners { .. } => "too_few_signers",
+            UpdateError::TooFewSigners { .. } | UpdateError::NotEnoughSigners { .. } => {
+                "too_few_signers"
+            }
+            UpdateError::Unsigned => "unsigned",
             UpdateError::ActorNotSigner { .. } => "actor_not_signer",
             UpdateError::RootVersion { .. } => "root_version",
             UpdateError::State(CrdtError::MissingDeps(_)) => "missing_deps",
@@ -159,6 +194,8 @@ impl UpdateError {
             UpdateError::State(CrdtError::Equivocation { .. }) => "equivocation",
             UpdateError::State(_) => "state",
             UpdateError::NodeQuarantine(_) => "node_quarantine",
+            UpdateError::FutureDated { .. } => "future_dated",
+            UpdateError::Rotation(_) => "rotation",
         }
     }
 }
@@ -188,41 +225,22 @@ pub fn signing_message(hash: &ChangeHash, root_version: u64) -> [u8; 40] {
     m
 }
 
-/// Refuses change bytes that are not one uncompressed change chunk.
-///
-/// automerge parses a chunk of any type as a change, and a compressed
-/// change or a bundle chunk expands while it is parsed: a few hundred bytes
-/// can ask for gigabytes (found by fuzzing). Updates carry raw change chunks
-/// (`Change::raw_bytes`), so nothing else is parsed.
-pub(crate) fn check_chunk(change: &[u8]) -> Result<(), UpdateError> {
-    if change.get(CHUNK_TYPE_AT) != Some(&CHUNK_TYPE_CHANGE) {
-        return Err(UpdateError::Malformed(
-            "the change is not an uncompressed automerge change chunk".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a verified update or quarantine order against `root`: operators'
-/// updates by [`authorize`], nodes' orders by
-/// [`crate::quarantine::authorize_order`].
+/// Checks a verified update or quarantine order against `root`, at `now`
+/// (Unix seconds, the node's clock): operators' updates by [`authorize`],
+/// nodes' orders by [`crate::quarantine::authorize_order`].
 pub fn authorize_verified(
     summary: &ChangeSummary,
     update: &VerifiedUpdate,
     root: &TrustRoot,
+    now: u64,
 ) -> Result<Authorization, UpdateError> {
     match &update.issuer {
-        Some(issuer) => crate::quarantine::authorize_order(summary, &update.change, issuer, root),
+        Some(issuer) => {
+            crate::quarantine::authorize_order(summary, &update.change, issuer, root, now)
+        }
         None => authorize(summary, &update.signers, root),
     }
 }
-
-/// Where an automerge chunk keeps its type: after the 4 magic bytes and the
-/// 4-byte checksum.
-const CHUNK_TYPE_AT: usize = 8;
-
-/// The chunk type of an uncompressed change.
-const CHUNK_TYPE_CHANGE: u8 = 1;
 
 /// An update whose signatures all verified, with its change parsed.
 #[derive(Clone, Debug)]
@@ -252,15 +270,12 @@ impl SignedUpdate {
 
     /// Adds `key`'s signature. Signing twice with the same key changes nothing.
     pub fn sign(&mut self, key: &SecretKey) -> Result<(), UpdateError> {
-        let change = PolicyDoc::parse_change(&self.change)?;
+        let hash = crate::boundary::change_hash(&self.change)?;
         let public = key.public();
         if self.signatures.iter().any(|s| s.key == public) {
             return Ok(());
         }
-        let sig = key.sign(
-            Domain::Update,
-            &signing_message(&change.hash(), self.root_version),
-        );
+        let sig = key.sign(Domain::Update, &signing_message(&hash, self.root_version));
         self.signatures.push(UpdateSignature { key: public, sig });
         Ok(())
     }
@@ -270,7 +285,10 @@ impl SignedUpdate {
         encoding::encode(Kind::Update, self)
     }
 
-    /// Decodes an update file, refusing anything over [`MAX_UPDATE_BYTES`].
+    /// Decodes an update file's envelope, refusing anything over
+    /// [`MAX_UPDATE_BYTES`] or with more than [`MAX_SIGNATURES`] signatures.
+    /// Of the change, only its chunk header is looked at
+    /// ([`crate::boundary::check_chunk`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, UpdateError> {
         let u: SignedUpdate = encoding::decode(Kind::Update, bytes, MAX_UPDATE_BYTES)?;
         if u.signatures.len() > MAX_SIGNATURES {
@@ -279,55 +297,21 @@ impl SignedUpdate {
                 u.signatures.len()
             )));
         }
-        check_chunk(&u.change)?;
+        crate::boundary::check_chunk(&u.change)?;
         Ok(u)
     }
 
     /// The update's id: hex of its change hash.
     pub fn id(&self) -> Result<String, UpdateError> {
-        Ok(PolicyDoc::parse_change(&self.change)?.hash().to_string())
+        Ok(crate::boundary::change_hash(&self.change)?.to_string())
     }
 
-    /// Parses the change, recomputes its hash and checks every signature with
-    /// `verify_strict`. Any bad signature refuses the whole update.
+    /// Hashes and parses the change and checks every signature with
+    /// `verify_strict` ([`crate::boundary::decode_verified`]). Any bad
+    /// signature refuses the whole update. Whether the signers may sign is
+    /// not asked here.
     pub fn verify(self) -> Result<VerifiedUpdate, UpdateError> {
-        let (update, checks) = self.decode_unchecked()?;
-        for c in &checks {
-            c.verify()?;
-        }
-        Ok(update)
-    }
-
-    /// Parses the change and recomputes its hash, and lists the signature
-    /// checks that [`SignedUpdate::verify`] makes, without making them: the
-    /// result is not verified until every check passes.
-    pub(crate) fn decode_unchecked(
-        self,
-    ) -> Result<(VerifiedUpdate, Vec<SignatureCheck>), UpdateError> {
-        let change = PolicyDoc::parse_change(&self.change)?;
-        let hash = change.hash();
-        let msg = signing_message(&hash, self.root_version);
-        let checks = self
-            .signatures
-            .iter()
-            .map(|s| SignatureCheck {
-                domain: Domain::Update,
-                key: s.key,
-                msg,
-                sig: s.sig,
-            })
-            .collect();
-        let signers = shared_signers(self.signatures.iter().map(|s| s.key));
-        Ok((
-            VerifiedUpdate {
-                update: self,
-                change,
-                hash,
-                signers,
-                issuer: None,
-            },
-            checks,
-        ))
+        crate::boundary::decode_verified(&self.to_bytes())
     }
 }
 

@@ -12,6 +12,11 @@
 //!    (at most [`MAX_OFFER`], in causal order, `more` set when there are more).
 //! 3. `Fetch`: the asker fetches offered or missing updates by hash, at most
 //!    [`MAX_FETCH`] per request; each one is verified on its own on arrival.
+//! 4. `Roots`: `Hello`, `Heads` and their answers carry the version of the
+//!    trust root the sender holds; a side that sees a newer one asks for the
+//!    signed roots after its own (at most [`MAX_ROOTS`] per answer), and
+//!    adopts each one whose rotation verifies. So a node that missed a
+//!    rotation's gossip learns of it at its next exchange with any peer.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +35,9 @@ pub const MAX_FETCH: usize = 256;
 /// Most heads a message may carry (heads only multiply under heavy concurrency).
 pub const MAX_HEADS: usize = 1024;
 
+/// Most signed trust roots in one answer to `Roots`.
+pub const MAX_ROOTS: usize = 16;
+
 /// A 32-byte change hash on the wire.
 pub type Hash = [u8; 32];
 
@@ -43,16 +51,25 @@ pub enum SyncRequest {
         cert: Vec<u8>,
         /// The sender's heads.
         heads: Vec<Hash>,
+        /// The version of the trust root the sender holds.
+        root: u64,
     },
     /// "These are my heads; what do I lack?"
     Heads {
         /// The asker's heads.
         heads: Vec<Hash>,
+        /// The version of the trust root the asker holds.
+        root: u64,
     },
     /// "Send me these updates."
     Fetch {
         /// Hashes wanted.
         hashes: Vec<Hash>,
+    },
+    /// "Send me the signed trust roots after this version."
+    Roots {
+        /// The version the asker holds.
+        after: u64,
     },
 }
 
@@ -66,6 +83,8 @@ pub enum SyncResponse {
         cert: Vec<u8>,
         /// The responder's heads.
         heads: Vec<Hash>,
+        /// The version of the trust root the responder holds.
+        root: u64,
     },
     /// The answer to `Heads`.
     Offer {
@@ -75,6 +94,13 @@ pub enum SyncResponse {
         hashes: Vec<Hash>,
         /// Whether more hashes remain after these.
         more: bool,
+        /// The version of the trust root the responder holds.
+        root: u64,
+    },
+    /// The answer to `Roots`: encoded `SignedRoot`s, oldest first.
+    Roots {
+        /// Each an encoded `SignedRoot`.
+        roots: Vec<WireBytes>,
     },
     /// The answer to `Fetch`: signed update bytes, in causal order.
     Updates {
@@ -103,8 +129,11 @@ impl SyncRequest {
         match decode(bytes)? {
             WireMessage::Request(r) => {
                 let n = match &r {
-                    SyncRequest::Hello { heads, .. } | SyncRequest::Heads { heads } => heads.len(),
+                    SyncRequest::Hello { heads, .. } | SyncRequest::Heads { heads, .. } => {
+                        heads.len()
+                    }
                     SyncRequest::Fetch { hashes } => hashes.len() * MAX_HEADS / MAX_FETCH,
+                    SyncRequest::Roots { .. } => 0,
                 };
                 if n > MAX_HEADS {
                     return Err(DecodeError::Malformed(
@@ -136,6 +165,7 @@ impl SyncResponse {
                         heads.len() > MAX_HEADS || hashes.len() > MAX_OFFER
                     }
                     SyncResponse::Updates { updates } => updates.len() > MAX_FETCH,
+                    SyncResponse::Roots { roots } => roots.len() > MAX_ROOTS,
                     SyncResponse::Refused { reason } => reason.len() > 1024,
                 };
                 if too_many {

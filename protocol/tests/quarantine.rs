@@ -53,9 +53,13 @@ fn cert_for(node: &SecretKey, issuer: &SecretKey) -> SignedNodeCert {
     )
 }
 
-/// A state where `User::"u"` may view `Doc::"d"`.
+/// The state's clock in these tests: after every order they write.
+const CLOCK: u64 = T0 + 4000;
+
+/// A state where `User::"u"` may view `Doc::"d"`, its clock at [`CLOCK`].
 fn state(allowed: bool) -> SignedState {
     let mut s = SignedState::new(root(allowed));
+    s.advance(CLOCK * 1000);
     let mut doc = PolicyDoc::load(&s.doc().save()).unwrap();
     let mut content = BundleContent::default();
     content.policies.insert(
@@ -412,4 +416,196 @@ fn orders_decode_only_as_orders() {
     let back = QuarantineOrder::from_bytes(&o).unwrap();
     assert_eq!(back.to_bytes(), o);
     let _: UpdateError = QuarantineOrder::from_bytes(b"nope").unwrap_err();
+}
+
+/// An order for `subject` by `node` whose change is built on `doc` as is.
+fn order_on(
+    doc: &mut PolicyDoc,
+    node: &SecretKey,
+    subject: &str,
+    rec: QuarantineRecord,
+    n: u64,
+) -> Vec<u8> {
+    QuarantineOrder::issue(
+        doc,
+        node,
+        &cert_for(node, &key(1)),
+        1,
+        subject,
+        rec,
+        n.to_be_bytes(),
+    )
+    .unwrap()
+    .to_bytes()
+}
+
+/// Finding: orders dated a year ahead passed `expires - issued <= max` and
+/// fell outside every hourly bucket, so eight of them were all in force
+/// until next year. An order dated past the skew is refused (for now, with
+/// no blame on the relay), and a record dated in the future that a node
+/// with a fast clock applied is neither in force nor counted.
+#[test]
+fn orders_dated_in_the_future_are_refused_and_never_in_force() {
+    let mut s = state(true);
+    let node = key(50);
+    // Hours ahead (the test certificate lives a day; a year is refused the same way).
+    let ahead = 20 * 3600;
+    let o = order(&s, &node, r#"User::"u""#, record(CLOCK + ahead, 3000), 1);
+    let heads = s.heads();
+    let err = s.ingest(&o).unwrap_err();
+    assert!(matches!(err, UpdateError::FutureDated { .. }), "{err}");
+    assert!(!err.is_misbehaviour(), "a relay is not to blame");
+    assert_eq!(s.heads(), heads);
+    // Within the skew it is accepted.
+    let near = order(&s, &node, r#"User::"n""#, record(CLOCK + 200, 600), 2);
+    assert!(matches!(s.ingest(&near).unwrap(), Ingested::Applied { .. }));
+    // A node whose clock is far ahead applies future-dated orders; where
+    // they are decided, at the real time, they do nothing and take nothing
+    // from the issuer's allowance.
+    let mut fast = state(true);
+    fast.advance((CLOCK + 2 * ahead) * 1000);
+    for i in 0..8u64 {
+        let o = order(
+            &fast,
+            &node,
+            &format!(r#"User::"f{i}""#),
+            record(CLOCK + ahead + i, 3000),
+            10 + i,
+        );
+        fast.ingest(&o).unwrap();
+    }
+    for i in 0..8u64 {
+        assert!(
+            ask(&fast, &format!(r#"User::"f{i}""#), T0 + 100).allow,
+            "f{i} in force hours early"
+        );
+    }
+    let o = order(&fast, &node, r#"User::"now""#, record(T0 + 50, 600), 30);
+    fast.ingest(&o).unwrap();
+    assert!(
+        !ask(&fast, r#"User::"now""#, T0 + 100).allow,
+        "the allowance is intact"
+    );
+}
+
+/// Finding: a node could lift any quarantine by writing its own short
+/// record over another node's or an operator's record for the subject.
+#[test]
+fn a_node_cannot_replace_a_record_it_did_not_write() {
+    let mut s = state(true);
+    let (a, b) = (key(50), key(51));
+    s.ingest(&order(&s, &a, r#"User::"u""#, record(T0, 3000), 1))
+        .unwrap();
+    // b writes over a's record with a one-second quarantine.
+    let over = order(&s, &b, r#"User::"u""#, record(T0 + 1, 1), 2);
+    let err = refused(&mut s, &over);
+    assert!(err.contains("did not write"), "{err}");
+    assert!(!ask(&s, r#"User::"u""#, T0 + 100).allow);
+    // a may replace its own.
+    let own = order(&s, &a, r#"User::"u""#, record(T0 + 2, 600), 3);
+    assert!(matches!(s.ingest(&own).unwrap(), Ingested::Applied { .. }));
+
+    // An operator's record is no node's to overwrite either.
+    let mut doc = PolicyDoc::load(&s.doc().save()).unwrap();
+    let held = QuarantineRecord {
+        reason: "held by an operator".into(),
+        issuer: None,
+        issued_at: T0,
+        expires_at: None,
+        score: None,
+        evidence: vec![],
+        lifted: false,
+    };
+    let change = doc
+        .build_quarantine(
+            actor_for(&key(1).public(), [6; 8]),
+            r#"User::"op""#,
+            &serde_json::to_string(&held).unwrap(),
+            0,
+        )
+        .unwrap()
+        .unwrap();
+    let mut u = SignedUpdate::new(&change, 1);
+    u.sign(&key(1)).unwrap();
+    s.ingest(&u.to_bytes()).unwrap();
+    let over = order(&s, &a, r#"User::"op""#, record(T0 + 5, 1), 4);
+    assert!(refused(&mut s, &over).contains("did not write"));
+    assert!(!ask(&s, r#"User::"op""#, T0 + 10_000).allow);
+}
+
+/// Written beside a record instead of over it (concurrently, or by leaving
+/// out what it overwrites), a node's record cannot outrank an operator's,
+/// nor shorten another node's: every replica decides alike whatever the
+/// order the changes came in.
+#[test]
+fn concurrent_records_cannot_shorten_or_lift_a_quarantine() {
+    let base = state(true);
+    let (a, b) = (key(50), key(51));
+    // a quarantines u for 3000 s; b, concurrently, for 1 s.
+    let long = order(&base, &a, r#"User::"u""#, record(T0, 3000), 1);
+    let short = order(&base, &b, r#"User::"u""#, record(T0, 1), 2);
+    // An operator lifts w while a node, concurrently, quarantines it.
+    let mut doc = PolicyDoc::load(&base.doc().save()).unwrap();
+    let lifted = QuarantineRecord {
+        reason: "false positive".into(),
+        issuer: None,
+        issued_at: T0,
+        expires_at: None,
+        score: None,
+        evidence: vec![],
+        lifted: true,
+    };
+    let change = doc
+        .build_quarantine(
+            actor_for(&key(1).public(), [7; 8]),
+            r#"User::"w""#,
+            &serde_json::to_string(&lifted).unwrap(),
+            0,
+        )
+        .unwrap()
+        .unwrap();
+    let mut lift = SignedUpdate::new(&change, 1);
+    lift.sign(&key(1)).unwrap();
+    let lift = lift.to_bytes();
+    let mut doc = PolicyDoc::load(&base.doc().save()).unwrap();
+    let node_w = order_on(&mut doc, &b, r#"User::"w""#, record(T0, 3000), 3);
+    let all = [long, short, lift, node_w];
+    for perm in [[0, 1, 2, 3], [1, 0, 3, 2], [3, 2, 1, 0], [2, 3, 0, 1]] {
+        let mut s = state(true);
+        for i in perm {
+            s.ingest(&all[i]).unwrap();
+        }
+        assert!(
+            !ask(&s, r#"User::"u""#, T0 + 100).allow,
+            "{perm:?}: u's quarantine was shortened"
+        );
+        assert!(
+            ask(&s, r#"User::"w""#, T0 + 100).allow,
+            "{perm:?}: the operator's lift was outranked"
+        );
+    }
+}
+
+/// Finding: an expired node certificate still authorized orders (it was
+/// checked as of its own issue time). An order must be dated within its
+/// certificate's validity and end by its expiry.
+#[test]
+fn an_expired_certificate_authorizes_nothing_in_force() {
+    let mut s = state(true);
+    s.advance((T0 + 200_000) * 1000);
+    let node = key(50);
+    // The certificate expired at T0 + 86,400: an order dated after it.
+    let late = order(&s, &node, r#"User::"u""#, record(T0 + 100_000, 600), 1);
+    let err = refused(&mut s, &late);
+    assert!(err.contains("was not valid at"), "{err}");
+    // Backdated into the certificate's life, it may not outlast it.
+    let backdated = order(&s, &node, r#"User::"u""#, record(T0 + 86_000, 600), 2);
+    let err = refused(&mut s, &backdated);
+    assert!(err.contains("outlast the issuer's certificate"), "{err}");
+    // Dated before the certificate was issued.
+    let early = order(&s, &node, r#"User::"u""#, record(T0 - 1000, 600), 3);
+    assert!(refused(&mut s, &early).contains("was not valid at"));
+    // Within its life, and ending by its expiry, it applies.
+    let fine = order(&s, &node, r#"User::"u""#, record(T0 + 85_000, 600), 4);
+    assert!(matches!(s.ingest(&fine).unwrap(), Ingested::Applied { .. }));
 }

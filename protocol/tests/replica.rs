@@ -592,7 +592,10 @@ fn a_revoked_node_is_banned_and_stays_out() {
         Input::Request {
             from: 2,
             request_id: 1,
-            request: SyncRequest::Heads { heads: vec![] },
+            request: SyncRequest::Heads {
+                heads: vec![],
+                root: 1,
+            },
         },
     );
     assert!(matches!(outs.as_slice(), [Output::Respond { .. }]));
@@ -795,4 +798,208 @@ fn a_guessed_dependency_holds_no_offer_back() {
     t.answer(NOW_MS + 100, 2);
     assert_eq!(t.r3.state().heads(), t.peers[&2].state().heads());
     assert_eq!(t.r3.state().held_count(), 0);
+}
+
+/// A certificate for node `n` by the admin, valid until `expires` (Unix s).
+fn cert_until(n: u8, expires: u64) -> Vec<u8> {
+    SignedNodeCert::sign(
+        &NodeCert {
+            node: node_id(n),
+            name: format!("n{n}"),
+            issuer: admin().public(),
+            issued: 0,
+            expires,
+        },
+        &admin(),
+    )
+    .to_bytes()
+}
+
+/// Finding: a node certificate that expired while its node was connected
+/// kept it admitted. The replica asks for a timer at the expiry and
+/// disconnects the peer then, not before.
+#[test]
+fn a_certificate_that_expires_while_connected_ends_the_connection() {
+    let mut r = replica(1);
+    let expires = NOW_MS / 1000 + 60;
+    r.handle(
+        NOW_MS,
+        0,
+        Input::PeerConnected {
+            peer: 2,
+            node: node_id(2),
+        },
+    );
+    let outs = r.handle(
+        NOW_MS,
+        0,
+        Input::Request {
+            from: 2,
+            request_id: 1,
+            request: SyncRequest::Hello {
+                cert: cert_until(2, expires),
+                heads: vec![],
+                root: 1,
+            },
+        },
+    );
+    let after_ms = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Schedule {
+                after_ms,
+                timer: Timer::Certificate(2),
+            } => Some(*after_ms),
+            _ => None,
+        })
+        .expect("a timer at the certificate's expiry");
+    assert_eq!(after_ms, 60_000);
+    assert_eq!(r.admitted_peers().count(), 1);
+    // Early: still valid, looked at again at the expiry.
+    let outs = r.handle(NOW_MS + 30_000, 0, Input::Timer(Timer::Certificate(2)));
+    assert!(!outs.iter().any(|o| matches!(o, Output::Disconnect { .. })));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Schedule {
+            after_ms: 30_000,
+            timer: Timer::Certificate(2)
+        }
+    )));
+    // At the expiry: disconnected, and nothing it sends counts any more.
+    let outs = r.handle(NOW_MS + 60_000, 0, Input::Timer(Timer::Certificate(2)));
+    assert!(
+        outs.iter().any(
+            |o| matches!(o, Output::Disconnect { peer: 2, reason } if reason.contains("expired"))
+        ),
+        "{outs:?}"
+    );
+    assert_eq!(r.admitted_peers().count(), 0);
+    let u = revocation(r.state(), r#"User::"x""#, 0);
+    let outs = r.handle(NOW_MS + 60_001, 0, Input::Gossip { from: 2, bytes: u });
+    assert!(matches!(outs[0], Output::Verdict(Verdict::Ignore)));
+}
+
+/// Version 2 of the root: the writer removed, vouching for `heads`.
+fn root_v2(heads: Vec<[u8; 32]>) -> Vec<u8> {
+    let mut r = root();
+    r.version = 2;
+    r.operators.retain(|o| o.name != "writer");
+    r.accepted_heads = heads;
+    weft_protocol::trust::SignedRoot::sign(&r, &[&SecretKey::from_seed([100; 32])]).to_bytes()
+}
+
+/// A bundle update by the writer (policy role), under `root_version`.
+fn writer_bundle(state: &SignedState, root_version: u64, lane: u64) -> Vec<u8> {
+    let mut doc = PolicyDoc::load(&state.doc().save()).unwrap();
+    let mut content = weft_crdt::BundleContent::default();
+    content
+        .policies
+        .insert("p".into(), "permit(principal, action, resource);".into());
+    let c = doc
+        .build_bundle(
+            actor_for(&policy_only().public(), lane.to_be_bytes()),
+            "main",
+            &content,
+            0,
+        )
+        .unwrap()
+        .unwrap();
+    let mut u = SignedUpdate::new(&c, root_version);
+    u.sign(&policy_only()).unwrap();
+    u.to_bytes()
+}
+
+/// A rotation submitted at one replica reaches the others by gossip, and a
+/// replica that missed the gossip gets it at its next exchange with a peer;
+/// every one of them then refuses the operator the rotation removed, under
+/// the old root or the new.
+#[test]
+fn a_rotation_spreads_by_gossip_and_sync_and_a_removed_operator_writes_nowhere() {
+    let mut m = Mesh::new();
+    for n in 1..=4 {
+        m.add(n, cert(n, &admin(), n));
+    }
+    m.connect(1, 2);
+    m.connect(2, 3);
+    let u = revocation(m.state(1), r#"User::"eve""#, 0);
+    m.submit(1, &u);
+    let heads: Vec<[u8; 32]> = m.state(1).heads().iter().map(|h| h.0).collect();
+    let v2 = root_v2(heads);
+    let (adopted, outs) = m
+        .replicas
+        .get_mut(&1)
+        .unwrap()
+        .submit_root(NOW_MS, &v2)
+        .unwrap();
+    assert!(adopted);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::RootAdopted { version: 2, .. }))
+    );
+    m.carry(1, outs);
+    m.run();
+    for n in 1..=3 {
+        assert_eq!(m.state(n).root().version, 2, "replica {n}");
+    }
+    // Replica 4 was not connected: it learns at its first exchange.
+    assert_eq!(m.state(4).root().version, 1);
+    m.connect(4, 3);
+    assert_eq!(m.state(4).root().version, 2);
+    assert_eq!(m.state(4).signed_roots_after(1).len(), 1);
+    // The same root again is a duplicate, not a new adoption.
+    let (again, _) = m
+        .replicas
+        .get_mut(&4)
+        .unwrap()
+        .submit_root(NOW_MS, &v2)
+        .unwrap();
+    assert!(!again);
+    // The writer is removed: refused everywhere, whichever root it names.
+    for n in 1..=4 {
+        let state = m.state(n).clone();
+        for version in [1, 2] {
+            let mut s = state.clone();
+            let err = s.ingest(&writer_bundle(&state, version, 9)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    weft_protocol::update::UpdateError::UnknownSigner { .. }
+                        | weft_protocol::update::UpdateError::RootVersion { .. }
+                ),
+                "replica {n}, root {version}: {err}"
+            );
+        }
+    }
+}
+
+/// A root that does not verify as a rotation (not signed by the current
+/// root keys) is rejected and its sender struck.
+#[test]
+fn a_forged_rotation_is_rejected() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    m.add(2, cert(2, &admin(), 2));
+    m.connect(1, 2);
+    let mut r = root();
+    r.version = 2;
+    r.root_keys = vec![SecretKey::from_seed([66; 32]).public()];
+    let forged =
+        weft_protocol::trust::SignedRoot::sign(&r, &[&SecretKey::from_seed([66; 32])]).to_bytes();
+    let outs = m.replicas.get_mut(&1).unwrap().handle(
+        NOW_MS,
+        0,
+        Input::Gossip {
+            from: 2,
+            bytes: forged,
+        },
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Verdict(Verdict::Reject)))
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Penalize { peer: 2, .. }))
+    );
+    assert_eq!(m.state(1).root().version, 1);
 }

@@ -167,8 +167,26 @@ fn wrong_role_unknown_signer_and_unbound_actor() {
     // A bundle touching revocations needs the revoke role: carol alone can revoke.
     let u = revoke_update(&s, &key(3), &[&key(3)], r#"User::"x""#, 4);
     assert!(matches!(s.ingest(&u).unwrap(), Ingested::Applied { .. }));
-    // ... but bob (policy only) cannot.
+    // ... but bob (policy only) cannot: alone, he could authorize no
+    // change at all (policy needs two), so the trust boundary refuses the
+    // update before its change is read.
     let u = revoke_update(&s, &key(2), &[&key(2)], r#"User::"y""#, 5);
+    let e = refused(&mut s, &u);
+    assert!(
+        matches!(
+            e,
+            UpdateError::NotEnoughSigners {
+                policy: 1,
+                need_policy: 2,
+                revoke: 0,
+                need_revoke: 1,
+            }
+        ),
+        "{e}"
+    );
+    // With erin's policy signature the change is read, and its path needs
+    // the revoke role that neither has.
+    let u = revoke_update(&s, &key(2), &[&key(2), &key(5)], r#"User::"y""#, 6);
     let e = refused(&mut s, &u);
     assert!(
         matches!(
@@ -193,13 +211,15 @@ fn tampered_and_forged_updates_are_refused() {
     mixed.change = u.change.clone();
     let e = refused(&mut s, &mixed.to_bytes());
     assert!(matches!(e, UpdateError::BadSignature { .. }), "{e}");
-    // Claiming another root version breaks the signatures too.
+    // Claiming a root version this node does not hold is refused before
+    // any signature is checked (and would break the signatures too).
     let mut v = u.clone();
     v.root_version = 2;
     assert!(matches!(
         refused(&mut s, &v.to_bytes()),
-        UpdateError::BadSignature { .. }
+        UpdateError::RootVersion { named: 2, .. }
     ));
+    assert!(matches!(v.verify(), Err(UpdateError::BadSignature { .. })));
     // Garbage, truncation, oversize.
     assert!(matches!(
         refused(&mut s, b"hello"),
@@ -397,14 +417,14 @@ proptest! {
 
 #[test]
 fn verifying_many_on_several_threads_gives_each_its_own_verdict_in_order() {
-    each_gets_its_own_verdict(weft_protocol::quarantine::decode_verified_all);
+    each_gets_its_own_verdict(weft_protocol::boundary::decode_verified_all);
 }
 
 #[test]
 fn verifying_a_store_in_batches_gives_each_its_own_verdict_in_order() {
     // As a node's start checks its snapshot's records (`SignedState::restore`).
     each_gets_its_own_verdict(|items| {
-        use weft_protocol::quarantine::{VERIFY_BATCH, decode_batch_verified};
+        use weft_protocol::boundary::{VERIFY_BATCH, decode_batch_verified};
         items
             .chunks(VERIFY_BATCH)
             .flat_map(decode_batch_verified)
@@ -416,7 +436,7 @@ fn verifying_a_store_in_batches_gives_each_its_own_verdict_in_order() {
 type VerifyAll = fn(&[Vec<u8>]) -> Vec<Result<VerifiedUpdate, UpdateError>>;
 
 fn each_gets_its_own_verdict(verify_all: VerifyAll) {
-    use weft_protocol::quarantine::decode_verified;
+    use weft_protocol::boundary::decode_verified;
     let op = key(1);
     let mut doc = PolicyDoc::new();
     let mut items: Vec<Vec<u8>> = (0..700u64)
@@ -607,7 +627,7 @@ fn a_snapshot_restores_from_its_records_whenever_its_document_comes() {
             "{err}"
         );
         let extra = revoke_update(&state, &key(3), &[&key(3)], r#"User::"elsewhere""#, 999);
-        let hash = weft_protocol::quarantine::decode_verified(&extra)
+        let hash = weft_protocol::boundary::decode_verified(&extra)
             .unwrap()
             .hash;
         let mut more = covered.clone();

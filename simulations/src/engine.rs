@@ -180,15 +180,21 @@ impl Msg {
             Msg::IDontWant(_) => 16 + 32,
             Msg::Graft | Msg::Prune => 24,
             Msg::Request { request, .. } => match &**request {
-                SyncRequest::Hello { cert, heads: h } => cert.len() as u64 + heads(h.len()),
-                SyncRequest::Heads { heads: h } => heads(h.len()),
+                SyncRequest::Hello { cert, heads: h, .. } => cert.len() as u64 + heads(h.len()) + 8,
+                SyncRequest::Heads { heads: h, .. } => heads(h.len()) + 8,
                 SyncRequest::Fetch { hashes } => heads(hashes.len()),
+                SyncRequest::Roots { .. } => 8,
             },
             Msg::Response { response, .. } => match &**response {
-                SyncResponse::Hello { cert, heads: h } => cert.len() as u64 + heads(h.len()),
+                SyncResponse::Hello { cert, heads: h, .. } => {
+                    cert.len() as u64 + heads(h.len()) + 8
+                }
                 SyncResponse::Offer {
                     heads: h, hashes, ..
-                } => heads(h.len()) + heads(hashes.len()),
+                } => heads(h.len()) + heads(hashes.len()) + 8,
+                SyncResponse::Roots { roots } => {
+                    roots.iter().map(|u| u.0.len() as u64 + 4).sum::<u64>() + 8
+                }
                 SyncResponse::Updates { updates } => {
                     updates.iter().map(|u| u.0.len() as u64 + 4).sum::<u64>() + 8
                 }
@@ -1202,6 +1208,14 @@ impl<'a, P: Payload> Sim<'a, P> {
                     } else {
                         node.disk.insert(hash, bytes);
                     }
+                }
+                Output::RootAdopted { .. } => {}
+                Output::Forget { hash } => {
+                    // A held update dropped unapplied: its acknowledgement
+                    // lapses with it (the bound on held updates).
+                    let node = &mut self.nodes[n as usize];
+                    node.disk.remove(&hash);
+                    node.acked.remove(&hash);
                 }
                 Output::Applied { hash, summary } => {
                     applied_any = true;

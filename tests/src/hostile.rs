@@ -247,6 +247,7 @@ async fn drive(
     let hello = SyncRequest::Hello {
         cert: cert.clone(),
         heads: Vec::new(),
+        root: 1,
     }
     .to_bytes();
     loop {
@@ -298,11 +299,16 @@ async fn drive(
                             Ok(SyncRequest::Hello { .. }) => SyncResponse::Hello {
                                 cert: cert.clone(),
                                 heads: Vec::new(),
+                                root: 1,
                             },
                             Ok(SyncRequest::Heads { .. }) => SyncResponse::Offer {
                                 heads: Vec::new(),
                                 hashes: Vec::new(),
                                 more: false,
+                                root: 1,
+                            },
+                            Ok(SyncRequest::Roots { .. }) => SyncResponse::Roots {
+                                roots: Vec::new(),
                             },
                             Ok(SyncRequest::Fetch { .. }) => SyncResponse::Updates {
                                 updates: Vec::new(),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use automerge::{ObjType, ScalarValue, legacy};
 use serde_json::json;
 use weft_crdt::{ActorId, Change, ChangeSummary, CrdtError, PolicyDoc, Section, schema};
@@ -36,12 +36,15 @@ pub(crate) struct OpLine {
 /// Reads a change's operations without the base state. Objects made by the
 /// genesis change (the top-level maps and revocation buckets) and by the change itself are
 /// resolved; any other object is one of the base state's bundles or policy maps.
+/// A change whose operations do not decode has none to show.
 pub(crate) fn read_ops(change: &Change) -> Vec<OpLine> {
     let mut objects: HashMap<(u64, ActorId), String> = schema::genesis_objects()
         .into_iter()
         .map(|(id, path)| (id, path.to_string()))
         .collect();
-    let expanded = change.decode();
+    let Ok(expanded) = weft_crdt::PolicyDoc::expand(change) else {
+        return Vec::new();
+    };
     let start = expanded.start_op.get();
     let mut out = Vec::new();
     for (i, op) in expanded.operations.iter().enumerate() {
@@ -448,13 +451,34 @@ pub(crate) fn sign(a: &UpdateSignArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The encoded `SignedRoot` in `path`, if it is a trust file (JSON, as
+/// `weft trust init` and `weft trust rotate` write); `None` for anything
+/// else.
+fn trust_root_bytes(path: &std::path::Path) -> Result<Option<Vec<u8>>> {
+    let mut head = [0u8; 1];
+    let n = std::io::Read::read(
+        &mut std::fs::File::open(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        &mut head,
+    )
+    .with_context(|| format!("cannot read {}", path.display()))?;
+    if n == 0 || head[0] != b'{' {
+        return Ok(None);
+    }
+    let (_, signed) = super::common::read_trust_file(path)?;
+    Ok(Some(signed.to_bytes()))
+}
+
 /// Runs `weft push`.
 pub(crate) fn push(a: &PushArgs) -> Result<ExitCode> {
     // Read every file first, so a typo in the list pushes nothing.
     let mut files = Vec::new();
     for path in &a.files {
-        let (bytes, update) = read_update(path)?;
-        files.push((path.display().to_string(), bytes, update));
+        let bytes = match trust_root_bytes(path)? {
+            Some(root) => root,
+            None => read_update(path)?.0,
+        };
+        files.push((path.display().to_string(), bytes, ()));
     }
     let base = node_url(&a.node);
     let client = client()?;
