@@ -201,7 +201,8 @@ pub enum TrustCommand {
         revocations), admit (certify nodes) and issue (issue identity tokens); an operator \
         given without roles has them all.\n\n\
         --max-token-ttl sets the longest lifetime of an identity token (default 24h): nodes \
-        refuse a token that lives longer, from its issue time to its expiry.\n\n\
+        refuse a token that lives longer, from its issue time to its expiry, and \
+        `weft token issue` refuses to sign one.\n\n\
         Example:\n  weft trust init --root-key r1.key --root-key r2.key --root-threshold 2 \\\n    \
         --operator alice=ed25519.5Hb…:policy,revoke --operator bob=ed25519.9Qz… \\\n    \
         --threshold 2 --out trust.json"
@@ -248,7 +249,7 @@ pub struct TrustInitArgs {
     #[arg(long)]
     pub allow_node_quarantine: bool,
     /// The longest lifetime of an identity token, like 90s, 15m, 24h or 365d: nodes
-    /// refuse a longer token.
+    /// refuse a longer token, and `weft token issue` refuses to sign one.
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     pub max_token_ttl: String,
     /// Where to write the trust file.

@@ -314,8 +314,8 @@ pub struct TrustRoot {
     pub node_quarantine: QuarantineLimits,
     /// The longest lifetime of an identity token, in seconds (at least 1):
     /// nodes refuse a token whose `expires - issued` is longer
-    /// ([`crate::token::verify`]). Default: [`DEFAULT_MAX_TOKEN_TTL_SECS`]
-    /// (24 h).
+    /// ([`crate::token::verify`]), and `weft token issue` refuses to sign
+    /// one. Default: [`DEFAULT_MAX_TOKEN_TTL_SECS`] (24 h).
     pub max_token_ttl_secs: u64,
     /// The heads of the replicated state (automerge change hashes) that the
     /// signers of this root vouch for as accepted under the previous version.
