@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use weft_node::keyfile;
 use weft_protocol::identity::{Domain, NodeId, SecretKey};
-use weft_protocol::time::{format_timestamp, parse_duration};
+use weft_protocol::time::{format_duration, format_timestamp, parse_duration};
 use weft_protocol::trust::{
     MAX_TRUST_ROOT_LEN, Operator, QuarantineLimits, Role, SignedRoot, TrustRoot, from_trust_file,
     to_trust_file,
@@ -200,6 +200,9 @@ pub enum TrustCommand {
         by `weft key gen`. The roles are policy (sign policy bundles), revoke (sign \
         revocations), admit (certify nodes) and issue (issue identity tokens); an operator \
         given without roles has them all.\n\n\
+        --max-token-ttl sets the longest lifetime of an identity token (default 24h): nodes \
+        refuse a token that lives longer, from its issue time to its expiry, and \
+        `weft token issue` refuses to sign one.\n\n\
         Example:\n  weft trust init --root-key r1.key --root-key r2.key --root-threshold 2 \\\n    \
         --operator alice=ed25519.5Hb…:policy,revoke --operator bob=ed25519.9Qz… \\\n    \
         --threshold 2 --out trust.json"
@@ -209,8 +212,9 @@ pub enum TrustCommand {
     #[command(
         long_about = "Print a trust root and whether its signatures verify.\n\n\
         Shows the version, the expiry (and whether it has passed), the root keys and \
-        their threshold, the operators and their roles, and the thresholds. Exits 1, \
-        after printing, when the signatures do not meet the root threshold. An expired \
+        their threshold, the operators and their roles, the thresholds, and the longest \
+        identity token lifetime. Exits 1, after printing, when the signatures do not meet \
+        the root threshold. An expired \
         root is reported, not refused: nodes keep enforcing it and raise the alarm."
     )]
     Show(TrustShowArgs),
@@ -248,6 +252,10 @@ pub struct TrustInitArgs {
     /// Let nodes quarantine misbehaving subjects on their own (at most 1h each, 5 per node per hour).
     #[arg(long)]
     pub allow_node_quarantine: bool,
+    /// The longest lifetime of an identity token, like 90s, 15m, 24h or 365d: nodes
+    /// refuse a longer token, and `weft token issue` refuses to sign one.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub max_token_ttl: String,
     /// Where to write the trust file.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -344,6 +352,7 @@ fn majority(n: usize) -> u32 {
 
 fn trust_init(a: &TrustInitArgs) -> Result<ExitCode> {
     let lifetime = parse_duration(&a.expires).context("--expires")?;
+    let max_token_ttl = parse_duration(&a.max_token_ttl).context("--max-token-ttl")?;
     let mut operators = a
         .operators
         .iter()
@@ -370,6 +379,7 @@ fn trust_init(a: &TrustInitArgs) -> Result<ExitCode> {
             allowed: a.allow_node_quarantine,
             ..QuarantineLimits::default()
         },
+        max_token_ttl_secs: max_token_ttl,
         accepted_heads: Vec::new(),
     };
     root.sort_operators();
@@ -551,6 +561,10 @@ fn trust_show(a: &TrustShowArgs) -> Result<ExitCode> {
         } else {
             out += "  node quarantine:  not allowed\n";
         }
+        out += &format!(
+            "  token lifetime:   at most {}\n",
+            format_duration(root.max_token_ttl_secs)
+        );
         if !root.accepted_heads.is_empty() {
             out += &format!("  accepted heads:   {}\n", root.accepted_heads.len());
         }

@@ -560,6 +560,7 @@ mod tests {
             policy_threshold: 1,
             revoke_threshold: 1,
             node_quarantine: QuarantineLimits::default(),
+            max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
             accepted_heads: Vec::new(),
         }
     }

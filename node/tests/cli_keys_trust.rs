@@ -148,6 +148,8 @@ fn trust_init_then_show_reports_everything() {
             "1",
             "--expires",
             "30d",
+            "--max-token-ttl",
+            "8h",
             "--out",
             "trust.json",
         ],
@@ -169,6 +171,7 @@ fn trust_init_then_show_reports_everything() {
     assert_eq!(json["policy_threshold"], 2);
     assert_eq!(json["revoke_threshold"], 1);
     assert_eq!(json["node_quarantine"]["allowed"], false);
+    assert_eq!(json["max_token_ttl_secs"], 8 * 3600);
     let ops = json["operators"].as_array().unwrap();
     assert_eq!(ops.len(), 2);
     // Sorted by name, whatever the order on the command line.
@@ -198,6 +201,59 @@ fn trust_init_then_show_reports_everything() {
         "{text}"
     );
     assert!(text.contains(&m.alice), "{text}");
+    assert!(text.contains("  token lifetime:   at most 8h\n"), "{text}");
+}
+
+#[test]
+fn trust_init_sets_the_maximum_token_lifetime() {
+    let m = mesh();
+    let d = m.dir.path();
+    let alice = format!("alice={}", m.alice);
+    let init = |extra: &[&str]| {
+        let mut args = vec![
+            "trust",
+            "init",
+            "--root-key",
+            "root1.key",
+            "--operator",
+            &alice,
+            "--force",
+            "--out",
+            "trust.json",
+        ];
+        args.extend_from_slice(extra);
+        weft(d, &args)
+    };
+    // Without the flag: 24 hours.
+    assert!(init(&[]).status.success());
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(d, &["trust", "show", "trust.json", "--json"])).unwrap();
+    assert_eq!(json["max_token_ttl_secs"], 86_400);
+    let text = ok(d, &["trust", "show", "trust.json"]);
+    assert!(text.contains("  token lifetime:   at most 1d\n"), "{text}");
+    // --json of init names it too.
+    let o = init(&["--max-token-ttl", "90s", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(last_line(&stdout(&o))).unwrap();
+    assert_eq!(json["max_token_ttl_secs"], 90);
+    // Bad durations are one clear line naming the flag.
+    for bad in ["0s", "forever", "24"] {
+        let mut args = vec![
+            "trust",
+            "init",
+            "--root-key",
+            "root1.key",
+            "--operator",
+            &alice,
+            "--force",
+            "--out",
+            "trust.json",
+            "--max-token-ttl",
+        ];
+        args.push(bad);
+        let err = fails(d, &args);
+        assert!(err.contains("--max-token-ttl"), "{err}");
+    }
 }
 
 #[test]
@@ -415,6 +471,10 @@ fn help_describes_each_command() {
         (
             &["trust", "init", "--help"][..],
             "an operator given without roles has them all",
+        ),
+        (
+            &["trust", "init", "--help"][..],
+            "the longest lifetime of an identity token",
         ),
         (
             &["trust", "show", "--help"][..],

@@ -197,6 +197,95 @@ fn token_issue_refuses_bad_input() {
     fails(p, &args);
 }
 
+#[test]
+fn token_issue_refuses_a_ttl_over_the_maximum() {
+    let (dir, _) = mesh();
+    let p = dir.path();
+    let issue = |ttl: &str, extra: &[&str]| {
+        let mut args = vec![
+            "token",
+            "issue",
+            "--key",
+            "idp.key",
+            "--principal",
+            r#"User::"alice""#,
+            "--ttl",
+            ttl,
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run_ok = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(p, &args)
+    };
+    let run_fails = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(p, &args)
+    };
+    // Without a trust root: the default maximum of a day.
+    run_ok(issue("24h", &[]));
+    let e = run_fails(issue("25h", &[]));
+    assert_eq!(
+        e,
+        "error: --ttl 25h is longer than the default maximum token lifetime of 1d; give --trust FILE or --node URL to apply the mesh's own maximum"
+    );
+    let e = run_fails(issue("36500d", &[]));
+    assert!(e.contains("--ttl 36500d is longer than"), "{e}");
+
+    // With --trust: that root's maximum, shorter or longer than the default.
+    let idp = ok(p, &["key", "show", "idp.key"]);
+    let ops = ok(p, &["key", "show", "ops.key"]);
+    let with_max = |file: &str, max: &str| {
+        ok(
+            p,
+            &[
+                "trust",
+                "init",
+                "--root-key",
+                "root.key",
+                "--operator",
+                &format!("idp={}:issue", idp.trim()),
+                "--operator",
+                &format!("ops={}:policy,revoke,admit", ops.trim()),
+                "--max-token-ttl",
+                max,
+                "--out",
+                file,
+            ],
+        );
+        let text = std::fs::read_to_string(p.join(file)).unwrap();
+        from_trust_file(&text).unwrap().root().unwrap()
+    };
+    with_max("short.json", "10m");
+    run_ok(issue("10m", &["--trust", "short.json"]));
+    let e = run_fails(issue("11m", &["--trust", "short.json"]));
+    assert_eq!(
+        e,
+        "error: --ttl 11m is longer than the maximum token lifetime of 10m that the trust root in short.json allows"
+    );
+    let long = with_max("long.json", "30d");
+    let out = run_ok(issue("7d", &["--trust", "long.json"]));
+    let t = token::verify(last_line(&out), &long, &[], now()).unwrap();
+    assert_eq!(t.expires - t.issued, 7 * 86_400);
+    run_fails(issue("31d", &["--trust", "long.json"]));
+
+    // A trust file that is not one: one line.
+    std::fs::write(p.join("bad.json"), "{}").unwrap();
+    let e = run_fails(issue("1m", &["--trust", "bad.json"]));
+    assert!(e.contains("bad.json"), "{e}");
+    // --trust and --node together are a usage error.
+    let args = issue(
+        "1m",
+        &["--trust", "short.json", "--node", "http://127.0.0.1:1"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(weft(p, &args).status.code(), Some(2));
+    // --help says what applies without either.
+    let help = ok(p, &["token", "issue", "--help"]);
+    assert!(help.contains("default maximum of 24h"), "{help}");
+}
+
 /// Kills the node when the test ends, however it ends.
 struct Node(Child);
 
@@ -288,6 +377,43 @@ fn check_exits_0_on_allow_3_on_deny_1_on_error() {
         args.extend(["--action", r#"Action::"view""#, "--resource", r#"Doc::"d""#]);
         weft(p, &args)
     };
+    // --node: the node's trust root sets the maximum (a day here).
+    let e = fails(
+        p,
+        &[
+            "token",
+            "issue",
+            "--key",
+            "idp.key",
+            "--principal",
+            r#"User::"alice""#,
+            "--ttl",
+            "2d",
+            "--node",
+            &url,
+        ],
+    );
+    assert_eq!(
+        e,
+        format!(
+            "error: --ttl 2d is longer than the maximum token lifetime of 1d that the trust root of the node at {url} allows"
+        )
+    );
+    ok(
+        p,
+        &[
+            "token",
+            "issue",
+            "--key",
+            "idp.key",
+            "--principal",
+            r#"User::"alice""#,
+            "--ttl",
+            "1d",
+            "--node",
+            &url,
+        ],
+    );
     let red = issue("red");
     let o = check(&["--token", &red]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));

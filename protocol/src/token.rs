@@ -3,8 +3,10 @@
 //! A token binds a principal (a Cedar entity uid) and optional attributes to
 //! an expiry and a token id, signed in the `weft/token/v1` domain by an issuer:
 //! an operator holding the `issue` role in the trust root, or an issuer key a
-//! node is configured with. `POST /v1/authorize` accepts a token in place of a
-//! principal and verifies it on every request; there is no session.
+//! node is configured with. A token may live, from `issued` to `expires`, at
+//! most the trust root's `max_token_ttl_secs` (24 h unless the root says
+//! otherwise). `POST /v1/authorize` accepts a token in place of a principal
+//! and verifies it on every request; there is no session.
 //!
 //! The text form is `wtk1.` followed by unpadded base64url of the encoded
 //! `SignedToken`. A token can be revoked by its id: the subject `token:<id>`.
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::{self, Kind};
 use crate::identity::{Domain, PublicKey, SecretKey, Signature};
+use crate::time::format_duration;
 use crate::trust::{Role, TrustRoot};
 
 /// Prefix of a token's text form.
@@ -79,6 +82,19 @@ pub enum TokenError {
     /// The token was issued in the future (beyond the allowed clock skew).
     #[error("token is not valid yet (issued {0} second(s) in the future)")]
     NotYetValid(u64),
+    /// The token lives longer, from `issued` to `expires`, than the trust
+    /// root allows ([`TrustRoot::max_token_ttl_secs`]).
+    #[error(
+        "token lifetime of {} is longer than the trust root's maximum of {}",
+        format_duration(*.lifetime),
+        format_duration(*.max)
+    )]
+    TooLong {
+        /// `expires - issued`, in seconds, as the token states them.
+        lifetime: u64,
+        /// The trust root's maximum, in seconds.
+        max: u64,
+    },
 }
 
 /// Clock skew tolerated on `issued`, in seconds.
@@ -93,9 +109,10 @@ pub fn issue(token: &Token, key: &SecretKey) -> String {
 }
 
 /// Verifies a token's text form at `now` (Unix seconds) against `root` and any
-/// extra configured issuers. Checks the signature strictly, the issuer, and
-/// the validity window. Revocation of the principal or of `token:<id>` is the
-/// caller's to check against its state.
+/// extra configured issuers. Checks the signature strictly, the issuer, the
+/// lifetime (`expires - issued`, at most the root's `max_token_ttl_secs`,
+/// whoever issued the token), and the validity window. Revocation of the
+/// principal or of `token:<id>` is the caller's to check against its state.
 pub fn verify(
     text: &str,
     root: &TrustRoot,
@@ -128,6 +145,13 @@ pub fn verify(
     if !by_root && !extra_issuers.contains(&token.issuer) {
         return Err(TokenError::UnknownIssuer(token.issuer.to_string()));
     }
+    let lifetime = token.expires.saturating_sub(token.issued);
+    if lifetime > root.max_token_ttl_secs {
+        return Err(TokenError::TooLong {
+            lifetime,
+            max: root.max_token_ttl_secs,
+        });
+    }
     if now >= token.expires {
         return Err(TokenError::Expired(now - token.expires));
     }
@@ -156,6 +180,7 @@ mod tests {
             policy_threshold: 1,
             revoke_threshold: 1,
             node_quarantine: QuarantineLimits::default(),
+            max_token_ttl_secs: crate::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
             accepted_heads: vec![],
         }
     }
@@ -213,5 +238,40 @@ mod tests {
             token(&k).revocation_subject(),
             format!("token:{}", hex::encode([7u8; 16]))
         );
+    }
+
+    #[test]
+    fn lifetime_is_bounded_by_the_root() {
+        let k = SecretKey::from_seed([1; 32]);
+        let mut r = root(&k, &[Role::Issue]);
+        let mut t = token(&k);
+        // At the maximum: accepted.
+        r.max_token_ttl_secs = 900;
+        assert_eq!(verify(&issue(&t, &k), &r, &[], 1500), Ok(t.clone()));
+        // One second over: refused, whoever issued it.
+        t.expires = t.issued + 901;
+        let text = issue(&t, &k);
+        let too_long = TokenError::TooLong {
+            lifetime: 901,
+            max: 900,
+        };
+        assert_eq!(verify(&text, &r, &[], 1500), Err(too_long.clone()));
+        assert_eq!(
+            verify(&text, &r, &[k.public()], 1500),
+            Err(too_long.clone())
+        );
+        assert_eq!(
+            too_long.to_string(),
+            "token lifetime of 901s is longer than the trust root's maximum of 15m"
+        );
+        // The default maximum is a day: a ten-year token is refused.
+        r.max_token_ttl_secs = crate::trust::DEFAULT_MAX_TOKEN_TTL_SECS;
+        t.expires = t.issued + 3650 * 86_400;
+        assert!(matches!(
+            verify(&issue(&t, &k), &r, &[], 1500),
+            Err(TokenError::TooLong { .. })
+        ));
+        t.expires = t.issued + 86_400;
+        assert!(verify(&issue(&t, &k), &r, &[], 1500).is_ok());
     }
 }

@@ -287,6 +287,12 @@ impl Default for QuarantineLimits {
     }
 }
 
+/// The longest identity token lifetime a trust root allows by default, in
+/// seconds: 86,400 (24 h). A token is a bearer credential that is checked
+/// but never refreshed, so a stolen one is good until it expires or is
+/// revoked by id; a day covers a working session and keeps that window short.
+pub const DEFAULT_MAX_TOKEN_TTL_SECS: u64 = 86_400;
+
 /// The mesh's root of trust.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustRoot {
@@ -306,6 +312,11 @@ pub struct TrustRoot {
     pub revoke_threshold: u32,
     /// What nodes may do on their own.
     pub node_quarantine: QuarantineLimits,
+    /// The longest lifetime of an identity token, in seconds (at least 1):
+    /// nodes refuse a token whose `expires - issued` is longer
+    /// ([`crate::token::verify`]), and `weft token issue` refuses to sign
+    /// one. Default: [`DEFAULT_MAX_TOKEN_TTL_SECS`] (24 h).
+    pub max_token_ttl_secs: u64,
     /// The heads of the replicated state (automerge change hashes) that the
     /// signers of this root vouch for as accepted under the previous version.
     /// Updates naming an older root version are only valid in the causal past
@@ -352,10 +363,10 @@ impl TrustRoot {
     /// root key; thresholds at least 1 and achievable (`root_threshold` at
     /// most the number of root keys, `policy_threshold` at most the number of
     /// operators holding the policy role, the same for revoke); operators
-    /// sorted by name with valid unique names and at least one role each; and
-    /// no key used twice, whether as a root key or an operator key (a root key
+    /// sorted by name with valid unique names and at least one role each; no
+    /// key used twice, whether as a root key or an operator key (a root key
     /// doubling as an operator key would let one stolen key both sign policy
-    /// and rotate the root).
+    /// and rotate the root); and a maximum token lifetime of at least 1 second.
     pub fn validate(&self) -> Result<(), TrustError> {
         let invalid = |m: String| Err(TrustError::Invalid(m));
         let v = self.version;
@@ -433,6 +444,11 @@ impl TrustRoot {
         if self.node_quarantine.allowed && self.node_quarantine.max_ttl_secs == 0 {
             return invalid(format!(
                 "trust root version {v} allows node quarantine with a maximum duration of zero"
+            ));
+        }
+        if self.max_token_ttl_secs == 0 {
+            return invalid(format!(
+                "trust root version {v}: the maximum token lifetime must be at least 1 second"
             ));
         }
         Ok(())

@@ -49,6 +49,7 @@ fn root(version: u64, root_seeds: &[u8], threshold: u32) -> TrustRoot {
         policy_threshold: 1,
         revoke_threshold: 1,
         node_quarantine: QuarantineLimits::default(),
+        max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
         accepted_heads: vec![],
     }
 }
@@ -525,6 +526,10 @@ fn validate_catches_each_problem() {
                 r.node_quarantine.max_ttl_secs = 0;
             }),
             "maximum duration of zero",
+        ),
+        (
+            Box::new(|r| r.max_token_ttl_secs = 0),
+            "maximum token lifetime must be at least 1 second",
         ),
     ];
     for (change, needle) in cases {

@@ -36,6 +36,7 @@ fn root(allowed: bool) -> TrustRoot {
             max_ttl_secs: 3600,
             max_per_node_per_hour: 3,
         },
+        max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
         accepted_heads: vec![],
     }
 }

@@ -85,6 +85,7 @@ impl Fixture {
             policy_threshold: 1,
             revoke_threshold: 1,
             node_quarantine: QuarantineLimits::default(),
+            max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
             accepted_heads: vec![],
         };
         let node_seeds: Vec<[u8; 32]> = (0..nodes).map(|_| seed()).collect();

@@ -78,6 +78,7 @@ impl Fixture {
             policy_threshold: 1,
             revoke_threshold: 1,
             node_quarantine: limits,
+            max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
             accepted_heads: Vec::new(),
         };
         root.validate()?;

@@ -1,7 +1,8 @@
 //! Identity tokens at `POST /v1/authorize` of a real node: a valid token is
 //! decided for its principal (with its attributes in `context.token`); an
-//! expired, forged or revoked token is denied with the reason; a token whose
-//! principal is revoked is denied with `revoked: true`.
+//! expired, forged or revoked token, or one that lives longer than the trust
+//! root allows, is denied with the reason; a token whose principal is revoked
+//! is denied with `revoked: true`.
 
 use std::time::Duration;
 
@@ -87,6 +88,28 @@ async fn tokens_are_verified_on_every_request() -> Result<()> {
     let v = authorize_token(&node, &token::issue(&old, &fx.alice)).await?;
     ensure!(v["decision"] == "deny", "{v}");
     ensure!(errors(&v).contains("token refused: token expired"), "{v}");
+
+    // Signed by an issuer, in its validity window, but meant to live longer
+    // than the trust root allows (a day): denied with the reason.
+    let mut long = token(&fx, r#"User::"alice""#, 6);
+    long.expires = long.issued + 86_400 + 1;
+    let v = authorize_token(&node, &token::issue(&long, &fx.alice)).await?;
+    ensure!(v["decision"] == "deny" && v["revoked"] == false, "{v}");
+    ensure!(
+        errors(&v).contains(
+            "token refused: token lifetime of 86401s is longer than the trust root's maximum of 1d"
+        ),
+        "{v}"
+    );
+    // A ten-year token, the same.
+    long.expires = long.issued + 3650 * 86_400;
+    let v = authorize_token(&node, &token::issue(&long, &fx.alice)).await?;
+    ensure!(v["decision"] == "deny", "{v}");
+    ensure!(errors(&v).contains("token lifetime of 3650d"), "{v}");
+    // Exactly the maximum is fine.
+    long.expires = long.issued + 86_400;
+    let v = authorize_token(&node, &token::issue(&long, &fx.alice)).await?;
+    ensure!(v["decision"] == "allow", "{v}");
 
     // Forged: claims alice as issuer, signed by another key.
     let mallory = SecretKey::from_seed([42; 32]);

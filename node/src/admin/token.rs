@@ -9,10 +9,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use cedar_policy::EntityUid;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use weft_protocol::time::{format_timestamp, parse_duration};
+use weft_protocol::time::{format_duration, format_timestamp, parse_duration};
 use weft_protocol::token::{self, Token};
+use weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS;
 
-use super::common::now;
+use super::common::{load_state_from_node, now, read_trust_file, verify_root};
 use crate::keyfile;
 
 /// `weft token …`
@@ -32,6 +33,10 @@ pub const TOKEN_ISSUE_LONG_ABOUT: &str = "Sign a short-lived identity token for 
         \"principal\" (or use `weft check --token`): the principal is the token's, and the \
         attributes are in the request context as context.token (e.g. context.token.team). \
         Each request verifies the token again; `weft revoke token:<ID>` revokes it.\n\n\
+        A token may live at most the trust root's maximum token lifetime (`weft trust init \
+        --max-token-ttl`); nodes refuse a longer one. --ttl is checked against the root \
+        given by --trust FILE or read from --node URL; without either, against the \
+        default maximum of 24h.\n\n\
         The token is the last line of stdout, so `TOKEN=$(weft token issue ...)` works.\n\n\
         Example:\n  weft token issue --key idp.key --principal 'User::\"alice\"' --ttl 15m --attr team=red";
 
@@ -45,9 +50,17 @@ pub struct TokenIssueArgs {
     /// Whom the token names: a Cedar entity uid, like User::"alice".
     #[arg(long, value_name = "UID")]
     pub principal: String,
-    /// How long the token is valid, like 90s, 15m, 24h or 365d.
+    /// How long the token is valid, like 90s, 15m or 24h; at most the trust root's
+    /// maximum token lifetime (24h by default).
     #[arg(long, value_name = "DURATION")]
     pub ttl: String,
+    /// The mesh's trust file, whose maximum token lifetime --ttl must not exceed.
+    #[arg(long, value_name = "FILE", conflicts_with = "node")]
+    pub trust: Option<PathBuf>,
+    /// A running node's API, e.g. http://127.0.0.1:7100, whose trust root's maximum
+    /// token lifetime --ttl must not exceed.
+    #[arg(long, value_name = "URL")]
+    pub node: Option<String>,
     /// An attribute the issuer vouches for, as KEY=VALUE (a string); repeat for more.
     #[arg(long = "attr", value_name = "K=V")]
     pub attrs: Vec<String>,
@@ -68,6 +81,7 @@ pub(crate) fn issue(a: &TokenIssueArgs) -> Result<ExitCode> {
         })?
         .to_string();
     let ttl = parse_duration(&a.ttl).context("--ttl")?;
+    check_ttl(a, ttl)?;
     let mut attrs = BTreeMap::new();
     for spec in &a.attrs {
         let Some((k, v)) = spec.split_once('=') else {
@@ -123,4 +137,41 @@ pub(crate) fn issue(a: &TokenIssueArgs) -> Result<ExitCode> {
         println!("{text}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a `--ttl` longer than the maximum token lifetime of the trust root
+/// given by `--trust` or read from `--node`, or, without either, than
+/// [`DEFAULT_MAX_TOKEN_TTL_SECS`].
+fn check_ttl(a: &TokenIssueArgs, ttl: u64) -> Result<()> {
+    let (max, origin) = if let Some(path) = &a.trust {
+        let (_, signed) = read_trust_file(path)?;
+        let origin = path.display().to_string();
+        let root = verify_root(&signed, now()?, &origin)?;
+        (
+            root.max_token_ttl_secs,
+            Some(format!("the trust root in {origin}")),
+        )
+    } else if let Some(url) = &a.node {
+        let state = load_state_from_node(url, now()?)?;
+        (
+            state.root.max_token_ttl_secs,
+            Some(format!("the trust root of {}", state.origin)),
+        )
+    } else {
+        (DEFAULT_MAX_TOKEN_TTL_SECS, None)
+    };
+    if ttl <= max {
+        return Ok(());
+    }
+    let max = format_duration(max);
+    match origin {
+        Some(origin) => bail!(
+            "--ttl {} is longer than the maximum token lifetime of {max} that {origin} allows",
+            a.ttl.trim()
+        ),
+        None => bail!(
+            "--ttl {} is longer than the default maximum token lifetime of {max}; give --trust FILE or --node URL to apply the mesh's own maximum",
+            a.ttl.trim()
+        ),
+    }
 }
