@@ -228,10 +228,24 @@ impl Author {
     pub fn bundle_policy_at(&mut self, name: &str, policy: &str, time: i64) -> Result<Vec<u8>> {
         let mut content = BundleContent::default();
         content.policies.insert("p".into(), policy.to_owned());
+        self.bundle_content_at(name, &content, time)
+    }
+
+    /// An update that makes bundle `name` exactly `content`.
+    pub fn bundle_content(&mut self, name: &str, content: &BundleContent) -> Result<Vec<u8>> {
+        self.bundle_content_at(name, content, 0)
+    }
+
+    fn bundle_content_at(
+        &mut self,
+        name: &str,
+        content: &BundleContent,
+        time: i64,
+    ) -> Result<Vec<u8>> {
         let actor = self.actor();
         let change = self
             .doc
-            .build_bundle(actor, name, &content, time)?
+            .build_bundle(actor, name, content, time)?
             .context("the bundle already holds that content")?;
         self.sign(&change)
     }
