@@ -7,7 +7,8 @@
 //!
 //! | method and path | answer |
 //! |---|---|
-//! | `GET /healthz` | `200 ok` |
+//! | `GET /healthz` | `200 ok` while the node task is alive; 503 once it has ended (a node whose task died is never healthy) |
+//! | `GET /readyz` | `200 ok` once the store is loaded and the node task runs; 503 otherwise |
 //! | `GET /v1/state` | the encoded `StateExport` (application/octet-stream) |
 //! | `POST /v1/updates` | `202 {"id", "status": "applied"\|"duplicate"\|"held"}` once the update is durable; `400` malformed, `422` refused, `413` too large |
 //! | `GET /v1/status` | [`Status`] as JSON |
@@ -41,6 +42,7 @@ use weft_protocol::token;
 use weft_protocol::trust::TrustRoot;
 use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 
+use crate::liveness::TaskState;
 use crate::net::{Command, Shared, SubmitError};
 
 /// The largest request body `POST /v1/updates` reads. A little over
@@ -172,12 +174,20 @@ pub struct ApiState {
     pub detect: crate::respond::DetectHandle,
     /// Decision counts and recent denies, for the dashboard and the report.
     pub decisions: Arc<crate::dashboard::DecisionLog>,
+    /// Test hook: whether `POST /v1/test/panic` is served.
+    #[doc(hidden)]
+    pub test_panic_route: bool,
 }
 
 /// The API's routes.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.test_panic_route {
+        router = router.route("/v1/test/panic", post(post_test_panic));
+    }
+    router
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/state", get(get_state))
         .route("/v1/status", get(get_status))
         .route("/v1/updates", post(post_update))
@@ -203,10 +213,22 @@ pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn node_gone() -> Response {
+/// What a request that needs the node task gets when the task is gone:
+/// stopping on request, or failed.
+fn node_gone(shared: &Shared) -> Response {
+    match shared.liveness.state() {
+        TaskState::Failed => task_failed(),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is shutting down and cannot answer",
+        ),
+    }
+}
+
+fn task_failed() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "the node is shutting down and cannot answer",
+        "the node task has stopped after a failure: this node no longer syncs or takes updates, and must be restarted",
     )
 }
 
@@ -219,12 +241,46 @@ async fn ask<T>(
         .commands
         .send(make(tx))
         .await
-        .map_err(|_| node_gone())?;
-    rx.await.map_err(|_| node_gone())
+        .map_err(|_| node_gone(&state.shared))?;
+    rx.await.map_err(|_| node_gone(&state.shared))
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `200 ok` while the node task is alive (starting or running); 503 once
+/// it has ended, whether it stopped on request or failed.
+async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
+    match state.shared.liveness.state() {
+        TaskState::Starting | TaskState::Running => "ok".into_response(),
+        TaskState::Stopped => node_gone(&state.shared),
+        TaskState::Failed => task_failed(),
+    }
+}
+
+/// `200 ok` once the store is loaded and the node task runs (the API is
+/// served only after the store is loaded); 503 before the task runs and
+/// after it has ended.
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    match state.shared.liveness.state() {
+        TaskState::Running => "ok".into_response(),
+        TaskState::Starting => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is starting: its task does not run yet",
+        ),
+        TaskState::Stopped => node_gone(&state.shared),
+        TaskState::Failed => task_failed(),
+    }
+}
+
+/// Test hook: makes the node task panic (served only when
+/// [`ApiState::test_panic_route`] is set).
+async fn post_test_panic(State(state): State<Arc<ApiState>>) -> Response {
+    match state.commands.send(Command::PanicForTest).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "status": "the node task will panic" })),
+        )
+            .into_response(),
+        Err(_) => node_gone(&state.shared),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -636,6 +636,9 @@ pub enum Command {
         /// Whether gossipsub took the message.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Test hook: the node task panics, as a bug in it would.
+    #[doc(hidden)]
+    PanicForTest,
 }
 
 /// What the node task shares with the API.
@@ -661,6 +664,8 @@ pub struct Shared {
     pub stale: Staleness,
     /// The detector's recent alerts and counters.
     pub anomalies: Arc<crate::anomaly::AnomalyLog>,
+    /// Whether the node task runs ([`NodeTask::run`] holds its guard).
+    pub liveness: crate::liveness::Liveness,
 }
 
 /// When the state counts as stale, and what to do then.
@@ -875,8 +880,11 @@ impl NodeTask {
         }
     }
 
-    /// Runs until shutdown is signalled, then flushes the store.
+    /// Runs until shutdown is signalled, then flushes the store. While it
+    /// runs, [`Shared::liveness`] says so; if it ends any other way (a
+    /// panic), it says the task failed.
     pub(crate) async fn run(mut self) {
+        let running = self.shared.liveness.running();
         let stop_flusher = Arc::new(Notify::new());
         let flusher = tokio::spawn(flush_when_asked(
             self.store.clone(),
@@ -934,6 +942,7 @@ impl NodeTask {
             tracing::error!(%err, "flushing the store at shutdown failed");
         }
         tracing::info!("node stopped");
+        running.stopped_on_request();
     }
 
     fn check_root(&self) {
@@ -1201,6 +1210,7 @@ impl NodeTask {
                     .map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
+            Command::PanicForTest => panic!("the node task was asked to panic (test hook)"),
         }
     }
 
