@@ -98,6 +98,8 @@ pub struct NodeOptions {
     pub audit: AuditConfig,
     /// Anomaly detection and the quarantines it may issue.
     pub response: crate::respond::ResponseConfig,
+    /// How many libp2p connections the node accepts.
+    pub connections: crate::limits::ConnectionLimits,
     /// The runtimes that serve the HTTP API, when it should not be the one
     /// `spawn_node` is called on; each serves the same listening socket.
     /// `weft node run` gives the API single-threaded runtimes of its own,
@@ -133,6 +135,7 @@ impl NodeOptions {
             stale: net::Staleness::default(),
             audit: AuditConfig::default(),
             response: crate::respond::ResponseConfig::default(),
+            connections: crate::limits::ConnectionLimits::default(),
             api_runtimes: Vec::new(),
             test_panic_route: false,
         }
@@ -431,8 +434,13 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
 
     let keypair = net::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
     let peer_id = keypair.public().to_peer_id();
-    let mut swarm = net::build_swarm(keypair, &IdentTopic::new(TOPIC), shared.traffic.clone())
-        .map_err(|e| anyhow!(e))?;
+    let mut swarm = net::build_swarm(
+        keypair,
+        &IdentTopic::new(TOPIC),
+        shared.traffic.clone(),
+        &opts.connections,
+    )
+    .map_err(|e| anyhow!(e))?;
     let mut listeners = Vec::new();
     for addr in &opts.listen {
         let id = swarm
@@ -684,6 +692,12 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         weft_protocol::time::parse_duration(&config.audit_checkpoint_every)
             .map_err(|e| anyhow!("audit_checkpoint_every in {}: {e}", dir.config().display()))?,
     );
+    opts.connections = crate::limits::ConnectionLimits {
+        max_connections: config.max_connections,
+        per_peer: config.max_connections_per_peer,
+        per_ip: config.max_connections_per_ip,
+        pending_incoming: config.max_pending_incoming,
+    };
     opts.test_panic_route = std::env::var(TEST_PANIC_HOOK_ENV).is_ok_and(|v| v == "1");
     opts.peers = config
         .peers

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod evidence;
 pub mod keyfile;
 pub mod layout;
+pub mod limits;
 pub mod liveness;
 pub mod metrics;
 pub mod net;

@@ -2,9 +2,11 @@
 //! the swarm and the store, and carries out every effect the replica asks for.
 //!
 //! # The swarm
-//! TCP, Noise and Yamux, with four behaviours:
+//! TCP, Noise and Yamux, with these behaviours:
 //! - an allow/block list, which refuses connections from banned peers (and,
 //!   for tests, from peers cut off by a simulated partition);
+//! - connection limits: in all, per peer, per remote IP address and in
+//!   their handshake ([`crate::limits`]);
 //! - gossipsub on [`TOPIC`] with manual validation: a message is forwarded
 //!   only after the replica has verified the operator signatures on it
 //!   ([`Verdict::Accept`]); a forged one is rejected ([`Verdict::Reject`]) and
@@ -57,8 +59,8 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, identity, noise, tcp,
-    yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
+    identity, noise, tcp, yamux,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -239,6 +241,11 @@ pub(crate) struct Behaviour {
     /// Refuses connections from banned (and partitioned) peers. First, so a
     /// refused connection never reaches the others.
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Refuses connections past the total, per-peer and pending-incoming
+    /// limits ([`crate::limits`]).
+    limits: connection_limits::Behaviour,
+    /// Refuses inbound connections from an address that holds its limit.
+    per_ip: crate::limits::PerIpLimit,
     /// Gossip of signed updates.
     gossipsub: gossipsub::Behaviour,
     /// Anti-entropy sync.
@@ -377,6 +384,7 @@ pub fn peer_score(topic: &IdentTopic) -> (PeerScoreParams, PeerScoreThresholds) 
 fn build_behaviour(
     key: &identity::Keypair,
     topic: &IdentTopic,
+    limits: &crate::limits::ConnectionLimits,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let mut gossipsub =
         gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossipsub_config()?)?;
@@ -395,6 +403,8 @@ fn build_behaviour(
     ));
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(limits.libp2p()),
+        per_ip: crate::limits::PerIpLimit::new(limits.per_ip),
         gossipsub,
         sync,
         identify,
@@ -537,18 +547,20 @@ fn counted_tcp(
 }
 
 /// Builds the swarm: TCP (with `nodelay`, its bytes counted into
-/// `traffic`), Noise, Yamux, and [`Behaviour`].
+/// `traffic`), Noise, Yamux, and [`Behaviour`] with these connection
+/// `limits`.
 pub(crate) fn build_swarm(
     key: identity::Keypair,
     topic: &IdentTopic,
     traffic: Arc<Traffic>,
+    limits: &crate::limits::ConnectionLimits,
 ) -> Result<Swarm<Behaviour>, String> {
     let topic = topic.clone();
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| counted_tcp(key, traffic))
         .map_err(|e| format!("cannot set up the TCP transport: {e}"))?
-        .with_behaviour(|key| build_behaviour(key, &topic))
+        .with_behaviour(|key| build_behaviour(key, &topic, limits))
         .map_err(|e| format!("cannot set up the network behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build())
@@ -1280,6 +1292,13 @@ impl NodeTask {
                         t.backoff = (t.backoff * 2).min(REDIAL_MAX);
                     }
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(addr = %send_back_addr, %error, "incoming connection refused or failed");
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");

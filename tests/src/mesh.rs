@@ -117,10 +117,13 @@ impl Fixture {
     }
 
     /// Options for a node in `dir` with quick timers (anti-entropy every
-    /// second, two seconds to present a certificate) and these peers.
+    /// second, two seconds to present a certificate), no limit on
+    /// connections per IP address (every node is on 127.0.0.1), and these
+    /// peers.
     pub fn options(&self, dir: PathBuf, peers: &[Multiaddr]) -> NodeOptions {
         let mut o = NodeOptions::new(dir);
         o.peers = peers.to_vec();
+        o.connections.per_ip = 0;
         o.replica = ReplicaConfig {
             anti_entropy_interval_ms: 1_000,
             admission_timeout_ms: 2_000,
