@@ -165,11 +165,13 @@ impl IpCounter {
     }
 }
 
-/// The IP address a multiaddr starts with, if it starts with one.
+/// The IP address a multiaddr starts with, if it starts with one; an
+/// IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4
+/// client) as the IPv4 address it maps, so both count as one address.
 fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     match addr.iter().next()? {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip).to_canonical()),
         _ => None,
     }
 }
@@ -338,6 +340,12 @@ mod tests {
         );
         b.handle_pending_inbound_connection(id(4), &local, &other)
             .unwrap();
+        // The same IPv4 address seen through a dual-stack listener.
+        let mapped: Multiaddr = "/ip6/::ffff:10.0.0.1/tcp/5001".parse().unwrap();
+        assert!(
+            b.handle_pending_inbound_connection(id(7), &local, &mapped)
+                .is_err()
+        );
         // Addresses that are not IP are not limited.
         let memory: Multiaddr = "/memory/1".parse().unwrap();
         b.handle_pending_inbound_connection(id(5), &local, &memory)
