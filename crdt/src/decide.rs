@@ -1,6 +1,12 @@
 //! The pure decision function: `decide(view, request) -> Decision`.
 //!
 //! Order of checks:
+//! 0. **Request entities.** A request may bring entities of its own, but
+//!    only new ones: one that a bundle defines, or that a stored entity has
+//!    as an ancestor (defined or only named as a parent), is refused
+//!    ([`check_request_entities`]), since it would give stored entities
+//!    ancestors the bundles do not give them. The answer is deny with the
+//!    reason.
 //! 1. **Revocation.** If the principal or the resource, or any of their
 //!    ancestors (from the bundles' entities and the request's), is revoked, the
 //!    answer is deny with `revoked: true`, whatever the policies say.
@@ -85,6 +91,45 @@ impl Request {
     pub fn cedar(&self) -> &CedarRequest {
         &self.cedar
     }
+}
+
+/// Why a request's own entities are refused ([`check_request_entities`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestEntityError {
+    /// The request defines an entity that a bundle defines.
+    #[error(
+        "request entity {0} is defined by the policy bundles: a request may add new entities but not redefine stored ones"
+    )]
+    Redefines(String),
+    /// The request defines an entity that a stored entity has as an
+    /// ancestor, which would change the stored entity's memberships.
+    #[error(
+        "request entity {0} is an ancestor of an entity the policy bundles define: a request may not change the memberships of stored entities"
+    )]
+    AncestorOfStored(String),
+}
+
+/// Checks that a request's own entities only add new entities to the
+/// view's: none may be an entity a bundle defines, nor a uid a stored
+/// entity has as an ancestor (a group a stored user is in, defined by a
+/// bundle or only named as a parent). Such an entity could give stored
+/// entities ancestors the signed bundles do not give them. A new entity may
+/// name stored entities as its parents. Pure, and cheap: two hash lookups
+/// per entity.
+pub fn check_request_entities(
+    view: &PolicyView,
+    entities: &[Entity],
+) -> Result<(), RequestEntityError> {
+    for e in entities {
+        let uid = e.uid();
+        if view.entities().get(&uid).is_some() {
+            return Err(RequestEntityError::Redefines(uid.to_string()));
+        }
+        if view.is_stored_ancestor(&uid) {
+            return Err(RequestEntityError::AncestorOfStored(uid.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// The answer to a [`Request`].
@@ -189,6 +234,9 @@ fn decide_with(
     let entities: &Entities = if request.entities.is_empty() {
         view.entities()
     } else {
+        if let Err(e) = check_request_entities(view, &request.entities) {
+            return Decision::deny(vec![], vec![format!("request entities rejected: {e}")]);
+        }
         match view
             .entities()
             .clone()
@@ -357,4 +405,232 @@ fn revoked_subject(view: &PolicyView, r: &crate::index::Resolved<'_>) -> Option<
         .chain(&r.resource_ancestors)
         .find(|uid| view.is_uid_revoked(uid))
         .map(ToString::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ActorId, BundleContent, PolicyDoc};
+    use std::str::FromStr as _;
+
+    fn uid(s: &str) -> EntityUid {
+        EntityUid::from_str(s).unwrap()
+    }
+
+    fn entity(json: serde_json::Value) -> Entity {
+        Entity::from_json_value(json, None).unwrap()
+    }
+
+    /// A view whose one bundle permits `Group::"admins"` and stores
+    /// `User::"bob"` in `Group::"interns"`, a group it does not define, and
+    /// `Group::"staff"`.
+    fn admins_view() -> PolicyDoc {
+        let mut b = BundleContent::default();
+        b.policies.insert(
+            "admins".into(),
+            r#"permit (principal in Group::"admins", action, resource);"#.into(),
+        );
+        b.entities = Some(
+            r#"[{"uid":{"type":"User","id":"bob"},"attrs":{},"parents":[{"type":"Group","id":"interns"}]},
+                {"uid":{"type":"Group","id":"staff"},"attrs":{},"parents":[]}]"#
+                .into(),
+        );
+        let mut doc = PolicyDoc::new();
+        doc.build_bundle(ActorId::from(vec![1u8; 40]), "t", &b, 0)
+            .unwrap();
+        doc
+    }
+
+    fn bob_asks(entities: Vec<Entity>) -> Request {
+        Request::with_context(
+            uid(r#"User::"bob""#),
+            uid(r#"Action::"view""#),
+            uid(r#"Doc::"d""#),
+            Context::empty(),
+            entities,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_cannot_put_a_stored_entity_in_a_group() {
+        let doc = admins_view();
+        let view = doc.view();
+        assert!(!decide(view, &bob_asks(vec![])).allow);
+        // The request defines the group bob's stored entity names, inside
+        // admins: bob would be an admin.
+        let interns = entity(serde_json::json!({
+            "uid": {"type": "Group", "id": "interns"},
+            "attrs": {},
+            "parents": [{"type": "Group", "id": "admins"}],
+        }));
+        for d in [
+            decide(view, &bob_asks(vec![interns.clone()])),
+            decide_full(view, &bob_asks(vec![interns])),
+        ] {
+            assert!(!d.allow, "{d:?}");
+            assert!(
+                d.errors
+                    .iter()
+                    .any(|e| e.contains(r#"Group::"interns""#) && e.contains("ancestor")),
+                "{d:?}"
+            );
+        }
+        // Redefining bob himself, inside admins.
+        let bob = entity(serde_json::json!({
+            "uid": {"type": "User", "id": "bob"},
+            "attrs": {},
+            "parents": [{"type": "Group", "id": "admins"}],
+        }));
+        let d = decide(view, &bob_asks(vec![bob]));
+        assert!(!d.allow, "{d:?}");
+        assert!(
+            d.errors
+                .iter()
+                .any(|e| e.contains(r#"User::"bob""#) && e.contains("redefine")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_may_add_new_entities_under_stored_ones() {
+        let doc = admins_view();
+        let view = doc.view();
+        // A new user in a stored group, a new group in a stored group, and a
+        // new document: none is stored or a stored entity's ancestor.
+        let new = vec![
+            entity(serde_json::json!({
+                "uid": {"type": "User", "id": "visitor"},
+                "attrs": {},
+                "parents": [{"type": "Group", "id": "staff"}, {"type": "Group", "id": "guests"}],
+            })),
+            entity(serde_json::json!({
+                "uid": {"type": "Group", "id": "guests"},
+                "attrs": {},
+                "parents": [{"type": "Group", "id": "staff"}],
+            })),
+            entity(
+                serde_json::json!({"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": []}),
+            ),
+        ];
+        assert_eq!(check_request_entities(view, &new), Ok(()));
+        let d = decide(view, &bob_asks(new));
+        assert!(!d.allow, "{d:?}");
+        assert!(d.errors.is_empty(), "{d:?}");
+        // Bob's stored group, named but not defined, is refused; so is the
+        // stored group staff.
+        let named = |t: &str, id: &str| {
+            entity(serde_json::json!({"uid": {"type": t, "id": id}, "attrs": {}, "parents": []}))
+        };
+        assert_eq!(
+            check_request_entities(view, &[named("Group", "interns")]),
+            Err(RequestEntityError::AncestorOfStored(
+                r#"Group::"interns""#.into()
+            ))
+        );
+        assert_eq!(
+            check_request_entities(view, &[named("Group", "staff")]),
+            Err(RequestEntityError::Redefines(r#"Group::"staff""#.into()))
+        );
+        // An empty view has nothing to protect.
+        assert_eq!(
+            check_request_entities(&PolicyView::default(), &[named("Group", "interns")]),
+            Ok(())
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const GROUPS: usize = 5;
+        const USERS: usize = 3;
+
+        /// A uid of the small universe: users `0..USERS`, then groups.
+        fn name(i: usize) -> (&'static str, String) {
+            if i < USERS {
+                ("User", format!("u{i}"))
+            } else {
+                ("Group", format!("g{}", i - USERS))
+            }
+        }
+
+        /// Entity JSON for universe member `i` with parents among the
+        /// groups: a group's parents are higher groups, so there is no cycle.
+        fn json(i: usize, parents: &[usize]) -> serde_json::Value {
+            let (t, id) = name(i);
+            let parents: Vec<serde_json::Value> = parents
+                .iter()
+                .filter(|g| USERS + **g > i)
+                .map(|g| serde_json::json!({"type": "Group", "id": format!("g{g}")}))
+                .collect();
+            serde_json::json!({"uid": {"type": t, "id": id}, "attrs": {}, "parents": parents})
+        }
+
+        /// Entities: each member of the universe at most once, with parents.
+        fn entities() -> impl Strategy<Value = Vec<(usize, Vec<usize>)>> {
+            prop::collection::btree_map(
+                0..USERS + GROUPS,
+                prop::collection::vec(0..GROUPS, 0..3),
+                0..5,
+            )
+            .prop_map(|m| m.into_iter().collect())
+        }
+
+        fn ancestors(entities: &Entities, uid: &EntityUid) -> BTreeSet<String> {
+            entities
+                .ancestors(uid)
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Request entities that pass the check never change what any
+            /// stored entity descends from; the ones refused are stored or
+            /// a stored entity's ancestor.
+            #[test]
+            fn accepted_request_entities_leave_stored_ancestry_alone(
+                stored in entities(),
+                asked in entities(),
+            ) {
+                let mut b = BundleContent::default();
+                b.policies.insert("p".into(), "permit (principal, action, resource);".into());
+                let stored_json: Vec<_> = stored.iter().map(|(i, p)| json(*i, p)).collect();
+                b.entities = Some(serde_json::Value::Array(stored_json).to_string());
+                let mut doc = PolicyDoc::new();
+                doc.build_bundle(ActorId::from(vec![1u8; 40]), "t", &b, 0).unwrap();
+                let view = doc.view();
+                let asked: Vec<Entity> = asked.iter().map(|(i, p)| entity(json(*i, p))).collect();
+                let stored_uids: Vec<EntityUid> = view.entities().iter().map(|e| e.uid()).collect();
+                match check_request_entities(view, &asked) {
+                    Ok(()) => {
+                        let merged = view
+                            .entities()
+                            .clone()
+                            .add_entities(asked.iter().cloned(), None)
+                            .unwrap();
+                        for u in &stored_uids {
+                            prop_assert_eq!(
+                                ancestors(view.entities(), u),
+                                ancestors(&merged, u),
+                                "{}", u
+                            );
+                        }
+                    }
+                    Err(RequestEntityError::Redefines(u)) => {
+                        prop_assert!(stored_uids.iter().any(|s| s.to_string() == u));
+                    }
+                    Err(RequestEntityError::AncestorOfStored(u)) => {
+                        prop_assert!(stored_uids
+                            .iter()
+                            .any(|s| ancestors(view.entities(), s).contains(&u)));
+                    }
+                }
+            }
+        }
+    }
 }

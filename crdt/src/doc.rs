@@ -1129,6 +1129,7 @@ impl PolicyDoc {
                 Entities::empty()
             }
         };
+        self.view.entity_ancestors = Arc::new(crate::view::ancestors_of_all(&entities));
         self.view.entities = Arc::new(entities);
         self.view.entity_errors = Arc::new(entity_errors);
     }

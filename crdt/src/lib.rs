@@ -31,7 +31,9 @@ pub mod view;
 
 pub use automerge::{ActorId, Change, ChangeHash, ScalarValue, legacy};
 pub use bundle::{BundleContent, BundleError, ParsedBundle, TemplateLink};
-pub use decide::{Decision, Request, decide, decide_at, decide_full};
+pub use decide::{
+    Decision, Request, RequestEntityError, check_request_entities, decide, decide_at, decide_full,
+};
 pub use doc::{Applied, CrdtError, PolicyDoc, Refusal};
 pub use index::{IndexedPolicy, ScopeIndex};
 pub use quarantine::{QuarantineHit, QuarantineRecord, QuarantineRules};

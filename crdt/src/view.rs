@@ -5,7 +5,7 @@
 //! a new one in atomically after each applied change while readers keep the
 //! old one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
@@ -138,6 +138,9 @@ pub struct PolicyView {
     /// Every effective policy, indexed by scope.
     pub(crate) index: ScopeIndex,
     pub(crate) entities: Arc<Entities>,
+    /// Every uid that a stored entity has as an ancestor, defined by a
+    /// bundle or only named as a parent ([`ancestors_of_all`]).
+    pub(crate) entity_ancestors: Arc<HashSet<EntityUid, crate::FastHash>>,
     pub(crate) entity_errors: Arc<Vec<String>>,
     pub(crate) revoked: imbl::OrdMap<String, Revocation>,
     /// The revoked subjects that are Cedar uids, for lookups without formatting.
@@ -160,6 +163,7 @@ impl Default for PolicyView {
             policies: Arc::new(OnceLock::new()),
             index: ScopeIndex::new(),
             entities: Arc::new(Entities::empty()),
+            entity_ancestors: Arc::default(),
             entity_errors: Arc::new(Vec::new()),
             revoked: imbl::OrdMap::new(),
             revoked_uids: imbl::GenericHashSet::default(),
@@ -258,6 +262,24 @@ fn is_plain_uid(s: &str) -> bool {
             .all(|c| (b' '..=b'~').contains(&c) && !matches!(c, b'"' | b'\\' | b'\''))
 }
 
+/// Every uid that an entity of `entities` has as an ancestor, direct or
+/// not. A parent that no entity defines is in it too: it is the uid a
+/// request's own entity would have to define to give a stored entity new
+/// ancestors ([`crate::decide::check_request_entities`]).
+pub(crate) fn ancestors_of_all(entities: &Entities) -> HashSet<EntityUid, crate::FastHash> {
+    entities
+        .iter()
+        .flat_map(|e| {
+            entities
+                .ancestors(&e.uid())
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Hex SHA-256 over the sorted heads: the state's digest.
 pub(crate) fn digest_of(heads: &[ChangeHash]) -> String {
     let mut sorted: Vec<&ChangeHash> = heads.iter().collect();
@@ -315,6 +337,12 @@ impl PolicyView {
     /// The merged entities of every bundle.
     pub fn entities(&self) -> &Entities {
         &self.entities
+    }
+
+    /// Whether a stored entity has `uid` as an ancestor (direct or not),
+    /// whether or not a bundle defines `uid`.
+    pub fn is_stored_ancestor(&self, uid: &EntityUid) -> bool {
+        self.entity_ancestors.contains(uid)
     }
 
     /// Entity uids defined by more than one bundle (the first bundle by name wins).

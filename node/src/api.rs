@@ -7,12 +7,13 @@
 //!
 //! | method and path | answer |
 //! |---|---|
-//! | `GET /healthz` | `200 ok` |
+//! | `GET /healthz` | `200 ok` while the node task is alive; 503 once it has ended (a node whose task died is never healthy) |
+//! | `GET /readyz` | `200 ok` once the store is loaded and the node task runs; 503 otherwise |
 //! | `GET /v1/state` | the encoded `StateExport` (application/octet-stream) |
 //! | `POST /v1/updates` | `202 {"id", "status": "applied"\|"duplicate"\|"held"}` once the update is durable; `400` malformed, `422` refused, `413` too large |
 //! | `GET /v1/status` | [`Status`] as JSON |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text: decisions by outcome and latency, updates applied and refused by reason, peers, sync rounds, bytes in and out, state age |
-//! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"` |
+//! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"`; `400` when `context` sets `token` or an entity of the request redefines a stored entity or one of its ancestors |
 //! | `GET /` | the live dashboard (one self-contained HTML page, see [`crate::dashboard`]) |
 //! | `GET /v1/dashboard` | [`crate::dashboard::Dashboard`] as JSON: status, bundles with signers, revocations, quarantines, decision counts, recent denies |
 //! | `GET /v1/anomalies` | `{"alerts": [], "quarantines": [{"subject", "record", "reason"}]}`: no detector runs yet, so no alerts; the active quarantines, each record parsed as JSON when it is JSON |
@@ -41,6 +42,7 @@ use weft_protocol::token;
 use weft_protocol::trust::TrustRoot;
 use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 
+use crate::liveness::TaskState;
 use crate::net::{Command, Shared, SubmitError};
 
 /// The largest request body `POST /v1/updates` reads. A little over
@@ -172,12 +174,20 @@ pub struct ApiState {
     pub detect: crate::respond::DetectHandle,
     /// Decision counts and recent denies, for the dashboard and the report.
     pub decisions: Arc<crate::dashboard::DecisionLog>,
+    /// Test hook: whether `POST /v1/test/panic` is served.
+    #[doc(hidden)]
+    pub test_panic_route: bool,
 }
 
 /// The API's routes.
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.test_panic_route {
+        router = router.route("/v1/test/panic", post(post_test_panic));
+    }
+    router
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/state", get(get_state))
         .route("/v1/status", get(get_status))
         .route("/v1/updates", post(post_update))
@@ -203,10 +213,22 @@ pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn node_gone() -> Response {
+/// What a request that needs the node task gets when the task is gone:
+/// stopping on request, or failed.
+fn node_gone(shared: &Shared) -> Response {
+    match shared.liveness.state() {
+        TaskState::Failed => task_failed(),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is shutting down and cannot answer",
+        ),
+    }
+}
+
+fn task_failed() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "the node is shutting down and cannot answer",
+        "the node task has stopped after a failure: this node no longer syncs or takes updates, and must be restarted",
     )
 }
 
@@ -219,12 +241,46 @@ async fn ask<T>(
         .commands
         .send(make(tx))
         .await
-        .map_err(|_| node_gone())?;
-    rx.await.map_err(|_| node_gone())
+        .map_err(|_| node_gone(&state.shared))?;
+    rx.await.map_err(|_| node_gone(&state.shared))
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `200 ok` while the node task is alive (starting or running); 503 once
+/// it has ended, whether it stopped on request or failed.
+async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
+    match state.shared.liveness.state() {
+        TaskState::Starting | TaskState::Running => "ok".into_response(),
+        TaskState::Stopped => node_gone(&state.shared),
+        TaskState::Failed => task_failed(),
+    }
+}
+
+/// `200 ok` once the store is loaded and the node task runs (the API is
+/// served only after the store is loaded); 503 before the task runs and
+/// after it has ended.
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    match state.shared.liveness.state() {
+        TaskState::Running => "ok".into_response(),
+        TaskState::Starting => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is starting: its task does not run yet",
+        ),
+        TaskState::Stopped => node_gone(&state.shared),
+        TaskState::Failed => task_failed(),
+    }
+}
+
+/// Test hook: makes the node task panic (served only when
+/// [`ApiState::test_panic_route`] is set).
+async fn post_test_panic(State(state): State<Arc<ApiState>>) -> Response {
+    match state.commands.send(Command::PanicForTest).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "status": "the node task will panic" })),
+        )
+            .into_response(),
+        Err(_) => node_gone(&state.shared),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
@@ -494,6 +550,12 @@ pub struct TokenCheck<'a> {
 /// Parses an authorization request into what `decide` takes. A `"token"` is
 /// verified on every call against `check`: a refused token, a bad principal
 /// in it, or a revoked token id is a deny with the reason, not an error.
+///
+/// Refused with a 400: a `context` with a `token` key (only a verified
+/// token sets `context.token`), and request entities that redefine an
+/// entity of `check.view` or define an ancestor of one
+/// ([`weft_crdt::check_request_entities`]): a request may add entities,
+/// never change what stored ones descend from.
 pub fn parse_authorize(
     req: AuthorizeRequest,
     check: TokenCheck<'_>,
@@ -519,15 +581,14 @@ pub fn parse_authorize(
     };
     let action = uid("action", &req.action)?;
     let resource = uid("resource", &req.resource)?;
-    if matches!(who, Who::Token(_))
-        && req
-            .context
-            .as_ref()
-            .and_then(|c| c.as_object())
-            .is_some_and(|c| c.contains_key("token"))
+    if req
+        .context
+        .as_ref()
+        .and_then(|c| c.as_object())
+        .is_some_and(|c| c.contains_key("token"))
     {
         return Err(bad(
-            "\"context\" may not have a \"token\" key when the request sends a token: the node sets context.token from the token's attributes".into(),
+            "\"context\" may not have a \"token\" key: the node sets context.token from a verified token's attributes".into(),
         ));
     }
     let context = match req.context {
@@ -542,6 +603,7 @@ pub fn parse_authorize(
             .into_iter()
             .collect(),
     };
+    weft_crdt::check_request_entities(check.view, &entities).map_err(|e| bad(e.to_string()))?;
     let deny = |principal: &str, error: String| Authorize::Deny {
         principal: principal.to_owned(),
         action: action.to_string(),
@@ -847,6 +909,10 @@ mod tests {
                 "may not have a \"token\" key",
             ),
             (
+                json!({"principal": "U::\"a\"", "action": "Action::\"v\"", "resource": "D::\"d\"", "context": {"token": {"team": "red"}}}),
+                "may not have a \"token\" key",
+            ),
+            (
                 json!({"action": "Action::\"v\"", "resource": "D::\"d\""}),
                 "neither \"principal\" nor \"token\"",
             ),
@@ -905,5 +971,67 @@ mod tests {
         t.expires = 1900;
         t.principal = "alice".into();
         assert!(refused(&token::issue(&t, &k)).contains("not a Cedar entity uid"));
+    }
+
+    /// A view that stores `User::"bob"` in `Group::"interns"`, a group it
+    /// does not define, and permits `Group::"admins"`.
+    fn interns_doc() -> weft_crdt::PolicyDoc {
+        let mut b = weft_crdt::BundleContent::default();
+        b.policies.insert(
+            "admins".into(),
+            r#"permit (principal in Group::"admins", action, resource);"#.into(),
+        );
+        b.entities = Some(
+            r#"[{"uid":{"type":"User","id":"bob"},"attrs":{},"parents":[{"type":"Group","id":"interns"}]}]"#
+                .into(),
+        );
+        let mut doc = weft_crdt::PolicyDoc::new();
+        doc.build_bundle(weft_crdt::ActorId::from(vec![1u8; 40]), "t", &b, 0)
+            .unwrap();
+        doc
+    }
+
+    #[test]
+    fn request_entities_may_not_be_stored_entities_or_their_ancestors() {
+        let doc = interns_doc();
+        let r = root(&SecretKey::from_seed([1; 32]));
+        let check = TokenCheck {
+            root: &r,
+            view: doc.view(),
+            now: 1500,
+        };
+        let ask = |entities: serde_json::Value| {
+            parse_authorize(
+                serde_json::from_value(json!({
+                    "principal": "User::\"bob\"",
+                    "action": "Action::\"v\"",
+                    "resource": "D::\"d\"",
+                    "entities": entities,
+                }))
+                .unwrap(),
+                check,
+            )
+        };
+        let group = |id: &str, parent: &str| json!([{"uid": {"type": "Group", "id": id}, "attrs": {}, "parents": [{"type": "Group", "id": parent}]}]);
+        for (entities, needle) in [
+            (
+                group("interns", "admins"),
+                "Group::\"interns\" is an ancestor",
+            ),
+            (
+                json!([{"uid": {"type": "User", "id": "bob"}, "attrs": {}, "parents": [{"type": "Group", "id": "admins"}]}]),
+                "User::\"bob\" is defined by the policy bundles",
+            ),
+        ] {
+            let e = ask(entities).unwrap_err();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST);
+            assert!(e.1.contains(needle), "{}", e.1);
+            assert!(!e.1.contains('\n'), "{}", e.1);
+        }
+        // A new group under a stored one is fine.
+        assert!(matches!(
+            ask(group("visitors", "interns")),
+            Ok(Authorize::Decide(_))
+        ));
     }
 }

@@ -9,7 +9,10 @@
 //! peers refuse it, which it says loudly), the store (every update verified,
 //! or loaded from the node's own snapshot), then the swarm and the HTTP API.
 //! On SIGINT or SIGTERM the API stops accepting, the node task stops, and the
-//! store is flushed before the process exits 0.
+//! store is flushed before the process exits 0. If the node task ends
+//! without being asked to (a panic), `weft node run` logs it and exits 1,
+//! so that a supervisor restarts the node, which reloads its store; until
+//! then `GET /healthz` and `GET /readyz` answer 503.
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -39,6 +42,7 @@ use crate::api::{self, ApiState, Status};
 use crate::audit::{Audit, AuditConfig, AuditEvent, AuditLog};
 use crate::keyfile;
 use crate::layout::{Config, NodeDir};
+use crate::liveness::TaskState;
 use crate::net::{self, Command, NodeTask, NodeTaskParts, Shared, TOPIC};
 use crate::store::{DEFAULT_SNAPSHOT_EVERY, Store};
 
@@ -94,6 +98,8 @@ pub struct NodeOptions {
     pub audit: AuditConfig,
     /// Anomaly detection and the quarantines it may issue.
     pub response: crate::respond::ResponseConfig,
+    /// How many libp2p connections the node accepts.
+    pub connections: crate::limits::ConnectionLimits,
     /// The runtimes that serve the HTTP API, when it should not be the one
     /// `spawn_node` is called on; each serves the same listening socket.
     /// `weft node run` gives the API single-threaded runtimes of its own,
@@ -102,7 +108,18 @@ pub struct NodeOptions {
     /// stay on one thread (no hand-off between workers). Empty (the
     /// default, for tests and the demo) serves it on the caller's runtime.
     pub api_runtimes: Vec<tokio::runtime::Handle>,
+    /// Test hook: serves `POST /v1/test/panic`, which makes the node task
+    /// panic. Off unless a test asks for it (`weft node run` turns it on
+    /// only when the environment sets [`TEST_PANIC_HOOK_ENV`] to `1`).
+    #[doc(hidden)]
+    pub test_panic_route: bool,
 }
+
+/// Test hook: when this environment variable is `1`, `weft node run`
+/// serves `POST /v1/test/panic`, which makes the node task panic, so a
+/// test can watch the process exit. Never set it on a real node.
+#[doc(hidden)]
+pub const TEST_PANIC_HOOK_ENV: &str = "WEFT_TEST_PANIC_HOOK";
 
 impl NodeOptions {
     /// Options for the node in `dir`, listening on loopback with free ports,
@@ -118,7 +135,9 @@ impl NodeOptions {
             stale: net::Staleness::default(),
             audit: AuditConfig::default(),
             response: crate::respond::ResponseConfig::default(),
+            connections: crate::limits::ConnectionLimits::default(),
             api_runtimes: Vec::new(),
+            test_panic_route: false,
         }
     }
 }
@@ -239,26 +258,49 @@ impl NodeHandle {
             .map_err(|e| anyhow!("gossipsub refused the message: {e}"))
     }
 
+    /// Test hook: makes the node task panic, as a bug in it would.
+    #[doc(hidden)]
+    pub async fn panic_node_task(&self) -> Result<()> {
+        self.commands
+            .send(Command::PanicForTest)
+            .await
+            .map_err(|_| anyhow!("the node has stopped"))
+    }
+
+    /// Waits until the node task has ended, and says how: after
+    /// [`NodeHandle::shutdown`], or because it failed (a panic).
+    pub async fn task_ended(&self) -> TaskState {
+        self.shared.liveness.ended().await
+    }
+
     /// Stops the node: the API stops accepting, the node task stops, the
-    /// store is flushed. Returns once everything has stopped.
+    /// store is flushed. Returns once everything has stopped; an error says
+    /// which task failed (the first, if several did), after every task has
+    /// been waited for.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
         drop(self.commands);
+        let mut failed = None;
         for task in self.api_tasks {
-            task.await
-                .map_err(|e| anyhow!("the API task failed: {e}"))?;
+            note_failure(&mut failed, "the API task", task.await);
         }
-        self.node_task
-            .await
-            .map_err(|e| anyhow!("the node task failed: {e}"))?;
-        self.detect_task
-            .await
-            .map_err(|e| anyhow!("the detector task failed: {e}"))?;
+        note_failure(&mut failed, "the node task", self.node_task.await);
+        note_failure(&mut failed, "the detector task", self.detect_task.await);
         drop(self.audit);
-        self.audit_task
-            .await
-            .map_err(|e| anyhow!("the audit writer failed: {e}"))?;
-        Ok(())
+        note_failure(&mut failed, "the audit writer", self.audit_task.await);
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// Keeps the first failure among the tasks a shutdown waits for.
+fn note_failure(
+    failed: &mut Option<anyhow::Error>,
+    task: &str,
+    joined: Result<(), tokio::task::JoinError>,
+) {
+    if let Err(e) = joined {
+        tracing::error!(%e, "{task} failed");
+        failed.get_or_insert_with(|| anyhow!("{task} failed: {e}"));
     }
 }
 
@@ -387,13 +429,19 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         cert: cert.clone(),
         stale: opts.stale,
         anomalies: Arc::default(),
+        liveness: Default::default(),
     });
     let replica = Replica::new(state, node_id, cert, opts.replica.clone());
 
     let keypair = net::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
     let peer_id = keypair.public().to_peer_id();
-    let mut swarm = net::build_swarm(keypair, &IdentTopic::new(TOPIC), shared.traffic.clone())
-        .map_err(|e| anyhow!(e))?;
+    let mut swarm = net::build_swarm(
+        keypair,
+        &IdentTopic::new(TOPIC),
+        shared.traffic.clone(),
+        &opts.connections,
+    )
+    .map_err(|e| anyhow!(e))?;
     let mut listeners = Vec::new();
     for addr in &opts.listen {
         let id = swarm
@@ -508,6 +556,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         audit: audit.clone(),
         detect,
         decisions: Arc::new(crate::dashboard::DecisionLog::new()),
+        test_panic_route: opts.test_panic_route,
     }));
     let mut api_tasks = Vec::with_capacity(api_runtimes.len());
     for rt in &api_runtimes {
@@ -645,6 +694,13 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         weft_protocol::time::parse_duration(&config.audit_checkpoint_every)
             .map_err(|e| anyhow!("audit_checkpoint_every in {}: {e}", dir.config().display()))?,
     );
+    opts.connections = crate::limits::ConnectionLimits {
+        max_connections: config.max_connections,
+        per_peer: config.max_connections_per_peer,
+        per_ip: config.max_connections_per_ip,
+        pending_incoming: config.max_pending_incoming,
+    };
+    opts.test_panic_route = std::env::var(TEST_PANIC_HOOK_ENV).is_ok_and(|v| v == "1");
     opts.peers = config
         .peers
         .iter()
@@ -681,7 +737,28 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        wait_for_signal().await?;
+        // A node whose task has died must not go on answering as if it
+        // were whole: it exits, and a supervisor starts it again from its
+        // store.
+        let task_ended = tokio::select! {
+            signal = wait_for_signal() => {
+                signal?;
+                false
+            }
+            _ = node.task_ended() => true,
+        };
+        if task_ended {
+            tracing::error!(
+                "the node task ended without being asked to: exiting so that a supervisor restarts the node"
+            );
+            let why = match node.shutdown().await {
+                Err(e) => format!("{e:#}"),
+                Ok(()) => "it returned".to_owned(),
+            };
+            bail!(
+                "the node task ended without being asked to ({why}): exiting so that a supervisor can restart the node, which reloads its store"
+            );
+        }
         tracing::info!("shutting down");
         node.shutdown().await?;
         Ok::<_, anyhow::Error>(())

@@ -400,6 +400,8 @@ async fn start_nodes(
             .with_context(|| format!("cannot set up node {i}"))?;
         let mut opts = NodeOptions::new(dir);
         opts.peers = nodes.iter().map(|h| h.listen_addrs()[0].clone()).collect();
+        // Every node of the demo is on 127.0.0.1: one address for all.
+        opts.connections.per_ip = 0;
         opts.replica = ReplicaConfig {
             anti_entropy_interval_ms: 1_000,
             admission_timeout_ms: 2_000,

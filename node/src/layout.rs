@@ -111,6 +111,23 @@ pub struct Config {
     /// and its share of the connections. Default 0: one per core the
     /// process may run on.
     pub api_threads: usize,
+    /// Established libp2p connections in all, inbound and outbound (0: no
+    /// limit). Default 256 ([`crate::limits::DEFAULT_MAX_CONNECTIONS`]
+    /// says why).
+    pub max_connections: u32,
+    /// Established libp2p connections with one peer (0: no limit).
+    /// Default 2: a node needs one, and two nodes that dial each other at
+    /// once briefly hold two.
+    pub max_connections_per_peer: u32,
+    /// Inbound libp2p connections, established or in their handshake, from
+    /// one remote IP address (0: no limit). Default 8: room for a few nodes
+    /// behind one NAT address, while one host minting peer ids holds at
+    /// most 8 of the 256 slots. Meshes run on one host need more.
+    pub max_connections_per_ip: u32,
+    /// Inbound libp2p connections in their handshake at once (0: no
+    /// limit). Default 64: an honest mesh has a few; it bounds the CPU a
+    /// flood of handshakes takes.
+    pub max_pending_incoming: u32,
 }
 
 impl Default for Config {
@@ -128,6 +145,10 @@ impl Default for Config {
             quarantine_on_alert: true,
             quarantine_ttl: "15m".into(),
             api_threads: 0,
+            max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_pending_incoming: crate::limits::DEFAULT_MAX_PENDING_INCOMING,
         }
     }
 }
@@ -179,7 +200,13 @@ impl Config {
              # how long such a quarantine lasts (at most the trust root's maximum)\n\
              quarantine_ttl = {:?}\n\
              # threads serving the HTTP API (0: one per core)\n\
-             api_threads = {}\n",
+             api_threads = {}\n\
+             # libp2p connections: in all, per peer, per remote IP address (inbound),\n\
+             # and inbound ones still in their handshake (0 turns a limit off)\n\
+             max_connections = {}\n\
+             max_connections_per_peer = {}\n\
+             max_connections_per_ip = {}\n\
+             max_pending_incoming = {}\n",
             self.listen,
             self.api,
             self.stale_after,
@@ -193,7 +220,11 @@ impl Config {
             self.detect,
             self.quarantine_on_alert,
             self.quarantine_ttl,
-            self.api_threads
+            self.api_threads,
+            self.max_connections,
+            self.max_connections_per_peer,
+            self.max_connections_per_ip,
+            self.max_pending_incoming
         )
     }
 }
@@ -208,6 +239,8 @@ mod tests {
         c.peers.push("/ip4/127.0.0.1/tcp/7201".into());
         c.on_stale = OnStale::Deny;
         c.api_threads = 3;
+        c.max_connections_per_ip = 0;
+        c.max_pending_incoming = 5;
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();

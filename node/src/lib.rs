@@ -13,6 +13,8 @@ pub mod detect;
 pub mod evidence;
 pub mod keyfile;
 pub mod layout;
+pub mod limits;
+pub mod liveness;
 pub mod metrics;
 pub mod net;
 pub mod report;

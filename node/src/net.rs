@@ -2,9 +2,11 @@
 //! the swarm and the store, and carries out every effect the replica asks for.
 //!
 //! # The swarm
-//! TCP, Noise and Yamux, with four behaviours:
+//! TCP, Noise and Yamux, with these behaviours:
 //! - an allow/block list, which refuses connections from banned peers (and,
 //!   for tests, from peers cut off by a simulated partition);
+//! - connection limits: in all, per peer, per remote IP address and in
+//!   their handshake ([`crate::limits`]);
 //! - gossipsub on [`TOPIC`] with manual validation: a message is forwarded
 //!   only after the replica has verified the operator signatures on it
 //!   ([`Verdict::Accept`]); a forged one is rejected ([`Verdict::Reject`]) and
@@ -57,8 +59,8 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, identity, noise, tcp,
-    yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
+    identity, noise, tcp, yamux,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -239,6 +241,11 @@ pub(crate) struct Behaviour {
     /// Refuses connections from banned (and partitioned) peers. First, so a
     /// refused connection never reaches the others.
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Refuses connections past the total, per-peer and pending-incoming
+    /// limits ([`crate::limits`]).
+    limits: connection_limits::Behaviour,
+    /// Refuses inbound connections from an address that holds its limit.
+    per_ip: crate::limits::PerIpLimit,
     /// Gossip of signed updates.
     gossipsub: gossipsub::Behaviour,
     /// Anti-entropy sync.
@@ -377,6 +384,7 @@ pub fn peer_score(topic: &IdentTopic) -> (PeerScoreParams, PeerScoreThresholds) 
 fn build_behaviour(
     key: &identity::Keypair,
     topic: &IdentTopic,
+    limits: &crate::limits::ConnectionLimits,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let mut gossipsub =
         gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossipsub_config()?)?;
@@ -395,6 +403,8 @@ fn build_behaviour(
     ));
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(limits.libp2p()),
+        per_ip: crate::limits::PerIpLimit::new(limits.per_ip),
         gossipsub,
         sync,
         identify,
@@ -537,18 +547,20 @@ fn counted_tcp(
 }
 
 /// Builds the swarm: TCP (with `nodelay`, its bytes counted into
-/// `traffic`), Noise, Yamux, and [`Behaviour`].
+/// `traffic`), Noise, Yamux, and [`Behaviour`] with these connection
+/// `limits`.
 pub(crate) fn build_swarm(
     key: identity::Keypair,
     topic: &IdentTopic,
     traffic: Arc<Traffic>,
+    limits: &crate::limits::ConnectionLimits,
 ) -> Result<Swarm<Behaviour>, String> {
     let topic = topic.clone();
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| counted_tcp(key, traffic))
         .map_err(|e| format!("cannot set up the TCP transport: {e}"))?
-        .with_behaviour(|key| build_behaviour(key, &topic))
+        .with_behaviour(|key| build_behaviour(key, &topic, limits))
         .map_err(|e| format!("cannot set up the network behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build())
@@ -636,6 +648,9 @@ pub enum Command {
         /// Whether gossipsub took the message.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Test hook: the node task panics, as a bug in it would.
+    #[doc(hidden)]
+    PanicForTest,
 }
 
 /// What the node task shares with the API.
@@ -661,6 +676,8 @@ pub struct Shared {
     pub stale: Staleness,
     /// The detector's recent alerts and counters.
     pub anomalies: Arc<crate::anomaly::AnomalyLog>,
+    /// Whether the node task runs ([`NodeTask::run`] holds its guard).
+    pub liveness: crate::liveness::Liveness,
 }
 
 /// When the state counts as stale, and what to do then.
@@ -879,8 +896,11 @@ impl NodeTask {
         }
     }
 
-    /// Runs until shutdown is signalled, then flushes the store.
+    /// Runs until shutdown is signalled, then flushes the store. While it
+    /// runs, [`Shared::liveness`] says so; if it ends any other way (a
+    /// panic), it says the task failed.
     pub(crate) async fn run(mut self) {
+        let running = self.shared.liveness.running();
         let stop_flusher = Arc::new(Notify::new());
         let flusher = tokio::spawn(flush_when_asked(
             self.store.clone(),
@@ -938,6 +958,7 @@ impl NodeTask {
             tracing::error!(%err, "flushing the store at shutdown failed");
         }
         tracing::info!("node stopped");
+        running.stopped_on_request();
     }
 
     fn check_root(&self) {
@@ -1253,6 +1274,7 @@ impl NodeTask {
                     .map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
+            Command::PanicForTest => panic!("the node task was asked to panic (test hook)"),
         }
     }
 
@@ -1322,6 +1344,13 @@ impl NodeTask {
                         t.backoff = (t.backoff * 2).min(REDIAL_MAX);
                     }
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(addr = %send_back_addr, %error, "incoming connection refused or failed");
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");

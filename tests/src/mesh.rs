@@ -118,10 +118,13 @@ impl Fixture {
     }
 
     /// Options for a node in `dir` with quick timers (anti-entropy every
-    /// second, two seconds to present a certificate) and these peers.
+    /// second, two seconds to present a certificate), no limit on
+    /// connections per IP address (every node is on 127.0.0.1), and these
+    /// peers.
     pub fn options(&self, dir: PathBuf, peers: &[Multiaddr]) -> NodeOptions {
         let mut o = NodeOptions::new(dir);
         o.peers = peers.to_vec();
+        o.connections.per_ip = 0;
         o.replica = ReplicaConfig {
             anti_entropy_interval_ms: 1_000,
             admission_timeout_ms: 2_000,
@@ -229,10 +232,24 @@ impl Author {
     pub fn bundle_policy_at(&mut self, name: &str, policy: &str, time: i64) -> Result<Vec<u8>> {
         let mut content = BundleContent::default();
         content.policies.insert("p".into(), policy.to_owned());
+        self.bundle_content_at(name, &content, time)
+    }
+
+    /// An update that makes bundle `name` exactly `content`.
+    pub fn bundle_content(&mut self, name: &str, content: &BundleContent) -> Result<Vec<u8>> {
+        self.bundle_content_at(name, content, 0)
+    }
+
+    fn bundle_content_at(
+        &mut self,
+        name: &str,
+        content: &BundleContent,
+        time: i64,
+    ) -> Result<Vec<u8>> {
         let actor = self.actor();
         let change = self
             .doc
-            .build_bundle(actor, name, &content, time)?
+            .build_bundle(actor, name, content, time)?
             .context("the bundle already holds that content")?;
         self.sign(&change)
     }
