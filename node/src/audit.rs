@@ -37,7 +37,8 @@
 //! # Checkpoints
 //! Every [`AuditConfig::checkpoint_every`] (if the chain grew), the writer
 //! signs a checkpoint of the head with the node's key, keeps it, flushes, and
-//! has the node task gossip it on [`AUDIT_TOPIC`]. Peers verify and keep the
+//! has the node task gossip it on [`AUDIT_TOPIC`], with the node's
+//! certificate ([`weft_protocol::audit::CheckpointGossip`]). Peers verify and keep the
 //! newest [`MAX_PEER_CHECKPOINTS`] of each node, so a node that later rewrites
 //! or truncates its log is caught by `weft audit verify --peer-dir` against
 //! any of them.
@@ -57,7 +58,7 @@ use weft_protocol::audit::{
 use weft_protocol::identity::{NodeId, SecretKey};
 
 /// The gossipsub topic of audit checkpoints.
-pub const AUDIT_TOPIC: &str = "weft/audit/v1";
+pub const AUDIT_TOPIC: &str = "weft/audit/v2";
 
 /// Checkpoints kept per peer. At the default interval (30 s) that is about
 /// two hours of one peer's history at full rate; older ones are dropped

@@ -64,12 +64,12 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weft_crdt::{ChangeHash, PolicyView};
-use weft_protocol::audit::SignedCheckpoint;
+use weft_protocol::audit::{CheckpointGossip, SignedCheckpoint};
 use weft_protocol::export::StateExport;
 use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::replica::{Input, Output, Replica, Timer, Verdict};
 use weft_protocol::state::Ingested;
-use weft_protocol::trust::TrustRoot;
+use weft_protocol::trust::{SignedNodeCert, TrustRoot};
 use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 use weft_protocol::wire::{MAX_WIRE_BYTES, SyncRequest, SyncResponse};
 
@@ -1059,8 +1059,18 @@ impl NodeTask {
         }
     }
 
-    /// Gossips one of this node's audit checkpoints.
-    fn publish_checkpoint(&mut self, bytes: Vec<u8>) {
+    /// Gossips one of this node's audit checkpoints (encoded
+    /// `SignedCheckpoint`), with the node's certificate. A node without a
+    /// certificate has no admitted peers to keep it, so it gossips none.
+    fn publish_checkpoint(&mut self, signed: Vec<u8>) {
+        let (Ok(checkpoint), Ok(cert)) = (
+            SignedCheckpoint::from_bytes(&signed),
+            SignedNodeCert::from_bytes(&self.shared.cert),
+        ) else {
+            tracing::debug!("no certificate: the audit checkpoint is not gossiped");
+            return;
+        };
+        let bytes = CheckpointGossip { checkpoint, cert }.to_bytes();
         let topic = self.audit_topic.clone();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
             Ok(_) | Err(PublishError::NoPeersSubscribedToTopic | PublishError::Duplicate) => {}
@@ -1070,7 +1080,9 @@ impl NodeTask {
 
     /// A peer's audit checkpoint: verified, kept, and forwarded only if good.
     fn on_checkpoint(&mut self, id: &MessageId, source: &PeerId, data: &[u8]) {
-        let verdict = match SignedCheckpoint::from_bytes(data).and_then(|s| Ok((s.verify()?, s))) {
+        let verdict = match CheckpointGossip::from_bytes(data)
+            .and_then(|g| Ok((g.checkpoint.verify()?, g.checkpoint)))
+        {
             Ok((cp, _)) if cp.node == self.shared.node_id => MessageAcceptance::Ignore,
             Ok((cp, signed)) => match self.audit_log.put_peer_checkpoint(&cp, &signed) {
                 Ok(true) => {

@@ -32,6 +32,7 @@ use thiserror::Error;
 use crate::encoding::{self, DecodeError, Kind};
 use crate::identity::{Domain, NodeId, SecretKey, Signature, SignatureError};
 use crate::time::format_timestamp;
+use crate::trust::SignedNodeCert;
 
 /// A record's hash, and the chain's head.
 pub type ChainHash = [u8; 32];
@@ -46,6 +47,11 @@ pub const MAX_EVENT_LEN: usize = 16 * 1024;
 /// The largest encoded [`SignedCheckpoint`]: a checkpoint is about 150
 /// bytes, so anything much larger is malformed and refused before decoding.
 pub const MAX_CHECKPOINT_LEN: usize = 512;
+
+/// The largest encoded [`CheckpointGossip`]: a signed checkpoint and a node
+/// certificate are each a few hundred bytes (a certificate's name is at most
+/// 64), so anything much larger is malformed and refused before decoding.
+pub const MAX_CHECKPOINT_GOSSIP_LEN: usize = 4096;
 
 /// Length of a stored record's fixed part: `prev`, `hash`, `at_ms`.
 const RECORD_HEADER_LEN: usize = 32 + 32 + 8;
@@ -216,6 +222,33 @@ impl SignedCheckpoint {
             .public_key()
             .verify(Domain::AuditCheckpoint, &self.body, &self.sig)?;
         Ok(cp)
+    }
+}
+
+/// A checkpoint as gossiped: the signed checkpoint and the certificate of
+/// its node, so that a peer that never met the node (gossip travels over
+/// several hops) can check that the node belongs to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointGossip {
+    /// The checkpoint, signed by its node.
+    pub checkpoint: SignedCheckpoint,
+    /// The node's admission certificate.
+    pub cert: SignedNodeCert,
+}
+
+impl CheckpointGossip {
+    /// The canonical encoding (what is gossiped).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encoding::encode(Kind::CheckpointGossip, self)
+    }
+
+    /// Decodes a gossiped checkpoint; no signature is checked.
+    pub fn from_bytes(bytes: &[u8]) -> Result<CheckpointGossip, AuditError> {
+        Ok(encoding::decode(
+            Kind::CheckpointGossip,
+            bytes,
+            MAX_CHECKPOINT_GOSSIP_LEN,
+        )?)
     }
 }
 
@@ -652,6 +685,48 @@ mod tests {
         assert!(matches!(forged.verify(), Err(AuditError::Signature(_))));
         // Oversized bytes are refused before decoding.
         assert!(SignedCheckpoint::from_bytes(&vec![0u8; MAX_CHECKPOINT_LEN + 1]).is_err());
+    }
+
+    fn cert_for(node: NodeId, issuer: &SecretKey, expires: u64) -> SignedNodeCert {
+        SignedNodeCert::sign(
+            &crate::trust::NodeCert {
+                node,
+                name: "edge-1".into(),
+                issuer: issuer.public(),
+                issued: 1_000,
+                expires,
+            },
+            issuer,
+        )
+    }
+
+    #[test]
+    fn a_gossiped_checkpoint_carries_its_certificate() {
+        let (key, id) = node();
+        let c = chain(3);
+        let signed = SignedCheckpoint::sign(
+            &Checkpoint {
+                node: id,
+                seq: 3,
+                head: c[2].hash,
+                at_ms: 5_000,
+            },
+            &key,
+        );
+        let gossip = CheckpointGossip {
+            checkpoint: signed.clone(),
+            cert: cert_for(id, &SecretKey::from_seed([1; 32]), 10_000),
+        };
+        let bytes = gossip.to_bytes();
+        assert!(
+            bytes.len() < MAX_CHECKPOINT_GOSSIP_LEN / 4,
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(CheckpointGossip::from_bytes(&bytes).unwrap(), gossip);
+        // A bare signed checkpoint is not one, nor is anything oversized.
+        assert!(CheckpointGossip::from_bytes(&signed.to_bytes()).is_err());
+        assert!(CheckpointGossip::from_bytes(&vec![0u8; MAX_CHECKPOINT_GOSSIP_LEN + 1]).is_err());
     }
 
     #[test]
