@@ -1078,24 +1078,30 @@ impl NodeTask {
         }
     }
 
-    /// A peer's audit checkpoint: verified, kept, and forwarded only if good.
+    /// A peer's audit checkpoint: kept and forwarded only if it comes from
+    /// an admitted peer and verifies, with a valid certificate of its node
+    /// (see [`crate::audit::AuditLog::receive_checkpoint`]); rejected if
+    /// forged.
     fn on_checkpoint(&mut self, id: &MessageId, source: &PeerId, data: &[u8]) {
-        let verdict = match CheckpointGossip::from_bytes(data)
-            .and_then(|g| Ok((g.checkpoint.verify()?, g.checkpoint)))
-        {
-            Ok((cp, _)) if cp.node == self.shared.node_id => MessageAcceptance::Ignore,
-            Ok((cp, signed)) => match self.audit_log.put_peer_checkpoint(&cp, &signed) {
-                Ok(true) => {
-                    tracing::debug!(node = %cp.node, seq = cp.seq, "kept a peer's audit checkpoint");
-                    MessageAcceptance::Accept
-                }
-                Ok(false) => MessageAcceptance::Ignore,
-                Err(err) => {
-                    tracing::error!(%err, "storing a peer's audit checkpoint failed");
-                    MessageAcceptance::Ignore
-                }
-            },
-            Err(err) => {
+        let view = self.shared.view.load();
+        let revoked = |node: &NodeId| view.revocation(&node.to_string()).is_some();
+        let arrival = crate::audit::Arrival {
+            from_admitted: self.replica.admitted_peers().any(|(p, _)| p == source),
+            root: self.replica.state().root(),
+            now_ms: now_ms(),
+            own: self.shared.node_id,
+            revoked: &revoked,
+        };
+        let verdict = match self.audit_log.receive_checkpoint(data, &arrival) {
+            crate::audit::Received::Kept(cp) => {
+                tracing::debug!(node = %cp.node, seq = cp.seq, "kept a peer's audit checkpoint");
+                MessageAcceptance::Accept
+            }
+            crate::audit::Received::Ignored(why) => {
+                tracing::debug!(peer = %source, why, "ignoring an audit checkpoint");
+                MessageAcceptance::Ignore
+            }
+            crate::audit::Received::Refused(err) => {
                 tracing::warn!(peer = %source, %err, "refusing an audit checkpoint");
                 MessageAcceptance::Reject
             }
