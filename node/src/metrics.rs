@@ -56,6 +56,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     audit_waits: Counter,
     audit_peer_checkpoints: Gauge,
+    audit_checkpoints_refused: Counter,
     anomaly_alerts: Counter,
     quarantines_issued: Counter,
     quarantines_active: Gauge,
@@ -95,6 +96,7 @@ impl Metrics {
             audit_dropped: Counter::default(),
             audit_waits: Counter::default(),
             audit_peer_checkpoints: Gauge::default(),
+            audit_checkpoints_refused: Counter::default(),
             anomaly_alerts: Counter::default(),
             quarantines_issued: Counter::default(),
             quarantines_active: Gauge::default(),
@@ -186,6 +188,11 @@ impl Metrics {
             m.audit_peer_checkpoints.clone(),
         );
         r.register(
+            "audit_checkpoints_refused",
+            "Gossiped audit checkpoints refused: forged, malformed, or of a node without a valid certificate",
+            m.audit_checkpoints_refused.clone(),
+        );
+        r.register(
             "anomaly_alerts",
             "Anomaly alerts this node's detector raised",
             m.anomaly_alerts.clone(),
@@ -269,6 +276,10 @@ impl Metrics {
         raise(&self.audit_waits, status.audit.waits);
         self.audit_peer_checkpoints
             .set(status.audit.peer_checkpoints as i64);
+        raise(
+            &self.audit_checkpoints_refused,
+            status.audit.checkpoints_refused,
+        );
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         encode(&mut out, &registry).expect("writing to a String cannot fail");

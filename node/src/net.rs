@@ -66,12 +66,12 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use weft_crdt::{ChangeHash, PolicyView};
-use weft_protocol::audit::SignedCheckpoint;
+use weft_protocol::audit::{CheckpointGossip, SignedCheckpoint};
 use weft_protocol::export::StateExport;
 use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::replica::{Input, Output, Replica, Timer, Verdict};
 use weft_protocol::state::Ingested;
-use weft_protocol::trust::TrustRoot;
+use weft_protocol::trust::{SignedNodeCert, TrustRoot};
 use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 use weft_protocol::wire::{MAX_WIRE_BYTES, SyncRequest, SyncResponse};
 
@@ -1137,8 +1137,18 @@ impl NodeTask {
         });
     }
 
-    /// Gossips one of this node's audit checkpoints.
-    fn publish_checkpoint(&mut self, bytes: Vec<u8>) {
+    /// Gossips one of this node's audit checkpoints (encoded
+    /// `SignedCheckpoint`), with the node's certificate. A node without a
+    /// certificate has no admitted peers to keep it, so it gossips none.
+    fn publish_checkpoint(&mut self, signed: Vec<u8>) {
+        let (Ok(checkpoint), Ok(cert)) = (
+            SignedCheckpoint::from_bytes(&signed),
+            SignedNodeCert::from_bytes(&self.shared.cert),
+        ) else {
+            tracing::debug!("no certificate: the audit checkpoint is not gossiped");
+            return;
+        };
+        let bytes = CheckpointGossip { checkpoint, cert }.to_bytes();
         let topic = self.audit_topic.clone();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
             Ok(_) | Err(PublishError::NoPeersSubscribedToTopic | PublishError::Duplicate) => {}
@@ -1146,22 +1156,30 @@ impl NodeTask {
         }
     }
 
-    /// A peer's audit checkpoint: verified, kept, and forwarded only if good.
+    /// A peer's audit checkpoint: kept and forwarded only if it comes from
+    /// an admitted peer and verifies, with a valid certificate of its node
+    /// (see [`crate::audit::AuditLog::receive_checkpoint`]); rejected if
+    /// forged.
     fn on_checkpoint(&mut self, id: &MessageId, source: &PeerId, data: &[u8]) {
-        let verdict = match SignedCheckpoint::from_bytes(data).and_then(|s| Ok((s.verify()?, s))) {
-            Ok((cp, _)) if cp.node == self.shared.node_id => MessageAcceptance::Ignore,
-            Ok((cp, signed)) => match self.audit_log.put_peer_checkpoint(&cp, &signed) {
-                Ok(true) => {
-                    tracing::debug!(node = %cp.node, seq = cp.seq, "kept a peer's audit checkpoint");
-                    MessageAcceptance::Accept
-                }
-                Ok(false) => MessageAcceptance::Ignore,
-                Err(err) => {
-                    tracing::error!(%err, "storing a peer's audit checkpoint failed");
-                    MessageAcceptance::Ignore
-                }
-            },
-            Err(err) => {
+        let view = self.shared.view.load();
+        let revoked = |node: &NodeId| view.revocation(&node.to_string()).is_some();
+        let arrival = crate::audit::Arrival {
+            from_admitted: self.replica.admitted_peers().any(|(p, _)| p == source),
+            root: self.replica.state().root(),
+            now_ms: now_ms(),
+            own: self.shared.node_id,
+            revoked: &revoked,
+        };
+        let verdict = match self.audit_log.receive_checkpoint(data, &arrival) {
+            crate::audit::Received::Kept(cp) => {
+                tracing::debug!(node = %cp.node, seq = cp.seq, "kept a peer's audit checkpoint");
+                MessageAcceptance::Accept
+            }
+            crate::audit::Received::Ignored(why) => {
+                tracing::debug!(peer = %source, why, "ignoring an audit checkpoint");
+                MessageAcceptance::Ignore
+            }
+            crate::audit::Received::Refused(err) => {
                 tracing::warn!(peer = %source, %err, "refusing an audit checkpoint");
                 MessageAcceptance::Reject
             }

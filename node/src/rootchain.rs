@@ -154,11 +154,14 @@ pub fn resolve(file: &SignedRoot, stored: &[Vec<u8>], now: u64) -> Result<Chain,
     })
 }
 
+/// A verified root of a chain, with its encoded `SignedRoot`.
+type Link = (VerifiedRoot, Arc<[u8]>);
+
 /// The stored roots, verified as a chain, oldest first.
 fn verify_stored(
     stored: &[Vec<u8>],
     now: u64,
-) -> Result<Vec<(VerifiedRoot, Arc<[u8]>)>, ChainError> {
+) -> Result<Vec<Link>, ChainError> {
     let mut decoded = Vec::with_capacity(stored.len());
     for bytes in stored {
         let signed =
@@ -170,7 +173,7 @@ fn verify_stored(
         decoded.push((version, signed, bytes));
     }
     decoded.sort_by_key(|(v, _, _)| *v);
-    let mut chain: Vec<(VerifiedRoot, Arc<[u8]>)> = Vec::with_capacity(decoded.len());
+    let mut chain: Vec<Link> = Vec::with_capacity(decoded.len());
     for (version, signed, bytes) in decoded {
         let verified = match chain.last() {
             None => signed.verify_initial(now),
@@ -216,6 +219,7 @@ mod tests {
             policy_threshold: 1,
             revoke_threshold: 1,
             node_quarantine: Default::default(),
+            max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
             accepted_heads: vec![],
         }
     }

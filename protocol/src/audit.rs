@@ -18,8 +18,10 @@
 //!
 //! # Checkpoints
 //! At intervals a node signs `(node, seq, head, at_ms)` — "my record `seq`
-//! has hash `head`" — in [`Domain::AuditCheckpoint`] and gossips it. Peers
-//! keep what they receive. A rewritten chain disagrees with every checkpoint
+//! has hash `head`" — in [`Domain::AuditCheckpoint`] and gossips it with its
+//! node certificate ([`CheckpointGossip`]), so that every peer, including
+//! one that never met the node, can check that the node belongs to the mesh
+//! ([`CheckpointGossip::verify`]). Peers keep what verifies. A rewritten chain disagrees with every checkpoint
 //! issued after the first rewritten record, and a truncated one is shorter
 //! than the newest checkpoint, whoever holds it. The node cannot forge a
 //! peer's copy, and its own signature on the checkpoint stops it from
@@ -32,6 +34,7 @@ use thiserror::Error;
 use crate::encoding::{self, DecodeError, Kind};
 use crate::identity::{Domain, NodeId, SecretKey, Signature, SignatureError};
 use crate::time::format_timestamp;
+use crate::trust::{SignedNodeCert, TrustError, TrustRoot};
 
 /// A record's hash, and the chain's head.
 pub type ChainHash = [u8; 32];
@@ -46,6 +49,11 @@ pub const MAX_EVENT_LEN: usize = 16 * 1024;
 /// The largest encoded [`SignedCheckpoint`]: a checkpoint is about 150
 /// bytes, so anything much larger is malformed and refused before decoding.
 pub const MAX_CHECKPOINT_LEN: usize = 512;
+
+/// The largest encoded [`CheckpointGossip`]: a signed checkpoint and a node
+/// certificate are each a few hundred bytes (a certificate's name is at most
+/// 64), so anything much larger is malformed and refused before decoding.
+pub const MAX_CHECKPOINT_GOSSIP_LEN: usize = 4096;
 
 /// Length of a stored record's fixed part: `prev`, `hash`, `at_ms`.
 const RECORD_HEADER_LEN: usize = 32 + 32 + 8;
@@ -69,6 +77,18 @@ pub enum AuditError {
     /// A checkpoint's signature does not verify under its node's key.
     #[error("the audit checkpoint's signature does not verify: {0}")]
     Signature(#[from] SignatureError),
+    /// The certificate gossiped with a checkpoint does not verify under the
+    /// trust root (unknown or unauthorized issuer, bad signature, expired).
+    #[error("the audit checkpoint's node certificate does not verify: {0}")]
+    Certificate(TrustError),
+    /// The certificate gossiped with a checkpoint is another node's.
+    #[error("the certificate sent with the audit checkpoint of node {node} is for node {cert}")]
+    NotItsCertificate {
+        /// The checkpoint's node (boxed: a node id holds a key).
+        node: Box<NodeId>,
+        /// The node the certificate names.
+        cert: Box<NodeId>,
+    },
 }
 
 /// The hash of record `seq` written at `at_ms` after `prev`, holding `event`.
@@ -208,13 +228,70 @@ impl SignedCheckpoint {
         )?)
     }
 
+    /// Decodes the body without checking the signature (for a checkpoint
+    /// verified before it was stored).
+    pub fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        Ok(encoding::decode(
+            Kind::Checkpoint,
+            &self.body,
+            MAX_CHECKPOINT_LEN,
+        )?)
+    }
+
     /// Decodes the body and checks the signature (strictly) against the key
     /// of the node it names.
     pub fn verify(&self) -> Result<Checkpoint, AuditError> {
-        let cp: Checkpoint = encoding::decode(Kind::Checkpoint, &self.body, MAX_CHECKPOINT_LEN)?;
+        let cp = self.checkpoint()?;
         cp.node
             .public_key()
             .verify(Domain::AuditCheckpoint, &self.body, &self.sig)?;
+        Ok(cp)
+    }
+}
+
+/// A checkpoint as gossiped: the signed checkpoint and the certificate of
+/// its node, so that a peer that never met the node (gossip travels over
+/// several hops) can check that the node belongs to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointGossip {
+    /// The checkpoint, signed by its node.
+    pub checkpoint: SignedCheckpoint,
+    /// The node's admission certificate.
+    pub cert: SignedNodeCert,
+}
+
+impl CheckpointGossip {
+    /// The canonical encoding (what is gossiped).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encoding::encode(Kind::CheckpointGossip, self)
+    }
+
+    /// Decodes a gossiped checkpoint; no signature is checked.
+    pub fn from_bytes(bytes: &[u8]) -> Result<CheckpointGossip, AuditError> {
+        Ok(encoding::decode(
+            Kind::CheckpointGossip,
+            bytes,
+            MAX_CHECKPOINT_GOSSIP_LEN,
+        )?)
+    }
+
+    /// Checks that the certificate verifies under `root` at `now` (Unix
+    /// seconds: an operator of `root` with the admit role signed it, and it
+    /// has not expired), that the checkpoint's signature verifies under its
+    /// node's key, and that the certificate is that node's. Returns the
+    /// checkpoint.
+    pub fn verify(&self, root: &TrustRoot, now: u64) -> Result<Checkpoint, AuditError> {
+        let cert = self
+            .cert
+            .verify(root, now)
+            .map_err(AuditError::Certificate)?;
+        let cp = self.checkpoint.verify()?;
+        if cert.node != cp.node {
+            return Err(AuditError::NotItsCertificate {
+                node: Box::new(cp.node),
+                cert: Box::new(cert.node),
+            });
+        }
         Ok(cp)
     }
 }
@@ -652,6 +729,147 @@ mod tests {
         assert!(matches!(forged.verify(), Err(AuditError::Signature(_))));
         // Oversized bytes are refused before decoding.
         assert!(SignedCheckpoint::from_bytes(&vec![0u8; MAX_CHECKPOINT_LEN + 1]).is_err());
+    }
+
+    fn cert_for(node: NodeId, issuer: &SecretKey, expires: u64) -> SignedNodeCert {
+        SignedNodeCert::sign(
+            &crate::trust::NodeCert {
+                node,
+                name: "edge-1".into(),
+                issuer: issuer.public(),
+                issued: 1_000,
+                expires,
+            },
+            issuer,
+        )
+    }
+
+    #[test]
+    fn a_gossiped_checkpoint_carries_its_certificate() {
+        let (key, id) = node();
+        let c = chain(3);
+        let signed = SignedCheckpoint::sign(
+            &Checkpoint {
+                node: id,
+                seq: 3,
+                head: c[2].hash,
+                at_ms: 5_000,
+            },
+            &key,
+        );
+        let gossip = CheckpointGossip {
+            checkpoint: signed.clone(),
+            cert: cert_for(id, &SecretKey::from_seed([1; 32]), 10_000),
+        };
+        let bytes = gossip.to_bytes();
+        assert!(
+            bytes.len() < MAX_CHECKPOINT_GOSSIP_LEN / 4,
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(CheckpointGossip::from_bytes(&bytes).unwrap(), gossip);
+        let root = root_with(&[(&SecretKey::from_seed([1; 32]), true)]);
+        assert_eq!(gossip.verify(&root, 9_999).unwrap().seq, 3);
+        // A bare signed checkpoint is not one, nor is anything oversized.
+        assert!(CheckpointGossip::from_bytes(&signed.to_bytes()).is_err());
+        assert!(CheckpointGossip::from_bytes(&vec![0u8; MAX_CHECKPOINT_GOSSIP_LEN + 1]).is_err());
+    }
+
+    /// A root whose operators are `ops` (key, whether it may admit nodes).
+    fn root_with(ops: &[(&SecretKey, bool)]) -> TrustRoot {
+        use crate::trust::{Operator, QuarantineLimits, Role};
+        TrustRoot {
+            version: 1,
+            expires: u64::MAX,
+            root_keys: vec![SecretKey::from_seed([200; 32]).public()],
+            root_threshold: 1,
+            operators: ops
+                .iter()
+                .enumerate()
+                .map(|(i, (k, admit))| Operator {
+                    name: format!("op{i}"),
+                    key: k.public(),
+                    roles: if *admit {
+                        Role::ALL.into_iter().collect()
+                    } else {
+                        [Role::Policy].into_iter().collect()
+                    },
+                })
+                .collect(),
+            policy_threshold: 1,
+            revoke_threshold: 1,
+            node_quarantine: QuarantineLimits::default(),
+            max_token_ttl_secs: crate::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
+            accepted_heads: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_gossiped_checkpoint_needs_a_valid_certificate_of_its_node() {
+        let admit = SecretKey::from_seed([1; 32]);
+        let policy_only = SecretKey::from_seed([2; 32]);
+        let stranger = SecretKey::from_seed([3; 32]);
+        let root = root_with(&[(&admit, true), (&policy_only, false)]);
+        let (key, id) = node();
+        let other = NodeId::from(SecretKey::from_seed([8; 32]).public());
+        let checkpoint = SignedCheckpoint::sign(
+            &Checkpoint {
+                node: id,
+                seq: 1,
+                head: [1; 32],
+                at_ms: 5_000,
+            },
+            &key,
+        );
+        let with = |cert| CheckpointGossip {
+            checkpoint: checkpoint.clone(),
+            cert,
+        };
+        let now = 5_000;
+        assert!(
+            with(cert_for(id, &admit, 10_000))
+                .verify(&root, now)
+                .is_ok()
+        );
+        for (cert, what) in [
+            (cert_for(id, &admit, now), "expired"),
+            (cert_for(id, &stranger, 10_000), "not an operator"),
+            (
+                cert_for(id, &policy_only, 10_000),
+                "does not hold the admit role",
+            ),
+        ] {
+            let err = with(cert).verify(&root, now).unwrap_err();
+            assert!(matches!(err, AuditError::Certificate(_)), "{err}");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        assert_eq!(
+            with(cert_for(other, &admit, 10_000))
+                .verify(&root, now)
+                .unwrap_err(),
+            AuditError::NotItsCertificate {
+                node: Box::new(id),
+                cert: Box::new(other)
+            }
+        );
+        // A valid certificate does not vouch for a checkpoint its node did
+        // not sign.
+        let forged = CheckpointGossip {
+            checkpoint: SignedCheckpoint::sign(
+                &Checkpoint {
+                    node: id,
+                    seq: 1,
+                    head: [2; 32],
+                    at_ms: 5_000,
+                },
+                &stranger,
+            ),
+            cert: cert_for(id, &admit, 10_000),
+        };
+        assert!(matches!(
+            forged.verify(&root, now),
+            Err(AuditError::Signature(_))
+        ));
     }
 
     #[test]

@@ -55,15 +55,17 @@ pub enum Kind {
     Quarantine,
     /// The body of an audit log checkpoint, the bytes a node signs.
     Checkpoint,
-    /// An audit log checkpoint with its signature, as gossiped.
+    /// An audit log checkpoint with its signature, as kept by peers.
     SignedCheckpoint,
+    /// A signed audit log checkpoint with its node's certificate, as gossiped.
+    CheckpointGossip,
     /// A node's state exported for authoring tools (`GET /v1/state`).
     State,
 }
 
 impl Kind {
     /// Every kind this build knows.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::TrustRoot,
         Kind::SignedRoot,
         Kind::NodeCert,
@@ -74,6 +76,7 @@ impl Kind {
         Kind::Quarantine,
         Kind::Checkpoint,
         Kind::SignedCheckpoint,
+        Kind::CheckpointGossip,
         Kind::State,
     ];
 
@@ -90,6 +93,7 @@ impl Kind {
             Kind::Quarantine => 0x40,
             Kind::Checkpoint => 0x50,
             Kind::SignedCheckpoint => 0x51,
+            Kind::CheckpointGossip => 0x52,
             Kind::State => 0x60,
         }
     }
@@ -112,6 +116,7 @@ impl Kind {
             Kind::Quarantine => "quarantine order",
             Kind::Checkpoint => "audit checkpoint body",
             Kind::SignedCheckpoint => "signed audit checkpoint",
+            Kind::CheckpointGossip => "gossiped audit checkpoint",
             Kind::State => "state export",
         }
     }

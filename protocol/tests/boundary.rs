@@ -37,6 +37,7 @@ fn root() -> TrustRoot {
         policy_threshold: 2,
         revoke_threshold: 1,
         node_quarantine: QuarantineLimits::default(),
+        max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
         accepted_heads: vec![],
     }
 }

@@ -5,7 +5,10 @@
 //!
 //! It presents a real certificate (an admitted node gone bad), answers the
 //! node's `Hello` and sync requests like an empty node, and keeps redialing
-//! its targets (a revoked peer that will not go away).
+//! its targets (a revoked peer that will not go away). A silent one
+//! ([`Hostile::start_silent`]) never presents its certificate, so it stays
+//! connected but unadmitted until the node's admission timeout. It is
+//! subscribed to the audit topic too, and publishes there on request.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -20,6 +23,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
+use weft_node::audit::AUDIT_TOPIC;
 use weft_node::net::{SYNC_PROTOCOL, TOPIC, libp2p_keypair, message_id};
 use weft_protocol::identity::SecretKey;
 use weft_protocol::wire::{SyncRequest, SyncResponse};
@@ -104,7 +108,7 @@ struct Behaviour {
 }
 
 enum Cmd {
-    Publish(Vec<u8>, oneshot::Sender<Result<(), String>>),
+    Publish(IdentTopic, Vec<u8>, oneshot::Sender<Result<(), String>>),
     Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
     Connected(oneshot::Sender<BTreeSet<PeerId>>),
 }
@@ -127,6 +131,17 @@ impl Hostile {
     /// Starts a client with `key` and its signed certificate `cert`, dialing
     /// `targets` and redialing them every half second while not connected.
     pub fn start(key: &SecretKey, cert: Vec<u8>, targets: Vec<Multiaddr>) -> Result<Hostile> {
+        Self::launch(key, Some(cert), targets)
+    }
+
+    /// Starts a client with `key` that never presents a certificate: it
+    /// sends no `Hello` and leaves the node's unanswered, so it is connected
+    /// but not admitted (until the node's admission timeout drops it).
+    pub fn start_silent(key: &SecretKey, targets: Vec<Multiaddr>) -> Result<Hostile> {
+        Self::launch(key, None, targets)
+    }
+
+    fn launch(key: &SecretKey, cert: Option<Vec<u8>>, targets: Vec<Multiaddr>) -> Result<Hostile> {
         let keypair = libp2p_keypair(key).map_err(|e| anyhow!(e))?;
         let peer_id = keypair.public().to_peer_id();
         // The node's anonymous envelope, and its ids (SHA-256 of the data)
@@ -170,13 +185,15 @@ impl Hostile {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
             .build();
         let topic = IdentTopic::new(TOPIC);
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&topic)
-            .map_err(|e| anyhow!("{e}"))?;
+        for t in [&topic, &IdentTopic::new(AUDIT_TOPIC)] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(t)
+                .map_err(|e| anyhow!("{e}"))?;
+        }
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(drive(swarm, topic, cert, targets, rx, replay));
+        let task = tokio::spawn(drive(swarm, cert, targets, rx, replay));
         Ok(Hostile {
             peer_id,
             cmds: tx,
@@ -186,9 +203,15 @@ impl Hostile {
 
     /// Publishes `bytes` on the update topic as they are.
     pub async fn publish(&self, bytes: Vec<u8>) -> Result<()> {
+        self.publish_on(TOPIC, bytes).await
+    }
+
+    /// Publishes `bytes` on `topic` (the update topic or [`AUDIT_TOPIC`])
+    /// as they are.
+    pub async fn publish_on(&self, topic: &str, bytes: Vec<u8>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.cmds
-            .send(Cmd::Publish(bytes, tx))
+            .send(Cmd::Publish(IdentTopic::new(topic), bytes, tx))
             .await
             .map_err(|_| anyhow!("the hostile client stopped"))?;
         rx.await?
@@ -218,9 +241,15 @@ impl Hostile {
 
     /// Publishes, retrying while gossipsub knows no subscribed peer yet.
     pub async fn publish_when_ready(&self, bytes: Vec<u8>) -> Result<()> {
+        self.publish_on_when_ready(TOPIC, bytes).await
+    }
+
+    /// Publishes on `topic`, retrying while gossipsub knows no subscribed
+    /// peer yet.
+    pub async fn publish_on_when_ready(&self, topic: &str, bytes: Vec<u8>) -> Result<()> {
         let start = std::time::Instant::now();
         loop {
-            match self.publish(bytes.clone()).await {
+            match self.publish_on(topic, bytes.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if start.elapsed() > Duration::from_secs(15) => {
                     bail!("publishing: {e:#}")
@@ -233,8 +262,7 @@ impl Hostile {
 
 async fn drive(
     mut swarm: Swarm<Behaviour>,
-    topic: IdentTopic,
-    cert: Vec<u8>,
+    cert: Option<Vec<u8>>,
     targets: Vec<Multiaddr>,
     mut cmds: mpsc::Receiver<Cmd>,
     replay: Arc<AtomicU64>,
@@ -244,23 +272,28 @@ async fn drive(
         HashMap::new();
     let mut redial = tokio::time::interval(Duration::from_millis(500));
     let mut target_peers: HashMap<Multiaddr, PeerId> = HashMap::new();
-    let hello = SyncRequest::Hello {
-        cert: cert.clone(),
-        heads: Vec::new(),
-        root: 1,
-    }
-    .to_bytes();
+    let hello = cert.as_ref().map(|cert| {
+        SyncRequest::Hello {
+            cert: cert.clone(),
+            heads: Vec::new(),
+            root: 1,
+        }
+        .to_bytes()
+    });
+    // The node's requests a silent client leaves unanswered (dropping a
+    // channel would answer with an error).
+    let mut unanswered = Vec::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 None => return,
-                Some(Cmd::Publish(bytes, reply)) => {
+                Some(Cmd::Publish(topic, bytes, reply)) => {
                     published += 1;
                     replay.store(published, Ordering::Relaxed);
                     let r = swarm
                         .behaviour_mut()
                         .gossipsub
-                        .publish(topic.clone(), bytes)
+                        .publish(topic, bytes)
                         .map(|_| ())
                         .map_err(|e| e.to_string());
                     replay.store(0, Ordering::Relaxed);
@@ -285,15 +318,21 @@ async fn drive(
             event = swarm.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                     target_peers.insert(endpoint.get_remote_address().clone(), peer_id);
-                    if num_established.get() == 1 {
+                    if num_established.get() == 1
+                        && let Some(hello) = &hello
+                    {
                         // Show the certificate, as an honest node does.
-                        swarm.behaviour_mut().sync.send_request(&peer_id, frame(&hello));
+                        swarm.behaviour_mut().sync.send_request(&peer_id, frame(hello));
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
                     message, ..
                 })) => match message {
                     request_response::Message::Request { request, channel, .. } => {
+                        let Some(cert) = &cert else {
+                            unanswered.push(channel);
+                            continue;
+                        };
                         // Answer like an empty node.
                         let answer = match SyncRequest::from_bytes(&request) {
                             Ok(SyncRequest::Hello { .. }) => SyncResponse::Hello {

@@ -1,18 +1,27 @@
 //! The audit trail end to end: real nodes record decisions, updates and
 //! admissions in a hash-chained log, sign checkpoints and gossip them; the
 //! peer keeps them; `weft audit verify` finds a changed record, a truncated
-//! log, and (only with the peer's copies) a log rewritten and re-hashed.
+//! log, and (only with the peer's copies) a log rewritten and re-hashed,
+//! even after hundreds of checkpoints of the rewritten log. Checkpoints are
+//! kept only from admitted peers, and only about nodes with a valid
+//! certificate.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use weft_node::audit::{AuditConfig, AuditLog};
+use weft_node::audit::{AUDIT_TOPIC, AuditConfig, AuditLog, MAX_PEER_CHECKPOINTS};
 use weft_node::daemon::spawn_node;
+use weft_node::keyfile;
 use weft_node::layout::NodeDir;
-use weft_protocol::audit::Record;
-use weft_tests::mesh::{Author, Fixture, addr, authorize, eventually, init_logs, push, submit};
+use weft_protocol::audit::{Checkpoint, CheckpointGossip, Record, SignedCheckpoint};
+use weft_protocol::identity::{NodeId, SecretKey};
+use weft_protocol::trust::{NodeCert, SignedNodeCert};
+use weft_tests::hostile::Hostile;
+use weft_tests::mesh::{
+    Author, Fixture, addr, admitted, authorize, eventually, init_logs, now, push, submit,
+};
 use weft_tests::netns::weft_status;
 
 fn quick_audit() -> AuditConfig {
@@ -295,5 +304,249 @@ async fn export_and_verify_from_the_command_line() -> Result<()> {
     let (code, _, err) = weft_status(&["audit", "export", "--node", &url, "--since", "soon"])?;
     ensure!(code == 1 && err.starts_with("error: --since"), "{err}");
     node.shutdown().await?;
+    Ok(())
+}
+
+/// A certificate of `node` signed by `issuer`, valid from an hour ago until
+/// `expires` (Unix seconds).
+fn cert(node: NodeId, issuer: &SecretKey, expires: u64) -> SignedNodeCert {
+    SignedNodeCert::sign(
+        &NodeCert {
+            node,
+            name: "edge".into(),
+            issuer: issuer.public(),
+            issued: now() - 3600,
+            expires,
+        },
+        issuer,
+    )
+}
+
+/// `key`'s checkpoint of record `seq` (hash `head`), signed.
+fn signed_checkpoint(key: &SecretKey, seq: u64, head: [u8; 32]) -> SignedCheckpoint {
+    let cp = Checkpoint {
+        node: NodeId::new(key.public()),
+        seq,
+        head,
+        at_ms: now() * 1000,
+    };
+    SignedCheckpoint::sign(&cp, key)
+}
+
+/// `key`'s checkpoint of record `seq`, as gossiped with `cert`.
+fn gossip(key: &SecretKey, cert: &SignedNodeCert, seq: u64) -> Vec<u8> {
+    CheckpointGossip {
+        checkpoint: signed_checkpoint(key, seq, [seq as u8; 32]),
+        cert: cert.clone(),
+    }
+    .to_bytes()
+}
+
+/// The checkpoints of `node` that the node at `url` holds.
+async fn held_by(url: &str, node: &NodeId) -> Result<Vec<Value>> {
+    get_lines(&format!("{url}/v1/audit/checkpoints?node={node}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_kept_only_from_admitted_peers_and_only_of_certified_nodes() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let (dir, _) = fx.node_dir("a", true)?;
+    let mut o = fx.options(dir, &[]);
+    // Long enough for the silent peer to stay connected, unadmitted,
+    // through the test.
+    o.replica.admission_timeout_ms = 60_000;
+    let a = spawn_node(o).await?;
+    let url = a.api_url();
+    let valid_until = now() + 86_400;
+
+    // Two admitted peers, and one connected that never shows its
+    // certificate (a valid one).
+    let (k1, k2, ks) = (
+        keyfile::generate()?,
+        keyfile::generate()?,
+        keyfile::generate()?,
+    );
+    let (id1, id2, ids) = (
+        NodeId::new(k1.public()),
+        NodeId::new(k2.public()),
+        NodeId::new(ks.public()),
+    );
+    let (c1, c2, cs) = (
+        cert(id1, &fx.alice, valid_until),
+        cert(id2, &fx.alice, valid_until),
+        cert(ids, &fx.alice, valid_until),
+    );
+    let h1 = Hostile::start(&k1, c1.to_bytes(), vec![addr(&a)])?;
+    let h2 = Hostile::start(&k2, c2.to_bytes(), vec![addr(&a)])?;
+    let silent = Hostile::start_silent(&ks, vec![addr(&a)])?;
+    eventually(Duration::from_secs(15), "a to admit both peers", || async {
+        Ok(admitted(&a).await? == 2 && silent.connected().await?.len() == 1)
+    })
+    .await?;
+
+    // The silent peer passes on a checkpoint of its own, valid in every
+    // other way.
+    silent
+        .publish_on_when_ready(AUDIT_TOPIC, gossip(&ks, &cs, 1))
+        .await?;
+
+    // Fake nodes' checkpoints, passed on by admitted peers: no certificate,
+    // an expired one, one from another mesh's operator, and another node's.
+    let fake = |n: u8| {
+        let k = SecretKey::from_seed([n; 32]);
+        let id = NodeId::new(k.public());
+        (k, id)
+    };
+    let ((f1, n1), (f2, n2), (f3, n3), (f4, n4)) = (fake(1), fake(2), fake(3), fake(4));
+    let stranger = keyfile::generate()?;
+    h1.publish_on_when_ready(AUDIT_TOPIC, signed_checkpoint(&f1, 1, [1; 32]).to_bytes())
+        .await?;
+    h1.publish_on_when_ready(AUDIT_TOPIC, gossip(&f2, &cert(n2, &fx.alice, now() - 1), 1))
+        .await?;
+    h2.publish_on_when_ready(
+        AUDIT_TOPIC,
+        gossip(&f3, &cert(n3, &stranger, valid_until), 1),
+    )
+    .await?;
+    h2.publish_on_when_ready(AUDIT_TOPIC, gossip(&f4, &c2, 1))
+        .await?;
+    // Then each admitted peer passes on a good one of its own: both are
+    // kept (two rejects each leave their scores above the graylist).
+    h1.publish_on_when_ready(AUDIT_TOPIC, gossip(&k1, &c1, 1))
+        .await?;
+    h2.publish_on_when_ready(AUDIT_TOPIC, gossip(&k2, &c2, 1))
+        .await?;
+    eventually(Duration::from_secs(15), "the good checkpoints kept", || {
+        let url = url.clone();
+        async move { Ok(held_by(&url, &id1).await?.len() == 1 && held_by(&url, &id2).await?.len() == 1) }
+    })
+    .await?;
+    // Each peer's messages are handled in order, so the bad ones were
+    // handled before; the silent peer's had as long as a second more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (id, what) in [
+        (n1, "with no certificate"),
+        (n2, "with an expired certificate"),
+        (n3, "with another mesh's certificate"),
+        (n4, "with another node's certificate"),
+        (ids, "passed on by a peer that is not admitted"),
+    ] {
+        let held = held_by(&url, &id).await?;
+        ensure!(held.is_empty(), "a kept a checkpoint {what}: {held:?}");
+    }
+    let st = get_json(&format!("{url}/v1/audit/status")).await?;
+    ensure!(st["peer_checkpoints"] == 2, "{st}");
+    ensure!(
+        st["checkpoints_refused"] == 4,
+        "the four forged ones refused, the silent peer's ignored: {st}"
+    );
+    let metrics = reqwest::get(format!("{url}/metrics")).await?.text().await?;
+    ensure!(
+        metrics.contains("weft_audit_checkpoints_refused_total 4"),
+        "{metrics}"
+    );
+    drop((h1, h2, silent));
+    a.shutdown().await?;
+    Ok(())
+}
+
+/// A node rewrites its log, wipes its own checkpoints and signs hundreds
+/// of checkpoints of the rewritten log, more than a peer keeps of the
+/// newest: the peer still holds one from before that contradicts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_is_exposed_after_hundreds_of_new_checkpoints() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let (dir_a, id_a) = fx.node_dir("a", true)?;
+    let (dir_b, _) = fx.node_dir("b", true)?;
+    let key_a = keyfile::read(&NodeDir::new(&dir_a).key())?;
+    let event = |seq: u64, forged: bool| {
+        let peer = if forged { "forged" } else { "honest" };
+        format!(r#"{{"kind":"admitted","peer":"{peer}{seq}"}}"#).into_bytes()
+    };
+    let sign = |log: &AuditLog| -> Result<(Checkpoint, SignedCheckpoint)> {
+        let (seq, head) = log.head();
+        let cp = Checkpoint {
+            node: id_a,
+            seq,
+            head,
+            at_ms: now() * 1000,
+        };
+        let signed = SignedCheckpoint::sign(&cp, &key_a);
+        log.put_own_checkpoint(&cp, &signed)?;
+        Ok((cp, signed))
+    };
+    let after = MAX_PEER_CHECKPOINTS as u64 + 44;
+    {
+        let (db_a, log_a) = open_log(&dir_a)?;
+        let (db_b, log_b) = open_log(&dir_b)?;
+        // 100 records, each followed by a checkpoint that b keeps.
+        for seq in 1..=100u64 {
+            let prev = if seq == 1 {
+                weft_protocol::audit::GENESIS
+            } else {
+                log_a.record(seq - 1).context("a record")?.hash
+            };
+            let r = Record::new(seq, now() * 1000, prev, event(seq, false));
+            log_a
+                .records_tree()
+                .insert(seq.to_be_bytes(), r.to_value())?;
+        }
+        drop(log_a);
+        let log_a = AuditLog::open(&db_a)?;
+        for seq in 1..=100u64 {
+            let r = log_a.record(seq).context("a record")?;
+            let cp = Checkpoint {
+                node: id_a,
+                seq,
+                head: r.hash,
+                at_ms: now() * 1000,
+            };
+            let signed = SignedCheckpoint::sign(&cp, &key_a);
+            log_a.put_own_checkpoint(&cp, &signed)?;
+            ensure!(log_b.put_peer_checkpoint(&cp, &signed)?);
+        }
+        // Records from 60 on are rewritten and re-hashed, a's own
+        // checkpoints wiped, and the log goes on: a checkpoint of every new
+        // record, each kept by b.
+        let mut prev = log_a.record(59).context("record 59")?.hash;
+        for seq in 60..=100u64 {
+            let r = Record::new(seq, now() * 1000, prev, event(seq, true));
+            prev = r.hash;
+            log_a
+                .records_tree()
+                .insert(seq.to_be_bytes(), r.to_value())?;
+        }
+        db_a.drop_tree("audit_checkpoints")?;
+        drop(log_a);
+        let log_a = AuditLog::open(&db_a)?;
+        for seq in 101..=100 + after {
+            log_a.append(
+                now() * 1000,
+                &weft_node::audit::AuditEvent::Dropped { count: seq },
+            )?;
+            let (cp, signed) = sign(&log_a)?;
+            ensure!(log_b.put_peer_checkpoint(&cp, &signed)?);
+        }
+        log_a.mark_head()?;
+        db_a.flush()?;
+        db_b.flush()?;
+    }
+    // Consistent on its own, and with its own checkpoints.
+    let (code, out, err) = verify(&dir_a, None)?;
+    ensure!(code == 0, "the chain alone cannot tell: {out}{err}");
+    // b keeps a bounded number, and one from before the rewrite.
+    let (code, out, err) = verify(&dir_a, Some(&dir_b))?;
+    ensure!(code == 1, "the rewrite went unnoticed: {out}{err}");
+    ensure!(
+        err.contains("disagrees with the checkpoint") && err.contains("held by peer"),
+        "{err}"
+    );
+    {
+        let (_db, log_b) = open_log(&dir_b)?;
+        let held = log_b.peer_checkpoints_of(&id_a).len();
+        ensure!(held <= MAX_PEER_CHECKPOINTS, "b holds {held}");
+    }
     Ok(())
 }
