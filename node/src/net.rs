@@ -1046,6 +1046,10 @@ impl NodeTask {
             weft_protocol::trust::SignedNodeCert::from_bytes(&self.shared.cert).map_err(|_| {
                 "this node has no valid certificate, so it cannot quarantine".to_owned()
             })?;
+        // Nor past the certificate's expiry: such an order is refused too.
+        if let Ok(c) = cert.cert() {
+            record.expires_at = record.expires_at.map(|e| e.min(c.expires));
+        }
         let mut doc = weft_crdt::PolicyDoc::load(&self.replica.state().doc().save())
             .map_err(|e| format!("cannot copy the document: {e}"))?;
         let nonce = getrandom::u64().unwrap_or_else(|_| now_ms()).to_be_bytes();

@@ -405,7 +405,14 @@ impl SignedState {
     /// Moves the state's clock to `now_ms` (never backwards) and drops held
     /// updates held longer than [`HeldLimits::ttl_ms`]. Returns how many
     /// were dropped; their hashes wait in [`SignedState::take_dropped`].
+    /// Updates held before the clock was first set (a start, loading the
+    /// store) are dated at the first advance.
     pub fn advance(&mut self, now_ms: u64) -> usize {
+        if self.clock_ms == 0 {
+            for h in self.held.values_mut() {
+                h.since_ms = now_ms;
+            }
+        }
         self.clock_ms = self.clock_ms.max(now_ms);
         let Some(deadline) = self.clock_ms.checked_sub(self.held_limits.ttl_ms) else {
             return 0;

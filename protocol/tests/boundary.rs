@@ -427,3 +427,15 @@ fn held_updates_expire_after_their_time_bound() {
     assert_eq!(state.held_count(), 0);
     assert_eq!(state.held_bytes(), 0);
 }
+
+/// Updates held before the clock is first set (a node loading its store)
+/// are dated at the first advance, not taken as held since 1970.
+#[test]
+fn updates_held_before_the_clock_is_set_are_dated_when_it_is() {
+    let updates = waiting_updates(1, 10);
+    let mut state = SignedState::new(root());
+    state.ingest(&updates[0]).unwrap();
+    assert_eq!(state.advance(1_800_000_000_000), 0);
+    assert_eq!(state.held_count(), 1);
+    assert_eq!(state.advance(1_800_000_000_000 + 600_001), 1);
+}
