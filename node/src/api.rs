@@ -146,6 +146,9 @@ pub struct Status {
     pub updates: usize,
     /// Updates held for missing dependencies.
     pub held: usize,
+    /// Bytes of the updates held (bounded, see README "The trust boundary").
+    #[serde(default)]
+    pub held_bytes: usize,
     /// Milliseconds since the last exchange with a peer; null if none yet.
     pub last_sync_ms_ago: Option<u64>,
     /// The trust root.

@@ -49,6 +49,7 @@ pub struct Metrics {
     admitted: Gauge,
     updates: Gauge,
     held: Gauge,
+    held_bytes: Gauge,
     revocations: Gauge,
     state_age: Gauge<f64, AtomicU64>,
     root_expired: Gauge,
@@ -89,6 +90,7 @@ impl Metrics {
             admitted: Gauge::default(),
             updates: Gauge::default(),
             held: Gauge::default(),
+            held_bytes: Gauge::default(),
             revocations: Gauge::default(),
             state_age: Gauge::default(),
             root_expired: Gauge::default(),
@@ -155,6 +157,11 @@ impl Metrics {
             "updates_held",
             "Updates held for missing dependencies",
             m.held.clone(),
+        );
+        r.register(
+            "updates_held_bytes",
+            "Bytes of the updates held for missing dependencies",
+            m.held_bytes.clone(),
         );
         r.register("revocations", "Revoked subjects", m.revocations.clone());
         r.register(
@@ -256,6 +263,7 @@ impl Metrics {
             .set(status.peers.iter().filter(|p| p.admitted).count() as i64);
         self.updates.set(status.updates as i64);
         self.held.set(status.held as i64);
+        self.held_bytes.set(status.held_bytes as i64);
         self.revocations.set(status.revocations as i64);
         self.state_age.set(
             status

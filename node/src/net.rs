@@ -1867,6 +1867,7 @@ impl NodeTask {
             conflicts: view.conflicts().cloned().collect(),
             updates: state.update_count(),
             held: state.held_count(),
+            held_bytes: state.held_bytes(),
             last_sync_ms_ago: stats.last_sync_ms.map(|t| now.saturating_sub(t)),
             trust_root: RootStatus {
                 version: root.version,

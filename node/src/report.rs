@@ -1278,6 +1278,7 @@ mod tests {
                 conflicts: vec![],
                 updates: 2,
                 held: 0,
+                held_bytes: 0,
                 last_sync_ms_ago: None,
                 trust_root: RootStatus {
                     version: 1,
