@@ -158,10 +158,7 @@ pub fn resolve(file: &SignedRoot, stored: &[Vec<u8>], now: u64) -> Result<Chain,
 type Link = (VerifiedRoot, Arc<[u8]>);
 
 /// The stored roots, verified as a chain, oldest first.
-fn verify_stored(
-    stored: &[Vec<u8>],
-    now: u64,
-) -> Result<Vec<Link>, ChainError> {
+fn verify_stored(stored: &[Vec<u8>], now: u64) -> Result<Vec<Link>, ChainError> {
     let mut decoded = Vec::with_capacity(stored.len());
     for bytes in stored {
         let signed =
