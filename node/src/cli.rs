@@ -219,8 +219,16 @@ pub enum TrustCommand {
     )]
     Show(TrustShowArgs),
     /// Write a new trust root, one version up, signed by root keys, and push it to the mesh.
+    #[command(long_about = weft_node::admin::TRUST_ROTATE_LONG_ABOUT)]
     Rotate(weft_node::admin::TrustRotateArgs),
     /// Add a root key's signature to a trust file (for a rotation signed by several holders).
+    #[command(
+        long_about = "Add a root key's signature to a trust file, in place.\n\n\
+        A rotation written by `weft trust rotate --out FILE` without enough signatures goes \
+        from one root key holder to the next; each runs `weft trust sign --key KEY FILE`. \
+        Nodes adopt it once it carries signatures from a threshold of the current root keys \
+        and a threshold of its own; then push it with `weft push --node URL FILE`."
+    )]
     Sign(weft_node::admin::TrustSignArgs),
 }
 

@@ -1114,7 +1114,7 @@ impl NodeTask {
     /// Makes an adopted trust root the one the node runs under: stored
     /// (flushed), written to `trust.json` (first, so that a crash between
     /// the two leaves a `trust.json` that a restart adopts), shown to
-    /// readers and exports.
+    /// readers and exports, and a new snapshot taken under it.
     fn adopt_root(&mut self, version: u64, signed: &[u8], dropped: usize) {
         if let Err(err) = crate::rootchain::write_trust_file(&self.trust_file, signed) {
             tracing::error!(path = %self.trust_file.display(), %err, "writing the adopted trust root to the trust file failed");
@@ -1133,6 +1133,11 @@ impl NodeTask {
         self.shared
             .view
             .store(Arc::new(self.replica.state().view().clone()));
+        // A snapshot is used only under the root it was taken under
+        // (crate::store): take one under this root now, so that the next
+        // start does not verify every update from scratch.
+        self.applied_since_snapshot = self.snapshot_every;
+        self.check_snapshot();
         tracing::warn!(version, dropped, "adopted a new trust root");
         self.audit.record(AuditEvent::UpdateApplied {
             id: format!("trust-root-v{version}"),
@@ -1703,7 +1708,8 @@ impl NodeTask {
         store_result
     }
 
-    /// Every `snapshot_every` applied updates, copies the state's document
+    /// Every `snapshot_every` applied updates (and once a new trust root is
+    /// adopted), copies the state's document
     /// and update hashes (a few milliseconds) and has them encoded and
     /// written on the blocking pool (a few hundred milliseconds for a large
     /// document), so gossip, sync, the audit writer and the detector do not

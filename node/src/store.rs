@@ -5,7 +5,8 @@
 //! ├── updates   32-byte change hash -> the signed update's bytes, as received
 //! ├── roots     trust root version (8 bytes, big-endian) -> its SignedRoot bytes:
 //! │             every root the node has adopted ([`crate::rootchain`])
-//! └── meta      "snapshot"   -> a saved document and the hashes it covers
+//! └── meta      "snapshot"   -> a saved document, the hashes it covers and
+//!                               the trust root version it was taken under
 //! ```
 //!
 //! Every record is content-addressed and signed, so damage is detected on
@@ -31,6 +32,14 @@
 //! verified and ingested on top, in causal order. If a covered record is
 //! missing, damaged or refused, the snapshot is dropped and everything is
 //! verified from scratch, one signature at a time.
+//!
+//! A snapshot is used only under the trust root it was taken under. An
+//! update that names an older root is valid only in the causal past of the
+//! heads the next root vouched for, and a snapshot taken before a rotation
+//! may cover updates that the rotation dropped; so once the node runs under
+//! a newer root (adopted from the mesh, or put in `trust.json` by hand),
+//! an older snapshot is dropped, every record is judged again under the
+//! whole chain, and the node writes a new snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
@@ -53,7 +62,11 @@ const UPDATES: &str = "updates";
 const ROOTS: &str = "roots";
 const META: &str = "meta";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNP1";
+/// A snapshot that names the trust root version it was taken under.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNP2";
+/// A snapshot of an earlier format, which names no trust root version:
+/// used only by a node that has never adopted a rotation.
+const SNAPSHOT_MAGIC_UNVERSIONED: &[u8; 8] = b"WEFTSNP1";
 
 /// A failure of the store itself (not of a record in it).
 #[derive(Debug, Error)]
@@ -103,6 +116,7 @@ type Verified = (VerifiedUpdate, Arc<[u8]>);
 pub struct SnapshotCapture {
     doc: automerge::Automerge,
     hashes: Vec<ChangeHash>,
+    root_version: u64,
 }
 
 impl SnapshotCapture {
@@ -111,6 +125,7 @@ impl SnapshotCapture {
         SnapshotCapture {
             doc: state.doc().automerge().clone(),
             hashes: state.update_hashes().copied().collect(),
+            root_version: state.root().version,
         }
     }
 
@@ -217,11 +232,13 @@ impl Store {
             .collect()
     }
 
-    /// Saves a snapshot of `state`: its document and the hashes of every
-    /// update it holds, and flushes.
+    /// Saves a snapshot of `state`: its document, the hashes of every
+    /// update it holds and the version of the trust root it runs under, and
+    /// flushes.
     pub fn save_snapshot(&self, state: &SignedState) -> Result<(), StoreError> {
         self.write_snapshot(
             &state.doc().save(),
+            state.root().version,
             state.update_count(),
             state.update_hashes(),
         )
@@ -233,17 +250,24 @@ impl Store {
     /// 0.2 s at 100,000 updates); this is what the node runs off its own
     /// thread.
     pub fn save_capture(&self, capture: &SnapshotCapture) -> Result<(), StoreError> {
-        self.write_snapshot(&capture.doc.save(), capture.hashes.len(), &capture.hashes)
+        self.write_snapshot(
+            &capture.doc.save(),
+            capture.root_version,
+            capture.hashes.len(),
+            &capture.hashes,
+        )
     }
 
     fn write_snapshot<'a>(
         &self,
         doc: &[u8],
+        root_version: u64,
         n: usize,
         hashes: impl IntoIterator<Item = &'a ChangeHash>,
     ) -> Result<(), StoreError> {
-        let mut v = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 16 + doc.len() + 32 * n);
+        let mut v = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 24 + doc.len() + 32 * n);
         v.extend_from_slice(SNAPSHOT_MAGIC);
+        v.extend_from_slice(&root_version.to_be_bytes());
         v.extend_from_slice(&(doc.len() as u64).to_be_bytes());
         v.extend_from_slice(doc);
         v.extend_from_slice(&(n as u64).to_be_bytes());
@@ -286,7 +310,25 @@ impl Store {
     ) -> Result<(SignedState, LoadReport), StoreError> {
         let started = Instant::now();
         let mut report = LoadReport::default();
-        let snapshot = self.snapshot()?;
+        let mut snapshot = self.snapshot()?;
+        // Taken under another root than the latest, it may cover updates
+        // that a rotation since has dropped (see the module doc).
+        if let Some(snap) = &snapshot {
+            let usable = match snap.root_version {
+                Some(v) => v == root.version,
+                None => chain.len() <= 1,
+            };
+            if !usable {
+                tracing::info!(
+                    taken_under = ?snap.root_version,
+                    root = root.version,
+                    "dropping a snapshot taken under another trust root; verifying every stored update under the chain of roots"
+                );
+                report.snapshot_dropped = true;
+                self.drop_snapshot()?;
+                snapshot = None;
+            }
+        }
         // The snapshot's document loads on a thread of its own while the
         // records are read and their signatures checked.
         let (mut records, restored) = std::thread::scope(|scope| {
@@ -507,11 +549,20 @@ fn causal_order(mut updates: BTreeMap<ChangeHash, Verified>) -> Vec<(ChangeHash,
 struct Snapshot {
     doc: Vec<u8>,
     covered: Vec<ChangeHash>,
+    /// The trust root version it was taken under (none in the earlier
+    /// format).
+    root_version: Option<u64>,
 }
 
 impl Snapshot {
     fn decode(v: &[u8]) -> Option<Snapshot> {
-        let rest = v.strip_prefix(SNAPSHOT_MAGIC)?;
+        let (root_version, rest) = match v.strip_prefix(SNAPSHOT_MAGIC) {
+            Some(rest) => {
+                let (version, rest) = rest.split_first_chunk::<8>()?;
+                (Some(u64::from_be_bytes(*version)), rest)
+            }
+            None => (None, v.strip_prefix(SNAPSHOT_MAGIC_UNVERSIONED)?),
+        };
         let (len, rest) = rest.split_first_chunk::<8>()?;
         let len = usize::try_from(u64::from_be_bytes(*len)).ok()?;
         if rest.len() < len {
@@ -530,6 +581,7 @@ impl Snapshot {
         Some(Snapshot {
             doc: doc.to_vec(),
             covered,
+            root_version,
         })
     }
 }
@@ -656,6 +708,61 @@ mod tests {
         assert_eq!(report.damaged, 1);
         assert_eq!(state.update_count(), 3);
         assert!(store.snapshot().unwrap().is_none());
+    }
+
+    /// The store's snapshot rewritten in the earlier format, which names
+    /// no trust root version.
+    fn unversion_snapshot(store: &Store) {
+        let v = store.meta.get(KEY_SNAPSHOT).unwrap().unwrap();
+        let mut old = SNAPSHOT_MAGIC_UNVERSIONED.to_vec();
+        old.extend_from_slice(&v[SNAPSHOT_MAGIC.len() + 8..]);
+        store.meta.insert(KEY_SNAPSHOT, old).unwrap();
+    }
+
+    /// Finding: a snapshot taken before a rotation covered updates that the
+    /// rotation dropped (named under the old root, outside the heads the new
+    /// root vouched for), and a restart restored them from it.
+    #[test]
+    fn a_snapshot_is_used_only_under_the_root_it_was_taken_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let ups = updates(20);
+        let store = store_with(dir.path(), &ups);
+        let (twenty, _) = store.load_state(root()).unwrap();
+        store.save_snapshot(&twenty).unwrap();
+        // Version 2 vouches for the first ten updates only.
+        let root_key = SecretKey::from_seed([9; 32]);
+        let mut v2 = root();
+        v2.version = 2;
+        v2.accepted_heads = vec![ups[9].0.0];
+        let chain: Vec<(TrustRoot, Arc<[u8]>)> = [root(), v2.clone()]
+            .into_iter()
+            .map(|r| {
+                let signed = weft_protocol::trust::SignedRoot::sign(&r, &[&root_key]);
+                (r, Arc::from(signed.to_bytes()))
+            })
+            .collect();
+        let (ten, report) = store.load_state_chain(v2.clone(), chain.clone()).unwrap();
+        assert!(report.snapshot_dropped);
+        assert_eq!(report.from_snapshot, 0);
+        assert_eq!(ten.update_count(), 10);
+        assert_eq!(ten.heads(), vec![ups[9].0]);
+        assert!(!ten.contains(&ups[10].0), "past the vouched heads");
+        // A snapshot taken under version 2 is used under version 2.
+        store.save_snapshot(&ten).unwrap();
+        let (again, report) = store.load_state_chain(v2.clone(), chain.clone()).unwrap();
+        assert!(!report.snapshot_dropped);
+        assert_eq!(report.from_snapshot, 10);
+        assert_eq!(again.heads(), ten.heads());
+        // A snapshot of the earlier format is used only without a rotation.
+        store.save_snapshot(&twenty).unwrap();
+        unversion_snapshot(&store);
+        let (state, report) = store.load_state(root()).unwrap();
+        assert_eq!(report.from_snapshot, 20);
+        assert_eq!(state.update_count(), 20);
+        unversion_snapshot(&store);
+        let (state, report) = store.load_state_chain(v2, chain).unwrap();
+        assert!(report.snapshot_dropped);
+        assert_eq!(state.update_count(), 10);
     }
 
     #[test]

@@ -34,9 +34,17 @@
 //!
 //! The verdict is a function of the update, the document's change graph and
 //! the chain alone, so every node reaches the same one whatever order it
-//! learns of updates and rotations in. When a node adopts a new root, it
-//! re-judges its stored updates against the new chain ([`SignedState::adopt_root`]);
-//! anything that no longer qualifies, and everything built on it, is dropped.
+//! learns of updates and rotations in. The vouched heads usually arrive after
+//! the updates beneath them (sync, a store and the re-judging below all go
+//! in causal order), so the causal past of the heads is walked through held
+//! updates too (a change's hash commits to its dependencies, whoever holds
+//! it), and an update that waits for the walk to reach it is tried again as
+//! soon as any change the walk lacks is applied or held. The walk is kept
+//! (`Vouched`), so each change is visited once, not once per update.
+//!
+//! When a node adopts a new root, it re-judges its stored updates against
+//! the new chain ([`SignedState::adopt_root`]); anything that no longer
+//! qualifies, and everything built on it, is dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -127,6 +135,10 @@ struct Held {
     update: VerifiedUpdate,
     bytes: Arc<[u8]>,
     missing: Vec<ChangeHash>,
+    /// Whether `missing` is what the walk of a rotation's vouched past
+    /// lacks (tried again once any of it is applied or held), rather than
+    /// the change's dependencies (tried again once all are applied).
+    vouching: bool,
     seq: u64,
     /// When it was held (the state's clock, ms).
     since_ms: u64,
@@ -161,6 +173,19 @@ pub struct SignedState {
     /// Changes refused as equivocations: they can never apply here (the
     /// other change in their place is permanent), so sync stops fetching them.
     equivocations: BTreeSet<ChangeHash>,
+    /// For each root version `v` that updates named, what is known so far of
+    /// the causal past of the heads root `v + 1` vouched for.
+    vouched: BTreeMap<u64, Vouched>,
+}
+
+/// The causal past of the heads a rotation vouched for
+/// ([`TrustRoot::accepted_heads`]), as far as this state has walked it: the
+/// hashes reached, and those of them whose changes it has not seen yet
+/// (neither applied nor held), past which the walk cannot go until they come.
+#[derive(Clone, Debug, Default)]
+struct Vouched {
+    past: BTreeSet<ChangeHash>,
+    unseen: BTreeSet<ChangeHash>,
 }
 
 /// How many equivocating changes a state remembers not to fetch again.
@@ -184,6 +209,7 @@ impl SignedState {
             dropped: Vec::new(),
             clock_ms: 0,
             equivocations: BTreeSet::new(),
+            vouched: BTreeMap::new(),
         }
     }
 
@@ -714,6 +740,7 @@ impl SignedState {
             },
         );
         let mut any_applied = false;
+        let mut any_held = false;
         for (j, ((i, v, bytes), r)) in batch.into_iter().zip(outcome).enumerate() {
             results[i] = Some(match r {
                 Ok(Applied::New(summary)) => {
@@ -731,7 +758,8 @@ impl SignedState {
                 Ok(Applied::Duplicate) => Ok(Ingested::Duplicate(v.hash)),
                 Err(Refusal::State(CrdtError::MissingDeps(missing))) => {
                     let hash = v.hash;
-                    self.hold(v, bytes, missing.clone(), source);
+                    any_held = true;
+                    self.hold(v, bytes, missing.clone(), false, source);
                     Ok(Ingested::Held { hash, missing })
                 }
                 Err(Refusal::State(e)) => {
@@ -754,9 +782,10 @@ impl SignedState {
                         released: Vec::new(),
                     })
                 }
-                Ok(Step::Missing(missing)) => {
+                Ok(Step::Missing(missing, vouching)) => {
                     let hash = v.hash;
-                    self.hold(v, bytes, missing.clone(), source);
+                    any_held = true;
+                    self.hold(v, bytes, missing.clone(), vouching, source);
                     Ok(Ingested::Held { hash, missing })
                 }
                 Err(e) => {
@@ -767,7 +796,10 @@ impl SignedState {
                 }
             });
         }
-        if any_applied && !self.held.is_empty() {
+        // Held updates wait for applied dependencies; those waiting for the
+        // walk of a rotation's vouched past wait for held changes as well.
+        let retry = any_applied || (any_held && self.held.values().any(|h| h.vouching));
+        if retry && !self.held.is_empty() {
             let released = self.release_held();
             // Report what was released with the last update that applied.
             if let Some(Some(Ok(Ingested::Applied { released: r, .. }))) = results
@@ -791,7 +823,7 @@ impl SignedState {
     ) -> Result<Step, UpdateError> {
         let summary = match self.doc.summarize(&update.change) {
             Ok(s) => s,
-            Err(CrdtError::MissingDeps(missing)) => return Ok(Step::Missing(missing)),
+            Err(CrdtError::MissingDeps(missing)) => return Ok(Step::Missing(missing, false)),
             Err(e) => return Err(e.into()),
         };
         let named = update.update.root_version;
@@ -810,7 +842,7 @@ impl SignedState {
                         current: latest,
                     });
                 }
-                Vouch::Missing(m) => return Ok(Step::Missing(m)),
+                Vouch::Missing(m) => return Ok(Step::Missing(m, true)),
             }
         }
         match self.doc.apply(update.change.clone())? {
@@ -825,38 +857,57 @@ impl SignedState {
         Ok(Step::Applied(summary, authorization))
     }
 
-    /// Whether root `named + 1` recorded `hash` as accepted before the rotation.
-    fn vouched_by_rotation(&self, hash: &ChangeHash, named: u64) -> Vouch {
+    /// Whether the root after `named` recorded `hash` as accepted before the
+    /// rotation: whether it lies in the causal past of that root's
+    /// `accepted_heads`. The walk down from the heads goes through applied
+    /// and held changes and is kept ([`Vouched`]); `Missing` names the
+    /// changes it still lacks when it has not reached `hash` yet.
+    fn vouched_by_rotation(&mut self, hash: &ChangeHash, named: u64) -> Vouch {
         let Some(next) = self.roots.range(named + 1..).next().map(|(_, r)| r) else {
             return Vouch::Yes;
         };
-        let heads: Vec<ChangeHash> = next.accepted_heads.iter().map(|h| ChangeHash(*h)).collect();
-        if heads.contains(hash) {
-            return Vouch::Yes;
-        }
-        let missing: Vec<ChangeHash> = heads
+        let walk = self.vouched.entry(named).or_insert_with(|| {
+            let heads: BTreeSet<ChangeHash> =
+                next.accepted_heads.iter().map(|h| ChangeHash(*h)).collect();
+            Vouched {
+                unseen: heads.clone(),
+                past: heads,
+            }
+        });
+        let mut seen: Vec<ChangeHash> = walk
+            .unseen
             .iter()
-            .filter(|h| !self.doc.contains(h))
+            .filter(|h| self.doc.contains(h) || self.held.contains_key(h))
             .copied()
             .collect();
-        // The update itself may be one of the missing heads' ancestors; it is
-        // judged once the heads it hides behind are here.
-        if !missing.is_empty() {
-            return Vouch::Missing(missing);
-        }
-        let mut stack = heads;
-        let mut seen = BTreeSet::new();
-        while let Some(h) = stack.pop() {
-            if &h == hash {
-                return Vouch::Yes;
+        while let Some(h) = seen.pop() {
+            walk.unseen.remove(&h);
+            let deps = match self.held.get(&h) {
+                Some(held) => held.update.change.deps().to_vec(),
+                None => self
+                    .doc
+                    .automerge()
+                    .get_change_meta_by_hash(&h)
+                    .map(|m| m.deps.clone())
+                    .unwrap_or_default(),
+            };
+            for d in deps {
+                if walk.past.insert(d) {
+                    if self.doc.contains(&d) || self.held.contains_key(&d) {
+                        seen.push(d);
+                    } else {
+                        walk.unseen.insert(d);
+                    }
+                }
             }
-            if seen.insert(h)
-                && let Some(meta) = self.doc.automerge().get_change_meta_by_hash(&h)
-            {
-                stack.extend(meta.deps.iter().copied());
-            }
         }
-        Vouch::No
+        if walk.past.contains(hash) {
+            Vouch::Yes
+        } else if walk.unseen.is_empty() {
+            Vouch::No
+        } else {
+            Vouch::Missing(walk.unseen.iter().copied().collect())
+        }
     }
 
     /// Holds `update` for `missing`, within [`HeldLimits`]: the oldest held
@@ -867,6 +918,7 @@ impl SignedState {
         update: VerifiedUpdate,
         bytes: Arc<[u8]>,
         missing: Vec<ChangeHash>,
+        vouching: bool,
         source: Source,
     ) {
         let size = bytes.len();
@@ -901,6 +953,7 @@ impl SignedState {
                 update,
                 bytes,
                 missing,
+                vouching,
                 seq: self.held_seq,
                 since_ms: self.clock_ms,
                 source,
@@ -939,15 +992,21 @@ impl SignedState {
     fn release_held(&mut self) -> Vec<(ChangeHash, ChangeSummary)> {
         let mut released = Vec::new();
         loop {
+            let here = |d: &ChangeHash| self.doc.contains(d) || self.held.contains_key(d);
             let ready: Vec<ChangeHash> = self
                 .held
                 .iter()
-                .filter(|(_, h)| h.missing.iter().all(|d| self.doc.contains(d)))
+                .filter(|(_, h)| {
+                    if h.vouching {
+                        h.missing.iter().any(here)
+                    } else {
+                        h.missing.iter().all(|d| self.doc.contains(d))
+                    }
+                })
                 .map(|(k, _)| *k)
                 .collect();
-            if ready.is_empty() {
-                return released;
-            }
+            // A round that applies nothing leaves nothing new to wait for.
+            let mut applied = false;
             for hash in ready {
                 let Some(held) = self.unhold(&hash, false) else {
                     continue;
@@ -956,15 +1015,28 @@ impl SignedState {
                     continue;
                 }
                 match self.try_apply(&held.update, &held.bytes) {
-                    Ok(Step::Applied(summary, _)) => released.push((hash, summary)),
-                    Ok(Step::Missing(missing)) => {
+                    Ok(Step::Applied(summary, _)) => {
+                        applied = true;
+                        released.push((hash, summary));
+                    }
+                    Ok(Step::Missing(missing, vouching)) => {
                         let size = held.bytes.len();
                         self.held_bytes += size;
                         *self.held_by_source.entry(held.source).or_default() += size;
-                        self.held.insert(hash, Held { missing, ..held });
+                        self.held.insert(
+                            hash,
+                            Held {
+                                missing,
+                                vouching,
+                                ..held
+                            },
+                        );
                     }
                     Err(_) => self.dropped.push(hash),
                 }
+            }
+            if !applied {
+                return released;
             }
         }
     }
@@ -1107,7 +1179,9 @@ fn on_all_cores<T: Sync, R: Send>(
 #[allow(clippy::large_enum_variant)]
 enum Step {
     Applied(ChangeSummary, Authorization),
-    Missing(Vec<ChangeHash>),
+    /// Not yet: these are missing, and whether they are what the walk of a
+    /// rotation's vouched past lacks (else dependencies).
+    Missing(Vec<ChangeHash>, bool),
 }
 
 enum Vouch {

@@ -5,7 +5,10 @@
 //!
 //! It presents a real certificate (an admitted node gone bad), answers the
 //! node's `Hello` and sync requests like an empty node, and keeps redialing
-//! its targets (a revoked peer that will not go away). A silent one
+//! its targets (a revoked peer that will not go away). It can also push
+//! bytes of its choosing through the sync protocol ([`Hostile::offer`]): it
+//! names them among its heads, offers their hash when a node asks what it
+//! lacks, and answers the node's `Fetch` with them. A silent one
 //! ([`Hostile::start_silent`]) never presents its certificate, so it stays
 //! connected but unadmitted until the node's admission timeout. It is
 //! subscribed to the audit topic too, and publishes there on request.
@@ -26,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use weft_node::audit::AUDIT_TOPIC;
 use weft_node::net::{SYNC_PROTOCOL, TOPIC, libp2p_keypair, message_id};
 use weft_protocol::identity::SecretKey;
-use weft_protocol::wire::{SyncRequest, SyncResponse};
+use weft_protocol::wire::{Hash, SyncRequest, SyncResponse, WireBytes};
 
 /// The largest answer the hostile client reads (twice the node's limit).
 const MAX_READ: usize = 16 * 1024 * 1024;
@@ -111,6 +114,33 @@ enum Cmd {
     Publish(IdentTopic, Vec<u8>, oneshot::Sender<Result<(), String>>),
     Request(PeerId, Vec<u8>, oneshot::Sender<Result<Vec<u8>, String>>),
     Connected(oneshot::Sender<BTreeSet<PeerId>>),
+    TopicPeers(IdentTopic, oneshot::Sender<BTreeSet<PeerId>>),
+    Offer(Offered),
+}
+
+/// Bytes offered by sync until each of `waiting` has fetched them.
+struct Offered {
+    /// The hash they are offered under.
+    hash: Hash,
+    bytes: Vec<u8>,
+    /// The peers that have not fetched them yet.
+    waiting: BTreeSet<PeerId>,
+    /// Told when the last of `waiting` has fetched them.
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// The hash the bytes of an update or an order are offered under: its
+/// change hash, or for bytes that have none, their SHA-256.
+pub fn offer_hash(bytes: &[u8]) -> Hash {
+    weft_protocol::boundary::change_bytes(bytes)
+        .and_then(|c| weft_protocol::boundary::change_hash(&c))
+        .map(|h| h.0)
+        .unwrap_or_else(|_| {
+            let id = message_id(bytes).0;
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&id[..32]);
+            h
+        })
 }
 
 /// A running hostile client; dropping it stops it.
@@ -239,6 +269,41 @@ impl Hostile {
         Ok(rx.await?)
     }
 
+    /// The peers gossipsub knows to be subscribed to the update topic.
+    pub async fn topic_peers(&self) -> Result<BTreeSet<PeerId>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::TopicPeers(IdentTopic::new(TOPIC), tx))
+            .await
+            .map_err(|_| anyhow!("the hostile client stopped"))?;
+        Ok(rx.await?)
+    }
+
+    /// Pushes `bytes` to each of `peers` through the sync protocol, as a
+    /// peer that holds an update they lack would: every half second it
+    /// sends each peer that has not fetched them yet a `Heads` naming their
+    /// hash ([`offer_hash`]), which makes the node ask for its heads; it
+    /// answers with an `Offer` of that hash, and the node's `Fetch` of it
+    /// with `bytes`, once per peer. Returns once every one of `peers` has
+    /// fetched them, or fails after `timeout`.
+    pub async fn offer(&self, bytes: Vec<u8>, peers: &[PeerId], timeout: Duration) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Offer(Offered {
+                hash: offer_hash(&bytes),
+                bytes,
+                waiting: peers.iter().copied().collect(),
+                done: Some(tx),
+            }))
+            .await
+            .map_err(|_| anyhow!("the hostile client stopped"))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => bail!("the hostile client stopped"),
+            Err(_) => bail!("the nodes did not fetch the offered bytes within {timeout:?}"),
+        }
+    }
+
     /// Publishes, retrying while gossipsub knows no subscribed peer yet.
     pub async fn publish_when_ready(&self, bytes: Vec<u8>) -> Result<()> {
         self.publish_on_when_ready(TOPIC, bytes).await
@@ -268,6 +333,7 @@ async fn drive(
     replay: Arc<AtomicU64>,
 ) {
     let mut published = 0u64;
+    let mut offers: Vec<Offered> = Vec::new();
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>> =
         HashMap::new();
     let mut redial = tokio::time::interval(Duration::from_millis(500));
@@ -306,8 +372,26 @@ async fn drive(
                 Some(Cmd::Connected(reply)) => {
                     let _ = reply.send(swarm.connected_peers().copied().collect());
                 }
+                Some(Cmd::TopicPeers(topic, reply)) => {
+                    let hash = topic.hash();
+                    let peers = swarm
+                        .behaviour()
+                        .gossipsub
+                        .all_peers()
+                        .filter(|(_, topics)| topics.contains(&&hash))
+                        .map(|(p, _)| *p)
+                        .collect();
+                    let _ = reply.send(peers);
+                }
+                Some(Cmd::Offer(offered)) => {
+                    announce(&mut swarm, &offered);
+                    offers.push(offered);
+                }
             },
             _ = redial.tick() => {
+                for o in &offers {
+                    announce(&mut swarm, o);
+                }
                 for t in &targets {
                     let connected = target_peers.get(t).is_some_and(|p| swarm.is_connected(p));
                     if !connected {
@@ -326,31 +410,37 @@ async fn drive(
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
-                    message, ..
+                    peer, message, ..
                 })) => match message {
                     request_response::Message::Request { request, channel, .. } => {
                         let Some(cert) = &cert else {
                             unanswered.push(channel);
                             continue;
                         };
-                        // Answer like an empty node.
+                        // Answer like a node that holds nothing but what it
+                        // offers this peer.
+                        let offered: Vec<Hash> = offers
+                            .iter()
+                            .filter(|o| o.waiting.contains(&peer))
+                            .map(|o| o.hash)
+                            .collect();
                         let answer = match SyncRequest::from_bytes(&request) {
                             Ok(SyncRequest::Hello { .. }) => SyncResponse::Hello {
                                 cert: cert.clone(),
-                                heads: Vec::new(),
+                                heads: offered,
                                 root: 1,
                             },
                             Ok(SyncRequest::Heads { .. }) => SyncResponse::Offer {
-                                heads: Vec::new(),
-                                hashes: Vec::new(),
+                                heads: offered.clone(),
+                                hashes: offered,
                                 more: false,
                                 root: 1,
                             },
                             Ok(SyncRequest::Roots { .. }) => SyncResponse::Roots {
                                 roots: Vec::new(),
                             },
-                            Ok(SyncRequest::Fetch { .. }) => SyncResponse::Updates {
-                                updates: Vec::new(),
+                            Ok(SyncRequest::Fetch { hashes }) => SyncResponse::Updates {
+                                updates: serve(&mut offers, &peer, &hashes),
                             },
                             Err(e) => SyncResponse::Refused { reason: e.to_string() },
                         };
@@ -376,6 +466,42 @@ async fn drive(
             },
         }
     }
+}
+
+/// Sends each peer still waiting for `offered` a `Heads` naming its hash,
+/// so that the node asks for this client's heads (and is offered it). The
+/// node's answer to it is not read.
+fn announce(swarm: &mut Swarm<Behaviour>, offered: &Offered) {
+    let heads = frame(
+        &SyncRequest::Heads {
+            heads: vec![offered.hash],
+            root: 1,
+        }
+        .to_bytes(),
+    );
+    for peer in &offered.waiting {
+        if swarm.is_connected(peer) {
+            swarm.behaviour_mut().sync.send_request(peer, heads.clone());
+        }
+    }
+}
+
+/// The offered bytes among `hashes` that `peer` has not fetched yet; each
+/// is marked fetched by it, and an offer every peer has fetched is done.
+fn serve(offers: &mut Vec<Offered>, peer: &PeerId, hashes: &[Hash]) -> Vec<WireBytes> {
+    let mut out = Vec::new();
+    for o in offers.iter_mut() {
+        if hashes.contains(&o.hash) && o.waiting.remove(peer) {
+            out.push(WireBytes(o.bytes.clone()));
+            if o.waiting.is_empty()
+                && let Some(done) = o.done.take()
+            {
+                let _ = done.send(());
+            }
+        }
+    }
+    offers.retain(|o| !o.waiting.is_empty());
+    out
 }
 
 /// Decodes a sync answer frame's bytes.

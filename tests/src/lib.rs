@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end suites.
 
+pub mod corpus;
 pub mod delay;
 pub mod hostile;
+pub mod inputs;
 pub mod mesh;
 pub mod netns;

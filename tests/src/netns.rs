@@ -273,6 +273,10 @@ pub struct LabSpec {
     /// Who dials whom: `peers[i]` are the nodes `i` dials. Default: every
     /// node dials every node before it.
     pub peers: Option<Vec<Vec<usize>>>,
+    /// Whether the trust root lets nodes quarantine on their own
+    /// (`weft trust init --allow-node-quarantine`: at most 1 h each, 5 per
+    /// node per hour). Default: no.
+    pub node_quarantine: bool,
 }
 
 impl LabSpec {
@@ -282,13 +286,15 @@ impl LabSpec {
             nodes: n,
             uncertified: Vec::new(),
             peers: None,
+            node_quarantine: false,
         }
     }
 }
 
 /// A running lab: a bridge, one namespace and one `weft` process per node,
-/// a trust root with two operators (`alice` holds every role, `bob` only
-/// `policy`), and HTTP helpers. Dropping it kills and removes everything.
+/// a trust root (one root key, version 1) with two operators (`alice` holds
+/// every role, `bob` only `policy`), and HTTP helpers. Dropping it kills
+/// and removes everything.
 pub struct Lab {
     /// The nodes.
     pub nodes: Vec<LabNode>,
@@ -302,8 +308,10 @@ pub struct Lab {
     pub bob_key: PathBuf,
     /// A key no trust root names.
     pub mallory_key: PathBuf,
-    /// The trust file.
+    /// The trust file (version 1, as `weft trust init` wrote it).
     pub trust: PathBuf,
+    /// The root key's file, which signed the trust root.
+    pub root_key: PathBuf,
     /// alice's key, for authoring updates in-process.
     pub alice: SecretKey,
     bridge: String,
@@ -340,6 +348,7 @@ impl Lab {
             bob_key: dir.path().join("bob.key"),
             mallory_key: dir.path().join("mallory.key"),
             trust: dir.path().join("trust.json"),
+            root_key: dir.path().join("root.key"),
             alice: SecretKey::from_seed([0; 32]),
             dir,
             bridge: format!("{LINK_PREFIX}b{tag}"),
@@ -366,24 +375,28 @@ impl Lab {
 
         let base = lab.dir.path().to_path_buf();
         let s = |p: &Path| p.to_string_lossy().into_owned();
-        weft(&["key", "gen", "--out", &s(&base.join("root.key"))])?;
+        weft(&["key", "gen", "--out", &s(&lab.root_key)])?;
         let alice_pub = last_line(&weft(&["key", "gen", "--out", &s(&lab.alice_key)])?);
         let bob_pub = last_line(&weft(&["key", "gen", "--out", &s(&lab.bob_key)])?);
         weft(&["key", "gen", "--out", &s(&lab.mallory_key)])?;
-        weft(&[
-            "trust",
-            "init",
-            "--root-key",
-            &s(&base.join("root.key")),
-            "--operator",
-            &format!("alice={alice_pub}"),
-            "--operator",
-            &format!("bob={bob_pub}:policy"),
-            "--expires",
-            "1d",
-            "--out",
-            &s(&lab.trust),
-        ])?;
+        let mut init = vec![
+            "trust".to_owned(),
+            "init".into(),
+            "--root-key".into(),
+            s(&lab.root_key),
+            "--operator".into(),
+            format!("alice={alice_pub}"),
+            "--operator".into(),
+            format!("bob={bob_pub}:policy"),
+            "--expires".into(),
+            "1d".into(),
+            "--out".into(),
+            s(&lab.trust),
+        ];
+        if spec.node_quarantine {
+            init.push("--allow-node-quarantine".into());
+        }
+        weft(&init.iter().map(String::as_str).collect::<Vec<_>>())?;
         lab.alice = weft_node::keyfile::read(&lab.alice_key)
             .map_err(|e| anyhow!("cannot read alice's key: {e}"))?;
 
@@ -505,6 +518,76 @@ impl Lab {
             .with_context(|| format!("cannot start node {i}"))?;
         n.child = Some(child);
         Ok(())
+    }
+
+    /// Runs `weft node run` for node `i` in its namespace, in the
+    /// foreground, and waits for it to exit (`timeout` at most, then it is
+    /// killed and this fails): its exit code and stderr. For starts that
+    /// must be refused; node `i` must not be running.
+    pub fn run_foreground(&mut self, i: usize, timeout: Duration) -> Result<(i32, String)> {
+        ensure!(!self.nodes[i].running(), "node {i} is running");
+        let n = &self.nodes[i];
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &n.ns])
+            .arg(weft_bin()?)
+            .args(["node", "run", "--dir"])
+            .arg(&n.dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start node {i}"))?;
+        let start = Instant::now();
+        while child.try_wait()?.is_none() {
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                bail!(
+                    "node {i} did not exit within {timeout:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// A certified node identity outside the lab's nodes, made with the
+    /// CLI (`weft node init`, then `weft node certify` by alice, valid for
+    /// `expires` when given, like `5s`): its key and certificate bytes.
+    pub fn identity(&self, name: &str, expires: Option<&str>) -> Result<(SecretKey, Vec<u8>)> {
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let dir = self.dir.path().join(name);
+        weft(&[
+            "node",
+            "init",
+            "--dir",
+            &s(&dir),
+            "--trust",
+            &s(&self.trust),
+        ])?;
+        let mut certify = vec![
+            "node".to_owned(),
+            "certify".into(),
+            "--key".into(),
+            s(&self.alice_key),
+            "--dir".into(),
+            s(&dir),
+        ];
+        if let Some(e) = expires {
+            certify.extend(["--expires".into(), e.to_owned()]);
+        }
+        weft(&certify.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok((
+            weft_node::keyfile::read(&dir.join("node.key"))
+                .map_err(|e| anyhow!("cannot read {name}'s key: {e}"))?,
+            std::fs::read(dir.join("node.cert"))?,
+        ))
     }
 
     /// Waits until node `i` answers `/healthz` (20 s at most).

@@ -1241,20 +1241,7 @@ fn refused(st: &serde_json::Value, reason: &str) -> u64 {
 /// A certified node directory made by the CLI outside the lab's nodes:
 /// its key and certificate bytes.
 fn outsider(lab: &Lab, name: &str) -> Result<(weft_protocol::identity::SecretKey, Vec<u8>)> {
-    let dir = lab.dir.path().join(name);
-    weft(&["node", "init", "--dir", &s(&dir), "--trust", &s(&lab.trust)])?;
-    weft(&[
-        "node",
-        "certify",
-        "--key",
-        &s(&lab.alice_key),
-        "--dir",
-        &s(&dir),
-    ])?;
-    Ok((
-        weft_node::keyfile::read(&dir.join("node.key"))?,
-        std::fs::read(dir.join("node.cert"))?,
-    ))
+    lab.identity(name, None)
 }
 
 /// An admitted node turns hostile: garbage, forged updates, oversized
@@ -1529,6 +1516,667 @@ async fn a_hostile_peer_is_refused_penalized_and_a_revoked_one_stays_out() -> Re
     eprintln!(
         "FAULTS hostile_peer faults_sent={faults} banned_after=3_strikes revoked_dropped_ms={} result=pass",
         t.as_millis()
+    );
+    Ok(())
+}
+
+/// Policies of the boundary corpus: staff may view, ops may do anything.
+const STAFF_POLICIES: &str = "@id(\"staff-view\")\n\
+permit(principal in Group::\"staff\", action == Action::\"view\", resource);\n\
+@id(\"ops-all\")\n\
+permit(principal in Group::\"ops\", action, resource);\n";
+
+/// Entities of the boundary corpus: alice and carol are staff, and alice
+/// is also in `Group::"admins"`, which no bundle defines.
+const STAFF_ENTITIES: &str = r#"[
+  {"uid": {"type": "Group", "id": "staff"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "User", "id": "alice"}, "attrs": {},
+   "parents": [{"type": "Group", "id": "staff"}, {"type": "Group", "id": "admins"}]},
+  {"uid": {"type": "User", "id": "carol"}, "attrs": {},
+   "parents": [{"type": "Group", "id": "staff"}]}
+]"#;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Waits until every node holds the same heads, `updates` updates in all.
+async fn wait_same_state(lab: &Lab, updates: u64, what: &str) -> Result<Duration> {
+    eventually(Duration::from_secs(30), what, || async move {
+        let first = lab.heads(0).await?;
+        for i in 0..lab.nodes.len() {
+            let st = lab.status(i).await?;
+            if lab.heads(i).await? != first || st["updates"] != updates {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
+/// `POST /v1/authorize` on node `i` with `body`: status code and JSON.
+async fn authorize_raw(lab: &Lab, i: usize, body: &serde_json::Value) -> Result<(u16, String)> {
+    let r = lab
+        .http()
+        .post(format!("{}/v1/authorize", lab.nodes[i].url()))
+        .json(body)
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// Issue #23's findings as a corpus against a three-node mesh holding a
+/// real bundle, quarantine records of an operator and of a node, and a
+/// revocation: every update and quarantine order among them (1 to 6) is
+/// sent over HTTP to node 0, and by an admitted peer gone bad over gossip
+/// and over sync to every node; the authorize bodies and the token (7 to 9)
+/// to every node's API; a peer whose certificate expires is dropped (10).
+/// No node applies any of them, every node keeps running and counts each
+/// refusal, a peer to blame is penalized and, at its third strike, banned.
+/// Afterwards a revocation made at node 2 is enforced by every node within
+/// seconds, and every node's state export still loads and builds on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_boundary_finding_is_refused_over_http_gossip_and_sync_and_a_later_revocation_holds()
+-> Result<()> {
+    use weft_tests::corpus;
+    use weft_tests::inputs::{self, Input};
+
+    let mut spec = LabSpec::new(3);
+    spec.node_quarantine = true;
+    let mut lab = Lab::new(spec)?;
+    lab.start_all().await?;
+    lab.wait_admitted(2, Duration::from_secs(30)).await?;
+    let started = Instant::now();
+
+    // The state under attack: a real bundle, an operator's quarantine of
+    // User::"opq", node 1's quarantine of User::"nodeq", a revocation.
+    let policies = policy_dir(&lab, "staff", STAFF_POLICIES)?;
+    std::fs::write(policies.join("entities.json"), STAFF_ENTITIES)?;
+    push_file(&lab, 0, &bundle_file(&lab, 0, "staff", &policies)?).await?;
+    let now = unix_now();
+    let doc = corpus::doc_of(&lab.state(0).await?)?;
+    let opq = corpus::operator_quarantine(&doc, &lab.alice, 1, r#"User::"opq""#, now, 3600)?;
+    push_bytes(&lab, 0, opq).await?;
+    let n1_key = weft_node::keyfile::read(&lab.nodes[1].dir.join("node.key"))?;
+    let n1_cert = std::fs::read(lab.nodes[1].dir.join("node.cert"))?;
+    let doc = corpus::doc_of(&lab.state(1).await?)?;
+    let nodeq = corpus::order(
+        &doc,
+        &n1_key,
+        &n1_cert,
+        1,
+        r#"User::"nodeq""#,
+        corpus::record(now, 600),
+    )?;
+    push_bytes(&lab, 1, nodeq).await?;
+    push_file(
+        &lab,
+        1,
+        &revoke_file(&lab, 1, &lab.alice_key, r#"User::"mallory""#)?,
+    )
+    .await?;
+    wait_same_state(&lab, 4, "the state under attack on every node").await?;
+    for i in 0..3 {
+        ensure!(lab.allows(i, r#"User::"carol""#).await?, "node {i}");
+        for denied in [r#"User::"opq""#, r#"User::"nodeq""#, r#"User::"mallory""#] {
+            ensure!(!lab.allows(i, denied).await?, "node {i} allows {denied}");
+        }
+    }
+
+    // Finding 10 (in part): a certificate that expires while its peer is
+    // connected ends the connection. Its key signs finding 6's orders.
+    let (old_key, old_cert, dropped_late) =
+        inputs::expiring_peer_is_dropped(&lab, "expiring", Duration::from_secs(6)).await?;
+    let old_issued = weft_protocol::trust::SignedNodeCert::from_bytes(&old_cert)?
+        .cert()?
+        .issued;
+    // The node gone bad whose key signs findings 4 and 5's orders.
+    let (bad_key, bad_cert) = lab.identity("quarantiner", None)?;
+
+    let doc = corpus::doc_of(&lab.state(0).await?)?;
+    let now = unix_now();
+    let alice = &lab.alice;
+    let carol = r#"User::"carol""#;
+    let (unsigned_actor, signed_actor) = corpus::corrupted_actor(&doc, alice, 1, carol)?;
+    let order = |key, cert, subject, rec| corpus::order(&doc, key, cert, 1, subject, rec);
+    let corpus = vec![
+        Input::new(
+            1,
+            "unsigned change naming an actor past its table",
+            unsigned_actor,
+            "unsigned",
+            true,
+        ),
+        Input::new(
+            1,
+            "operator-signed change naming an actor past its table",
+            signed_actor,
+            "state",
+            true,
+        ),
+        Input::new(
+            2,
+            "unsigned update with a missing dependency",
+            corpus::unsigned_with_missing_dependency(&doc, alice, 1, carol)?,
+            "unsigned",
+            true,
+        ),
+        Input::new(
+            2,
+            "unsigned update of 4 MB",
+            corpus::large_unsigned(&doc, alice, 1, 4_000_000)?,
+            "unsigned",
+            true,
+        ),
+        Input::new(
+            3,
+            "operator-signed change whose counters go backwards",
+            corpus::counter_backwards(&doc, alice, 1, carol, 1)?,
+            "state",
+            true,
+        ),
+        Input::new(
+            4,
+            "order dated an hour ahead",
+            order(&bad_key, &bad_cert, carol, corpus::record(now + 3600, 600))?,
+            "future_dated",
+            false,
+        ),
+        Input::new(
+            4,
+            "order dated ten years ahead",
+            order(
+                &bad_key,
+                &bad_cert,
+                carol,
+                corpus::record(now + 10 * 365 * 86_400, 600),
+            )?,
+            "node_quarantine",
+            true,
+        ),
+        Input::new(
+            5,
+            "order overwriting an operator's quarantine",
+            order(
+                &bad_key,
+                &bad_cert,
+                r#"User::"opq""#,
+                corpus::record(now, 1),
+            )?,
+            "node_quarantine",
+            true,
+        ),
+        Input::new(
+            5,
+            "order overwriting another node's quarantine",
+            order(
+                &bad_key,
+                &bad_cert,
+                r#"User::"nodeq""#,
+                corpus::record(now, 1),
+            )?,
+            "node_quarantine",
+            true,
+        ),
+        Input::new(
+            6,
+            "order signed after its certificate expired",
+            order(&old_key, &old_cert, carol, corpus::record(now, 600))?,
+            "node_quarantine",
+            true,
+        ),
+        Input::new(
+            6,
+            "order dated within its certificate but outlasting it",
+            order(
+                &old_key,
+                &old_cert,
+                carol,
+                corpus::record(old_issued + 1, 600),
+            )?,
+            "node_quarantine",
+            true,
+        ),
+    ];
+
+    let mut report = Vec::new();
+    for (k, input) in corpus.iter().enumerate() {
+        let (code, msg) = inputs::over_http(&lab, 0, input).await?;
+        let peers = inputs::over_peers(&lab, &format!("carrier-{k}"), input).await?;
+        report.push(format!(
+            "  finding {} {}: HTTP {code} {msg:?}; gossip refused by all in {} ms, sync in {} ms",
+            input.finding,
+            input.what,
+            peers.gossip.as_millis(),
+            peers.sync.as_millis()
+        ));
+    }
+
+    // Findings 7 to 9: authorize bodies, at every node.
+    let token = |ttl| corpus::token(&lab.alice, carol, unix_now(), ttl);
+    let short = token(3600);
+    let long = token(48 * 3600);
+    let view = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({
+            "action": r#"Action::"view""#, "resource": r#"Doc::"d""#,
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let ancestor = serde_json::json!([{
+        "uid": {"type": "Group", "id": "admins"}, "attrs": {},
+        "parents": [{"type": "Group", "id": "ops"}],
+    }]);
+    let refused_bodies = [
+        (
+            "7: context.token without a token",
+            view(serde_json::json!({
+                "principal": carol, "context": {"token": {"principal": r#"User::"root""#}},
+            })),
+        ),
+        (
+            "7: context.token beside a verified token",
+            view(serde_json::json!({
+                "token": short, "context": {"token": {"team": "red"}},
+            })),
+        ),
+        (
+            "8: an entity defining an ancestor of a stored user",
+            serde_json::json!({
+                "principal": r#"User::"alice""#, "action": r#"Action::"delete""#,
+                "resource": r#"Doc::"d""#, "entities": ancestor,
+            }),
+        ),
+    ];
+    let mut authorize_tried = 0;
+    for i in 0..3 {
+        let before = inputs::fingerprint(&lab, i).await?;
+        for (what, body) in &refused_bodies {
+            let (code, text) = authorize_raw(&lab, i, body).await?;
+            ensure!(code == 400, "finding {what} at node {i}: {code} {text}");
+            let msg = inputs::one_sentence(what, code, &text)?;
+            if i == 0 {
+                report.push(format!("  finding {what}: HTTP {code} {msg:?}"));
+            }
+            authorize_tried += 1;
+        }
+        // Finding 9: a token that lives longer than the root allows is
+        // denied with the reason, whoever signed it; a short one works.
+        let (code, text) =
+            authorize_raw(&lab, i, &view(serde_json::json!({"token": long}))).await?;
+        let d: serde_json::Value = serde_json::from_str(&text)?;
+        ensure!(
+            code == 200
+                && d["decision"] == "deny"
+                && d["errors"]
+                    .to_string()
+                    .contains("longer than the trust root's maximum"),
+            "finding 9 at node {i}: {code} {text}"
+        );
+        if i == 0 {
+            report.push(format!(
+                "  finding 9: a 48 h token: HTTP 200 deny {}",
+                d["errors"][0]
+            ));
+        }
+        let (code, text) =
+            authorize_raw(&lab, i, &view(serde_json::json!({"token": short}))).await?;
+        ensure!(
+            code == 200 && text.contains(r#""decision":"allow""#),
+            "a 1 h token at node {i}: {code} {text}"
+        );
+        authorize_tried += 2;
+        ensure!(inputs::fingerprint(&lab, i).await? == before, "node {i}");
+        inputs::alive(&lab, i).await?;
+    }
+
+    // A peer that sends three bad updates is banned by every node.
+    let doc = corpus::doc_of(&lab.state(0).await?)?;
+    let strikes = (0..3)
+        .map(|k| {
+            corpus::unsigned_with_missing_dependency(&doc, alice, 1, &format!(r#"User::"s{k}""#))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    inputs::ban_after_three_strikes(&lab, "repeat-offender", &strikes).await?;
+
+    // After all of it, a revocation made at node 2 holds everywhere.
+    let state = inputs::fingerprint(&lab, 0).await?;
+    for i in 1..3 {
+        ensure!(
+            inputs::fingerprint(&lab, i).await? == state,
+            "node {i} differs from node 0 after the corpus"
+        );
+    }
+    let revoked_at = Instant::now();
+    weft(&[
+        "revoke",
+        "--key",
+        &s(&lab.alice_key),
+        "--node",
+        &lab.nodes[2].url(),
+        carol,
+        "--reason",
+        "after the corpus",
+    ])?;
+    let revocation = eventually(
+        Duration::from_secs(10),
+        "every node to deny carol after her revocation at node 2",
+        || async {
+            for i in 0..3 {
+                if lab.allows(i, carol).await? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await
+    .map(|_| revoked_at.elapsed())?;
+    // Every node's state still loads, and an update builds on it.
+    let next = policy_dir(&lab, "next", PERMIT_ALL)?;
+    for i in 0..3 {
+        let export = lab.state(i).await?;
+        let doc = corpus::doc_of(&export)?;
+        let mut heads: Vec<String> = doc.heads().iter().map(|h| h.to_string()).collect();
+        heads.sort();
+        ensure!(heads == lab.heads(i).await?, "node {i}'s export");
+        bundle_file(&lab, i, "next", &next)?;
+        inputs::alive(&lab, i).await?;
+    }
+    for line in &report {
+        eprintln!("{line}");
+    }
+    eprintln!(
+        "FAULTS boundary_corpus updates={} ways=3 authorize={authorize_tried} expired_cert_dropped_after_ms={} banned_after=3_strikes revocation_everywhere_ms={} total_s={} result=pass",
+        corpus.len(),
+        dropped_late.as_millis(),
+        revocation.as_millis(),
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+/// `weft bundle create --name NAME` on node `i`'s state, signed by `key`;
+/// the file (not pushed).
+fn bundle_by(lab: &Lab, i: usize, key: &Path, name: &str, policies: &Path) -> Result<PathBuf> {
+    let out = lab.dir.path().join(format!("{name}-{}.update", nonce()));
+    weft(&[
+        "bundle",
+        "create",
+        "--name",
+        name,
+        "--dir",
+        &s(policies),
+        "--key",
+        &s(key),
+        "--node",
+        &lab.nodes[i].url(),
+        "--out",
+        &s(&out),
+    ])?;
+    Ok(out)
+}
+
+/// The trust-root version node `i` runs under.
+async fn root_version(lab: &Lab, i: usize) -> Result<u64> {
+    lab.status(i).await?["trust_root"]["version"]
+        .as_u64()
+        .context("no trust_root.version in the status")
+}
+
+/// The trust root in a trust file.
+fn trust_file_root(path: &Path) -> Result<weft_protocol::trust::TrustRoot> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(weft_protocol::trust::from_trust_file(&text)?.root()?)
+}
+
+/// The one `error: ` line a refused `weft` command printed last.
+fn error_line(stderr: &str) -> Result<String> {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    ensure!(errors.len() == 1, "not one error line: {stderr:?}");
+    ensure!(
+        stderr.trim_end().ends_with(errors[0]),
+        "the error is not the last line: {stderr:?}"
+    );
+    Ok(errors[0].to_owned())
+}
+
+/// A trust-root rotation end to end. bob (policy) writes a bundle under
+/// version 1; with node 2 stopped, `weft trust rotate` removes bob at node
+/// 0; nodes 0 and 1 adopt version 2 by gossip, node 2 by sync once it is
+/// back, and every node keeps the history the rotation vouched for and
+/// writes version 2 to its trust.json. bob's updates, under version 1 and
+/// under version 2, are refused by every node over HTTP, gossip and sync;
+/// alice still writes. A node whose trust.json is put back to version 1, or
+/// to another root of version 2, refuses to start with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_reaches_every_node_and_the_removed_operator_writes_nothing_more() -> Result<()>
+{
+    use weft_tests::corpus;
+    use weft_tests::inputs::{self, Input};
+
+    let mut lab = Lab::new(LabSpec::new(3))?;
+    lab.start_all().await?;
+    lab.wait_admitted(2, Duration::from_secs(30)).await?;
+    let carol = r#"User::"carol""#;
+    let dave = r#"User::"dave""#;
+    let main = policy_dir(
+        &lab,
+        "main",
+        "permit(principal == User::\"carol\", action, resource);\n",
+    )?;
+    push_file(&lab, 0, &bundle_file(&lab, 0, "main", &main)?).await?;
+    let bobs = policy_dir(
+        &lab,
+        "bobs",
+        "permit(principal == User::\"dave\", action, resource);\n",
+    )?;
+    push_file(&lab, 0, &bundle_by(&lab, 0, &lab.bob_key, "bobs", &bobs)?).await?;
+    wait_same_state(&lab, 2, "alice's and bob's bundles everywhere").await?;
+    for i in 0..3 {
+        ensure!(lab.allows(i, dave).await? && lab.allows(i, carol).await?);
+    }
+    // bob writes again while he may, but it reaches no node before the
+    // rotation: version 2 will not vouch for it.
+    let later = policy_dir(
+        &lab,
+        "bobs-later",
+        "permit(principal == User::\"erin\", action, resource);\n",
+    )?;
+    let bob_late = std::fs::read(bundle_by(&lab, 0, &lab.bob_key, "bobs", &later)?)?;
+    let v1_state = lab.dir.path().join("v1.state");
+    std::fs::write(&v1_state, lab.state(0).await?)?;
+    let heads = lab.heads(0).await?;
+
+    // The rotation, pushed to node 0 while node 2 is stopped.
+    lab.stop(2)?;
+    let v2_file = lab.dir.path().join("trust-v2.json");
+    let (code, out, err) = weft_status(&[
+        "trust",
+        "rotate",
+        "--node",
+        &lab.nodes[0].url(),
+        "--key",
+        &s(&lab.root_key),
+        "--remove-operator",
+        "bob",
+        "--out",
+        &s(&v2_file),
+    ])?;
+    ensure!(
+        code == 0 && out.contains("pushed"),
+        "weft trust rotate: {code} {out} {err}"
+    );
+    let v2 = trust_file_root(&v2_file)?;
+    ensure!(v2.version == 2 && v2.operator_by_name("bob").is_none());
+    let rotated = Instant::now();
+    let lab_ref = &lab;
+    eventually(
+        Duration::from_secs(20),
+        "nodes 0 and 1 to adopt version 2",
+        || async move {
+            Ok(root_version(lab_ref, 0).await? == 2 && root_version(lab_ref, 1).await? == 2)
+        },
+    )
+    .await?;
+    let by_gossip = rotated.elapsed();
+    lab.spawn(2)?;
+    lab.wait_healthy(2).await?;
+    let lab_ref = &lab;
+    let back = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "node 2 to adopt version 2 from its peers",
+        || async move { Ok(root_version(lab_ref, 2).await? == 2) },
+    )
+    .await?;
+    let by_sync = back.elapsed();
+    // The history the rotation vouched for is kept everywhere, and every
+    // trust.json holds version 2.
+    for i in 0..3 {
+        ensure!(lab.heads(i).await? == heads, "node {i} lost history");
+        ensure!(lab.allows(i, dave).await? && lab.allows(i, carol).await?);
+        let file = trust_file_root(&lab.nodes[i].dir.join("trust.json"))?;
+        ensure!(
+            file == v2,
+            "node {i}'s trust.json holds version {}",
+            file.version
+        );
+    }
+
+    // bob is out everywhere, under version 1 and under version 2, whoever
+    // brings his updates.
+    let doc = corpus::doc_of(&lab.state(0).await?)?;
+    let bob = weft_node::keyfile::read(&lab.bob_key)?;
+    let bob_v2 = corpus::bundle(
+        &doc,
+        &bob,
+        2,
+        "bobs",
+        "permit(principal == User::\"erin\", action, resource);",
+    )?;
+    let bob_inputs = [
+        Input::new(
+            10,
+            "bob's update under version 1, outside the vouched heads",
+            bob_late,
+            "root_version",
+            false,
+        ),
+        Input::new(
+            10,
+            "bob's update under version 2",
+            bob_v2,
+            "unknown_signer",
+            true,
+        ),
+    ];
+    let mut sentences = Vec::new();
+    for input in &bob_inputs {
+        for i in 0..3 {
+            let (code, msg) = inputs::over_http(&lab, i, input).await?;
+            if i == 0 {
+                sentences.push(format!("  {}: HTTP {code} {msg:?}", input.what));
+            }
+            let f = lab.dir.path().join("bob.update");
+            std::fs::write(&f, &input.bytes)?;
+            let (code, _, err) = weft_status(&["push", "--node", &lab.nodes[i].url(), &s(&f)])?;
+            ensure!(code == 1, "weft push of {} to node {i}: {code}", input.what);
+            error_line(&err)?;
+        }
+        inputs::over_peers(&lab, &format!("carrier-{}", input.label), input).await?;
+    }
+    for i in 0..3 {
+        ensure!(!lab.allows(i, r#"User::"erin""#).await?, "node {i}");
+    }
+    // alice still writes.
+    let frank = policy_dir(
+        &lab,
+        "frank",
+        "permit(principal == User::\"carol\", action, resource);\n\
+         permit(principal == User::\"frank\", action, resource);\n",
+    )?;
+    push_file(&lab, 1, &bundle_file(&lab, 1, "frank", &frank)?).await?;
+    eventually(
+        Duration::from_secs(20),
+        "alice's update under version 2 everywhere",
+        || async move {
+            for i in 0..3 {
+                if !lab_ref.allows(i, r#"User::"frank""#).await? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+
+    // A node never starts from an older trust.json, or another version 2.
+    lab.stop(1)?;
+    let trust1 = lab.nodes[1].dir.join("trust.json");
+    let adopted = std::fs::read(&trust1)?;
+    std::fs::copy(&lab.trust, &trust1)?;
+    let (code, err) = lab.run_foreground(1, Duration::from_secs(20))?;
+    let older = error_line(&err)?;
+    ensure!(
+        code == 1 && older.contains("version 1") && older.contains("version 2"),
+        "a start from trust.json version 1: {code} {err}"
+    );
+    let carol_pub = weft(&["key", "gen", "--out", &s(&lab.dir.path().join("carol.key"))])?;
+    let carol_pub = carol_pub.lines().last().unwrap_or_default().trim();
+    let other = lab.dir.path().join("other-v2.json");
+    weft(&[
+        "trust",
+        "rotate",
+        "--state",
+        &s(&v1_state),
+        "--key",
+        &s(&lab.root_key),
+        "--operator",
+        &format!("carol={carol_pub}:revoke"),
+        "--no-push",
+        "--out",
+        &s(&other),
+    ])?;
+    ensure!(trust_file_root(&other)?.version == 2);
+    std::fs::copy(&other, &trust1)?;
+    let (code, err) = lab.run_foreground(1, Duration::from_secs(20))?;
+    let different = error_line(&err)?;
+    ensure!(
+        code == 1 && different.contains("differs") && different.contains("version 2"),
+        "a start from another trust root of version 2: {code} {err}"
+    );
+    std::fs::write(&trust1, &adopted)?;
+    lab.spawn(1)?;
+    lab.wait_healthy(1).await?;
+    ensure!(root_version(&lab, 1).await? == 2);
+    wait_converged(
+        &lab,
+        &[],
+        Duration::from_secs(20),
+        "node 1 back in the mesh",
+    )
+    .await?;
+    ensure!(lab.allows(1, r#"User::"frank""#).await? && lab.allows(1, dave).await?);
+
+    for line in &sentences {
+        eprintln!("{line}");
+    }
+    eprintln!("  start from trust.json version 1: {older}");
+    eprintln!("  start from another version 2: {different}");
+    eprintln!(
+        "FAULTS rotation adopted_by_gossip_ms={} adopted_by_sync_after_restart_ms={} removed_operator_refused=3_nodes_3_ways restart_refused=2 result=pass",
+        by_gossip.as_millis(),
+        by_sync.as_millis()
     );
     Ok(())
 }

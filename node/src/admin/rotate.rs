@@ -50,7 +50,6 @@ pub const TRUST_ROTATE_LONG_ABOUT: &str = "Write a new trust root, one version u
 
 /// Arguments of `weft trust rotate`.
 #[derive(Debug, Args)]
-#[command(long_about = TRUST_ROTATE_LONG_ABOUT)]
 pub struct TrustRotateArgs {
     /// The node (or state export) whose root and heads the new root builds on.
     #[command(flatten)]
