@@ -48,9 +48,10 @@ use std::time::Instant;
 
 use thiserror::Error;
 use weft_crdt::{ChangeHash, PolicyDoc};
+use weft_protocol::boundary::VerifiedUpdate;
 use weft_protocol::state::{DEFAULT_MAX_HELD, Ingested, SignedState};
 use weft_protocol::trust::TrustRoot;
-use weft_protocol::update::{UpdateError, VerifiedUpdate};
+use weft_protocol::update::UpdateError;
 
 /// How many applied updates between two snapshots. Default 10,000: loading a
 /// snapshot spares automerge's apply of what it covers, so start-up applies

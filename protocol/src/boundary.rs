@@ -14,7 +14,8 @@
 //!    or a quarantine order), format version, size (at most
 //!    [`MAX_UPDATE_BYTES`] or [`MAX_ORDER_BYTES`]), canonical postcard, at
 //!    most [`MAX_SIGNATURES`] signatures and at least one.
-//! 2. **The change's hash**, computed here ([`change_hash`]): the bytes must
+//! 2. **The change's hash**, computed without automerge
+//!    ([`crate::chunk::change_hash`]): the bytes must
 //!    be exactly one uncompressed automerge change chunk (magic, checksum,
 //!    chunk type 1, a canonical length that covers the rest), and the hash is
 //!    SHA-256 over the chunk's type, length and contents, as automerge
@@ -42,7 +43,8 @@
 //! ([`PolicyDoc`]'s lane check), the operations decoded (panics contained,
 //! [`PolicyDoc::expand`]) and checked against the schema, the path-by-path
 //! authorization ([`crate::update::authorize`],
-//! [`crate::quarantine::authorize_order`]), and only then the apply.
+//! [`authorize_order`], picked by [`authorize_verified`]), and only then
+//! the apply.
 //!
 //! A refusal is an [`UpdateError`]: one sentence, a label for metrics, and
 //! [`UpdateError::is_misbehaviour`] says whether the peer that sent it is to
@@ -55,17 +57,48 @@
 
 use std::collections::BTreeMap;
 
-use sha2::{Digest as _, Sha256};
-use weft_crdt::{ChangeHash, PolicyDoc};
+use weft_crdt::{Change, ChangeHash, ChangeSummary, PolicyDoc};
 
+use crate::chunk::change_hash;
 use crate::encoding::{self, Kind};
 use crate::identity::Domain;
-use crate::quarantine::{NodeIssuer, QuarantineOrder};
+use crate::quarantine::{NodeIssuer, QuarantineOrder, authorize_order, certified_by};
 use crate::trust::{Role, SignedNodeCert, TrustRoot};
 use crate::update::{
-    SignatureCheck, SignedUpdate, UpdateError, VerifiedUpdate, author_of, shared_signers,
-    signing_message,
+    Authorization, SignatureCheck, SignedUpdate, Signers, UpdateError, author_of, authorize,
+    shared_signers, signing_message,
 };
+
+/// Checks a verified update or quarantine order against `root`, at `now`
+/// (Unix seconds, the node's clock): operators' updates by [`authorize`],
+/// nodes' orders by [`crate::quarantine::authorize_order`].
+pub fn authorize_verified(
+    summary: &ChangeSummary,
+    update: &VerifiedUpdate,
+    root: &TrustRoot,
+    now: u64,
+) -> Result<Authorization, UpdateError> {
+    match &update.issuer {
+        Some(issuer) => authorize_order(summary, &update.change, issuer, root, now),
+        None => authorize(summary, &update.signers, root),
+    }
+}
+
+/// An update whose signatures all verified, with its change parsed.
+#[derive(Clone, Debug)]
+pub struct VerifiedUpdate {
+    /// The update as received.
+    pub update: SignedUpdate,
+    /// The parsed change.
+    pub change: Change,
+    /// The change hash, recomputed from the bytes.
+    pub hash: ChangeHash,
+    /// The distinct signers (operators; empty for a node's quarantine order).
+    pub signers: Signers,
+    /// The node that issued it, for a quarantine order (boxed: almost every
+    /// update has none, and updates are moved by the thousand at a start).
+    pub issuer: Option<Box<NodeIssuer>>,
+}
 
 /// Checks `bytes` at the trust boundary against the chain of trust roots
 /// this node holds (by version), as the module doc lists, and returns the
@@ -165,90 +198,12 @@ pub fn change_bytes(bytes: &[u8]) -> Result<Vec<u8>, UpdateError> {
     Ok(open(bytes)?.update.change)
 }
 
-/// automerge's magic bytes, which every chunk starts with.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
-/// Where a chunk keeps its type: after the magic bytes and the checksum.
-const CHUNK_TYPE_AT: usize = 8;
-
-/// The chunk type of an uncompressed change.
-const CHUNK_TYPE_CHANGE: u8 = 1;
-
-/// The hash automerge gives the change in `change`, computed without
-/// automerge's parser: SHA-256 over the chunk's type, length and contents,
-/// once [`check_chunk`] has passed. The chunk's checksum (the hash's first
-/// four bytes, which the hash does not cover) must match, so one change has
-/// exactly one byte string, and its hash is known before anything reads its
-/// contents.
-pub fn change_hash(change: &[u8]) -> Result<ChangeHash, UpdateError> {
-    check_chunk(change)?;
-    let hash: [u8; 32] = Sha256::digest(&change[CHUNK_TYPE_AT..]).into();
-    if change[4..8] != hash[..4] {
-        return Err(chunk_refused("its checksum does not match its contents"));
-    }
-    Ok(ChangeHash(hash))
-}
-
-/// Refuses anything but exactly one uncompressed change chunk, by its
-/// header alone: wrong magic bytes, another chunk type (automerge parses a
-/// compressed change or a document chunk as a change too, and those expand
-/// while parsed: a few hundred bytes can ask for gigabytes), or a length
-/// that is not canonical LEB128 or does not cover exactly the rest.
-pub fn check_chunk(change: &[u8]) -> Result<(), UpdateError> {
-    if change.get(..4) != Some(&CHUNK_MAGIC[..]) {
-        return Err(chunk_refused(
-            "it does not start with automerge's magic bytes",
-        ));
-    }
-    match change.get(CHUNK_TYPE_AT) {
-        Some(&CHUNK_TYPE_CHANGE) => {}
-        Some(_) => {
-            return Err(chunk_refused(
-                "its chunk type is not an uncompressed change",
-            ));
-        }
-        None => return Err(chunk_refused("it ends inside its header")),
-    }
-    let mut len: u64 = 0;
-    let mut at = CHUNK_TYPE_AT + 1;
-    for shift in (0..64).step_by(7) {
-        let Some(&b) = change.get(at) else {
-            return Err(chunk_refused("it ends inside its length"));
-        };
-        at += 1;
-        let bits = u64::from(b & 0x7f);
-        if shift == 63 && bits > 1 {
-            return Err(chunk_refused("its length overflows"));
-        }
-        len |= bits << shift;
-        if b & 0x80 == 0 {
-            if b == 0 && shift > 0 {
-                return Err(chunk_refused("its length is not canonically encoded"));
-            }
-            let rest = (change.len() - at) as u64;
-            if rest != len {
-                return Err(chunk_refused(&format!(
-                    "its length says {len} bytes, but {rest} follow"
-                )));
-            }
-            return Ok(());
-        }
-    }
-    Err(chunk_refused("its length overflows"))
-}
-
-fn chunk_refused(why: &str) -> UpdateError {
-    UpdateError::Malformed(format!(
-        "the change is not an uncompressed automerge change chunk: {why}"
-    ))
-}
-
 /// An update or an order opened at the boundary: decoded as far as its
 /// envelope, its change hashed, its signature checks listed but not made.
 struct Opened {
     /// The update (for an order: its change and root version, no signatures).
     update: SignedUpdate,
-    /// The change hash, from [`change_hash`].
+    /// The change hash, from [`crate::chunk::change_hash`].
     hash: ChangeHash,
     /// The signature checks to make.
     checks: Vec<SignatureCheck>,
@@ -405,33 +360,6 @@ fn vouch_for_node(issuer: &NodeIssuer, root: &TrustRoot) -> Result<(), UpdateErr
         )));
     }
     certified_by(issuer, root).map(|_| ())
-}
-
-/// The certificate of `issuer`, checked against `root` for everything but
-/// its validity in time: issuer an operator with the admit role, signature,
-/// and the node it names.
-pub(crate) fn certified_by(
-    issuer: &NodeIssuer,
-    root: &TrustRoot,
-) -> Result<crate::trust::NodeCert, UpdateError> {
-    let refuse = |e: String| UpdateError::NodeQuarantine(format!("the issuer's certificate: {e}"));
-    let issued = issuer
-        .cert
-        .cert()
-        .map_err(|e| refuse(e.to_string()))?
-        .issued;
-    // Checked as of its own start: everything but its window in time.
-    let cert = issuer
-        .cert
-        .verify(root, issued)
-        .map_err(|e| refuse(e.to_string()))?;
-    if cert.node != issuer.node {
-        return Err(refuse(format!(
-            "it is for node {}, not for {}",
-            cert.node, issuer.node
-        )));
-    }
-    Ok(cert)
 }
 
 /// `work` on every item, on as many threads as the process may run on,

@@ -2,6 +2,7 @@
 //!
 //! - [`audit`]: the hash-chained audit trail, its signed checkpoints, verification.
 //! - [`boundary`]: the trust boundary, the one way in for updates and orders.
+//! - [`chunk`]: a change as bytes: one automerge change chunk and its hash.
 //! - [`quarantine`]: nodes' signed quarantine orders and their bounded authority.
 //! - [`identity`]: ed25519 keys, domain-separated signatures, node ids.
 //! - [`encoding`]: the one canonical, versioned, size-limited binary encoding.
@@ -18,6 +19,7 @@
 
 pub mod audit;
 pub mod boundary;
+pub mod chunk;
 pub mod encoding;
 pub mod export;
 pub mod identity;

@@ -42,9 +42,7 @@ use weft_crdt::{ActorId, Change, ChangeSummary, PolicyDoc, Section};
 use crate::encoding::{self, Kind};
 use crate::identity::{Domain, NodeId, SecretKey, Signature};
 use crate::trust::{MAX_NODE_CERT_LEN, SignedNodeCert, TrustRoot};
-use crate::update::{
-    Authorization, UpdateError, VerifiedUpdate, actor_for, author_of, signing_message,
-};
+use crate::update::{Authorization, UpdateError, actor_for, author_of, signing_message};
 
 /// The largest encoded order: one small record and a certificate.
 pub const MAX_ORDER_BYTES: usize = 64 * 1024;
@@ -117,21 +115,13 @@ impl QuarantineOrder {
     /// Decodes an order, refusing anything over [`MAX_ORDER_BYTES`].
     pub fn from_bytes(bytes: &[u8]) -> Result<QuarantineOrder, UpdateError> {
         let o: QuarantineOrder = encoding::decode(Kind::Quarantine, bytes, MAX_ORDER_BYTES)?;
-        crate::boundary::check_chunk(&o.change)?;
+        crate::chunk::check_chunk(&o.change)?;
         if o.cert.len() > MAX_NODE_CERT_LEN {
             return Err(UpdateError::Malformed(
                 "the quarantine order's certificate is over its size limit".into(),
             ));
         }
         Ok(o)
-    }
-
-    /// Hashes and parses the change, decodes the certificate and checks the
-    /// signature under the key the certificate names
-    /// ([`crate::boundary::decode_verified`]). Whether the certificate is
-    /// one the trust root's operators signed is not asked here.
-    pub fn verify(self) -> Result<VerifiedUpdate, UpdateError> {
-        crate::boundary::decode_verified(&self.to_bytes())
     }
 }
 
@@ -181,7 +171,7 @@ pub fn authorize_order(
             root.version
         )));
     }
-    let cert = crate::boundary::certified_by(issuer, root)?;
+    let cert = certified_by(issuer, root)?;
     let node_key = cert.node.public_key();
     if author_of(&summary.actor) != Some(node_key) {
         return Err(refuse("the change's author is not the node that signed it"));
@@ -254,4 +244,31 @@ pub fn authorize_order(
         author: node_key,
         signers: vec![format!("node {}", cert.name)],
     })
+}
+
+/// The certificate of `issuer`, checked against `root` for everything but
+/// its validity in time: issuer an operator with the admit role, signature,
+/// and the node it names.
+pub fn certified_by(
+    issuer: &NodeIssuer,
+    root: &TrustRoot,
+) -> Result<crate::trust::NodeCert, UpdateError> {
+    let refuse = |e: String| UpdateError::NodeQuarantine(format!("the issuer's certificate: {e}"));
+    let issued = issuer
+        .cert
+        .cert()
+        .map_err(|e| refuse(e.to_string()))?
+        .issued;
+    // Checked as of its own start: everything but its window in time.
+    let cert = issuer
+        .cert
+        .verify(root, issued)
+        .map_err(|e| refuse(e.to_string()))?;
+    if cert.node != issuer.node {
+        return Err(refuse(format!(
+            "it is for node {}, not for {}",
+            cert.node, issuer.node
+        )));
+    }
+    Ok(cert)
 }

@@ -54,9 +54,10 @@ use weft_crdt::{
     Applied, ChangeHash, ChangeSummary, CrdtError, FastHash, PolicyDoc, PolicyView, Refusal,
 };
 
+use crate::boundary::{VerifiedUpdate, authorize_verified};
 use crate::identity::{NodeId, PublicKey};
 use crate::trust::TrustRoot;
-use crate::update::{Authorization, Signers, UpdateError, VerifiedUpdate, authorize_verified};
+use crate::update::{Authorization, Signers, UpdateError};
 
 /// Default bound on updates held for missing dependencies.
 ///

@@ -20,7 +20,8 @@
 //! - anything else is refused by the schema before authorization is asked.
 //!
 //! A node's quarantine order ([`crate::quarantine`]) goes through the same
-//! pipeline with its own rules ([`authorize_verified`] picks them).
+//! pipeline with its own rules ([`crate::boundary::authorize_verified`]
+//! picks them).
 //!
 //! Signers are counted once each, however often they sign. A signature by a
 //! key that is not an operator of the root is refused (`unknown signer`), and
@@ -169,6 +170,12 @@ pub enum UpdateError {
     },
 }
 
+impl From<crate::chunk::ChunkError> for UpdateError {
+    fn from(e: crate::chunk::ChunkError) -> Self {
+        UpdateError::Malformed(e.to_string())
+    }
+}
+
 impl From<DecodeError> for UpdateError {
     fn from(e: DecodeError) -> Self {
         UpdateError::Malformed(e.to_string())
@@ -225,39 +232,6 @@ pub fn signing_message(hash: &ChangeHash, root_version: u64) -> [u8; 40] {
     m
 }
 
-/// Checks a verified update or quarantine order against `root`, at `now`
-/// (Unix seconds, the node's clock): operators' updates by [`authorize`],
-/// nodes' orders by [`crate::quarantine::authorize_order`].
-pub fn authorize_verified(
-    summary: &ChangeSummary,
-    update: &VerifiedUpdate,
-    root: &TrustRoot,
-    now: u64,
-) -> Result<Authorization, UpdateError> {
-    match &update.issuer {
-        Some(issuer) => {
-            crate::quarantine::authorize_order(summary, &update.change, issuer, root, now)
-        }
-        None => authorize(summary, &update.signers, root),
-    }
-}
-
-/// An update whose signatures all verified, with its change parsed.
-#[derive(Clone, Debug)]
-pub struct VerifiedUpdate {
-    /// The update as received.
-    pub update: SignedUpdate,
-    /// The parsed change.
-    pub change: Change,
-    /// The change hash, recomputed from the bytes.
-    pub hash: ChangeHash,
-    /// The distinct signers (operators; empty for a node's quarantine order).
-    pub signers: Signers,
-    /// The node that issued it, for a quarantine order (boxed: almost every
-    /// update has none, and updates are moved by the thousand at a start).
-    pub issuer: Option<Box<crate::quarantine::NodeIssuer>>,
-}
-
 impl SignedUpdate {
     /// An unsigned update for `change`, to be signed under `root_version`.
     pub fn new(change: &Change, root_version: u64) -> Self {
@@ -270,7 +244,7 @@ impl SignedUpdate {
 
     /// Adds `key`'s signature. Signing twice with the same key changes nothing.
     pub fn sign(&mut self, key: &SecretKey) -> Result<(), UpdateError> {
-        let hash = crate::boundary::change_hash(&self.change)?;
+        let hash = crate::chunk::change_hash(&self.change)?;
         let public = key.public();
         if self.signatures.iter().any(|s| s.key == public) {
             return Ok(());
@@ -288,7 +262,7 @@ impl SignedUpdate {
     /// Decodes an update file's envelope, refusing anything over
     /// [`MAX_UPDATE_BYTES`] or with more than [`MAX_SIGNATURES`] signatures.
     /// Of the change, only its chunk header is looked at
-    /// ([`crate::boundary::check_chunk`]).
+    /// ([`crate::chunk::check_chunk`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, UpdateError> {
         let u: SignedUpdate = encoding::decode(Kind::Update, bytes, MAX_UPDATE_BYTES)?;
         if u.signatures.len() > MAX_SIGNATURES {
@@ -297,21 +271,13 @@ impl SignedUpdate {
                 u.signatures.len()
             )));
         }
-        crate::boundary::check_chunk(&u.change)?;
+        crate::chunk::check_chunk(&u.change)?;
         Ok(u)
     }
 
     /// The update's id: hex of its change hash.
     pub fn id(&self) -> Result<String, UpdateError> {
-        Ok(crate::boundary::change_hash(&self.change)?.to_string())
-    }
-
-    /// Hashes and parses the change and checks every signature with
-    /// `verify_strict` ([`crate::boundary::decode_verified`]). Any bad
-    /// signature refuses the whole update. Whether the signers may sign is
-    /// not asked here.
-    pub fn verify(self) -> Result<VerifiedUpdate, UpdateError> {
-        crate::boundary::decode_verified(&self.to_bytes())
+        Ok(crate::chunk::change_hash(&self.change)?.to_string())
     }
 }
 

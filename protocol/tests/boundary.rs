@@ -203,15 +203,15 @@ fn the_envelope_and_the_signers_are_checked_before_the_change() {
     let last = (9..).find(|&i| padded[i] & 0x80 == 0).unwrap();
     padded[last] |= 0x80;
     padded.insert(last + 1, 0x00);
-    let err = boundary::change_hash(&fix_checksum(padded)).unwrap_err();
+    let err = weft_protocol::chunk::change_hash(&fix_checksum(padded)).unwrap_err();
     assert!(err.to_string().contains("canonically"), "{err}");
     let mut long = u.change.clone();
     long.push(0);
-    let err = boundary::change_hash(&fix_checksum(long)).unwrap_err();
+    let err = weft_protocol::chunk::change_hash(&fix_checksum(long)).unwrap_err();
     assert!(err.to_string().contains("follow"), "{err}");
     // The hash computed at the boundary is automerge's.
     assert_eq!(
-        boundary::change_hash(&u.change).unwrap(),
+        weft_protocol::chunk::change_hash(&u.change).unwrap(),
         PolicyDoc::parse_change(&u.change).unwrap().hash()
     );
 }

@@ -93,7 +93,7 @@ const OBJID_OVERFLOW: &[u8] = &[
 
 #[test]
 fn a_change_that_makes_automerge_panic_is_refused() {
-    let result = SignedUpdate::from_bytes(OBJID_OVERFLOW).and_then(SignedUpdate::verify);
+    let result = weft_protocol::boundary::decode_verified(OBJID_OVERFLOW);
     let err = result.expect_err("refused");
     assert!(
         matches!(err, UpdateError::Malformed(_) | UpdateError::State(_)),

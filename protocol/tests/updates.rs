@@ -5,10 +5,11 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use weft_crdt::{BundleContent, PolicyDoc};
+use weft_protocol::boundary::VerifiedUpdate;
 use weft_protocol::identity::{PublicKey, SecretKey};
 use weft_protocol::state::{Ingested, SignedState};
 use weft_protocol::trust::{Operator, QuarantineLimits, Role, TrustRoot};
-use weft_protocol::update::{SignedUpdate, UpdateError, VerifiedUpdate, actor_for};
+use weft_protocol::update::{SignedUpdate, UpdateError, actor_for};
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
@@ -220,7 +221,10 @@ fn tampered_and_forged_updates_are_refused() {
         refused(&mut s, &v.to_bytes()),
         UpdateError::RootVersion { named: 2, .. }
     ));
-    assert!(matches!(v.verify(), Err(UpdateError::BadSignature { .. })));
+    assert!(matches!(
+        weft_protocol::boundary::decode_verified(&v.to_bytes()),
+        Err(UpdateError::BadSignature { .. })
+    ));
     // Garbage, truncation, oversize.
     assert!(matches!(
         refused(&mut s, b"hello"),
@@ -262,9 +266,7 @@ fn an_equivocation_is_refused_without_blaming_the_relay_and_not_fetched_again() 
     assert!(!err.is_misbehaviour(), "the relaying peer is not at fault");
     assert!(err.to_string().contains("equivocation"), "{err}");
     // Sync does not fetch it again, and it never applies.
-    let hash = SignedUpdate::from_bytes(&second)
-        .unwrap()
-        .verify()
+    let hash = weft_protocol::boundary::decode_verified(&second)
         .unwrap()
         .hash;
     assert!(state.knows(&hash));

@@ -27,7 +27,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 use weft_node::audit::AUDIT_TOPIC;
-use weft_node::net::{SYNC_PROTOCOL, TOPIC, libp2p_keypair, message_id};
+use weft_node::swarm::{SYNC_PROTOCOL, TOPIC, libp2p_keypair, message_id};
 use weft_protocol::identity::SecretKey;
 use weft_protocol::wire::{Hash, SyncRequest, SyncResponse, WireBytes};
 
@@ -133,7 +133,7 @@ struct Offered {
 /// change hash, or for bytes that have none, their SHA-256.
 pub fn offer_hash(bytes: &[u8]) -> Hash {
     weft_protocol::boundary::change_bytes(bytes)
-        .and_then(|c| weft_protocol::boundary::change_hash(&c))
+        .and_then(|c| Ok(weft_protocol::chunk::change_hash(&c)?))
         .map(|h| h.0)
         .unwrap_or_else(|_| {
             let id = message_id(bytes).0;
