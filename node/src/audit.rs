@@ -1096,7 +1096,7 @@ pub fn start(
 }
 
 fn write_batch(log: &AuditLog, counters: &AuditCounters, events: impl Iterator<Item = AuditEvent>) {
-    let now = crate::net::now_ms();
+    let now = crate::clock::now_ms();
     let mut wrote = false;
     for ev in events {
         match log.append(now, &ev) {
@@ -1147,7 +1147,7 @@ fn checkpoint(
         node,
         seq,
         head,
-        at_ms: crate::net::now_ms(),
+        at_ms: crate::clock::now_ms(),
     };
     let signed = SignedCheckpoint::sign(&cp, key);
     if let Err(err) = log

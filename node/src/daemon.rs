@@ -38,13 +38,15 @@ use weft_protocol::replica::{Replica, ReplicaConfig};
 use weft_protocol::time::format_timestamp;
 use weft_protocol::trust::{MAX_TRUST_ROOT_LEN, SignedNodeCert, SignedRoot, from_trust_file};
 
-use crate::api::{self, ApiState, Status};
+use crate::api::{self, ApiState};
 use crate::audit::{Audit, AuditConfig, AuditEvent, AuditLog};
+use crate::control::{Command, Shared, Staleness, Status};
 use crate::keyfile;
 use crate::layout::{Config, NodeDir};
 use crate::liveness::TaskState;
-use crate::net::{self, Command, NodeTask, NodeTaskParts, Shared, TOPIC};
 use crate::store::{DEFAULT_SNAPSHOT_EVERY, Store};
+use crate::swarm::{self, TOPIC};
+use crate::task::{NodeTask, NodeTaskParts};
 
 /// `weft node run`
 #[derive(Debug, Args)]
@@ -93,7 +95,7 @@ pub struct NodeOptions {
     /// Applied updates between two snapshots.
     pub snapshot_every: u64,
     /// When the state counts as stale and what decisions do then.
-    pub stale: net::Staleness,
+    pub stale: Staleness,
     /// The audit trail's settings.
     pub audit: AuditConfig,
     /// Anomaly detection and the quarantines it may issue.
@@ -132,7 +134,7 @@ impl NodeOptions {
             peers: Vec::new(),
             replica: ReplicaConfig::default(),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
-            stale: net::Staleness::default(),
+            stale: Staleness::default(),
             audit: AuditConfig::default(),
             response: crate::respond::ResponseConfig::default(),
             connections: crate::limits::ConnectionLimits::default(),
@@ -249,6 +251,7 @@ impl NodeHandle {
         self.ask(|reply| Command::Unblock { peer, reply }).await
     }
 
+    #[cfg(feature = "test-hooks")]
     /// Test hook: publishes `bytes` on the update topic as they are, with no
     /// check at all, as a compromised or buggy node would.
     #[doc(hidden)]
@@ -258,6 +261,7 @@ impl NodeHandle {
             .map_err(|e| anyhow!("gossipsub refused the message: {e}"))
     }
 
+    #[cfg(feature = "test-hooks")]
     /// Test hook: makes the node task panic, as a bug in it would.
     #[doc(hidden)]
     pub async fn panic_node_task(&self) -> Result<()> {
@@ -305,7 +309,7 @@ fn note_failure(
 }
 
 fn now_secs() -> u64 {
-    net::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 /// Reads and checks `DIR/trust.json`.
@@ -425,7 +429,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         node_id,
         traffic: Arc::default(),
         last_sync_ms: Default::default(),
-        started_ms: net::now_ms(),
+        started_ms: crate::clock::now_ms(),
         cert: cert.clone(),
         stale: opts.stale,
         anomalies: Arc::default(),
@@ -433,9 +437,9 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     });
     let replica = Replica::new(state, node_id, cert, opts.replica.clone());
 
-    let keypair = net::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
+    let keypair = swarm::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
     let peer_id = keypair.public().to_peer_id();
-    let mut swarm = net::build_swarm(
+    let mut swarm = swarm::build_swarm(
         keypair,
         &IdentTopic::new(TOPIC),
         shared.traffic.clone(),
@@ -677,7 +681,7 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     let mut opts = NodeOptions::new(&args.dir);
     opts.listen = vec![parse_addr(&config.listen, "--listen")?];
     opts.api = config.api.clone();
-    opts.stale = net::Staleness {
+    opts.stale = Staleness {
         after_ms: weft_protocol::time::parse_duration(&config.stale_after)
             .map_err(|e| anyhow!("stale_after in {}: {e}", dir.config().display()))?
             .saturating_mul(1000),

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::Status;
-use crate::evidence::{BundleEvidence, QuarantineEvidence, RevocationEvidence};
+use crate::control::Status;
+use crate::control::evidence::{BundleEvidence, QuarantineEvidence, RevocationEvidence};
 
 /// The dashboard page.
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::api::Status;
+use crate::control::Status;
 
 /// A label with one value.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

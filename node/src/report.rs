@@ -36,11 +36,11 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use weft_protocol::time::format_timestamp;
 
-use crate::dashboard::DecisionCounts;
-use crate::evidence::{
+use crate::control::evidence::{
     BundleEvidence, CertEvidence, NodeEvidence, QuarantineEvidence, RevocationEvidence,
     RootEvidence,
 };
+use crate::dashboard::DecisionCounts;
 
 /// The report format's name and version.
 pub const FORMAT: &str = "weft-report/v1";
@@ -1253,10 +1253,10 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{RootStatus, StatsStatus, Status};
-    use crate::evidence::{
+    use crate::control::evidence::{
         ChangeEvidence, OperatorEvidence, PolicyEvidence, QuarantineLimitsEvidence, SignerEvidence,
     };
+    use crate::control::{RootStatus, StatsStatus, Status};
 
     fn evidence() -> NodeEvidence {
         let alice = SignerEvidence {

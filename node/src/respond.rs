@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::anomaly::AnomalyLog;
 use crate::audit::{AuditEvent, AuditHandle};
+use crate::control::Command;
 use crate::detect::{Alert, DecisionEvent, Detector, DetectorConfig};
-use crate::net::Command;
 
 /// How long the detector lets decisions gather once it has emptied its
 /// queue. Without the pause the task parks after each drain, and the next

@@ -13,7 +13,7 @@ use libp2p::swarm::{ConnectionId, SwarmEvent, dummy};
 use libp2p::{Multiaddr, PeerId, Swarm, noise, tcp, yamux};
 use weft_node::daemon::{NodeHandle, spawn_node};
 use weft_node::limits::ConnectionLimits;
-use weft_node::net::libp2p_keypair;
+use weft_node::swarm::libp2p_keypair;
 use weft_protocol::identity::SecretKey;
 use weft_tests::mesh::{Author, Fixture, addr, authorize, init_logs, push};
 

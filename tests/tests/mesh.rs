@@ -367,7 +367,7 @@ async fn forged_gossip_is_rejected_and_its_sender_penalized() -> Result<()> {
     })
     .await?;
     let a_id = a.node_id().to_string();
-    let score_of_a = |s: &weft_node::api::Status| {
+    let score_of_a = |s: &weft_node::control::Status| {
         s.peers
             .iter()
             .find(|p| p.node_id == a_id)

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use weft_node::control::Staleness;
 use weft_node::daemon::spawn_node;
 use weft_node::layout::OnStale;
-use weft_node::net::Staleness;
 use weft_tests::mesh::{Author, Fixture, authorize, init_logs, push};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

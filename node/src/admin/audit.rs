@@ -232,7 +232,7 @@ fn export(a: &AuditExportArgs) -> Result<ExitCode> {
     let base = node_url(&a.node);
     let mut query = Vec::new();
     if let Some(s) = &a.since {
-        query.push(format!("since={}", parse_since(s, crate::net::now_ms())?));
+        query.push(format!("since={}", parse_since(s, crate::clock::now_ms())?));
     }
     if let Some(n) = a.limit {
         query.push(format!("limit={n}"));

@@ -22,7 +22,6 @@
 //! Every error body is `{"error": "<one sentence>"}`: 4xx for a bad request,
 //! 5xx for a failure of the node's own.
 
-use std::collections::BTreeMap;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -37,131 +36,21 @@ use cedar_policy::{Context, Entities, EntityUid, RestrictedExpression};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use weft_crdt::{Conflict, CrdtError, PolicyView};
+use weft_crdt::{CrdtError, PolicyView};
 use weft_protocol::token;
 use weft_protocol::trust::TrustRoot;
 use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 
+use crate::control::{Command, Shared, SubmitError};
 use crate::liveness::TaskState;
-use crate::net::{Command, Shared, SubmitError};
+
+mod audit;
 
 /// The largest request body `POST /v1/updates` reads. A little over
 /// [`MAX_UPDATE_BYTES`], so that an update just over the limit is refused by
 /// the decoder with a precise message, and anything larger with a 413 before
 /// it is read.
 pub const MAX_BODY_BYTES: usize = MAX_UPDATE_BYTES + 1024;
-
-/// One connected peer in [`Status`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PeerStatus {
-    /// Its node id.
-    pub node_id: String,
-    /// Its libp2p peer id (the same text as the node id).
-    pub peer_id: String,
-    /// Whether it presented a valid node certificate.
-    pub admitted: bool,
-    /// Its gossipsub peer score here, if scored.
-    pub score: Option<f64>,
-    /// The name on the certificate it was admitted with.
-    #[serde(default)]
-    pub cert_name: Option<String>,
-    /// When that certificate expires (Unix seconds).
-    #[serde(default)]
-    pub cert_expires: Option<u64>,
-}
-
-/// One bundle in [`Status`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BundleStatus {
-    /// The bundle's name.
-    pub name: String,
-    /// Operator names of everyone who signed an update that touched it.
-    pub signers: Vec<String>,
-    /// Policies in the version in force.
-    pub policies: usize,
-    /// Why the merged content is not in force, if it is not.
-    pub error: Option<String>,
-    /// Concurrent writes in the bundle.
-    pub conflicts: usize,
-}
-
-/// The trust root in [`Status`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootStatus {
-    /// Its version.
-    pub version: u64,
-    /// When it expires (Unix seconds).
-    pub expires: u64,
-    /// Whether it has expired (it is still enforced).
-    pub expired: bool,
-}
-
-/// Replica counters in [`Status`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsStatus {
-    /// Updates applied since start.
-    pub applied: u64,
-    /// Updates refused, by reason.
-    pub refused: BTreeMap<String, u64>,
-    /// Sync rounds started.
-    pub sync_rounds: u64,
-    /// Anti-entropy rounds skipped because a peer had just synced with
-    /// this node.
-    #[serde(default)]
-    pub rounds_skipped: u64,
-    /// Updates received by sync.
-    pub synced: u64,
-    /// Peers banned.
-    pub bans: u64,
-    /// Bytes received on every libp2p connection since start (TCP payload:
-    /// Noise and Yamux framing included).
-    #[serde(default)]
-    pub bytes_in: u64,
-    /// Bytes sent on every libp2p connection since start, counted as
-    /// `bytes_in` is.
-    #[serde(default)]
-    pub bytes_out: u64,
-}
-
-/// `GET /v1/status`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    /// This node's id.
-    pub node_id: String,
-    /// libp2p listen addresses.
-    pub listen: Vec<String>,
-    /// Connected peers.
-    pub peers: Vec<PeerStatus>,
-    /// The document's heads, hex.
-    pub heads: Vec<String>,
-    /// The state digest (of the sorted heads).
-    pub digest: String,
-    /// Bundles by name.
-    pub bundles: Vec<BundleStatus>,
-    /// Revoked subjects.
-    pub revocations: usize,
-    /// Every conflict in every bundle.
-    pub conflicts: Vec<Conflict>,
-    /// Updates applied.
-    pub updates: usize,
-    /// Updates held for missing dependencies.
-    pub held: usize,
-    /// Bytes of the updates held (bounded, see README "The trust boundary").
-    #[serde(default)]
-    pub held_bytes: usize,
-    /// Milliseconds since the last exchange with a peer; null if none yet.
-    pub last_sync_ms_ago: Option<u64>,
-    /// The trust root.
-    pub trust_root: RootStatus,
-    /// Counters.
-    pub stats: StatsStatus,
-    /// The audit trail.
-    #[serde(default)]
-    pub audit: crate::audit::AuditStatus,
-    /// Anomaly detection and quarantines issued.
-    #[serde(default)]
-    pub anomalies: crate::anomaly::AnomalyStatus,
-}
 
 /// What the handlers share.
 pub struct ApiState {
@@ -184,10 +73,13 @@ pub struct ApiState {
 
 /// The API's routes.
 pub fn router(state: Arc<ApiState>) -> Router {
-    let mut router = Router::new();
-    if state.test_panic_route {
-        router = router.route("/v1/test/panic", post(post_test_panic));
-    }
+    let router = Router::new();
+    #[cfg(feature = "test-hooks")]
+    let router = if state.test_panic_route {
+        router.route("/v1/test/panic", post(post_test_panic))
+    } else {
+        router
+    };
     router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -196,13 +88,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/updates", post(post_update))
         .route("/v1/authorize", post(post_authorize))
         .route("/metrics", get(get_metrics))
-        .route("/v1/audit", get(crate::audit_api::get_records))
-        .route("/v1/audit/status", get(crate::audit_api::get_status))
-        .route("/v1/audit/verify", get(crate::audit_api::get_verify))
-        .route(
-            "/v1/audit/checkpoints",
-            get(crate::audit_api::get_checkpoints),
-        )
+        .route("/v1/audit", get(audit::get_records))
+        .route("/v1/audit/status", get(audit::get_status))
+        .route("/v1/audit/verify", get(audit::get_verify))
+        .route("/v1/audit/checkpoints", get(audit::get_checkpoints))
         .route("/", get(get_dashboard_page))
         .route("/v1/dashboard", get(get_dashboard))
         .route("/v1/anomalies", get(get_anomalies))
@@ -273,8 +162,10 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-/// Test hook: makes the node task panic (served only when
+/// Test hook: makes the node task panic (served only when built with the
+/// `test-hooks` feature and
 /// [`ApiState::test_panic_route`] is set).
+#[cfg(feature = "test-hooks")]
 async fn post_test_panic(State(state): State<Arc<ApiState>>) -> Response {
     match state.commands.send(Command::PanicForTest).await {
         Ok(()) => (
@@ -335,7 +226,7 @@ async fn get_dashboard_page() -> Response {
 async fn get_dashboard(State(state): State<Arc<ApiState>>) -> Response {
     match ask(&state, |reply| Command::Evidence { full: false, reply }).await {
         Ok(mut e) => {
-            let now_ms = crate::net::now_ms();
+            let now_ms = crate::clock::now_ms();
             let (_, stale) = state.shared.freshness(now_ms);
             // The newest first; a page lists a bounded number of them.
             e.revocations
@@ -363,15 +254,15 @@ async fn get_anomalies(State(state): State<Arc<ApiState>>) -> Response {
     let view = state.shared.view.load();
     let root = state.shared.root.load();
     let rules = weft_protocol::quarantine::rules_of(&root);
-    let now = crate::net::now_ms() / 1000;
+    let now = crate::clock::now_ms() / 1000;
     let quarantines: Vec<serde_json::Value> = view
         .quarantines()
         .map(|(subject, text)| {
-            let record = crate::evidence::record_value(text);
+            let record = crate::control::evidence::record_value(text);
             let hit = weft_crdt::quarantine::in_force(&view, subject, now, &rules);
             json!({
                 "subject": subject,
-                "reason": crate::evidence::record_reason(&record),
+                "reason": crate::control::evidence::record_reason(&record),
                 "record": record,
                 "active": hit.is_some(),
                 "until": hit.and_then(|h| h.until),
@@ -390,10 +281,11 @@ async fn get_anomalies(State(state): State<Arc<ApiState>>) -> Response {
 async fn get_report(State(state): State<Arc<ApiState>>) -> Response {
     match ask(&state, |reply| Command::Evidence { full: true, reply }).await {
         Ok(e) => {
-            let now_ms = crate::net::now_ms();
+            let now_ms = crate::clock::now_ms();
             let (_, stale) = state.shared.freshness(now_ms);
             let root = state.shared.root.load();
-            let cert = crate::evidence::cert_evidence(&state.shared.cert, &root, now_ms / 1000);
+            let cert =
+                crate::control::evidence::cert_evidence(&state.shared.cert, &root, now_ms / 1000);
             let report = crate::report::Report::from_node(
                 e,
                 cert,
@@ -700,7 +592,7 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         view: &view,
         now,
     };
-    let now_ms = crate::net::now_ms();
+    let now_ms = crate::clock::now_ms();
     let (age_ms, stale) = state.shared.freshness(now_ms);
     let deny_stale = stale && state.shared.stale.on_stale == crate::layout::OnStale::Deny;
     let parsed = match parse_authorize(req, check) {

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::Status;
+use super::Status;
 
 /// An operator key that signed something, named by the trust root if it can.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,24 +1,9 @@
 //! The libp2p driver of the sans-IO [`Replica`]: one task owns the replica,
 //! the swarm and the store, and carries out every effect the replica asks for.
 //!
-//! # The swarm
-//! TCP, Noise and Yamux, with these behaviours:
-//! - an allow/block list, which refuses connections from banned peers (and,
-//!   for tests, from peers cut off by a simulated partition);
-//! - connection limits: in all, per peer, per remote IP address and in
-//!   their handshake ([`crate::limits`]);
-//! - gossipsub on [`TOPIC`] with manual validation: a message is forwarded
-//!   only after the replica has verified the operator signatures on it
-//!   ([`Verdict::Accept`]); a forged one is rejected ([`Verdict::Reject`]) and
-//!   peer scoring punishes the peer that sent it. Message ids are the SHA-256
-//!   of the data, so the same update published by two nodes is one message;
-//! - request-response on [`SYNC_PROTOCOL`] for anti-entropy, with
-//!   length-prefixed frames bounded by [`MAX_WIRE_BYTES`];
-//! - identify.
-//!
-//! Every TCP connection counts the bytes it carries ([`Traffic`]), below
-//! Noise and Yamux, so the totals are what crossed the wire: gossip, sync,
-//! identify, heartbeats, and the framing and encryption around them.
+//! The swarm itself (transport, behaviours, codec, byte counters) is
+//! [`crate::swarm`]; the commands the task takes and the state it shares
+//! are [`crate::control`].
 //!
 //! # Mapping
 //! | replica | driver |
@@ -38,64 +23,36 @@
 //! run on tokio's monotonic clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, StreamExt as _};
-use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::{Boxed, Transport as _};
-use libp2p::core::{ConnectedPoint, upgrade};
-use libp2p::gossipsub::{
-    self, IdentTopic, MessageAcceptance, MessageAuthenticity, MessageId, PeerScoreParams,
-    PeerScoreThresholds, PublishError, TopicScoreParams, ValidationMode,
-};
-use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use futures::StreamExt as _;
+
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, PublishError};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    identity, noise, tcp, yamux,
-};
-use sha2::{Digest as _, Sha256};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
-use weft_crdt::{ChangeHash, PolicyView};
+use weft_crdt::ChangeHash;
 use weft_protocol::audit::{CheckpointGossip, SignedCheckpoint};
 use weft_protocol::export::StateExport;
 use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::replica::{Input, Output, Replica, Timer, Verdict};
 use weft_protocol::state::Ingested;
-use weft_protocol::trust::{SignedNodeCert, TrustRoot};
-use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
-use weft_protocol::wire::{MAX_WIRE_BYTES, SyncRequest, SyncResponse};
+use weft_protocol::trust::SignedNodeCert;
+use weft_protocol::wire::{SyncRequest, SyncResponse};
 
-use crate::api::{BundleStatus, PeerStatus, RootStatus, StatsStatus, Status};
 use crate::audit::AuditEvent;
+use crate::clock::now_ms;
+use crate::control::{
+    BundleStatus, Command, PeerStatus, RootStatus, Shared, StatsStatus, Status, SubmitError,
+    Submitted,
+};
 use crate::store::{Store, StoreError};
-
-/// The gossipsub topic that carries signed updates.
-pub const TOPIC: &str = "weft/updates/v1";
-
-/// The request-response protocol of anti-entropy sync.
-pub const SYNC_PROTOCOL: &str = "/weft/sync/1";
-
-/// The identify protocol version string.
-pub const IDENTIFY_PROTOCOL: &str = "/weft/1.0.0";
-
-/// How long an idle connection stays open. One hour: the update topic is
-/// quiet, and a mesh that tears its connections down between updates would
-/// pay a handshake and a fresh admission on every one.
-pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// How long a sync request may take. Thirty seconds: a `Fetch` answer can be
-/// [`MAX_WIRE_BYTES`] (8 MiB), which a slow link needs a while to carry.
-pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::swarm::{Behaviour, BehaviourEvent, TOPIC, fit_response, split_p2p};
 
 /// First delay before redialing a configured peer; it doubles after each
 /// failure up to [`REDIAL_MAX`], and resets after a successful connection.
@@ -106,609 +63,6 @@ pub const REDIAL_MAX: Duration = Duration::from_secs(30);
 
 /// How often an expired trust root is reported.
 const EXPIRED_ROOT_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// The largest gossip message: a signed update plus room for the gossipsub
-/// envelope (source, sequence number, signature, topic).
-const MAX_GOSSIP_BYTES: usize = MAX_UPDATE_BYTES + 64 * 1024;
-
-/// Milliseconds since the Unix epoch: the `now_ms` the replica is given.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------
-// The sync codec
-
-/// Length-prefixed frames: a 4-byte big-endian length, then that many bytes.
-/// A frame longer than [`MAX_WIRE_BYTES`] is refused before anything is
-/// allocated for it. Decoding the bytes into sync messages is the driver's
-/// job, so that a bad message can be blamed on its peer.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SyncCodec;
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_WIRE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a sync frame of {len} bytes is over the limit of {MAX_WIRE_BYTES}"),
-        ));
-    }
-    let mut buf = Vec::with_capacity(len.min(64 * 1024));
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the sync frame ended early",
-        ));
-    }
-    Ok(buf)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    if bytes.len() > MAX_WIRE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "refusing to send a sync frame of {} bytes, over the limit of {MAX_WIRE_BYTES}",
-                bytes.len()
-            ),
-        ));
-    }
-    let len =
-        u32::try_from(bytes.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.flush().await
-}
-
-impl request_response::Codec for SyncCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io).await
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &res).await
-    }
-}
-
-/// Trims an `Updates` answer so that it encodes within [`MAX_WIRE_BYTES`]
-/// (the replica bounds the count, the driver the bytes). The asker fetches
-/// what was left out in its next round.
-fn fit_response(response: SyncResponse) -> SyncResponse {
-    let SyncResponse::Updates { mut updates } = response else {
-        return response;
-    };
-    // Each item costs its bytes plus a varint length; leave room for the envelope.
-    let budget = MAX_WIRE_BYTES - 1024;
-    let mut total = 0usize;
-    let keep = updates
-        .iter()
-        .take_while(|u| {
-            total += u.0.len() + 10;
-            total <= budget
-        })
-        .count();
-    updates.truncate(keep);
-    SyncResponse::Updates { updates }
-}
-
-// ---------------------------------------------------------------------------
-// The behaviour
-
-/// The node's network behaviour.
-#[derive(NetworkBehaviour)]
-pub(crate) struct Behaviour {
-    /// Refuses connections from banned (and partitioned) peers. First, so a
-    /// refused connection never reaches the others.
-    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    /// Refuses connections past the total, per-peer and pending-incoming
-    /// limits ([`crate::limits`]).
-    limits: connection_limits::Behaviour,
-    /// Refuses inbound connections from an address that holds its limit.
-    per_ip: crate::limits::PerIpLimit,
-    /// Gossip of signed updates.
-    gossipsub: gossipsub::Behaviour,
-    /// Anti-entropy sync.
-    sync: request_response::Behaviour<SyncCodec>,
-    /// Exchanges listen addresses and protocol versions.
-    identify: identify::Behaviour,
-}
-
-/// The gossipsub configuration.
-///
-/// Mesh sizes: `mesh_n` 3, `mesh_n_low` 1, `mesh_n_high` 12,
-/// `mesh_outbound_min` 1. A node grafts only when its mesh is empty, and
-/// then up to 3 peers, so meshes stay sparse and an update costs about one
-/// eager copy per node instead of about two at 4/2/8 (1.7–2.0× the update's
-/// size in bytes sent per node on the loopback benchmark, against 3.4–3.8×;
-/// BENCHMARKS.md, "Propagation"). In the simulator's 10,000-node WAN (50 ms,
-/// 10% loss) every connected node is still reached within 1.5 s; the
-/// median update takes about twice as long to reach every node (more hops,
-/// and some nodes are reached by IHAVE), and 2/1/8 misses that goal. At a
-/// 3-node site each node has 2 peers and both can be in its mesh; the
-/// default `mesh_n_low` of 5 would count that mesh as under-populated
-/// forever. One outbound peer is the most a node that dialled one peer can
-/// have. `mesh_n_high` stays above a typical node's connection count: a
-/// node whose mesh grows past it prunes down to `mesh_n` at once, and its
-/// pruned peers, often left with no mesh and backed off from it, wait for
-/// IHAVE until they graft again; at 3/1/8 on the 100-node benchmark one
-/// update in 30 took 2.2 s to reach everyone in two runs, at 3/1/12 none
-/// above 80 ms in three. It also refuses inbound grafts at that size (at
-/// 4/2/5, updates took up to 0.8 s). Sparse meshes take a few heartbeats to
-/// settle after a start: at 100 nodes on 2 cores, an update in the first
-/// 3 s could take 1.7-1.9 s (IHAVE and anti-entropy reach the nodes the
-/// meshes do not yet), none after 6 s.
-///
-/// The envelope is anonymous (`MessageAuthenticity::Anonymous`,
-/// `ValidationMode::Anonymous`): no source, sequence number or signature,
-/// about 116 bytes less per copy, and no envelope signature to check on
-/// every copy. Updates carry their operators' signatures, which the replica
-/// checks before Accept, and the message id is the SHA-256 of the data
-/// ([`message_id`]), so the envelope adds no authenticity. Peer scoring is
-/// unchanged: a Reject penalizes the peer that delivered the message (and
-/// any that sent it again while it was being validated), never its author.
-///
-/// Lazy gossip: an id goes into IHAVE for one heartbeat (`history_gossip`
-/// 1, libp2p's default 3) to at least 6 peers outside the mesh
-/// (`gossip_lazy`, libp2p's default), which is every such peer of most
-/// nodes. It is the repair path for a node that misses every eager copy;
-/// to 2 peers, such a node on the 100-node benchmark once waited 4.5 s for
-/// anti-entropy. Three heartbeats cost 0.4–0.7× of the update in bytes per
-/// node on the benchmark and were no faster in its worst case.
-///
-/// `flood_publish` (the default) sends a node's own updates to every peer
-/// with a good score, not only its mesh: the first hop's redundancy, which
-/// a sparse mesh needs more.
-pub fn gossipsub_config() -> Result<gossipsub::Config, String> {
-    gossipsub::ConfigBuilder::default()
-        .validate_messages()
-        .validation_mode(ValidationMode::Anonymous)
-        .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
-        .max_transmit_size(MAX_GOSSIP_BYTES)
-        .mesh_n(3)
-        .mesh_n_low(1)
-        .mesh_n_high(12)
-        .mesh_outbound_min(1)
-        .history_gossip(1)
-        .heartbeat_interval(Duration::from_secs(1))
-        .build()
-        .map_err(|e| format!("invalid gossipsub configuration: {e}"))
-}
-
-/// The gossipsub message id of a message: the SHA-256 of its data, so a
-/// message is the same message whoever relays it.
-pub fn message_id(data: &[u8]) -> MessageId {
-    MessageId::from(Sha256::digest(data).to_vec())
-}
-
-/// Peer-score parameters for a quiet topic, and their thresholds.
-///
-/// Updates are rare (a few a day), so the delivery-rate terms that suit
-/// busy topics would punish honest peers for having nothing to say:
-/// `mesh_message_deliveries_weight` (P3) and the mesh failure penalty (P3b)
-/// are 0. What is left:
-/// - P1, time in mesh: a small bonus, at most 1 point after an hour;
-/// - P2, first deliveries: 1 point each, at most 10, decaying over an hour;
-/// - P4, invalid messages: −20 × count², decaying over an hour. The score
-///   of a peer that forges updates, starting from at most +10 (the topic
-///   score cap), is at most −10 after one (below the gossip threshold, −5: no
-///   gossip is exchanged with it), at most −70 after two (below the publish
-///   threshold, −50: our own updates no longer go to it), and at most −170
-///   after three (below the graylist threshold, −100: everything it sends is
-///   ignored). The third is also the replica's third strike, so the peer is
-///   banned at the same moment gossipsub stops listening to it.
-/// - IP colocation (P6) is off (weight 0): admission is by certificate, not
-///   by address, and several nodes behind one NAT (or on one test host) are
-///   normal.
-///
-/// Thresholds: gossip −5, publish −50, graylist −100, accept PX 10 (PX is
-/// off), opportunistic graft 0.5 (a mesh whose median peer has not yet
-/// earned half a point of P1 gets one better peer grafted).
-pub fn peer_score(topic: &IdentTopic) -> (PeerScoreParams, PeerScoreThresholds) {
-    let hour = Duration::from_secs(3600);
-    let topic_params = TopicScoreParams {
-        topic_weight: 1.0,
-        time_in_mesh_weight: 1.0 / 3600.0,
-        time_in_mesh_quantum: Duration::from_secs(1),
-        time_in_mesh_cap: 3600.0,
-        first_message_deliveries_weight: 1.0,
-        first_message_deliveries_decay: gossipsub::score_parameter_decay(hour),
-        first_message_deliveries_cap: 10.0,
-        mesh_message_deliveries_weight: 0.0,
-        mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: -20.0,
-        invalid_message_deliveries_decay: gossipsub::score_parameter_decay(hour),
-        ..TopicScoreParams::default()
-    };
-    let mut params = PeerScoreParams {
-        topic_score_cap: 10.0,
-        ip_colocation_factor_weight: 0.0,
-        ..PeerScoreParams::default()
-    };
-    // Audit checkpoints are scored alike: a forged one counts as invalid.
-    params.topics.insert(
-        IdentTopic::new(crate::audit::AUDIT_TOPIC).hash(),
-        topic_params.clone(),
-    );
-    params.topics.insert(topic.hash(), topic_params);
-    let thresholds = PeerScoreThresholds {
-        gossip_threshold: -5.0,
-        publish_threshold: -50.0,
-        graylist_threshold: -100.0,
-        accept_px_threshold: 10.0,
-        opportunistic_graft_threshold: 0.5,
-    };
-    (params, thresholds)
-}
-
-fn build_behaviour(
-    key: &identity::Keypair,
-    topic: &IdentTopic,
-    limits: &crate::limits::ConnectionLimits,
-) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-    let mut gossipsub =
-        gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossipsub_config()?)?;
-    let (params, thresholds) = peer_score(topic);
-    gossipsub.with_peer_score(params, thresholds)?;
-    gossipsub.subscribe(topic)?;
-    gossipsub.subscribe(&IdentTopic::new(crate::audit::AUDIT_TOPIC))?;
-    let sync = request_response::Behaviour::with_codec(
-        SyncCodec,
-        [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(SYNC_REQUEST_TIMEOUT),
-    );
-    let identify = identify::Behaviour::new(identify::Config::new(
-        IDENTIFY_PROTOCOL.into(),
-        key.public(),
-    ));
-    Ok(Behaviour {
-        blocked: allow_block_list::Behaviour::default(),
-        limits: connection_limits::Behaviour::new(limits.libp2p()),
-        per_ip: crate::limits::PerIpLimit::new(limits.per_ip),
-        gossipsub,
-        sync,
-        identify,
-    })
-}
-
-/// The libp2p keypair of a node key: the same ed25519 key, so the peer id
-/// is the node id.
-pub fn libp2p_keypair(key: &SecretKey) -> Result<identity::Keypair, String> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-    // SecretKey does not hand out its seed; its PKCS#8 document does.
-    let pem = key.to_pkcs8_pem();
-    let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| format!("the node key is not an ed25519 PKCS#8 document: {e}"))?;
-    let seed = zeroize::Zeroizing::new(signing.to_bytes());
-    identity::Keypair::ed25519_from_bytes(*seed)
-        .map_err(|e| format!("the node key is not a usable libp2p key: {e}"))
-}
-
-// ---------------------------------------------------------------------------
-// Byte counters
-
-/// Bytes the node's connections have carried since it started, counted on
-/// the TCP stream (so Noise and Yamux overhead included). Cheap: two relaxed
-/// atomic adds per read or write.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-}
-
-impl Traffic {
-    /// Bytes received on every connection so far.
-    pub fn bytes_in(&self) -> u64 {
-        self.bytes_in.load(Ordering::Relaxed)
-    }
-
-    /// Bytes sent on every connection so far.
-    pub fn bytes_out(&self) -> u64 {
-        self.bytes_out.load(Ordering::Relaxed)
-    }
-}
-
-/// A stream that adds what it reads and writes to a [`Traffic`].
-struct Counted<S> {
-    inner: S,
-    traffic: Arc<Traffic>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            this.traffic
-                .bytes_in
-                .fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_read_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &mut [io::IoSliceMut<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_read_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &r {
-            this.traffic
-                .bytes_in
-                .fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            this.traffic
-                .bytes_out
-                .fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &r {
-            this.traffic
-                .bytes_out
-                .fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
-    }
-}
-
-/// TCP (with `nodelay`) counted into `traffic`, then Noise and Yamux: what
-/// `SwarmBuilder::with_tcp` builds, plus the counter.
-fn counted_tcp(
-    key: &identity::Keypair,
-    traffic: Arc<Traffic>,
-) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .map(move |inner, _| Counted {
-                inner,
-                traffic: traffic.clone(),
-            })
-            .upgrade(upgrade::Version::V1Lazy)
-            .authenticate(noise::Config::new(key)?)
-            .multiplex(yamux::Config::default())
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    )
-}
-
-/// Builds the swarm: TCP (with `nodelay`, its bytes counted into
-/// `traffic`), Noise, Yamux, and [`Behaviour`] with these connection
-/// `limits`.
-pub(crate) fn build_swarm(
-    key: identity::Keypair,
-    topic: &IdentTopic,
-    traffic: Arc<Traffic>,
-    limits: &crate::limits::ConnectionLimits,
-) -> Result<Swarm<Behaviour>, String> {
-    let topic = topic.clone();
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_other_transport(|key| counted_tcp(key, traffic))
-        .map_err(|e| format!("cannot set up the TCP transport: {e}"))?
-        .with_behaviour(|key| build_behaviour(key, &topic, limits))
-        .map_err(|e| format!("cannot set up the network behaviour: {e}"))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
-        .build())
-}
-
-// ---------------------------------------------------------------------------
-// Commands from the API and from tests
-
-/// What a submit came to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Submitted {
-    /// The update's id: hex of its change hash.
-    pub id: String,
-    /// `applied`, `duplicate` or `held`.
-    pub status: &'static str,
-}
-
-/// Why a submit failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// The update was refused.
-    #[error(transparent)]
-    Refused(#[from] UpdateError),
-    /// The update was accepted but could not be stored durably.
-    #[error("the node could not store the update: {0}")]
-    Store(#[from] StoreError),
-}
-
-/// A request to the node task.
-#[derive(Debug)]
-pub enum Command {
-    /// `POST /v1/updates`.
-    Submit {
-        /// The signed update's bytes.
-        bytes: Vec<u8>,
-        /// Where the outcome goes, after the update is durable.
-        reply: oneshot::Sender<Result<Submitted, SubmitError>>,
-    },
-    /// `GET /v1/state`: the encoded [`StateExport`].
-    Export {
-        /// Where the bytes go.
-        reply: oneshot::Sender<Vec<u8>>,
-    },
-    /// `GET /v1/status`.
-    Status {
-        /// Where the status goes.
-        reply: oneshot::Sender<Status>,
-    },
-    /// `GET /v1/dashboard` and `GET /v1/report`: the state with provenance.
-    Evidence {
-        /// Whether to include every policy's text and look up each
-        /// quarantine's author (the report), or not (the dashboard).
-        full: bool,
-        /// Where the evidence goes.
-        reply: oneshot::Sender<crate::evidence::NodeEvidence>,
-    },
-    /// Quarantine a subject on this node's own authority (the detector's
-    /// response): a signed quarantine order, applied and gossiped.
-    Quarantine {
-        /// The subject, a Cedar uid.
-        subject: String,
-        /// The record (its issuer is set to this node).
-        record: weft_crdt::QuarantineRecord,
-        /// The order's id, or why it was not issued.
-        reply: oneshot::Sender<Result<String, String>>,
-    },
-    /// Cut the connections to a peer and refuse it (a simulated partition).
-    Block {
-        /// The peer.
-        peer: PeerId,
-        /// Acknowledged once done.
-        reply: oneshot::Sender<()>,
-    },
-    /// Lift a [`Command::Block`] (not a ban).
-    Unblock {
-        /// The peer.
-        peer: PeerId,
-        /// Acknowledged once done.
-        reply: oneshot::Sender<()>,
-    },
-    /// Test hook: publish raw bytes on the update topic, bypassing every check.
-    GossipRaw {
-        /// The bytes.
-        bytes: Vec<u8>,
-        /// Whether gossipsub took the message.
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Test hook: the node task panics, as a bug in it would.
-    #[doc(hidden)]
-    PanicForTest,
-}
-
-/// What the node task shares with the API.
-pub struct Shared {
-    /// The current view; swapped after every applied update.
-    pub view: ArcSwap<PolicyView>,
-    /// The latest trust root; swapped with the view. Identity tokens are
-    /// verified against it.
-    pub root: ArcSwap<TrustRoot>,
-    /// This node's id.
-    pub node_id: NodeId,
-    /// Bytes in and out on every connection.
-    pub traffic: Arc<Traffic>,
-    /// Unix milliseconds of the last exchange with a peer; 0 before the first.
-    pub last_sync_ms: std::sync::atomic::AtomicU64,
-    /// Unix milliseconds when the node started.
-    pub started_ms: u64,
-    /// The node certificate it presents (encoded `SignedNodeCert`; empty
-    /// when it has none).
-    pub cert: Vec<u8>,
-    /// The staleness policy: after how long without a sync the state is
-    /// stale, and what decisions do then.
-    pub stale: Staleness,
-    /// The detector's recent alerts and counters.
-    pub anomalies: Arc<crate::anomaly::AnomalyLog>,
-    /// Whether the node task runs ([`NodeTask::run`] holds its guard).
-    pub liveness: crate::liveness::Liveness,
-}
-
-/// When the state counts as stale, and what to do then.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Staleness {
-    /// Milliseconds without a sync before the state is stale.
-    pub after_ms: u64,
-    /// What decisions do while it is stale.
-    pub on_stale: crate::layout::OnStale,
-}
-
-impl Default for Staleness {
-    /// Five minutes and keep: the defaults of `weft.toml`.
-    fn default() -> Self {
-        Staleness {
-            after_ms: 5 * 60 * 1000,
-            on_stale: crate::layout::OnStale::Keep,
-        }
-    }
-}
-
-impl Shared {
-    /// Milliseconds since the last sync with a peer (since the start, if
-    /// there was none yet), and whether that is longer than the limit.
-    pub fn freshness(&self, now_ms: u64) -> (Option<u64>, bool) {
-        let last = self.last_sync_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let since = if last == 0 { self.started_ms } else { last };
-        let age = now_ms.saturating_sub(since);
-        ((last != 0).then_some(age), age > self.stale.after_ms)
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The node task
@@ -1291,6 +645,7 @@ impl NodeTask {
                 let r = self.issue_quarantine(&subject, record);
                 let _ = reply.send(r);
             }
+            #[cfg(feature = "test-hooks")]
             Command::GossipRaw { bytes, reply } => {
                 let r = self
                     .swarm
@@ -1301,6 +656,7 @@ impl NodeTask {
                     .map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
+            #[cfg(feature = "test-hooks")]
             Command::PanicForTest => panic!("the node task was asked to panic (test hook)"),
         }
     }
@@ -1912,8 +1268,8 @@ impl NodeTask {
     /// The state with provenance: who signed what, and when. With `full`,
     /// every policy's text, and the author of each quarantine (found by a
     /// scan of the change history, so only for the report).
-    fn evidence(&mut self, full: bool) -> crate::evidence::NodeEvidence {
-        use crate::evidence::{
+    fn evidence(&mut self, full: bool) -> crate::control::evidence::NodeEvidence {
+        use crate::control::evidence::{
             BundleEvidence, ChangeEvidence, NodeEvidence, OperatorEvidence, PolicyEvidence,
             QuarantineEvidence, QuarantineLimitsEvidence, RevocationEvidence, RootEvidence,
             SignerEvidence, record_reason, record_value, recorded_time,
@@ -2072,75 +1428,5 @@ impl NodeTask {
             revocations,
             quarantines,
         }
-    }
-}
-
-/// Splits a trailing `/p2p/PEER` off an address.
-pub fn split_p2p(mut addr: Multiaddr) -> (Multiaddr, Option<PeerId>) {
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer)) => {
-            addr.pop();
-            (addr, Some(peer))
-        }
-        _ => (addr, None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use weft_protocol::wire::WireBytes;
-
-    #[test]
-    fn seed_roundtrips_through_pkcs8() {
-        let key = SecretKey::from_seed([7; 32]);
-        let kp = libp2p_keypair(&key).unwrap();
-        assert_eq!(
-            kp.public().to_peer_id().to_string(),
-            NodeId::new(key.public()).to_string()
-        );
-    }
-
-    #[test]
-    fn gossipsub_config_and_scores_are_valid() {
-        gossipsub_config().unwrap();
-        let (p, t) = peer_score(&IdentTopic::new(TOPIC));
-        p.validate().unwrap();
-        t.validate().unwrap();
-    }
-
-    #[test]
-    fn big_answers_are_trimmed() {
-        let big = WireBytes(vec![0u8; 3 * 1024 * 1024]);
-        let r = fit_response(SyncResponse::Updates {
-            updates: vec![big.clone(), big.clone(), big.clone(), big],
-        });
-        let SyncResponse::Updates { updates } = &r else {
-            panic!()
-        };
-        assert_eq!(updates.len(), 2);
-        assert!(r.to_bytes().len() <= MAX_WIRE_BYTES);
-    }
-
-    #[tokio::test]
-    async fn frames_over_the_limit_are_refused_before_reading() {
-        let mut bytes = ((MAX_WIRE_BYTES + 1) as u32).to_be_bytes().to_vec();
-        bytes.extend_from_slice(&[0; 16]);
-        let mut io = futures::io::Cursor::new(bytes);
-        let err = read_frame(&mut io).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        let mut ok = Vec::new();
-        write_frame(&mut futures::io::Cursor::new(&mut ok), b"hello")
-            .await
-            .unwrap();
-        let back = read_frame(&mut futures::io::Cursor::new(ok)).await.unwrap();
-        assert_eq!(back, b"hello");
-        let mut short = 10u32.to_be_bytes().to_vec();
-        short.extend_from_slice(b"abc");
-        assert!(
-            read_frame(&mut futures::io::Cursor::new(short))
-                .await
-                .is_err()
-        );
     }
 }

@@ -19,7 +19,7 @@ use weft_protocol::audit::Record;
 use weft_protocol::identity::NodeId;
 use weft_protocol::time::format_timestamp;
 
-use crate::api::{ApiState, error};
+use super::{ApiState, error};
 
 /// Records read from sled per chunk of a streamed export.
 const CHUNK: usize = 1024;

@@ -1,0 +1,118 @@
+//! The status the node task answers (`GET /v1/status`, `weft status`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use weft_crdt::Conflict;
+
+/// One connected peer in [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its node id.
+    pub node_id: String,
+    /// Its libp2p peer id (the same text as the node id).
+    pub peer_id: String,
+    /// Whether it presented a valid node certificate.
+    pub admitted: bool,
+    /// Its gossipsub peer score here, if scored.
+    pub score: Option<f64>,
+    /// The name on the certificate it was admitted with.
+    #[serde(default)]
+    pub cert_name: Option<String>,
+    /// When that certificate expires (Unix seconds).
+    #[serde(default)]
+    pub cert_expires: Option<u64>,
+}
+
+/// One bundle in [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleStatus {
+    /// The bundle's name.
+    pub name: String,
+    /// Operator names of everyone who signed an update that touched it.
+    pub signers: Vec<String>,
+    /// Policies in the version in force.
+    pub policies: usize,
+    /// Why the merged content is not in force, if it is not.
+    pub error: Option<String>,
+    /// Concurrent writes in the bundle.
+    pub conflicts: usize,
+}
+
+/// The trust root in [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootStatus {
+    /// Its version.
+    pub version: u64,
+    /// When it expires (Unix seconds).
+    pub expires: u64,
+    /// Whether it has expired (it is still enforced).
+    pub expired: bool,
+}
+
+/// Replica counters in [`Status`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsStatus {
+    /// Updates applied since start.
+    pub applied: u64,
+    /// Updates refused, by reason.
+    pub refused: BTreeMap<String, u64>,
+    /// Sync rounds started.
+    pub sync_rounds: u64,
+    /// Anti-entropy rounds skipped because a peer had just synced with
+    /// this node.
+    #[serde(default)]
+    pub rounds_skipped: u64,
+    /// Updates received by sync.
+    pub synced: u64,
+    /// Peers banned.
+    pub bans: u64,
+    /// Bytes received on every libp2p connection since start (TCP payload:
+    /// Noise and Yamux framing included).
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes sent on every libp2p connection since start, counted as
+    /// `bytes_in` is.
+    #[serde(default)]
+    pub bytes_out: u64,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's id.
+    pub node_id: String,
+    /// libp2p listen addresses.
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// The document's heads, hex.
+    pub heads: Vec<String>,
+    /// The state digest (of the sorted heads).
+    pub digest: String,
+    /// Bundles by name.
+    pub bundles: Vec<BundleStatus>,
+    /// Revoked subjects.
+    pub revocations: usize,
+    /// Every conflict in every bundle.
+    pub conflicts: Vec<Conflict>,
+    /// Updates applied.
+    pub updates: usize,
+    /// Updates held for missing dependencies.
+    pub held: usize,
+    /// Bytes of the updates held (bounded, see README "The trust boundary").
+    #[serde(default)]
+    pub held_bytes: usize,
+    /// Milliseconds since the last exchange with a peer; null if none yet.
+    pub last_sync_ms_ago: Option<u64>,
+    /// The trust root.
+    pub trust_root: RootStatus,
+    /// Counters.
+    pub stats: StatsStatus,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: crate::audit::AuditStatus,
+    /// Anomaly detection and quarantines issued.
+    #[serde(default)]
+    pub anomalies: crate::anomaly::AnomalyStatus,
+}
