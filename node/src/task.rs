@@ -40,8 +40,7 @@ use weft_crdt::ChangeHash;
 use weft_protocol::audit::{CheckpointGossip, SignedCheckpoint};
 use weft_protocol::export::StateExport;
 use weft_protocol::identity::{NodeId, SecretKey};
-use weft_protocol::replica::{Input, Output, Replica, Timer, Verdict};
-use weft_protocol::state::Ingested;
+use weft_protocol::replica::{self, Accepted, Input, Output, Replica, Timer, Verdict};
 use weft_protocol::trust::SignedNodeCert;
 use weft_protocol::wire::{SyncRequest, SyncResponse};
 
@@ -60,6 +59,10 @@ pub const REDIAL_MIN: Duration = Duration::from_secs(1);
 
 /// Longest delay between two dials of a configured peer.
 pub const REDIAL_MAX: Duration = Duration::from_secs(30);
+
+/// Refusals of a peer's updates recorded in the audit trail per batch of
+/// effects; the rest are counted in the metrics only.
+const MAX_REFUSALS_RECORDED: usize = 16;
 
 /// How often an expired trust root is reported.
 const EXPIRED_ROOT_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -328,40 +331,20 @@ impl NodeTask {
 
     fn handle(&mut self, input: Input<PeerId>) -> Vec<Output<PeerId>> {
         let rand = getrandom::u64().unwrap_or_else(|_| now_ms());
-        let from = match &input {
-            Input::Gossip { from, .. }
-            | Input::Request { from, .. }
-            | Input::Response { from, .. }
-            | Input::Malformed { from, .. } => Some(*from),
-            _ => None,
-        };
-        let refused_before = self.replica.stats().refused.clone();
-        let out = self.replica.handle(now_ms(), rand, input);
-        if let Some(peer) = from {
-            self.audit_peer(peer, &refused_before);
-        }
-        out
+        self.replica.handle(now_ms(), rand, input)
     }
 
-    /// Records what handling an input from `peer` did: updates refused
-    /// (by reason label) and the peer's admission.
-    fn audit_peer(&mut self, peer: PeerId, refused_before: &BTreeMap<&'static str, u64>) {
-        for (label, n) in &self.replica.stats().refused {
-            let new = n - refused_before.get(label).copied().unwrap_or(0);
-            for _ in 0..new.min(16) {
-                self.audit.record(AuditEvent::UpdateRefused {
-                    reason: (*label).to_owned(),
-                    source: peer.to_string(),
-                });
-            }
-        }
-        if !self.admitted.contains(&peer) && self.replica.admitted_peers().any(|(p, _)| *p == peer)
-        {
-            self.admitted.insert(peer);
-            self.audit.record(AuditEvent::Admitted {
-                peer: peer.to_string(),
-            });
-        }
+    /// Hands a local submit to the replica and carries out what it comes to
+    /// (persisted and flushed before the answer is returned). The answer,
+    /// and the store's error if the update could not be made durable.
+    fn submit(&mut self, bytes: Vec<u8>) -> Result<Accepted, SubmitError> {
+        let mut out = self.handle(Input::Command(replica::Command::Submit(bytes.into())));
+        let answer = match out.pop() {
+            Some(Output::Submitted(answer)) => answer,
+            other => unreachable!("a command's effects end with its answer, not {other:?}"),
+        };
+        self.carry_out(out, None, Flush::Now)?;
+        Ok(answer?)
     }
 
     /// Signs, applies and gossips a quarantine order for `subject`.
@@ -420,12 +403,13 @@ impl NodeTask {
         )
         .map_err(|e| e.to_string())?;
         let bytes = order.to_bytes();
-        match self.replica.submit(now_ms(), &bytes) {
-            Ok((ingested, out)) => {
-                let id = match &ingested {
-                    Ingested::Applied { hash, .. }
-                    | Ingested::Duplicate(hash)
-                    | Ingested::Held { hash, .. } => hash.to_string(),
+        match self.submit(bytes) {
+            Ok(accepted) => {
+                let id = match accepted {
+                    Accepted::Applied(hash) | Accepted::Duplicate(hash) | Accepted::Held(hash) => {
+                        hash.to_string()
+                    }
+                    Accepted::Root { version, .. } => format!("trust-root-v{version}"),
                 };
                 tracing::warn!(%subject, %reason, %id, "quarantine issued");
                 self.audit.record(AuditEvent::QuarantineIssued {
@@ -434,34 +418,9 @@ impl NodeTask {
                     expires_at,
                     id: id.clone(),
                 });
-                self.carry_out(out, None, Flush::Now)
-                    .map_err(|e| e.to_string())?;
                 Ok(id)
             }
             Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// A trust root submitted as a rotation (`weft trust rotate`, `weft
-    /// push`): adopted, stored and gossiped, or refused.
-    fn submit_root(&mut self, bytes: &[u8]) -> Result<Submitted, SubmitError> {
-        match self.replica.submit_root(now_ms(), bytes) {
-            Ok((adopted, out)) => {
-                let version = self.replica.state().root().version;
-                self.carry_out(out, None, Flush::Now)?;
-                Ok(Submitted {
-                    id: format!("trust-root-v{version}"),
-                    status: if adopted { "applied" } else { "duplicate" },
-                })
-            }
-            Err(err) => {
-                tracing::info!(%err, "submitted trust root refused");
-                self.audit.record(AuditEvent::UpdateRefused {
-                    reason: err.to_string(),
-                    source: "api".into(),
-                });
-                Err(SubmitError::Refused(err))
-            }
         }
     }
 
@@ -568,38 +527,19 @@ impl NodeTask {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Submit { bytes, reply } => {
-                if weft_protocol::encoding::kind_of(&bytes)
-                    == Some(weft_protocol::encoding::Kind::SignedRoot)
-                {
-                    let result = self.submit_root(&bytes);
-                    let _ = reply.send(result);
-                    return;
-                }
-                let result = match self.replica.submit(now_ms(), &bytes) {
-                    Ok((ingested, out)) => {
-                        let (hash, status) = match &ingested {
-                            Ingested::Applied { hash, .. } => (*hash, "applied"),
-                            Ingested::Duplicate(hash) => (*hash, "duplicate"),
-                            Ingested::Held { hash, .. } => (*hash, "held"),
-                        };
-                        tracing::info!(id = %hash, status, "update submitted");
-                        match self.carry_out(out, None, Flush::Now) {
-                            Ok(()) => Ok(Submitted {
-                                id: hash.to_string(),
-                                status,
-                            }),
-                            Err(e) => Err(SubmitError::Store(e)),
-                        }
-                    }
-                    Err(err) => {
-                        tracing::info!(%err, "submitted update refused");
-                        self.audit.record(AuditEvent::UpdateRefused {
-                            reason: err.to_string(),
-                            source: "api".into(),
-                        });
-                        Err(SubmitError::Refused(err))
-                    }
-                };
+                let result = self.submit(bytes).map(|accepted| {
+                    let (id, status) = match accepted {
+                        Accepted::Applied(hash) => (hash.to_string(), "applied"),
+                        Accepted::Duplicate(hash) => (hash.to_string(), "duplicate"),
+                        Accepted::Held(hash) => (hash.to_string(), "held"),
+                        Accepted::Root { version, adopted } => (
+                            format!("trust-root-v{version}"),
+                            if adopted { "applied" } else { "duplicate" },
+                        ),
+                    };
+                    tracing::info!(%id, status, "update submitted");
+                    Submitted { id, status }
+                });
                 let _ = reply.send(result);
             }
             Command::Export { reply } => {
@@ -908,6 +848,7 @@ impl NodeTask {
 
         let mut applied = false;
         let mut verdict_given = false;
+        let mut refused_recorded = 0;
         for o in outputs {
             match o {
                 Output::Persist { .. } => {}
@@ -1029,6 +970,43 @@ impl NodeTask {
                     b.blocked.block_peer(peer);
                     b.gossipsub.blacklist_peer(&peer);
                     let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                Output::Refused {
+                    from,
+                    label,
+                    reason,
+                } => match from {
+                    None => {
+                        tracing::info!(%reason, "submitted update refused");
+                        self.audit.record(AuditEvent::UpdateRefused {
+                            reason,
+                            source: "api".into(),
+                        });
+                    }
+                    // One record per refusal, by label (the reason quotes
+                    // the peer's bytes), at most a few per batch.
+                    Some(peer) if refused_recorded < MAX_REFUSALS_RECORDED => {
+                        refused_recorded += 1;
+                        self.audit.record(AuditEvent::UpdateRefused {
+                            reason: label.to_owned(),
+                            source: peer.to_string(),
+                        });
+                    }
+                    Some(_) => {}
+                },
+                Output::Admitted { peer, node } => {
+                    if self.admitted.insert(peer) {
+                        tracing::info!(%peer, %node, "peer admitted");
+                        self.audit.record(AuditEvent::Admitted {
+                            peer: peer.to_string(),
+                        });
+                    }
+                }
+                Output::Held { hash, from } => {
+                    tracing::debug!(id = %hash, ?from, "update held for its dependencies");
+                }
+                Output::Submitted(_) => {
+                    // Taken off by the caller of a command ([`Self::submit`]).
                 }
                 Output::Schedule { after_ms, timer } => {
                     self.timer_seq += 1;

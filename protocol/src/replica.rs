@@ -63,6 +63,12 @@ pub trait ReplicaState {
         let _ = source;
         self.ingest_batch(items)
     }
+    /// [`ReplicaState::ingest_from`] for one update.
+    fn ingest_one(&mut self, item: Arc<[u8]>, source: Source) -> Result<Ingested, UpdateError> {
+        self.ingest_from(vec![item], source)
+            .pop()
+            .expect("one result per update")
+    }
     /// Moves the state's clock to `now_ms` (see [`SignedState::advance`]).
     fn advance(&mut self, now_ms: u64) {
         let _ = now_ms;
@@ -280,6 +286,40 @@ pub enum Input<P> {
     },
     /// A timer fired.
     Timer(Timer<P>),
+    /// A command from the node's own side (its API or CLI). Its effects
+    /// end with exactly one [`Output::Submitted`].
+    Command(Command),
+}
+
+/// A command from the node's own side, entering as an [`Input::Command`].
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// A local submit (`POST /v1/updates`, `weft push`): an encoded signed
+    /// update, quarantine order, or `SignedRoot` (a rotation), told apart by
+    /// its envelope. Whatever it comes to, the replica answers with one
+    /// [`Output::Submitted`], after the [`Output::Persist`] of the update
+    /// (applied or held) that the driver must make durable before it
+    /// acknowledges; what it accepted it also publishes.
+    Submit(Arc<[u8]>),
+}
+
+/// What a local submit came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// Applied to the state.
+    Applied(ChangeHash),
+    /// Already part of the state: nothing happened.
+    Duplicate(ChangeHash),
+    /// Verified, and held for dependencies this node lacks.
+    Held(ChangeHash),
+    /// A trust root of this version: adopted, or (`adopted: false`)
+    /// already held.
+    Root {
+        /// The root's version.
+        version: u64,
+        /// Whether it was adopted now.
+        adopted: bool,
+    },
 }
 
 /// What the driver should do with a gossip message.
@@ -293,8 +333,8 @@ pub enum Verdict {
     Ignore,
 }
 
-/// An effect for the driver to carry out.
-#[derive(Clone, Debug)]
+/// An effect for the driver to carry out, or an event for it to record.
+#[derive(Debug)]
 pub enum Output<P> {
     /// Publish these bytes on the gossip topic.
     Publish(Arc<[u8]>),
@@ -376,6 +416,36 @@ pub enum Output<P> {
         after_ms: u64,
         /// The timer.
         timer: Timer<P>,
+    },
+    /// The answer to an [`Input::Command`]: one per command, after every
+    /// other effect of it.
+    Submitted(Result<Accepted, UpdateError>),
+    /// An update, a quarantine order or a trust root was refused (and
+    /// counted in [`ReplicaStats::refused`]). For the record: whether the
+    /// sender is to blame shows in the `Penalize` or `Ban` that follows.
+    Refused {
+        /// The peer that sent it; `None` for a local submit.
+        from: Option<P>,
+        /// The refusal's label ([`UpdateError::label`]), for metrics.
+        label: &'static str,
+        /// The refusal, one sentence.
+        reason: String,
+    },
+    /// A peer presented a valid certificate and is admitted: from now on
+    /// what it sends counts.
+    Admitted {
+        /// The peer.
+        peer: P,
+        /// Its node id.
+        node: NodeId,
+    },
+    /// A verified update waits for dependencies this node lacks (held in
+    /// memory, bounded; a local submit's is also persisted).
+    Held {
+        /// Its change hash.
+        hash: ChangeHash,
+        /// The peer that sent it; `None` for a local submit.
+        from: Option<P>,
     },
 }
 
@@ -471,6 +541,50 @@ pub struct ReplicaStats {
 }
 
 /// The sans-IO replica, over the real [`SignedState`] unless told otherwise.
+///
+/// # Driving a replica
+/// A replica does nothing on its own: it has no clock, no sockets, no disk
+/// and no tasks. Its driver (the node task, or the simulator) owns it and
+/// calls it from one thread. The methods are of three kinds:
+/// - **[`Replica::start`]**, once, before anything else: its outputs
+///   schedule the first anti-entropy round.
+/// - **[`Replica::handle`]** (or [`Replica::handle_into`]), for every
+///   event: a gossip message, a sync request or response, a failed request,
+///   a peer connecting or leaving, a timer the replica scheduled firing, and
+///   the node's own commands ([`Input::Command`]). Each call takes the
+///   wall-clock time in Unix milliseconds (certificates and quarantine
+///   orders are judged by it) and a random number (which peer to sync
+///   with). Events from one peer must be handled in the order they arrived.
+/// - **Queries** ([`Replica::state`], [`Replica::stats`],
+///   [`Replica::admitted_peers`], …), at any time, which change nothing.
+///   [`Replica::state_mut`] is for loading the store before `start`.
+///
+/// Each call returns [`Output`]s, in the order they must be carried out:
+/// effects (`Persist`, `Forget`, `Publish`, `Verdict`, `Send`, `Respond`,
+/// `Disconnect`, `Ban`, `Schedule`, `RootAdopted`) and events for the
+/// record (`Applied`, `Held`, `Refused`, `Admitted`, `Penalize`,
+/// `Submitted`). Everything the driver audits or counts is among them; it
+/// never needs to compare [`Replica::stats`] before and after a call.
+///
+/// # Rules for the driver
+/// - **Persisted before acknowledged.** A `Persist` must be durable before
+///   the driver tells anyone the update was accepted: before it passes on
+///   the answer to a command (`Submitted`, last in its batch). Updates from
+///   peers are written before the rest of their batch is carried out and
+///   may be flushed to disk later (a node that crashes first fetches them
+///   again by sync).
+/// - **`Verdict` answers the gossip message being handled**, and only it:
+///   the driver reports it to gossipsub for that message.
+/// - **`Respond` answers the request** whose token came in
+///   [`Input::Request`]; a request never answered is one the driver drops.
+/// - **Every `Schedule` fires once**, as [`Input::Timer`], no earlier than
+///   asked; timers that fire late are fine.
+/// - **`Ban` is for good**: the driver refuses the peer's connections
+///   from then on (the replica refuses its node id too).
+/// - **`Forget` removes a held update from the store**; it never names an
+///   applied one.
+/// - **`RootAdopted`** is stored, with the trust file, before the driver
+///   serves decisions under the new root.
 pub struct Replica<P, S = SignedState> {
     state: S,
     me: NodeId,
@@ -579,44 +693,43 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         self.banned.contains(node)
     }
 
-    /// A local submit (`POST /v1/updates`). Unless it is a duplicate, the
-    /// effects start with `Persist` (of the update, applied or held), which
-    /// the driver must make durable before it acknowledges.
-    pub fn submit(
-        &mut self,
-        now_ms: u64,
-        bytes: &[u8],
-    ) -> Result<(Ingested, Vec<Output<P>>), UpdateError> {
-        let mut out = Vec::new();
-        self.now_ms = now_ms;
-        self.state.advance(now_ms);
-        let bytes: Arc<[u8]> = Arc::from(bytes);
-        let result = self
-            .state
-            .ingest_from(vec![bytes.clone()], Source::Local)
-            .pop()
-            .expect("one result per update");
-        match &result {
+    /// [`Command::Submit`]: a trust root by [`Self::on_submit_root`], an
+    /// update or an order through the state; answered by one
+    /// [`Output::Submitted`], last.
+    fn on_submit(&mut self, now_ms: u64, bytes: Arc<[u8]>, out: &mut Vec<Output<P>>) {
+        if crate::encoding::kind_of(&bytes) == Some(crate::encoding::Kind::SignedRoot) {
+            let answer = self.on_submit_root(now_ms, bytes, out);
+            out.push(Output::Submitted(answer));
+            return;
+        }
+        let result = self.state.ingest_one(bytes.clone(), Source::Local);
+        let answer = match result {
             Ok(ingested) => {
-                if let Ingested::Held { hash, .. } = ingested {
-                    // Acknowledged means durable, held or not.
-                    out.push(Output::Persist {
-                        hash: *hash,
-                        bytes: bytes.clone(),
-                    });
-                }
-                self.after_ingest(now_ms, ingested.clone(), &mut out);
-                if !matches!(ingested, Ingested::Duplicate(_)) {
+                let accepted = match &ingested {
+                    Ingested::Applied { hash, .. } => Accepted::Applied(*hash),
+                    Ingested::Duplicate(hash) => Accepted::Duplicate(*hash),
+                    Ingested::Held { hash, .. } => {
+                        // Acknowledged means durable, held or not.
+                        out.push(Output::Persist {
+                            hash: *hash,
+                            bytes: bytes.clone(),
+                        });
+                        Accepted::Held(*hash)
+                    }
+                };
+                self.after_ingest(None, ingested, out);
+                if !matches!(accepted, Accepted::Duplicate(_)) {
                     // Publish what we accepted, so peers hear of it now.
                     out.push(Output::Publish(bytes));
                 }
+                Ok(accepted)
             }
             Err(e) => {
-                *self.stats.refused.entry(e.label()).or_default() += 1;
+                self.refused(None, &e, out);
+                Err(e)
             }
-        }
-        self.forget_dropped(&mut out);
-        result.map(|i| (i, out))
+        };
+        out.push(Output::Submitted(answer));
     }
 
     /// Effects for the held updates the state dropped unapplied.
@@ -670,6 +783,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                     out,
                 );
             }
+            Input::Command(Command::Submit(bytes)) => self.on_submit(now_ms, bytes, out),
             Input::PeerConnected { peer, node } => self.on_connected(peer, node, out),
             Input::PeerDisconnected { peer } => {
                 self.peers.remove(&peer);
@@ -835,6 +949,10 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                     p.cert = seen;
                     p.cert_bytes = cert.to_vec();
                 }
+                out.push(Output::Admitted {
+                    peer: peer.clone(),
+                    node,
+                });
                 true
             }
             Err(reason) => {
@@ -1015,7 +1133,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             SyncResponse::Roots { roots } => {
                 for bytes in roots {
                     if let Err(e) = self.take_root(now_ms, &bytes.0, out) {
-                        *self.stats.refused.entry(e.label()).or_default() += 1;
+                        self.refused(Some(&from), &e, out);
                         if e.is_misbehaviour() {
                             self.strike(&from, format!("sent a bad trust root by sync: {e}"), out);
                             break;
@@ -1032,9 +1150,9 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 let source = self.source_of(&from);
                 for result in self.state.ingest_from(batch, source) {
                     match result {
-                        Ok(ingested) => self.after_ingest(now_ms, ingested, out),
+                        Ok(ingested) => self.after_ingest(Some(&from), ingested, out),
                         Err(e) => {
-                            *self.stats.refused.entry(e.label()).or_default() += 1;
+                            self.refused(Some(&from), &e, out);
                             if e.is_misbehaviour() {
                                 self.strike(&from, format!("sent a bad update by sync: {e}"), out);
                             }
@@ -1269,28 +1387,38 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
 
     /// A local submit of an encoded `SignedRoot` (`POST /v1/updates`, `weft
     /// trust rotate`): adopted if it is a rotation from the latest root, and
-    /// then published. `Ok(false)` when the root is already held.
-    pub fn submit_root(
+    /// then published.
+    fn on_submit_root(
         &mut self,
         now_ms: u64,
-        bytes: &[u8],
-    ) -> Result<(bool, Vec<Output<P>>), UpdateError> {
-        self.now_ms = now_ms;
-        self.state.advance(now_ms);
-        let mut out = Vec::new();
-        match self.take_root(now_ms, bytes, &mut out) {
+        bytes: Arc<[u8]>,
+        out: &mut Vec<Output<P>>,
+    ) -> Result<Accepted, UpdateError> {
+        match self.take_root(now_ms, &bytes, out) {
             Ok(adopted) => {
                 if adopted {
-                    out.push(Output::Publish(Arc::from(bytes)));
+                    out.push(Output::Publish(bytes));
                 }
-                self.forget_dropped(&mut out);
-                Ok((adopted, out))
+                Ok(Accepted::Root {
+                    version: self.state.root_version(),
+                    adopted,
+                })
             }
             Err(e) => {
-                *self.stats.refused.entry(e.label()).or_default() += 1;
+                self.refused(None, &e, out);
                 Err(e)
             }
         }
+    }
+
+    /// Counts a refusal and tells the driver of it.
+    fn refused(&mut self, from: Option<&P>, e: &UpdateError, out: &mut Vec<Output<P>>) {
+        *self.stats.refused.entry(e.label()).or_default() += 1;
+        out.push(Output::Refused {
+            from: from.cloned(),
+            label: e.label(),
+            reason: e.to_string(),
+        });
     }
 
     fn on_gossip(&mut self, now_ms: u64, from: P, bytes: &[u8], out: &mut Vec<Output<P>>) {
@@ -1303,7 +1431,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 Ok(true) => Verdict::Accept,
                 Ok(false) => Verdict::Ignore,
                 Err(e) => {
-                    *self.stats.refused.entry(e.label()).or_default() += 1;
+                    self.refused(Some(&from), &e, out);
                     if e.is_misbehaviour() {
                         self.strike(&from, format!("gossiped a bad trust root: {e}"), out);
                         Verdict::Reject
@@ -1316,11 +1444,7 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             return;
         }
         let source = self.source_of(&from);
-        let result = self
-            .state
-            .ingest_from(vec![Arc::from(bytes)], source)
-            .pop()
-            .expect("one result per update");
+        let result = self.state.ingest_one(Arc::from(bytes), source);
         match result {
             Ok(ingested) => {
                 let verdict = match &ingested {
@@ -1331,10 +1455,10 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 if let Ingested::Held { .. } = ingested {
                     self.continue_fetch(&from, out);
                 }
-                self.after_ingest(now_ms, ingested, out);
+                self.after_ingest(Some(&from), ingested, out);
             }
             Err(e) => {
-                *self.stats.refused.entry(e.label()).or_default() += 1;
+                self.refused(Some(&from), &e, out);
                 if e.is_misbehaviour() {
                     out.push(Output::Verdict(Verdict::Reject));
                     self.strike(&from, format!("gossiped a bad update: {e}"), out);
@@ -1385,7 +1509,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         self.fetch_ended(&peer, out);
     }
 
-    fn after_ingest(&mut self, _now_ms: u64, ingested: Ingested, out: &mut Vec<Output<P>>) {
+    fn after_ingest(&mut self, from: Option<&P>, ingested: Ingested, out: &mut Vec<Output<P>>) {
+        if let Ingested::Held { hash, .. } = &ingested {
+            out.push(Output::Held {
+                hash: *hash,
+                from: from.cloned(),
+            });
+        }
         let Ingested::Applied {
             hash,
             summary,

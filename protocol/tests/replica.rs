@@ -7,13 +7,25 @@ use std::collections::{BTreeMap, VecDeque};
 
 use weft_crdt::PolicyDoc;
 use weft_protocol::identity::{NodeId, SecretKey};
-use weft_protocol::replica::{Input, Output, Replica, ReplicaConfig, Timer, Verdict};
+use weft_protocol::replica::{
+    Accepted, Command, Input, Output, Replica, ReplicaConfig, Timer, Verdict,
+};
 use weft_protocol::state::SignedState;
 use weft_protocol::trust::{NodeCert, Operator, QuarantineLimits, Role, SignedNodeCert, TrustRoot};
-use weft_protocol::update::{SignedUpdate, actor_for};
+use weft_protocol::update::{SignedUpdate, UpdateError, actor_for};
 use weft_protocol::wire::{MAX_FETCH, SyncRequest};
 
 const NOW_MS: u64 = 1_700_000_000_000;
+
+/// A local submit, as the node's API makes it: the answer (the command's
+/// last output) and the effects before it.
+fn submit(r: &mut Replica<u8>, bytes: &[u8]) -> (Result<Accepted, UpdateError>, Vec<Output<u8>>) {
+    let mut outs = r.handle(NOW_MS, 0, Input::Command(Command::Submit(bytes.into())));
+    match outs.pop() {
+        Some(Output::Submitted(answer)) => (answer, outs),
+        other => panic!("a command's effects end with its answer, not {other:?}"),
+    }
+}
 
 fn admin() -> SecretKey {
     SecretKey::from_seed([1; 32])
@@ -134,12 +146,8 @@ impl Mesh {
     }
 
     fn submit(&mut self, n: u8, bytes: &[u8]) {
-        let (_, outs) = self
-            .replicas
-            .get_mut(&n)
-            .unwrap()
-            .submit(NOW_MS, bytes)
-            .unwrap();
+        let (answer, outs) = submit(self.replicas.get_mut(&n).unwrap(), bytes);
+        answer.unwrap();
         self.carry(n, outs);
         self.run();
     }
@@ -487,13 +495,21 @@ fn forged_gossip_is_rejected_penalized_then_banned() {
             },
         );
         assert!(
-            matches!(outs[0], Output::Verdict(Verdict::Reject)),
+            matches!(
+                outs[0],
+                Output::Refused {
+                    from: Some(2),
+                    label: "bad_signature",
+                    ..
+                }
+            ),
             "strike {strike}: {outs:?}"
         );
+        assert!(matches!(outs[1], Output::Verdict(Verdict::Reject)));
         if strike < 3 {
-            assert!(matches!(outs[1], Output::Penalize { peer: 2, .. }));
+            assert!(matches!(outs[2], Output::Penalize { peer: 2, .. }));
         } else {
-            assert!(matches!(outs[1], Output::Ban { peer: 2, .. }));
+            assert!(matches!(outs[2], Output::Ban { peer: 2, .. }));
         }
     }
     assert_eq!(r1.state().update_count(), 0);
@@ -519,7 +535,15 @@ fn forged_gossip_is_rejected_penalized_then_banned() {
             bytes: vec![0; 40],
         },
     );
-    assert!(matches!(outs[0], Output::Verdict(Verdict::Reject)));
+    assert!(matches!(
+        outs[0],
+        Output::Refused {
+            from: Some(3),
+            label: "malformed",
+            ..
+        }
+    ));
+    assert!(matches!(outs[1], Output::Verdict(Verdict::Reject)));
 }
 
 /// A sync message that does not decode is a strike: penalized twice, then
@@ -631,9 +655,9 @@ impl TwoOffers {
     fn new() -> Self {
         let mut r1 = replica(1);
         let u = revocation(r1.state(), r#"User::"eve""#, 0);
-        r1.submit(NOW_MS, &u).unwrap();
+        submit(&mut r1, &u).0.unwrap();
         let mut r2 = replica(2);
-        r2.submit(NOW_MS, &u).unwrap();
+        submit(&mut r2, &u).0.unwrap();
         TwoOffers::with(r1, r2)
     }
 
@@ -775,9 +799,9 @@ fn a_guessed_dependency_holds_no_offer_back() {
     // holds neither, yet relays the second by gossip.
     let mut r2 = replica(2);
     let u1 = revocation(r2.state(), r#"User::"a""#, 0);
-    r2.submit(NOW_MS, &u1).unwrap();
+    submit(&mut r2, &u1).0.unwrap();
     let u2 = revocation(r2.state(), r#"User::"b""#, 0);
-    r2.submit(NOW_MS, &u2).unwrap();
+    submit(&mut r2, &u2).0.unwrap();
     let mut t = TwoOffers::with(replica(1), r2);
     for p in [1, 2] {
         t.answer(NOW_MS, p);
@@ -926,13 +950,14 @@ fn a_rotation_spreads_by_gossip_and_sync_and_a_removed_operator_writes_nowhere()
     m.submit(1, &u);
     let heads: Vec<[u8; 32]> = m.state(1).heads().iter().map(|h| h.0).collect();
     let v2 = root_v2(heads);
-    let (adopted, outs) = m
-        .replicas
-        .get_mut(&1)
-        .unwrap()
-        .submit_root(NOW_MS, &v2)
-        .unwrap();
-    assert!(adopted);
+    let (answer, outs) = submit(m.replicas.get_mut(&1).unwrap(), &v2);
+    assert_eq!(
+        answer.unwrap(),
+        Accepted::Root {
+            version: 2,
+            adopted: true
+        }
+    );
     assert!(
         outs.iter()
             .any(|o| matches!(o, Output::RootAdopted { version: 2, .. }))
@@ -948,13 +973,14 @@ fn a_rotation_spreads_by_gossip_and_sync_and_a_removed_operator_writes_nowhere()
     assert_eq!(m.state(4).root().version, 2);
     assert_eq!(m.state(4).signed_roots_after(1).len(), 1);
     // The same root again is a duplicate, not a new adoption.
-    let (again, _) = m
-        .replicas
-        .get_mut(&4)
-        .unwrap()
-        .submit_root(NOW_MS, &v2)
-        .unwrap();
-    assert!(!again);
+    let (again, _) = submit(m.replicas.get_mut(&4).unwrap(), &v2);
+    assert_eq!(
+        again.unwrap(),
+        Accepted::Root {
+            version: 2,
+            adopted: false
+        }
+    );
     // The writer is removed: refused everywhere, whichever root it names.
     for n in 1..=4 {
         let state = m.state(n).clone();
@@ -1003,4 +1029,93 @@ fn a_forged_rotation_is_rejected() {
             .any(|o| matches!(o, Output::Penalize { peer: 2, .. }))
     );
     assert_eq!(m.state(1).root().version, 1);
+}
+
+/// What happens leaves the replica as outputs: a command's answer comes
+/// last, after the `Persist` it needs; refusals (local or from a peer),
+/// admissions and held updates are each told, and counted as they are told.
+#[test]
+fn the_replica_says_what_happened() {
+    let mut m = Mesh::new();
+    m.add(1, cert(1, &admin(), 1));
+    m.add(2, cert(2, &admin(), 2));
+    m.connect(1, 2);
+    for (n, peer) in [(1, 2), (2, 1)] {
+        assert!(
+            m.outputs.iter().any(|(at, o)| *at == n
+                && matches!(o, Output::Admitted { peer: p, node } if *p == peer && *node == node_id(peer))),
+            "replica {n} tells it admitted {peer}"
+        );
+    }
+
+    // An applied submit: persisted, published, then answered.
+    let u = revocation(m.state(1), r#"User::"eve""#, 0);
+    let (answer, outs) = submit(m.replicas.get_mut(&1).unwrap(), &u);
+    let Ok(Accepted::Applied(hash)) = answer else {
+        panic!("applied, not {answer:?}");
+    };
+    assert!(matches!(&outs[0], Output::Persist { hash: h, .. } if *h == hash));
+    assert!(outs.iter().any(|o| matches!(o, Output::Publish(_))));
+    // The same again: a duplicate, nothing to persist or publish.
+    let (again, outs) = submit(m.replicas.get_mut(&1).unwrap(), &u);
+    assert_eq!(again.unwrap(), Accepted::Duplicate(hash));
+    assert!(outs.is_empty(), "{outs:?}");
+
+    // A refused submit: the answer is the error, and a Refused for the record.
+    let before = m.replicas[&1].stats().refused.get("malformed").copied();
+    let (answer, outs) = submit(m.replicas.get_mut(&1).unwrap(), b"not an update");
+    assert_eq!(answer.unwrap_err().label(), "malformed");
+    assert!(matches!(
+        outs.as_slice(),
+        [Output::Refused { from: None, label: "malformed", reason }] if !reason.is_empty()
+    ));
+    assert_eq!(
+        m.replicas[&1].stats().refused.get("malformed").copied(),
+        Some(before.unwrap_or(0) + 1)
+    );
+
+    // A forged update gossiped by peer 2: refused, and blamed on it.
+    let mut forged =
+        SignedUpdate::from_bytes(&revocation(m.state(1), r#"User::"mal""#, 1)).unwrap();
+    forged.signatures.clear();
+    let outs = m.replicas.get_mut(&1).unwrap().handle(
+        NOW_MS,
+        0,
+        Input::Gossip {
+            from: 2,
+            bytes: forged.to_bytes(),
+        },
+    );
+    assert!(
+        outs.iter().any(|o| matches!(
+            o,
+            Output::Refused {
+                from: Some(2),
+                label: "unsigned",
+                ..
+            }
+        )),
+        "{outs:?}"
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Verdict(Verdict::Reject)))
+    );
+
+    // An update whose dependency this replica lacks: held, persisted (it
+    // was submitted here), told, and answered as held.
+    let mut other = replica(3);
+    let u1 = revocation(other.state(), r#"User::"a""#, 0);
+    submit(&mut other, &u1).0.unwrap();
+    let u2 = revocation(other.state(), r#"User::"b""#, 0);
+    let mut fresh = replica(4);
+    let (answer, outs) = submit(&mut fresh, &u2);
+    let Ok(Accepted::Held(held)) = answer else {
+        panic!("held, not {answer:?}");
+    };
+    assert!(matches!(&outs[0], Output::Persist { hash, .. } if *hash == held));
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Held { hash, from: None } if *hash == held))
+    );
 }

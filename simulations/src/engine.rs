@@ -50,8 +50,9 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_crdt::{ChangeHash, ChangeSummary};
-use weft_protocol::replica::{Input, Output, Replica, ReplicaConfig, ReplicaState, Timer, Verdict};
-use weft_protocol::state::Ingested;
+use weft_protocol::replica::{
+    Accepted, Command, Input, Output, Replica, ReplicaConfig, ReplicaState, Timer, Verdict,
+};
 use weft_protocol::wire::{SyncRequest, SyncResponse};
 
 use crate::SimError;
@@ -1222,6 +1223,10 @@ impl<'a, P: Payload> Sim<'a, P> {
                     self.applied(n, hash, &summary, &mut touched);
                 }
                 Output::Penalize { .. } => self.c.penalties += 1,
+                Output::Refused { .. }
+                | Output::Admitted { .. }
+                | Output::Held { .. }
+                | Output::Submitted(_) => {}
                 Output::Disconnect { peer, .. } => self.close(n, peer),
                 Output::Ban { peer, .. } => {
                     self.c.bans += 1;
@@ -1655,13 +1660,18 @@ impl<'a, P: Payload> Sim<'a, P> {
             .state();
         let bytes = self.payload.author(state, action, k)?;
         let r = self.nodes[n as usize].replica.as_mut().expect("live");
-        let (ingested, outs) = r
-            .submit(now, &bytes)
+        // A submit draws no random number: 0 keeps the run's RNG stream.
+        let mut outs = r.handle(now, 0, Input::Command(Command::Submit(bytes.into())));
+        let answer = match outs.pop() {
+            Some(Output::Submitted(answer)) => answer,
+            other => unreachable!("a command's effects end with its answer, not {other:?}"),
+        };
+        let accepted = answer
             .map_err(|e| SimError::Fixture(format!("an operator update was refused: {e}")))?;
         let clean = self.partition.is_none()
             && (0..self.nodes.len() as u32)
                 .all(|m| self.nodes[m as usize].byzantine || self.alive(m));
-        if let Ingested::Applied { hash, .. } = ingested {
+        if let Accepted::Applied(hash) = accepted {
             let words = self.nodes.len().div_ceil(64);
             self.by_hash.insert(hash, self.updates.len());
             self.updates.push(UpdateRec {
