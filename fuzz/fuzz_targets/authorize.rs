@@ -1,11 +1,13 @@
-//! The body of `POST /v1/authorize`, all the way to a decision: JSON
-//! parsing, uid, context and entity checks, token verification, and
-//! Cedar's evaluation against an empty view. Nothing may panic.
+//! The body of `POST /v1/authorize`, all the way to a decision, through
+//! the same pure function the node calls (`decide_request`): JSON parsing,
+//! uid, context and entity checks, token verification, the staleness rule,
+//! and Cedar's evaluation. Nothing may panic; a request that is not one is
+//! refused in one line.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_crdt::{PolicyView, decide};
-use weft_node::api::{Authorize, AuthorizeRequest, TokenCheck, parse_authorize};
+use weft_crdt::PolicyView;
+use weft_protocol::authorize::{AuthorizeRequest, Deciding, decide_request};
 use weft_protocol::identity::SecretKey;
 use weft_protocol::trust::{Operator, QuarantineLimits, Role, TrustRoot};
 
@@ -30,12 +32,25 @@ fuzz_target!(|data: &[u8]| {
         accepted_heads: vec![],
     };
     let view = PolicyView::default();
-    let check = TokenCheck {
-        root: &root,
-        view: &view,
-        now: 1_767_225_600,
-    };
-    if let Ok(Authorize::Decide(request)) = parse_authorize(req, check) {
-        let _ = decide(&view, &request);
+    // The first byte picks whether the state is stale under on_stale = deny.
+    let stale_deny = data.first().is_some_and(|b| b & 1 == 1).then_some(300);
+    match decide_request(
+        req,
+        Deciding {
+            view: &view,
+            root: &root,
+            now_ms: 1_767_225_600_000,
+            stale_deny,
+        },
+    ) {
+        Ok(record) => {
+            // Nothing is allowed by an empty view, and every deny says why
+            // unless the policies (none here) decided it.
+            assert!(!record.decision.allow);
+            if stale_deny.is_some() {
+                assert!(record.decision.errors[0].contains("stale"));
+            }
+        }
+        Err(e) => assert!(!e.0.contains('\n'), "a refusal of more than one line: {e}"),
     }
 });

@@ -332,6 +332,27 @@ pub enum AuditEvent {
     },
 }
 
+impl AuditEvent {
+    /// The record of a decision: `sampled_one_in` is set for a sampled allow.
+    pub fn decision(
+        record: &weft_protocol::authorize::DecisionRecord,
+        sampled_one_in: Option<u64>,
+    ) -> AuditEvent {
+        let (principal, action, resource) = record.asked.who();
+        let d = &record.decision;
+        AuditEvent::Decision {
+            principal,
+            action,
+            resource,
+            decision: if d.allow { "allow" } else { "deny" }.to_owned(),
+            reasons: d.reasons.clone(),
+            errors: d.errors.clone(),
+            revoked: d.revoked,
+            sampled_one_in,
+        }
+    }
+}
+
 /// A failure of the audit log's storage.
 #[derive(Debug, Error)]
 pub enum AuditLogError {

@@ -50,6 +50,24 @@ pub struct DenyRecord {
     pub revoked_subject: Option<String>,
 }
 
+impl DenyRecord {
+    /// The deny `record` decided.
+    pub fn of(record: &weft_protocol::authorize::DecisionRecord) -> DenyRecord {
+        let (principal, action, resource) = record.asked.who();
+        let d = &record.decision;
+        DenyRecord {
+            at_ms: record.at_ms,
+            principal,
+            action,
+            resource,
+            reasons: d.reasons.clone(),
+            errors: d.errors.clone(),
+            revoked: d.revoked,
+            revoked_subject: d.revoked_subject.clone(),
+        }
+    }
+}
+
 /// Decision counts since the node started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionCounts {

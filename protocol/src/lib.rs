@@ -1,6 +1,7 @@
 //! Weft's trust and wire layer.
 //!
 //! - [`audit`]: the hash-chained audit trail, its signed checkpoints, verification.
+//! - [`authorize`]: an authorization request, from its body to a decision.
 //! - [`boundary`]: the trust boundary, the one way in for updates and orders.
 //! - [`chunk`]: a change as bytes: one automerge change chunk and its hash.
 //! - [`quarantine`]: nodes' signed quarantine orders and their bounded authority.
@@ -18,6 +19,7 @@
 //! in as arguments.
 
 pub mod audit;
+pub mod authorize;
 pub mod boundary;
 pub mod chunk;
 pub mod encoding;

@@ -927,7 +927,7 @@ async fn bad_input_corpus_is_refused_with_one_sentence_and_changes_nothing() -> 
     // answers.
     let head = r#"{"principal":"User::\"a\"","action":"Action::\"view\"","resource":"Doc::\"d\"","context":{"x":""#;
     let tail = r#""}}"#;
-    let pad = weft_node::api::MAX_AUTHORIZE_BYTES + 1 - head.len() - tail.len();
+    let pad = weft_protocol::authorize::MAX_AUTHORIZE_BYTES + 1 - head.len() - tail.len();
     let big = format!("{head}{}{tail}", "a".repeat(pad));
     let authorize: Vec<(&str, Vec<u8>)> = vec![
         ("empty body", Vec::new()),

@@ -112,6 +112,22 @@ pub struct DecisionEvent {
     pub site: Option<String>,
 }
 
+impl DecisionEvent {
+    /// What the detector sees of a decision this node made.
+    pub fn of(record: &weft_protocol::authorize::DecisionRecord) -> DecisionEvent {
+        let (principal, action, resource) = record.asked.who();
+        DecisionEvent {
+            at_ms: record.at_ms,
+            principal,
+            action,
+            resource,
+            allow: record.decision.allow,
+            token_failed: record.token_failed,
+            site: None,
+        }
+    }
+}
+
 impl From<&weft_simulations::traces::Event> for DecisionEvent {
     /// A trace's decision, without its label.
     fn from(e: &weft_simulations::traces::Event) -> Self {
