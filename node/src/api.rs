@@ -44,6 +44,7 @@ use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 
 use crate::liveness::TaskState;
 use crate::net::{Command, Shared, SubmitError};
+use crate::util::one_line;
 
 /// The largest request body `POST /v1/updates` reads. A little over
 /// [`MAX_UPDATE_BYTES`], so that an update just over the limit is refused by
@@ -485,13 +486,6 @@ pub struct AuthorizeRequest {
     /// Entities of the request, in Cedar's entity JSON format.
     #[serde(default)]
     pub entities: Option<serde_json::Value>,
-}
-
-fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A refused request: its status and the one sentence saying why.

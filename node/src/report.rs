@@ -29,13 +29,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use weft_protocol::time::format_timestamp;
 
+use crate::client::NodeClient;
 use crate::dashboard::DecisionCounts;
 use crate::evidence::{
     BundleEvidence, CertEvidence, NodeEvidence, QuarantineEvidence, RevocationEvidence,
@@ -1147,51 +1147,23 @@ pub const REPORT_LONG_ABOUT: &str = "Write a compliance report of a node's state
     not met or not available, derived from the data).\n\n\
     Example:\n  weft report --node http://127.0.0.1:7100 --out report.html";
 
-async fn get_json(
-    client: &reqwest::Client,
-    url: &str,
-) -> Result<(reqwest::StatusCode, String), reqwest::Error> {
-    let resp = client.get(url).send().await?;
-    let code = resp.status();
-    Ok((code, resp.text().await?))
-}
-
-/// Fetches the report of the node at `base` (`http://HOST:PORT`), with the
+/// Fetches the report of the node at `node` (`http://HOST:PORT`), with the
 /// audit chain when the node has one.
-pub async fn fetch(base: &str) -> Result<Report> {
-    let base = crate::daemon::base_url(base);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let url = format!("{base}/v1/report");
-    let (code, body) = get_json(&client, &url)
-        .await
-        .map_err(|e| anyhow!("cannot reach the node at {url}: {e}"))?;
-    if !code.is_success() {
-        let reason = serde_json::from_str::<serde_json::Value>(&body)
+pub fn fetch(node: &str) -> Result<Report> {
+    let client = NodeClient::new(node)?;
+    let mut report: Report = client.get("/v1/report")?.json("a report")?;
+    report.node.url = Some(client.base().to_owned());
+    let verify = client
+        .get("/v1/audit/verify")
+        .ok()
+        .and_then(|a| a.json::<AuditVerify>("an audit verification").ok());
+    let audit = verify.map(|verify| AuditEvidence {
+        status: client
+            .get("/v1/audit/status")
             .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.trim().chars().take(200).collect());
-        bail!("the node at {url} answered {code}: {reason}");
-    }
-    let mut report: Report = serde_json::from_str(&body).map_err(|e| {
-        anyhow!("the node at {url} sent a report this weft does not understand: {e}")
-    })?;
-    report.node.url = Some(base.clone());
-    let verify = match get_json(&client, &format!("{base}/v1/audit/verify")).await {
-        Ok((code, body)) if code.is_success() => serde_json::from_str::<AuditVerify>(&body).ok(),
-        _ => None,
-    };
-    let audit = match verify {
-        None => None,
-        Some(verify) => {
-            let status = match get_json(&client, &format!("{base}/v1/audit/status")).await {
-                Ok((code, body)) if code.is_success() => serde_json::from_str(&body).ok(),
-                _ => None,
-            };
-            Some(AuditEvidence { status, verify })
-        }
-    };
+            .and_then(|a| a.json("an audit status").ok()),
+        verify,
+    });
     report.set_audit(audit);
     Ok(report)
 }
@@ -1211,11 +1183,7 @@ pub fn render(report: &Report, format: OutFormat) -> String {
 /// Runs `weft report`.
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let format = out_format(&args.out).map_err(|e| anyhow!(e))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let report = runtime.block_on(fetch(&args.node))?;
+    let report = fetch(&args.node)?;
     std::fs::write(&args.out, render(&report, format))
         .map_err(|e| anyhow!("cannot write {}: {e}", args.out.display()))?;
     let count = |s: ControlStatus| report.controls.iter().filter(|c| c.status == s).count();

@@ -14,13 +14,12 @@ use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::trust::{Role, TrustRoot};
 use weft_protocol::update::{MAX_UPDATE_BYTES, SignedUpdate};
 
-use super::common::{
-    LoadedState, Missing, PushError, client, load_state, now, post_update, read_limited,
-    signers_json, who, write_new_file,
-};
+use super::common::{LoadedState, Missing, load_state, post_update, signers_json, who};
 use super::lane::Lane;
 use super::{BundleCreateArgs, RevokeArgs};
+use crate::client::NodeClient;
 use crate::keyfile;
+use crate::util::{error_line, now, read_limited, write_new_file};
 
 /// The largest policy, schema, entities or links file read (4 MiB: nothing
 /// larger fits in an update anyway).
@@ -380,7 +379,7 @@ pub(crate) fn parse_subject(text: &str) -> Result<(String, &'static str)> {
         Ok(uid) => Ok((uid.to_string(), "entity")),
         Err(e) => {
             let shown: String = text.chars().take(64).collect();
-            let cedar = super::common::one_line(&e);
+            let cedar = error_line(&e);
             bail!(
                 "\"{shown}\" is neither a Cedar entity uid (like User::\"alice\") nor a node id (like 12D3KooW…): {cedar}"
             )
@@ -440,14 +439,10 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
                     built.missing.describe()
                 );
             }
-            let base = state.url.clone().unwrap_or_default();
-            match post_update(&client()?, &base, &built.bytes) {
-                Ok(answer) => pushed = Some(answer),
-                Err(PushError::Refused { status, reason }) => {
-                    bail!("the node at {base} refused the update (HTTP {status}): {reason}")
-                }
-                Err(PushError::Transport(msg)) => bail!("{msg}"),
-            }
+            let client = NodeClient::new(state.url.as_deref().unwrap_or_default())?;
+            let answer =
+                post_update(&client, &built.bytes).map_err(|e| e.refusing("the update"))?;
+            pushed = Some(answer);
         }
     }
 

@@ -12,10 +12,11 @@ use weft_protocol::identity::NodeId;
 use weft_protocol::time::{format_timestamp, parse_duration};
 use weft_protocol::trust::{NodeCert, Role, SignedNodeCert, validate_name};
 
-use super::common::{now, read_trust_file, verify_root, write_atomic, write_new_file};
+use super::common::verify_root;
 use super::{NodeCertifyArgs, NodeInitArgs};
 use crate::keyfile;
 use crate::layout::{Config, NodeDir};
+use crate::util::{now, read_trust_file, write_atomic, write_new_file};
 
 /// Runs `weft node init`.
 pub(crate) fn init(a: &NodeInitArgs) -> Result<ExitCode> {

@@ -13,8 +13,9 @@ use weft_protocol::time::{format_duration, format_timestamp, parse_duration};
 use weft_protocol::token::{self, Token};
 use weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS;
 
-use super::common::{load_state_from_node, now, read_trust_file, verify_root};
+use super::common::{load_state_from_node, verify_root};
 use crate::keyfile;
+use crate::util::{now, read_trust_file, shorten};
 
 /// `weft token …`
 #[derive(Debug, Subcommand)]
@@ -76,7 +77,7 @@ pub(crate) fn issue(a: &TokenIssueArgs) -> Result<ExitCode> {
             anyhow!(
                 "--principal {:?} is not a Cedar entity uid like User::\"alice\": {}",
                 a.principal,
-                super::common::shorten(&e.to_string())
+                shorten(&e.to_string())
             )
         })?
         .to_string();
