@@ -84,8 +84,8 @@ pub fn read_trust_file(path: &Path) -> Result<(String, SignedRoot)> {
 }
 
 /// Writes `bytes` to `path`: a new file, or (with `overwrite`) replacing an
-/// existing one atomically. Secret keys are written by
-/// [`crate::keyfile::write`] instead, with mode 0600.
+/// existing one atomically. Secret keys are not written here: `keyfile`
+/// writes them, with mode 0600.
 pub fn write_new_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     if overwrite {
         return write_atomic(path, bytes);
