@@ -145,6 +145,25 @@ struct Built {
     missing: Missing,
 }
 
+impl Built {
+    /// Adds the fields that every `--json` answer about a built update ends
+    /// with to the object `out`.
+    fn append_json(&self, out: &mut Value, root: &TrustRoot, lane: Value) {
+        let tail = json!({
+            "root_version": self.update.root_version,
+            "lane": lane,
+            "paths": paths_json(&self.summary),
+            "signers": signers_json(Some(root), &self.signers),
+            "missing": self.missing.to_json(),
+            "missing_count": self.missing.total(),
+            "threshold_met": self.missing.is_met(),
+        });
+        if let (Some(out), Value::Object(tail)) = (out.as_object_mut(), tail) {
+            out.extend(tail);
+        }
+    }
+}
+
 /// Wraps and signs `change`, and works out what it touches on the original
 /// state and what it still needs.
 fn sign_change(change: &Change, key: &SecretKey, state: &LoadedState) -> Result<Built> {
@@ -258,29 +277,21 @@ pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
         .map_or(0, |v| v.len());
     let templates = parsed.policies.templates().count();
     if a.json {
-        println!(
-            "{}",
-            json!({
-                "id": built.id,
-                "file": a.out.display().to_string(),
-                "bundle": a.name,
-                "new_bundle": before.is_none(),
-                "policies": content.policies.len(),
-                "templates": templates,
-                "schema": content.schema.is_some(),
-                "entities": entity_count,
-                "added": added,
-                "changed": changed,
-                "removed": removed,
-                "root_version": built.update.root_version,
-                "lane": lane_json,
-                "paths": paths_json(&built.summary),
-                "signers": signers_json(Some(&state.root), &built.signers),
-                "missing": built.missing.to_json(),
-                "missing_count": built.missing.total(),
-                "threshold_met": built.missing.is_met(),
-            })
-        );
+        let mut out = json!({
+            "id": built.id,
+            "file": a.out.display().to_string(),
+            "bundle": a.name,
+            "new_bundle": before.is_none(),
+            "policies": content.policies.len(),
+            "templates": templates,
+            "schema": content.schema.is_some(),
+            "entities": entity_count,
+            "added": added,
+            "changed": changed,
+            "removed": removed,
+        });
+        built.append_json(&mut out, &state.root, lane_json);
+        println!("{out}");
     } else {
         println!("wrote update {} to {}", built.id, a.out.display());
         println!(
@@ -447,26 +458,18 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
     }
 
     if a.json {
-        println!(
-            "{}",
-            json!({
-                "id": built.id,
-                "subject": subject,
-                "kind": kind,
-                "action": action,
-                "reason": if a.reinstate { None } else { Some(&a.reason) },
-                "file": a.out.as_ref().map(|p| p.display().to_string()),
-                "pushed": pushed.is_some(),
-                "status": pushed.as_ref().map(|p| p.status.clone()),
-                "root_version": built.update.root_version,
-                "lane": lane_json,
-                "paths": paths_json(&built.summary),
-                "signers": signers_json(Some(&state.root), &built.signers),
-                "missing": built.missing.to_json(),
-                "missing_count": built.missing.total(),
-                "threshold_met": built.missing.is_met(),
-            })
-        );
+        let mut out = json!({
+            "id": built.id,
+            "subject": subject,
+            "kind": kind,
+            "action": action,
+            "reason": if a.reinstate { None } else { Some(&a.reason) },
+            "file": a.out.as_ref().map(|p| p.display().to_string()),
+            "pushed": pushed.is_some(),
+            "status": pushed.as_ref().map(|p| p.status.clone()),
+        });
+        built.append_json(&mut out, &state.root, lane_json);
+        println!("{out}");
     } else {
         let verb = if a.reinstate { "reinstates" } else { "revokes" };
         match &a.out {
