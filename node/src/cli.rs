@@ -8,21 +8,18 @@
 //!
 //! `audit` is added to [`Command`] when it is built.
 
-use std::fs::OpenOptions;
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use weft_node::keyfile;
+use weft_node::util::{read_trust_file, write_new_file};
 use weft_protocol::identity::{Domain, NodeId, SecretKey};
 use weft_protocol::time::{format_duration, format_timestamp, parse_duration};
 use weft_protocol::trust::{
-    MAX_TRUST_ROOT_LEN, Operator, QuarantineLimits, Role, SignedRoot, TrustRoot, from_trust_file,
-    to_trust_file,
+    Operator, QuarantineLimits, Role, SignedRoot, TrustRoot, to_trust_file,
 };
 
 /// Weft: a decentralized security control plane.
@@ -83,7 +80,7 @@ pub enum Command {
     #[command(long_about = weft_node::admin::PUSH_LONG_ABOUT)]
     Push(weft_node::admin::PushArgs),
     /// Show a running node's state: peers, heads, bundles, revocations, freshness.
-    Status(weft_node::daemon::StatusArgs),
+    Status(weft_node::status::StatusArgs),
     /// Ask a node for a decision: prints allow or deny; exits 0 on allow, 3 on deny.
     #[command(long_about = weft_node::admin::CHECK_LONG_ABOUT)]
     Check(weft_node::admin::CheckArgs),
@@ -302,7 +299,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Revoke(a) => weft_node::admin::revoke(a),
         Command::Update(c) => weft_node::admin::update(c),
         Command::Push(a) => weft_node::admin::push(a),
-        Command::Status(a) => weft_node::daemon::status(a),
+        Command::Status(a) => weft_node::status::status(a),
         Command::Check(a) => weft_node::admin::check(a),
         Command::Token(c) => weft_node::admin::token(c),
         Command::Demo(a) => weft_node::demo::demo(a),
@@ -311,15 +308,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(a) => weft_node::report::report(a),
         Command::Detect(c) => weft_node::detect::cli::detect(c),
     }
-}
-
-/// Seconds since the Unix epoch, from the system clock. The only clock read
-/// in the CLI; everything below takes `now` as an argument.
-fn now() -> Result<u64> {
-    Ok(SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| anyhow!("the system clock is set before 1970"))?
-        .as_secs())
 }
 
 fn key_json(key: &SecretKey, file: &Path) -> serde_json::Value {
@@ -372,7 +360,7 @@ fn trust_init(a: &TrustInitArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| keyfile::read(p))
         .collect::<Result<Vec<SecretKey>, _>>()?;
-    let now = now()?;
+    let now = weft_node::clock::unix_secs()?;
     let mut root = TrustRoot {
         version: 1,
         expires: now
@@ -418,29 +406,6 @@ fn trust_init(a: &TrustInitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_new_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    let mut opts = OpenOptions::new();
-    opts.write(true);
-    if overwrite {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
-    }
-    let mut f = opts.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!(
-                "refusing to overwrite {}: the file already exists (pass --force to replace it)",
-                path.display()
-            )
-        } else {
-            anyhow!("cannot create {}: {e}", path.display())
-        }
-    })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -455,20 +420,10 @@ fn approx(secs: u64) -> String {
     }
 }
 
-fn read_trust_file(path: &Path) -> Result<SignedRoot> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut text = String::new();
-    file.take(MAX_TRUST_ROOT_LEN as u64 + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    from_trust_file(&text).with_context(|| format!("{}", path.display()))
-}
-
 fn trust_show(a: &TrustShowArgs) -> Result<ExitCode> {
-    let signed = read_trust_file(&a.file)?;
+    let (_, signed) = read_trust_file(&a.file)?;
     let root = signed.root()?;
-    let now = now()?;
+    let now = weft_node::clock::unix_secs()?;
     let verdict = signed.verify_initial(now);
     let expired = root.is_expired(now);
     let valid_by = |k| {

@@ -1,6 +1,5 @@
-//! The node daemon: `weft node run`, `weft status`, and [`spawn_node`], the
-//! library entry point that tests and `weft demo` use to run nodes in one
-//! process.
+//! The node daemon: `weft node run`, and [`spawn_node`], the library entry
+//! point that tests and `weft demo` use to run nodes in one process.
 //!
 //! Start-up, in order: the key (`DIR/node.key`), the trust root
 //! (`DIR/trust.json`, verified; an expired root is still enforced and
@@ -14,9 +13,8 @@
 //! so that a supervisor restarts the node, which reloads its store; until
 //! then `GET /healthz` and `GET /readyz` answer 503.
 
-use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +34,7 @@ use weft_crdt::PolicyView;
 use weft_protocol::identity::NodeId;
 use weft_protocol::replica::{Replica, ReplicaConfig};
 use weft_protocol::time::format_timestamp;
-use weft_protocol::trust::{MAX_TRUST_ROOT_LEN, SignedNodeCert, SignedRoot, from_trust_file};
+use weft_protocol::trust::SignedNodeCert;
 
 use crate::api::{self, ApiState};
 use crate::audit::{Audit, AuditConfig, AuditEvent, AuditLog};
@@ -47,6 +45,7 @@ use crate::liveness::TaskState;
 use crate::store::{DEFAULT_SNAPSHOT_EVERY, Store};
 use crate::swarm::{self, TOPIC};
 use crate::task::{NodeTask, NodeTaskParts};
+use crate::util::read_trust_file;
 
 /// `weft node run`
 #[derive(Debug, Args)]
@@ -66,17 +65,6 @@ pub struct NodeRunArgs {
     /// Log format [default: from DIR/weft.toml, else pretty].
     #[arg(long, value_name = "FORMAT", value_parser = ["pretty", "json"])]
     pub log_format: Option<String>,
-}
-
-/// `weft status`
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// The node's API, like http://127.0.0.1:7100.
-    #[arg(long, value_name = "URL")]
-    pub node: String,
-    /// Print the node's status JSON as it is.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// How to run one node.
@@ -308,21 +296,6 @@ fn note_failure(
     }
 }
 
-fn now_secs() -> u64 {
-    crate::clock::now_ms() / 1000
-}
-
-/// Reads and checks `DIR/trust.json`.
-fn read_trust(path: &Path) -> Result<SignedRoot> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut text = String::new();
-    file.take(MAX_TRUST_ROOT_LEN as u64 + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    from_trust_file(&text).with_context(|| path.display().to_string())
-}
-
 /// Reads `DIR/node.cert` and checks it here, as peers will. Returns the
 /// bytes to present (empty when there is no usable certificate: peers refuse
 /// such a node, and the reason is logged as an error).
@@ -343,7 +316,7 @@ fn read_cert(dir: &NodeDir, node: &NodeId, root: &weft_protocol::trust::TrustRoo
         }
     };
     let verdict = SignedNodeCert::from_bytes(&bytes)
-        .and_then(|c| c.verify(root, now_secs()))
+        .and_then(|c| c.verify(root, crate::clock::now_secs()))
         .map_err(|e| e.to_string())
         .and_then(|c| {
             if &c.node == node {
@@ -374,9 +347,9 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     let node_id = NodeId::new(key.public());
     let span = tracing::info_span!("node", id = %short_id(&node_id));
 
-    let file_root = read_trust(&dir.trust())?;
+    let (_, file_root) = read_trust_file(&dir.trust())?;
     let store = Store::open(&dir.store())?;
-    let chain = crate::rootchain::resolve(&file_root, &store.roots()?, now_secs())
+    let chain = crate::rootchain::resolve(&file_root, &store.roots()?, crate::clock::now_secs())
         .with_context(|| format!("the trust root of {}", dir.root().display()))?;
     for (version, bytes) in &chain.new {
         store.put_root(*version, bytes)?;
@@ -835,196 +808,4 @@ async fn wait_for_signal() -> Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
-}
-
-/// The API base URL from `--node`: a scheme is added when missing, a
-/// trailing slash removed.
-pub fn base_url(node: &str) -> String {
-    let node = node.trim().trim_end_matches('/');
-    if node.starts_with("http://") || node.starts_with("https://") {
-        node.to_owned()
-    } else {
-        format!("http://{node}")
-    }
-}
-
-/// Runs `weft status`.
-pub fn status(args: StatusArgs) -> Result<ExitCode> {
-    let url = format!("{}/v1/status", base_url(&args.node));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let (code, body) = runtime
-        .block_on(async {
-            let resp = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?
-                .get(&url)
-                .send()
-                .await?;
-            let code = resp.status();
-            let body = resp.text().await?;
-            Ok::<_, reqwest::Error>((code, body))
-        })
-        .map_err(|e| anyhow!("cannot reach the node at {url}: {e}"))?;
-    if !code.is_success() {
-        let reason = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.trim().chars().take(200).collect());
-        bail!("the node at {url} answered {code}: {reason}");
-    }
-    if args.json {
-        println!("{}", body.trim());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let s: Status = serde_json::from_str(&body).map_err(|e| {
-        anyhow!("the node at {url} sent a status this weft does not understand: {e}")
-    })?;
-    print!("{}", render_status(&s));
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The readable form of a status.
-pub fn render_status(s: &Status) -> String {
-    let mut out = String::new();
-    out += &format!("node {}\n", s.node_id);
-    let expiry = format_timestamp(s.trust_root.expires);
-    out += &format!(
-        "  trust root:  version {}, expires {}{}\n",
-        s.trust_root.version,
-        expiry,
-        if s.trust_root.expired {
-            " (EXPIRED: still enforced; rotate it now)"
-        } else {
-            ""
-        }
-    );
-    out += &format!(
-        "  state:       {} update(s), {} held, digest {}\n",
-        s.updates,
-        s.held,
-        s.digest.chars().take(16).collect::<String>()
-    );
-    out += &format!("  heads:       {}\n", s.heads.len());
-    out += &format!(
-        "  last sync:   {}\n",
-        match s.last_sync_ms_ago {
-            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
-            None => "never".into(),
-        }
-    );
-    let admitted = s.peers.iter().filter(|p| p.admitted).count();
-    out += &format!(
-        "  peers:       {} connected, {} admitted\n",
-        s.peers.len(),
-        admitted
-    );
-    for p in &s.peers {
-        out += &format!(
-            "    {}  {}{}\n",
-            p.node_id,
-            if p.admitted {
-                "admitted"
-            } else {
-                "NOT admitted"
-            },
-            p.score
-                .map(|x| format!("  score {x:.1}"))
-                .unwrap_or_default()
-        );
-    }
-    out += &format!("  bundles:     {}\n", s.bundles.len());
-    for b in &s.bundles {
-        out += &format!(
-            "    {}  {} polic{}, signed by {}{}{}\n",
-            b.name,
-            b.policies,
-            if b.policies == 1 { "y" } else { "ies" },
-            if b.signers.is_empty() {
-                "nobody known".to_owned()
-            } else {
-                b.signers.join(", ")
-            },
-            if b.conflicts > 0 {
-                format!(", {} conflict(s)", b.conflicts)
-            } else {
-                String::new()
-            },
-            b.error
-                .as_ref()
-                .map(|e| format!("\n      ERROR: {e}"))
-                .unwrap_or_default()
-        );
-    }
-    out += &format!("  revocations: {}\n", s.revocations);
-    out += &format!(
-        "  traffic:     {} B in, {} B out\n",
-        s.stats.bytes_in, s.stats.bytes_out
-    );
-    out += &format!(
-        "  audit:       {} record(s), head {}, {}{}{}\n",
-        s.audit.records,
-        s.audit.head.chars().take(16).collect::<String>(),
-        match &s.audit.last_checkpoint {
-            Some(cp) => format!(
-                "last checkpoint at record {} ({})",
-                cp.seq,
-                format_timestamp(cp.at_ms / 1000)
-            ),
-            None => "no checkpoint yet".to_owned(),
-        },
-        if s.audit.dropped > 0 {
-            format!(
-                ", {} event(s) DROPPED (queue full; recorded in the chain)",
-                s.audit.dropped
-            )
-        } else {
-            String::new()
-        },
-        if s.audit.waits > 0 {
-            format!(
-                ", {} decision(s) waited for room in the queue",
-                s.audit.waits
-            )
-        } else {
-            String::new()
-        }
-    );
-    out += &format!(
-        "  anomalies:   {} alert(s), {} quarantine(s) issued here, {} in force in the mesh{}\n",
-        s.anomalies.alerts,
-        s.anomalies.quarantines_issued,
-        s.anomalies.active_quarantines,
-        if s.anomalies.quarantines_refused > 0 {
-            format!(
-                ", {} not issued (trust root limits)",
-                s.anomalies.quarantines_refused
-            )
-        } else {
-            String::new()
-        }
-    );
-    if !s.stats.refused.is_empty() {
-        let refused: Vec<String> = s
-            .stats
-            .refused
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        out += &format!("  refused:     {}\n", refused.join(", "));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base_urls() {
-        assert_eq!(base_url("127.0.0.1:7100"), "http://127.0.0.1:7100");
-        assert_eq!(base_url("http://h:1/"), "http://h:1");
-    }
 }

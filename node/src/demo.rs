@@ -13,7 +13,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use clap::Args;
@@ -85,13 +85,6 @@ fn demo_key(label: &str) -> SecretKey {
     SecretKey::from_seed(seed)
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Text or JSON lines on stdout.
 struct Out {
     json: bool,
@@ -122,7 +115,7 @@ impl Trust {
         let bob = demo_key("bob");
         let mut root = TrustRoot {
             version: 1,
-            expires: now() + 86_400,
+            expires: crate::clock::now_secs() + 86_400,
             root_keys: vec![root_key.public()],
             root_threshold: 1,
             operators: vec![
@@ -168,8 +161,8 @@ impl Trust {
             node: NodeId::new(key.public()),
             name: name.into(),
             issuer: self.alice.public(),
-            issued: now(),
-            expires: now() + 86_400,
+            issued: crate::clock::now_secs(),
+            expires: crate::clock::now_secs() + 86_400,
         };
         std::fs::write(
             dir.cert(),
@@ -200,7 +193,7 @@ fn actor(key: &SecretKey) -> Result<weft_crdt::ActorId> {
 }
 
 fn revoke_change(doc: &mut PolicyDoc, key: &SecretKey, subject: &str) -> Result<Change> {
-    let time = i64::try_from(now()).unwrap_or(i64::MAX);
+    let time = i64::try_from(crate::clock::now_secs()).unwrap_or(i64::MAX);
     doc.build_revoke(actor(key)?, subject, "weft demo", time)?
         .ok_or_else(|| anyhow!("{subject} is already revoked"))
 }
@@ -490,7 +483,7 @@ async fn story(out: &Out, trust: &Trust, nodes: &[NodeHandle]) -> Result<()> {
                 content.policies.insert(id, policy);
             }
             content.entities = Some(ENTITIES.to_owned());
-            let time = i64::try_from(now()).unwrap_or(i64::MAX);
+            let time = i64::try_from(crate::clock::now_secs()).unwrap_or(i64::MAX);
             let change = doc
                 .build_bundle(actor(&trust.alice)?, "main", &content, time)?
                 .ok_or_else(|| anyhow!("the bundle is empty"))?;

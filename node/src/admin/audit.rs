@@ -10,10 +10,11 @@ use serde_json::{Value, json};
 use weft_protocol::audit::{HeldCheckpoint, SignedCheckpoint, Verification};
 use weft_protocol::identity::NodeId;
 
-use super::common::{client, error_reason, node_url, one_line};
 use crate::audit::AuditLog;
+use crate::client::NodeClient;
 use crate::keyfile;
 use crate::layout::NodeDir;
+use crate::util::error_line;
 
 /// The long help of `weft audit verify`.
 pub const AUDIT_VERIFY_LONG_ABOUT: &str = "Check a node's hash-chained audit log offline.\n\n\
@@ -103,7 +104,7 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
                 dir.display()
             )
         } else {
-            anyhow!("cannot open the store in {}: {}", dir.display(), one_line(&e))
+            anyhow!("cannot open the store in {}: {}", dir.display(), error_line(&e))
         }
     })
 }
@@ -116,19 +117,11 @@ fn node_of(dir: &Path) -> Result<NodeId> {
 
 /// The checkpoints of `node` held by a running peer.
 fn fetch_checkpoints(url: &str, node: &NodeId) -> Result<Vec<HeldCheckpoint>> {
-    let base = node_url(url);
-    let endpoint = format!("{base}/v1/audit/checkpoints?node={node}");
-    let resp = client()?
-        .get(&endpoint)
-        .send()
-        .map_err(|e| anyhow!("cannot reach the node at {base}: {}", one_line(&e)))?;
-    if !resp.status().is_success() {
-        let code = resp.status();
-        bail!("the node at {base} answered {code}: {}", error_reason(resp));
-    }
-    let body = resp
-        .text()
-        .map_err(|e| anyhow!("reading the answer of {base} failed: {}", one_line(&e)))?;
+    let client = NodeClient::new(url)?;
+    let base = client.base();
+    let body = client
+        .get(&format!("/v1/audit/checkpoints?node={node}"))?
+        .text()?;
     let mut out = Vec::new();
     for line in body.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line)
@@ -229,7 +222,6 @@ fn parse_since(text: &str, now_ms: u64) -> Result<u64> {
 }
 
 fn export(a: &AuditExportArgs) -> Result<ExitCode> {
-    let base = node_url(&a.node);
     let mut query = Vec::new();
     if let Some(s) = &a.since {
         query.push(format!("since={}", parse_since(s, crate::clock::now_ms())?));
@@ -237,31 +229,17 @@ fn export(a: &AuditExportArgs) -> Result<ExitCode> {
     if let Some(n) = a.limit {
         query.push(format!("limit={n}"));
     }
-    let endpoint = if query.is_empty() {
-        format!("{base}/v1/audit")
+    let path = if query.is_empty() {
+        "/v1/audit".to_owned()
     } else {
-        format!("{base}/v1/audit?{}", query.join("&"))
+        format!("/v1/audit?{}", query.join("&"))
     };
     // No overall timeout: an export of a long log takes as long as it takes.
-    let http = reqwest::blocking::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(None)
-        .build()
-        .map_err(|e| anyhow!("cannot set up an HTTP client: {}", one_line(&e)))?;
-    let mut resp = http
-        .get(&endpoint)
-        .send()
-        .map_err(|e| anyhow!("cannot reach the node at {base}: {}", one_line(&e)))?;
-    if !resp.status().is_success() {
-        let code = resp.status();
-        bail!("the node at {base} answered {code}: {}", error_reason(resp));
-    }
+    let client = NodeClient::streaming(&a.node)?;
+    let answer = client.get(&path)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match resp.copy_to(&mut out) {
-        Ok(_) => {}
-        Err(e) => bail!("the export from {base} broke off: {}", one_line(&e)),
-    }
+    answer.copy_to(&mut out)?;
     out.flush().ok();
     Ok(ExitCode::SUCCESS)
 }

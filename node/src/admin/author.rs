@@ -14,13 +14,12 @@ use weft_protocol::identity::{NodeId, SecretKey};
 use weft_protocol::trust::{Role, TrustRoot};
 use weft_protocol::update::{MAX_UPDATE_BYTES, SignedUpdate};
 
-use super::common::{
-    LoadedState, Missing, PushError, client, load_state, now, post_update, read_limited,
-    signers_json, who, write_new_file,
-};
+use super::common::{LoadedState, Missing, load_state, post_update, signers_json, who};
 use super::lane::Lane;
 use super::{BundleCreateArgs, RevokeArgs};
+use crate::client::NodeClient;
 use crate::keyfile;
+use crate::util::{error_line, read_limited, write_new_file};
 
 /// The largest policy, schema, entities or links file read (4 MiB: nothing
 /// larger fits in an update anyway).
@@ -146,6 +145,25 @@ struct Built {
     missing: Missing,
 }
 
+impl Built {
+    /// Adds the fields that every `--json` answer about a built update ends
+    /// with to the object `out`.
+    fn append_json(&self, out: &mut Value, root: &TrustRoot, lane: Value) {
+        let tail = json!({
+            "root_version": self.update.root_version,
+            "lane": lane,
+            "paths": paths_json(&self.summary),
+            "signers": signers_json(Some(root), &self.signers),
+            "missing": self.missing.to_json(),
+            "missing_count": self.missing.total(),
+            "threshold_met": self.missing.is_met(),
+        });
+        if let (Some(out), Value::Object(tail)) = (out.as_object_mut(), tail) {
+            out.extend(tail);
+        }
+    }
+}
+
 /// Wraps and signs `change`, and works out what it touches on the original
 /// state and what it still needs.
 fn sign_change(change: &Change, key: &SecretKey, state: &LoadedState) -> Result<Built> {
@@ -228,7 +246,7 @@ pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
         .parse(&a.name)
         .map_err(|e| anyhow!("{e}; nothing was signed"))?;
     let key = keyfile::read(&a.key)?;
-    let now = now()?;
+    let now = crate::clock::unix_secs()?;
     let state = load_state(&a.source, now)?;
     check_operator(&state.root, &key, &a.key, Role::Policy, &state)?;
 
@@ -259,29 +277,21 @@ pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
         .map_or(0, |v| v.len());
     let templates = parsed.policies.templates().count();
     if a.json {
-        println!(
-            "{}",
-            json!({
-                "id": built.id,
-                "file": a.out.display().to_string(),
-                "bundle": a.name,
-                "new_bundle": before.is_none(),
-                "policies": content.policies.len(),
-                "templates": templates,
-                "schema": content.schema.is_some(),
-                "entities": entity_count,
-                "added": added,
-                "changed": changed,
-                "removed": removed,
-                "root_version": built.update.root_version,
-                "lane": lane_json,
-                "paths": paths_json(&built.summary),
-                "signers": signers_json(Some(&state.root), &built.signers),
-                "missing": built.missing.to_json(),
-                "missing_count": built.missing.total(),
-                "threshold_met": built.missing.is_met(),
-            })
-        );
+        let mut out = json!({
+            "id": built.id,
+            "file": a.out.display().to_string(),
+            "bundle": a.name,
+            "new_bundle": before.is_none(),
+            "policies": content.policies.len(),
+            "templates": templates,
+            "schema": content.schema.is_some(),
+            "entities": entity_count,
+            "added": added,
+            "changed": changed,
+            "removed": removed,
+        });
+        built.append_json(&mut out, &state.root, lane_json);
+        println!("{out}");
     } else {
         println!("wrote update {} to {}", built.id, a.out.display());
         println!(
@@ -380,7 +390,7 @@ pub(crate) fn parse_subject(text: &str) -> Result<(String, &'static str)> {
         Ok(uid) => Ok((uid.to_string(), "entity")),
         Err(e) => {
             let shown: String = text.chars().take(64).collect();
-            let cedar = super::common::one_line(&e);
+            let cedar = error_line(&e);
             bail!(
                 "\"{shown}\" is neither a Cedar entity uid (like User::\"alice\") nor a node id (like 12D3KooW…): {cedar}"
             )
@@ -397,7 +407,7 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
         );
     }
     let key = keyfile::read(&a.key)?;
-    let now = now()?;
+    let now = crate::clock::unix_secs()?;
     let state = load_state(&a.source, now)?;
     check_operator(&state.root, &key, &a.key, Role::Revoke, &state)?;
 
@@ -440,38 +450,26 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
                     built.missing.describe()
                 );
             }
-            let base = state.url.clone().unwrap_or_default();
-            match post_update(&client()?, &base, &built.bytes) {
-                Ok(answer) => pushed = Some(answer),
-                Err(PushError::Refused { status, reason }) => {
-                    bail!("the node at {base} refused the update (HTTP {status}): {reason}")
-                }
-                Err(PushError::Transport(msg)) => bail!("{msg}"),
-            }
+            let client = NodeClient::new(state.url.as_deref().unwrap_or_default())?;
+            let answer =
+                post_update(&client, &built.bytes).map_err(|e| e.refusing("the update"))?;
+            pushed = Some(answer);
         }
     }
 
     if a.json {
-        println!(
-            "{}",
-            json!({
-                "id": built.id,
-                "subject": subject,
-                "kind": kind,
-                "action": action,
-                "reason": if a.reinstate { None } else { Some(&a.reason) },
-                "file": a.out.as_ref().map(|p| p.display().to_string()),
-                "pushed": pushed.is_some(),
-                "status": pushed.as_ref().map(|p| p.status.clone()),
-                "root_version": built.update.root_version,
-                "lane": lane_json,
-                "paths": paths_json(&built.summary),
-                "signers": signers_json(Some(&state.root), &built.signers),
-                "missing": built.missing.to_json(),
-                "missing_count": built.missing.total(),
-                "threshold_met": built.missing.is_met(),
-            })
-        );
+        let mut out = json!({
+            "id": built.id,
+            "subject": subject,
+            "kind": kind,
+            "action": action,
+            "reason": if a.reinstate { None } else { Some(&a.reason) },
+            "file": a.out.as_ref().map(|p| p.display().to_string()),
+            "pushed": pushed.is_some(),
+            "status": pushed.as_ref().map(|p| p.status.clone()),
+        });
+        built.append_json(&mut out, &state.root, lane_json);
+        println!("{out}");
     } else {
         let verb = if a.reinstate { "reinstates" } else { "revokes" };
         match &a.out {

@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::common::{client, error_reason, node_url, one_line, shorten};
+use crate::client::NodeClient;
+use crate::util::{error_line, shorten};
 
 /// The exit code of `weft check` on a deny.
 pub const DENY_EXIT: u8 = 3;
@@ -64,29 +65,18 @@ pub(crate) fn check(a: &CheckArgs) -> Result<ExitCode> {
     }
     if let Some(c) = &a.context {
         let v: Value = serde_json::from_str(c)
-            .map_err(|e| anyhow!("--context is not JSON: {}", one_line(&e)))?;
+            .map_err(|e| anyhow!("--context is not JSON: {}", error_line(&e)))?;
         if !v.is_object() {
             bail!("--context must be a JSON object, like {{\"ip\": \"10.0.0.1\"}}");
         }
         body["context"] = v;
     }
-    let base = node_url(&a.node);
-    let resp = client()?
-        .post(format!("{base}/v1/authorize"))
-        .json(&body)
-        .send()
-        .map_err(|e| anyhow!("cannot reach the node at {base}: {}", one_line(&e)))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let reason = error_reason(resp);
-        bail!("the node at {base} refused the request (HTTP {status}): {reason}");
-    }
-    let text = resp.text().map_err(|e| {
-        anyhow!(
-            "cannot read the answer of the node at {base}: {}",
-            one_line(&e)
-        )
-    })?;
+    let client = NodeClient::new(&a.node)?;
+    let base = client.base();
+    let text = client
+        .post_json("/v1/authorize", &body)
+        .map_err(|e| e.refusing("the request"))?
+        .text()?;
     let answer: Value = serde_json::from_str(&text).with_context(|| {
         format!(
             "the node at {base} answered with something that is not JSON: {}",

@@ -1,11 +1,11 @@
-//! What the operator commands share: the clock, files, trust roots, state
-//! exports, and the HTTP client that talks to a node's API.
+//! What the operator commands share: trust roots, update files, state
+//! exports (from a file or a node), pushing an update, and naming signers
+//! and what an update still needs.
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::fs::File;
+use std::io::Read as _;
+use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
@@ -13,54 +13,12 @@ use weft_crdt::{ChangeSummary, PolicyDoc};
 use weft_protocol::export::{MAX_EXPORT_BYTES, StateExport};
 use weft_protocol::identity::PublicKey;
 use weft_protocol::time::format_timestamp;
-use weft_protocol::trust::{MAX_TRUST_ROOT_LEN, SignedRoot, TrustRoot, from_trust_file};
+use weft_protocol::trust::{SignedRoot, TrustRoot};
 use weft_protocol::update::{MAX_UPDATE_BYTES, SignedUpdate, missing_signatures};
 
 use super::{RootSource, StateSource};
-
-/// How long to wait for a node to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long one request to a node may take in all (a state export of a large
-/// mesh is tens of MiB; a minute covers that on any sane link).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Seconds since the Unix epoch, from the system clock.
-pub(crate) fn now() -> Result<u64> {
-    Ok(SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| anyhow!("the system clock is set before 1970"))?
-        .as_secs())
-}
-
-/// Reads at most `max` bytes of `path`, refusing a longer file.
-pub(crate) fn read_limited(path: &Path, max: usize, what: &str) -> Result<Vec<u8>> {
-    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(max as u64 + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() > max {
-        bail!(
-            "{} is too large to be {what} (over {max} bytes)",
-            path.display()
-        );
-    }
-    Ok(bytes)
-}
-
-/// Reads a trust file and returns its text and the signed root in it.
-pub(crate) fn read_trust_file(path: &Path) -> Result<(String, SignedRoot)> {
-    let bytes = read_limited(path, MAX_TRUST_ROOT_LEN, "a trust file")?;
-    let text = String::from_utf8(bytes).map_err(|_| {
-        anyhow!(
-            "{} is not a trust file: it is not UTF-8 text",
-            path.display()
-        )
-    })?;
-    let signed = from_trust_file(&text).with_context(|| path.display().to_string())?;
-    Ok((text, signed))
-}
+use crate::client::{CallError, NodeClient};
+use crate::util::{read_limited, read_trust_file, shorten};
 
 /// Verifies a root as a node accepting it with no prior trust would. An
 /// expired root is accepted, with a warning on stderr.
@@ -76,54 +34,6 @@ pub(crate) fn verify_root(signed: &SignedRoot, now: u64, origin: &str) -> Result
         );
     }
     Ok(verified.root)
-}
-
-/// Writes `bytes` to `path`: a new file, or (with `overwrite`) replacing an
-/// existing one atomically.
-pub(crate) fn write_new_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    if overwrite {
-        return write_atomic(path, bytes);
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                anyhow!(
-                    "refusing to overwrite {}: the file already exists (pass --force to replace it)",
-                    path.display()
-                )
-            } else {
-                anyhow!("cannot create {}: {e}", path.display())
-            }
-        })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Replaces `path` with `bytes` atomically: writes `path.tmp`, syncs it, and
-/// renames it over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("cannot write {}: {e}", path.display());
-    }
-    Ok(())
 }
 
 /// Reads and decodes a signed update file.
@@ -163,17 +73,6 @@ impl LoadedState {
     }
 }
 
-/// Normalizes a node URL: adds `http://` when no scheme is given and drops
-/// trailing slashes.
-pub(crate) fn node_url(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
-    }
-}
-
 /// Loads a state from a node or a file and verifies its trust root.
 pub(crate) fn load_state(source: &StateSource, now: u64) -> Result<LoadedState> {
     match (&source.node, &source.state) {
@@ -192,26 +91,12 @@ pub(crate) fn load_state_from_file(path: &Path, now: u64) -> Result<LoadedState>
 
 /// Fetches `GET {url}/v1/state`.
 pub(crate) fn load_state_from_node(url: &str, now: u64) -> Result<LoadedState> {
-    let base = node_url(url);
-    let endpoint = format!("{base}/v1/state");
-    let resp = client()?
-        .get(&endpoint)
-        .send()
-        .map_err(|e| anyhow!("cannot reach the node at {base}: {}", one_line(&e)))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let reason = error_reason(resp);
-        bail!("the node at {base} refused GET /v1/state (HTTP {status}): {reason}");
-    }
-    let mut bytes = Vec::new();
-    resp.take(MAX_EXPORT_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| {
-            anyhow!(
-                "cannot read the state from the node at {base}: {}",
-                one_line(&e)
-            )
-        })?;
+    let client = NodeClient::new(url)?;
+    let bytes = client
+        .get("/v1/state")
+        .map_err(|e| e.refusing("GET /v1/state"))?
+        .bytes(MAX_EXPORT_BYTES)?;
+    let base = client.base().to_owned();
     let origin = format!("the node at {base}");
     decode_state(&bytes, origin, Some(base), now)
 }
@@ -285,16 +170,6 @@ pub(crate) fn load_known(source: &RootSource, now: u64) -> Result<Known> {
     Ok(Known::Nothing)
 }
 
-/// An HTTP client for a node's API.
-pub(crate) fn client() -> Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| anyhow!("cannot set up an HTTP client: {}", one_line(&e)))
-}
-
 /// A node's answer to `POST /v1/updates`.
 pub(crate) struct PushAnswer {
     /// The update id the node reports.
@@ -303,49 +178,15 @@ pub(crate) struct PushAnswer {
     pub(crate) status: String,
 }
 
-/// Why a push did not go through.
-pub(crate) enum PushError {
-    /// The node answered with a refusal (4xx or 5xx) and this reason.
-    Refused {
-        /// The HTTP status.
-        status: reqwest::StatusCode,
-        /// The node's `error` sentence.
-        reason: String,
-    },
-    /// The node could not be reached, or its answer not read.
-    Transport(String),
-}
-
-/// `POST {base}/v1/updates` with the update's bytes.
-pub(crate) fn post_update(
-    client: &reqwest::blocking::Client,
-    base: &str,
-    bytes: &[u8],
-) -> Result<PushAnswer, PushError> {
-    let resp = client
-        .post(format!("{base}/v1/updates"))
-        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .map_err(|e| {
-            PushError::Transport(format!("cannot reach the node at {base}: {}", one_line(&e)))
-        })?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(PushError::Refused {
-            status,
-            reason: error_reason(resp),
-        });
-    }
-    let text = resp.text().map_err(|e| {
-        PushError::Transport(format!(
-            "cannot read the answer of the node at {base}: {}",
-            one_line(&e)
-        ))
-    })?;
+/// `POST /v1/updates` with the update's bytes.
+pub(crate) fn post_update(client: &NodeClient, bytes: &[u8]) -> Result<PushAnswer, CallError> {
+    let answer = client.post_bytes("/v1/updates", bytes)?;
+    let status = answer.status();
+    let text = answer.text()?;
     let v: Value = serde_json::from_str(&text).map_err(|_| {
-        PushError::Transport(format!(
-            "the node at {base} accepted the update (HTTP {status}) but its answer is not JSON: {}",
+        CallError::Transport(format!(
+            "the node at {} accepted the update (HTTP {status}) but its answer is not JSON: {}",
+            client.base(),
             shorten(&text)
         ))
     })?;
@@ -354,40 +195,6 @@ pub(crate) fn post_update(
         id: field("id"),
         status: field("status"),
     })
-}
-
-/// The `error` sentence of a refusal, or what the body says otherwise.
-pub(crate) fn error_reason(resp: reqwest::blocking::Response) -> String {
-    let mut body = Vec::new();
-    let _ = resp.take(64 << 10).read_to_end(&mut body);
-    let text = String::from_utf8_lossy(&body);
-    if let Ok(v) = serde_json::from_str::<Value>(&text)
-        && let Some(e) = v.get("error").and_then(Value::as_str)
-    {
-        return shorten(e);
-    }
-    if text.trim().is_empty() {
-        "the node gave no reason".into()
-    } else {
-        shorten(&text)
-    }
-}
-
-/// One line, at most 300 characters.
-pub(crate) fn shorten(s: &str) -> String {
-    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= 300 {
-        flat
-    } else {
-        let mut out: String = flat.chars().take(300).collect();
-        out.push('…');
-        out
-    }
-}
-
-/// An error and its causes, on one line.
-pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
-    shorten(&weft_crdt::bundle::one_line(e))
 }
 
 /// `alice (ed25519.…)` when the key is an operator of `root`, else the key.
@@ -481,23 +288,5 @@ pub(crate) fn section_name(section: weft_crdt::Section) -> &'static str {
         weft_crdt::Section::Bundles => "bundles",
         weft_crdt::Section::Revocations => "revocations",
         weft_crdt::Section::Quarantines => "quarantines",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_urls() {
-        assert_eq!(node_url("127.0.0.1:7100"), "http://127.0.0.1:7100");
-        assert_eq!(node_url("http://h:1/"), "http://h:1");
-        assert_eq!(node_url(" https://h "), "https://h");
-    }
-
-    #[test]
-    fn shortens() {
-        assert_eq!(shorten("a\n b"), "a b");
-        assert!(shorten(&"x".repeat(400)).ends_with('…'));
     }
 }

@@ -13,11 +13,12 @@ use weft_protocol::time::format_timestamp;
 use weft_protocol::update::{SignedUpdate, author_of, signing_message};
 
 use super::common::{
-    Known, Missing, PushError, client, load_known, node_url, now, post_update, read_update,
-    section_name, signers_json, who, write_atomic,
+    Known, Missing, load_known, post_update, read_update, section_name, signers_json, who,
 };
 use super::{PushArgs, UpdateShowArgs, UpdateSignArgs};
+use crate::client::{CallError, NodeClient};
 use crate::keyfile;
+use crate::util::{read_trust_file, write_atomic};
 
 /// One operation of a change, as far as it can be read without the state.
 #[derive(Clone, Debug)]
@@ -170,7 +171,7 @@ pub(crate) fn show(a: &UpdateShowArgs) -> Result<ExitCode> {
     let change = PolicyDoc::parse_change(&update.change)
         .map_err(|e| anyhow!("{file} is not a signed update: {e}"))?;
     let id = change.hash().to_string();
-    let now = now()?;
+    let now = crate::clock::unix_secs()?;
     let known = load_known(&a.root, now)?;
     let root = known.root();
     let sigs = check_signatures(&update, &change);
@@ -373,7 +374,7 @@ pub(crate) fn sign(a: &UpdateSignArgs) -> Result<ExitCode> {
     }
     let key = keyfile::read(&a.key)?;
     let me = key.public();
-    let now = now()?;
+    let now = crate::clock::unix_secs()?;
     let known = load_known(&a.root, now)?;
     let root = known.root();
     if let Some(r) = root {
@@ -465,7 +466,7 @@ fn trust_root_bytes(path: &std::path::Path) -> Result<Option<Vec<u8>>> {
     if n == 0 || head[0] != b'{' {
         return Ok(None);
     }
-    let (_, signed) = super::common::read_trust_file(path)?;
+    let (_, signed) = read_trust_file(path)?;
     Ok(Some(signed.to_bytes()))
 }
 
@@ -480,8 +481,8 @@ pub(crate) fn push(a: &PushArgs) -> Result<ExitCode> {
         };
         files.push((path.display().to_string(), bytes, ()));
     }
-    let base = node_url(&a.node);
-    let client = client()?;
+    let client = NodeClient::new(&a.node)?;
+    let base = client.base();
     let total = files.len();
     for (i, (file, bytes, _)) in files.iter().enumerate() {
         let rest = total - i - 1;
@@ -490,7 +491,7 @@ pub(crate) fn push(a: &PushArgs) -> Result<ExitCode> {
         } else {
             String::new()
         };
-        match post_update(&client, &base, bytes) {
+        match post_update(&client, bytes) {
             Ok(answer) => {
                 if a.json {
                     println!(
@@ -501,10 +502,10 @@ pub(crate) fn push(a: &PushArgs) -> Result<ExitCode> {
                     println!("{file}: {} {}", answer.id, answer.status);
                 }
             }
-            Err(PushError::Refused { status, reason }) => {
+            Err(CallError::Refused { status, reason, .. }) => {
                 bail!("the node at {base} refused {file} (HTTP {status}): {reason}{unsent}")
             }
-            Err(PushError::Transport(msg)) => bail!("{msg} (while sending {file}){unsent}"),
+            Err(CallError::Transport(msg)) => bail!("{msg} (while sending {file}){unsent}"),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -12,15 +12,16 @@ use weft_protocol::identity::NodeId;
 use weft_protocol::time::{format_timestamp, parse_duration};
 use weft_protocol::trust::{NodeCert, Role, SignedNodeCert, validate_name};
 
-use super::common::{now, read_trust_file, verify_root, write_atomic, write_new_file};
+use super::common::verify_root;
 use super::{NodeCertifyArgs, NodeInitArgs};
 use crate::keyfile;
 use crate::layout::{Config, NodeDir};
+use crate::util::{read_trust_file, write_atomic, write_new_file};
 
 /// Runs `weft node init`.
 pub(crate) fn init(a: &NodeInitArgs) -> Result<ExitCode> {
     // Check everything before creating anything.
-    let now = now()?;
+    let now = crate::clock::unix_secs()?;
     let (trust_text, signed) = read_trust_file(&a.trust)?;
     let root = verify_root(&signed, now, &a.trust.display().to_string())?;
     let mut config = Config::default();
@@ -174,7 +175,7 @@ fn check_host_port(text: &str) -> Result<()> {
 
 /// Runs `weft node certify`.
 pub(crate) fn certify(a: &NodeCertifyArgs) -> Result<ExitCode> {
-    let now = now()?;
+    let now = crate::clock::unix_secs()?;
     let dir = NodeDir::new(&a.dir);
     if !a.dir.is_dir() {
         bail!(

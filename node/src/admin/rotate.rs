@@ -25,10 +25,10 @@ use weft_protocol::time::{format_timestamp, parse_duration};
 use weft_protocol::trust::{Operator, SignedRoot, VerifiedRoot, to_trust_file};
 
 use super::StateSource;
-use super::common::{
-    PushError, client, load_state, now, post_update, read_trust_file, write_atomic, write_new_file,
-};
+use super::common::{load_state, post_update};
+use crate::client::NodeClient;
 use crate::keyfile;
+use crate::util::{read_trust_file, write_atomic, write_new_file};
 
 /// The long help of `weft trust rotate`.
 pub const TRUST_ROTATE_LONG_ABOUT: &str = "Write a new trust root, one version up, signed by the root keys given, and push it.\n\n\
@@ -148,7 +148,7 @@ impl Tally {
 
 /// Runs `weft trust rotate`.
 pub(crate) fn trust_rotate(a: &TrustRotateArgs) -> Result<ExitCode> {
-    let now = now()?;
+    let now = crate::clock::unix_secs()?;
     let state = load_state(&a.source, now)?;
     let current = state.root.clone();
     let doc = state.load_doc()?;
@@ -227,16 +227,9 @@ pub(crate) fn trust_rotate(a: &TrustRotateArgs) -> Result<ExitCode> {
         if !a.no_push
             && let Some(base) = &state.url
         {
-            match post_update(&client()?, base, &signed.to_bytes()) {
-                Ok(answer) => pushed = Some(answer.status),
-                Err(PushError::Refused { status, reason }) => {
-                    bail!(
-                        "the node at {base} refused trust root version {} (HTTP {status}): {reason}",
-                        next.version
-                    )
-                }
-                Err(PushError::Transport(msg)) => bail!("{msg}"),
-            }
+            let answer = post_update(&NodeClient::new(base)?, &signed.to_bytes())
+                .map_err(|e| e.refusing(&format!("trust root version {}", next.version)))?;
+            pushed = Some(answer.status);
         }
     } else if a.out.is_none() {
         bail!(

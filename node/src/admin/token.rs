@@ -13,8 +13,9 @@ use weft_protocol::time::{format_duration, format_timestamp, parse_duration};
 use weft_protocol::token::{self, Token};
 use weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS;
 
-use super::common::{load_state_from_node, now, read_trust_file, verify_root};
+use super::common::{load_state_from_node, verify_root};
 use crate::keyfile;
+use crate::util::{read_trust_file, shorten};
 
 /// `weft token …`
 #[derive(Debug, Subcommand)]
@@ -76,7 +77,7 @@ pub(crate) fn issue(a: &TokenIssueArgs) -> Result<ExitCode> {
             anyhow!(
                 "--principal {:?} is not a Cedar entity uid like User::\"alice\": {}",
                 a.principal,
-                super::common::shorten(&e.to_string())
+                shorten(&e.to_string())
             )
         })?
         .to_string();
@@ -96,7 +97,7 @@ pub(crate) fn issue(a: &TokenIssueArgs) -> Result<ExitCode> {
         }
     }
     let key = keyfile::read(&a.key)?;
-    let issued = now()?;
+    let issued = crate::clock::unix_secs()?;
     let expires = issued
         .checked_add(ttl)
         .ok_or_else(|| anyhow!("--ttl {} reaches past the end of time", a.ttl))?;
@@ -146,13 +147,13 @@ fn check_ttl(a: &TokenIssueArgs, ttl: u64) -> Result<()> {
     let (max, origin) = if let Some(path) = &a.trust {
         let (_, signed) = read_trust_file(path)?;
         let origin = path.display().to_string();
-        let root = verify_root(&signed, now()?, &origin)?;
+        let root = verify_root(&signed, crate::clock::unix_secs()?, &origin)?;
         (
             root.max_token_ttl_secs,
             Some(format!("the trust root in {origin}")),
         )
     } else if let Some(url) = &a.node {
-        let state = load_state_from_node(url, now()?)?;
+        let state = load_state_from_node(url, crate::clock::unix_secs()?)?;
         (
             state.root.max_token_ttl_secs,
             Some(format!("the trust root of {}", state.origin)),

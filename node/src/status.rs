@@ -1,0 +1,172 @@
+//! `weft status`: a running node's state (`GET /v1/status`), as the node's
+//! JSON or as a readable summary.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::Args;
+use weft_protocol::time::format_timestamp;
+
+use crate::client::NodeClient;
+use crate::control::Status;
+
+/// `weft status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node's API, like http://127.0.0.1:7100.
+    #[arg(long, value_name = "URL")]
+    pub node: String,
+    /// Print the node's status JSON as it is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `weft status`.
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    let client = NodeClient::new(&args.node)?;
+    let body = client.get("/v1/status")?.text()?;
+    if args.json {
+        println!("{}", body.trim());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s: Status = serde_json::from_str(&body).map_err(|e| {
+        anyhow!(
+            "the node at {} sent a status this weft does not understand: {e}",
+            client.base()
+        )
+    })?;
+    print!("{}", render_status(&s));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The readable form of a status.
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    out += &format!("node {}\n", s.node_id);
+    let expiry = format_timestamp(s.trust_root.expires);
+    out += &format!(
+        "  trust root:  version {}, expires {}{}\n",
+        s.trust_root.version,
+        expiry,
+        if s.trust_root.expired {
+            " (EXPIRED: still enforced; rotate it now)"
+        } else {
+            ""
+        }
+    );
+    out += &format!(
+        "  state:       {} update(s), {} held, digest {}\n",
+        s.updates,
+        s.held,
+        s.digest.chars().take(16).collect::<String>()
+    );
+    out += &format!("  heads:       {}\n", s.heads.len());
+    out += &format!(
+        "  last sync:   {}\n",
+        match s.last_sync_ms_ago {
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "never".into(),
+        }
+    );
+    let admitted = s.peers.iter().filter(|p| p.admitted).count();
+    out += &format!(
+        "  peers:       {} connected, {} admitted\n",
+        s.peers.len(),
+        admitted
+    );
+    for p in &s.peers {
+        out += &format!(
+            "    {}  {}{}\n",
+            p.node_id,
+            if p.admitted {
+                "admitted"
+            } else {
+                "NOT admitted"
+            },
+            p.score
+                .map(|x| format!("  score {x:.1}"))
+                .unwrap_or_default()
+        );
+    }
+    out += &format!("  bundles:     {}\n", s.bundles.len());
+    for b in &s.bundles {
+        out += &format!(
+            "    {}  {} polic{}, signed by {}{}{}\n",
+            b.name,
+            b.policies,
+            if b.policies == 1 { "y" } else { "ies" },
+            if b.signers.is_empty() {
+                "nobody known".to_owned()
+            } else {
+                b.signers.join(", ")
+            },
+            if b.conflicts > 0 {
+                format!(", {} conflict(s)", b.conflicts)
+            } else {
+                String::new()
+            },
+            b.error
+                .as_ref()
+                .map(|e| format!("\n      ERROR: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    out += &format!("  revocations: {}\n", s.revocations);
+    out += &format!(
+        "  traffic:     {} B in, {} B out\n",
+        s.stats.bytes_in, s.stats.bytes_out
+    );
+    out += &format!(
+        "  audit:       {} record(s), head {}, {}{}{}\n",
+        s.audit.records,
+        s.audit.head.chars().take(16).collect::<String>(),
+        match &s.audit.last_checkpoint {
+            Some(cp) => format!(
+                "last checkpoint at record {} ({})",
+                cp.seq,
+                format_timestamp(cp.at_ms / 1000)
+            ),
+            None => "no checkpoint yet".to_owned(),
+        },
+        if s.audit.dropped > 0 {
+            format!(
+                ", {} event(s) DROPPED (queue full; recorded in the chain)",
+                s.audit.dropped
+            )
+        } else {
+            String::new()
+        },
+        if s.audit.waits > 0 {
+            format!(
+                ", {} decision(s) waited for room in the queue",
+                s.audit.waits
+            )
+        } else {
+            String::new()
+        }
+    );
+    out += &format!(
+        "  anomalies:   {} alert(s), {} quarantine(s) issued here, {} in force in the mesh{}\n",
+        s.anomalies.alerts,
+        s.anomalies.quarantines_issued,
+        s.anomalies.active_quarantines,
+        if s.anomalies.quarantines_refused > 0 {
+            format!(
+                ", {} not issued (trust root limits)",
+                s.anomalies.quarantines_refused
+            )
+        } else {
+            String::new()
+        }
+    );
+    if !s.stats.refused.is_empty() {
+        let refused: Vec<String> = s
+            .stats
+            .refused
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        out += &format!("  refused:     {}\n", refused.join(", "));
+    }
+    out
+}
