@@ -16,7 +16,7 @@
 //! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"`; `400` when `context` sets `token` or an entity of the request redefines a stored entity or one of its ancestors |
 //! | `GET /` | the live dashboard (one self-contained HTML page, see [`crate::dashboard`]) |
 //! | `GET /v1/dashboard` | [`crate::dashboard::Dashboard`] as JSON: status, bundles with signers, revocations, quarantines, decision counts, recent denies |
-//! | `GET /v1/anomalies` | `{"alerts": [], "quarantines": [{"subject", "record", "reason"}]}`: no detector runs yet, so no alerts; the active quarantines, each record parsed as JSON when it is JSON |
+//! | `GET /v1/anomalies` | `{"alerts", "quarantines": [{"subject", "reason", "record", "active", "until"}], "active_quarantines"}`: the detector's recent alerts; every quarantine record (parsed as JSON when it is JSON), whether it is in force now and until when; how many are |
 //! | `GET /v1/report` | the evidence of a compliance report, [`crate::report::Report`] as JSON (`audit` left `null`: `weft report` fills it from the audit endpoints) |
 //!
 //! Every error body is `{"error": "<one sentence>"}`: 4xx for a bad request,

@@ -100,7 +100,7 @@ pub struct Status {
     pub updates: usize,
     /// Updates held for missing dependencies.
     pub held: usize,
-    /// Bytes of the updates held (bounded, see README "The trust boundary").
+    /// Bytes of the updates held (bounded, see docs/security.md, "The trust boundary").
     #[serde(default)]
     pub held_bytes: usize,
     /// Milliseconds since the last exchange with a peer; null if none yet.
