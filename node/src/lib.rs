@@ -20,5 +20,6 @@ pub mod net;
 pub mod report;
 pub mod respond;
 pub mod rootchain;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
