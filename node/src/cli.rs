@@ -113,6 +113,7 @@ pub enum Command {
             seed and inputs give the same report, byte for byte. Exits 1 when an invariant fails, \
             and prints the command that replays the run."
     )]
+    #[cfg(feature = "sim")]
     Sim(weft_node::sim::SimArgs),
     /// Verify a node's tamper-evident audit trail, or export its records.
     #[command(
@@ -129,6 +130,10 @@ pub enum Command {
     #[command(long_about = weft_node::report::REPORT_LONG_ABOUT)]
     Report(weft_node::report::ReportArgs),
     /// Generate labeled decision traces and evaluate the anomaly detector on them.
+    #[cfg_attr(
+        not(feature = "sim"),
+        command(about = "Evaluate the anomaly detector on labeled decision traces")
+    )]
     #[command(subcommand, long_about = weft_node::detect::cli::DETECT_LONG_ABOUT)]
     Detect(weft_node::detect::cli::DetectCommand),
 }
@@ -303,6 +308,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(a) => weft_node::admin::check(a),
         Command::Token(c) => weft_node::admin::token(c),
         Command::Demo(a) => weft_node::demo::demo(a),
+        #[cfg(feature = "sim")]
         Command::Sim(a) => weft_node::sim::sim(a),
         Command::Audit(c) => weft_node::admin::audit(c),
         Command::Report(a) => weft_node::report::report(a),

@@ -311,7 +311,7 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_simulations::traces::{AttackKind, TraceConfig, generate};
+    use crate::detect::traces::{AttackKind, TraceConfig, generate};
 
     /// A generated day (real detector, real queue) through the response
     /// task: every alert is kept and audited, and each alerted principal
@@ -354,7 +354,7 @@ mod tests {
             asked
         });
         for e in &trace.events {
-            handle.observe(DecisionEvent::from(e));
+            handle.observe(e.decision.clone());
         }
         drop(handle);
         task.await.unwrap();

@@ -26,7 +26,6 @@ pub mod light;
 pub mod payload;
 pub mod report;
 pub mod scenario;
-pub mod traces;
 
 pub use engine::{Progress, run_scenario};
 pub use report::Report;

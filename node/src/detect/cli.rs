@@ -1,39 +1,61 @@
 //! `weft detect gen` and `weft detect eval`: generate labeled traces and
-//! score the detector on them.
+//! score the detector on them. `gen` is built with the `sim` feature.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write as _};
+use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use weft_protocol::time::parse_duration;
-use weft_simulations::traces::{Trace, TraceConfig, generate};
 
 use super::eval::{EvalConfig, EvalReport, MethodReport, evaluate};
+use super::traces::Trace;
+#[cfg(feature = "sim")]
+use super::traces::{TraceConfig, generate};
+
+/// What `weft detect eval` reports, in the long help of `weft detect`.
+macro_rules! eval_help {
+    () => {
+        "`eval` replays a trace through the detector and, side by side, through a \
+        static rate-limit rule, and reports per attack kind:\n\n  \
+        precision  detected incidents / (detected + every false positive); strict, since an \
+        alert does not name a kind\n  \
+        recall     incidents with an alert on their principal between the attack's start and \
+        its end plus the grace period / incidents\n  \
+        F1         the harmonic mean of the two\n  \
+        FP/1k/day  false positives (alerts after the warm-up outside every incident of their \
+        principal) per 1,000 principals per day\n  \
+        TTD        time from the attack's first request to its first alert: median and maximum\n\n\
+        Alerts during the trace's warm-up (its first half, at most 24 h) are not scored: the \
+        detector has no training step and learns its baselines there."
+    };
+}
 
 /// The long help of `weft detect`.
-pub const DETECT_LONG_ABOUT: &str = "Generate labeled decision traces and evaluate the anomaly detector on them.\n\n\
+#[cfg(feature = "sim")]
+pub const DETECT_LONG_ABOUT: &str = concat!(
+    "Generate labeled decision traces and evaluate the anomaly detector on them.\n\n\
     `gen` writes a deterministic trace (JSON lines, format weft-trace/v1): principals with \
     daily rhythms, benign surprises (new employees, nightly batch jobs, travellers at a new site) and labeled attacks \
     (credential stuffing, privilege probing, bulk exfiltration, lateral movement across sites, \
-    low-and-slow). `eval` replays a trace through the detector and, side by side, through a \
-    static rate-limit rule, and reports per attack kind:\n\n  \
-    precision  detected incidents / (detected + every false positive); strict, since an \
-    alert does not name a kind\n  \
-    recall     incidents with an alert on their principal between the attack's start and \
-    its end plus the grace period / incidents\n  \
-    F1         the harmonic mean of the two\n  \
-    FP/1k/day  false positives (alerts after the warm-up outside every incident of their \
-    principal) per 1,000 principals per day\n  \
-    TTD        time from the attack's first request to its first alert: median and maximum\n\n\
-    Alerts during the trace's warm-up (its first half, at most 24 h) are not scored: the \
-    detector has no training step and learns its baselines there.";
+    low-and-slow). ",
+    eval_help!()
+);
+
+/// The long help of `weft detect`: a build without the `sim` feature has no
+/// `gen`.
+#[cfg(not(feature = "sim"))]
+pub const DETECT_LONG_ABOUT: &str = concat!(
+    "Evaluate the anomaly detector on labeled decision traces (JSON lines, format weft-trace/v1).\n\n",
+    eval_help!()
+);
 
 /// `weft detect …`
 #[derive(Debug, clap::Subcommand)]
 pub enum DetectCommand {
     /// Write a labeled, deterministic trace of decisions (JSON lines).
+    #[cfg(feature = "sim")]
     Gen(GenArgs),
     /// Replay a trace through the detector and a rate-limit rule; print precision, recall, F1, FP rate, time to detect.
     #[command(long_about = DETECT_LONG_ABOUT)]
@@ -41,6 +63,7 @@ pub enum DetectCommand {
 }
 
 /// Arguments of `weft detect gen`.
+#[cfg(feature = "sim")]
 #[derive(Debug, clap::Args)]
 pub struct GenArgs {
     /// Where to write the trace.
@@ -92,12 +115,16 @@ pub struct EvalArgs {
 /// Runs `weft detect …`.
 pub fn detect(cmd: DetectCommand) -> Result<ExitCode> {
     match cmd {
+        #[cfg(feature = "sim")]
         DetectCommand::Gen(a) => gen_cmd(&a),
         DetectCommand::Eval(a) => eval_cmd(&a),
     }
 }
 
+#[cfg(feature = "sim")]
 fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
+    use std::io::{BufWriter, Write as _};
+
     if a.principals == 0 {
         bail!("--principals must be at least 1");
     }

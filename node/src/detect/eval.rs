@@ -1,5 +1,5 @@
 //! Evaluation of the detector against a labeled trace
-//! ([`weft_simulations::traces`]), side by side with a static rate-limit
+//! ([`super::traces`]), side by side with a static rate-limit
 //! rule.
 //!
 //! The trace is replayed event by event, in order, through each method; the
@@ -28,8 +28,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
+use super::traces::{AttackKind, Label, Trace};
 use serde::Serialize;
-use weft_simulations::traces::{AttackKind, Label, Trace};
 
 use super::{DecisionEvent, Detector, DetectorConfig};
 
@@ -160,7 +160,7 @@ struct Raised {
 fn rate_limit(trace: &Trace, limit: u32, cooldown_ms: u64) -> Vec<Raised> {
     let mut seen: HashMap<&str, (VecDeque<u64>, Option<u64>)> = HashMap::new();
     let mut out = Vec::new();
-    for e in &trace.events {
+    for e in trace.events.iter().map(|e| &e.decision) {
         let (q, last) = seen.entry(e.principal.as_str()).or_default();
         q.push_back(e.at_ms);
         while q.front().is_some_and(|t| *t + 60_000 <= e.at_ms) {
@@ -251,8 +251,8 @@ fn score(
     for e in &trace.events {
         if e.label != Label::Benign {
             first_request
-                .entry((e.principal.as_str(), e.label))
-                .or_insert(e.at_ms);
+                .entry((e.decision.principal.as_str(), e.label))
+                .or_insert(e.decision.at_ms);
         }
     }
     for kind in AttackKind::ALL {
@@ -311,7 +311,7 @@ fn score(
 /// both.
 pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
     let mut det = Detector::new(cfg.detector.clone(), cfg.seed);
-    let events: Vec<DecisionEvent> = trace.events.iter().map(DecisionEvent::from).collect();
+    let events: Vec<&DecisionEvent> = trace.events.iter().map(|e| &e.decision).collect();
     let started = Instant::now();
     let mut raised = Vec::new();
     for e in &events {

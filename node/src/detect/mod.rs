@@ -85,6 +85,7 @@
 pub mod cli;
 pub mod eval;
 pub mod hst;
+pub mod traces;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -124,21 +125,6 @@ impl DecisionEvent {
             allow: record.decision.allow,
             token_failed: record.token_failed,
             site: None,
-        }
-    }
-}
-
-impl From<&weft_simulations::traces::Event> for DecisionEvent {
-    /// A trace's decision, without its label.
-    fn from(e: &weft_simulations::traces::Event) -> Self {
-        DecisionEvent {
-            at_ms: e.at_ms,
-            principal: e.principal.clone(),
-            action: e.action.clone(),
-            resource: e.resource.clone(),
-            allow: e.allow,
-            token_failed: e.token_failed,
-            site: e.site.clone(),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use weft_simulations::traces::{AttackKind, Trace, TraceConfig, generate};
+use super::traces::{AttackKind, Trace, TraceConfig, generate};
 
 use super::eval::{EvalConfig, evaluate};
 use super::*;
@@ -23,7 +23,7 @@ fn alerts(t: &Trace, seed: u64) -> Vec<Alert> {
     let mut d = Detector::new(DetectorConfig::default(), seed);
     t.events
         .iter()
-        .filter_map(|e| d.observe(&DecisionEvent::from(e)))
+        .filter_map(|e| d.observe(&e.decision))
         .collect()
 }
 
@@ -191,10 +191,14 @@ fn detect_memory_per_principal_is_bounded() {
 fn detect_a_restored_detector_goes_on_exactly_as_the_saved_one() {
     let t = trace();
     let split = t.header.start_ms + t.header.warmup_ms;
-    let (before, after): (Vec<_>, Vec<_>) = t.events.iter().partition(|e| e.at_ms < split);
+    let (before, after): (Vec<_>, Vec<_>) = t
+        .events
+        .iter()
+        .map(|e| &e.decision)
+        .partition(|e| e.at_ms < split);
     let mut saved = Detector::new(DetectorConfig::default(), 7);
     for e in &before {
-        saved.observe(&DecisionEvent::from(*e));
+        saved.observe(e);
     }
     let bytes = saved.save();
     let mut restored = Detector::restore(DetectorConfig::default(), &bytes).expect("restores");
@@ -202,11 +206,10 @@ fn detect_a_restored_detector_goes_on_exactly_as_the_saved_one() {
     assert_eq!(restored.save(), bytes, "saving again gives the same bytes");
     let mut fresh = Detector::new(DetectorConfig::default(), 7);
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    for e in &after {
-        let ev = DecisionEvent::from(*e);
-        a.extend(saved.observe(&ev));
-        b.extend(restored.observe(&ev));
-        c.extend(fresh.observe(&ev));
+    for ev in &after {
+        a.extend(saved.observe(ev));
+        b.extend(restored.observe(ev));
+        c.extend(fresh.observe(ev));
     }
     assert!(
         a.len() >= 10,
@@ -225,8 +228,8 @@ fn detect_bad_saved_state_is_refused_with_a_reason() {
     let t = trace();
     let split = t.header.start_ms + t.header.warmup_ms;
     let mut d = Detector::new(DetectorConfig::default(), 3);
-    for e in t.events.iter().take_while(|e| e.at_ms < split) {
-        d.observe(&DecisionEvent::from(e));
+    for e in t.events.iter().take_while(|e| e.decision.at_ms < split) {
+        d.observe(&e.decision);
     }
     assert!(d.tracked() > 100, "{} principals", d.tracked());
     let bytes = d.save();
