@@ -1516,17 +1516,18 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 from: from.cloned(),
             });
         }
-        let Ingested::Applied {
-            hash,
-            summary,
-            released,
-            ..
-        } = ingested
-        else {
-            return;
+        let (first, released) = match ingested {
+            Ingested::Applied {
+                hash,
+                summary,
+                released,
+                ..
+            } => (Some((hash, summary)), released),
+            Ingested::Held { released, .. } => (None, released),
+            Ingested::Duplicate(_) => return,
         };
         let mut touched_revocations = false;
-        for (h, s) in std::iter::once((hash, summary)).chain(released) {
+        for (h, s) in first.into_iter().chain(released) {
             self.stats.applied += 1;
             touched_revocations |= !s.revocations().is_empty();
             if let Some(bytes) = self.state.update_bytes(&h) {

@@ -128,6 +128,11 @@ pub enum Ingested {
         hash: ChangeHash,
         /// Dependencies this node lacks.
         missing: Vec<ChangeHash>,
+        /// Held updates its arrival let apply, in order, with what they
+        /// touched (the walk of a rotation's vouched past can complete with
+        /// an update that itself still waits), when no update of its batch
+        /// applied to carry them.
+        released: Vec<(ChangeHash, ChangeSummary)>,
     },
 }
 
@@ -761,7 +766,11 @@ impl SignedState {
                     let hash = v.hash;
                     any_held = true;
                     self.hold(v, bytes, missing.clone(), false, source);
-                    Ok(Ingested::Held { hash, missing })
+                    Ok(Ingested::Held {
+                        hash,
+                        missing,
+                        released: Vec::new(),
+                    })
                 }
                 Err(Refusal::State(e)) => {
                     if matches!(e, CrdtError::Equivocation { .. }) {
@@ -787,7 +796,11 @@ impl SignedState {
                     let hash = v.hash;
                     any_held = true;
                     self.hold(v, bytes, missing.clone(), vouching, source);
-                    Ok(Ingested::Held { hash, missing })
+                    Ok(Ingested::Held {
+                        hash,
+                        missing,
+                        released: Vec::new(),
+                    })
                 }
                 Err(e) => {
                     if matches!(e, UpdateError::State(CrdtError::Equivocation { .. })) {
@@ -802,13 +815,22 @@ impl SignedState {
         let retry = any_applied || (any_held && self.held.values().any(|h| h.vouching));
         if retry && !self.held.is_empty() {
             let released = self.release_held();
-            // Report what was released with the last update that applied.
-            if let Some(Some(Ok(Ingested::Applied { released: r, .. }))) = results
-                .iter_mut()
-                .rev()
-                .find(|r| matches!(r, Some(Ok(Ingested::Applied { .. }))))
-            {
-                *r = released;
+            // Report what was released with the last update that applied,
+            // else with the last one held: every applied update is reported
+            // once, so that it is persisted and announced.
+            let carrier = results
+                .iter()
+                .rposition(|r| matches!(r, Some(Ok(Ingested::Applied { .. }))))
+                .or_else(|| {
+                    results
+                        .iter()
+                        .rposition(|r| matches!(r, Some(Ok(Ingested::Held { .. }))))
+                });
+            match carrier.and_then(|i| results[i].as_mut()) {
+                Some(Ok(
+                    Ingested::Applied { released: r, .. } | Ingested::Held { released: r, .. },
+                )) => *r = released,
+                _ => debug_assert!(released.is_empty(), "released updates unreported"),
             }
         }
         results

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use weft_crdt::{BundleContent, PolicyDoc};
+use weft_crdt::{BundleContent, ChangeHash, PolicyDoc};
 use weft_protocol::identity::SecretKey;
 use weft_protocol::state::{Ingested, RootAdoption, SignedState};
 use weft_protocol::trust::{Operator, QuarantineLimits, Role, SignedRoot, TrustRoot};
@@ -153,6 +153,44 @@ fn a_rotation_keeps_the_history_it_vouched_for() {
         assert_eq!(s.update_count(), 12, "{what}");
         assert_eq!(s.held_count(), 0, "{what}");
     }
+}
+
+/// The hashes a batch's results report applied, each update once: an
+/// applied result's own and those it (or a held one) released.
+fn reported_applied(results: &[Result<Ingested, UpdateError>]) -> Vec<ChangeHash> {
+    let mut out = Vec::new();
+    for r in results {
+        match r {
+            Ok(Ingested::Applied { hash, released, .. }) => {
+                out.push(*hash);
+                out.extend(released.iter().map(|(h, _)| *h));
+            }
+            Ok(Ingested::Held { released, .. }) => {
+                out.extend(released.iter().map(|(h, _)| *h));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A new node given the history before a rotation in one batch holds every
+/// update for the walk of the vouched past, then applies them all once the
+/// last came: each applied update is reported once (here with the last one
+/// held), so that the node persists and announces it (found by the `ingest`
+/// fuzz target).
+#[test]
+fn a_batch_of_the_vouched_history_is_reported_applied() {
+    let (state, bytes) = history(6);
+    let root = v2(&state);
+    let mut node = new_node(&root);
+    let results = node.ingest_batch(bytes.iter().map(|b| Arc::from(&b[..])).collect());
+    assert_eq!(node.update_count(), 6);
+    let mut reported = reported_applied(&results);
+    reported.sort();
+    let mut applied: Vec<ChangeHash> = node.update_hashes().copied().collect();
+    applied.sort();
+    assert_eq!(reported, applied);
 }
 
 /// What the removed writer wrote outside the vouched past is refused, under

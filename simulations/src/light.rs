@@ -487,7 +487,11 @@ impl LightState {
             self.held_seq += 1;
             let id = entry.id;
             self.held.insert(id, (entry, self.held_seq));
-            return Ok(Ingested::Held { hash: id, missing });
+            return Ok(Ingested::Held {
+                hash: id,
+                missing,
+                released: Vec::new(),
+            });
         }
         let author = entry.author;
         let (hash, summary) = self.apply(entry);
