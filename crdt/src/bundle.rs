@@ -219,7 +219,16 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
         }
         src = inner.source();
     }
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    one_line_text(s)
+}
+
+/// `text` on one line: every run of white space (newlines included)
+/// becomes one space.
+pub fn one_line_text(text: impl std::fmt::Display) -> String {
+    text.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Splits the text of a `.cedar` file into single policies, each with its id:

@@ -264,7 +264,7 @@ pub enum AuditEvent {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         sampled_one_in: Option<u64>,
     },
-    /// An update was applied (or held for its dependencies).
+    /// An update was applied.
     UpdateApplied {
         /// Its id (change hash).
         id: String,
@@ -948,7 +948,7 @@ impl AuditHandle {
     }
 }
 
-/// The audit trail in [`crate::api::Status`] and `GET /v1/audit/status`.
+/// The audit trail in [`crate::control::Status`] and `GET /v1/audit/status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditStatus {
     /// Records in the chain.

@@ -215,12 +215,9 @@ impl NodeHandle {
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
+        crate::control::ask(&self.commands, make)
             .await
-            .map_err(|_| anyhow!("the node has stopped"))?;
-        rx.await.map_err(|_| anyhow!("the node has stopped"))
+            .ok_or_else(|| anyhow!("the node has stopped"))
     }
 
     /// The node's status, as `GET /v1/status` gives it.

@@ -1,10 +1,9 @@
 //! Small helpers that the CLI commands and the daemon share: text on one
-//! line, the clock of CLI commands, and the files they read and write
-//! (bounded reads, the trust file, new files, atomic replacements).
+//! line, and the files they read and write (bounded reads, the trust file,
+//! new files, atomic replacements).
 //!
 //! A leaf: it uses no other module of this crate.
 
-use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -17,12 +16,7 @@ const SHORT: usize = 300;
 
 /// `text` on one line: every run of white space (newlines included) becomes
 /// one space.
-pub fn one_line(text: impl Display) -> String {
-    text.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use weft_crdt::bundle::one_line_text as one_line;
 
 /// `text` on one line, cut to at most 300 characters (an ellipsis marks a
 /// cut).

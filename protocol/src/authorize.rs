@@ -15,6 +15,8 @@ use cedar_policy::{Context, Entities, EntityUid, RestrictedExpression};
 use serde::Deserialize;
 use weft_crdt::{Decision, PolicyView};
 
+use weft_crdt::bundle::one_line_text as one_line;
+
 use crate::token;
 use crate::trust::TrustRoot;
 
@@ -334,14 +336,6 @@ fn uid(field: &str, text: &str) -> Result<EntityUid, BadRequest> {
             one_line(e)
         ))
     })
-}
-
-/// `e` on one line: Cedar's messages span several.
-fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

@@ -126,13 +126,9 @@ async fn ask<T>(
     state: &ApiState,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, Response> {
-    let (tx, rx) = oneshot::channel();
-    state
-        .commands
-        .send(make(tx))
+    crate::control::ask(&state.commands, make)
         .await
-        .map_err(|_| node_gone(&state.shared))?;
-    rx.await.map_err(|_| node_gone(&state.shared))
+        .ok_or_else(|| node_gone(&state.shared))
 }
 
 /// `200 ok` while the node task is alive (starting or running); 503 once

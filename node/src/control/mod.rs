@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use libp2p::PeerId;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use weft_crdt::PolicyView;
 use weft_protocol::identity::NodeId;
 use weft_protocol::trust::TrustRoot;
@@ -166,4 +166,16 @@ impl Shared {
         let age = now_ms.saturating_sub(since);
         ((last != 0).then_some(age), age > self.stale.after_ms)
     }
+}
+
+/// Sends the command `make` builds to the node task and waits for its
+/// answer; `None` when the task has ended (it dropped the command or the
+/// reply).
+pub async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    commands.send(make(tx)).await.ok()?;
+    rx.await.ok()
 }

@@ -1,6 +1,6 @@
 //! The report's data model: the JSON document `weft-report/v1` (see the
 //! table in the module doc of [`crate::report`]). The evidence sections are
-//! the node's own types ([`crate::evidence`], [`crate::audit::AuditStatus`]);
+//! the node's own types ([`crate::control::evidence`], [`crate::audit::AuditStatus`]);
 //! the types here add what the report derives from them.
 
 use std::collections::BTreeMap;
