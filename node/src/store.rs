@@ -418,7 +418,8 @@ impl Store {
         for (key, result) in keys.into_iter().zip(results) {
             match result {
                 Ok(Ingested::Applied { released, .. }) => report.verified += 1 + released.len(),
-                Ok(Ingested::Duplicate(_) | Ingested::Held { .. }) => {}
+                Ok(Ingested::Held { released, .. }) => report.verified += released.len(),
+                Ok(Ingested::Duplicate(_)) => {}
                 Err(err) if is_damage(&err) => {
                     tracing::warn!(key = %key, %err, "removing a damaged store record");
                     self.remove(&key.0)?;

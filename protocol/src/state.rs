@@ -815,23 +815,7 @@ impl SignedState {
         let retry = any_applied || (any_held && self.held.values().any(|h| h.vouching));
         if retry && !self.held.is_empty() {
             let released = self.release_held();
-            // Report what was released with the last update that applied,
-            // else with the last one held: every applied update is reported
-            // once, so that it is persisted and announced.
-            let carrier = results
-                .iter()
-                .rposition(|r| matches!(r, Some(Ok(Ingested::Applied { .. }))))
-                .or_else(|| {
-                    results
-                        .iter()
-                        .rposition(|r| matches!(r, Some(Ok(Ingested::Held { .. }))))
-                });
-            match carrier.and_then(|i| results[i].as_mut()) {
-                Some(Ok(
-                    Ingested::Applied { released: r, .. } | Ingested::Held { released: r, .. },
-                )) => *r = released,
-                _ => debug_assert!(released.is_empty(), "released updates unreported"),
-            }
+            report_released(&mut results, released);
         }
         results
             .into_iter()
@@ -1012,7 +996,7 @@ impl SignedState {
 
     /// Applies held updates whose dependencies are now all present, until no
     /// more can go. Held updates that turn out to be invalid are dropped.
-    fn release_held(&mut self) -> Vec<(ChangeHash, ChangeSummary)> {
+    fn release_held(&mut self) -> Vec<(ChangeHash, ChangeSummary, Authorization)> {
         let mut released = Vec::new();
         loop {
             let here = |d: &ChangeHash| self.doc.contains(d) || self.held.contains_key(d);
@@ -1038,9 +1022,9 @@ impl SignedState {
                     continue;
                 }
                 match self.try_apply(&held.update, &held.bytes) {
-                    Ok(Step::Applied(summary, _)) => {
+                    Ok(Step::Applied(summary, authorization)) => {
                         applied = true;
-                        released.push((hash, summary));
+                        released.push((hash, summary, authorization));
                     }
                     Ok(Step::Missing(missing, vouching)) => {
                         let size = held.bytes.len();
@@ -1090,6 +1074,74 @@ impl SignedState {
             .into_iter()
             .filter(|h| !self.updates.contains_key(h))
             .collect()
+    }
+}
+
+/// Reports the held updates that an ingest released (`released`, in the
+/// order they applied) in the ingest's `results`, so that every update the
+/// ingest applied is reported applied exactly once (the replica persists
+/// and announces what the results report): an update of the batch itself,
+/// held earlier in the batch, is reported applied (and a second copy of it
+/// in the batch a duplicate); the others go with the last update of the
+/// batch that applied or, when none did, with the last one held (its
+/// arrival completed the walk of a rotation's vouched past).
+fn report_released(
+    results: &mut [Option<Result<Ingested, UpdateError>>],
+    released: Vec<(ChangeHash, ChangeSummary, Authorization)>,
+) {
+    let in_batch: BTreeSet<ChangeHash> = results
+        .iter()
+        .filter_map(|r| match r {
+            Some(Ok(Ingested::Held { hash, .. })) => Some(*hash),
+            _ => None,
+        })
+        .collect();
+    let mut ours: HashMap<ChangeHash, (ChangeSummary, Authorization), FastHash> =
+        HashMap::default();
+    let mut rest = Vec::with_capacity(released.len());
+    for (hash, summary, authorization) in released {
+        if in_batch.contains(&hash) {
+            ours.insert(hash, (summary, authorization));
+        } else {
+            rest.push((hash, summary));
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for r in results.iter_mut() {
+        let Some(Ok(Ingested::Held { hash, .. })) = r else {
+            continue;
+        };
+        let hash = *hash;
+        if let Some((summary, authorization)) = ours.remove(&hash) {
+            reported.insert(hash);
+            *r = Some(Ok(Ingested::Applied {
+                hash,
+                summary,
+                authorization,
+                released: Vec::new(),
+            }));
+        } else if reported.contains(&hash) {
+            *r = Some(Ok(Ingested::Duplicate(hash)));
+        }
+    }
+    if rest.is_empty() {
+        return;
+    }
+    let last = |applied: bool| {
+        results.iter().rposition(|r| match r {
+            Some(Ok(Ingested::Applied { .. })) => applied,
+            Some(Ok(Ingested::Held { .. })) => !applied,
+            _ => false,
+        })
+    };
+    // A held update is released only after an update of the batch applied
+    // or was held, so a carrier exists.
+    let carrier = last(true).or_else(|| last(false));
+    match carrier.and_then(|i| results[i].as_mut()) {
+        Some(Ok(Ingested::Applied { released, .. } | Ingested::Held { released, .. })) => {
+            *released = rest;
+        }
+        _ => debug_assert!(false, "released updates without a carrier"),
     }
 }
 

@@ -176,9 +176,8 @@ fn reported_applied(results: &[Result<Ingested, UpdateError>]) -> Vec<ChangeHash
 
 /// A new node given the history before a rotation in one batch holds every
 /// update for the walk of the vouched past, then applies them all once the
-/// last came: each applied update is reported once (here with the last one
-/// held), so that the node persists and announces it (found by the `ingest`
-/// fuzz target).
+/// last came: each is reported applied, once, so that the node persists and
+/// announces it (found by the `ingest` fuzz target).
 #[test]
 fn a_batch_of_the_vouched_history_is_reported_applied() {
     let (state, bytes) = history(6);
@@ -186,11 +185,45 @@ fn a_batch_of_the_vouched_history_is_reported_applied() {
     let mut node = new_node(&root);
     let results = node.ingest_batch(bytes.iter().map(|b| Arc::from(&b[..])).collect());
     assert_eq!(node.update_count(), 6);
+    for r in &results {
+        assert!(matches!(r, Ok(Ingested::Applied { .. })), "{r:?}");
+    }
     let mut reported = reported_applied(&results);
     reported.sort();
     let mut applied: Vec<ChangeHash> = node.update_hashes().copied().collect();
     applied.sort();
     assert_eq!(reported, applied);
+}
+
+/// An update that completes the walk of the vouched past but still waits
+/// for a dependency of its own reports the history its arrival released.
+#[test]
+fn a_held_update_reports_the_vouched_history_it_released() {
+    let (state, bytes) = history(4);
+    // `hidden`, beside the last update of the history, never reaches the
+    // new node; `head`, on top of both, is the head the rotation vouches for.
+    let (before_last, _) = history(3);
+    let hidden = update(&before_last, 40, false, 1);
+    let mut with_hidden = state.clone();
+    with_hidden.ingest(&hidden).unwrap();
+    let head = update(&with_hidden, 41, false, 1);
+    let mut with_head = with_hidden.clone();
+    with_head.ingest(&head).unwrap();
+    let root = v2(&with_head);
+    let mut node = new_node(&root);
+    let first = node.ingest_batch(bytes.iter().map(|b| Arc::from(&b[..])).collect());
+    assert!(reported_applied(&first).is_empty(), "{first:?}");
+    assert_eq!(node.update_count(), 0);
+
+    let Ingested::Held { released, .. } = node.ingest(&head).unwrap() else {
+        panic!("the head is applied without its dependency");
+    };
+    assert_eq!(node.update_count(), 4);
+    let mut released: Vec<ChangeHash> = released.into_iter().map(|(h, _)| h).collect();
+    released.sort();
+    let mut applied: Vec<ChangeHash> = node.update_hashes().copied().collect();
+    applied.sort();
+    assert_eq!(released, applied);
 }
 
 /// What the removed writer wrote outside the vouched past is refused, under
