@@ -132,6 +132,31 @@ struct Admitted {
     lanes: FastMap<ActorId, (u64, ChangeHash)>,
     /// Each admitted change's largest operation counter.
     max_ops: FastMap<ChangeHash, u64>,
+    /// The operations of the admitted changes, by the object and key
+    /// they write.
+    ops_at: OpsAt,
+}
+
+/// Operations by the object (`None` for the root) and the key they write.
+type OpsAt = FastMap<(Option<ObjKey>, String), Vec<ObjKey>>;
+
+/// Whether [`PolicyDoc::resolve_ops_into`] checks each operation's
+/// predecessors.
+#[derive(Clone, Copy)]
+enum Preds<'a> {
+    /// The change is already in the document: they were checked then.
+    Applied,
+    /// Check them against the document and what was admitted earlier in
+    /// the batch.
+    Check(Option<&'a Admitted>),
+}
+
+/// The refusal of a change that names an actor with no change here.
+fn unknown_actor(actor: &ActorId) -> CrdtError {
+    CrdtError::Malformed(format!(
+        "the change names actor {}, which has no change here",
+        actor.to_hex_string()
+    ))
 }
 
 /// Key of an object in the path table: the op id that created it.
@@ -325,7 +350,7 @@ impl PolicyDoc {
         let changes = self.doc.get_changes(&[]);
         for change in changes.iter().skip(1) {
             let mut created = Vec::new();
-            if let Ok(summary) = self.resolve_ops(change, Some(&mut created)) {
+            if let Ok(summary) = self.resolve_ops(change, Some(&mut created), Preds::Applied) {
                 self.objects.extend(created);
                 for b in summary.bundles() {
                     self.bundle_history
@@ -418,7 +443,7 @@ impl PolicyDoc {
                 change.hash()
             )));
         }
-        self.resolve_ops(change, None)
+        self.resolve_ops(change, None, Preds::Applied)
     }
 
     /// Whether every object's path is known (see [`PolicyDoc::complete_tables`]).
@@ -441,7 +466,7 @@ impl PolicyDoc {
             return Err(CrdtError::MissingDeps(missing));
         }
         self.check_lane(change, None)?;
-        self.resolve_ops(change, created)
+        self.resolve_ops(change, created, Preds::Check(None))
     }
 
     /// Checks a change's place, once its dependencies are known to be here
@@ -459,6 +484,12 @@ impl PolicyDoc {
     ///    (automerge derives each change's operation count from the counters
     ///    of its dependencies); one that skips counters loads as a different
     ///    change. Either would poison every later save.
+    /// 3. **The actors it names.** Besides its own, a change names the
+    ///    actors whose operations it refers to, and each of them has a
+    ///    change in the causal past of an honest change: each must have a
+    ///    change here (or earlier in the batch). automerge assumes so, and
+    ///    panics while applying a change that names an actor it has never
+    ///    seen.
     fn check_lane(&self, change: &Change, batch: Option<&Admitted>) -> Result<(), CrdtError> {
         if self.contains(&change.hash()) {
             // Already here: summarizing it is not admitting it again.
@@ -507,7 +538,33 @@ impl PolicyDoc {
                 "the change's operation counters skip: it starts at {start}, but its dependencies end at {deps_max}"
             )));
         }
+        let known = |a: &ActorId| {
+            self.lanes.contains_key(a) || batch.is_some_and(|b| b.lanes.contains_key(a))
+        };
+        if let Some(stranger) = change.other_actor_ids().iter().find(|a| !known(a)) {
+            return Err(unknown_actor(stranger));
+        }
         Ok(())
+    }
+
+    /// Whether operation `id` of the document writes key `at.1` of object
+    /// `at.0`: visible there now, or right after its own change.
+    fn is_op_at(&self, at: &(Option<ObjKey>, String), id: &ObjKey) -> bool {
+        let object = match &at.0 {
+            None => ROOT,
+            Some((counter, actor)) => ObjId::Id(*counter, actor.clone(), 0),
+        };
+        let op = ObjId::Id(id.0, id.1.clone(), 0);
+        let named = |found: Result<Vec<(automerge::Value<'_>, ObjId)>, AutomergeError>| {
+            found.is_ok_and(|v| v.iter().any(|(_, o)| *o == op))
+        };
+        if named(self.doc.get_all(&object, at.1.as_str())) {
+            return true;
+        }
+        let Some(change) = self.doc.hash_for_opid(&op) else {
+            return false;
+        };
+        named(self.doc.get_all_at(&object, at.1.as_str(), &[change]))
     }
 
     /// An actor's latest change here: its number in the actor's sequence and
@@ -522,20 +579,34 @@ impl PolicyDoc {
         &self,
         change: &Change,
         created: Option<&mut Vec<(ObjKey, Path)>>,
+        preds: Preds<'_>,
     ) -> Result<ChangeSummary, CrdtError> {
-        self.resolve_ops_into(change, created, None)
+        self.resolve_ops_into(change, created, None, preds, None)
     }
 
     /// [`PolicyDoc::resolve_ops`], also listing in `written` what each
-    /// operation writes into a revocation bucket.
+    /// operation writes into a revocation bucket and in `ops_at` each
+    /// operation by the object and key it writes.
+    ///
+    /// With [`Preds::Check`], each operation's predecessors (the operations
+    /// it overwrites or deletes) must be operations at the same object and
+    /// key, each named once: earlier in the change, earlier in the batch, or
+    /// in the document; and a deletion names at least one. automerge 0.12
+    /// applies a change whose operation names a predecessor elsewhere, or
+    /// deletes nothing, and the document can then no longer give its
+    /// changes back (it panics, or rebuilds a different change), which
+    /// would poison every later save and sync.
     fn resolve_ops_into(
         &self,
         change: &Change,
         mut created: Option<&mut Vec<(ObjKey, Path)>>,
         mut written: Option<&mut Vec<BucketWrite>>,
+        preds: Preds<'_>,
+        ops_at: Option<&mut OpsAt>,
     ) -> Result<ChangeSummary, CrdtError> {
         let expanded = Self::expand(change)?;
         let mut local: FastMap<ObjKey, Path> = FastMap::default();
+        let mut local_ops: OpsAt = FastMap::default();
         let mut actor_hex: Option<String> = None;
         let mut paths = BTreeSet::new();
         let start = expanded.start_op.get();
@@ -565,6 +636,46 @@ impl PolicyDoc {
                 }
             };
             let slot = schema::slot_at(&parent, &key)?;
+            let object = match &op.obj {
+                legacy::ObjectId::Root => None,
+                legacy::ObjectId::Id(legacy::OpId(counter, actor)) => {
+                    Some((*counter, actor.clone()))
+                }
+            };
+            let at = (object, key.clone());
+            if let Preds::Check(batch) = preds {
+                if op.pred.is_empty() && matches!(op.action, legacy::OpType::Delete) {
+                    return Err(CrdtError::Malformed(format!(
+                        "operation {}@{} deletes {} but names no operation it replaces",
+                        start + i as u64,
+                        expanded.actor_id,
+                        parent.child(&key)
+                    )));
+                }
+                let mut named = BTreeSet::new();
+                for p in op.pred.iter() {
+                    let id = (p.0, p.1.clone());
+                    let here = local_ops.get(&at).is_some_and(|v| v.contains(&id))
+                        || batch
+                            .and_then(|b| b.ops_at.get(&at))
+                            .is_some_and(|v| v.contains(&id))
+                        || self.is_op_at(&at, &id);
+                    if !here || !named.insert(id) {
+                        return Err(CrdtError::Malformed(format!(
+                            "operation {}@{} names {}@{} as the operation it replaces, which is not an operation at {} (or is named twice)",
+                            start + i as u64,
+                            expanded.actor_id,
+                            p.0,
+                            p.1,
+                            parent.child(&key)
+                        )));
+                    }
+                }
+            }
+            local_ops
+                .entry(at)
+                .or_default()
+                .push((start + i as u64, expanded.actor_id.clone()));
             let path = parent.child(&key);
             match (&op.action, slot) {
                 (legacy::OpType::Make(ObjType::Map), Slot::Map) => {
@@ -611,6 +722,12 @@ impl PolicyDoc {
         if paths.is_empty() {
             return Err(SchemaViolation("the change has no operations".into()).into());
         }
+        if let Preds::Check(_) = preds {
+            Self::check_canonical(change, expanded)?;
+        }
+        if let Some(out) = ops_at {
+            *out = local_ops;
+        }
         Ok(ChangeSummary {
             hash: change.hash(),
             actor: change.actor_id().clone(),
@@ -619,6 +736,28 @@ impl PolicyDoc {
             time: change.timestamp(),
             paths,
         })
+    }
+
+    /// Checks that `change` is encoded the one way automerge encodes what it
+    /// holds (`expanded` is its decoding). automerge's columns allow other
+    /// encodings of the same operations (a run longer than the operations,
+    /// say), which it parses and applies; but a document gives its changes
+    /// back re-encoded, under another hash, so such a change would be lost
+    /// from every save and sync and split the document's history from its
+    /// peers'.
+    fn check_canonical(
+        change: &Change,
+        expanded: automerge::ExpandedChange,
+    ) -> Result<(), CrdtError> {
+        let again = std::panic::catch_unwind(move || Change::from(expanded)).map_err(|_| {
+            CrdtError::Malformed("automerge could not encode the change's operations again".into())
+        })?;
+        if again.raw_bytes() != change.raw_bytes() {
+            return Err(CrdtError::Malformed(
+                "the change is not encoded the one way automerge encodes its operations".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Parses change bytes. The hash is always recomputed from the bytes, and
@@ -723,15 +862,27 @@ impl PolicyDoc {
             }
             let mut created = Vec::new();
             let mut written = Vec::new();
-            let mut resolved =
-                self.resolve_ops_into(&change, Some(&mut created), Some(&mut written));
+            let mut ops_at = OpsAt::default();
+            let mut resolved = self.resolve_ops_into(
+                &change,
+                Some(&mut created),
+                Some(&mut written),
+                Preds::Check(Some(&batch)),
+                Some(&mut ops_at),
+            );
             if resolved.is_err() && !self.complete {
                 // The change may write into an object the loaded document no
                 // longer shows; learn every object's path and try again.
                 self.complete_tables();
                 created.clear();
                 written.clear();
-                resolved = self.resolve_ops_into(&change, Some(&mut created), Some(&mut written));
+                resolved = self.resolve_ops_into(
+                    &change,
+                    Some(&mut created),
+                    Some(&mut written),
+                    Preds::Check(Some(&batch)),
+                    Some(&mut ops_at),
+                );
             }
             let summary = match resolved {
                 Ok(s) => s,
@@ -747,6 +898,9 @@ impl PolicyDoc {
             let keys = created.iter().map(|(k, _)| k.clone()).collect();
             self.objects.extend(created);
             batch.max_ops.insert(hash, change.max_op());
+            for (at, ids) in ops_at {
+                batch.ops_at.entry(at).or_default().extend(ids);
+            }
             batch
                 .lanes
                 .insert(change.actor_id().clone(), (change.seq(), hash));
@@ -760,12 +914,28 @@ impl PolicyDoc {
         if self.doc.apply_changes(batch).is_err() {
             // automerge refused the batch as a whole (for instance a duplicate
             // sequence number); apply one by one to keep the good ones.
+            // A change may name the actor of one refused here: that actor
+            // is then unknown to automerge (see `check_lane`).
+            let mut known: BTreeSet<ActorId> = BTreeSet::new();
             for (idx, change, keys, _) in &admitted {
-                if let Err(e) = self.doc.apply_changes([change.clone()]) {
-                    for k in keys {
-                        self.objects.remove(k);
+                let stranger = change
+                    .other_actor_ids()
+                    .iter()
+                    .find(|a| !self.lanes.contains_key(*a) && !known.contains(*a));
+                let applied = match stranger {
+                    Some(a) => Err(unknown_actor(a)),
+                    None => self.doc.apply_changes([change.clone()]).map_err(Into::into),
+                };
+                match applied {
+                    Ok(()) => {
+                        known.insert(change.actor_id().clone());
                     }
-                    results[*idx] = Err(Refusal::State(e.into()));
+                    Err(e) => {
+                        for k in keys {
+                            self.objects.remove(k);
+                        }
+                        results[*idx] = Err(Refusal::State(e));
+                    }
                 }
             }
         }

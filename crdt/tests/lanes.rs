@@ -1,7 +1,8 @@
 //! Author lanes: one actor's changes form a numbered sequence. A replica
 //! admits only the next number; a second, different change at a number it
 //! already holds is refused as an equivocation, and a number past the next
-//! one is refused as malformed. Either refusal leaves the state unchanged.
+//! one is refused as malformed, as is a change that names an actor with no
+//! change here. Each refusal leaves the state unchanged.
 
 use automerge::{ActorId, Change, ExpandedChange};
 use proptest::prelude::*;
@@ -224,5 +225,41 @@ fn live_operations_name_the_change_in_a_lane_that_wrote_each_item() {
         }
         let web = other.bundles().find(|b| b.name == "web").unwrap();
         assert_eq!(web.writes, bundle.writes);
+    }
+}
+
+/// A change names, besides its own actor, the actors whose operations it
+/// refers to; each has a change in the causal past of an honest change.
+/// automerge 0.12 assumes so and panics while applying a change that names
+/// an actor it has never seen (`fuzz/` target `ingest`, a byte flipped in a
+/// re-signed update). Such a change is refused, alone or in a batch, and
+/// the document is unchanged.
+#[test]
+fn a_change_naming_an_actor_with_no_change_here_is_refused() {
+    let mut author = PolicyDoc::new();
+    let first = revoke(&mut author, lane(1), "a");
+    let second = revoke(&mut author, lane(2), "b");
+    let mut expanded: ExpandedChange = second.decode();
+    let stranger = lane(9);
+    let op = expanded.operations.first_mut().unwrap();
+    op.pred = vec![automerge::legacy::OpId(1, stranger.clone())].into();
+    let forged = Change::from(expanded);
+    assert!(forged.other_actor_ids().contains(&stranger));
+
+    for batch in [vec![forged.clone()], vec![first.clone(), forged.clone()]] {
+        let mut doc = PolicyDoc::new();
+        if batch.len() == 1 {
+            doc.apply(first.clone()).unwrap();
+        }
+        let results = doc.apply_checked(batch.clone(), |_, _| Ok::<(), ()>(()));
+        let last = results.last().unwrap();
+        let Err(weft_crdt::Refusal::State(CrdtError::Malformed(reason))) = last else {
+            panic!("the forged change was not refused as malformed: {last:?}");
+        };
+        assert!(reason.contains(&stranger.to_hex_string()), "{reason}");
+        assert_eq!(doc.heads(), vec![first.hash()]);
+        assert_eq!(doc.change_count(), 2);
+        let loaded = PolicyDoc::load(&doc.save()).unwrap();
+        assert_eq!(loaded.heads(), doc.heads());
     }
 }

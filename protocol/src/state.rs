@@ -782,6 +782,11 @@ impl SignedState {
             });
         }
         for (i, v, bytes) in older {
+            if self.updates.contains_key(&v.hash) {
+                // A second copy of an update that applied earlier in the batch.
+                results[i] = Some(Ok(Ingested::Duplicate(v.hash)));
+                continue;
+            }
             results[i] = Some(match self.try_apply(&v, &bytes) {
                 Ok(Step::Applied(summary, authorization)) => {
                     any_applied = true;

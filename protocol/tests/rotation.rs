@@ -195,6 +195,36 @@ fn a_batch_of_the_vouched_history_is_reported_applied() {
     assert_eq!(reported, applied);
 }
 
+/// `fuzz/` target `ingest`: a batch holding an update of the vouched past
+/// twice applied the first copy and then reported the second applied too,
+/// so the node would persist and announce it twice. Each update of the
+/// batch is reported applied once; a second copy is a duplicate.
+#[test]
+fn a_second_copy_of_a_vouched_update_in_a_batch_is_a_duplicate() {
+    // `beside`, on the second update of the history, is vouched for with
+    // the history's head.
+    let (state, bytes) = history(3);
+    let (second, _) = history(2);
+    let beside = update(&second, 40, false, 1);
+    let mut with_beside = state.clone();
+    with_beside.ingest(&beside).unwrap();
+    let root = v2(&with_beside);
+    let mut node = new_node(&root);
+    for r in node.ingest_batch(bytes.iter().map(|b| Arc::from(&b[..])).collect()) {
+        assert!(matches!(r, Ok(Ingested::Applied { .. })), "{r:?}");
+    }
+    let results = node.ingest_batch(vec![Arc::from(&beside[..]), Arc::from(&beside[..])]);
+    assert!(
+        matches!(results[0], Ok(Ingested::Applied { .. })),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[1], Ok(Ingested::Duplicate(_))),
+        "{results:?}"
+    );
+    assert_eq!(node.update_count(), 4);
+}
+
 /// An update that completes the walk of the vouched past but still waits
 /// for a dependency of its own reports the history its arrival released.
 #[test]

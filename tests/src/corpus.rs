@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
+use weft_crdt::legacy::{Key, OpId};
 use weft_crdt::{BundleContent, Change, PolicyDoc, QuarantineRecord};
 use weft_protocol::export::StateExport;
 use weft_protocol::identity::SecretKey;
@@ -212,6 +213,56 @@ pub fn counter_backwards(
     }
     let mut expanded = PolicyDoc::expand(&change)?;
     expanded.start_op = NonZeroU64::new(start).context("operation counters start at 1")?;
+    expanded.hash = None;
+    signed(&Change::from(expanded), root_version, &[key])
+}
+
+/// Found by fuzzing (`fuzz/` target `ingest`), of finding 1's kind: a
+/// revocation of `subject` on top of `doc`, signed by `key` under
+/// `root_version`, whose operation names as the one it replaces an
+/// operation by an actor with no change anywhere. automerge 0.12 panics
+/// while applying a change that names an actor it has never seen.
+pub fn stranger_actor(
+    doc: &PolicyDoc,
+    key: &SecretKey,
+    root_version: u64,
+    subject: &str,
+) -> Result<Vec<u8>> {
+    let change = revocation_change(doc, key, subject)?;
+    let mut expanded = PolicyDoc::expand(&change)?;
+    let stranger = actor_for(&SecretKey::from_seed([0x5a; 32]).public(), nonce());
+    let op = expanded
+        .operations
+        .first_mut()
+        .context("the revocation has no operation")?;
+    op.pred = vec![OpId(1, stranger)].into();
+    expanded.hash = None;
+    signed(&Change::from(expanded), root_version, &[key])
+}
+
+/// Found by fuzzing (`fuzz/` target `ingest`), of finding 3's kind: a
+/// revocation of `subject`, which `doc` already revokes, signed by `key`
+/// under `root_version`, re-encoded under another spelling of the subject
+/// (the same bucket, another key) while its operation still names the
+/// revocation it replaces under the first spelling. automerge 0.12 applies
+/// it, and the document then panics whenever it gives its changes back
+/// (sync, snapshots, `GET /v1/state`).
+pub fn replaces_another_key(
+    doc: &PolicyDoc,
+    key: &SecretKey,
+    root_version: u64,
+    subject: &str,
+) -> Result<Vec<u8>> {
+    let change = revocation_change(doc, key, subject)?;
+    let mut expanded = PolicyDoc::expand(&change)?;
+    let op = expanded
+        .operations
+        .first_mut()
+        .context("the revocation has no operation")?;
+    if op.pred.is_empty() {
+        bail!("{subject} is not revoked in the state, so nothing is replaced");
+    }
+    op.key = Key::Map(format!(" {subject}").into());
     expanded.hash = None;
     signed(&Change::from(expanded), root_version, &[key])
 }

@@ -1680,6 +1680,20 @@ async fn every_boundary_finding_is_refused_over_http_gossip_and_sync_and_a_later
             true,
         ),
         Input::new(
+            1,
+            "operator-signed change replacing an operation of an unknown actor",
+            corpus::stranger_actor(&doc, alice, 1, carol)?,
+            "state",
+            true,
+        ),
+        Input::new(
+            3,
+            "operator-signed change replacing an operation at another key",
+            corpus::replaces_another_key(&doc, alice, 1, r#"User::"mallory""#)?,
+            "state",
+            true,
+        ),
+        Input::new(
             4,
             "order dated an hour ahead",
             order(&bad_key, &bad_cert, carol, corpus::record(now + 3600, 600))?,
