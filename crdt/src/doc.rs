@@ -125,6 +125,23 @@ pub enum Applied {
 /// subject (a load, a large first sync).
 const BULK_REVOCATIONS: usize = 64;
 
+/// The latest time a change may carry (its time is in seconds since the
+/// Unix epoch by convention; no change is dated before it). automerge 0.12
+/// stores the times of a document's changes as differences and panics when
+/// one overflows, so a change dated outside `0..=MAX_CHANGE_TIME` is never
+/// written and never applied.
+pub const MAX_CHANGE_TIME: i64 = 1 << 53;
+
+/// The refusal of a change dated outside `0..=MAX_CHANGE_TIME`, if it is.
+fn check_time(time: i64) -> Result<(), CrdtError> {
+    if (0..=MAX_CHANGE_TIME).contains(&time) {
+        return Ok(());
+    }
+    Err(CrdtError::Malformed(format!(
+        "the change is dated {time}, outside 0 to {MAX_CHANGE_TIME}"
+    )))
+}
+
 /// What a batch being applied has admitted so far ([`PolicyDoc::apply_checked`]).
 #[derive(Default)]
 struct Admitted {
@@ -484,7 +501,8 @@ impl PolicyDoc {
     ///    (automerge derives each change's operation count from the counters
     ///    of its dependencies); one that skips counters loads as a different
     ///    change. Either would poison every later save.
-    /// 3. **The actors it names.** Besides its own, a change names the
+    /// 3. **Its time**, within `0..=MAX_CHANGE_TIME`.
+    /// 4. **The actors it names.** Besides its own, a change names the
     ///    actors whose operations it refers to, and each of them has a
     ///    change in the causal past of an honest change: each must have a
     ///    change here (or earlier in the batch). automerge assumes so, and
@@ -538,6 +556,7 @@ impl PolicyDoc {
                 "the change's operation counters skip: it starts at {start}, but its dependencies end at {deps_max}"
             )));
         }
+        check_time(change.timestamp())?;
         let known = |a: &ActorId| {
             self.lanes.contains_key(a) || batch.is_some_and(|b| b.lanes.contains_key(a))
         };
@@ -1432,6 +1451,7 @@ impl PolicyDoc {
         message: &str,
         f: impl FnOnce(&mut automerge::transaction::Transaction<'_>) -> Result<(), AutomergeError>,
     ) -> Result<Option<Change>, CrdtError> {
+        check_time(time)?;
         self.doc.set_actor(actor);
         let mut tx = self.doc.transaction();
         if let Err(e) = f(&mut tx) {

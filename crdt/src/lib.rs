@@ -34,7 +34,7 @@ pub use bundle::{BundleContent, BundleError, ParsedBundle, TemplateLink};
 pub use decide::{
     Decision, Request, RequestEntityError, check_request_entities, decide, decide_at, decide_full,
 };
-pub use doc::{Applied, CrdtError, PolicyDoc, Refusal};
+pub use doc::{Applied, CrdtError, MAX_CHANGE_TIME, PolicyDoc, Refusal};
 pub use index::{IndexedPolicy, ScopeIndex};
 pub use quarantine::{QuarantineHit, QuarantineRecord, QuarantineRules};
 pub use schema::{ChangeSummary, Path, SchemaViolation, Section};

@@ -263,3 +263,36 @@ fn a_change_naming_an_actor_with_no_change_here_is_refused() {
         assert_eq!(loaded.heads(), doc.heads());
     }
 }
+
+/// automerge 0.12 keeps a document's change times as differences and
+/// panics when one overflows (`fuzz/` target `ingest`: a revocation dated
+/// near `i64::MIN` on a document whose changes are dated now). A change
+/// dated outside `0..=MAX_CHANGE_TIME` is neither written nor applied.
+#[test]
+fn a_change_dated_out_of_range_is_refused() {
+    let now = 1_800_000_000;
+    let mut author = PolicyDoc::new();
+    let first = author
+        .build_revoke(lane(1), r#"User::"a""#, "r", now)
+        .unwrap()
+        .unwrap();
+    for time in [i64::MIN + 4, -1, weft_crdt::MAX_CHANGE_TIME + 1, i64::MAX] {
+        let err = author
+            .clone()
+            .build_revoke(lane(2), r#"User::"b""#, "r", time)
+            .unwrap_err();
+        assert!(matches!(err, CrdtError::Malformed(_)), "{time}: {err}");
+
+        let second = revoke(&mut author.clone(), lane(2), "b");
+        let mut expanded: ExpandedChange = second.decode();
+        expanded.time = time;
+        expanded.hash = None;
+        let forged = Change::from(expanded);
+        let mut doc = PolicyDoc::new();
+        doc.apply(first.clone()).unwrap();
+        let err = doc.apply(forged).unwrap_err();
+        assert!(matches!(err, CrdtError::Malformed(_)), "{time}: {err}");
+        assert!(err.to_string().contains("dated"), "{err}");
+        assert_eq!(doc.heads(), vec![first.hash()]);
+    }
+}
