@@ -204,17 +204,16 @@ pub fn counter_backwards(
     subject: &str,
     start: u64,
 ) -> Result<Vec<u8>> {
-    let change = revocation_change(doc, key, subject)?;
-    if change.start_op().get() <= start {
-        bail!(
-            "the change starts at operation {}, not above {start}",
-            change.start_op()
-        );
-    }
-    let mut expanded = PolicyDoc::expand(&change)?;
-    expanded.start_op = NonZeroU64::new(start).context("operation counters start at 1")?;
-    expanded.hash = None;
-    signed(&Change::from(expanded), root_version, &[key])
+    edited_revocation(doc, key, root_version, subject, |change| {
+        if change.start_op.get() <= start {
+            bail!(
+                "the change starts at operation {}, not above {start}",
+                change.start_op
+            );
+        }
+        change.start_op = NonZeroU64::new(start).context("operation counters start at 1")?;
+        Ok(())
+    })
 }
 
 /// Found by fuzzing (`fuzz/` target `ingest`), of finding 1's kind: a
@@ -228,16 +227,11 @@ pub fn stranger_actor(
     root_version: u64,
     subject: &str,
 ) -> Result<Vec<u8>> {
-    let change = revocation_change(doc, key, subject)?;
-    let mut expanded = PolicyDoc::expand(&change)?;
     let stranger = actor_for(&SecretKey::from_seed([0x5a; 32]).public(), nonce());
-    let op = expanded
-        .operations
-        .first_mut()
-        .context("the revocation has no operation")?;
-    op.pred = vec![OpId(1, stranger)].into();
-    expanded.hash = None;
-    signed(&Change::from(expanded), root_version, &[key])
+    edited_revocation(doc, key, root_version, subject, |change| {
+        first_op(change)?.pred = vec![OpId(1, stranger)].into();
+        Ok(())
+    })
 }
 
 /// Found by fuzzing (`fuzz/` target `ingest`), of finding 3's kind: a
@@ -253,18 +247,38 @@ pub fn replaces_another_key(
     root_version: u64,
     subject: &str,
 ) -> Result<Vec<u8>> {
+    edited_revocation(doc, key, root_version, subject, |change| {
+        let op = first_op(change)?;
+        if op.pred.is_empty() {
+            bail!("{subject} is not revoked in the state, so nothing is replaced");
+        }
+        op.key = Key::Map(format!(" {subject}").into());
+        Ok(())
+    })
+}
+
+/// A revocation of `subject` on top of `doc`, expanded, changed by `edit`,
+/// encoded again and signed by `key` under `root_version`.
+fn edited_revocation(
+    doc: &PolicyDoc,
+    key: &SecretKey,
+    root_version: u64,
+    subject: &str,
+    edit: impl FnOnce(&mut weft_crdt::legacy::Change) -> Result<()>,
+) -> Result<Vec<u8>> {
     let change = revocation_change(doc, key, subject)?;
     let mut expanded = PolicyDoc::expand(&change)?;
-    let op = expanded
-        .operations
-        .first_mut()
-        .context("the revocation has no operation")?;
-    if op.pred.is_empty() {
-        bail!("{subject} is not revoked in the state, so nothing is replaced");
-    }
-    op.key = Key::Map(format!(" {subject}").into());
+    edit(&mut expanded)?;
     expanded.hash = None;
     signed(&Change::from(expanded), root_version, &[key])
+}
+
+/// The first operation of a revocation's change.
+fn first_op(change: &mut weft_crdt::legacy::Change) -> Result<&mut weft_crdt::legacy::Op> {
+    change
+        .operations
+        .first_mut()
+        .context("the revocation has no operation")
 }
 
 /// A node's quarantine record of `ttl` seconds dated `issued_at`.
