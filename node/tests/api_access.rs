@@ -3,8 +3,9 @@
 //! status --ca`), mTLS for reads (a client certificate from
 //! `api_client_ca` accepted, none or another CA's refused), bearer tokens
 //! and their scopes (401, 403, 200, the audit record, no plaintext token at
-//! rest), the update rate limit (429), and the refusal of plain HTTP on a
-//! non-loopback address without `api_insecure`.
+//! rest), the update rate limit (429), the refusal of plain HTTP on a
+//! non-loopback address without `api_insecure`, and reads closed on a
+//! non-loopback TLS address with no credential configured.
 
 mod support;
 
@@ -345,4 +346,41 @@ fn plain_http_off_loopback_needs_api_insecure() {
     let log = std::fs::read_to_string(p.join("n1.log")).unwrap();
     assert!(log.contains("api_insecure"), "{log}");
     drop(node);
+
+    // TLS off loopback with no credential configured: the node starts,
+    // decisions are served, reads are refused (nothing could grant them).
+    let ca = Ca::new("api CA");
+    std::fs::write(p.join("ca.pem"), ca.pem()).unwrap();
+    ca.write_server(&p.join("n1"), "api.crt", "api.key");
+    configure(
+        &p.join("n1"),
+        &[
+            ("api_insecure", "false"),
+            ("api_tls_cert", "\"api.crt\""),
+            ("api_tls_key", "\"api.key\""),
+        ],
+    );
+    let _node = run_api(p, "n1", &format!("0.0.0.0:{port}"), &[]);
+    let url = format!("https://127.0.0.1:{port}");
+    let https = https_client(&[&p.join("ca.pem")], None);
+    wait_for(30, "the TLS node", || {
+        https
+            .get(format!("{url}/readyz"))
+            .send()
+            .ok()
+            .filter(|r| r.status() == 200)
+    });
+    let r = https.get(format!("{url}/v1/status")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .unwrap()
+            .contains("neither api_client_ca nor api_tokens_file")
+    );
+    let r = https
+        .post(format!("{url}/v1/authorize"))
+        .body(DECISION)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
