@@ -15,6 +15,7 @@
 //! - [`check()`]: ask a node for a decision.
 //! - [`audit()`]: verify a node's audit chain offline, export its records.
 
+mod apitoken;
 mod audit;
 mod author;
 mod check;
@@ -25,6 +26,7 @@ mod nodedir;
 mod rotate;
 mod token;
 
+pub use apitoken::{API_TOKEN_ADD_LONG_ABOUT, ApiCommand, ApiTokenAddArgs, ApiTokenCommand, api};
 pub use audit::{AUDIT_VERIFY_LONG_ABOUT, AuditCommand, AuditExportArgs, AuditVerifyArgs, audit};
 pub use check::{CHECK_LONG_ABOUT, CheckArgs};
 pub use rotate::{TRUST_ROTATE_LONG_ABOUT, TrustRotateArgs, TrustSignArgs};
@@ -179,6 +181,9 @@ pub struct BundleCreateArgs {
     /// Print JSON: {"id", "file", "bundle", "root_version", "paths", "signers", "missing", "threshold_met", ...}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// The long help of `weft revoke`.
@@ -231,6 +236,9 @@ pub struct RevokeArgs {
     /// Print JSON: {"id", "subject", "action", "file", "pushed", "status", "signers", "missing", ...}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// `weft update …`
@@ -280,6 +288,9 @@ pub struct UpdateSignArgs {
     /// Print JSON: {"id", "file", "added", "signer", "signers", "missing", "threshold_met"}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// Arguments of `weft update show`.
@@ -294,6 +305,9 @@ pub struct UpdateShowArgs {
     /// Print JSON: {"id", "root_version", "author", "message", "operations", "paths", "signatures", "missing", "threshold_met", "ready", "problems", ...}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// The long help of `weft push`.
@@ -317,6 +331,9 @@ pub struct PushArgs {
     /// Print one JSON object per accepted file: {"file", "id", "status"}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// Runs `weft node init`.

@@ -325,6 +325,24 @@ pub enum AuditEvent {
         /// The order's id.
         id: String,
     },
+    /// The HTTP API refused a request for want of a credential or a scope,
+    /// or over the update rate.
+    ApiRefused {
+        /// The request's method.
+        method: String,
+        /// The request's path (no query).
+        path: String,
+        /// The client's IP address.
+        client: String,
+        /// The answer's status: 401, 403 or 429.
+        status: u16,
+        /// Why, as the client was told.
+        reason: String,
+        /// The credential it came with: `token NAME`, `token sha256:` and the
+        /// first 8 hex digits of an unknown token's hash (never the token).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        credential: Option<String>,
+    },
     /// Events dropped because the queue was full.
     Dropped {
         /// How many since the last such record.

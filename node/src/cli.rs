@@ -93,6 +93,9 @@ pub enum Command {
             in place of a principal and verifies it on every request."
     )]
     Token(weft_node::admin::TokenCommand),
+    /// Bearer tokens for a node's HTTP API (api_tokens_file).
+    #[command(subcommand)]
+    Api(weft_node::admin::ApiCommand),
     /// Run a local mesh with demo keys and policies and walk through the Weft story.
     #[command(
         long_about = "Run a local mesh with demo keys and policies and walk through the Weft story.\n\n\
@@ -148,6 +151,7 @@ pub enum NodeCommand {
     #[command(long_about = weft_node::admin::NODE_CERTIFY_LONG_ABOUT)]
     Certify(weft_node::admin::NodeCertifyArgs),
     /// Run the node in the foreground until SIGINT or SIGTERM.
+    #[command(long_about = weft_node::daemon::NODE_RUN_LONG_ABOUT)]
     Run(weft_node::daemon::NodeRunArgs),
 }
 
@@ -307,6 +311,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => weft_node::status::status(a),
         Command::Check(a) => weft_node::admin::check(a),
         Command::Token(c) => weft_node::admin::token(c),
+        Command::Api(c) => weft_node::admin::api(c),
         Command::Demo(a) => weft_node::demo::demo(a),
         #[cfg(feature = "sim")]
         Command::Sim(a) => weft_node::sim::sim(a),

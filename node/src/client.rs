@@ -10,10 +10,22 @@
 //! answer other than 2xx is a [`CallError::Refused`] carrying the node's
 //! `{"error": "…"}` sentence on one line; a node that cannot be reached, or
 //! whose answer cannot be read, is a [`CallError::Transport`] sentence.
+//!
+//! Every such command flattens [`ClientArgs`]: `https://` URLs are verified
+//! against the system's trusted roots, or, with `--ca FILE`, against the
+//! CAs in that file only (a private mesh CA is then the one authority the
+//! CLI believes for the node). `--client-cert FILE --client-key FILE`
+//! present a client certificate (mTLS). A bearer token for a node's
+//! `api_tokens_file` comes from `--token-file FILE` or the environment
+//! variable `WEFT_API_TOKEN`, never from the command line, where other
+//! users of the host could read it.
 
 use std::fmt;
 use std::io::{Read as _, Write};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use clap::Args;
 
 use anyhow::{Result, anyhow};
 use reqwest::StatusCode;
@@ -41,6 +53,97 @@ pub fn base_url(node: &str) -> String {
         node.to_owned()
     } else {
         format!("http://{node}")
+    }
+}
+
+/// How the CLI authenticates the node's API and itself to it: flattened
+/// into every command that takes `--node`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ClientArgs {
+    /// For https:// nodes: trust the CA certificates in this PEM file instead of the system's roots.
+    #[arg(long, value_name = "FILE", env = "WEFT_CA")]
+    pub ca: Option<PathBuf>,
+    /// For mTLS: a client certificate (PEM) signed by a CA in the node's api_client_ca; needs --client-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WEFT_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WEFT_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// A file holding a bearer token of the node's api_tokens_file (else $WEFT_API_TOKEN, if set).
+    #[arg(long, value_name = "FILE", env = "WEFT_API_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The environment variable a bearer token may come from.
+pub const TOKEN_ENV: &str = "WEFT_API_TOKEN";
+
+impl ClientArgs {
+    /// The bearer token to send, if any: `--token-file`, else `$WEFT_API_TOKEN`.
+    fn token(&self) -> Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow!("--token-file {}: cannot read it: {e}", path.display()))?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(anyhow!("--token-file {} is empty", path.display()));
+            }
+            return Ok(Some(token.to_owned()));
+        }
+        Ok(std::env::var(TOKEN_ENV)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty()))
+    }
+
+    fn configure(
+        &self,
+        mut b: reqwest::blocking::ClientBuilder,
+    ) -> Result<reqwest::blocking::ClientBuilder> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| anyhow!("{flag} {}: cannot read it: {e}", path.display()))
+        };
+        if let Some(ca) = &self.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(&read("--ca", ca)?).map_err(|e| {
+                anyhow!(
+                    "--ca {}: not PEM certificates: {}",
+                    ca.display(),
+                    error_line(&e)
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(anyhow!("--ca {} holds no PEM certificate", ca.display()));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            let mut pem = read("--client-cert", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("--client-key", key)?);
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                anyhow!(
+                    "--client-cert {} with --client-key {}: {}",
+                    cert.display(),
+                    key.display(),
+                    error_line(&e)
+                )
+            })?;
+            b = b.identity(id);
+        }
+        Ok(b)
     }
 }
 
@@ -94,31 +197,35 @@ impl std::error::Error for CallError {}
 pub struct NodeClient {
     base: String,
     http: reqwest::blocking::Client,
+    token: Option<String>,
 }
 
 impl NodeClient {
     /// A client for the node at `node` (as given to `--node`), whose
     /// requests finish within [`REQUEST_TIMEOUT`].
-    pub fn new(node: &str) -> Result<NodeClient> {
-        NodeClient::build(node, Some(REQUEST_TIMEOUT))
+    pub fn new(node: &str, auth: &ClientArgs) -> Result<NodeClient> {
+        NodeClient::build(node, auth, Some(REQUEST_TIMEOUT))
     }
 
     /// A client whose requests take as long as they take once connected:
     /// for answers streamed for as long as there is data (an audit export).
-    pub fn streaming(node: &str) -> Result<NodeClient> {
-        NodeClient::build(node, None)
+    pub fn streaming(node: &str, auth: &ClientArgs) -> Result<NodeClient> {
+        NodeClient::build(node, auth, None)
     }
 
-    fn build(node: &str, timeout: Option<Duration>) -> Result<NodeClient> {
-        let http = reqwest::blocking::Client::builder()
+    fn build(node: &str, auth: &ClientArgs, timeout: Option<Duration>) -> Result<NodeClient> {
+        let builder = reqwest::blocking::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(timeout)
-            .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")));
+        let http = auth
+            .configure(builder)?
             .build()
             .map_err(|e| anyhow!("cannot set up an HTTP client: {}", error_line(&e)))?;
         Ok(NodeClient {
             base: base_url(node),
             http,
+            token: auth.token()?,
         })
     }
 
@@ -148,11 +255,20 @@ impl NodeClient {
     }
 
     fn send(&self, request: RequestBuilder) -> Result<Answer<'_>, CallError> {
+        let request = match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
         let resp = request.send().map_err(|e| {
+            let line = error_line(&e);
+            let hint = if line.contains("invalid peer certificate") {
+                " (is the node's API certificate signed by a CA given with --ca FILE?)"
+            } else {
+                ""
+            };
             CallError::Transport(format!(
-                "cannot reach the node at {}: {}",
-                self.base,
-                error_line(&e)
+                "cannot reach the node at {}: {line}{hint}",
+                self.base
             ))
         })?;
         let status = resp.status();

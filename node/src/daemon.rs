@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt as _;
 use clap::Args;
 use futures::StreamExt as _;
 use libp2p::gossipsub::IdentTopic;
@@ -34,7 +33,6 @@ use weft_crdt::PolicyView;
 use weft_protocol::identity::NodeId;
 use weft_protocol::replica::{Replica, ReplicaConfig};
 use weft_protocol::time::format_timestamp;
-use weft_protocol::trust::SignedNodeCert;
 
 use crate::api::{self, ApiState};
 use crate::audit::{Audit, AuditConfig, AuditEvent, AuditLog};
@@ -46,6 +44,21 @@ use crate::store::{DEFAULT_SNAPSHOT_EVERY, Store};
 use crate::swarm::{self, TOPIC};
 use crate::task::{NodeTask, NodeTaskParts};
 use crate::util::read_trust_file;
+
+/// The long help of `weft node run`.
+pub const NODE_RUN_LONG_ABOUT: &str = "Run the node in the foreground until SIGINT or SIGTERM.\n\n\
+    Settings come from DIR/weft.toml (see docs/configuration.md); the flags below override it.\n\n\
+    The HTTP API: plain HTTP by default, allowed only on a loopback address; elsewhere set \
+    api_tls_cert and api_tls_key (PEM) for HTTPS, or api_insecure = true to accept plain HTTP. \
+    api_client_ca (PEM) lets clients present certificates (mTLS), and api_tokens_file holds \
+    bearer tokens (`weft api token add`). With either, reads (/v1/state, /v1/status, the \
+    dashboard data, /v1/anomalies, /v1/report, /v1/audit, /metrics) need a client certificate \
+    or a token with the scope; decisions, /healthz, /readyz and POST /v1/updates (rate-limited \
+    per client: api_updates_per_minute, api_updates_burst) stay open.\n\n\
+    Reload: on SIGHUP, and within seconds of a change to the files, the node reloads its API \
+    certificate, key and client CA, its token file and DIR/node.cert (a renewed `weft node \
+    certify`) without dropping connections; a file that fails to load keeps the old one in use, \
+    and GET /v1/status shows why under `reload`.";
 
 /// `weft node run`
 #[derive(Debug, Args)]
@@ -98,6 +111,22 @@ pub struct NodeOptions {
     /// stay on one thread (no hand-off between workers). Empty (the
     /// default, for tests and the demo) serves it on the caller's runtime.
     pub api_runtimes: Vec<tokio::runtime::Handle>,
+    /// TLS on the API (`api_tls_cert`, `api_tls_key`, `api_client_ca`);
+    /// none serves plain HTTP.
+    pub api_tls: Option<crate::api::tls::TlsFiles>,
+    /// The API token file (`api_tokens_file`).
+    pub api_tokens_file: Option<PathBuf>,
+    /// Whether plain HTTP, or reads without a credential, may be served on
+    /// an address that is not loopback (`api_insecure`).
+    pub api_insecure: bool,
+    /// The per-client rate of `POST /v1/updates`; off in
+    /// [`NodeOptions::new`] (in-process nodes), weft.toml's for `weft node run`.
+    pub api_updates: crate::api::ratelimit::UpdateRate,
+    /// How often the certificate and token files are checked for changes.
+    pub reload_every: Duration,
+    /// Whether SIGHUP reloads them (`weft node run`; off in-process, where
+    /// the signal is the host process's).
+    pub reload_on_sighup: bool,
     /// Test hook: serves `POST /v1/test/panic`, which makes the node task
     /// panic. Off unless a test asks for it (`weft node run` turns it on
     /// only when the environment sets [`TEST_PANIC_HOOK_ENV`] to `1`).
@@ -127,6 +156,17 @@ impl NodeOptions {
             response: crate::respond::ResponseConfig::default(),
             connections: crate::limits::ConnectionLimits::default(),
             api_runtimes: Vec::new(),
+            api_tls: None,
+            api_tokens_file: None,
+            api_insecure: false,
+            // In-process nodes (tests, benchmarks, the demo) push as fast
+            // as they like; `weft node run` takes weft.toml's rate.
+            api_updates: crate::api::ratelimit::UpdateRate {
+                per_minute: 0,
+                burst: 0,
+            },
+            reload_every: crate::reload::DEFAULT_POLL,
+            reload_on_sighup: false,
             test_panic_route: false,
         }
     }
@@ -135,6 +175,9 @@ impl NodeOptions {
 /// A running node.
 pub struct NodeHandle {
     api_addr: SocketAddr,
+    api_tls: bool,
+    reload: mpsc::Sender<oneshot::Sender<()>>,
+    reload_task: JoinHandle<()>,
     peer_id: PeerId,
     node_id: NodeId,
     listen_addrs: Vec<Multiaddr>,
@@ -160,9 +203,22 @@ impl NodeHandle {
         self.api_addr
     }
 
-    /// The API's base URL, `http://HOST:PORT`.
+    /// The API's base URL, `http://HOST:PORT`, or `https://` with TLS.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api_addr)
+        let scheme = if self.api_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.api_addr)
+    }
+
+    /// Reloads the API's TLS files, its token file and the node
+    /// certificate now, as SIGHUP does; returns once done (what failed is
+    /// in the log and in `GET /v1/status`).
+    pub async fn reload(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.reload
+            .send(reply)
+            .await
+            .map_err(|_| anyhow!("the node has stopped"))?;
+        done.await.map_err(|_| anyhow!("the node has stopped"))
     }
 
     /// The node's libp2p peer id.
@@ -275,6 +331,7 @@ impl NodeHandle {
         }
         note_failure(&mut failed, "the node task", self.node_task.await);
         note_failure(&mut failed, "the detector task", self.detect_task.await);
+        note_failure(&mut failed, "the reload task", self.reload_task.await);
         drop(self.audit);
         note_failure(&mut failed, "the audit writer", self.audit_task.await);
         failed.map_or(Ok(()), Err)
@@ -312,22 +369,9 @@ fn read_cert(dir: &NodeDir, node: &NodeId, root: &weft_protocol::trust::TrustRoo
             return Vec::new();
         }
     };
-    let verdict = SignedNodeCert::from_bytes(&bytes)
-        .and_then(|c| c.verify(root, crate::clock::now_secs()))
-        .map_err(|e| e.to_string())
-        .and_then(|c| {
-            if &c.node == node {
-                Ok(c)
-            } else {
-                Err(format!(
-                    "it is for node {}, not for this node {node}",
-                    c.node
-                ))
-            }
-        });
-    match verdict {
-        Ok(c) => {
-            tracing::info!(name = %c.name, expires = %format_timestamp(c.expires), "node certificate is valid");
+    match crate::reload::verify_node_cert(&bytes, node, root, crate::clock::now_secs()) {
+        Ok((name, expires)) => {
+            tracing::info!(%name, expires = %format_timestamp(expires), "node certificate is valid");
         }
         Err(err) => {
             tracing::error!(path = %path.display(), %err, "the node certificate is not valid: peers will refuse this node");
@@ -339,6 +383,18 @@ fn read_cert(dir: &NodeDir, node: &NodeId, root: &weft_protocol::trust::TrustRoo
 /// Starts a node from its directory and returns once it listens on every
 /// address and its API is up.
 pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
+    // The API's certificates and tokens: a bad file stops the start here,
+    // before anything runs.
+    let tls = match &opts.api_tls {
+        Some(files) => Some(Arc::new(ArcSwap::new(
+            crate::api::tls::server_config(files).map_err(|e| anyhow!(e))?,
+        ))),
+        None => None,
+    };
+    let tokens = Arc::new(ArcSwap::from_pointee(match &opts.api_tokens_file {
+        Some(path) => crate::api::tokens::TokenSet::load(path).map_err(|e| anyhow!(e))?,
+        None => crate::api::tokens::TokenSet::default(),
+    }));
     let dir = NodeDir::new(&opts.dir);
     let key = keyfile::read(&dir.key())?;
     let node_id = NodeId::new(key.public());
@@ -400,7 +456,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         traffic: Arc::default(),
         last_sync_ms: Default::default(),
         started_ms: crate::clock::now_ms(),
-        cert: cert.clone(),
+        cert: ArcSwap::from_pointee(cert.clone()),
         stale: opts.stale,
         anomalies: Arc::default(),
         liveness: Default::default(),
@@ -513,6 +569,27 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         .and_then(|l| l.into_std())
         .with_context(|| format!("cannot listen for the API on {}", opts.api))?;
     let api_addr = listener.local_addr()?;
+    let loopback = api_addr.ip().is_loopback();
+    if opts.api_tls.is_none() && !loopback && !opts.api_insecure {
+        bail!(
+            "the API would serve plain HTTP on {api_addr}, which is not a loopback address: set api_tls_cert and api_tls_key, or api_insecure = true to let anyone on the network read and submit in the clear"
+        );
+    }
+    let client_ca = opts.api_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let reads = if client_ca || opts.api_tokens_file.is_some() {
+        crate::api::access::Reads::Guarded {
+            client_ca,
+            tokens: opts.api_tokens_file.is_some(),
+        }
+    } else if loopback || opts.api_insecure {
+        if !loopback {
+            span.in_scope(|| tracing::warn!(api = %api_addr, "api_insecure: anyone who reaches the API can read the mesh state, the audit trail and the metrics"));
+        }
+        crate::api::access::Reads::Open
+    } else {
+        span.in_scope(|| tracing::warn!(api = %api_addr, "reads on the API are refused: set api_client_ca or api_tokens_file to grant them"));
+        crate::api::access::Reads::Closed
+    };
     span.in_scope(|| {
         tracing::info!(
             node_id = %node_id,
@@ -523,15 +600,47 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     });
 
     let node_task = tokio::spawn(task.run().instrument(span.clone()));
-    let router = api::router(Arc::new(ApiState {
-        commands: commands_tx.clone(),
-        shared: shared.clone(),
-        metrics: Arc::new(crate::metrics::Metrics::new()),
-        audit: audit.clone(),
-        detect,
-        decisions: Arc::new(crate::dashboard::DecisionLog::new()),
-        test_panic_route: opts.test_panic_route,
-    }));
+    let reload_status = Arc::new(crate::reload::ReloadStatus::default());
+    let reloader = crate::reload::Reloader::new(
+        crate::reload::Targets {
+            tls: opts.api_tls.clone().zip(tls.clone()),
+            tokens: opts.api_tokens_file.clone().map(|p| (p, tokens.clone())),
+            node_cert: dir.cert(),
+            shared: shared.clone(),
+            commands: commands_tx.clone(),
+        },
+        reload_status.clone(),
+    );
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let reload_task = tokio::spawn(
+        reloader
+            .run(
+                opts.reload_every,
+                opts.reload_on_sighup,
+                reload_rx,
+                shutdown_rx.clone(),
+            )
+            .instrument(span.clone()),
+    );
+    let access = Arc::new(crate::api::access::Access {
+        reads,
+        tokens,
+        updates: crate::api::ratelimit::RateLimiter::new(opts.api_updates),
+        audit: audit.handle.clone(),
+    });
+    let router = api::router(
+        Arc::new(ApiState {
+            commands: commands_tx.clone(),
+            shared: shared.clone(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            audit: audit.clone(),
+            detect,
+            decisions: Arc::new(crate::dashboard::DecisionLog::new()),
+            reload: reload_status,
+            test_panic_route: opts.test_panic_route,
+        }),
+        access,
+    );
     let mut api_tasks = Vec::with_capacity(api_runtimes.len());
     for rt in &api_runtimes {
         let listener = {
@@ -543,6 +652,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         };
         let mut api_shutdown = shutdown_rx.clone();
         let router = router.clone();
+        let tls = tls.clone();
         api_tasks.push(
             rt.spawn(
                 async move {
@@ -553,16 +663,9 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
                             }
                         }
                     };
-                    // Answers are written in one go: never let Nagle hold one
-                    // back waiting for the client's delayed ACK.
-                    let listener = listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    if let Err(err) = axum::serve(listener, router)
-                        .with_graceful_shutdown(stop)
-                        .await
-                    {
-                        tracing::error!(%err, "the API server failed");
+                    match tls {
+                        Some(tls) => api::serve::tls(listener, router, tls, stop).await,
+                        None => api::serve::plain(listener, router, stop).await,
                     }
                 }
                 .instrument(span.clone()),
@@ -573,6 +676,9 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
 
     Ok(NodeHandle {
         api_addr,
+        api_tls: tls.is_some(),
+        reload: reload_tx,
+        reload_task,
         peer_id,
         node_id,
         listen_addrs,
@@ -674,6 +780,26 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         per_ip: config.max_connections_per_ip,
         pending_incoming: config.max_pending_incoming,
     };
+    let in_dir = |p: &PathBuf| args.dir.join(p);
+    opts.api_tls = match (&config.api_tls_cert, &config.api_tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api::tls::TlsFiles {
+            cert: in_dir(cert),
+            key: in_dir(key),
+            client_ca: config.api_client_ca.as_ref().map(in_dir),
+        }),
+        (None, None) if config.api_client_ca.is_none() => None,
+        _ => bail!(
+            "{}: api_tls_cert and api_tls_key go together, and api_client_ca needs both",
+            dir.config().display()
+        ),
+    };
+    opts.api_tokens_file = config.api_tokens_file.as_ref().map(in_dir);
+    opts.api_insecure = config.api_insecure;
+    opts.api_updates = crate::api::ratelimit::UpdateRate {
+        per_minute: config.api_updates_per_minute,
+        burst: config.api_updates_burst,
+    };
+    opts.reload_on_sighup = true;
     opts.test_panic_route = std::env::var(TEST_PANIC_HOOK_ENV).is_ok_and(|v| v == "1");
     opts.peers = config
         .peers
@@ -702,9 +828,9 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     let served = runtime.block_on(async move {
         let node = spawn_node(opts).await?;
         eprintln!(
-            "weft node {} running: API http://{}, libp2p {}",
+            "weft node {} running: API {}, libp2p {}",
             node.node_id(),
-            node.api_addr(),
+            node.api_url(),
             node.listen_addrs()
                 .iter()
                 .map(ToString::to_string)

@@ -128,6 +128,29 @@ pub struct Config {
     /// limit). Default 64: an honest mesh has a few; it bounds the CPU a
     /// flood of handshakes takes.
     pub max_pending_incoming: u32,
+    /// The API's TLS certificate chain (PEM; relative paths are in the node
+    /// directory). With `api_tls_key`, the API serves HTTPS only. Default
+    /// none: plain HTTP, allowed on loopback only unless `api_insecure`.
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key of `api_tls_cert` (PEM).
+    pub api_tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) whose client certificates the API accepts
+    /// (mTLS); a verified client certificate may read everything. Needs
+    /// `api_tls_cert`.
+    pub api_client_ca: Option<PathBuf>,
+    /// The API token file (`weft api token add` writes it): bearer tokens,
+    /// hashed, each with its scopes.
+    pub api_tokens_file: Option<PathBuf>,
+    /// Whether the API may serve plain HTTP, and reads without a
+    /// credential, on an address that is not loopback. Default false:
+    /// such a node refuses to start.
+    pub api_insecure: bool,
+    /// `POST /v1/updates` per client IP address: requests per minute
+    /// (0: no limit). Default 120 ([`crate::api::ratelimit::UpdateRate`]
+    /// says why).
+    pub api_updates_per_minute: u32,
+    /// `POST /v1/updates` per client IP address: the burst. Default 60.
+    pub api_updates_burst: u32,
 }
 
 impl Default for Config {
@@ -149,6 +172,13 @@ impl Default for Config {
             max_connections_per_peer: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_PEER,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_pending_incoming: crate::limits::DEFAULT_MAX_PENDING_INCOMING,
+            api_tls_cert: None,
+            api_tls_key: None,
+            api_client_ca: None,
+            api_tokens_file: None,
+            api_insecure: false,
+            api_updates_per_minute: crate::api::ratelimit::UpdateRate::default().per_minute,
+            api_updates_burst: crate::api::ratelimit::UpdateRate::default().burst,
         }
     }
 }
@@ -206,7 +236,19 @@ impl Config {
              max_connections = {}\n\
              max_connections_per_peer = {}\n\
              max_connections_per_ip = {}\n\
-             max_pending_incoming = {}\n",
+             max_pending_incoming = {}\n\
+             # HTTPS on the API: certificate chain and key (PEM; relative to the node directory)\n\
+             {}\n\
+             {}\n\
+             # mTLS: CA certificates (PEM) whose client certificates may read everything\n\
+             {}\n\
+             # bearer tokens with scopes (read, audit, metrics), hashed; `weft api token add` writes it\n\
+             {}\n\
+             # allow plain HTTP and reads without a credential on a non-loopback API address\n\
+             api_insecure = {}\n\
+             # POST /v1/updates per client address: per minute (0: no limit) and burst\n\
+             api_updates_per_minute = {}\n\
+             api_updates_burst = {}\n",
             self.listen,
             self.api,
             self.stale_after,
@@ -224,8 +266,23 @@ impl Config {
             self.max_connections,
             self.max_connections_per_peer,
             self.max_connections_per_ip,
-            self.max_pending_incoming
+            self.max_pending_incoming,
+            path_line("api_tls_cert", &self.api_tls_cert, "api.crt"),
+            path_line("api_tls_key", &self.api_tls_key, "api.key"),
+            path_line("api_client_ca", &self.api_client_ca, "clients-ca.crt"),
+            path_line("api_tokens_file", &self.api_tokens_file, "api-tokens"),
+            self.api_insecure,
+            self.api_updates_per_minute,
+            self.api_updates_burst
         )
+    }
+}
+
+/// `KEY = "PATH"`, or the line commented out with an example when unset.
+fn path_line(key: &str, value: &Option<PathBuf>, example: &str) -> String {
+    match value {
+        Some(p) => format!("{key} = {:?}", p.display().to_string()),
+        None => format!("# {key} = {example:?}"),
     }
 }
 
@@ -241,6 +298,10 @@ mod tests {
         c.api_threads = 3;
         c.max_connections_per_ip = 0;
         c.max_pending_incoming = 5;
+        c.api_tls_cert = Some("tls/api.crt".into());
+        c.api_tokens_file = Some("/etc/weft/tokens".into());
+        c.api_insecure = true;
+        c.api_updates_burst = 7;
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();

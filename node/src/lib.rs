@@ -17,6 +17,7 @@ pub mod layout;
 pub mod limits;
 pub mod liveness;
 pub mod metrics;
+pub mod reload;
 pub mod report;
 pub mod respond;
 pub mod rootchain;

@@ -19,11 +19,14 @@ pub struct StatusArgs {
     /// Print the node's status JSON as it is.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// Runs `weft status`.
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
-    let client = NodeClient::new(&args.node)?;
+    let client = NodeClient::new(&args.node, &args.client)?;
     let body = client.get("/v1/status")?.text()?;
     if args.json {
         println!("{}", body.trim());

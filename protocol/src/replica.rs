@@ -638,6 +638,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
         }
     }
 
+    /// Presents `cert` (an encoded `SignedNodeCert`) from now on: to every
+    /// peer that connects after this, and in every later hello. Peers
+    /// admitted already stay admitted.
+    pub fn set_cert(&mut self, cert: Vec<u8>) {
+        self.cert = cert;
+    }
+
     /// The first effects: schedules anti-entropy.
     pub fn start(&mut self) -> Vec<Output<P>> {
         vec![Output::Schedule {

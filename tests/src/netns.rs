@@ -459,6 +459,15 @@ impl Lab {
             }
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let id = last_line(&weft(&argv)?);
+            // The lab's addresses are not loopback, and its network is
+            // closed: its nodes serve plain HTTP on purpose.
+            let config = node_dir.join("weft.toml");
+            // The suite posts its hostile corpus to one node's API from one
+            // address: no update rate limit.
+            let text = std::fs::read_to_string(&config)?
+                .replace("api_insecure = false", "api_insecure = true")
+                .replace("api_updates_per_minute = 120", "api_updates_per_minute = 0");
+            std::fs::write(&config, text)?;
             if !spec.uncertified.contains(&i) {
                 weft(&[
                     "node",

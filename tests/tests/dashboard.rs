@@ -206,6 +206,74 @@ async fn the_dashboard_shows_a_revocation_live() -> Result<()> {
     closed
 }
 
+/// A node whose reads need a token: the page opened with the token in the
+/// URL fragment reads its data with it (the fragment is cleared from the
+/// address bar and never reaches the server), while the same reads without
+/// the token are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reads_with_a_token_from_the_fragment() -> Result<()> {
+    use weft_node::api::access::Scope;
+    use weft_node::api::tokens;
+    init_logs();
+    browser::chromium()?;
+    browser::chromedriver()?;
+
+    let fx = Fixture::new()?;
+    let (dir, _) = fx.node_dir("n1", true)?;
+    let token = tokens::mint()?;
+    let file = dir.join("api-tokens");
+    std::fs::write(
+        &file,
+        tokens::line("browser", &[Scope::Read, Scope::Audit], &token),
+    )?;
+    let mut opts = fx.options(dir, &[]);
+    opts.api_tokens_file = Some(file);
+    let node = weft_node::daemon::spawn_node(opts).await?;
+    let url = node.api_url();
+    let http = reqwest::Client::new();
+    let anon = http.get(format!("{url}/v1/dashboard")).send().await?;
+    ensure!(
+        anon.status() == 401,
+        "a read without the token: {}",
+        anon.status()
+    );
+    let page = http.get(format!("{url}/")).send().await?;
+    ensure!(
+        page.status() == 200,
+        "the page itself is open: {}",
+        page.status()
+    );
+
+    let b = browser::Browser::start(1200, 900).await?;
+    let result = async {
+        b.client.goto(&format!("{url}/#token={token}")).await?;
+        b.client
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Id("weft-ready"))
+            .await
+            .context("the dashboard never completed a refresh with the token")?;
+        let errors = script_errors(&b).await?;
+        ensure!(errors.is_empty(), "script errors on the page: {errors:?}");
+        ensure!(
+            element_text(&b, "node-id").await? == node.node_id().to_string(),
+            "the page names another node"
+        );
+        page_shows(&b, "audit", "records", Duration::from_secs(5)).await?;
+        let hash = text_of(&b, "return window.location.hash;").await?;
+        ensure!(
+            hash.is_empty(),
+            "the token stayed in the address bar: {hash}"
+        );
+        Ok(())
+    }
+    .await;
+    let closed = b.close().await;
+    node.shutdown().await?;
+    result?;
+    closed
+}
+
 /// `GET /v1/dashboard` and `GET /` without a browser: the counts, the recent
 /// denies newest first with what was asked and why, revocations with their
 /// signer, and the page itself.

@@ -61,6 +61,9 @@ pub struct AuditVerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// `weft audit export`
@@ -78,6 +81,9 @@ pub struct AuditExportArgs {
     /// At most this many records.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// Runs `weft audit …`.
@@ -116,8 +122,12 @@ fn node_of(dir: &Path) -> Result<NodeId> {
 }
 
 /// The checkpoints of `node` held by a running peer.
-fn fetch_checkpoints(url: &str, node: &NodeId) -> Result<Vec<HeldCheckpoint>> {
-    let client = NodeClient::new(url)?;
+fn fetch_checkpoints(
+    url: &str,
+    node: &NodeId,
+    auth: &crate::client::ClientArgs,
+) -> Result<Vec<HeldCheckpoint>> {
+    let client = NodeClient::new(url, auth)?;
     let base = client.base();
     let body = client
         .get(&format!("/v1/audit/checkpoints?node={node}"))?
@@ -160,7 +170,7 @@ fn verify(a: &AuditVerifyArgs) -> Result<ExitCode> {
         }
     }
     for url in &a.peers {
-        let got = fetch_checkpoints(url, &node)?;
+        let got = fetch_checkpoints(url, &node, &a.client)?;
         from_peers += got.len();
         extra.extend(got);
     }
@@ -235,7 +245,7 @@ fn export(a: &AuditExportArgs) -> Result<ExitCode> {
         format!("/v1/audit?{}", query.join("&"))
     };
     // No overall timeout: an export of a long log takes as long as it takes.
-    let client = NodeClient::streaming(&a.node)?;
+    let client = NodeClient::streaming(&a.node, &a.client)?;
     let answer = client.get(&path)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -247,7 +247,7 @@ pub(crate) fn bundle_create(a: &BundleCreateArgs) -> Result<ExitCode> {
         .map_err(|e| anyhow!("{e}; nothing was signed"))?;
     let key = keyfile::read(&a.key)?;
     let now = crate::clock::unix_secs()?;
-    let state = load_state(&a.source, now)?;
+    let state = load_state(&a.source, now, &a.client)?;
     check_operator(&state.root, &key, &a.key, Role::Policy, &state)?;
 
     let mut doc = state.load_doc()?;
@@ -408,7 +408,7 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
     }
     let key = keyfile::read(&a.key)?;
     let now = crate::clock::unix_secs()?;
-    let state = load_state(&a.source, now)?;
+    let state = load_state(&a.source, now, &a.client)?;
     check_operator(&state.root, &key, &a.key, Role::Revoke, &state)?;
 
     let mut doc = state.load_doc()?;
@@ -450,7 +450,7 @@ pub(crate) fn revoke(a: &RevokeArgs) -> Result<ExitCode> {
                     built.missing.describe()
                 );
             }
-            let client = NodeClient::new(state.url.as_deref().unwrap_or_default())?;
+            let client = NodeClient::new(state.url.as_deref().unwrap_or_default(), &a.client)?;
             let answer =
                 post_update(&client, &built.bytes).map_err(|e| e.refusing("the update"))?;
             pushed = Some(answer);

@@ -53,6 +53,9 @@ pub struct CheckArgs {
     /// Print the node's answer as JSON: {"decision", "reasons", "errors", "revoked", "state"}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// Runs `weft check`.
@@ -71,7 +74,7 @@ pub(crate) fn check(a: &CheckArgs) -> Result<ExitCode> {
         }
         body["context"] = v;
     }
-    let client = NodeClient::new(&a.node)?;
+    let client = NodeClient::new(&a.node, &a.client)?;
     let base = client.base();
     let text = client
         .post_json("/v1/authorize", &body)

@@ -74,9 +74,13 @@ impl LoadedState {
 }
 
 /// Loads a state from a node or a file and verifies its trust root.
-pub(crate) fn load_state(source: &StateSource, now: u64) -> Result<LoadedState> {
+pub(crate) fn load_state(
+    source: &StateSource,
+    now: u64,
+    auth: &crate::client::ClientArgs,
+) -> Result<LoadedState> {
     match (&source.node, &source.state) {
-        (Some(url), _) => load_state_from_node(url, now),
+        (Some(url), _) => load_state_from_node(url, now, auth),
         (None, Some(path)) => load_state_from_file(path, now),
         (None, None) => bail!("give --node URL or --state FILE"),
     }
@@ -90,8 +94,12 @@ pub(crate) fn load_state_from_file(path: &Path, now: u64) -> Result<LoadedState>
 }
 
 /// Fetches `GET {url}/v1/state`.
-pub(crate) fn load_state_from_node(url: &str, now: u64) -> Result<LoadedState> {
-    let client = NodeClient::new(url)?;
+pub(crate) fn load_state_from_node(
+    url: &str,
+    now: u64,
+    auth: &crate::client::ClientArgs,
+) -> Result<LoadedState> {
+    let client = NodeClient::new(url, auth)?;
     let bytes = client
         .get("/v1/state")
         .map_err(|e| e.refusing("GET /v1/state"))?
@@ -154,7 +162,11 @@ impl Known {
 }
 
 /// Loads whatever a [`RootSource`] names.
-pub(crate) fn load_known(source: &RootSource, now: u64) -> Result<Known> {
+pub(crate) fn load_known(
+    source: &RootSource,
+    now: u64,
+    auth: &crate::client::ClientArgs,
+) -> Result<Known> {
     if let Some(path) = &source.trust {
         let (_, signed) = read_trust_file(path)?;
         let origin = path.display().to_string();
@@ -165,7 +177,7 @@ pub(crate) fn load_known(source: &RootSource, now: u64) -> Result<Known> {
         return Ok(Known::State(load_state_from_file(path, now)?));
     }
     if let Some(url) = &source.node {
-        return Ok(Known::State(load_state_from_node(url, now)?));
+        return Ok(Known::State(load_state_from_node(url, now, auth)?));
     }
     Ok(Known::Nothing)
 }

@@ -172,7 +172,7 @@ pub(crate) fn show(a: &UpdateShowArgs) -> Result<ExitCode> {
         .map_err(|e| anyhow!("{file} is not a signed update: {e}"))?;
     let id = change.hash().to_string();
     let now = crate::clock::unix_secs()?;
-    let known = load_known(&a.root, now)?;
+    let known = load_known(&a.root, now, &a.client)?;
     let root = known.root();
     let sigs = check_signatures(&update, &change);
     let valid: BTreeSet<PublicKey> = sigs.iter().filter(|s| s.1).map(|s| s.0).collect();
@@ -375,7 +375,7 @@ pub(crate) fn sign(a: &UpdateSignArgs) -> Result<ExitCode> {
     let key = keyfile::read(&a.key)?;
     let me = key.public();
     let now = crate::clock::unix_secs()?;
-    let known = load_known(&a.root, now)?;
+    let known = load_known(&a.root, now, &a.client)?;
     let root = known.root();
     if let Some(r) = root {
         if r.operator_by_key(&me).is_none() {
@@ -481,7 +481,7 @@ pub(crate) fn push(a: &PushArgs) -> Result<ExitCode> {
         };
         files.push((path.display().to_string(), bytes, ()));
     }
-    let client = NodeClient::new(&a.node)?;
+    let client = NodeClient::new(&a.node, &a.client)?;
     let base = client.base();
     let total = files.len();
     for (i, (file, bytes, _)) in files.iter().enumerate() {

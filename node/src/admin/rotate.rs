@@ -93,6 +93,9 @@ pub struct TrustRotateArgs {
     /// Print JSON: {"version", "file", "signed_old", "need_old", "signed_new", "need_new", "pushed"}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// Arguments of `weft trust sign`.
@@ -149,7 +152,7 @@ impl Tally {
 /// Runs `weft trust rotate`.
 pub(crate) fn trust_rotate(a: &TrustRotateArgs) -> Result<ExitCode> {
     let now = crate::clock::unix_secs()?;
-    let state = load_state(&a.source, now)?;
+    let state = load_state(&a.source, now, &a.client)?;
     let current = state.root.clone();
     let doc = state.load_doc()?;
     let keys = a
@@ -227,7 +230,7 @@ pub(crate) fn trust_rotate(a: &TrustRotateArgs) -> Result<ExitCode> {
         if !a.no_push
             && let Some(base) = &state.url
         {
-            let answer = post_update(&NodeClient::new(base)?, &signed.to_bytes())
+            let answer = post_update(&NodeClient::new(base, &a.client)?, &signed.to_bytes())
                 .map_err(|e| e.refusing(&format!("trust root version {}", next.version)))?;
             pushed = Some(answer.status);
         }

@@ -68,6 +68,9 @@ pub struct TokenIssueArgs {
     /// Print JSON: {"token", "id", "principal", "expires", "expires_at", "attrs"}.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// Runs `weft token issue`.
@@ -153,7 +156,7 @@ fn check_ttl(a: &TokenIssueArgs, ttl: u64) -> Result<()> {
             Some(format!("the trust root in {origin}")),
         )
     } else if let Some(url) = &a.node {
-        let state = load_state_from_node(url, crate::clock::unix_secs()?)?;
+        let state = load_state_from_node(url, crate::clock::unix_secs()?, &a.client)?;
         (
             state.root.max_token_ttl_secs,
             Some(format!("the trust root of {}", state.origin)),

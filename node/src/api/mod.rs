@@ -11,7 +11,7 @@
 //! | `GET /readyz` | `200 ok` once the store is loaded and the node task runs; 503 otherwise |
 //! | `GET /v1/state` | the encoded `StateExport` (application/octet-stream) |
 //! | `POST /v1/updates` | `202 {"id", "status": "applied"\|"duplicate"\|"held"}` once the update is durable; `400` malformed, `422` refused, `413` too large |
-//! | `GET /v1/status` | [`Status`] as JSON |
+//! | `GET /v1/status` | [`Status`] as JSON, with `reload`: per material (`api_tls`, `api_tokens`, `node_cert`) its files, last attempt, last success and last error ([`crate::reload`]) |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text: decisions by outcome and latency, updates applied and refused by reason, peers, sync rounds, bytes in and out, state age |
 //! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"`; `400` when `context` sets `token` or an entity of the request redefines a stored entity or one of its ancestors |
 //! | `GET /` | the live dashboard (one self-contained HTML page, see [`crate::dashboard`]) |
@@ -20,7 +20,9 @@
 //! | `GET /v1/report` | the evidence of a compliance report, [`crate::report::Report`] as JSON (`audit` left `null`: `weft report` fills it from the audit endpoints) |
 //!
 //! Every error body is `{"error": "<one sentence>"}`: 4xx for a bad request,
-//! 5xx for a failure of the node's own.
+//! 5xx for a failure of the node's own. Which routes need a credential, and
+//! which are rate-limited, is [`access::ROUTES`]; plain HTTP or TLS is
+//! [`serve`].
 
 use std::sync::Arc;
 
@@ -42,7 +44,12 @@ use weft_protocol::update::{MAX_UPDATE_BYTES, UpdateError};
 use crate::control::{Command, Shared, SubmitError};
 use crate::liveness::TaskState;
 
+pub mod access;
 mod audit;
+pub mod ratelimit;
+pub mod serve;
+pub mod tls;
+pub mod tokens;
 
 /// The largest request body `POST /v1/updates` reads. A little over
 /// [`MAX_UPDATE_BYTES`], so that an update just over the limit is refused by
@@ -64,13 +71,15 @@ pub struct ApiState {
     pub detect: crate::respond::DetectHandle,
     /// Decision counts and recent denies, for the dashboard and the report.
     pub decisions: Arc<crate::dashboard::DecisionLog>,
+    /// The reload history of certificates and tokens, for `GET /v1/status`.
+    pub reload: Arc<crate::reload::ReloadStatus>,
     /// Test hook: whether `POST /v1/test/panic` is served.
     #[doc(hidden)]
     pub test_panic_route: bool,
 }
 
-/// The API's routes.
-pub fn router(state: Arc<ApiState>) -> Router {
+/// The API's routes, behind the access check ([`access`]).
+pub fn router(state: Arc<ApiState>, access: Arc<access::Access>) -> Router {
     let router = Router::new();
     #[cfg(feature = "test-hooks")]
     let router = if state.test_panic_route {
@@ -96,6 +105,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/report", get(get_report))
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(access, access::check))
 }
 
 /// `{"error": msg}` with `status`.
@@ -201,7 +211,14 @@ async fn get_metrics(State(state): State<Arc<ApiState>>) -> Response {
 
 async fn get_status(State(state): State<Arc<ApiState>>) -> Response {
     match ask(&state, |reply| Command::Status { reply }).await {
-        Ok(status) => axum::Json(status).into_response(),
+        Ok(status) => {
+            // The reload history rides along with the task's status.
+            let mut value = serde_json::to_value(status).unwrap_or_default();
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("reload".into(), json!(state.reload.snapshot()));
+            }
+            axum::Json(value).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -278,8 +295,11 @@ async fn get_report(State(state): State<Arc<ApiState>>) -> Response {
             let now_ms = crate::clock::now_ms();
             let (_, stale) = state.shared.freshness(now_ms);
             let root = state.shared.root.load();
-            let cert =
-                crate::control::evidence::cert_evidence(&state.shared.cert, &root, now_ms / 1000);
+            let cert = crate::control::evidence::cert_evidence(
+                &state.shared.cert.load(),
+                &root,
+                now_ms / 1000,
+            );
             let report = crate::report::Report::from_node(
                 e,
                 cert,

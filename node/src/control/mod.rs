@@ -84,6 +84,15 @@ pub enum Command {
         /// The order's id, or why it was not issued.
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// Present this node certificate from now on (a renewed
+    /// `DIR/node.cert`, verified by [`crate::reload`]): peers that connect
+    /// from now on are shown it; admitted peers stay admitted.
+    SetCert {
+        /// The encoded `SignedNodeCert`.
+        bytes: Vec<u8>,
+        /// Acknowledged once adopted.
+        reply: oneshot::Sender<()>,
+    },
     /// Cut the connections to a peer and refuse it (a simulated partition).
     Block {
         /// The peer.
@@ -127,8 +136,8 @@ pub struct Shared {
     /// Unix milliseconds when the node started.
     pub started_ms: u64,
     /// The node certificate it presents (encoded `SignedNodeCert`; empty
-    /// when it has none).
-    pub cert: Vec<u8>,
+    /// when it has none); swapped when a renewed one is reloaded.
+    pub cert: ArcSwap<Vec<u8>>,
     /// The staleness policy: after how long without a sync the state is
     /// stale, and what decisions do then.
     pub stale: Staleness,

@@ -56,6 +56,9 @@ pub struct ReportArgs {
     /// Print a JSON summary {"out", "format", "controls": {ID: STATUS}} instead of text.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the node's API over TLS, and with which credential.
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 /// The long help of `weft report`.
@@ -73,8 +76,8 @@ pub const REPORT_LONG_ABOUT: &str = "Write a compliance report of a node's state
 
 /// Fetches the report of the node at `node` (`http://HOST:PORT`), with the
 /// audit chain when the node has one.
-pub fn fetch(node: &str) -> Result<Report> {
-    let client = NodeClient::new(node)?;
+pub fn fetch(node: &str, auth: &crate::client::ClientArgs) -> Result<Report> {
+    let client = NodeClient::new(node, auth)?;
     let mut report: Report = client.get("/v1/report")?.json("a report")?;
     report.node.url = Some(client.base().to_owned());
     let verify = client
@@ -107,7 +110,7 @@ pub fn render(report: &Report, format: OutFormat) -> String {
 /// Runs `weft report`.
 pub fn report(args: ReportArgs) -> Result<ExitCode> {
     let format = out_format(&args.out).map_err(|e| anyhow!(e))?;
-    let report = fetch(&args.node)?;
+    let report = fetch(&args.node, &args.client)?;
     std::fs::write(&args.out, render(&report, format))
         .map_err(|e| anyhow!("cannot write {}: {e}", args.out.display()))?;
     let count = |s: ControlStatus| report.controls.iter().filter(|c| c.status == s).count();

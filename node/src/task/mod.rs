@@ -379,8 +379,8 @@ impl NodeTask {
             ));
         }
         let root_version = root.version;
-        let cert =
-            weft_protocol::trust::SignedNodeCert::from_bytes(&self.shared.cert).map_err(|_| {
+        let cert = weft_protocol::trust::SignedNodeCert::from_bytes(&self.shared.cert.load())
+            .map_err(|_| {
                 "this node has no valid certificate, so it cannot quarantine".to_owned()
             })?;
         // Nor past the certificate's expiry: such an order is refused too.
@@ -465,7 +465,7 @@ impl NodeTask {
     fn publish_checkpoint(&mut self, signed: Vec<u8>) {
         let (Ok(checkpoint), Ok(cert)) = (
             SignedCheckpoint::from_bytes(&signed),
-            SignedNodeCert::from_bytes(&self.shared.cert),
+            SignedNodeCert::from_bytes(&self.shared.cert.load()),
         ) else {
             tracing::debug!("no certificate: the audit checkpoint is not gossiped");
             return;
@@ -556,6 +556,12 @@ impl NodeTask {
             Command::Evidence { full, reply } => {
                 let evidence = self.evidence(full);
                 let _ = reply.send(evidence);
+            }
+            Command::SetCert { bytes, reply } => {
+                tracing::info!("presenting the reloaded node certificate");
+                self.replica.set_cert(bytes.clone());
+                self.shared.cert.store(std::sync::Arc::new(bytes));
+                let _ = reply.send(());
             }
             Command::Block { peer, reply } => {
                 tracing::info!(%peer, "blocking peer (partition)");
