@@ -128,6 +128,10 @@ pub struct Config {
     /// limit). Default 64: an honest mesh has a few; it bounds the CPU a
     /// flood of handshakes takes.
     pub max_pending_incoming: u32,
+    /// Decision records shipped to an HTTP receiver, the `[decision_log]`
+    /// table (absent: none shipped). Its `headers` are secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_log: Option<crate::decision_log::DecisionLogConfig>,
 }
 
 impl Default for Config {
@@ -149,6 +153,7 @@ impl Default for Config {
             max_connections_per_peer: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_PEER,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_pending_incoming: crate::limits::DEFAULT_MAX_PENDING_INCOMING,
+            decision_log: None,
         }
     }
 }
@@ -206,7 +211,8 @@ impl Config {
              max_connections = {}\n\
              max_connections_per_peer = {}\n\
              max_connections_per_ip = {}\n\
-             max_pending_incoming = {}\n",
+             max_pending_incoming = {}\n\
+             {}",
             self.listen,
             self.api,
             self.stale_after,
@@ -224,7 +230,17 @@ impl Config {
             self.max_connections,
             self.max_connections_per_peer,
             self.max_connections_per_ip,
-            self.max_pending_incoming
+            self.max_pending_incoming,
+            // A table ends the top-level keys: it stays last.
+            match &self.decision_log {
+                Some(d) => format!("\n{}", d.to_toml()),
+                None =>
+                    "\n# decision records shipped to an HTTP receiver (docs/decision-logs.md):\n\
+                         # [decision_log]\n\
+                         # url = \"https://siem.example/ingest\"\n\
+                         # headers = { Authorization = \"Bearer …\" }   # SECRET\n"
+                        .to_owned(),
+            }
         )
     }
 }
@@ -241,6 +257,15 @@ mod tests {
         c.api_threads = 3;
         c.max_connections_per_ip = 0;
         c.max_pending_incoming = 5;
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let mut d = crate::decision_log::DecisionLogConfig {
+            url: "http://127.0.0.1:9/ingest".into(),
+            batch_max: 7,
+            ..Default::default()
+        };
+        d.headers.insert("Authorization".into(), "Bearer x".into());
+        c.decision_log = Some(d);
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();
