@@ -160,7 +160,7 @@ fn node_dir(base: &std::path::Path) -> Result<std::path::PathBuf> {
 fn options(dir: &std::path::Path, receiver: SocketAddr) -> Result<NodeOptions> {
     let mut o = NodeOptions::new(dir);
     o.response.detect = false;
-    let mut log = DecisionLogOptions::new(format!("http://{receiver}/ingest").parse()?);
+    let mut log = DecisionLogOptions::new(Some(format!("http://{receiver}/ingest").parse()?));
     log.headers.insert("authorization", SECRET.parse()?);
     log.batch_max = 10;
     log.flush_every = Duration::from_millis(100);
@@ -452,5 +452,124 @@ async fn a_batch_the_receiver_refuses_is_dropped_and_counted() -> Result<()> {
     .await?;
     node.shutdown().await?;
     receiver.stop().await;
+    Ok(())
+}
+
+#[test]
+fn weft_node_run_names_a_bad_decision_log_setting() -> Result<()> {
+    let base = tempfile::tempdir()?;
+    let dir = node_dir(base.path())?;
+    let config = NodeDir::new(&dir).config();
+    for (table, says) in [
+        (
+            "url = \"ftp://siem.example/\"",
+            "error: decision_log.url must be http:// or https://, not ftp://",
+        ),
+        (
+            "url = \"http://127.0.0.1:9/\"\nbatch_max = 0",
+            "error: decision_log.batch_max must be at least 1",
+        ),
+        (
+            "url = \"http://127.0.0.1:9/\"\nheaders = { \"bad name\" = \"s3cret\" }",
+            "error: decision_log.headers: \"bad name\" is not a header name",
+        ),
+        ("uri = \"http://127.0.0.1:9/\"", "unknown field `uri`"),
+    ] {
+        std::fs::write(&config, format!("[decision_log]\n{table}\n"))?;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["node", "run", "--dir"])
+            .arg(&dir)
+            .args(["--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.code() == Some(1), "{table}: {err}");
+        ensure!(err.lines().count() == 1, "one line: {err}");
+        ensure!(err.contains(says), "{table}: {err}");
+        ensure!(err.contains("weft.toml"), "names the file: {err}");
+        ensure!(!err.contains("s3cret"), "{err}");
+    }
+    Ok(())
+}
+
+/// Syslog, the second sink: every record reaches a UDP and a TCP syslog
+/// receiver on loopback as one RFC 5424 message whose text is the JSON
+/// record (over TCP framed by octet counting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_reach_syslog_over_udp_and_tcp() -> Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    use weft_node::decision_log::syslog::{SyslogTarget, Transport};
+
+    let base = tempfile::tempdir()?;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    for (i, target) in [
+        SyslogTarget {
+            transport: Transport::Udp,
+            addr: udp.local_addr()?.to_string(),
+        },
+        SyslogTarget {
+            transport: Transport::Tcp,
+            addr: tcp.local_addr()?.to_string(),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = node_dir(&base.path().join(i.to_string()))?;
+        let mut opts = NodeOptions::new(&dir);
+        let mut log = DecisionLogOptions::new(None);
+        log.syslog = Some(target.clone());
+        opts.decision_log = Some(log);
+        let node = spawn_node(opts).await?;
+        let mut sent = Vec::new();
+        for n in 0..3 {
+            sent.push(decide(&node, &format!("s{n}")).await?);
+        }
+        let mut messages = Vec::new();
+        match target.transport {
+            Transport::Udp => {
+                let mut buf = vec![0u8; 65_536];
+                for _ in 0..3 {
+                    let n =
+                        tokio::time::timeout(Duration::from_secs(10), udp.recv(&mut buf)).await??;
+                    messages.push(String::from_utf8(buf[..n].to_vec())?);
+                }
+            }
+            Transport::Tcp => {
+                let (mut conn, _) =
+                    tokio::time::timeout(Duration::from_secs(10), tcp.accept()).await??;
+                let mut text = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while messages.len() < 3 {
+                    let mut chunk = [0u8; 4096];
+                    let n = tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await??;
+                    ensure!(n > 0, "the connection closed");
+                    text.extend_from_slice(&chunk[..n]);
+                    // Octet counting: LENGTH SP MESSAGE, one after another.
+                    while let Some(sp) = text.iter().position(|b| *b == b' ') {
+                        let len: usize = std::str::from_utf8(&text[..sp])?.parse()?;
+                        if text.len() < sp + 1 + len {
+                            break;
+                        }
+                        messages.push(String::from_utf8(text[sp + 1..sp + 1 + len].to_vec())?);
+                        text.drain(..sp + 1 + len);
+                    }
+                }
+            }
+        }
+        for (m, id) in messages.iter().zip(&sent) {
+            let node_id = node.node_id().to_string();
+            ensure!(m.starts_with("<84>1 "), "a deny, authpriv: {m}");
+            let json = m
+                .split_once(" decision - ")
+                .map(|(h, j)| (h.contains(&format!(" {node_id} weft ")), j))
+                .ok_or_else(|| anyhow!("not RFC 5424 as written: {m}"))?;
+            ensure!(json.0, "names the node: {m}");
+            let v: Value = serde_json::from_str(json.1)?;
+            ensure!(v["decision_id"] == id.as_str(), "{v}");
+        }
+        ensure!(metric(&node, "weft_decision_log_dropped_total{reason=\"syslog\"}").await? == 0.0);
+        node.shutdown().await?;
+    }
     Ok(())
 }

@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 pub const REDACTED: &str = "<redacted>";
 
 /// `[decision_log]` in `weft.toml`. Every field has a default; the table
-/// ships nothing until `url` is set.
+/// ships nothing until `url` or `syslog` is set.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DecisionLogConfig {
     /// Where batches are POSTed (`http://` or `https://`). Default empty:
-    /// no decision log.
+    /// no HTTP sink (and no decision log at all unless `syslog` is set).
     pub url: String,
     /// Headers sent with every batch, like `Authorization = "Splunk …"`.
     /// SECRET: redacted whenever the configuration is printed.
@@ -52,6 +52,9 @@ pub struct DecisionLogConfig {
     /// How long one delivery may take before it counts as failed (a
     /// duration). Default `10s`.
     pub timeout: String,
+    /// RFC 5424 syslog as a second sink, best effort:
+    /// `udp://HOST:PORT` or `tcp://HOST:PORT`. Default empty: none.
+    pub syslog: String,
 }
 
 impl Default for DecisionLogConfig {
@@ -65,6 +68,7 @@ impl Default for DecisionLogConfig {
             sample_allow_one_in: 100,
             retry_max: "60s".into(),
             timeout: "10s".into(),
+            syslog: String::new(),
         }
     }
 }
@@ -81,6 +85,7 @@ impl std::fmt::Debug for DecisionLogConfig {
             .field("sample_allow_one_in", &self.sample_allow_one_in)
             .field("retry_max", &self.retry_max)
             .field("timeout", &self.timeout)
+            .field("syslog", &self.syslog)
             .finish()
     }
 }
@@ -96,8 +101,10 @@ pub const DEFAULT_QUEUE: usize = 8192;
 /// The decision log of a running node, checked.
 #[derive(Clone, Debug)]
 pub struct DecisionLogOptions {
-    /// Where batches go.
-    pub url: reqwest::Url,
+    /// Where batches go (`None`: only to syslog).
+    pub url: Option<reqwest::Url>,
+    /// The syslog sink, if any.
+    pub syslog: Option<super::syslog::SyslogTarget>,
     /// Headers sent with every batch (secret).
     pub headers: HeaderMap,
     /// The most records in one batch (at least 1).
@@ -121,9 +128,10 @@ pub struct DecisionLogOptions {
 
 impl DecisionLogOptions {
     /// Options shipping to `url` with the defaults of [`DecisionLogConfig`].
-    pub fn new(url: reqwest::Url) -> Self {
+    pub fn new(url: Option<reqwest::Url>) -> Self {
         DecisionLogOptions {
             url,
+            syslog: None,
             headers: HeaderMap::new(),
             batch_max: 500,
             flush_every: Duration::from_secs(5),
@@ -158,24 +166,35 @@ impl DecisionLogConfig {
         shown
     }
 
-    /// The options of a running node: `None` when `url` is empty. An error
-    /// names the setting (`decision_log.SETTING`) and what is wrong.
+    /// The options of a running node: `None` when neither `url` nor
+    /// `syslog` is set. An error names the setting (`decision_log.SETTING`)
+    /// and what is wrong.
     pub fn options(&self) -> Result<Option<DecisionLogOptions>, String> {
-        if self.url.is_empty() {
+        if self.url.is_empty() && self.syslog.is_empty() {
             return Ok(None);
         }
-        let url = reqwest::Url::parse(&self.url).map_err(|e| {
-            format!(
-                "decision_log.url \"{}\" is not a URL: {e}",
-                self.redacted().url
-            )
-        })?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!(
-                "decision_log.url must be http:// or https://, not {}://",
-                url.scheme()
-            ));
-        }
+        let url = if self.url.is_empty() {
+            None
+        } else {
+            let url = reqwest::Url::parse(&self.url).map_err(|e| {
+                format!(
+                    "decision_log.url \"{}\" is not a URL: {e}",
+                    self.redacted().url
+                )
+            })?;
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(format!(
+                    "decision_log.url must be http:// or https://, not {}://",
+                    url.scheme()
+                ));
+            }
+            Some(url)
+        };
+        let syslog = if self.syslog.is_empty() {
+            None
+        } else {
+            Some(super::syslog::SyslogTarget::parse(&self.syslog)?)
+        };
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
             let n = HeaderName::from_bytes(name.as_bytes())
@@ -208,6 +227,7 @@ impl DecisionLogConfig {
         }
         Ok(Some(DecisionLogOptions {
             url,
+            syslog,
             headers,
             batch_max: self.batch_max,
             flush_every,
@@ -246,7 +266,9 @@ impl DecisionLogConfig {
              # the longest wait between two attempts to deliver a batch\n\
              retry_max = {:?}\n\
              # how long one delivery may take\n\
-             timeout = {:?}\n",
+             timeout = {:?}\n\
+             # RFC 5424 syslog as a second sink, best effort: \"udp://HOST:PORT\" or \"tcp://HOST:PORT\" (empty: none)\n\
+             syslog = {:?}\n",
             self.url,
             self.batch_max,
             self.flush_every,
@@ -254,6 +276,7 @@ impl DecisionLogConfig {
             self.sample_allow_one_in,
             self.retry_max,
             self.timeout,
+            self.syslog,
         )
     }
 }
@@ -292,6 +315,14 @@ mod tests {
         assert_eq!(o.batch_max, 500);
         assert_eq!(o.flush_every, Duration::from_secs(5));
         assert!(o.headers["authorization"].is_sensitive());
+        assert!(o.syslog.is_none());
+        // Syslog alone is a decision log too.
+        let only = DecisionLogConfig {
+            syslog: "udp://127.0.0.1:514".into(),
+            ..Default::default()
+        };
+        let o = only.options().unwrap().unwrap();
+        assert!(o.url.is_none() && o.syslog.is_some());
         for (edit, says) in [
             (
                 Box::new(|c: &mut DecisionLogConfig| c.url = "siem".into())
@@ -311,6 +342,10 @@ mod tests {
             (
                 Box::new(|c| c.timeout = "0s".into()),
                 "decision_log.timeout",
+            ),
+            (
+                Box::new(|c| c.syslog = "host:514".into()),
+                "decision_log.syslog",
             ),
             (
                 Box::new(|c| {

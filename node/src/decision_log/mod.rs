@@ -30,13 +30,18 @@
 //! Metrics: `weft_decision_log_sent_total`, `weft_decision_log_retried_total`
 //! (records in batches that failed and wait to be sent again),
 //! `weft_decision_log_dropped_total{reason}` (`queue_full`,
-//! `buffer_full`, `rejected`, `store`), `weft_decision_log_buffer_bytes`
-//! and `weft_decision_log_buffer_records`.
+//! `buffer_full`, `rejected`, `store`, `syslog`),
+//! `weft_decision_log_buffer_bytes` and `weft_decision_log_buffer_records`.
+//!
+//! A second sink, RFC 5424 syslog over UDP or TCP ([`syslog`]), takes
+//! the same records best effort, with no buffer on disk; the log may have
+//! either sink or both.
 
 pub mod buffer;
 pub mod config;
 pub mod record;
 pub mod shipper;
+pub mod syslog;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -59,6 +64,9 @@ pub enum DropReason {
     Rejected,
     /// The store failed to take the records.
     Store,
+    /// The syslog sink's queue was full, or the network refused the
+    /// message.
+    Syslog,
 }
 
 impl DropReason {
@@ -69,6 +77,7 @@ impl DropReason {
             DropReason::BufferFull => "buffer_full",
             DropReason::Rejected => "rejected",
             DropReason::Store => "store",
+            DropReason::Syslog => "syslog",
         }
     }
 }
@@ -121,7 +130,7 @@ impl DecisionLogMetrics {
         );
         r.register(
             "decision_log_dropped",
-            "Decision records dropped, by reason: queue_full, buffer_full (the oldest made room), rejected (a 4xx), store",
+            "Decision records dropped, by reason: queue_full, buffer_full (the oldest made room), rejected (a 4xx), store, syslog",
             self.dropped.clone(),
         );
         r.register(

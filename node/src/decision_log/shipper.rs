@@ -54,11 +54,12 @@ impl DecisionLogHandle {
     }
 }
 
-/// Starts the decision log on the buffer in `db`: returns the handle and
-/// the future that runs the intake and the sender until `stop` turns true
-/// (then whatever is queued goes to the buffer, which is flushed; records
-/// not yet delivered wait there for the next start). `node_id` labels
-/// every record. An error names what could not start.
+/// Starts the decision log: returns the handle and the future that runs
+/// the intake, the HTTP sender (with a `url`, on the buffer in `db`) and the
+/// syslog sink (with a `syslog` target) until `stop` turns true. Then
+/// whatever is queued goes to the buffer, which is flushed; records not yet
+/// delivered wait there for the next start. `node_id` labels every record.
+/// An error names what could not start.
 pub fn start(
     opts: DecisionLogOptions,
     db: &sled::Db,
@@ -66,14 +67,6 @@ pub fn start(
     metrics: DecisionLogMetrics,
     stop: watch::Receiver<bool>,
 ) -> Result<(DecisionLogHandle, impl Future<Output = ()> + use<>), String> {
-    let (buffer, dropped) = Buffer::open(db, opts.buffer_bytes)
-        .map_err(|e| format!("cannot open the decision log's buffer in the store: {e}"))?;
-    metrics.drop_n(DropReason::BufferFull, dropped);
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(opts.timeout)
-        .build()
-        .map_err(|e| format!("cannot make the decision log's HTTP client: {e}"))?;
     let (tx, rx) = mpsc::channel(opts.queue.max(1));
     let handle = DecisionLogHandle {
         tx,
@@ -81,39 +74,82 @@ pub fn start(
         allow_one_in: opts.sample_allow_one_in,
         metrics: metrics.clone(),
     };
-    let buffer = Arc::new(buffer);
-    show(&buffer, &metrics);
-    if !buffer.is_empty() {
-        tracing::info!(
-            records = buffer.len(),
-            bytes = buffer.bytes(),
-            "decision records from before the start wait in the buffer to be delivered"
-        );
-    }
     let ready = Arc::new(Notify::new());
-    let run = {
-        let intake = Intake {
-            rx,
-            buffer: buffer.clone(),
-            ready: ready.clone(),
-            metrics: metrics.clone(),
-            batch_max: opts.batch_max,
-            node_id,
-            store_failed: false,
-        };
-        let sender = Sender {
-            opts,
-            client,
-            buffer: buffer.clone(),
-            ready,
-            metrics,
-        };
-        let stop2 = stop.clone();
-        async move {
-            tokio::join!(intake.run(stop), sender.run(stop2));
-            if let Err(err) = buffer.flush() {
-                tracing::error!(%err, "cannot flush the decision log's buffer");
+    let sender = match opts.url.clone() {
+        None => None,
+        Some(url) => {
+            let (buffer, dropped) = Buffer::open(db, opts.buffer_bytes)
+                .map_err(|e| format!("cannot open the decision log's buffer in the store: {e}"))?;
+            metrics.drop_n(DropReason::BufferFull, dropped);
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(opts.timeout)
+                .build()
+                .map_err(|e| format!("cannot make the decision log's HTTP client: {e}"))?;
+            let buffer = Arc::new(buffer);
+            show(&buffer, &metrics);
+            if !buffer.is_empty() {
+                tracing::info!(
+                    records = buffer.len(),
+                    bytes = buffer.bytes(),
+                    "decision records from before the start wait in the buffer to be delivered"
+                );
             }
+            Some(Sender {
+                url,
+                opts: opts.clone(),
+                client,
+                buffer,
+                ready: ready.clone(),
+                metrics: metrics.clone(),
+            })
+        }
+    };
+    let (syslog_tx, syslog) = match opts.syslog.clone() {
+        None => (None, None),
+        Some(target) => {
+            let (tx, rx) = mpsc::channel(super::syslog::SYSLOG_QUEUE);
+            (
+                Some(tx),
+                Some(super::syslog::run(
+                    target,
+                    rx,
+                    metrics.clone(),
+                    stop.clone(),
+                )),
+            )
+        }
+    };
+    let buffer = sender.as_ref().map(|s| s.buffer.clone());
+    let intake = Intake {
+        rx,
+        buffer: buffer.clone(),
+        syslog: syslog_tx,
+        ready,
+        metrics,
+        batch_max: opts.batch_max,
+        node_id,
+        store_failed: false,
+    };
+    let stop2 = stop.clone();
+    let run = async move {
+        tokio::join!(
+            intake.run(stop),
+            async move {
+                if let Some(sender) = sender {
+                    sender.run(stop2).await;
+                }
+            },
+            async move {
+                if let Some(syslog) = syslog {
+                    syslog.await;
+                }
+            }
+        );
+        if let Some(buffer) = buffer
+            && let Err(err) = buffer.flush()
+        {
+            tracing::error!(%err, "cannot flush the decision log's buffer");
         }
     };
     Ok((handle, run))
@@ -129,7 +165,7 @@ fn show(buffer: &Buffer, metrics: &DecisionLogMetrics) {
 }
 
 /// Until `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
             return;
@@ -139,7 +175,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 struct Intake {
     rx: mpsc::Receiver<Pending>,
-    buffer: Arc<Buffer>,
+    /// The HTTP sink's buffer, with a `url`.
+    buffer: Option<Arc<Buffer>>,
+    /// The syslog sink's queue, with a `syslog` target.
+    syslog: Option<mpsc::Sender<Vec<u8>>>,
     ready: Arc<Notify>,
     metrics: DecisionLogMetrics,
     batch_max: usize,
@@ -174,8 +213,20 @@ impl Intake {
         if batch.is_empty() {
             return;
         }
-        let lines: Vec<Vec<u8>> = batch.drain(..).map(|p| p.to_line(&self.node_id)).collect();
-        match self.buffer.push(&lines) {
+        let lines: Vec<Vec<u8>> = batch.iter().map(|p| p.to_line(&self.node_id)).collect();
+        if let Some(syslog) = &self.syslog {
+            for (p, line) in batch.iter().zip(&lines) {
+                let msg = super::syslog::message(line, p.allow, p.at_ms, &self.node_id);
+                if syslog.try_send(msg).is_err() {
+                    self.metrics.drop_n(DropReason::Syslog, 1);
+                }
+            }
+        }
+        batch.clear();
+        let Some(buffer) = &self.buffer else {
+            return;
+        };
+        match buffer.push(&lines) {
             Ok(dropped) => {
                 self.store_failed = false;
                 self.metrics.drop_n(DropReason::BufferFull, dropped);
@@ -188,14 +239,15 @@ impl Intake {
                 self.metrics.drop_n(DropReason::Store, lines.len() as u64);
             }
         }
-        show(&self.buffer, &self.metrics);
-        if self.buffer.len() >= self.batch_max as u64 {
+        show(buffer, &self.metrics);
+        if buffer.len() >= self.batch_max as u64 {
             self.ready.notify_one();
         }
     }
 }
 
 struct Sender {
+    url: reqwest::Url,
     opts: DecisionLogOptions,
     client: reqwest::Client,
     buffer: Arc<Buffer>,
@@ -215,7 +267,7 @@ enum Delivery {
 
 impl Sender {
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let url = shown_url(&self.opts.url);
+        let url = shown_url(&self.url);
         let mut failures: u32 = 0;
         let mut rejected_logged = BTreeSet::new();
         'outer: loop {
@@ -307,7 +359,7 @@ impl Sender {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         let sent = self
             .client
-            .post(self.opts.url.clone())
+            .post(self.url.clone())
             .headers(headers)
             .body(body)
             .send()
@@ -359,7 +411,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let mut o = DecisionLogOptions::new("http://127.0.0.1:1/".parse().unwrap());
+        let mut o = DecisionLogOptions::new(Some("http://127.0.0.1:1/".parse().unwrap()));
         o.retry_first = Duration::from_millis(100);
         o.retry_max = Duration::from_secs(2);
         for (failures, full) in [(0, 100), (1, 200), (3, 800), (5, 2000), (40, 2000)] {
