@@ -11,7 +11,9 @@
 //! holds at most its limit in bytes (each record counts its line and its
 //! 8-byte key); a record that does not fit pushes out the oldest ones,
 //! which are counted ([`Buffer::push`] returns how many), never silently
-//! lost. A record larger than the whole limit is dropped itself.
+//! lost. A record larger than the whole limit is dropped itself. A record
+//! pushed out while the sender has it on its way counts as dropped and may
+//! still arrive; [`Buffer::remove`] then finds it gone.
 //!
 //! What is never lost: a record the buffer took, until it is delivered or
 //! pushed out by newer ones. sled writes to disk within half a second (its
