@@ -573,3 +573,68 @@ async fn records_reach_syslog_over_udp_and_tcp() -> Result<()> {
     }
     Ok(())
 }
+
+/// `weft node run` takes `[decision_log]` from weft.toml and ships; it
+/// warns that weft.toml, holding the receiver's credential, is readable by
+/// others, and never logs the credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_node_run_ships_what_weft_toml_says() -> Result<()> {
+    let base = tempfile::tempdir()?;
+    let dir = node_dir(base.path())?;
+    let got = Arc::new(Received::default());
+    got.status.store(200, Ordering::SeqCst);
+    let receiver = Receiver::start("127.0.0.1:0".parse()?, got.clone()).await?;
+    let api = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    std::fs::write(
+        NodeDir::new(&dir).config(),
+        format!(
+            "api = \"{api}\"\nlisten = \"/ip4/127.0.0.1/tcp/0\"\ndetect = false\n\n\
+             [decision_log]\nurl = \"http://{}/ingest\"\nheaders = {{ Authorization = \"{SECRET}\" }}\n\
+             flush_every = \"1s\"\n",
+            receiver.addr
+        ),
+    )?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["node", "run", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let url = format!("http://{api}");
+    let asked = async {
+        eventually("the node's API", || async {
+            Ok(reqwest::get(format!("{url}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success()))
+        })
+        .await?;
+        let r: Value = reqwest::Client::new()
+            .post(format!("{url}/v1/authorize"))
+            .json(&serde_json::json!({
+                "principal": "User::\"cli\"", "action": "Action::\"a\"", "resource": "R::\"r\"",
+            }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = r["decision_id"].as_str().unwrap_or_default().to_owned();
+        eventually("the record", || async { Ok(got.ids() == [id.clone()]) }).await
+    }
+    .await;
+    let _ = child.kill();
+    let out = child.wait_with_output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    asked?;
+    ensure!(got.bad.lock().unwrap().is_empty(), "{:?}", got.bad);
+    ensure!(
+        !log.contains("receiver-secret"),
+        "the secret is logged: {log}"
+    );
+    // The file holds the receiver's credential and others can read it.
+    ensure!(
+        log.contains("chmod 600"),
+        "no warning about weft.toml: {log}"
+    );
+    receiver.stop().await;
+    Ok(())
+}
