@@ -64,7 +64,8 @@ pub struct ApiState {
     pub detect: crate::respond::DetectHandle,
     /// Decision counts and recent denies, for the dashboard and the report.
     pub decisions: Arc<crate::dashboard::DecisionLog>,
-    /// The decision log shipped out, when `[decision_log]` sets a URL.
+    /// The decision log shipped out, when `[decision_log]` sets a `url`
+    /// or a `syslog` target.
     pub decision_log: Option<crate::decision_log::DecisionLogHandle>,
     /// Test hook: whether `POST /v1/test/panic` is served.
     #[doc(hidden)]
