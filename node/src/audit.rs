@@ -263,6 +263,10 @@ pub enum AuditEvent {
         /// For an allow: one in how many allows is written.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         sampled_one_in: Option<u64>,
+        /// The decision's id, as the answer carried it
+        /// ([`crate::decision_id`]).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        decision_id: Option<String>,
     },
     /// An update was applied.
     UpdateApplied {
@@ -351,9 +355,11 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
-    /// The record of a decision: `sampled_one_in` is set for a sampled allow.
+    /// The record of the decision `decision_id`: `sampled_one_in` is set
+    /// for a sampled allow.
     pub fn decision(
         record: &weft_protocol::authorize::DecisionRecord,
+        decision_id: &crate::decision_id::DecisionId,
         sampled_one_in: Option<u64>,
     ) -> AuditEvent {
         let (principal, action, resource) = record.asked.who();
@@ -367,6 +373,7 @@ impl AuditEvent {
             errors: d.errors.clone(),
             revoked: d.revoked,
             sampled_one_in,
+            decision_id: Some(decision_id.to_string()),
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct NodeOptions {
     pub response: crate::respond::ResponseConfig,
     /// How many libp2p connections the node accepts.
     pub connections: crate::limits::ConnectionLimits,
+    /// Where decision records are shipped (`None`: nowhere).
+    pub decision_log: Option<crate::decision_log::DecisionLogOptions>,
     /// The runtimes that serve the HTTP API, when it should not be the one
     /// `spawn_node` is called on; each serves the same listening socket.
     /// `weft node run` gives the API single-threaded runtimes of its own,
@@ -155,6 +157,7 @@ impl NodeOptions {
             audit: AuditConfig::default(),
             response: crate::respond::ResponseConfig::default(),
             connections: crate::limits::ConnectionLimits::default(),
+            decision_log: None,
             api_runtimes: Vec::new(),
             api_tls: None,
             api_tokens_file: None,
@@ -188,6 +191,7 @@ pub struct NodeHandle {
     api_tasks: Vec<JoinHandle<()>>,
     audit_task: JoinHandle<()>,
     detect_task: JoinHandle<()>,
+    decision_log_task: Option<JoinHandle<()>>,
     audit: Arc<Audit>,
     loaded: crate::store::LoadReport,
 }
@@ -332,6 +336,9 @@ impl NodeHandle {
         note_failure(&mut failed, "the node task", self.node_task.await);
         note_failure(&mut failed, "the detector task", self.detect_task.await);
         note_failure(&mut failed, "the reload task", self.reload_task.await);
+        if let Some(task) = self.decision_log_task {
+            note_failure(&mut failed, "the decision log", task.await);
+        }
         drop(self.audit);
         note_failure(&mut failed, "the audit writer", self.audit_task.await);
         failed.map_or(Ok(()), Err)
@@ -534,6 +541,29 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         shutdown_rx.clone(),
     );
     let detect_task = tokio::spawn(detector.instrument(span.clone()));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (decision_log, decision_log_task) = match opts.decision_log.clone() {
+        None => (None, None),
+        Some(dlog) => {
+            let dlog_metrics = crate::decision_log::DecisionLogMetrics::default();
+            metrics.register_with(|r| dlog_metrics.register(r));
+            let (handle, run) = span
+                .in_scope(|| {
+                    crate::decision_log::start(
+                        dlog,
+                        store.db(),
+                        node_id.to_string(),
+                        dlog_metrics,
+                        shutdown_rx.clone(),
+                    )
+                })
+                .map_err(|e| anyhow!(e))?;
+            (
+                Some(handle),
+                Some(tokio::spawn(run.instrument(span.clone()))),
+            )
+        }
+    };
     let applied_since_snapshot = report.verified as u64;
     let mut task = NodeTask::new(
         NodeTaskParts {
@@ -632,11 +662,12 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         Arc::new(ApiState {
             commands: commands_tx.clone(),
             shared: shared.clone(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
             audit: audit.clone(),
             detect,
             decisions: Arc::new(crate::dashboard::DecisionLog::new()),
             reload: reload_status,
+            decision_log,
             test_panic_route: opts.test_panic_route,
         }),
         access,
@@ -689,6 +720,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         api_tasks,
         audit_task,
         detect_task,
+        decision_log_task,
         audit,
         loaded: report,
     })
@@ -800,6 +832,13 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         burst: config.api_updates_burst,
     };
     opts.reload_on_sighup = true;
+    opts.decision_log = config
+        .decision_log
+        .as_ref()
+        .map(|d| d.options())
+        .transpose()
+        .map_err(|e| anyhow!("{e} (in {})", dir.config().display()))?
+        .flatten();
     opts.test_panic_route = std::env::var(TEST_PANIC_HOOK_ENV).is_ok_and(|v| v == "1");
     opts.peers = config
         .peers
@@ -808,6 +847,17 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         .collect::<Result<_>>()?;
 
     init_logging(&config.log_format);
+    if config
+        .decision_log
+        .as_ref()
+        .is_some_and(|d| !d.headers.is_empty())
+        && crate::decision_log::config::readable_by_others(&dir.config())
+    {
+        tracing::warn!(
+            path = %dir.config().display(),
+            "weft.toml holds the decision log's headers (the receiver's credentials) and its group or others can read it: chmod 600 it"
+        );
+    }
     // The node's own work (the swarm, gossip and sync, automerge apply,
     // sled flushes, the audit writer, the detector) runs on this thread;
     // CPU-heavy loading goes to its blocking pool. Decisions are served by

@@ -151,6 +151,10 @@ pub struct Config {
     pub api_updates_per_minute: u32,
     /// `POST /v1/updates` per client IP address: the burst. Default 60.
     pub api_updates_burst: u32,
+    /// Decision records shipped to an HTTP receiver, the `[decision_log]`
+    /// table (absent: none shipped). Its `headers` are secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_log: Option<crate::decision_log::DecisionLogConfig>,
 }
 
 impl Default for Config {
@@ -179,6 +183,7 @@ impl Default for Config {
             api_insecure: false,
             api_updates_per_minute: crate::api::ratelimit::UpdateRate::default().per_minute,
             api_updates_burst: crate::api::ratelimit::UpdateRate::default().burst,
+            decision_log: None,
         }
     }
 }
@@ -248,7 +253,8 @@ impl Config {
              api_insecure = {}\n\
              # POST /v1/updates per client address: per minute (0: no limit) and burst\n\
              api_updates_per_minute = {}\n\
-             api_updates_burst = {}\n",
+             api_updates_burst = {}\n\
+             {}",
             self.listen,
             self.api,
             self.stale_after,
@@ -273,7 +279,17 @@ impl Config {
             path_line("api_tokens_file", &self.api_tokens_file, "api-tokens"),
             self.api_insecure,
             self.api_updates_per_minute,
-            self.api_updates_burst
+            self.api_updates_burst,
+            // A table ends the top-level keys: it stays last.
+            match &self.decision_log {
+                Some(d) => format!("\n{}", d.to_toml()),
+                None =>
+                    "\n# decision records shipped to an HTTP receiver (docs/decision-logs.md):\n\
+                         # [decision_log]\n\
+                         # url = \"https://siem.example/ingest\"\n\
+                         # headers = { Authorization = \"Bearer …\" }   # SECRET\n"
+                        .to_owned(),
+            }
         )
     }
 }
@@ -302,6 +318,15 @@ mod tests {
         c.api_tokens_file = Some("/etc/weft/tokens".into());
         c.api_insecure = true;
         c.api_updates_burst = 7;
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let mut d = crate::decision_log::DecisionLogConfig {
+            url: "http://127.0.0.1:9/ingest".into(),
+            batch_max: 7,
+            ..Default::default()
+        };
+        d.headers.insert("Authorization".into(), "Bearer x".into());
+        c.decision_log = Some(d);
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();

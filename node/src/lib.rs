@@ -10,6 +10,8 @@ pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod dashboard;
+pub mod decision_id;
+pub mod decision_log;
 pub mod demo;
 pub mod detect;
 pub mod keyfile;

@@ -218,6 +218,13 @@ impl Metrics {
         m
     }
 
+    /// Registers more metrics (under the `weft_` prefix), such as the
+    /// decision log's ([`crate::decision_log::DecisionLogMetrics`]).
+    pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        add(&mut registry);
+    }
+
     /// Records one decision.
     pub fn observe_decision(&self, allow: bool, revoked: bool, seconds: f64) {
         let outcome = if revoked {

@@ -419,6 +419,18 @@ fn check_exits_0_on_allow_3_on_deny_1_on_error() {
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).starts_with("allow\n"), "{}", stdout(&o));
     assert!(stdout(&o).contains("reason: b/p"), "{}", stdout(&o));
+    // The decision's id, as the node's audit trail and decision log have it.
+    let id = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("decision id: ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no decision id in {}", stdout(&o)));
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{id}"
+    );
     let blue = issue("blue");
     let o = check(&["--token", &blue]);
     assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
@@ -431,6 +443,7 @@ fn check_exits_0_on_allow_3_on_deny_1_on_error() {
     assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
     let v: serde_json::Value = serde_json::from_str(last_line(&stdout(&o))).unwrap();
     assert_eq!(v["decision"], "deny");
+    assert_eq!(v["decision_id"].as_str().map(str::len), Some(32), "{v}");
     assert!(
         v["errors"][0]
             .as_str()

@@ -15,7 +15,8 @@ pub const DENY_EXIT: u8 = 3;
 /// The long help of `weft check`.
 pub const CHECK_LONG_ABOUT: &str = "Ask a node whether a request is allowed (POST /v1/authorize).\n\n\
         Prints allow or deny, then the policies that decided it (reasons), any errors met \
-        while deciding, and `revoked` when a revoked subject caused the deny. The principal \
+        while deciding, `revoked` when a revoked subject caused the deny, and the decision's \
+        id (`decision id: …`, the id in the node's audit trail and decision log). The principal \
         is --principal, or the principal of an identity token given with --token (see \
         `weft token issue`); the token's attributes are then in the context as context.token.\n\n\
         Exits 0 on allow, 3 on deny, 1 on an error (the node unreachable, or the request \
@@ -50,7 +51,7 @@ pub struct CheckArgs {
     /// The request context, a JSON object.
     #[arg(long, value_name = "JSON")]
     pub context: Option<String>,
-    /// Print the node's answer as JSON: {"decision", "reasons", "errors", "revoked", "state"}.
+    /// Print the node's answer as JSON: {"decision", "reasons", "errors", "revoked", "state", "decision_id", ...}.
     #[arg(long)]
     pub json: bool,
     /// How to reach the node's API over TLS, and with which credential.
@@ -117,6 +118,9 @@ pub(crate) fn check(a: &CheckArgs) -> Result<ExitCode> {
                 Some(s) => println!("revoked: {s}"),
                 None => println!("revoked"),
             }
+        }
+        if let Some(id) = answer.get("decision_id").and_then(Value::as_str) {
+            println!("decision id: {id}");
         }
     }
     Ok(if allow {

@@ -13,7 +13,7 @@
 //! | `POST /v1/updates` | `202 {"id", "status": "applied"\|"duplicate"\|"held"}` once the update is durable; `400` malformed, `422` refused, `413` too large |
 //! | `GET /v1/status` | [`Status`] as JSON, with `reload`: per material (`api_tls`, `api_tokens`, `node_cert`) its files, last attempt, last success and last error ([`crate::reload`]) |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text: decisions by outcome and latency, updates applied and refused by reason, peers, sync rounds, bytes in and out, state age |
-//! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state"}`, decided on the current view; `"token"` may replace `"principal"`; `400` when `context` sets `token` or an entity of the request redefines a stored entity or one of its ancestors |
+//! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state", "decision_id"}` and the header `X-Weft-Decision-Id`, decided on the current view; `"token"` may replace `"principal"`; `400` when `context` sets `token` or an entity of the request redefines a stored entity or one of its ancestors |
 //! | `GET /` | the live dashboard (one self-contained HTML page, see [`crate::dashboard`]) |
 //! | `GET /v1/dashboard` | [`crate::dashboard::Dashboard`] as JSON: status, bundles with signers, revocations, quarantines, decision counts, recent denies |
 //! | `GET /v1/anomalies` | `{"alerts", "quarantines": [{"subject", "reason", "record", "active", "until"}], "active_quarantines"}`: the detector's recent alerts; every quarantine record (parsed as JSON when it is JSON), whether it is in force now and until when; how many are |
@@ -73,6 +73,9 @@ pub struct ApiState {
     pub decisions: Arc<crate::dashboard::DecisionLog>,
     /// The reload history of certificates and tokens, for `GET /v1/status`.
     pub reload: Arc<crate::reload::ReloadStatus>,
+    /// The decision log shipped out, when `[decision_log]` sets a `url`
+    /// or a `syslog` target.
+    pub decision_log: Option<crate::decision_log::DecisionLogHandle>,
     /// Test hook: whether `POST /v1/test/panic` is served.
     #[doc(hidden)]
     pub test_panic_route: bool,
@@ -387,6 +390,14 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         }
     };
     let started = std::time::Instant::now();
+    let id = crate::decision_id::DecisionId::next();
+    tracing::Span::current().record("decision_id", id.as_str());
+    // The decision log keeps the context as asked; only a node that ships
+    // one pays for the copy.
+    let context = match &state.decision_log {
+        Some(_) => req.context.clone(),
+        None => None,
+    };
     let view = state.shared.view.load();
     let root = state.shared.root.load();
     let now_ms = crate::clock::now_ms();
@@ -412,10 +423,21 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         .audit
         .handle
         .decision(
-            |sampled_one_in| crate::audit::AuditEvent::decision(&record, sampled_one_in),
+            |sampled_one_in| crate::audit::AuditEvent::decision(&record, &id, sampled_one_in),
             d.allow,
         )
         .await;
+    if let Some(log) = &state.decision_log
+        && let Some(sampled_one_in) = log.sample(d.allow)
+    {
+        log.offer(crate::decision_log::Pending::of(
+            id,
+            &record,
+            context,
+            view.digest(),
+            sampled_one_in,
+        ));
+    }
     if state.detect.is_on() {
         state
             .detect
@@ -430,7 +452,7 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             .decisions
             .deny(crate::dashboard::DenyRecord::of(&record));
     }
-    axum::Json(AuthorizeResponse {
+    let body = axum::Json(AuthorizeResponse {
         decision: if d.allow { "allow" } else { "deny" },
         reasons: &d.reasons,
         errors: &d.errors,
@@ -443,9 +465,18 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
             last_sync_ms_ago: age_ms,
             stale,
         },
-    })
-    .into_response()
+        decision_id: id.as_str(),
+    });
+    let mut response = body.into_response();
+    if let Ok(v) = header::HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(DECISION_ID_HEADER, v);
+    }
+    response
 }
+
+/// The header that carries a decision's id in every decision answer.
+pub const DECISION_ID_HEADER: header::HeaderName =
+    header::HeaderName::from_static("x-weft-decision-id");
 
 /// The body of a `POST /v1/authorize` answer, serialized straight from the
 /// decision (no intermediate `serde_json::Value`, which cost a map and a
@@ -461,6 +492,7 @@ struct AuthorizeResponse<'a> {
     quarantine: Option<&'a weft_crdt::QuarantineHit>,
     state: &'a str,
     freshness: Freshness,
+    decision_id: &'a str,
 }
 
 /// How fresh the deciding state is, in an authorize answer.
