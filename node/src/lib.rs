@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod report;
 pub mod respond;
 pub mod rootchain;
+pub mod settings;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod status;
