@@ -13,8 +13,9 @@ fi
 
 out="${CARGO_TARGET_DIR:-target}/debian"
 mkdir -p "$out"
-# cargo-deb prints the package's path last.
-deb=$(cargo deb -p weft-node --locked --output "$out" "$@" | tail -n 1)
+# cargo-deb prints the package's path last; --strip drops the line tables
+# the release profile keeps for backtraces (180 MB of the binary).
+deb=$(cargo deb -p weft-node --locked --strip --output "$out" "$@" | tail -n 1)
 dpkg-deb --info "$deb" | sed -n '/Package:/,/Description:/p' >&2
 dpkg-deb --contents "$deb" >&2
 echo "$deb"

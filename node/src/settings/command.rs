@@ -10,7 +10,7 @@ use crate::daemon::NodeRunArgs;
 
 /// What `weft node config --help` says.
 pub const NODE_CONFIG_LONG_ABOUT: &str = "Print the settings `weft node run` would use, and where each came from.\n\n\
-    Reads DIR/weft.toml, the WEFT_* environment variables and the flags given (the same flags as \
+    Reads DIR/weft.toml (or --config FILE), the WEFT_* environment variables and the flags given (the same flags as \
     `weft node run`), and prints the result as TOML: each value is followed by a comment saying \
     whether it is the default, from the file, from an environment variable (named) or from a flag. \
     Secret values (decision log headers, passwords in URLs) are printed as \"<redacted>\". Exits 1, \
