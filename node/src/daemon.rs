@@ -38,16 +38,45 @@ use crate::api::{self, ApiState};
 use crate::audit::{Audit, AuditConfig, AuditEvent, AuditLog};
 use crate::control::{Command, Shared, Staleness, Status};
 use crate::keyfile;
-use crate::layout::{Config, NodeDir};
+use crate::layout::NodeDir;
 use crate::liveness::TaskState;
 use crate::store::{DEFAULT_SNAPSHOT_EVERY, Store};
 use crate::swarm::{self, TOPIC};
 use crate::task::{NodeTask, NodeTaskParts};
 use crate::util::read_trust_file;
 
-/// The long help of `weft node run`.
+/// `weft node run`
+#[derive(Debug, Args)]
+pub struct NodeRunArgs {
+    /// The node directory (made by `weft node init`).
+    #[arg(long, value_name = "DIR", env = "WEFT_DIR")]
+    pub dir: PathBuf,
+    /// Read the settings from FILE instead of DIR/weft.toml; FILE must exist (the packaged service uses /etc/weft/weft.toml).
+    #[arg(long, value_name = "FILE", env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// libp2p listen address, like /ip4/0.0.0.0/tcp/7101 [default: WEFT_LISTEN, else from DIR/weft.toml].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Option<String>,
+    /// HTTP API address, like 127.0.0.1:7100 [default: WEFT_API, else from DIR/weft.toml]; the live dashboard is at http://HOST:PORT/.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// A peer to dial and keep dialing; give the flag once per peer (replaces WEFT_PEERS and the peers in weft.toml). The /p2p/ suffix is optional.
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<String>,
+    /// Log format [default: WEFT_LOG_FORMAT, else from DIR/weft.toml, else pretty].
+    #[arg(long, value_name = "FORMAT", value_parser = ["pretty", "json"])]
+    pub log_format: Option<String>,
+}
+
+/// The long help of `weft node run`: where settings come from, the API's
+/// security and reloads.
 pub const NODE_RUN_LONG_ABOUT: &str = "Run the node in the foreground until SIGINT or SIGTERM.\n\n\
-    Settings come from DIR/weft.toml (see docs/configuration.md); the flags below override it.\n\n\
+    Every setting of DIR/weft.toml can also come from an environment variable: WEFT_ and the key \
+    in capitals (WEFT_API, WEFT_AUDIT_ALLOW_ONE_IN), with a double underscore for a key in a table \
+    (WEFT_DECISION_LOG__URL). A flag beats the environment, which beats weft.toml, which beats the \
+    default. Lists are comma-separated (WEFT_PEERS=/ip4/10.0.0.2/tcp/7101,/ip4/10.0.0.3/tcp/7101) or \
+    a TOML array; tables a TOML inline table. A WEFT_ variable that names no setting is an error. \
+    `weft node config --dir DIR` prints the settings a run would use and where each came from.\n\n\
     The HTTP API: plain HTTP by default, allowed only on a loopback address; elsewhere set \
     api_tls_cert and api_tls_key (PEM) for HTTPS, or api_insecure = true to accept plain HTTP. \
     api_client_ca (PEM) lets clients present certificates (mTLS), and api_tokens_file holds \
@@ -60,24 +89,39 @@ pub const NODE_RUN_LONG_ABOUT: &str = "Run the node in the foreground until SIGI
     certify`) without dropping connections; a file that fails to load keeps the old one in use, \
     and GET /v1/status shows why under `reload`.";
 
-/// `weft node run`
-#[derive(Debug, Args)]
-pub struct NodeRunArgs {
-    /// The node directory (made by `weft node init`).
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// libp2p listen address, like /ip4/0.0.0.0/tcp/7101 [default: from DIR/weft.toml].
-    #[arg(long, value_name = "MULTIADDR")]
-    pub listen: Option<String>,
-    /// HTTP API address, like 127.0.0.1:7100 [default: from DIR/weft.toml]; the live dashboard is at http://HOST:PORT/.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub api: Option<String>,
-    /// A peer to dial and keep dialing; give the flag once per peer (replaces the peers in weft.toml). The /p2p/ suffix is optional.
-    #[arg(long = "peer", value_name = "MULTIADDR")]
-    pub peers: Vec<String>,
-    /// Log format [default: from DIR/weft.toml, else pretty].
-    #[arg(long, value_name = "FORMAT", value_parser = ["pretty", "json"])]
-    pub log_format: Option<String>,
+impl NodeRunArgs {
+    /// The settings the flags given set, as weft.toml keys.
+    pub fn flag_values(&self) -> Vec<crate::settings::FlagValue> {
+        use crate::settings::FlagValue;
+        let string = |key, flag, v: &Option<String>| {
+            v.as_ref().map(|v| FlagValue {
+                key,
+                flag,
+                value: toml::Value::String(v.clone()),
+            })
+        };
+        let mut out: Vec<FlagValue> = [
+            string("listen", "--listen", &self.listen),
+            string("api", "--api", &self.api),
+            string("log_format", "--log-format", &self.log_format),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !self.peers.is_empty() {
+            out.push(FlagValue {
+                key: "peers",
+                flag: "--peer",
+                value: toml::Value::Array(
+                    self.peers
+                        .iter()
+                        .map(|p| toml::Value::String(p.clone()))
+                        .collect(),
+                ),
+            });
+        }
+        out
+    }
 }
 
 /// How to run one node.
@@ -754,7 +798,6 @@ fn parse_addr(text: &str, what: &str) -> Result<Multiaddr> {
 
 /// Runs `weft node run` until SIGINT or SIGTERM.
 pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
-    let dir = NodeDir::new(&args.dir);
     if !args.dir.is_dir() {
         bail!(
             "{} is not a node directory: run `weft node init --dir {}` first",
@@ -762,36 +805,30 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
             args.dir.display()
         );
     }
-    let mut config = if dir.config().exists() {
-        Config::load(&dir.config()).map_err(|e| anyhow!(e))?
-    } else {
-        Config::default()
-    };
-    if let Some(l) = args.listen {
-        config.listen = l;
-    }
-    if let Some(a) = args.api {
-        config.api = a;
-    }
-    if !args.peers.is_empty() {
-        config.peers = args.peers;
-    }
-    if let Some(f) = args.log_format {
-        config.log_format = f;
-    }
+    let resolved = crate::settings::resolve_from_process(
+        &args.dir,
+        args.config.as_deref(),
+        &args.flag_values(),
+    )
+    .map_err(|e| anyhow!(e))?;
+    let config = resolved.config.clone();
+    let config_file = args
+        .config
+        .clone()
+        .unwrap_or_else(|| NodeDir::new(&args.dir).config());
     if config.log_format != "pretty" && config.log_format != "json" {
         bail!(
-            "log_format \"{}\" in {} is neither \"pretty\" nor \"json\"",
-            config.log_format,
-            dir.config().display()
+            "{}: \"{}\" is neither \"pretty\" nor \"json\"",
+            resolved.describe("log_format"),
+            config.log_format
         );
     }
     let mut opts = NodeOptions::new(&args.dir);
-    opts.listen = vec![parse_addr(&config.listen, "--listen")?];
+    opts.listen = vec![parse_addr(&config.listen, &resolved.describe("listen"))?];
     opts.api = config.api.clone();
     opts.stale = Staleness {
         after_ms: weft_protocol::time::parse_duration(&config.stale_after)
-            .map_err(|e| anyhow!("stale_after in {}: {e}", dir.config().display()))?
+            .map_err(|e| anyhow!("{}: {e}", resolved.describe("stale_after")))?
             .saturating_mul(1000),
         on_stale: config.on_stale,
     };
@@ -800,11 +837,11 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     opts.response.quarantine = config.quarantine_on_alert;
     opts.response.quarantine_ttl = Duration::from_secs(
         weft_protocol::time::parse_duration(&config.quarantine_ttl)
-            .map_err(|e| anyhow!("quarantine_ttl in {}: {e}", dir.config().display()))?,
+            .map_err(|e| anyhow!("{}: {e}", resolved.describe("quarantine_ttl")))?,
     );
     opts.audit.checkpoint_every = Duration::from_secs(
         weft_protocol::time::parse_duration(&config.audit_checkpoint_every)
-            .map_err(|e| anyhow!("audit_checkpoint_every in {}: {e}", dir.config().display()))?,
+            .map_err(|e| anyhow!("{}: {e}", resolved.describe("audit_checkpoint_every")))?,
     );
     opts.connections = crate::limits::ConnectionLimits {
         max_connections: config.max_connections,
@@ -821,8 +858,10 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         }),
         (None, None) if config.api_client_ca.is_none() => None,
         _ => bail!(
-            "{}: api_tls_cert and api_tls_key go together, and api_client_ca needs both",
-            dir.config().display()
+            "{}, {}, {}: api_tls_cert and api_tls_key go together, and api_client_ca needs both",
+            resolved.describe("api_tls_cert"),
+            resolved.describe("api_tls_key"),
+            resolved.describe("api_client_ca")
         ),
     };
     opts.api_tokens_file = config.api_tokens_file.as_ref().map(in_dir);
@@ -837,13 +876,13 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         .as_ref()
         .map(|d| d.options())
         .transpose()
-        .map_err(|e| anyhow!("{e} (in {})", dir.config().display()))?
+        .map_err(|e| anyhow!("{e} ({})", resolved.describe("decision_log")))?
         .flatten();
     opts.test_panic_route = std::env::var(TEST_PANIC_HOOK_ENV).is_ok_and(|v| v == "1");
     opts.peers = config
         .peers
         .iter()
-        .map(|p| parse_addr(p, "--peer"))
+        .map(|p| parse_addr(p, &resolved.describe("peers")))
         .collect::<Result<_>>()?;
 
     init_logging(&config.log_format);
@@ -851,10 +890,10 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         .decision_log
         .as_ref()
         .is_some_and(|d| !d.headers.is_empty())
-        && crate::decision_log::config::readable_by_others(&dir.config())
+        && crate::decision_log::config::readable_by_others(&config_file)
     {
         tracing::warn!(
-            path = %dir.config().display(),
+            path = %config_file.display(),
             "weft.toml holds the decision log's headers (the receiver's credentials) and its group or others can read it: chmod 600 it"
         );
     }

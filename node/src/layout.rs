@@ -74,8 +74,14 @@ pub enum OnStale {
     Deny,
 }
 
+/// The keys of settings whose values are secret: `weft node config` prints
+/// them (and every value in a table listed here) as `"<redacted>"`. A
+/// dotted path names a key in a table.
+pub const SECRET_KEYS: &[&str] = &["decision_log.headers"];
+
 /// The settings in `weft.toml`. Every field has a default, so an empty file
-/// is a valid configuration.
+/// is a valid configuration. Each can also come from a `WEFT_*`
+/// environment variable ([`crate::settings`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -211,7 +217,8 @@ impl Config {
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "# weft node settings; `weft node run` flags override them.\n\
+            "# weft node settings. WEFT_<KEY> environment variables override them, and\n\
+             # `weft node run` flags override both; `weft node config` shows the result.\n\
              # libp2p listen address\n\
              listen = {:?}\n\
              # HTTP API address\n\
@@ -332,5 +339,25 @@ mod tests {
         let empty: Config = toml::from_str("").unwrap();
         assert_eq!(empty, Config::default());
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    /// The packaged example (`/etc/weft/weft.toml.example`) is the default
+    /// weft.toml, so it cannot drift from the settings. `UPDATE_EXPECT=1`
+    /// rewrites it.
+    #[test]
+    fn packaged_example_is_the_default_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/weft.toml.example");
+        let want = Config::default().to_toml();
+        if std::env::var_os("UPDATE_EXPECT").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "{} differs from Config::default().to_toml(): run `UPDATE_EXPECT=1 cargo test -p weft-node --lib packaged_example` to rewrite it",
+            path.display()
+        );
+        let back: Config = toml::from_str(&have).unwrap();
+        assert_eq!(back, Config::default());
     }
 }

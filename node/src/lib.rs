@@ -23,6 +23,7 @@ pub mod reload;
 pub mod report;
 pub mod respond;
 pub mod rootchain;
+pub mod settings;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod status;
