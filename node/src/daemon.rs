@@ -409,13 +409,20 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
 
     let keypair = swarm::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
     let peer_id = keypair.public().to_peer_id();
-    let mut swarm = swarm::build_swarm(
-        keypair,
-        &IdentTopic::new(TOPIC),
-        shared.traffic.clone(),
-        &opts.connections,
-    )
-    .map_err(|e| anyhow!(e))?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (mut swarm, p2p_metrics) = metrics
+        .with_registry(|registry| {
+            let p2p_metrics = libp2p::metrics::Metrics::new(registry);
+            swarm::build_swarm(
+                keypair,
+                &IdentTopic::new(TOPIC),
+                shared.traffic.clone(),
+                &opts.connections,
+                registry,
+            )
+            .map(|swarm| (swarm, p2p_metrics))
+        })
+        .map_err(|e| anyhow!(e))?;
     let mut listeners = Vec::new();
     for addr in &opts.listen {
         let id = swarm
@@ -495,6 +502,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             audit: audit.handle.clone(),
             checkpoints: checkpoints_rx,
             node_key: keyfile::read(&dir.key())?,
+            p2p_metrics,
         },
         applied_since_snapshot,
     );
@@ -526,7 +534,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     let router = api::router(Arc::new(ApiState {
         commands: commands_tx.clone(),
         shared: shared.clone(),
-        metrics: Arc::new(crate::metrics::Metrics::new()),
+        metrics,
         audit: audit.clone(),
         detect,
         decisions: Arc::new(crate::dashboard::DecisionLog::new()),
@@ -592,20 +600,6 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
 fn short_id(id: &NodeId) -> String {
     let s = id.to_string();
     s[s.len().saturating_sub(8)..].to_owned()
-}
-
-fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_gossipsub=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 fn parse_addr(text: &str, what: &str) -> Result<Multiaddr> {
@@ -681,7 +675,16 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         .map(|p| parse_addr(p, "--peer"))
         .collect::<Result<_>>()?;
 
-    init_logging(&config.log_format);
+    let node_id = NodeId::new(keyfile::read(&dir.key())?.public());
+    let telemetry = crate::telemetry::init(
+        &config.log_format,
+        &config.otlp_endpoint,
+        &node_id.to_string(),
+    )
+    .map_err(|e| anyhow!("{e} (in {})", dir.config().display()))?;
+    if telemetry.exporting() {
+        tracing::info!(endpoint = %config.otlp_endpoint, "exporting traces over OTLP");
+    }
     // The node's own work (the swarm, gossip and sync, automerge apply,
     // sled flushes, the audit writer, the detector) runs on this thread;
     // CPU-heavy loading goes to its blocking pool. Decisions are served by
@@ -740,6 +743,8 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     // The API has stopped by now (or never started); nothing of it may
     // outlive the process.
     api.stop();
+    drop(runtime);
+    telemetry.shutdown();
     served?;
     Ok(ExitCode::SUCCESS)
 }

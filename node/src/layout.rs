@@ -128,6 +128,11 @@ pub struct Config {
     /// limit). Default 64: an honest mesh has a few; it bounds the CPU a
     /// flood of handshakes takes.
     pub max_pending_incoming: u32,
+    /// Where spans are exported over OTLP/HTTP (protobuf): the collector's
+    /// base URL, like `http://127.0.0.1:4318`, to which `/v1/traces` is
+    /// appended. Default empty: no exporter, and the trace spans cost
+    /// nothing.
+    pub otlp_endpoint: String,
 }
 
 impl Default for Config {
@@ -149,6 +154,7 @@ impl Default for Config {
             max_connections_per_peer: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_PEER,
             max_connections_per_ip: crate::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_pending_incoming: crate::limits::DEFAULT_MAX_PENDING_INCOMING,
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -206,7 +212,9 @@ impl Config {
              max_connections = {}\n\
              max_connections_per_peer = {}\n\
              max_connections_per_ip = {}\n\
-             max_pending_incoming = {}\n",
+             max_pending_incoming = {}\n\
+             # OTLP/HTTP collector to export traces to, like \"http://127.0.0.1:4318\" (empty: none)\n\
+             otlp_endpoint = {:?}\n",
             self.listen,
             self.api,
             self.stale_after,
@@ -224,7 +232,8 @@ impl Config {
             self.max_connections,
             self.max_connections_per_peer,
             self.max_connections_per_ip,
-            self.max_pending_incoming
+            self.max_pending_incoming,
+            self.otlp_endpoint
         )
     }
 }
@@ -241,6 +250,7 @@ mod tests {
         c.api_threads = 3;
         c.max_connections_per_ip = 0;
         c.max_pending_incoming = 5;
+        c.otlp_endpoint = "http://127.0.0.1:4318".into();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();

@@ -21,6 +21,10 @@
 //!
 //! Every error body is `{"error": "<one sentence>"}`: 4xx for a bad request,
 //! 5xx for a failure of the node's own.
+//!
+//! Every route, and the fallback, runs inside `observe.rs`'s middleware: a
+//! request span (exported when `otlp_endpoint` is set) and a sample in
+//! `weft_http_request_duration_seconds{route,method,status}`.
 
 use std::sync::Arc;
 
@@ -43,6 +47,7 @@ use crate::control::{Command, Shared, SubmitError};
 use crate::liveness::TaskState;
 
 mod audit;
+mod observe;
 
 /// The largest request body `POST /v1/updates` reads. A little over
 /// [`MAX_UPDATE_BYTES`], so that an update just over the limit is refused by
@@ -95,6 +100,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/anomalies", get(get_anomalies))
         .route("/v1/report", get(get_report))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.http().clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
