@@ -147,14 +147,17 @@ thread_ticks >ticks.after
 wait "$streamer" || true
 echo "node 1's own timing of POST /v1/authorize (200), from the request head read to the answer handed to the connection:"
 python3 - metrics.before metrics.after <<'PY'
-import sys
-SERIES = 'weft_http_request_duration_seconds_bucket{route="/v1/authorize",method="POST",status="200",le="'
+import re, sys
+WANT = {"route": "/v1/authorize", "method": "POST", "status": "200"}
 def buckets(path):
     out = {}
     for line in open(path):
-        if line.startswith(SERIES):
-            le, value = line[len(SERIES):].split('"} ')
-            out[float(le)] = float(value.split()[0])
+        if not line.startswith("weft_http_request_duration_seconds_bucket{"):
+            continue
+        labels, value = line.rsplit("} ", 1)
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if all(labels.get(k) == v for k, v in WANT.items()):
+            out[float(labels["le"])] = float(value.split()[0])
     return out
 b, a = buckets(sys.argv[1]), buckets(sys.argv[2])
 bounds = sorted(a)
