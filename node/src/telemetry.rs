@@ -20,8 +20,9 @@
 //!   the node id as `service.instance.id`.
 //! - Export never blocks a request or the node task: the batch processor
 //!   queues up to 2,048 spans and drops what does not fit (the SDK's
-//!   defaults); a collector that is down costs dropped spans, never a
-//!   decision.
+//!   defaults); a collector that is down costs dropped spans and an error
+//!   line per failed export (the SDK's `internal-logs`, through the log
+//!   layer), never a decision.
 //!
 //! # What is never lost
 //! Spans still queued when the node stops cleanly are flushed by

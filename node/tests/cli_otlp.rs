@@ -4,7 +4,8 @@
 //! span for an authorize request (route, method, status, and the decision
 //! id when the answer has one) and a span for the revocation it applied
 //! (update id, kind, outcome), under the resource `service.name = "weft"`
-//! with the node id as `service.instance.id`.
+//! with the node id as `service.instance.id`. A collector that is down
+//! costs spans and a log line, never a decision.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -290,5 +291,106 @@ fn spans_of_requests_and_updates_reach_an_otlp_collector() {
             .any(|s| s.name == "POST /v1/updates"
                 && s.attr("http.response.status_code") == Some("202")),
         "{spans:#?}"
+    );
+}
+
+/// A node whose collector is down keeps answering, says so in its log, and
+/// stops cleanly.
+#[test]
+fn a_collector_that_is_down_costs_spans_not_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    ok(p, &["key", "gen", "--out", "root.key"]);
+    let ops = ok(p, &["key", "gen", "--out", "ops.key"]);
+    let ops = ops.lines().last().unwrap();
+    ok(
+        p,
+        &[
+            "trust",
+            "init",
+            "--root-key",
+            "root.key",
+            "--operator",
+            &format!("ops={ops}"),
+            "--out",
+            "trust.json",
+        ],
+    );
+    ok(p, &["node", "init", "--dir", "n1", "--trust", "trust.json"]);
+    let toml = p.join("n1/weft.toml");
+    let config = std::fs::read_to_string(&toml).unwrap();
+    // Nothing listens there.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(
+        &toml,
+        config.replace(
+            "otlp_endpoint = \"\"",
+            &format!("otlp_endpoint = \"{down}\""),
+        ),
+    )
+    .unwrap();
+    let api = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{api}");
+    let mut node = Node(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "node",
+                "run",
+                "--dir",
+                "n1",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .args(["--api", &api])
+            .current_dir(p)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..20 {
+        let r = http
+            .post(format!("{url}/v1/authorize"))
+            .body(r#"{"principal": "User::\"a\"", "action": "Action::\"v\"", "resource": "Doc::\"d\""}"#)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let pid = node.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = node.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(node.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("ExportError"),
+        "the failed export is logged: {log}"
     );
 }
