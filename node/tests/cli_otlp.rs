@@ -59,6 +59,9 @@ fn free_port() -> u16 {
 #[derive(Clone, Debug)]
 struct Span {
     name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
     attrs: Vec<(String, String)>,
     resource: Vec<(String, String)>,
 }
@@ -117,6 +120,9 @@ fn collector(rt: &tokio::runtime::Runtime, spans: Arc<Mutex<Vec<Span>>>) -> Stri
                         for s in ss.spans {
                             kept.push(Span {
                                 name: s.name,
+                                trace_id: s.trace_id,
+                                span_id: s.span_id,
+                                parent_span_id: s.parent_span_id,
                                 attrs: text(&s.attributes),
                                 resource: resource.clone(),
                             });
@@ -284,14 +290,16 @@ fn spans_of_requests_and_updates_reach_an_otlp_collector() {
     assert_eq!(update.attr("update.kind"), Some("revocation"));
     assert_eq!(update.attr("update.outcome"), Some("applied"));
     assert_eq!(update.attr("update.source"), Some("local"));
-    // The push itself is a request span too.
-    assert!(
-        spans
-            .iter()
-            .any(|s| s.name == "POST /v1/updates"
-                && s.attr("http.response.status_code") == Some("202")),
-        "{spans:#?}"
-    );
+    // The push itself is a request span too, and the update's parent: one
+    // trace holds both.
+    let push = spans
+        .iter()
+        .find(|s| {
+            s.name == "POST /v1/updates" && s.attr("http.response.status_code") == Some("202")
+        })
+        .unwrap_or_else(|| panic!("no push span in {spans:#?}"));
+    assert_eq!(update.trace_id, push.trace_id);
+    assert_eq!(update.parent_span_id, push.span_id);
 }
 
 /// A node whose collector is down keeps answering, says so in its log, and

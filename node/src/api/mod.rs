@@ -335,6 +335,7 @@ async fn post_update(
     match ask(&state, |reply| Command::Submit {
         bytes: bytes.to_vec(),
         reply,
+        span: tracing::Span::current(),
     })
     .await
     {

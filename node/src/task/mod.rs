@@ -538,7 +538,8 @@ impl NodeTask {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit { bytes, reply } => {
+            Command::Submit { bytes, reply, span } => {
+                let _in = span.enter();
                 let result = self.submit(bytes).map(|accepted| {
                     let (id, status) = match accepted {
                         Accepted::Applied(hash) => (hash.to_string(), "applied"),
