@@ -4,6 +4,9 @@
 //! `weft node run` does, then the API middleware's span made many times.
 //! Prints the figures (a debug build's are an upper bound of a release
 //! build's) and fails if a disabled span is anything like an enabled one.
+//! Measured at 547d144 on a loaded 2-core machine: release 11 ns for the
+//! disabled span and 52 ns for the duration sample (debug 149 and 754 ns);
+//! an enabled span with the OpenTelemetry layer costs microseconds.
 
 use std::time::Instant;
 
@@ -59,7 +62,12 @@ fn a_disabled_request_span_costs_next_to_nothing() {
         h.observe(f64::from(i % 500) * 1e-6);
     });
     eprintln!(
-        "per request, debug build: a disabled request span {:.1} ns, the duration sample {:.1} ns (the empty loop {:.1} ns)",
+        "per request, {} build: a disabled request span {:.1} ns, the duration sample {:.1} ns (the empty loop {:.1} ns)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         span - empty,
         sample - empty,
         empty
