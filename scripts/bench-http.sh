@@ -18,7 +18,12 @@
 # PRIO=rt is a diagnostic for light load (1 connection): a saturated wrk or
 # API thread hits the kernel's real-time throttling (5% of each second left
 # to ordinary work), which stalls them for tens of milliseconds.
-# Prints, after wrk, the CPU time each of node 1's threads used during the run.
+# Prints, after wrk, the node's own reading of the run: the server-side p50
+# and p99 of `/v1/authorize` from node 1's
+# weft_http_request_duration_seconds histogram (scraped before and after,
+# interpolated within a bucket as Prometheus' histogram_quantile does),
+# which holds however the load generator shares the cores; then the CPU
+# time each of node 1's threads used during the run.
 # WEFT=PATH runs that `weft` binary instead of building this tree's.
 # Needs Debian's `wrk` (and `taskset`, from util-linux, for PIN=1), plus
 # `curl` and `python3`.
@@ -135,9 +140,45 @@ thread_ticks() {
   done
 }
 thread_ticks >ticks.before
+curl -fsS "$(url 1)/metrics" >metrics.before
 "${on_wrk[@]}" wrk -t "$wrk_threads" -c "$conns" -d "${secs}s" --latency -s post.lua "$(url 1)/v1/authorize"
+curl -fsS "$(url 1)/metrics" >metrics.after
 thread_ticks >ticks.after
 wait "$streamer" || true
+echo "node 1's own timing of POST /v1/authorize (200), from the request head read to the answer handed to the connection:"
+python3 - metrics.before metrics.after <<'PY'
+import re, sys
+WANT = {"route": "/v1/authorize", "method": "POST", "status": "200"}
+def buckets(path):
+    out = {}
+    for line in open(path):
+        if not line.startswith("weft_http_request_duration_seconds_bucket{"):
+            continue
+        labels, value = line.rsplit("} ", 1)
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if all(labels.get(k) == v for k, v in WANT.items()):
+            out[float(labels["le"])] = float(value.split()[0])
+    return out
+b, a = buckets(sys.argv[1]), buckets(sys.argv[2])
+bounds = sorted(a)
+counts = [a[le] - b.get(le, 0.0) for le in bounds]  # cumulative, for the run only
+total = counts[-1] if counts else 0
+if total <= 0:
+    print("  no samples: is this node's /metrics missing weft_http_request_duration_seconds?")
+    sys.exit(0)
+def quantile(q):
+    rank = q * total
+    for i, le in enumerate(bounds):
+        if counts[i] >= rank:
+            if le == float("inf"):
+                return bounds[i - 1] if i else float("nan")  # as histogram_quantile
+            lo = bounds[i - 1] if i else 0.0
+            below = counts[i - 1] if i else 0.0
+            inside = counts[i] - below
+            return lo + (le - lo) * ((rank - below) / inside if inside else 1.0)
+    return float("nan")
+print(f"  requests {int(total)}, p50 {quantile(0.5) * 1e6:.0f} us, p99 {quantile(0.99) * 1e6:.0f} us, p99.9 {quantile(0.999) * 1e6:.0f} us")
+PY
 echo "node 1's threads, CPU ticks ($(getconf CLK_TCK)/s) during the run:"
 python3 - ticks.before ticks.after <<'PY'
 import sys

@@ -516,13 +516,20 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
 
     let keypair = swarm::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
     let peer_id = keypair.public().to_peer_id();
-    let mut swarm = swarm::build_swarm(
-        keypair,
-        &IdentTopic::new(TOPIC),
-        shared.traffic.clone(),
-        &opts.connections,
-    )
-    .map_err(|e| anyhow!(e))?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (mut swarm, p2p_metrics) = metrics
+        .with_registry(|registry| {
+            let p2p_metrics = libp2p::metrics::Metrics::new(registry);
+            swarm::build_swarm(
+                keypair,
+                &IdentTopic::new(TOPIC),
+                shared.traffic.clone(),
+                &opts.connections,
+                registry,
+            )
+            .map(|swarm| (swarm, p2p_metrics))
+        })
+        .map_err(|e| anyhow!(e))?;
     let mut listeners = Vec::new();
     for addr in &opts.listen {
         let id = swarm
@@ -625,6 +632,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             audit: audit.handle.clone(),
             checkpoints: checkpoints_rx,
             node_key: keyfile::read(&dir.key())?,
+            p2p_metrics,
         },
         applied_since_snapshot,
     );
@@ -776,20 +784,6 @@ fn short_id(id: &NodeId) -> String {
     s[s.len().saturating_sub(8)..].to_owned()
 }
 
-fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_gossipsub=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 fn parse_addr(text: &str, what: &str) -> Result<Multiaddr> {
     text.parse().map_err(|e| {
         anyhow!("{what} \"{text}\" is not a libp2p multiaddr (like /ip4/127.0.0.1/tcp/7101): {e}")
@@ -885,7 +879,16 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         .map(|p| parse_addr(p, &resolved.describe("peers")))
         .collect::<Result<_>>()?;
 
-    init_logging(&config.log_format);
+    let node_id = NodeId::new(keyfile::read(&NodeDir::new(&args.dir).key())?.public());
+    let telemetry = crate::telemetry::init(
+        &config.log_format,
+        &config.otlp_endpoint,
+        &node_id.to_string(),
+    )
+    .map_err(|e| anyhow!("{}: {e}", resolved.describe("otlp_endpoint")))?;
+    if telemetry.exporting() {
+        tracing::info!(endpoint = %config.otlp_endpoint, "exporting traces over OTLP");
+    }
     if config
         .decision_log
         .as_ref()
@@ -955,6 +958,8 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     // The API has stopped by now (or never started); nothing of it may
     // outlive the process.
     api.stop();
+    drop(runtime);
+    telemetry.shutdown();
     served?;
     Ok(ExitCode::SUCCESS)
 }

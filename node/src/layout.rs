@@ -161,6 +161,11 @@ pub struct Config {
     /// table (absent: none shipped). Its `headers` are secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision_log: Option<crate::decision_log::DecisionLogConfig>,
+    /// Where spans are exported over OTLP/HTTP (protobuf): the collector's
+    /// base URL, like `http://127.0.0.1:4318`, to which `/v1/traces` is
+    /// appended. Default empty: no exporter, and the trace spans cost
+    /// nothing.
+    pub otlp_endpoint: String,
 }
 
 impl Default for Config {
@@ -190,6 +195,7 @@ impl Default for Config {
             api_updates_per_minute: crate::api::ratelimit::UpdateRate::default().per_minute,
             api_updates_burst: crate::api::ratelimit::UpdateRate::default().burst,
             decision_log: None,
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -261,6 +267,8 @@ impl Config {
              # POST /v1/updates per client address: per minute (0: no limit) and burst\n\
              api_updates_per_minute = {}\n\
              api_updates_burst = {}\n\
+             # OTLP/HTTP collector to export traces to, like \"http://127.0.0.1:4318\" (empty: none)\n\
+             otlp_endpoint = {:?}\n\
              {}",
             self.listen,
             self.api,
@@ -287,6 +295,7 @@ impl Config {
             self.api_insecure,
             self.api_updates_per_minute,
             self.api_updates_burst,
+            self.otlp_endpoint,
             // A table ends the top-level keys: it stays last.
             match &self.decision_log {
                 Some(d) => format!("\n{}", d.to_toml()),
@@ -334,6 +343,7 @@ mod tests {
         };
         d.headers.insert("Authorization".into(), "Bearer x".into());
         c.decision_log = Some(d);
+        c.otlp_endpoint = "http://127.0.0.1:4318".into();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();

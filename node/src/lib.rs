@@ -30,4 +30,5 @@ pub mod status;
 pub mod store;
 pub mod swarm;
 pub mod task;
+pub mod telemetry;
 pub mod util;

@@ -1,19 +1,41 @@
-//! `GET /metrics`: the node's counters in Prometheus text format.
+//! `GET /metrics`: the node's counters in Prometheus (OpenMetrics) text.
 //!
-//! Decision counts and latency are recorded by the API as requests are
-//! answered. Everything the node task owns (updates applied and refused, peers,
-//! sync rounds, traffic, freshness) is read from the node's status at scrape
-//! time, so the request path never waits on the node task.
+//! # Layout
+//! One registry holds three groups:
+//! - `weft_*`, the node's own. Decision counts and latency, and every API
+//!   request's duration by route ([`HttpDurations`]), are recorded by the
+//!   API as requests are answered. Everything the node task owns (updates
+//!   applied and refused, peers, sync rounds, traffic, freshness) is read
+//!   from the node's status at scrape time, so the request path never waits
+//!   on the node task.
+//! - `libp2p_*`, libp2p's own (libp2p-metrics): connections, dials, identify
+//!   and gossipsub messages, recorded by the node task from swarm events.
+//! - `libp2p_gossipsub_*`, gossipsub's internals: mesh peers, messages by
+//!   topic and verdict, scores.
+//!
+//! # Rules
+//! - Names carry their unit (`_seconds`, `_bytes`) and counters end in
+//!   `_total` (the encoder adds it).
+//! - No sentinel values: a quantity that is not known yet has no sample
+//!   (`weft_state_age_seconds` before the first exchange with a peer), and
+//!   a separate 0/1 gauge says which case holds (`weft_synced`).
+//! - `weft_build_info{version,profile} 1` says what is running.
+//! - The docs list every metric: `docs/metrics.md`.
 
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use crate::control::Status;
@@ -32,11 +54,79 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// The labels of a request duration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template, like `/v1/authorize`, or `unmatched`.
+    pub route: &'static str,
+    /// The method, or `other`.
+    pub method: &'static str,
+    /// The response's status code.
+    pub status: u16,
+}
+
+/// Upper bounds of the request duration buckets, in seconds: every 25 µs
+/// from 50 to 200 µs and every 50 to 100 µs up to 500 µs, so that a p99
+/// near the 250 µs goal is read to within a bucket of 50 µs or less; then
+/// coarser up to 10 s (a streamed audit export, a slow client).
+pub const HTTP_BUCKETS: [f64; 27] = [
+    10e-6, 25e-6, 50e-6, 75e-6, 100e-6, 125e-6, 150e-6, 175e-6, 200e-6, 250e-6, 300e-6, 400e-6,
+    500e-6, 750e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+fn http_histogram() -> Histogram {
+    Histogram::new(HTTP_BUCKETS)
+}
+
+/// `weft_http_request_duration_seconds{route,method,status}`: one histogram
+/// per label set, made on first use (the labels come from a closed set).
+#[derive(Clone)]
+pub struct HttpDurations {
+    family: Family<HttpLabels, Histogram, fn() -> Histogram>,
+}
+
+impl HttpDurations {
+    /// The histogram of `route`, `method` and `status` (a clone of the
+    /// registered one, to observe into).
+    pub fn of(&self, route: &'static str, method: &'static str, status: u16) -> Histogram {
+        self.family
+            .get_or_create(&HttpLabels {
+                route,
+                method,
+                status,
+            })
+            .clone()
+    }
+}
+
+/// `weft_state_age_seconds`, present only once the node has exchanged
+/// state with a peer (milliseconds in an atomic; `u64::MAX` for never).
+#[derive(Debug, Default)]
+struct StateAge(AtomicU64);
+
+impl Collector for StateAge {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let ms = self.0.load(Ordering::Relaxed);
+        if ms == u64::MAX {
+            return Ok(());
+        }
+        let metric = encoder.encode_descriptor(
+            "state_age",
+            "Seconds since the last exchange with a peer (no sample before the first: see weft_synced)",
+            Some(&Unit::Seconds),
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(ms as f64 / 1000.0).encode(metric)
+    }
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
     decisions: Family<Outcome, Counter>,
     decision_seconds: Histogram,
+    http: HttpDurations,
     applied: Counter,
     refused: Family<Reason, Counter>,
     sync_rounds: Counter,
@@ -51,7 +141,8 @@ pub struct Metrics {
     held: Gauge,
     held_bytes: Gauge,
     revocations: Gauge,
-    state_age: Gauge<f64, AtomicU64>,
+    state_age: Arc<StateAge>,
+    synced_once: Gauge,
     root_expired: Gauge,
     audit_records: Gauge,
     audit_dropped: Counter,
@@ -70,10 +161,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric under the `weft_` prefix.
+    /// Registers the node's metrics under the `weft_` prefix; libp2p's are
+    /// added by [`Metrics::with_registry`].
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("weft");
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("weft");
         let m = Metrics {
+            http: HttpDurations {
+                family: Family::new_with_constructor(http_histogram),
+            },
             decisions: Family::default(),
             // 1 µs to about 1 s in factors of 2: decisions take microseconds
             // to milliseconds (Cedar's cost grows with the policy count).
@@ -92,7 +188,8 @@ impl Metrics {
             held: Gauge::default(),
             held_bytes: Gauge::default(),
             revocations: Gauge::default(),
-            state_age: Gauge::default(),
+            state_age: Arc::new(StateAge(AtomicU64::new(u64::MAX))),
+            synced_once: Gauge::default(),
             root_expired: Gauge::default(),
             audit_records: Gauge::default(),
             audit_dropped: Counter::default(),
@@ -104,6 +201,27 @@ impl Metrics {
             quarantines_active: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
+        r.register(
+            "build",
+            "What is running: the version, and the build profile",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                (
+                    "profile",
+                    if cfg!(debug_assertions) {
+                        "debug"
+                    } else {
+                        "release"
+                    },
+                ),
+            ]),
+        );
+        r.register_with_unit(
+            "http_request_duration",
+            "API requests by route, method and status: from the request head read to the last byte of the answer handed to the connection",
+            Unit::Seconds,
+            m.http.family.clone(),
+        );
         r.register(
             "decisions",
             "Authorization decisions by outcome",
@@ -140,14 +258,16 @@ impl Metrics {
             m.synced.clone(),
         );
         r.register("peer_bans", "Peers banned", m.bans.clone());
-        r.register(
-            "bytes_in",
-            "Bytes received on every connection",
+        r.register_with_unit(
+            "network_receive",
+            "Bytes received on every libp2p connection",
+            Unit::Bytes,
             m.bytes_in.clone(),
         );
-        r.register(
-            "bytes_out",
-            "Bytes sent on every connection",
+        r.register_with_unit(
+            "network_transmit",
+            "Bytes sent on every libp2p connection",
+            Unit::Bytes,
             m.bytes_out.clone(),
         );
         r.register("peers", "Connected peers", m.peers.clone());
@@ -164,10 +284,11 @@ impl Metrics {
             m.held_bytes.clone(),
         );
         r.register("revocations", "Revoked subjects", m.revocations.clone());
+        r.register_collector(Box::new(m.state_age.clone()));
         r.register(
-            "state_age_seconds",
-            "Seconds since the last exchange with a peer (-1 before the first)",
-            m.state_age.clone(),
+            "synced",
+            "1 once the node has exchanged state with a peer since it started, else 0",
+            m.synced_once.clone(),
         );
         r.register(
             "trust_root_expired",
@@ -214,15 +335,24 @@ impl Metrics {
             "Quarantines in force now, under the trust root's limits",
             m.quarantines_active.clone(),
         );
-        *m.registry.lock().expect("no poisoned lock at start") = r;
+        *m.registry.lock().expect("no poisoned lock at start") = root;
         m
+    }
+
+    /// Runs `f` on the registry, to register more metrics (libp2p's) at start.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The request duration histograms, for the API's middleware.
+    pub fn http(&self) -> &HttpDurations {
+        &self.http
     }
 
     /// Registers more metrics (under the `weft_` prefix), such as the
     /// decision log's ([`crate::decision_log::DecisionLogMetrics`]).
     pub fn register_with(&self, add: impl FnOnce(&mut Registry)) {
-        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        add(&mut registry);
+        self.with_registry(|root| add(root.sub_registry_with_prefix("weft")))
     }
 
     /// Records one decision.
@@ -272,12 +402,12 @@ impl Metrics {
         self.held.set(status.held as i64);
         self.held_bytes.set(status.held_bytes as i64);
         self.revocations.set(status.revocations as i64);
-        self.state_age.set(
-            status
-                .last_sync_ms_ago
-                .map(|ms| ms as f64 / 1000.0)
-                .unwrap_or(-1.0),
+        self.state_age.0.store(
+            status.last_sync_ms_ago.unwrap_or(u64::MAX),
+            Ordering::Relaxed,
         );
+        self.synced_once
+            .set(i64::from(status.last_sync_ms_ago.is_some()));
         self.root_expired.set(i64::from(status.trust_root.expired));
         self.audit_records.set(status.audit.records as i64);
         raise(&self.anomaly_alerts, status.anomalies.alerts);

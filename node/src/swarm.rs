@@ -310,9 +310,14 @@ fn build_behaviour(
     key: &identity::Keypair,
     topic: &IdentTopic,
     limits: &crate::limits::ConnectionLimits,
+    metrics: &mut prometheus_client::registry::Registry,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let mut gossipsub =
-        gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossipsub_config()?)?;
+        gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossipsub_config()?)?
+            .with_metrics(
+                metrics.sub_registry_with_prefix("libp2p_gossipsub"),
+                gossipsub::MetricsConfig::default(),
+            );
     let (params, thresholds) = peer_score(topic);
     gossipsub.with_peer_score(params, thresholds)?;
     gossipsub.subscribe(topic)?;
@@ -473,19 +478,20 @@ fn counted_tcp(
 
 /// Builds the swarm: TCP (with `nodelay`, its bytes counted into
 /// `traffic`), Noise, Yamux, and [`Behaviour`] with these connection
-/// `limits`.
+/// `limits`, its gossipsub metrics registered in `metrics`.
 pub(crate) fn build_swarm(
     key: identity::Keypair,
     topic: &IdentTopic,
     traffic: Arc<Traffic>,
     limits: &crate::limits::ConnectionLimits,
+    metrics: &mut prometheus_client::registry::Registry,
 ) -> Result<Swarm<Behaviour>, String> {
     let topic = topic.clone();
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| counted_tcp(key, traffic))
         .map_err(|e| format!("cannot set up the TCP transport: {e}"))?
-        .with_behaviour(|key| build_behaviour(key, &topic, limits))
+        .with_behaviour(|key| build_behaviour(key, &topic, limits, metrics))
         .map_err(|e| format!("cannot set up the network behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build())

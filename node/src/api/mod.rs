@@ -23,6 +23,10 @@
 //! 5xx for a failure of the node's own. Which routes need a credential, and
 //! which are rate-limited, is [`access::ROUTES`]; plain HTTP or TLS is
 //! [`serve`].
+//!
+//! Every route, and the fallback, runs inside `observe.rs`'s middleware: a
+//! request span (exported when `otlp_endpoint` is set) and a sample in
+//! `weft_http_request_duration_seconds{route,method,status}`.
 
 use std::sync::Arc;
 
@@ -46,6 +50,7 @@ use crate::liveness::TaskState;
 
 pub mod access;
 mod audit;
+mod observe;
 pub mod ratelimit;
 pub mod serve;
 pub mod tls;
@@ -107,8 +112,14 @@ pub fn router(state: Arc<ApiState>, access: Arc<access::Access>) -> Router {
         .route("/v1/anomalies", get(get_anomalies))
         .route("/v1/report", get(get_report))
         .fallback(not_found)
-        .with_state(state)
+        // Access control inside the observer: a refused request has its
+        // span and its duration sample too.
         .layer(axum::middleware::from_fn_with_state(access, access::check))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.http().clone(),
+            observe::observe,
+        ))
+        .with_state(state)
 }
 
 /// `{"error": msg}` with `status`.
@@ -349,6 +360,7 @@ async fn post_update(
     match ask(&state, |reply| Command::Submit {
         bytes: bytes.to_vec(),
         reply,
+        span: tracing::Span::current(),
     })
     .await
     {

@@ -55,6 +55,10 @@ pub enum Command {
         bytes: Vec<u8>,
         /// Where the outcome goes, after the update is durable.
         reply: oneshot::Sender<Result<Submitted, SubmitError>>,
+        /// The request's span: the update's own span is its child, so a
+        /// trace shows the push and the apply together (disabled without
+        /// an OTLP exporter).
+        span: tracing::Span,
     },
     /// `GET /v1/state`: the encoded [`StateExport`].
     Export {

@@ -51,6 +51,7 @@ use crate::control::{Command, Shared, SubmitError, Submitted};
 use crate::store::{Store, StoreError};
 use crate::swarm::{Behaviour, BehaviourEvent, TOPIC, fit_response, split_p2p};
 
+mod spans;
 mod status;
 
 /// First delay before redialing a configured peer; it doubles after each
@@ -116,6 +117,8 @@ pub(crate) struct NodeTaskParts {
     pub checkpoints: mpsc::Receiver<Vec<u8>>,
     /// The node's key, to sign quarantine orders.
     pub node_key: SecretKey,
+    /// libp2p's metrics, recorded from swarm events.
+    pub p2p_metrics: libp2p::metrics::Metrics,
 }
 
 /// The task that owns the replica and the swarm.
@@ -155,6 +158,7 @@ pub(crate) struct NodeTask {
     audit_topic: IdentTopic,
     checkpoints: mpsc::Receiver<Vec<u8>>,
     node_key: SecretKey,
+    p2p_metrics: libp2p::metrics::Metrics,
     /// Peers admitted so far, to record each admission once.
     admitted: BTreeSet<PeerId>,
     /// Wakes the background flusher ([`flush_when_asked`]).
@@ -240,6 +244,7 @@ impl NodeTask {
             audit_topic: IdentTopic::new(crate::audit::AUDIT_TOPIC),
             checkpoints: parts.checkpoints,
             node_key: parts.node_key,
+            p2p_metrics: parts.p2p_metrics,
             admitted: BTreeSet::new(),
             flush_wanted: Arc::new(Notify::new()),
         }
@@ -451,6 +456,13 @@ impl NodeTask {
         // start does not verify every update from scratch.
         self.applied_since_snapshot = self.snapshot_every;
         self.check_snapshot();
+        let _in = spans::update(
+            Some(&format_args!("trust-root-v{version}")),
+            "trust_root",
+            "applied",
+            "local",
+        )
+        .entered();
         tracing::warn!(version, dropped, "adopted a new trust root");
         self.audit.record(AuditEvent::UpdateApplied {
             id: format!("trust-root-v{version}"),
@@ -526,7 +538,8 @@ impl NodeTask {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit { bytes, reply } => {
+            Command::Submit { bytes, reply, span } => {
+                let _in = span.enter();
                 let result = self.submit(bytes).map(|accepted| {
                     let (id, status) = match accepted {
                         Accepted::Applied(hash) => (hash.to_string(), "applied"),
@@ -608,6 +621,15 @@ impl NodeTask {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        {
+            use libp2p::metrics::Recorder as _;
+            self.p2p_metrics.record(&event);
+            match &event {
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.p2p_metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
+                _ => {}
+            }
+        }
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -855,6 +877,11 @@ impl NodeTask {
         let mut applied = false;
         let mut verdict_given = false;
         let mut refused_recorded = 0;
+        let source = match (gossip, flush) {
+            (Some(_), _) => "gossip",
+            (None, Flush::Now) => "local",
+            (None, Flush::Background) => "sync",
+        };
         for o in outputs {
             match o {
                 Output::Persist { .. } => {}
@@ -921,6 +948,8 @@ impl NodeTask {
                     }
                 }
                 Output::Applied { hash, summary } => {
+                    let span = spans::update(Some(&hash), spans::kind(&summary), "applied", source);
+                    let _in = span.enter();
                     tracing::info!(id = %hash, paths = summary.paths.len(), "update applied");
                     let touches = summary
                         .bundles()
@@ -983,6 +1012,9 @@ impl NodeTask {
                     reason,
                 } => match from {
                     None => {
+                        let span = spans::update(None, "other", "refused", source);
+                        span.record("update.reason", label);
+                        let _in = span.enter();
                         tracing::info!(%reason, "submitted update refused");
                         self.audit.record(AuditEvent::UpdateRefused {
                             reason,
@@ -993,6 +1025,9 @@ impl NodeTask {
                     // the peer's bytes), at most a few per batch.
                     Some(peer) if refused_recorded < MAX_REFUSALS_RECORDED => {
                         refused_recorded += 1;
+                        let span = spans::update(None, "other", "refused", source);
+                        span.record("update.reason", label);
+                        let _in = span.enter();
                         self.audit.record(AuditEvent::UpdateRefused {
                             reason: label.to_owned(),
                             source: peer.to_string(),
@@ -1009,6 +1044,7 @@ impl NodeTask {
                     }
                 }
                 Output::Held { hash, from } => {
+                    let _in = spans::update(Some(&hash), "other", "held", source).entered();
                     tracing::debug!(id = %hash, ?from, "update held for its dependencies");
                 }
                 Output::Submitted(_) => {
