@@ -79,13 +79,16 @@ pub fn render_status(s: &Status) -> String {
     );
     for p in &s.peers {
         out += &format!(
-            "    {}  {}{}\n",
+            "    {}  {}{}{}\n",
             p.node_id,
             if p.admitted {
                 "admitted"
             } else {
                 "NOT admitted"
             },
+            p.rtt_ms
+                .map(|ms| format!("  rtt {ms:.1} ms"))
+                .unwrap_or_default(),
             p.score
                 .map(|x| format!("  score {x:.1}"))
                 .unwrap_or_default()

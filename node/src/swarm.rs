@@ -14,7 +14,16 @@
 //!   published by two nodes is one message;
 //! - request-response on [`SYNC_PROTOCOL`] for anti-entropy, with
 //!   length-prefixed frames bounded by [`MAX_WIRE_BYTES`];
-//! - identify.
+//! - identify;
+//! - ping, every [`PING_INTERVAL`]: the node task closes a connection that
+//!   has answered no ping for [`SILENT_CONNECTION`], so a peer behind a
+//!   partition is found out in seconds and redialed, instead of waiting on
+//!   TCP retransmissions that back off to minutes.
+//!
+//! A TCP connect that has not completed within [`CONNECT_TIMEOUT`] fails,
+//! so that the node task's next dial (see `task`'s redial rules) sends a
+//! fresh SYN instead of waiting on the kernel's SYN retransmissions (1 s,
+//! 3 s, 7 s…) after a partition heals.
 //!
 //! Every TCP connection counts the bytes it carries ([`Traffic`]), below
 //! Noise and Yamux, so the totals are what crossed the wire: gossip, sync,
@@ -29,6 +38,7 @@ use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade;
 use libp2p::gossipsub::{
@@ -40,7 +50,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    identity, noise, tcp, yamux,
+    identity, noise, ping, tcp, yamux,
 };
 use sha2::{Digest as _, Sha256};
 use weft_protocol::identity::SecretKey;
@@ -60,6 +70,31 @@ pub const IDENTIFY_PROTOCOL: &str = "/weft/1.0.0";
 /// quiet, and a mesh that tears its connections down between updates would
 /// pay a handshake and a fresh admission on every one.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How often a node pings each peer it is connected to.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long one ping may go unanswered.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection may go without answering a ping before the node
+/// task closes it. libp2p's ping reports a connection's first timeout to
+/// nobody, and its next only after a new stream failed to open (ten
+/// seconds more), so the node task keeps the time of each connection's
+/// last answer itself. Three seconds: far above a WAN round trip, well
+/// below the time TCP's backed-off retransmissions take to notice a heal.
+pub const SILENT_CONNECTION: Duration = Duration::from_secs(3);
+
+/// How long a TCP connect may take before the dial fails (the handshakes
+/// above it are not included). One second: a SYN answered at all is
+/// answered within a round trip; one that is not (a partition, a dead
+/// host) is better sent again soon by a new dial than by the kernel's
+/// backed-off retransmissions.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a dial may take from the TCP connect to an established,
+/// authenticated and multiplexed connection.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a sync request may take. Thirty seconds: a `Fetch` answer can be
 /// [`MAX_WIRE_BYTES`] (8 MiB), which a slow link needs a while to carry.
@@ -202,6 +237,8 @@ pub(crate) struct Behaviour {
     pub(crate) sync: request_response::Behaviour<SyncCodec>,
     /// Exchanges listen addresses and protocol versions.
     pub(crate) identify: identify::Behaviour,
+    /// Measures each connection's round trip and finds dead ones.
+    pub(crate) ping: ping::Behaviour,
 }
 
 /// The gossipsub configuration. The measurements behind each setting are
@@ -338,6 +375,11 @@ fn build_behaviour(
         gossipsub,
         sync,
         identify,
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(PING_INTERVAL)
+                .with_timeout(PING_TIMEOUT),
+        ),
     })
 }
 
@@ -456,24 +498,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// TCP (with `nodelay`) counted into `traffic`, then Noise and Yamux: what
-/// `SwarmBuilder::with_tcp` builds, plus the counter.
+/// TCP (with `nodelay`, connects bounded by [`CONNECT_TIMEOUT`]) counted
+/// into `traffic`, then Noise and Yamux within [`HANDSHAKE_TIMEOUT`]: what
+/// `SwarmBuilder::with_tcp` builds, plus the counter and the connect bound.
 fn counted_tcp(
     key: &identity::Keypair,
     traffic: Arc<Traffic>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .map(move |inner, _| Counted {
-                inner,
-                traffic: traffic.clone(),
-            })
-            .upgrade(upgrade::Version::V1Lazy)
-            .authenticate(noise::Config::new(key)?)
-            .multiplex(yamux::Config::default())
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
+    Ok(TransportTimeout::with_outgoing_timeout(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
+        CONNECT_TIMEOUT,
     )
+    .map(move |inner, _| Counted {
+        inner,
+        traffic: traffic.clone(),
+    })
+    .upgrade(upgrade::Version::V1Lazy)
+    .authenticate(noise::Config::new(key)?)
+    .multiplex(yamux::Config::default())
+    .timeout(HANDSHAKE_TIMEOUT)
+    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+    .boxed())
 }
 
 /// Builds the swarm: TCP (with `nodelay`, its bytes counted into

@@ -142,14 +142,19 @@ pub struct NetworkConfig {
     #[serde(default = "d_reorder_delay", deserialize_with = "de_ms")]
     pub reorder_delay: u64,
     /// Whether a partition closes the connections across it. Default true:
-    /// the node runs no ping, so a connection across a cut lives until TCP
-    /// gives up or the link goes down; a closed connection is redialed after
-    /// the heal and starts with `Hello`. With false, connections stay open
-    /// and only the messages are dropped (a short blackhole).
+    /// the node pings each peer every second and closes a connection whose
+    /// ping goes unanswered for two, so a cut of more than about three
+    /// seconds closes its connections; a closed connection is redialed
+    /// after the heal and starts with `Hello`. With false, connections stay
+    /// open and only the messages are dropped (a blackhole shorter than
+    /// the ping timeout).
     #[serde(default = "d_true")]
     pub partition_closes: bool,
-    /// Delay before nodes redial after a heal, ms. Default 1,000 (the node's
-    /// `REDIAL_MIN`).
+    /// The longest wait before a connection cut by a partition is dialed
+    /// again after the heal, ms; each connection's wait is drawn uniformly
+    /// up to it. Default 1,500: the node's redial cycle towards a peer it
+    /// cannot reach (a connect that gives up after 1 s, then a backoff of
+    /// at most 0.5 s), within which the heal falls anywhere.
     #[serde(default = "d_redial", deserialize_with = "de_ms")]
     pub redial: u64,
     /// Per-node processing delay before a node handles a message, ms. Default 0.
@@ -158,7 +163,7 @@ pub struct NetworkConfig {
 }
 
 fn d_redial() -> u64 {
-    1_000
+    1_500
 }
 
 fn d_rto() -> u64 {

@@ -2194,3 +2194,79 @@ async fn a_rotation_reaches_every_node_and_the_removed_operator_writes_nothing_m
     );
     Ok(())
 }
+
+/// The heal benchmark (`scripts/bench-heal.sh`, not part of the suite):
+/// six nodes split 3|3 `WEFT_BENCH_HEALS` times (default 20), each side revokes
+/// a subject of its own during the cut, which lasts `WEFT_BENCH_CUT_SECS`
+/// (default 6: long enough for the nodes to find the connections across it
+/// dead), and the time from the heal to every node holding both
+/// revocations with the same heads is measured. Prints one `HEAL` line per
+/// heal and a `FAULTS heal_bench` summary with p50, p99 and the slowest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: scripts/bench-heal.sh runs it"]
+async fn heal_bench() -> Result<()> {
+    let heals: usize = std::env::var("WEFT_BENCH_HEALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let cut = Duration::from_secs(
+        std::env::var("WEFT_BENCH_CUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(6),
+    );
+    let mut lab = Lab::new(LabSpec::new(6))?;
+    lab.start_all().await?;
+    lab.wait_admitted(5, Duration::from_secs(30)).await?;
+    let (west, east): (&[usize], &[usize]) = (&[0, 1, 2], &[3, 4, 5]);
+    let mut times = Vec::with_capacity(heals);
+    for round in 0..heals {
+        lab.partition(&[west, east])?;
+        let started = Instant::now();
+        let w = push_file(
+            &lab,
+            1,
+            &revoke_file(&lab, 1, &lab.alice_key, &format!("User::\"w{round}\""))?,
+        )
+        .await?;
+        let e = push_file(
+            &lab,
+            4,
+            &revoke_file(&lab, 4, &lab.alice_key, &format!("User::\"e{round}\""))?,
+        )
+        .await?;
+        tokio::time::sleep(cut.saturating_sub(started.elapsed())).await;
+        lab.heal_all()?;
+        // Converged: every node's heads are exactly the two revocations
+        // (concurrent, so both are heads once merged). Read from all six
+        // at once, every 20 ms: a probe that reads whole states would time
+        // itself, not the heal.
+        let mut want = vec![w, e];
+        want.sort();
+        let healed = Instant::now();
+        loop {
+            let heads = futures::future::join_all((0..6).map(|i| lab.heads(i))).await;
+            if heads.iter().all(|h| h.as_ref().is_ok_and(|h| *h == want)) {
+                break;
+            }
+            ensure!(
+                healed.elapsed() < Duration::from_secs(90),
+                "heal {round}: not converged within 90 s: {heads:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = healed.elapsed();
+        eprintln!("HEAL {round} converge_ms={}", t.as_millis());
+        times.push(t.as_millis() as u64);
+    }
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    eprintln!(
+        "FAULTS heal_bench heals={heals} cut_s={} p50_ms={} p99_ms={} max_ms={} result=pass",
+        cut.as_secs(),
+        at(0.50),
+        at(0.99),
+        times[times.len() - 1]
+    );
+    Ok(())
+}

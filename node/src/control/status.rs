@@ -22,6 +22,10 @@ pub struct PeerStatus {
     /// When that certificate expires (Unix seconds).
     #[serde(default)]
     pub cert_expires: Option<u64>,
+    /// The latest ping round trip, in milliseconds (none before the first
+    /// answer).
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 /// One bundle in [`Status`].

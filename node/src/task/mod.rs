@@ -34,7 +34,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, PublishE
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use weft_crdt::ChangeHash;
@@ -56,10 +56,25 @@ mod status;
 
 /// First delay before redialing a configured peer; it doubles after each
 /// failure up to [`REDIAL_MAX`], and resets after a successful connection.
-pub const REDIAL_MIN: Duration = Duration::from_secs(1);
+/// Each wait is drawn within ±20% of the backoff ([`jittered`]), so that
+/// the nodes on one side of a healed partition do not dial in lock step.
+pub const REDIAL_MIN: Duration = Duration::from_millis(100);
 
-/// Longest delay between two dials of a configured peer.
-pub const REDIAL_MAX: Duration = Duration::from_secs(30);
+/// Longest delay between two dials of a configured peer. Short: a dial of
+/// an unreachable peer costs one SYN (a connect gives up after
+/// [`crate::swarm::CONNECT_TIMEOUT`]), and the sooner the next one goes out
+/// after a partition heals, the sooner both sides sync. A peer that stays
+/// unreachable is dialed about every 1.5 s.
+pub const REDIAL_MAX: Duration = Duration::from_millis(500);
+
+/// How often the node task looks for configured peers to dial.
+const REDIAL_TICK: Duration = Duration::from_millis(50);
+
+/// `backoff` within ±20%, drawn anew each time.
+fn jittered(backoff: Duration) -> Duration {
+    let spread = u64::from(getrandom::u32().unwrap_or(0) % 401); // 0..=400
+    backoff * (800 + spread as u32) / 1000
+}
 
 /// Refusals of a peer's updates recorded in the audit trail per batch of
 /// effects; the rest are counted in the metrics only.
@@ -137,6 +152,14 @@ pub(crate) struct NodeTask {
     next_request: u64,
     requests: HashMap<OutboundRequestId, PeerId>,
     partitioned: BTreeSet<PeerId>,
+    /// The latest ping round trip to each connected peer.
+    rtt: HashMap<PeerId, Duration>,
+    /// When each connection last answered a ping (or opened): one silent
+    /// for [`crate::swarm::SILENT_CONNECTION`] is closed.
+    answered: HashMap<ConnectionId, Instant>,
+    /// When the redial tick last ran: a node task that was itself held up
+    /// does not blame its connections for the silence.
+    last_tick: Instant,
     banned: BTreeSet<PeerId>,
     /// Every applied change by actor (hex) and highest op counter, to find
     /// the change that holds a live operation ([`NodeTask::change_of`]): for
@@ -230,6 +253,9 @@ impl NodeTask {
             next_request: 0,
             requests: HashMap::new(),
             partitioned: BTreeSet::new(),
+            rtt: HashMap::new(),
+            answered: HashMap::new(),
+            last_tick: Instant::now(),
             banned: BTreeSet::new(),
             actors: HashMap::new(),
             indexed: 0,
@@ -273,7 +299,7 @@ impl NodeTask {
         let _ = self.carry_out(start, None, Flush::Background);
         self.check_snapshot();
         self.redial();
-        let mut redial = tokio::time::interval(Duration::from_millis(250));
+        let mut redial = tokio::time::interval(REDIAL_TICK);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // spawn_node has reported an expired root already; repeat it every minute.
         let mut root_check = tokio::time::interval_at(
@@ -627,8 +653,18 @@ impl NodeTask {
             match &event {
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.p2p_metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
                 _ => {}
             }
+        }
+        match &event {
+            SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                self.answered.insert(*connection_id, Instant::now());
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.answered.remove(connection_id);
+            }
+            _ => {}
         }
         match event {
             SwarmEvent::ConnectionEstablished {
@@ -672,12 +708,13 @@ impl NodeTask {
             } => {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "peer disconnected");
                 self.admitted.remove(&peer_id);
+                self.rtt.remove(&peer_id);
                 let out = self.handle(Input::PeerDisconnected { peer: peer_id });
                 let _ = self.carry_out(out, None, Flush::Background);
                 let now = Instant::now();
                 for t in &mut self.targets {
                     if t.peer == Some(peer_id) {
-                        t.next = now + t.backoff;
+                        t.next = now + jittered(t.backoff);
                     }
                 }
             }
@@ -690,8 +727,9 @@ impl NodeTask {
                 for t in &mut self.targets {
                     if t.pending == Some(connection_id) {
                         t.pending = None;
-                        t.next = now + t.backoff;
-                        tracing::debug!(addr = %t.addr, peer = ?peer_id, %error, retry_in_ms = t.backoff.as_millis() as u64, "dial failed");
+                        let wait = jittered(t.backoff);
+                        t.next = now + wait;
+                        tracing::debug!(addr = %t.addr, peer = ?peer_id, %error, retry_in_ms = wait.as_millis() as u64, "dial failed");
                         t.backoff = (t.backoff * 2).min(REDIAL_MAX);
                     }
                 }
@@ -708,6 +746,7 @@ impl NodeTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -716,6 +755,23 @@ impl NodeTask {
                 tracing::trace!(peer = %peer_id, agent = %info.agent_version, "identified peer");
             }
             _ => {}
+        }
+    }
+
+    /// A ping's outcome: the round trip is kept for status; a connection
+    /// whose ping went unanswered is closed (a partition, a dead host), so
+    /// that the peer is redialed and synced as soon as it can be reached.
+    fn on_ping(&mut self, event: ping::Event) {
+        match event.result {
+            Ok(rtt) => {
+                self.rtt.insert(event.peer, rtt);
+                self.answered.insert(event.connection, Instant::now());
+            }
+            Err(failure) => {
+                tracing::info!(peer = %event.peer, %failure, "a peer stopped answering pings: closing the connection, to redial it");
+                self.rtt.remove(&event.peer);
+                self.swarm.close_connection(event.connection);
+            }
         }
     }
 
@@ -1122,8 +1178,36 @@ impl NodeTask {
         }));
     }
 
+    /// Closes every connection that has answered no ping for
+    /// [`crate::swarm::SILENT_CONNECTION`] (a partition, a dead host), so
+    /// that its peer is redialed, and synced on the new connection, as soon
+    /// as it can be reached again.
+    fn close_silent(&mut self, now: Instant) {
+        let late = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        if late > Duration::from_secs(1) {
+            // This task was held up: the pongs may be waiting on it.
+            for t in self.answered.values_mut() {
+                *t = now;
+            }
+            return;
+        }
+        let silent: Vec<ConnectionId> = self
+            .answered
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) > crate::swarm::SILENT_CONNECTION)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in silent {
+            self.answered.remove(&c);
+            tracing::info!(connection = ?c, "a connection answered no ping for {:?}: closing it, to redial its peer", crate::swarm::SILENT_CONNECTION);
+            self.swarm.close_connection(c);
+        }
+    }
+
     fn redial(&mut self) {
         let now = Instant::now();
+        self.close_silent(now);
         for i in 0..self.targets.len() {
             let t = &self.targets[i];
             if t.pending.is_some() || now < t.next {
@@ -1153,7 +1237,7 @@ impl NodeTask {
                 Err(err) => {
                     let t = &mut self.targets[i];
                     tracing::debug!(%addr, %err, "cannot dial");
-                    t.next = now + t.backoff;
+                    t.next = now + jittered(t.backoff);
                     t.backoff = (t.backoff * 2).min(REDIAL_MAX);
                 }
             }

@@ -81,6 +81,7 @@ impl NodeTask {
                     score: gossipsub.peer_score(peer),
                     cert_name: cert.map(|c| c.0.clone()),
                     cert_expires: cert.map(|c| c.1),
+                    rtt_ms: self.rtt.get(peer).map(|d| d.as_secs_f64() * 1000.0),
                 }
             })
             .collect();

@@ -88,10 +88,18 @@ impl<P: Payload> Sim<'_, P> {
         }
     }
 
-    /// Lifts the partition, queues the redial and records the heal.
+    /// Lifts the partition, queues the redials and records the heal. Each
+    /// cut connection is dialed again after its own wait, drawn uniformly
+    /// within `redial` (pair by pair, lower node first): a node dials a
+    /// configured peer it cannot reach about once per redial cycle, and
+    /// the heal falls anywhere within that cycle.
     fn heal(&mut self, what: String) {
         self.net.partition = None;
-        self.push(self.now + self.sc.network.redial, Ev::Redial);
+        let dials = std::mem::take(&mut self.net.pending_dials);
+        for (a, b) in dials {
+            let wait = self.rng.random_range(0..=self.sc.network.redial);
+            self.push(self.now + wait, Ev::Redial { a, b });
+        }
         self.stats.heals.push(Heal {
             at_ms: self.now,
             what,

@@ -291,7 +291,7 @@ impl<'a, P: Payload> Sim<'a, P> {
                 }
             }
             Ev::Inject { fault, round } => self.inject(fault, round),
-            Ev::Redial => self.redial(),
+            Ev::Redial { a, b } => self.connect(a, b),
             Ev::EndOfFaults => self.end_of_faults(),
             Ev::Sample => return Ok(self.sample()),
         }

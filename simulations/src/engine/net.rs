@@ -9,8 +9,10 @@
 //! base latency (each link's own, drawn once from `latency` ± `link_spread`)
 //! plus jitter from the scenario's distribution. A partition drops messages
 //! between groups (one direction only for `one_way`). By default it also
-//! closes the connections across it, and nodes redial them one `redial`
-//! after the heal (each new connection starts with `Hello`, which syncs);
+//! closes the connections across it (the node pings each peer every second
+//! and closes a connection whose ping goes unanswered for two), and nodes
+//! redial each one within `redial` after the heal, a uniform draw per
+//! connection (each new connection starts with `Hello`, which syncs);
 //! with `partition_closes = false` connections stay open, as across a short
 //! routing blackhole, and sync requests across the cut time out. A crash
 //! closes the node's connections (its peers see them close, as after
@@ -296,16 +298,6 @@ impl<P: Payload> Sim<'_, P> {
                 inc: ib,
             },
         );
-    }
-
-    /// Dials every pair in `pending_dials` (after a heal).
-    pub(super) fn redial(&mut self) {
-        let dials: Vec<(u32, u32)> = std::mem::take(&mut self.net.pending_dials)
-            .into_iter()
-            .collect();
-        for (a, b) in dials {
-            self.connect(a, b);
-        }
     }
 }
 

@@ -51,8 +51,8 @@ pub(super) enum Ev {
     Inject { fault: usize, round: u32 },
     /// The scenario's duration is over.
     EndOfFaults,
-    /// Connections cut by a partition are dialed again.
-    Redial,
+    /// A connection cut by a partition is dialed again.
+    Redial { a: u32, b: u32 },
     /// Convergence is sampled.
     Sample,
 }
@@ -73,7 +73,7 @@ impl Ev {
             Ev::Restart { node } => (8, *node),
             Ev::Inject { fault, .. } => (9, *fault as u32),
             Ev::EndOfFaults => (30, 0),
-            Ev::Redial => (32, 0),
+            Ev::Redial { a, .. } => (32, *a),
             Ev::Sample => (31, 0),
         }
     }
