@@ -761,11 +761,17 @@ impl NodeTask {
     /// A ping's outcome: the round trip is kept for status; a connection
     /// whose ping went unanswered is closed (a partition, a dead host), so
     /// that the peer is redialed and synced as soon as it can be reached.
+    /// A peer that does not speak ping (not a weft node: the admission
+    /// timeout decides whether it stays) is neither timed nor closed.
     fn on_ping(&mut self, event: ping::Event) {
         match event.result {
             Ok(rtt) => {
                 self.rtt.insert(event.peer, rtt);
                 self.answered.insert(event.connection, Instant::now());
+            }
+            Err(ping::Failure::Unsupported) => {
+                tracing::debug!(peer = %event.peer, "the peer does not answer pings: its connection is not watched for silence");
+                self.answered.remove(&event.connection);
             }
             Err(failure) => {
                 tracing::info!(peer = %event.peer, %failure, "a peer stopped answering pings: closing the connection, to redial it");
