@@ -13,6 +13,7 @@
 //! - [`trust_rotate`], [`trust_sign`]: a new trust root, carried through the mesh.
 //! - [`token()`]: issue identity tokens.
 //! - [`check()`]: ask a node for a decision.
+//! - [`node_config`]: the settings `weft node run` would use, and their sources.
 //! - [`audit()`]: verify a node's audit chain offline, export its records.
 
 mod apitoken;
@@ -22,6 +23,7 @@ mod check;
 mod common;
 mod inspect;
 pub(crate) mod lane;
+mod nodeconfig;
 mod nodedir;
 mod rotate;
 mod token;
@@ -29,6 +31,7 @@ mod token;
 pub use apitoken::{API_TOKEN_ADD_LONG_ABOUT, ApiCommand, ApiTokenAddArgs, ApiTokenCommand, api};
 pub use audit::{AUDIT_VERIFY_LONG_ABOUT, AuditCommand, AuditExportArgs, AuditVerifyArgs, audit};
 pub use check::{CHECK_LONG_ABOUT, CheckArgs};
+pub use nodeconfig::{NODE_CONFIG_LONG_ABOUT, NodeConfigArgs, node_config};
 pub use rotate::{TRUST_ROTATE_LONG_ABOUT, TrustRotateArgs, TrustSignArgs};
 pub use token::{TOKEN_ISSUE_LONG_ABOUT, TokenCommand, TokenIssueArgs};
 

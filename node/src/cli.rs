@@ -154,8 +154,8 @@ pub enum NodeCommand {
     #[command(long_about = weft_node::daemon::NODE_RUN_LONG_ABOUT)]
     Run(weft_node::daemon::NodeRunArgs),
     /// Print the settings `weft node run` would use (weft.toml, WEFT_* variables, flags) and where each came from.
-    #[command(long_about = weft_node::settings::command::NODE_CONFIG_LONG_ABOUT)]
-    Config(weft_node::settings::command::NodeConfigArgs),
+    #[command(long_about = weft_node::admin::NODE_CONFIG_LONG_ABOUT)]
+    Config(weft_node::admin::NodeConfigArgs),
 }
 
 /// `weft key …`
@@ -307,7 +307,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node(NodeCommand::Init(a)) => weft_node::admin::node_init(a),
         Command::Node(NodeCommand::Certify(a)) => weft_node::admin::node_certify(a),
         Command::Node(NodeCommand::Run(a)) => weft_node::daemon::node_run(a),
-        Command::Node(NodeCommand::Config(a)) => weft_node::settings::command::node_config(a),
+        Command::Node(NodeCommand::Config(a)) => weft_node::admin::node_config(a),
         Command::Bundle(c) => weft_node::admin::bundle(c),
         Command::Revoke(a) => weft_node::admin::revoke(a),
         Command::Update(c) => weft_node::admin::update(c),

@@ -592,7 +592,6 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         shutdown_rx.clone(),
     );
     let detect_task = tokio::spawn(detector.instrument(span.clone()));
-    let metrics = Arc::new(crate::metrics::Metrics::new());
     let (decision_log, decision_log_task) = match opts.decision_log.clone() {
         None => (None, None),
         Some(dlog) => {
@@ -682,7 +681,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     });
 
     let node_task = tokio::spawn(task.run().instrument(span.clone()));
-    let reload_status = Arc::new(crate::reload::ReloadStatus::default());
+    let reload_status = Arc::new(crate::control::reload::ReloadStatus::default());
     let reloader = crate::reload::Reloader::new(
         crate::reload::Targets {
             tls: opts.api_tls.clone().zip(tls.clone()),

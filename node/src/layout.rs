@@ -79,6 +79,15 @@ pub enum OnStale {
 /// dotted path names a key in a table.
 pub const SECRET_KEYS: &[&str] = &["decision_log.headers"];
 
+/// `POST /v1/updates` a client address may send per minute by default:
+/// two a second, far above what operators push by hand or by script, far
+/// below what would keep a node busy verifying signatures.
+pub const DEFAULT_API_UPDATES_PER_MINUTE: u32 = 120;
+
+/// The burst of `POST /v1/updates` a client address may send by default:
+/// a rotation or a batch pushed at once.
+pub const DEFAULT_API_UPDATES_BURST: u32 = 60;
+
 /// The settings in `weft.toml`. Every field has a default, so an empty file
 /// is a valid configuration. Each can also come from a `WEFT_*`
 /// environment variable ([`crate::settings`]).
@@ -152,10 +161,10 @@ pub struct Config {
     /// such a node refuses to start.
     pub api_insecure: bool,
     /// `POST /v1/updates` per client IP address: requests per minute
-    /// (0: no limit). Default 120 ([`crate::api::ratelimit::UpdateRate`]
-    /// says why).
+    /// (0: no limit). Default [`DEFAULT_API_UPDATES_PER_MINUTE`].
     pub api_updates_per_minute: u32,
-    /// `POST /v1/updates` per client IP address: the burst. Default 60.
+    /// `POST /v1/updates` per client IP address: the burst. Default
+    /// [`DEFAULT_API_UPDATES_BURST`].
     pub api_updates_burst: u32,
     /// Decision records shipped to an HTTP receiver, the `[decision_log]`
     /// table (absent: none shipped). Its `headers` are secret.
@@ -192,8 +201,8 @@ impl Default for Config {
             api_client_ca: None,
             api_tokens_file: None,
             api_insecure: false,
-            api_updates_per_minute: crate::api::ratelimit::UpdateRate::default().per_minute,
-            api_updates_burst: crate::api::ratelimit::UpdateRate::default().burst,
+            api_updates_per_minute: DEFAULT_API_UPDATES_PER_MINUTE,
+            api_updates_burst: DEFAULT_API_UPDATES_BURST,
             decision_log: None,
             otlp_endpoint: String::new(),
         }

@@ -25,11 +25,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 use weft_protocol::identity::NodeId;
@@ -37,57 +36,13 @@ use weft_protocol::trust::{SignedNodeCert, TrustRoot};
 
 use crate::api::tls::TlsFiles;
 use crate::api::tokens::TokenSet;
+use crate::control::reload::ReloadStatus;
 use crate::control::{Command, Shared};
 
 /// How often the files are checked for changes. Default 2 s: a renewed
 /// file is in use within a couple of seconds, for one small read and hash
 /// per file.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
-
-/// One material's reload history, as `GET /v1/status` shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MaterialStatus {
-    /// The files it is read from.
-    pub files: Vec<String>,
-    /// Unix ms of the last load attempt (the start counts as one).
-    pub last_attempt_ms: Option<u64>,
-    /// Unix ms of the last load that was adopted.
-    pub last_success_ms: Option<u64>,
-    /// Why the last attempt failed; none when it succeeded.
-    pub last_error: Option<String>,
-}
-
-/// Every material's reload history, by name: `api_tls`, `api_tokens`,
-/// `node_cert`.
-#[derive(Debug, Default)]
-pub struct ReloadStatus {
-    materials: Mutex<BTreeMap<&'static str, MaterialStatus>>,
-}
-
-impl ReloadStatus {
-    /// A copy of the history.
-    pub fn snapshot(&self) -> BTreeMap<&'static str, MaterialStatus> {
-        self.materials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn note(&self, name: &'static str, files: &[PathBuf], result: &Result<(), String>) {
-        let now = crate::clock::now_ms();
-        let mut m = self.materials.lock().unwrap_or_else(|p| p.into_inner());
-        let s = m.entry(name).or_default();
-        s.files = files.iter().map(|p| p.display().to_string()).collect();
-        s.last_attempt_ms = Some(now);
-        match result {
-            Ok(()) => {
-                s.last_success_ms = Some(now);
-                s.last_error = None;
-            }
-            Err(e) => s.last_error = Some(e.clone()),
-        }
-    }
-}
 
 /// Checks an encoded node certificate as peers will: it verifies against
 /// `root` at `now_secs` and is for `node`. Returns its name and expiry.

@@ -77,7 +77,7 @@ pub struct ApiState {
     /// Decision counts and recent denies, for the dashboard and the report.
     pub decisions: Arc<crate::dashboard::DecisionLog>,
     /// The reload history of certificates and tokens, for `GET /v1/status`.
-    pub reload: Arc<crate::reload::ReloadStatus>,
+    pub reload: Arc<crate::control::reload::ReloadStatus>,
     /// The decision log shipped out, when `[decision_log]` sets a `url`
     /// or a `syslog` target.
     pub decision_log: Option<crate::decision_log::DecisionLogHandle>,

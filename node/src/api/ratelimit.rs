@@ -35,8 +35,8 @@ pub struct UpdateRate {
 impl Default for UpdateRate {
     fn default() -> Self {
         UpdateRate {
-            per_minute: 120,
-            burst: 60,
+            per_minute: crate::layout::DEFAULT_API_UPDATES_PER_MINUTE,
+            burst: crate::layout::DEFAULT_API_UPDATES_BURST,
         }
     }
 }

@@ -21,6 +21,7 @@ use weft_protocol::update::UpdateError;
 use crate::store::StoreError;
 
 pub mod evidence;
+pub mod reload;
 mod status;
 
 use crate::swarm::Traffic;

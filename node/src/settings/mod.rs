@@ -28,7 +28,6 @@
 //! - Secrets ([`crate::layout::SECRET_KEYS`], and passwords in URLs) are
 //!   never printed; errors never echo an environment variable's value.
 
-pub mod command;
 pub mod de;
 pub mod env;
 pub mod layers;

@@ -36,7 +36,7 @@ pub fn node_config(args: NodeConfigArgs) -> Result<ExitCode> {
             args.run.dir.display()
         );
     }
-    let resolved = super::resolve_from_process(
+    let resolved = crate::settings::resolve_from_process(
         &args.run.dir,
         args.run.config.as_deref(),
         &args.run.flag_values(),
@@ -45,12 +45,14 @@ pub fn node_config(args: NodeConfigArgs) -> Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            super::print::to_json(&resolved.config, &resolved.layers).map_err(|e| anyhow!(e))?
+            crate::settings::print::to_json(&resolved.config, &resolved.layers)
+                .map_err(|e| anyhow!(e))?
         );
     } else {
         print!(
             "{}",
-            super::print::to_toml(&resolved.config, &resolved.layers).map_err(|e| anyhow!(e))?
+            crate::settings::print::to_toml(&resolved.config, &resolved.layers)
+                .map_err(|e| anyhow!(e))?
         );
     }
     Ok(ExitCode::SUCCESS)
