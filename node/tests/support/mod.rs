@@ -1,4 +1,4 @@
-//! What the API security tests share: running `weft`, a mesh's trust
+//! What the binary tests (API security, reloads, traces) share: running `weft`, a mesh's trust
 //! root and node directories, `weft node run` processes that are killed
 //! when a test ends, and test certificates made with rcgen.
 
