@@ -25,6 +25,10 @@ pub struct BundleContent {
     pub links: Option<String>,
     /// A free-text description.
     pub description: Option<String>,
+    /// Routes from HTTP requests to Cedar requests, TOML ([`crate::routes`]).
+    pub routes: Option<String>,
+    /// Trusted identity issuers, TOML ([`crate::issuers`]).
+    pub issuers: Option<String>,
 }
 
 /// One template link in a bundle's `links` field.
@@ -83,6 +87,22 @@ pub enum BundleError {
         /// What is wrong.
         msg: String,
     },
+    /// The routes file is wrong.
+    #[error("bundle `{bundle}`: routes: {msg}")]
+    Routes {
+        /// Bundle name.
+        bundle: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The issuers file is wrong.
+    #[error("bundle `{bundle}`: issuers: {msg}")]
+    Issuers {
+        /// Bundle name.
+        bundle: String,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 /// A bundle whose content passed every check, as Cedar objects.
@@ -94,6 +114,10 @@ pub struct ParsedBundle {
     pub entities: Vec<Entity>,
     /// The bundle's schema, if it has one.
     pub schema: Option<Schema>,
+    /// The bundle's routes, if it has a routes file.
+    pub routes: Option<std::sync::Arc<crate::routes::BundleRoutes>>,
+    /// The bundle's trusted issuers, if it has an issuers file.
+    pub issuers: Option<std::sync::Arc<crate::issuers::BundleIssuers>>,
 }
 
 /// The id a bundle's policy has in the merged policy set.
@@ -189,10 +213,26 @@ impl BundleContent {
                 .into_iter()
                 .collect(),
         };
+        let routes = match &self.routes {
+            None => None,
+            Some(text) => Some(std::sync::Arc::new(
+                crate::routes::BundleRoutes::parse(text)
+                    .map_err(|msg| BundleError::Routes { bundle: b(), msg })?,
+            )),
+        };
+        let issuers = match &self.issuers {
+            None => None,
+            Some(text) => Some(std::sync::Arc::new(
+                crate::issuers::BundleIssuers::parse(text)
+                    .map_err(|msg| BundleError::Issuers { bundle: b(), msg })?,
+            )),
+        };
         Ok(ParsedBundle {
             policies: set,
             entities,
             schema,
+            routes,
+            issuers,
         })
     }
 }

@@ -1057,6 +1057,9 @@ impl PolicyDoc {
             }
         }
         if !dirty.bundles.is_empty() {
+            // Routes and issuers are rebuilt on first use after any bundle
+            // changed (a routes file may change without a policy).
+            self.view.gateway = Arc::new(std::sync::OnceLock::new());
             let mut entities_changed = false;
             let mut policies_changed = false;
             for name in &dirty.bundles {
@@ -1369,6 +1372,8 @@ impl PolicyDoc {
                 &content.entities,
                 &content.links,
                 &content.description,
+                &content.routes,
+                &content.issuers,
             ]) {
                 let (current, n) = read_str_all(tx, &bundle, field);
                 match value {
@@ -1624,6 +1629,8 @@ fn read_bundle(
         &mut content.entities,
         &mut content.links,
         &mut content.description,
+        &mut content.routes,
+        &mut content.issuers,
     ]) {
         let sides = get_all(&bundle, field);
         note_conflict(format!("{BUNDLES}/{name}/{field}"), &sides);

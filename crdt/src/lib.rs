@@ -25,8 +25,11 @@ pub mod bundle;
 pub mod decide;
 pub mod doc;
 pub mod index;
+pub mod issuers;
 pub mod quarantine;
+pub mod routes;
 pub mod schema;
+pub mod template;
 pub mod view;
 
 pub use automerge::{ActorId, Change, ChangeHash, ScalarValue, legacy};
@@ -38,4 +41,6 @@ pub use doc::{Applied, CrdtError, MAX_CHANGE_TIME, PolicyDoc, Refusal};
 pub use index::{IndexedPolicy, ScopeIndex};
 pub use quarantine::{QuarantineHit, QuarantineRecord, QuarantineRules};
 pub use schema::{ChangeSummary, Path, SchemaViolation, Section};
-pub use view::{BundleState, Conflict, ConflictSide, OpRef, PolicyView, Revocation, ViewSummary};
+pub use view::{
+    BundleState, Conflict, ConflictSide, Gateway, OpRef, PolicyView, Revocation, ViewSummary,
+};

@@ -9,7 +9,9 @@
 //! │                            schema?: "<cedarschema text>",
 //! │                            entities?: "<cedar entity JSON>",
 //! │                            links?: "<template links JSON>",
-//! │                            description?: "<text>" } }
+//! │                            description?: "<text>",
+//! │                            routes?: "<routes TOML>",
+//! │                            issuers?: "<issuers TOML>" } }
 //! ├── revocations:  { BUCKET: { SUBJECT: "<revocation record JSON>" } }
 //! └── quarantines:  { SUBJECT: "<quarantine record JSON>" }
 //! ```
@@ -41,7 +43,14 @@ pub const QUARANTINES: &str = "quarantines";
 /// Key of a bundle's policies map.
 pub const POLICIES: &str = "policies";
 /// Scalar fields a bundle may hold besides its policies.
-pub const BUNDLE_FIELDS: [&str; 4] = ["schema", "entities", "links", "description"];
+pub const BUNDLE_FIELDS: [&str; 6] = [
+    "schema",
+    "entities",
+    "links",
+    "description",
+    "routes",
+    "issuers",
+];
 
 /// The actor id of the genesis change. No operator key can produce it: operator
 /// actors are 40 bytes long (see `protocol`), this one is 16.

@@ -129,12 +129,24 @@ pub struct BundleState {
     pub indexed: Arc<Vec<Arc<IndexedPolicy>>>,
 }
 
+/// The routes and trusted issuers in force: what a proxy's question needs
+/// besides the policies.
+#[derive(Clone, Debug, Default)]
+pub struct Gateway {
+    /// Every bundle's routes, merged.
+    pub routes: crate::routes::RouteTable,
+    /// Every bundle's trusted issuers, merged.
+    pub issuers: crate::issuers::Issuers,
+}
+
 /// Everything a decision needs, materialized from the document.
 #[derive(Clone, Debug)]
 pub struct PolicyView {
     pub(crate) bundles: imbl::OrdMap<String, Arc<BundleState>>,
     /// The merged policy set, assembled on first use (decisions use `index`).
     pub(crate) policies: Arc<OnceLock<PolicySet>>,
+    /// The merged routes and issuers, assembled on first use.
+    pub(crate) gateway: Arc<OnceLock<Gateway>>,
     /// Every effective policy, indexed by scope.
     pub(crate) index: ScopeIndex,
     pub(crate) entities: Arc<Entities>,
@@ -161,6 +173,7 @@ impl Default for PolicyView {
         PolicyView {
             bundles: imbl::OrdMap::new(),
             policies: Arc::new(OnceLock::new()),
+            gateway: Arc::new(OnceLock::new()),
             index: ScopeIndex::new(),
             entities: Arc::new(Entities::empty()),
             entity_ancestors: Arc::default(),
@@ -326,6 +339,27 @@ impl PolicyView {
                 }
             }
             set
+        })
+    }
+
+    /// Every bundle's routes and trusted issuers, merged in bundle name
+    /// order ([`crate::routes`], [`crate::issuers`]). Assembled on first use
+    /// and kept with this view.
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.get_or_init(|| {
+            let parsed = || {
+                self.bundles
+                    .iter()
+                    .filter_map(|(name, b)| b.effective.as_ref().map(|p| (name.as_str(), p)))
+            };
+            Gateway {
+                routes: crate::routes::RouteTable::build(
+                    parsed().filter_map(|(n, p)| p.routes.as_deref().map(|r| (n, r))),
+                ),
+                issuers: crate::issuers::Issuers::build(
+                    parsed().filter_map(|(n, p)| p.issuers.as_deref().map(|i| (n, i))),
+                ),
+            }
         })
     }
 
