@@ -719,6 +719,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             decisions: Arc::new(crate::dashboard::DecisionLog::new()),
             reload: reload_status,
             decision_log,
+            identities: Arc::new(crate::identity::Identities::new()),
             test_panic_route: opts.test_panic_route,
         }),
         access,

@@ -14,6 +14,7 @@ pub mod decision_id;
 pub mod decision_log;
 pub mod demo;
 pub mod detect;
+pub mod identity;
 pub mod keyfile;
 pub mod layout;
 pub mod limits;

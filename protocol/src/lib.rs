@@ -24,6 +24,7 @@ pub mod boundary;
 pub mod chunk;
 pub mod encoding;
 pub mod export;
+pub mod gateway;
 pub mod identity;
 pub mod quarantine;
 pub mod replica;

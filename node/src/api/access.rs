@@ -116,6 +116,10 @@ pub fn need_of(method: &Method, path: &str) -> Need {
     if path.starts_with("/v1/audit/") {
         return Need::Scope(Scope::Audit);
     }
+    // Envoy's HTTP ext_authz appends the original path to the prefix.
+    if path.starts_with("/v1/forward-auth/") {
+        return Need::Open;
+    }
     Need::Scope(Scope::Read)
 }
 

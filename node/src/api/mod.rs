@@ -14,6 +14,7 @@
 //! | `GET /v1/status` | [`Status`] as JSON, with `reload`: per material (`api_tls`, `api_tokens`, `node_cert`) its files, last attempt, last success and last error ([`crate::reload`]) |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text: decisions by outcome and latency, updates applied and refused by reason, peers, sync rounds, bytes in and out, state age |
 //! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state", "decision_id"}` and the header `X-Weft-Decision-Id`, decided on the current view; `"token"` may replace `"principal"`; `400` when `context` sets `token` or an entity of the request redefines a stored entity or one of its ancestors |
+//! | any method `/v1/forward-auth[/…]` | a proxy's auth subrequest ([`forward`]): 200 with `X-Weft-Principal` and `X-Weft-Decision-Id`, 401, or 403, each with a JSON body |
 //! | `GET /` | the live dashboard (one self-contained HTML page, see [`crate::dashboard`]) |
 //! | `GET /v1/dashboard` | [`crate::dashboard::Dashboard`] as JSON: status, bundles with signers, revocations, quarantines, decision counts, recent denies |
 //! | `GET /v1/anomalies` | `{"alerts", "quarantines": [{"subject", "reason", "record", "active", "until"}], "active_quarantines"}`: the detector's recent alerts; every quarantine record (parsed as JSON when it is JSON), whether it is in force now and until when; how many are |
@@ -35,7 +36,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +51,7 @@ use crate::liveness::TaskState;
 
 pub mod access;
 mod audit;
+pub mod forward;
 mod observe;
 pub mod ratelimit;
 pub mod serve;
@@ -81,6 +83,8 @@ pub struct ApiState {
     /// The decision log shipped out, when `[decision_log]` sets a `url`
     /// or a `syslog` target.
     pub decision_log: Option<crate::decision_log::DecisionLogHandle>,
+    /// Resolves the bearer credentials of proxies' questions.
+    pub identities: Arc<crate::identity::Identities>,
     /// Test hook: whether `POST /v1/test/panic` is served.
     #[doc(hidden)]
     pub test_panic_route: bool,
@@ -102,6 +106,8 @@ pub fn router(state: Arc<ApiState>, access: Arc<access::Access>) -> Router {
         .route("/v1/status", get(get_status))
         .route("/v1/updates", post(post_update))
         .route("/v1/authorize", post(post_authorize))
+        .route("/v1/forward-auth", any(forward::forward_auth))
+        .route("/v1/forward-auth/{*original}", any(forward::forward_auth))
         .route("/metrics", get(get_metrics))
         .route("/v1/audit", get(audit::get_records))
         .route("/v1/audit/status", get(audit::get_status))
@@ -427,43 +433,8 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         Ok(record) => record,
         Err(BadRequest(reason)) => return error(StatusCode::BAD_REQUEST, reason),
     };
+    record_decision(&state, &record, &id, context, &view, started).await;
     let d = &record.decision;
-    state
-        .metrics
-        .observe_decision(d.allow, d.revoked, started.elapsed().as_secs_f64());
-    state
-        .audit
-        .handle
-        .decision(
-            |sampled_one_in| crate::audit::AuditEvent::decision(&record, &id, sampled_one_in),
-            d.allow,
-        )
-        .await;
-    if let Some(log) = &state.decision_log
-        && let Some(sampled_one_in) = log.sample(d.allow)
-    {
-        log.offer(crate::decision_log::Pending::of(
-            id,
-            &record,
-            context,
-            view.digest(),
-            sampled_one_in,
-        ));
-    }
-    if state.detect.is_on() {
-        state
-            .detect
-            .observe(crate::detect::DecisionEvent::of(&record));
-    }
-    if d.allow {
-        state.decisions.allow();
-    } else {
-        // Only a deny pays for formatting the request, and for the short
-        // lock of the ring.
-        state
-            .decisions
-            .deny(crate::dashboard::DenyRecord::of(&record));
-    }
     let body = axum::Json(AuthorizeResponse {
         decision: if d.allow { "allow" } else { "deny" },
         reasons: &d.reasons,
@@ -484,6 +455,56 @@ async fn post_authorize(State(state): State<Arc<ApiState>>, body: Body) -> Respo
         response.headers_mut().insert(DECISION_ID_HEADER, v);
     }
     response
+}
+
+/// Writes a decision where every decision goes: its metric, the audit
+/// trail, the decision log (when shipped), the detector and the
+/// dashboard's counts.
+pub(crate) async fn record_decision(
+    state: &ApiState,
+    record: &weft_protocol::authorize::DecisionRecord,
+    id: &crate::decision_id::DecisionId,
+    context: Option<serde_json::Value>,
+    view: &weft_crdt::PolicyView,
+    started: std::time::Instant,
+) {
+    let d = &record.decision;
+    state
+        .metrics
+        .observe_decision(d.allow, d.revoked, started.elapsed().as_secs_f64());
+    state
+        .audit
+        .handle
+        .decision(
+            |sampled_one_in| crate::audit::AuditEvent::decision(record, id, sampled_one_in),
+            d.allow,
+        )
+        .await;
+    if let Some(log) = &state.decision_log
+        && let Some(sampled_one_in) = log.sample(d.allow)
+    {
+        log.offer(crate::decision_log::Pending::of(
+            *id,
+            record,
+            context,
+            view.digest(),
+            sampled_one_in,
+        ));
+    }
+    if state.detect.is_on() {
+        state
+            .detect
+            .observe(crate::detect::DecisionEvent::of(record));
+    }
+    if d.allow {
+        state.decisions.allow();
+    } else {
+        // Only a deny pays for formatting the request, and for the short
+        // lock of the ring.
+        state
+            .decisions
+            .deny(crate::dashboard::DenyRecord::of(record));
+    }
 }
 
 /// The header that carries a decision's id in every decision answer.
