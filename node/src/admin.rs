@@ -142,12 +142,15 @@ pub enum BundleCommand {
             POLICY_DIR holds *.cedar policy files (read in file-name order), plus, each optional, \
             schema.cedarschema (a Cedar schema), entities.json (Cedar's entity JSON format) and \
             links.json (template links: [{\"template\": ID, \"id\": LINK_ID, \"slots\": \
-            {\"?principal\": UID, \"?resource\": UID}}]). A policy's id is its @id(\"...\") \
+            {\"?principal\": UID, \"?resource\": UID}}]), routes.toml (routes from HTTP requests \
+            to Cedar requests, for /v1/forward-auth and Envoy's ext_authz; docs/routes.md) and \
+            issuers.toml (trusted OIDC issuers and SPIFFE trust domains; docs/identity.md). A policy's id is its @id(\"...\") \
             annotation, or FILESTEM.N (N counting from 0 within the file); an id used twice is \
             refused. Other files are ignored.\n\n\
             The content is checked before anything is signed: every policy must parse, links \
-            must resolve, and with a schema every policy must validate against it (strict mode) \
-            and the entities must conform. Nothing invalid is ever signed.\n\n\
+            must resolve, with a schema every policy must validate against it (strict mode) \
+            and the entities must conform, and the routes and issuers files must read and check. \
+            Nothing invalid is ever signed.\n\n\
             The update is built on the state of a node (--node URL, fetched with GET /v1/state) \
             or of a state export file (--state FILE), signed with --key under that state's trust \
             root, and written to --out. If the policy threshold needs more signers, pass the file \
@@ -163,7 +166,7 @@ pub struct BundleCreateArgs {
     /// The bundle's name: 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'.
     #[arg(long, value_name = "NAME")]
     pub name: String,
-    /// The policy directory: *.cedar files, optional schema.cedarschema, entities.json, links.json.
+    /// The policy directory: *.cedar files, optional schema.cedarschema, entities.json, links.json, routes.toml, issuers.toml.
     #[arg(long, value_name = "POLICY_DIR")]
     pub dir: PathBuf,
     /// The authoring operator's secret key file (the operator should hold the policy role).

@@ -6,3 +6,4 @@ pub mod hostile;
 pub mod inputs;
 pub mod mesh;
 pub mod netns;
+pub mod proxy;

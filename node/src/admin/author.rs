@@ -21,7 +21,7 @@ use crate::client::NodeClient;
 use crate::keyfile;
 use crate::util::{error_line, read_limited, write_new_file};
 
-/// The largest policy, schema, entities or links file read (4 MiB: nothing
+/// The largest policy, schema, entities, links, routes or issuers file read (4 MiB: nothing
 /// larger fits in an update anyway).
 const MAX_SOURCE_FILE: usize = MAX_UPDATE_BYTES;
 
@@ -84,6 +84,8 @@ pub(crate) fn read_policy_dir(dir: &Path) -> Result<BundleContent> {
         ("schema.cedarschema", &mut content.schema),
         ("entities.json", &mut content.entities),
         ("links.json", &mut content.links),
+        ("routes.toml", &mut content.routes),
+        ("issuers.toml", &mut content.issuers),
     ] {
         let path = dir.join(name);
         if path.is_file() {
