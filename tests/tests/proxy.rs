@@ -81,6 +81,13 @@ async fn nginx_asks_the_mesh_with_identities_from_an_oidc_issuer() -> Result<()>
     })
     .await?;
 
+    let status = weft_tests::mesh::http_status(&a).await?;
+    let gateway = &status["gateway"];
+    ensure!(
+        gateway["routes"] == 1 && gateway["issuers"] == serde_json::json!([format!("oidc {ISS}")]),
+        "status shows the routes and issuers in force: {gateway}"
+    );
+
     let app = upstream().await?;
     let nginx = Nginx::start(app, &a.api_url().replace("http://", ""), true)?;
     let doc = nginx.url("/docs/1");

@@ -191,6 +191,29 @@ pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, String>> {
     Some(Ok(credential.trim()))
 }
 
+/// `gateway` in `GET /v1/status`: `{"routes": N, "unmatched": "deny" |
+/// "allow", "headers": [...], "issuers": ["oidc https://…", "spiffe://…"],
+/// "conflicts": [...]}`, the conflicts being routes and issuers left out
+/// because an earlier bundle has them.
+pub fn gateway_status(g: &weft_crdt::Gateway) -> serde_json::Value {
+    let conflicts: Vec<&String> = g
+        .routes
+        .conflicts
+        .iter()
+        .chain(&g.issuers.conflicts)
+        .collect();
+    serde_json::json!({
+        "routes": g.routes.len(),
+        "unmatched": match g.routes.unmatched {
+            weft_crdt::routes::Unmatched::Deny => "deny",
+            weft_crdt::routes::Unmatched::Allow => "allow",
+        },
+        "headers": g.routes.headers,
+        "issuers": g.issuers.issuers.iter().map(|i| i.kind.to_string()).collect::<Vec<_>>(),
+        "conflicts": conflicts,
+    })
+}
+
 /// The request as the decision log keeps it: `{"http": {...}}`.
 fn http_json(r: &HttpRequest) -> serde_json::Value {
     serde_json::json!({"http": {
