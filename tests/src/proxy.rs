@@ -281,3 +281,137 @@ impl JwksServer {
         self.task.abort();
     }
 }
+
+/// What wrk measured in one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WrkRun {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th percentile latency, µs.
+    pub p99_us: f64,
+    /// Responses other than 2xx or 3xx.
+    pub non_2xx: u64,
+}
+
+/// Runs wrk (Debian's package) against `url` with `connections` for
+/// `secs`, sending `headers`.
+pub fn wrk(url: &str, connections: usize, secs: u64, headers: &[String]) -> Result<WrkRun> {
+    let threads = connections.clamp(1, 2);
+    let mut cmd = Command::new("wrk");
+    cmd.arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency");
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("cannot run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).with_context(|| format!("cannot read wrk's output: {text}"))
+}
+
+fn parse_wrk(text: &str) -> Result<WrkRun> {
+    let mut run = WrkRun::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["50%", v] => run.p50_us = micros(v)?,
+            ["99%", v] => run.p99_us = micros(v)?,
+            ["Requests/sec:", v] => run.rps = v.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => run.non_2xx = n.parse()?,
+            _ => {}
+        }
+    }
+    if run.rps == 0.0 {
+        bail!("no Requests/sec line");
+    }
+    Ok(run)
+}
+
+fn micros(v: &str) -> Result<f64> {
+    let (num, unit) = v
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| v.split_at(i))
+        .context("a latency without a unit")?;
+    let n: f64 = num.parse()?;
+    Ok(match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        u => bail!("unknown unit {u}"),
+    })
+}
+
+/// The `q` quantile (0 to 1), in µs, of the requests to `route` between
+/// two scrapes of a node's `/metrics`, from the
+/// `weft_http_request_duration_seconds` buckets, interpolated within a
+/// bucket as Prometheus' `histogram_quantile` does.
+pub fn server_quantile(before: &str, after: &str, route: &str, q: f64) -> Option<f64> {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        let mut sums: std::collections::BTreeMap<u64, f64> = Default::default();
+        let needle = format!("route=\"{route}\"");
+        for line in text.lines() {
+            if !line.starts_with("weft_http_request_duration_seconds_bucket")
+                || !line.contains(&needle)
+            {
+                continue;
+            }
+            let Some(le) = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+                continue;
+            };
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            let n: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *sums.entry(le.to_bits()).or_default() += n;
+        }
+        let mut v: Vec<(f64, f64)> = sums
+            .into_iter()
+            .map(|(k, n)| (f64::from_bits(k), n))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    };
+    let (b, a) = (buckets(before), buckets(after));
+    let counts: Vec<(f64, f64)> = a
+        .iter()
+        .map(|(le, n)| {
+            (
+                *le,
+                n - b.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1),
+            )
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, n) in counts {
+        if n >= rank {
+            if le.is_infinite() {
+                return Some(prev.0 * 1e6);
+            }
+            let within = if n > prev.1 {
+                (rank - prev.1) / (n - prev.1)
+            } else {
+                0.0
+            };
+            return Some((prev.0 + (le - prev.0) * within) * 1e6);
+        }
+        prev = (le, n);
+    }
+    None
+}

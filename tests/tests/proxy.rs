@@ -187,3 +187,106 @@ async fn nginx_asks_the_mesh_with_identities_from_an_oidc_issuer() -> Result<()>
     );
     Ok(())
 }
+
+/// Requests through nginx to the upstream, with and without
+/// `auth_request` to the node, side by side in one run, at 1 and 16
+/// connections: the latency Weft adds (wrk's p50 and p99, with minus
+/// without), the throughput ratio, and the node's own server-side p50 and
+/// p99 of `/v1/forward-auth`. Each setting runs `WEFT_BENCH_ROUNDS` times
+/// (default 2), alternating. Run in release: scripts/bench-proxy.sh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: scripts/bench-proxy.sh runs it"]
+async fn proxy_bench() -> Result<()> {
+    let secs: u64 = std::env::var("WEFT_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let rounds: usize = std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let fx = Fixture::new()?;
+    let (a, _) = fx.spawn("a", true, &[]).await?;
+    let jwks = JwksServer::start().await?;
+    let k1 = IdpKey::new("k1")?;
+    jwks.add(&k1);
+    let mut author = Author::new(&fx);
+    let content = BundleContent {
+        policies: [("docs".to_owned(), POLICIES.to_owned())].into(),
+        routes: Some(ROUTES.to_owned()),
+        issuers: Some(issuers(&jwks.url())),
+        ..Default::default()
+    };
+    push(&a, author.bundle_content("web", &content)?).await?;
+    let app = upstream().await?;
+    let api = a.api_url().replace("http://", "");
+    let with = Nginx::start(app, &api, true)?;
+    let without = Nginx::start(app, &api, false)?;
+    let alice = k1.sign(&claims(ISS, "alice", AUD, 3600))?;
+    let header = vec![format!("Authorization: Bearer {alice}")];
+    let (code, body) = get(&with.url("/docs/1"), Some(&alice)).await?;
+    ensure!(
+        code == 200,
+        "the benchmark's request is not allowed: {code} {body}"
+    );
+    let metrics = || async {
+        Ok::<_, anyhow::Error>(
+            reqwest::get(format!("{}/metrics", a.api_url()))
+                .await?
+                .text()
+                .await?,
+        )
+    };
+    for conns in [1usize, 16] {
+        let (mut base, mut auth) = (Vec::new(), Vec::new());
+        let (mut server50, mut server99) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let url = without.url("/docs/1");
+            let h = header.clone();
+            base.push(
+                tokio::task::spawn_blocking(move || weft_tests::proxy::wrk(&url, conns, secs, &h))
+                    .await??,
+            );
+            let before = metrics().await?;
+            let url = with.url("/docs/1");
+            let h = header.clone();
+            let run =
+                tokio::task::spawn_blocking(move || weft_tests::proxy::wrk(&url, conns, secs, &h))
+                    .await??;
+            ensure!(run.non_2xx == 0, "{} requests were refused", run.non_2xx);
+            auth.push(run);
+            let after = metrics().await?;
+            let q = |q| weft_tests::proxy::server_quantile(&before, &after, "/v1/forward-auth", q);
+            server50.push(q(0.5).unwrap_or(f64::NAN));
+            server99.push(q(0.99).unwrap_or(f64::NAN));
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let pick = |runs: &[weft_tests::proxy::WrkRun],
+                    f: fn(&weft_tests::proxy::WrkRun) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            median(&mut v)
+        };
+        let (b50, b99, brps) = (
+            pick(&base, |r| r.p50_us),
+            pick(&base, |r| r.p99_us),
+            pick(&base, |r| r.rps),
+        );
+        let (a50, a99, arps) = (
+            pick(&auth, |r| r.p50_us),
+            pick(&auth, |r| r.p99_us),
+            pick(&auth, |r| r.rps),
+        );
+        println!(
+            "PROXY connections={conns} rounds={rounds} secs={secs} | without: p50 {b50:.0} µs p99 {b99:.0} µs {brps:.0} req/s | with auth_request: p50 {a50:.0} µs p99 {a99:.0} µs {arps:.0} req/s | Weft adds p50 {:.0} µs p99 {:.0} µs | throughput ratio {:.2} | node's forward-auth p50 {:.0} µs p99 {:.0} µs",
+            a50 - b50,
+            a99 - b99,
+            arps / brps,
+            median(&mut server50),
+            median(&mut server99),
+        );
+    }
+    Ok(())
+}

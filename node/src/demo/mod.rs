@@ -4,7 +4,11 @@
 //! 1. alice and bob co-sign a policy bundle (one signature alone is refused)
 //!    and it is pushed to node 1;
 //! 2. it reaches every node; alice is allowed everywhere, carol is not;
-//! 3. alice is revoked at node 2 and is denied at every node;
+//!    through a proxy in front of a service, asking the last node, alice's
+//!    JWT from the demo identity provider reaches the service, carol's is
+//!    refused, and no token is a 401;
+//! 3. alice is revoked at node 2 and is denied at every node, and by the
+//!    proxy;
 //! 4. a partition splits the mesh in two halves; each half accepts its own
 //!    revocation and keeps enforcing;
 //! 5. the partition heals and every node ends with the same heads.
@@ -32,6 +36,8 @@ use weft_protocol::update::SignedUpdate;
 use crate::daemon::{NodeHandle, NodeOptions, spawn_node};
 use crate::keyfile;
 use crate::layout::{Config, NodeDir};
+
+mod proxy;
 
 /// `weft demo`
 #[derive(Debug, Args)]
@@ -472,6 +478,10 @@ async fn story(out: &Out, trust: &Trust, nodes: &[NodeHandle]) -> Result<()> {
     let version = trust.root.version;
     let mut doc = PolicyDoc::new();
     let mut pushed_at = Instant::now();
+    let idp = proxy::DemoIdp::new()?;
+    let last = nodes.len();
+    let front = proxy::start(nodes[last - 1].api_url()).await?;
+    let alice_jwt = idp.token("alice")?;
 
     step(
         out,
@@ -483,6 +493,8 @@ async fn story(out: &Out, trust: &Trust, nodes: &[NodeHandle]) -> Result<()> {
                 content.policies.insert(id, policy);
             }
             content.entities = Some(ENTITIES.to_owned());
+            content.routes = Some(proxy::ROUTES.to_owned());
+            content.issuers = Some(idp.issuers_toml());
             let time = i64::try_from(crate::clock::now_secs()).unwrap_or(i64::MAX);
             let change = doc
                 .build_bundle(actor(&trust.alice)?, "main", &content, time)?
@@ -532,6 +544,20 @@ async fn story(out: &Out, trust: &Trust, nodes: &[NodeHandle]) -> Result<()> {
                 json!({"event": "checked", "step": 2}),
                 "    carol denied at every node (forbid wins)",
             );
+            let (code, body) =
+                proxy::get(&client, front, "/docs/plan", Some(&alice_jwt)).await?;
+            ensure!(code == 200, "the proxy answered alice {code} {body}");
+            let carol = idp.token("carol")?;
+            let (carol_code, _) = proxy::get(&client, front, "/docs/plan", Some(&carol)).await?;
+            ensure!(carol_code == 403, "the proxy answered carol {carol_code}");
+            let (anon_code, _) = proxy::get(&client, front, "/docs/plan", None).await?;
+            ensure!(anon_code == 401, "the proxy answered no token {anon_code}");
+            out.say(
+                json!({"event": "proxy", "step": 2, "alice": code, "carol": carol_code, "anonymous": anon_code, "body": body}),
+                format!(
+                    "    through a proxy asking node {last} (GET /docs/plan, JWTs from the demo identity provider):\n      alice {code}: \"{body}\"; carol {carol_code}; no token {anon_code}"
+                ),
+            );
             Ok(())
         },
     )
@@ -558,6 +584,15 @@ async fn story(out: &Out, trust: &Trust, nodes: &[NodeHandle]) -> Result<()> {
                     all.len(),
                     ms(took)
                 ),
+            );
+            let (code, _) = proxy::get(&client, front, "/docs/plan", Some(&alice_jwt)).await?;
+            ensure!(
+                code == 403,
+                "the proxy answered alice {code} after her revocation"
+            );
+            out.say(
+                json!({"event": "proxy", "step": 3, "alice": code}),
+                format!("    through the proxy, alice's JWT (still valid) now gets {code}"),
             );
             Ok(())
         },
