@@ -177,7 +177,7 @@ impl BundleIssuers {
             ));
         }
         let file: IssuersFile =
-            toml::from_str(text).map_err(|e| crate::bundle::one_line_text(e.message()))?;
+            toml::from_str(text).map_err(|e| e.message().lines().collect::<Vec<_>>().join(" "))?;
         let mut issuers = Vec::new();
         for s in file.oidc {
             let url = s.issuer.trim_end_matches('/').to_owned();

@@ -124,7 +124,7 @@ impl BundleRoutes {
             ));
         }
         let file: RoutesFile =
-            toml::from_str(text).map_err(|e| crate::bundle::one_line_text(e.message()))?;
+            toml::from_str(text).map_err(|e| e.message().lines().collect::<Vec<_>>().join(" "))?;
         if file.routes.len() > MAX_ROUTES {
             return Err(format!(
                 "{} routes, over the limit of {MAX_ROUTES}",
