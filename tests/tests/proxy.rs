@@ -103,6 +103,23 @@ async fn nginx_asks_the_mesh_with_identities_from_an_oidc_issuer() -> Result<()>
     );
     ensure!(body == r#"upstream saw User::"alice""#, "{body}");
 
+    // Weft's own tokens are bearer credentials too.
+    let now = weft_tests::mesh::now();
+    let wtk = weft_protocol::token::issue(
+        &weft_protocol::token::Token {
+            principal: r#"User::"alice""#.into(),
+            attrs: Default::default(),
+            issuer: fx.alice.public(),
+            issued: now - 10,
+            expires: now + 600,
+            id: [5; 16],
+        },
+        &fx.alice,
+    );
+    let (code, body) = get(&doc, Some(&wtk)).await?;
+    ensure!(code == 200, "a wtk1 token: {code} {body}");
+    ensure!(body == r#"upstream saw User::"alice""#, "{body}");
+
     // No identity, or one that does not stand: 401.
     let rogue = IdpKey::new("rogue")?;
     let refused = [
