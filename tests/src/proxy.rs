@@ -142,6 +142,7 @@ http {{
             proxy_set_header Content-Length \"\";
             proxy_set_header X-Original-URI $request_uri;
             proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Forwarded-Host $host;
             proxy_set_header X-Forwarded-For $remote_addr;
         }}
     }}
