@@ -21,6 +21,12 @@ permit(principal, action == Action::"view", resource == Doc::"public");
 
 const ROUTES: &str = r#"
 [[route]]
+host = "admin.weft.test"
+path = "/docs/{id}"
+resource = 'Admin::"{id}"'
+actions = { GET = 'Action::"view"' }
+
+[[route]]
 path = "/docs/{id}"
 resource = 'Doc::"{id}"'
 actions = { GET = 'Action::"view"', DELETE = 'Action::"delete"' }
@@ -84,7 +90,7 @@ async fn nginx_asks_the_mesh_with_identities_from_an_oidc_issuer() -> Result<()>
     let status = weft_tests::mesh::http_status(&a).await?;
     let gateway = &status["gateway"];
     ensure!(
-        gateway["routes"] == 1 && gateway["issuers"] == serde_json::json!([format!("oidc {ISS}")]),
+        gateway["routes"] == 2 && gateway["issuers"] == serde_json::json!([format!("oidc {ISS}")]),
         "status shows the routes and issuers in force: {gateway}"
     );
 
@@ -160,6 +166,17 @@ async fn nginx_asks_the_mesh_with_identities_from_an_oidc_issuer() -> Result<()>
     );
     let (code, _) = get(&nginx.url("/elsewhere"), Some(&alice)).await?;
     ensure!(code == 403, "an unrouted path: {code}");
+    // The original host picks the host's own routes: there, /docs/public
+    // is Admin::"public", which bob may not view.
+    let code = reqwest::Client::new()
+        .get(nginx.url("/docs/public"))
+        .header("host", "admin.weft.test")
+        .bearer_auth(&bob)
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    ensure!(code == 403, "bob on admin.weft.test: {code}");
 
     // The issuer rotates to a key with a new kid: picked up.
     let k2 = IdpKey::new("k2")?;
