@@ -613,3 +613,156 @@ async fn cached_tokens_count_only_while_their_issuer_is_trusted_as_it_was() {
     }
     assert_eq!(uncached.metrics().cache_hits(), 0);
 }
+
+/// A node directory whose trust root has one operator, alice, with every
+/// role; returns it and alice's key.
+fn node_dir(base: &std::path::Path) -> (std::path::PathBuf, weft_protocol::identity::SecretKey) {
+    use weft_node::keyfile;
+    use weft_protocol::trust::{Operator, Role, SignedRoot, to_trust_file};
+    let root_key = keyfile::generate().unwrap();
+    let alice = keyfile::generate().unwrap();
+    let root = TrustRoot {
+        expires: now_ms() / 1000 + 86_400,
+        root_keys: vec![root_key.public()],
+        operators: vec![Operator {
+            name: "alice".into(),
+            key: alice.public(),
+            roles: Role::ALL.into_iter().collect(),
+        }],
+        ..root()
+    };
+    let path = base.join("node");
+    std::fs::create_dir_all(&path).unwrap();
+    let dir = weft_node::layout::NodeDir::new(&path);
+    keyfile::write(&dir.key(), &keyfile::generate().unwrap()).unwrap();
+    std::fs::write(
+        dir.trust(),
+        to_trust_file(&SignedRoot::sign(&root, &[&root_key])),
+    )
+    .unwrap();
+    (path, alice)
+}
+
+/// Signs `change` as alice and posts it; it must be applied.
+async fn push(api: &str, change: &weft_crdt::Change, alice: &weft_protocol::identity::SecretKey) {
+    let mut u = weft_protocol::update::SignedUpdate::new(change, 1);
+    u.sign(alice).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/updates"))
+        .body(u.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+}
+
+/// nginx's auth subrequest for `GET /docs/1` with `token`: the status,
+/// the principal header, and the body.
+async fn forward(api: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+    let mut req = reqwest::Client::new()
+        .get(format!("{api}/v1/forward-auth"))
+        .header("x-original-uri", "/docs/1")
+        .header("x-original-method", "GET");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let principal = r
+        .headers()
+        .get("x-weft-principal")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = r.json().await.unwrap();
+    (status, principal, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_proxies_for_jwt_holders_and_reports_its_issuers() {
+    let base = tempfile::tempdir().unwrap();
+    let (dir, alice) = node_dir(base.path());
+    let ed = Signer::new(jsonwebtoken::Algorithm::EdDSA, "ed");
+    let mut server = JwksServer::start(set(&[&ed])).await;
+    let mut opts = weft_node::daemon::NodeOptions::new(&dir);
+    opts.response.detect = false;
+    let node = weft_node::daemon::spawn_node(opts).await.unwrap();
+    let api = node.api_url();
+    let iss = "https://idp.example.com";
+
+    let mut doc = PolicyDoc::new();
+    let content = BundleContent {
+        policies: [(
+            "p".to_owned(),
+            r#"permit(principal == User::"alice", action == Action::"view", resource) when { context.claims.email like "*@example.com" };"#.to_owned(),
+        )]
+        .into(),
+        routes: Some("[[route]]\npath = \"/docs/{id}\"\nresource = 'Doc::\"{id}\"'\nactions = { GET = 'Action::\"view\"' }\n".into()),
+        issuers: Some(format!(
+            "[[oidc]]\nissuer = \"{iss}\"\naudience = \"weft\"\njwks_url = \"{}\"\nclaims = [\"email\"]\n",
+            server.url
+        )),
+        ..Default::default()
+    };
+    let actor = |n: u8| weft_protocol::update::actor_for(&alice.public(), [n; 8]);
+    let change = doc
+        .build_bundle(actor(1), "idp", &content, 0)
+        .unwrap()
+        .unwrap();
+    push(&api, &change, &alice).await;
+
+    let alice_token = ed.sign(&claims(iss, "alice", 600));
+    let (status, principal, reasons) = forward(&api, Some(&alice_token)).await;
+    assert_eq!(status, 200, "{reasons}");
+    assert_eq!(principal.as_deref(), Some(r#"User::"alice""#));
+    assert_eq!(
+        forward(&api, Some(&ed.sign(&claims(iss, "bob", 600))))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(forward(&api, None).await.0, 401);
+    let (status, _, reasons) = forward(&api, Some(&ed.sign(&claims(iss, "alice", -600)))).await;
+    assert_eq!(status, 401);
+    assert!(reasons.contains("it has expired"), "{reasons}");
+    // The same token again: from the cache.
+    assert_eq!(forward(&api, Some(&alice_token)).await.0, 200);
+
+    let status: Value = reqwest::get(format!("{api}/v1/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let issuers = &status["issuers"];
+    assert_eq!(issuers[0]["issuer"], format!("oidc {iss}"), "{issuers}");
+    assert_eq!(issuers[0]["keys"], server.url.as_str());
+    assert_eq!(issuers[0]["keys_held"], 1);
+    assert_eq!(issuers[0]["stale"], false);
+    assert!(issuers[0]["last_error"].is_null());
+    assert!(issuers[0]["last_good_fetch_ms"].as_u64().unwrap() > 0);
+    let metrics = reqwest::get(format!("{api}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "weft_jwks_fetches_total{result=\"ok\"} 1",
+        "weft_jwt_verifications_total{result=\"ok\"} 2",
+        "weft_jwt_verifications_total{result=\"refused\"} 1",
+        "weft_jwt_cache_hits_total 1",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    assert!(dir.join("jwks").read_dir().unwrap().count() == 1);
+
+    // Revoked: denied whatever token it holds, the cached one included.
+    let change = doc
+        .build_revoke(actor(2), r#"User::"alice""#, "left", 0)
+        .unwrap()
+        .unwrap();
+    push(&api, &change, &alice).await;
+    let (status, _, reasons) = forward(&api, Some(&alice_token)).await;
+    assert_eq!(status, 403, "{reasons}");
+    server.stop().await;
+    node.shutdown().await.unwrap();
+}
