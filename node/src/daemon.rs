@@ -173,6 +173,9 @@ pub struct NodeOptions {
     /// Whether SIGHUP reloads them (`weft node run`; off in-process, where
     /// the signal is the host process's).
     pub reload_on_sighup: bool,
+    /// Bearer JWTs: key set fetching, `jwks_max_age`, the token cache.
+    /// Key sets are saved in `DIR/jwks` unless this names another place.
+    pub identity: crate::identity::IdentityOptions,
     /// Test hook: serves `POST /v1/test/panic`, which makes the node task
     /// panic. Off unless a test asks for it (`weft node run` turns it on
     /// only when the environment sets [`TEST_PANIC_HOOK_ENV`] to `1`).
@@ -214,6 +217,7 @@ impl NodeOptions {
             },
             reload_every: crate::reload::DEFAULT_POLL,
             reload_on_sighup: false,
+            identity: crate::identity::IdentityOptions::default(),
             test_panic_route: false,
         }
     }
@@ -709,6 +713,13 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         updates: crate::api::ratelimit::RateLimiter::new(opts.api_updates),
         audit: audit.handle.clone(),
     });
+    let mut identity = opts.identity.clone();
+    identity
+        .jwks
+        .dir
+        .get_or_insert_with(|| dir.root().join("jwks"));
+    let identities = Arc::new(crate::identity::Identities::new(identity));
+    metrics.register_with(|r| identities.metrics().register(r));
     let router = api::router(
         Arc::new(ApiState {
             commands: commands_tx.clone(),
@@ -719,7 +730,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             decisions: Arc::new(crate::dashboard::DecisionLog::new()),
             reload: reload_status,
             decision_log,
-            identities: Arc::new(crate::identity::Identities::new()),
+            identities,
             test_panic_route: opts.test_panic_route,
         }),
         access,
@@ -865,6 +876,10 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         burst: config.api_updates_burst,
     };
     opts.reload_on_sighup = true;
+    opts.identity.jwks.max_age = Duration::from_secs(
+        weft_protocol::time::parse_duration(&config.jwks_max_age)
+            .map_err(|e| anyhow!("{}: {e}", resolved.describe("jwks_max_age")))?,
+    );
     opts.decision_log = config
         .decision_log
         .as_ref()

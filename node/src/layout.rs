@@ -175,6 +175,12 @@ pub struct Config {
     /// appended. Default empty: no exporter, and the trace spans cost
     /// nothing.
     pub otlp_endpoint: String,
+    /// How long an issuer's cached key set (JWKS) keeps verifying tokens
+    /// after its last good fetch, while the issuer cannot be reached (a
+    /// duration). Default `24h`: a partition of a day does not lock
+    /// everyone out; past it the issuer's tokens are refused until a fetch
+    /// succeeds (docs/identity.md).
+    pub jwks_max_age: String,
 }
 
 impl Default for Config {
@@ -205,6 +211,7 @@ impl Default for Config {
             api_updates_burst: DEFAULT_API_UPDATES_BURST,
             decision_log: None,
             otlp_endpoint: String::new(),
+            jwks_max_age: "24h".into(),
         }
     }
 }
@@ -278,6 +285,8 @@ impl Config {
              api_updates_burst = {}\n\
              # OTLP/HTTP collector to export traces to, like \"http://127.0.0.1:4318\" (empty: none)\n\
              otlp_endpoint = {:?}\n\
+             # how long an issuer's cached keys (JWKS) keep working while it cannot be reached\n\
+             jwks_max_age = {:?}\n\
              {}",
             self.listen,
             self.api,
@@ -305,6 +314,7 @@ impl Config {
             self.api_updates_per_minute,
             self.api_updates_burst,
             self.otlp_endpoint,
+            self.jwks_max_age,
             // A table ends the top-level keys: it stays last.
             match &self.decision_log {
                 Some(d) => format!("\n{}", d.to_toml()),
@@ -353,6 +363,7 @@ mod tests {
         d.headers.insert("Authorization".into(), "Bearer x".into());
         c.decision_log = Some(d);
         c.otlp_endpoint = "http://127.0.0.1:4318".into();
+        c.jwks_max_age = "2h".into();
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let empty: Config = toml::from_str("").unwrap();

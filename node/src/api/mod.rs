@@ -11,7 +11,7 @@
 //! | `GET /readyz` | `200 ok` once the store is loaded and the node task runs; 503 otherwise |
 //! | `GET /v1/state` | the encoded `StateExport` (application/octet-stream) |
 //! | `POST /v1/updates` | `202 {"id", "status": "applied"\|"duplicate"\|"held"}` once the update is durable; `400` malformed, `422` refused, `413` too large |
-//! | `GET /v1/status` | [`Status`] as JSON, with `reload`: per material (`api_tls`, `api_tokens`, `node_cert`) its files, last attempt, last success and last error ([`crate::reload`]); and `gateway`: the routes and trusted issuers in force ([`forward::gateway_status`]) |
+//! | `GET /v1/status` | [`Status`] as JSON, with `reload`: per material (`api_tls`, `api_tokens`, `node_cert`) its files, last attempt, last success and last error ([`crate::reload`]); and `gateway`: the routes and trusted issuers in force ([`forward::gateway_status`]); and `issuers`: per trusted issuer its key set, keys held, last good fetch, last error and whether the keys are stale ([`crate::identity::IssuerStatus`]) |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text: decisions by outcome and latency, updates applied and refused by reason, peers, sync rounds, bytes in and out, state age |
 //! | `POST /v1/authorize` | `{"decision", "reasons", "errors", "revoked", "state", "decision_id"}` and the header `X-Weft-Decision-Id`, decided on the current view; `"token"` may replace `"principal"`; `400` when `context` sets `token` or an entity of the request redefines a stored entity or one of its ancestors |
 //! | any method `/v1/forward-auth[/…]` | a proxy's auth subrequest ([`forward`]): 200 with `X-Weft-Principal` and `X-Weft-Decision-Id`, 401, or 403, each with a JSON body |
@@ -236,10 +236,10 @@ async fn get_status(State(state): State<Arc<ApiState>>) -> Response {
             let mut value = serde_json::to_value(status).unwrap_or_default();
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("reload".into(), json!(state.reload.snapshot()));
-                obj.insert(
-                    "gateway".into(),
-                    forward::gateway_status(state.shared.view.load().gateway()),
-                );
+                let view = state.shared.view.load();
+                obj.insert("gateway".into(), forward::gateway_status(view.gateway()));
+                let issuers = state.identities.status(&view, crate::clock::now_ms());
+                obj.insert("issuers".into(), json!(issuers));
             }
             axum::Json(value).into_response()
         }
