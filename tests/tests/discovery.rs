@@ -4,7 +4,8 @@
 //! and an update pushed to node 1 still reaches every other node, and a
 //! node started with only node 2's address joins and gets it. With
 //! discovery off, the same start stays a star around node 0: the first
-//! test's mesh is discovery's doing.
+//! test's mesh is discovery's doing. Two nodes given no peer at all find
+//! each other by mDNS.
 //!
 //! `RUST_LOG=weft_node=debug cargo test -p weft-tests --test discovery`
 //! shows the nodes' logs.
@@ -147,6 +148,39 @@ async fn without_discovery_nodes_given_one_address_stay_a_star() -> Result<()> {
     }
     n0.shutdown().await?;
     for n in rest {
+        n.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// Needs a network interface other than loopback that carries multicast
+/// (mDNS announces the addresses on it): the nodes listen on every
+/// interface for the few seconds the test takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_lan_find_each_other_by_mdns() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let mut nodes = Vec::new();
+    for name in ["m0", "m1"] {
+        let (dir, _) = fx.node_dir(name, true)?;
+        // No peer given and no Kademlia: mDNS alone.
+        let mut o = fx.options(dir, &[]);
+        o.discovery.kademlia = false;
+        o.discovery.mdns = true;
+        o.listen = vec!["/ip4/0.0.0.0/tcp/0".parse()?];
+        nodes.push(spawn_node(o).await?);
+    }
+    let t = eventually(
+        Duration::from_secs(15),
+        "two nodes admitted by mDNS",
+        || {
+            let nodes = &nodes;
+            async move { Ok(admitted(&nodes[0]).await? == 1 && admitted(&nodes[1]).await? == 1) }
+        },
+    )
+    .await?;
+    eprintln!("two nodes with no peer given found each other by mDNS in {t:?}");
+    for n in nodes {
         n.shutdown().await?;
     }
     Ok(())

@@ -9,6 +9,15 @@
 //!   disconnected for want of a certificate leaves it and the book.
 //! - Discovery dials only while the node holds fewer connections than
 //!   `discovery_peers`, and counts its own dials in flight against that.
+//! - QUIC is preferred whoever dialed and however the race of a dial
+//!   went: an admitted peer connected over TCP only that has a QUIC
+//!   address in the book is dialed once over QUIC
+//!   ([`NodeTask::prefer_quic`]; again after [`QUIC_RETRY`] if that did not
+//!   take), and once its QUIC connection has been up for [`QUIC_SETTLE`]
+//!   its TCP connections are closed (not at once: the admission exchange
+//!   or a sync may still be running on them). Two TCP connections to one
+//!   peer (both dialed at once) leave no room under the per-peer limit:
+//!   both sides keep the one the smaller peer id dialed.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +28,16 @@ use tokio::time::Instant;
 
 use super::NodeTask;
 use crate::discovery::{Book, Lookups};
+use crate::transport::Kind;
+
+/// How long a peer's QUIC connection must have been up before its TCP
+/// connections are closed: the admission exchange (a round trip or two)
+/// and a sync round started on them are over by then.
+pub(super) const QUIC_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a peer connected over TCP only waits before it is dialed over
+/// QUIC again, after a QUIC dial that did not replace its connection.
+pub(super) const QUIC_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The discovery state the node task keeps.
 #[derive(Debug)]
@@ -34,8 +53,28 @@ pub(super) struct DiscoveryState {
     /// What each connected peer reported by identify, with the remote
     /// address of the connection it came on, until the peer is admitted.
     pub(super) heard: BTreeMap<PeerId, (Vec<Multiaddr>, Multiaddr)>,
-    /// Every open connection's remote address, by peer, oldest first.
-    pub(super) connections: BTreeMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// Every open connection, by peer, oldest first.
+    pub(super) connections: BTreeMap<PeerId, Vec<Conn>>,
+    /// When each peer connected over TCP only was last dialed over QUIC.
+    pub(super) quic_tried: BTreeMap<PeerId, Instant>,
+}
+
+/// One open connection.
+#[derive(Debug)]
+pub(super) struct Conn {
+    id: ConnectionId,
+    /// Its remote address.
+    remote: Multiaddr,
+    /// When it opened.
+    since: Instant,
+    /// Whether this node dialed it.
+    dialer: bool,
+}
+
+impl Conn {
+    fn kind(&self) -> Kind {
+        Kind::of(&self.remote)
+    }
 }
 
 impl DiscoveryState {
@@ -47,20 +86,104 @@ impl DiscoveryState {
             dialing: BTreeMap::new(),
             heard: BTreeMap::new(),
             connections: BTreeMap::new(),
+            quic_tried: BTreeMap::new(),
         }
     }
 }
 
 impl NodeTask {
     /// A connection opened: kept for status.
-    pub(super) fn note_connection(&mut self, peer: PeerId, id: ConnectionId, remote: Multiaddr) {
+    pub(super) fn note_connection(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        remote: Multiaddr,
+        dialer: bool,
+    ) {
         self.discovery
             .connections
             .entry(peer)
             .or_default()
-            .push((id, remote));
+            .push(Conn {
+                id,
+                remote,
+                since: Instant::now(),
+                dialer,
+            });
         if self.discovery.dialing.remove(&id).is_some() {
             self.discovery.book.connected(&peer);
+        }
+    }
+
+    /// Dials over QUIC, once per stay, each admitted peer connected over
+    /// TCP only whose QUIC addresses are in the book; closes the TCP
+    /// connections of a peer whose QUIC connection has settled.
+    fn prefer_quic(&mut self) {
+        let now = Instant::now();
+        let local = *self.swarm.local_peer_id();
+        let mut close = Vec::new();
+        for (peer, l) in &self.discovery.connections {
+            let settled = |c: &Conn| now.duration_since(c.since) >= QUIC_SETTLE;
+            if l.iter().any(|c| c.kind() == Kind::Quic && settled(c)) {
+                // On QUIC: its TCP connections go.
+                close.extend(l.iter().filter(|c| c.kind() == Kind::Tcp).map(|c| c.id));
+            } else if l.len() > 1 && l.iter().all(|c| c.kind() == Kind::Tcp && settled(c)) {
+                // Two TCP connections (both sides dialed at once) leave no
+                // room for a QUIC one: both sides keep the one the smaller
+                // peer id dialed.
+                let keep_dialed_here = local < *peer;
+                let (keep, drop): (Vec<&Conn>, Vec<&Conn>) =
+                    l.iter().partition(|c| c.dialer == keep_dialed_here);
+                if !keep.is_empty() {
+                    close.extend(drop.iter().map(|c| c.id));
+                }
+            }
+        }
+        for id in close {
+            for l in self.discovery.connections.values_mut() {
+                // Closed once: the close is reported later.
+                l.retain(|c| c.id != id);
+            }
+            tracing::debug!(connection = ?id, "closing a peer's redundant TCP connection");
+            self.swarm.close_connection(id);
+        }
+        let want: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .discovery
+            .connections
+            .iter()
+            .filter(|(p, l)| {
+                self.admitted.contains(*p)
+                    && self
+                        .discovery
+                        .quic_tried
+                        .get(*p)
+                        .is_none_or(|t| now.duration_since(*t) >= QUIC_RETRY)
+                    && l.iter().all(|c| {
+                        c.kind() == Kind::Tcp && crate::transport::path_of(&c.remote) == "direct"
+                    })
+            })
+            .filter_map(|(p, _)| {
+                let quic: Vec<Multiaddr> = self
+                    .discovery
+                    .book
+                    .addrs(p)
+                    .iter()
+                    .filter(|a| Kind::of(a) == Kind::Quic)
+                    .cloned()
+                    .collect();
+                (!quic.is_empty()).then_some((*p, quic))
+            })
+            .collect();
+        for (peer, quic) in want {
+            self.discovery.quic_tried.insert(peer, now);
+            let opts = DialOpts::peer_id(peer)
+                .addresses(quic)
+                .condition(PeerCondition::Always)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => tracing::debug!(%peer, "connected over TCP: dialing its QUIC address"),
+                Err(err) => tracing::debug!(%peer, %err, "cannot dial a peer over QUIC"),
+            }
         }
     }
 
@@ -68,13 +191,14 @@ impl NodeTask {
     /// again soon.
     pub(super) fn note_closed(&mut self, peer: PeerId, id: ConnectionId, last: bool) {
         if let Some(list) = self.discovery.connections.get_mut(&peer) {
-            list.retain(|(c, _)| *c != id);
+            list.retain(|c| c.id != id);
             if list.is_empty() {
                 self.discovery.connections.remove(&peer);
             }
         }
         if last {
             self.discovery.heard.remove(&peer);
+            self.discovery.quic_tried.remove(&peer);
             self.discovery.lookups.soon(Instant::now());
         }
     }
@@ -93,7 +217,7 @@ impl NodeTask {
             .connections
             .get(peer)
             .and_then(|l| l.first())
-            .map(|(_, a)| a)
+            .map(|c| &c.remote)
     }
 
     /// What a peer reported by identify: its listen addresses enter the
@@ -112,8 +236,8 @@ impl NodeTask {
             .discovery
             .connections
             .get(&peer_id)
-            .and_then(|l| l.iter().find(|(c, _)| *c == connection_id))
-            .map(|(_, a)| a.clone())
+            .and_then(|l| l.iter().find(|c| c.id == connection_id))
+            .map(|c| c.remote.clone())
         else {
             return;
         };
@@ -211,6 +335,7 @@ impl NodeTask {
     /// Runs a lookup when one is due, and dials peers from the book while
     /// the node holds fewer connections than it wants.
     pub(super) fn discover(&mut self) {
+        self.prefer_quic();
         let want = self.discovery.options.peers;
         if want == 0 {
             return;

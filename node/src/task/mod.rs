@@ -677,6 +677,7 @@ impl NodeTask {
                     *peer_id,
                     *connection_id,
                     endpoint.get_remote_address().clone(),
+                    endpoint.is_dialer(),
                 );
             }
             SwarmEvent::ConnectionClosed {
