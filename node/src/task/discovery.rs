@@ -127,10 +127,18 @@ impl NodeTask {
             if l.iter().any(|c| c.kind() == Kind::Quic && settled(c)) {
                 // On QUIC: its TCP connections go.
                 close.extend(l.iter().filter(|c| c.kind() == Kind::Tcp).map(|c| c.id));
-            } else if l.len() > 1 && l.iter().all(|c| c.kind() == Kind::Tcp && settled(c)) {
-                // Two TCP connections (both sides dialed at once) leave no
-                // room for a QUIC one: both sides keep the one the smaller
-                // peer id dialed.
+            } else if l.len() > 1
+                && l.iter().all(|c| c.kind() == Kind::Tcp && settled(c))
+                && self
+                    .discovery
+                    .book
+                    .addrs(peer)
+                    .iter()
+                    .any(|a| Kind::of(a) == Kind::Quic)
+            {
+                // Two TCP connections (both sides dialed at once) to a
+                // peer with a QUIC address leave no room for a QUIC one:
+                // both sides keep the one the smaller peer id dialed.
                 let keep_dialed_here = local < *peer;
                 let (keep, drop): (Vec<&Conn>, Vec<&Conn>) =
                     l.iter().partition(|c| c.dialer == keep_dialed_here);
