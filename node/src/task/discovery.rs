@@ -353,7 +353,6 @@ impl NodeTask {
         let wants_more = connected < want;
         if self.discovery.lookups.due(now)
             && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
-            && (wants_more || connected > 0)
             && kad.kbuckets().next().is_some()
         {
             let id = kad.get_closest_peers(PeerId::random());
