@@ -54,13 +54,16 @@ pub struct NodeRunArgs {
     /// Read the settings from FILE instead of DIR/weft.toml; FILE must exist (the packaged service uses /etc/weft/weft.toml).
     #[arg(long, value_name = "FILE", env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// libp2p listen address, like /ip4/0.0.0.0/tcp/7101 [default: WEFT_LISTEN, else from DIR/weft.toml].
+    /// libp2p listen address, like /ip4/0.0.0.0/tcp/7101 or /dns4/site-a.example/tcp/7101 (a name is resolved at start) [default: WEFT_LISTEN, else from DIR/weft.toml].
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Option<String>,
+    /// QUIC listen address beside --listen, like /ip4/0.0.0.0/udp/7101/quic-v1 (UDP) [default: WEFT_LISTEN_QUIC, else from DIR/weft.toml, else none].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen_quic: Option<String>,
     /// HTTP API address, like 127.0.0.1:7100 [default: WEFT_API, else from DIR/weft.toml]; the live dashboard is at http://HOST:PORT/.
     #[arg(long, value_name = "HOST:PORT")]
     pub api: Option<String>,
-    /// A peer to dial and keep dialing; give the flag once per peer (replaces WEFT_PEERS and the peers in weft.toml). The /p2p/ suffix is optional.
+    /// A peer to dial and keep dialing, like /dns4/site-b.example/tcp/7101 or /ip4/10.0.0.2/udp/7101/quic-v1; give the flag once per peer (replaces WEFT_PEERS and the peers in weft.toml). The /p2p/ suffix is optional.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     pub peers: Vec<String>,
     /// Log format [default: WEFT_LOG_FORMAT, else from DIR/weft.toml, else pretty].
@@ -102,6 +105,7 @@ impl NodeRunArgs {
         };
         let mut out: Vec<FlagValue> = [
             string("listen", "--listen", &self.listen),
+            string("listen_quic", "--listen-quic", &self.listen_quic),
             string("api", "--api", &self.api),
             string("log_format", "--log-format", &self.log_format),
         ]
@@ -147,6 +151,9 @@ pub struct NodeOptions {
     pub response: crate::respond::ResponseConfig,
     /// How many libp2p connections the node accepts.
     pub connections: crate::limits::ConnectionLimits,
+    /// How the node finds peers beyond `peers` (Kademlia among admitted
+    /// peers, mDNS) and how many it keeps.
+    pub discovery: crate::discovery::DiscoveryOptions,
     /// Where decision records are shipped (`None`: nowhere).
     pub decision_log: Option<crate::decision_log::DecisionLogOptions>,
     /// The runtimes that serve the HTTP API, when it should not be the one
@@ -204,6 +211,7 @@ impl NodeOptions {
             audit: AuditConfig::default(),
             response: crate::respond::ResponseConfig::default(),
             connections: crate::limits::ConnectionLimits::default(),
+            discovery: crate::discovery::DiscoveryOptions::default(),
             decision_log: None,
             api_runtimes: Vec::new(),
             api_tls: None,
@@ -529,6 +537,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
                 &IdentTopic::new(TOPIC),
                 shared.traffic.clone(),
                 &opts.connections,
+                &opts.discovery,
                 registry,
             )
             .map(|swarm| (swarm, p2p_metrics))
@@ -536,8 +545,12 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         .map_err(|e| anyhow!(e))?;
     let mut listeners = Vec::new();
     for addr in &opts.listen {
+        crate::transport::check_listen(addr).map_err(|e| anyhow!(e))?;
+        let resolved = crate::transport::resolve_listen(addr)
+            .await
+            .map_err(|e| anyhow!(e))?;
         let id = swarm
-            .listen_on(addr.clone())
+            .listen_on(resolved.clone())
             .with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(id);
     }
@@ -628,6 +641,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             signed_root: signed_root.to_vec(),
             trust_file: dir.trust(),
             peers: opts.peers.clone(),
+            discovery: opts.discovery.clone(),
             snapshot_every: opts.snapshot_every,
             commands: commands_rx,
             shutdown: shutdown_rx.clone(),
@@ -801,6 +815,14 @@ fn parse_addr(text: &str, what: &str) -> Result<Multiaddr> {
     })
 }
 
+/// A listen address from the settings: a multiaddr the node can listen on
+/// ([`crate::transport::check_listen`]); the error names the setting.
+fn parse_listen(text: &str, what: &str) -> Result<Multiaddr> {
+    let addr = parse_addr(text, what)?;
+    crate::transport::check_listen(&addr).map_err(|e| anyhow!("{what}: {e}"))?;
+    Ok(addr)
+}
+
 /// Runs `weft node run` until SIGINT or SIGTERM.
 pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     if !args.dir.is_dir() {
@@ -829,7 +851,23 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         );
     }
     let mut opts = NodeOptions::new(&args.dir);
-    opts.listen = vec![parse_addr(&config.listen, &resolved.describe("listen"))?];
+    opts.listen = vec![parse_listen(&config.listen, &resolved.describe("listen"))?];
+    if !config.listen_quic.is_empty() {
+        let quic = parse_listen(&config.listen_quic, &resolved.describe("listen_quic"))?;
+        if crate::transport::Kind::of(&quic) != crate::transport::Kind::Quic {
+            bail!(
+                "{}: \"{}\" is not a QUIC address (like /ip4/0.0.0.0/udp/7101/quic-v1)",
+                resolved.describe("listen_quic"),
+                config.listen_quic
+            );
+        }
+        opts.listen.push(quic);
+    }
+    opts.discovery = crate::discovery::DiscoveryOptions {
+        kademlia: config.discovery,
+        peers: config.discovery_peers as usize,
+        mdns: config.mdns,
+    };
     opts.api = config.api.clone();
     opts.stale = Staleness {
         after_ms: weft_protocol::time::parse_duration(&config.stale_after)

@@ -94,13 +94,31 @@ pub const DEFAULT_API_UPDATES_BURST: u32 = 60;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// libp2p listen address. Default `/ip4/127.0.0.1/tcp/7101`: loopback, so a
+    /// libp2p listen address: `/ip4`, `/ip6`, `/dns4`, `/dns6` or `/dns`
+    /// (a name is resolved once, at start), then `/tcp/PORT` or
+    /// `/udp/PORT/quic-v1`. Default `/ip4/127.0.0.1/tcp/7101`: loopback, so a
     /// fresh node exposes nothing until told to.
     pub listen: String,
+    /// A QUIC listen address beside `listen`, like
+    /// `/ip4/0.0.0.0/udp/7101/quic-v1` (UDP). Default empty: no QUIC
+    /// listener (the node still dials peers' QUIC addresses).
+    pub listen_quic: String,
     /// HTTP API address. Default `127.0.0.1:7100`, loopback for the same reason.
     pub api: String,
-    /// Peers to dial and keep dialing (libp2p multiaddrs, `/p2p/` suffix optional).
+    /// Peers to dial and keep dialing (libp2p multiaddrs, `/p2p/` suffix
+    /// optional; `/dns4`, `/dns6` and `/dns` names are resolved at every dial).
     pub peers: Vec<String>,
+    /// Whether the node finds peers beyond `peers` by Kademlia among
+    /// admitted peers (docs/sites.md). Default true: a node given any one
+    /// admitted node's address finds the rest of the mesh.
+    pub discovery: bool,
+    /// Dial discovered peers while the node holds fewer connections than
+    /// this (0: none). Default 8 ([`crate::discovery::DEFAULT_DISCOVERY_PEERS`]
+    /// says why).
+    pub discovery_peers: u32,
+    /// Whether the node also finds peers on its local network by mDNS.
+    /// Default false: multicast announces the node to everyone on the LAN.
+    pub mdns: bool,
     /// How long without a sync before the state counts as stale (a duration
     /// like `90s`). Default `5m`: sixty anti-entropy rounds.
     pub stale_after: String,
@@ -187,8 +205,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "/ip4/127.0.0.1/tcp/7101".into(),
+            listen_quic: String::new(),
             api: "127.0.0.1:7100".into(),
             peers: Vec::new(),
+            discovery: true,
+            discovery_peers: crate::discovery::DEFAULT_DISCOVERY_PEERS,
+            mdns: false,
             stale_after: "5m".into(),
             on_stale: OnStale::Keep,
             log_format: "pretty".into(),
@@ -241,12 +263,20 @@ impl Config {
         format!(
             "# weft node settings. WEFT_<KEY> environment variables override them, and\n\
              # `weft node run` flags override both; `weft node config` shows the result.\n\
-             # libp2p listen address\n\
+             # libp2p listen address (TCP /tcp/PORT or QUIC /udp/PORT/quic-v1; /dns4/NAME resolved at start)\n\
              listen = {:?}\n\
+             # QUIC listen address beside it, like \"/ip4/0.0.0.0/udp/7101/quic-v1\" (empty: none)\n\
+             listen_quic = {:?}\n\
              # HTTP API address\n\
              api = {:?}\n\
-             # peers to dial and keep dialing\n\
+             # peers to dial and keep dialing (/dns4/NAME/tcp/PORT names are resolved at every dial)\n\
              peers = [{peers}]\n\
+             # find the rest of the mesh from any one admitted peer (Kademlia among admitted peers)\n\
+             discovery = {}\n\
+             # dial discovered peers while holding fewer connections than this (0: none)\n\
+             discovery_peers = {}\n\
+             # also find peers on the local network by mDNS\n\
+             mdns = {}\n\
              # time without a sync before the state counts as stale\n\
              stale_after = {:?}\n\
              # when stale: \"keep\" enforcing the last state, or \"deny\" everything\n\
@@ -289,7 +319,11 @@ impl Config {
              jwks_max_age = {:?}\n\
              {}",
             self.listen,
+            self.listen_quic,
             self.api,
+            self.discovery,
+            self.discovery_peers,
+            self.mdns,
             self.stale_after,
             match self.on_stale {
                 OnStale::Keep => "keep",
@@ -345,6 +379,11 @@ mod tests {
     fn written_config_reads_back() {
         let mut c = Config::default();
         c.peers.push("/ip4/127.0.0.1/tcp/7201".into());
+        c.peers.push("/dns4/site-b.example/udp/7101/quic-v1".into());
+        c.listen_quic = "/ip4/0.0.0.0/udp/7101/quic-v1".into();
+        c.discovery = false;
+        c.discovery_peers = 3;
+        c.mdns = true;
         c.on_stale = OnStale::Deny;
         c.api_threads = 3;
         c.max_connections_per_ip = 0;

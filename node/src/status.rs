@@ -79,12 +79,16 @@ pub fn render_status(s: &Status) -> String {
     );
     for p in &s.peers {
         out += &format!(
-            "    {}  {}{}{}\n",
+            "    {}  {}{}{}{}\n",
             p.node_id,
             if p.admitted {
                 "admitted"
             } else {
                 "NOT admitted"
+            },
+            match (&p.transport, &p.route, &p.address) {
+                (Some(t), Some(r), Some(a)) => format!("  {t} {r} {a}"),
+                _ => String::new(),
             },
             p.rtt_ms
                 .map(|ms| format!("  rtt {ms:.1} ms"))

@@ -44,9 +44,13 @@ use tracing_subscriber::{Layer as _, Registry};
 pub const TRACE_TARGET: &str = "weft::trace";
 
 /// The log filter when `RUST_LOG` is unset: info and up, gossipsub's
-/// chatter left out, and the trace spans left out (they are for the OTLP
-/// exporter; formatting them into every log line would cost each request).
-pub const DEFAULT_LOG_FILTER: &str = "info,libp2p_gossipsub=warn,weft::trace=off";
+/// chatter left out, Kademlia's warning that it cannot bootstrap before
+/// it knows a peer left out (every node starts so; discovery's lookups are
+/// the node task's, `crate::discovery`), and the trace spans left out
+/// (they are for the OTLP exporter; formatting them into every log line
+/// would cost each request).
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,libp2p_gossipsub=warn,libp2p_kad::behaviour=error,weft::trace=off";
 
 /// The path OTLP/HTTP collectors take traces on, appended to `otlp_endpoint`.
 pub const TRACES_PATH: &str = "/v1/traces";

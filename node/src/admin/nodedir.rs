@@ -27,6 +27,8 @@ pub(crate) fn init(a: &NodeInitArgs) -> Result<ExitCode> {
     let mut config = Config::default();
     if let Some(listen) = &a.listen {
         check_multiaddr(listen, "--listen")?;
+        let addr = libp2p::Multiaddr::from_str(listen)?;
+        crate::transport::check_listen(&addr).map_err(|e| anyhow!("--listen: {e}"))?;
         config.listen = listen.clone();
     }
     if let Some(api) = &a.api {

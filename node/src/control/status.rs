@@ -26,6 +26,18 @@ pub struct PeerStatus {
     /// answer).
     #[serde(default)]
     pub rtt_ms: Option<f64>,
+    /// The transport of its connection: `tcp` or `quic` (of the oldest,
+    /// when it has several).
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// The connection's remote address, as a multiaddr: the address
+    /// dialed (a name stays a name), or where an inbound one came from.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Whether the connection is `direct` or `relayed` (through a relay's
+    /// `/p2p-circuit`).
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 /// One bundle in [`Status`].

@@ -1,10 +1,11 @@
 //! The libp2p driver of the sans-IO [`Replica`]: one task owns the replica,
 //! the swarm and the store, and carries out every effect the replica asks for.
 //!
-//! The swarm itself (transport, behaviours, codec, byte counters) is
-//! [`crate::swarm`]; the commands the task takes and the state it shares
-//! are [`crate::control`]; the status and the evidence the task answers are
-//! built in `status.rs` in this module.
+//! The swarm itself (behaviours, codec) is [`crate::swarm`], its
+//! transports [`crate::transport`]; the commands the task takes and the
+//! state it shares are [`crate::control`]; the status and the evidence the
+//! task answers are built in `status.rs` in this module, and what it does
+//! to find peers beyond the configured ones in `discovery.rs`.
 //!
 //! # Mapping
 //! | replica | driver |
@@ -34,7 +35,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, PublishE
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use libp2p::{Multiaddr, PeerId, Swarm, ping};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use weft_crdt::ChangeHash;
@@ -51,6 +52,7 @@ use crate::control::{Command, Shared, SubmitError, Submitted};
 use crate::store::{Store, StoreError};
 use crate::swarm::{Behaviour, BehaviourEvent, TOPIC, fit_response, split_p2p};
 
+mod discovery;
 mod spans;
 mod status;
 
@@ -118,6 +120,8 @@ pub(crate) struct NodeTaskParts {
     pub trust_file: std::path::PathBuf,
     /// Peers to dial and keep dialing.
     pub peers: Vec<Multiaddr>,
+    /// How to find more peers.
+    pub discovery: crate::discovery::DiscoveryOptions,
     /// Applied updates between snapshots.
     pub snapshot_every: u64,
     /// Commands from the API and tests.
@@ -186,6 +190,8 @@ pub(crate) struct NodeTask {
     admitted: BTreeSet<PeerId>,
     /// Wakes the background flusher ([`flush_when_asked`]).
     flush_wanted: Arc<Notify>,
+    /// Discovery: the address book, lookups, connections by peer.
+    discovery: discovery::DiscoveryState,
 }
 
 /// When the updates among a batch of outputs are flushed to disk.
@@ -273,6 +279,7 @@ impl NodeTask {
             p2p_metrics: parts.p2p_metrics,
             admitted: BTreeSet::new(),
             flush_wanted: Arc::new(Notify::new()),
+            discovery: discovery::DiscoveryState::new(parts.discovery),
         }
     }
 
@@ -654,15 +661,36 @@ impl NodeTask {
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.p2p_metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.p2p_metrics.record(e),
                 _ => {}
             }
         }
         match &event {
-            SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 self.answered.insert(*connection_id, Instant::now());
+                self.note_connection(
+                    *peer_id,
+                    *connection_id,
+                    endpoint.get_remote_address().clone(),
+                    endpoint.is_dialer(),
+                );
             }
-            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
                 self.answered.remove(connection_id);
+                self.note_closed(*peer_id, *connection_id, *num_established == 0);
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, .. } => {
+                self.note_dial_failed(*connection_id);
             }
             _ => {}
         }
@@ -747,13 +775,9 @@ impl NodeTask {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                tracing::trace!(peer = %peer_id, agent = %info.agent_version, "identified peer");
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
             _ => {}
         }
     }
@@ -1055,6 +1079,7 @@ impl NodeTask {
                         reason: reason.clone(),
                     });
                     let _ = self.swarm.disconnect_peer_id(peer);
+                    self.forget_peer(&peer);
                 }
                 Output::Ban { peer, node, reason } => {
                     tracing::warn!(%peer, %node, %reason, "banning peer");
@@ -1063,6 +1088,7 @@ impl NodeTask {
                         reason: reason.clone(),
                     });
                     self.banned.insert(peer);
+                    self.forget_peer(&peer);
                     let b = self.swarm.behaviour_mut();
                     b.blocked.block_peer(peer);
                     b.gossipsub.blacklist_peer(&peer);
@@ -1103,6 +1129,7 @@ impl NodeTask {
                         self.audit.record(AuditEvent::Admitted {
                             peer: peer.to_string(),
                         });
+                        self.on_admitted(peer);
                     }
                 }
                 Output::Held { hash, from } => {
@@ -1227,8 +1254,21 @@ impl NodeTask {
                 continue;
             }
             let opts = match t.peer {
+                // With the addresses the peer reported: a QUIC one is
+                // tried first (see crate::swarm).
                 Some(p) => DialOpts::peer_id(p)
-                    .addresses(vec![t.addr.clone()])
+                    .addresses(
+                        std::iter::once(t.addr.clone())
+                            .chain(
+                                self.discovery
+                                    .book
+                                    .addrs(&p)
+                                    .iter()
+                                    .filter(|a| **a != t.addr)
+                                    .cloned(),
+                            )
+                            .collect(),
+                    )
                     .condition(PeerCondition::DisconnectedAndNotDialing)
                     .build(),
                 None => DialOpts::unknown_peer_id().address(t.addr.clone()).build(),
@@ -1248,5 +1288,6 @@ impl NodeTask {
                 }
             }
         }
+        self.discover();
     }
 }

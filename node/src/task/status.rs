@@ -74,6 +74,7 @@ impl NodeTask {
             .connected_peers()
             .map(|(peer, node, admitted)| {
                 let cert = certs.get(peer);
+                let conn = self.connection_of(peer);
                 PeerStatus {
                     node_id: node.to_string(),
                     peer_id: peer.to_string(),
@@ -82,6 +83,9 @@ impl NodeTask {
                     cert_name: cert.map(|c| c.0.clone()),
                     cert_expires: cert.map(|c| c.1),
                     rtt_ms: self.rtt.get(peer).map(|d| d.as_secs_f64() * 1000.0),
+                    transport: conn.map(|a| crate::transport::Kind::of(a).as_str().to_owned()),
+                    address: conn.map(ToString::to_string),
+                    route: conn.map(|a| crate::transport::path_of(a).to_owned()),
                 }
             })
             .collect();
