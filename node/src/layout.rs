@@ -101,6 +101,10 @@ pub struct Config {
     pub api: String,
     /// Peers to dial and keep dialing (libp2p multiaddrs, `/p2p/` suffix optional).
     pub peers: Vec<String>,
+    /// Envoy's ext_authz gRPC service (`envoy.service.auth.v3.Authorization`)
+    /// address, `HOST:PORT`, plain HTTP/2. Default none: not served. A
+    /// non-loopback address needs `api_insecure` ([`crate::extauthz`]).
+    pub ext_authz_listen: Option<String>,
     /// How long without a sync before the state counts as stale (a duration
     /// like `90s`). Default `5m`: sixty anti-entropy rounds.
     pub stale_after: String,
@@ -183,6 +187,7 @@ impl Default for Config {
             listen: "/ip4/127.0.0.1/tcp/7101".into(),
             api: "127.0.0.1:7100".into(),
             peers: Vec::new(),
+            ext_authz_listen: None,
             stale_after: "5m".into(),
             on_stale: OnStale::Keep,
             log_format: "pretty".into(),
@@ -240,6 +245,9 @@ impl Config {
              api = {:?}\n\
              # peers to dial and keep dialing\n\
              peers = [{peers}]\n\
+             # Envoy ext_authz gRPC service (envoy.service.auth.v3.Authorization), plain HTTP/2;\n\
+             # loopback unless api_insecure (unset: not served)\n\
+             {}\n\
              # time without a sync before the state counts as stale\n\
              stale_after = {:?}\n\
              # when stale: \"keep\" enforcing the last state, or \"deny\" everything\n\
@@ -281,6 +289,10 @@ impl Config {
              {}",
             self.listen,
             self.api,
+            match &self.ext_authz_listen {
+                Some(a) => format!("ext_authz_listen = {a:?}"),
+                None => "# ext_authz_listen = \"127.0.0.1:7102\"".to_owned(),
+            },
             self.stale_after,
             match self.on_stale {
                 OnStale::Keep => "keep",
@@ -343,6 +355,7 @@ mod tests {
         c.api_tokens_file = Some("/etc/weft/tokens".into());
         c.api_insecure = true;
         c.api_updates_burst = 7;
+        c.ext_authz_listen = Some("127.0.0.1:7102".into());
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let mut d = crate::decision_log::DecisionLogConfig {

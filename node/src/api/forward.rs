@@ -182,17 +182,11 @@ pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, String>> {
     let Ok(text) = value.to_str() else {
         return Some(Err("the Authorization header is not text".to_owned()));
     };
-    let (scheme, credential) = text.trim().split_once(' ').unwrap_or((text, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") || credential.trim().is_empty() {
-        return Some(Err(
-            "the Authorization header is not `Bearer <JWT or wtk1 token>`".into(),
-        ));
-    }
-    Some(Ok(credential.trim()))
+    Some(crate::bearer::credential(text))
 }
 
 /// The request as the decision log keeps it: `{"http": {...}}`.
-fn http_json(r: &HttpRequest) -> serde_json::Value {
+pub(crate) fn http_json(r: &HttpRequest) -> serde_json::Value {
     serde_json::json!({"http": {
         "method": r.method,
         "target": r.target,
