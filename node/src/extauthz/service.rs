@@ -3,7 +3,10 @@
 //! one ([`crate::api::forward`]): the request mapped ([`super::map`]), the
 //! caller's identity resolved, [`decide_http`] on the current view, the
 //! record written everywhere a decision goes
-//! ([`crate::api::record_decision`]), and the answer.
+//! (`crate::api::record_decision`), and the answer.
+//!
+//! Each `Check` runs in a span (target [`crate::telemetry::TRACE_TARGET`],
+//! exported when `otlp_endpoint` is set) carrying its decision id.
 //!
 //! `Check` never fails at the gRPC level: every request, even one that is
 //! not an HTTP request, gets a `CheckResponse` (a malformed one is a 403).
@@ -12,6 +15,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tracing::Instrument as _;
 use weft_protocol::authorize::Deciding;
 use weft_protocol::gateway::{Identity, decide_http};
 
@@ -68,6 +72,7 @@ impl CheckService {
             },
         );
         let id = crate::decision_id::DecisionId::next();
+        tracing::Span::current().record("decision_id", id.as_str());
         let context = state
             .decision_log
             .as_ref()
@@ -84,6 +89,17 @@ impl Authorization for CheckService {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let check = request.into_inner();
-        Ok(tonic::Response::new(self.decide(&check).await))
+        // The request span, exported when `otlp_endpoint` is set (as the
+        // HTTP API's are); disabled at its call site otherwise.
+        let span = tracing::info_span!(
+            target: crate::telemetry::TRACE_TARGET,
+            "check",
+            otel.name = "envoy.service.auth.v3.Authorization/Check",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            decision_id = tracing::field::Empty,
+        );
+        let answer = self.decide(&check).instrument(span).await;
+        Ok(tonic::Response::new(answer))
     }
 }
