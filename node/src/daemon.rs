@@ -63,6 +63,9 @@ pub struct NodeRunArgs {
     /// HTTP API address, like 127.0.0.1:7100 [default: WEFT_API, else from DIR/weft.toml]; the live dashboard is at http://HOST:PORT/.
     #[arg(long, value_name = "HOST:PORT")]
     pub api: Option<String>,
+    /// Serve Envoy's ext_authz gRPC service (envoy.service.auth.v3.Authorization/Check) on HOST:PORT, plain HTTP/2, loopback unless api_insecure [default: WEFT_EXT_AUTHZ_LISTEN, else from DIR/weft.toml, else off].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ext_authz_listen: Option<String>,
     /// A peer to dial and keep dialing, like /dns4/site-b.example/tcp/7101 or /ip4/10.0.0.2/udp/7101/quic-v1; give the flag once per peer (replaces WEFT_PEERS and the peers in weft.toml). The /p2p/ suffix is optional.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     pub peers: Vec<String>,
@@ -107,6 +110,11 @@ impl NodeRunArgs {
             string("listen", "--listen", &self.listen),
             string("listen_quic", "--listen-quic", &self.listen_quic),
             string("api", "--api", &self.api),
+            string(
+                "ext_authz_listen",
+                "--ext-authz-listen",
+                &self.ext_authz_listen,
+            ),
             string("log_format", "--log-format", &self.log_format),
         ]
         .into_iter()
@@ -139,6 +147,9 @@ pub struct NodeOptions {
     pub api: String,
     /// Peers to dial and keep dialing.
     pub peers: Vec<Multiaddr>,
+    /// Envoy's ext_authz gRPC service address, `HOST:PORT` (port 0 picks a
+    /// free one); none serves no such service.
+    pub ext_authz: Option<String>,
     /// Replica settings.
     pub replica: ReplicaConfig,
     /// Applied updates between two snapshots.
@@ -205,6 +216,7 @@ impl NodeOptions {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
             api: "127.0.0.1:0".into(),
             peers: Vec::new(),
+            ext_authz: None,
             replica: ReplicaConfig::default(),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             stale: Staleness::default(),
@@ -234,6 +246,7 @@ impl NodeOptions {
 /// A running node.
 pub struct NodeHandle {
     api_addr: SocketAddr,
+    ext_authz_addr: Option<SocketAddr>,
     api_tls: bool,
     reload: mpsc::Sender<oneshot::Sender<()>>,
     reload_task: JoinHandle<()>,
@@ -261,6 +274,12 @@ impl NodeHandle {
     /// The address the HTTP API listens on.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The address Envoy's ext_authz gRPC service listens on, when it is
+    /// served.
+    pub fn ext_authz_addr(&self) -> Option<SocketAddr> {
+        self.ext_authz_addr
     }
 
     /// The API's base URL, `http://HOST:PORT`, or `https://` with TLS.
@@ -458,6 +477,20 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         Some(path) => crate::api::tokens::TokenSet::load(path).map_err(|e| anyhow!(e))?,
         None => crate::api::tokens::TokenSet::default(),
     }));
+    // Envoy's ext_authz service: an address it may not use, or cannot
+    // bind, stops the start before the store is opened.
+    let ext_authz = match &opts.ext_authz {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .and_then(|l| l.into_std())
+                .with_context(|| format!("ext_authz_listen {addr}: cannot listen"))?;
+            let bound = listener.local_addr()?;
+            crate::extauthz::check_listen(bound, opts.api_insecure).map_err(|e| anyhow!(e))?;
+            Some((listener, bound))
+        }
+    };
     let dir = NodeDir::new(&opts.dir);
     let key = keyfile::read(&dir.key())?;
     let node_id = NodeId::new(key.public());
@@ -693,6 +726,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         tracing::info!(
             node_id = %node_id,
             api = %api_addr,
+            ext_authz = ?ext_authz.as_ref().map(|(_, a)| *a),
             listen = ?listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "node started"
         )
@@ -734,21 +768,20 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         .get_or_insert_with(|| dir.root().join("jwks"));
     let identities = Arc::new(crate::identity::Identities::new(identity));
     metrics.register_with(|r| identities.metrics().register(r));
-    let router = api::router(
-        Arc::new(ApiState {
-            commands: commands_tx.clone(),
-            shared: shared.clone(),
-            metrics,
-            audit: audit.clone(),
-            detect,
-            decisions: Arc::new(crate::dashboard::DecisionLog::new()),
-            reload: reload_status,
-            decision_log,
-            identities,
-            test_panic_route: opts.test_panic_route,
-        }),
-        access,
-    );
+    let api_state = Arc::new(ApiState {
+        commands: commands_tx.clone(),
+        shared: shared.clone(),
+        metrics,
+        audit: audit.clone(),
+        detect,
+        decisions: Arc::new(crate::dashboard::DecisionLog::new()),
+        reload: reload_status,
+        decision_log,
+        identities,
+        test_panic_route: opts.test_panic_route,
+    });
+    let check_service = Arc::new(crate::extauthz::CheckService::new(api_state.clone()));
+    let router = api::router(api_state, access);
     let mut api_tasks = Vec::with_capacity(api_runtimes.len());
     for rt in &api_runtimes {
         let listener = {
@@ -781,9 +814,34 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         );
     }
     drop(listener);
+    let ext_authz_addr = ext_authz.as_ref().map(|(_, a)| *a);
+    if let Some((listener, _)) = ext_authz {
+        for rt in &api_runtimes {
+            let listener = {
+                let _in = rt.enter();
+                tokio::net::TcpListener::from_std(listener.try_clone()?)
+                    .context("cannot serve ext_authz on its runtime")?
+            };
+            let mut stop_rx = shutdown_rx.clone();
+            let stop = async move {
+                while !*stop_rx.borrow() {
+                    if stop_rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            api_tasks.push(
+                rt.spawn(
+                    crate::extauthz::serve(listener, check_service.clone(), stop)
+                        .instrument(span.clone()),
+                ),
+            );
+        }
+    }
 
     Ok(NodeHandle {
         api_addr,
+        ext_authz_addr,
         api_tls: tls.is_some(),
         reload: reload_tx,
         reload_task,
@@ -869,6 +927,7 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         mdns: config.mdns,
     };
     opts.api = config.api.clone();
+    opts.ext_authz = config.ext_authz_listen.clone();
     opts.stale = Staleness {
         after_ms: weft_protocol::time::parse_duration(&config.stale_after)
             .map_err(|e| anyhow!("{}: {e}", resolved.describe("stale_after")))?
@@ -973,9 +1032,12 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     let served = runtime.block_on(async move {
         let node = spawn_node(opts).await?;
         eprintln!(
-            "weft node {} running: API {}, libp2p {}",
+            "weft node {} running: API {}{}, libp2p {}",
             node.node_id(),
             node.api_url(),
+            node.ext_authz_addr()
+                .map(|a| format!(", ext_authz {a}"))
+                .unwrap_or_default(),
             node.listen_addrs()
                 .iter()
                 .map(ToString::to_string)

@@ -119,6 +119,10 @@ pub struct Config {
     /// Whether the node also finds peers on its local network by mDNS.
     /// Default false: multicast announces the node to everyone on the LAN.
     pub mdns: bool,
+    /// Envoy's ext_authz gRPC service (`envoy.service.auth.v3.Authorization`)
+    /// address, `HOST:PORT`, plain HTTP/2. Default none: not served. A
+    /// non-loopback address needs `api_insecure` ([`crate::extauthz`]).
+    pub ext_authz_listen: Option<String>,
     /// How long without a sync before the state counts as stale (a duration
     /// like `90s`). Default `5m`: sixty anti-entropy rounds.
     pub stale_after: String,
@@ -211,6 +215,7 @@ impl Default for Config {
             discovery: true,
             discovery_peers: crate::discovery::DEFAULT_DISCOVERY_PEERS,
             mdns: false,
+            ext_authz_listen: None,
             stale_after: "5m".into(),
             on_stale: OnStale::Keep,
             log_format: "pretty".into(),
@@ -277,6 +282,9 @@ impl Config {
              discovery_peers = {}\n\
              # also find peers on the local network by mDNS\n\
              mdns = {}\n\
+             # Envoy ext_authz gRPC service (envoy.service.auth.v3.Authorization), plain HTTP/2;\n\
+             # loopback unless api_insecure (unset: not served)\n\
+             {}\n\
              # time without a sync before the state counts as stale\n\
              stale_after = {:?}\n\
              # when stale: \"keep\" enforcing the last state, or \"deny\" everything\n\
@@ -324,6 +332,10 @@ impl Config {
             self.discovery,
             self.discovery_peers,
             self.mdns,
+            match &self.ext_authz_listen {
+                Some(a) => format!("ext_authz_listen = {a:?}"),
+                None => "# ext_authz_listen = \"127.0.0.1:7102\"".to_owned(),
+            },
             self.stale_after,
             match self.on_stale {
                 OnStale::Keep => "keep",
@@ -392,6 +404,7 @@ mod tests {
         c.api_tokens_file = Some("/etc/weft/tokens".into());
         c.api_insecure = true;
         c.api_updates_burst = 7;
+        c.ext_authz_listen = Some("127.0.0.1:7102".into());
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         let mut d = crate::decision_log::DecisionLogConfig {

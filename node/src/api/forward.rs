@@ -182,13 +182,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, String>> {
     let Ok(text) = value.to_str() else {
         return Some(Err("the Authorization header is not text".to_owned()));
     };
-    let (scheme, credential) = text.trim().split_once(' ').unwrap_or((text, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") || credential.trim().is_empty() {
-        return Some(Err(
-            "the Authorization header is not `Bearer <JWT or wtk1 token>`".into(),
-        ));
-    }
-    Some(Ok(credential.trim()))
+    Some(crate::bearer::credential(text))
 }
 
 /// `gateway` in `GET /v1/status`: `{"routes": N, "unmatched": "deny" |
@@ -215,7 +209,7 @@ pub fn gateway_status(g: &weft_crdt::Gateway) -> serde_json::Value {
 }
 
 /// The request as the decision log keeps it: `{"http": {...}}`.
-fn http_json(r: &HttpRequest) -> serde_json::Value {
+pub(crate) fn http_json(r: &HttpRequest) -> serde_json::Value {
     serde_json::json!({"http": {
         "method": r.method,
         "target": r.target,

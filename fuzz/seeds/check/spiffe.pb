@@ -1,0 +1,6 @@
+
+V
+0
+
+
+10.1.2.3" spiffe://prod.example.org/ns/web"" GET"/docs/1*docs.example.com
