@@ -1,0 +1,158 @@
+//! A node that has just started is not blind: a fresh node (no
+//! `detector.state`, detection on as `weft node run` has it) serves twenty
+//! ordinary principals for a few seconds, then one principal sends 1,500
+//! requests in about a second over 1,500 resources it never used and five
+//! actions, nearly all denied. `GET /v1/anomalies` shows the alert, from an
+//! absolute floor, within seconds and inside the node's first minute. A
+//! second fresh node with the floors off (the learned model alone, as the
+//! detector was without them) gets the same traffic and stays silent: its
+//! half-space trees hold no reference window yet.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use weft_node::daemon::{NodeHandle, spawn_node};
+use weft_tests::mesh::{Author, Fixture, authorize, eventually, init_logs, push};
+
+const POLICY: &str = r#"permit(principal, action == Action::"view", resource);"#;
+
+async fn decide(client: &reqwest::Client, node: &NodeHandle, body: Value) -> Result<bool> {
+    let r = client
+        .post(format!("{}/v1/authorize", node.api_url()))
+        .json(&body)
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "authorize answered {}", r.status());
+    let v: Value = r.json().await?;
+    Ok(v["decision"] == "allow")
+}
+
+/// Twenty users viewing their few documents, one request every 25 ms in
+/// turn, for `secs` seconds; every one is allowed.
+async fn ordinary(client: &reqwest::Client, node: &NodeHandle, secs: u64) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut k = 0u64;
+    while Instant::now() < until {
+        let body = json!({
+            "principal": format!("User::\"u{}\"", k % 20),
+            "action": "Action::\"view\"",
+            "resource": format!("Doc::\"d{}\"", k % 7),
+        });
+        ensure!(decide(client, node, body).await?, "an ordinary view denied");
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
+
+/// Mallory's probe: 1,500 requests, 32 at a time, over 1,500 resources;
+/// one in twenty is a view (allowed), the rest edit, delete, admin or list
+/// (denied). Returns how long it took and how many were denied.
+async fn burst(client: &reqwest::Client, node: &NodeHandle) -> Result<(Duration, usize)> {
+    let started = Instant::now();
+    let actions = ["edit", "delete", "admin", "list"];
+    let answers: Vec<Result<bool>> =
+        futures::stream::iter((0..1_500u32).zip(actions.iter().cycle()))
+            .map(|(k, action)| {
+                let body = if k % 20 == 0 {
+                    json!({
+                        "principal": "User::\"mallory\"",
+                        "action": "Action::\"view\"",
+                        "resource": format!("Doc::\"m{k}\""),
+                    })
+                } else {
+                    json!({
+                        "principal": "User::\"mallory\"",
+                        "action": format!("Action::\"{action}\""),
+                        "resource": format!("Secret::\"s{k}\""),
+                    })
+                };
+                decide(client, node, body)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+    let mut denied = 0;
+    for a in answers {
+        denied += usize::from(!a?);
+    }
+    Ok((started.elapsed(), denied))
+}
+
+async fn alerts(node: &NodeHandle) -> Result<Vec<Value>> {
+    let v: Value = reqwest::get(format!("{}/v1/anomalies", node.api_url()))
+        .await?
+        .json()
+        .await?;
+    Ok(v["alerts"].as_array().cloned().unwrap_or_default())
+}
+
+/// A fresh node with the policy, and when it started.
+async fn fresh_node(fx: &Fixture, name: &str, floors: bool) -> Result<(NodeHandle, Instant)> {
+    let (dir, _) = fx.node_dir(name, true)?;
+    let mut o = fx.options(dir.clone(), &[]);
+    if !floors {
+        o.response.detector.floors = None;
+    }
+    let started = Instant::now();
+    let node = spawn_node(o).await?;
+    ensure!(
+        !dir.join("detector.state").exists(),
+        "the node is not fresh"
+    );
+    push(&node, Author::new(fx).bundle_policy("main", POLICY)?).await?;
+    eventually(Duration::from_secs(10), "the policy in force", || async {
+        Ok(authorize(&node, r#"User::"u0""#).await?["decision"] == "allow")
+    })
+    .await?;
+    Ok((node, started))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_flags_a_gross_burst_in_its_first_minute() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let client = reqwest::Client::new();
+
+    let (node, born) = fresh_node(&fx, "fresh", true).await?;
+    ordinary(&client, &node, 4).await?;
+    ensure!(alerts(&node).await?.is_empty(), "ordinary users alerted");
+    let (took, denied) = burst(&client, &node).await?;
+    eprintln!("the burst took {took:?}; {denied} of 1500 denied");
+    ensure!(denied >= 1_400, "{denied} denied");
+    let waited = eventually(Duration::from_secs(5), "mallory's alert", || async {
+        Ok(!alerts(&node).await?.is_empty())
+    })
+    .await?;
+    let seen = alerts(&node).await?;
+    let age = born.elapsed();
+    eprintln!("alert listed {waited:?} after the burst, {age:?} into the node's life");
+    ensure!(age < Duration::from_secs(60), "{age:?}");
+    ensure!(seen.len() == 1, "{seen:#?}");
+    let a = &seen[0];
+    ensure!(a["principal"] == r#"User::"mallory""#, "{a}");
+    ensure!(a["floor"] == "denies", "{a}");
+    ensure!(
+        a["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("absolute floor")),
+        "{a}"
+    );
+    // The ordinary users go on, unflagged.
+    ordinary(&client, &node, 1).await?;
+    ensure!(alerts(&node).await?.len() == 1);
+    node.shutdown().await?;
+
+    // The same traffic on a fresh node with the learned model alone: no
+    // alert, the trees are still empty.
+    let (blind, _) = fresh_node(&fx, "blind", false).await?;
+    ordinary(&client, &blind, 4).await?;
+    burst(&client, &blind).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let none = alerts(&blind).await?;
+    ensure!(none.is_empty(), "{none:#?}");
+    blind.shutdown().await?;
+    Ok(())
+}
