@@ -245,8 +245,8 @@ pub struct DetectorConfig {
 /// Absolute floors: behaviour in one window so far beyond what any
 /// ordinary principal does that it alerts on its own, without a baseline
 /// and without the trees. A fresh detector (a new node, or one with no
-/// saved state) has neither for minutes; the floors are what it sees with
-/// from its first decision. Each is counted over the sliding window
+/// saved state) has neither for minutes; the floors work from its first
+/// decision. Each is counted over the sliding window
 /// ([`DetectorConfig::window_ms`]).
 ///
 /// Why these numbers: the busiest ordinary principal of the generated
