@@ -1,7 +1,7 @@
 //! `weft detect gen` and `weft detect eval` as a real binary: a small trace
 //! is generated twice byte for byte, and the evaluation's JSON has a row per
 //! attack kind with precision, recall and F1 for the detector and the
-//! rate-limit baseline.
+//! rate-limit baseline, in the warm mode and the fresh one.
 
 use std::process::Command;
 
@@ -81,6 +81,37 @@ fn gen_then_eval_json_has_f1_per_kind() {
     for word in KINDS.iter().chain(&["detector", "rate_limit", "F1"]) {
         assert!(stdout.contains(word), "{word} missing:\n{stdout}");
     }
+
+    // Fresh mode: one replay per attack, each from 30 s before it, every
+    // incident scored; with and without the floors.
+    let mut replayed = Vec::new();
+    for extra in [&[][..], &["--no-floors"][..]] {
+        let mut args = vec!["detect", "eval", "--trace", a.to_str().unwrap(), "--json"];
+        args.push("--fresh");
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = weft(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["mode"], "fresh");
+        let all = v["detector"]["kinds"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(all["incidents"], 10, "{all}");
+        let floors = v["detector"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("floors");
+        assert_eq!(floors, extra.is_empty(), "{}", v["detector"]["description"]);
+        replayed.push(v["scored_hours"].as_f64().unwrap());
+    }
+    // Ten replays, each at least 30 s + the attack + 5 min of grace.
+    assert!(replayed[0] > 10.0 * 10.0 / 60.0, "{replayed:?}");
+    assert_eq!(replayed[0], replayed[1]);
+    let (_, stdout, _) = weft(&["detect", "eval", "--trace", a.to_str().unwrap(), "--fresh"]);
+    assert!(stdout.contains("fresh detector"), "{stdout}");
 }
 
 #[test]

@@ -28,7 +28,12 @@ macro_rules! eval_help {
         principal) per 1,000 principals per day\n  \
         TTD        time from the attack's first request to its first alert: median and maximum\n\n\
         Alerts during the trace's warm-up (its first half, at most 24 h) are not scored: the \
-        detector has no training step and learns its baselines there."
+        detector has no training step and learns its baselines there.\n\n\
+        --fresh asks what a node that has just started sees instead: each attack gets its own \
+        replay through a fresh detector (no saved state, no warm-up), from 30 s before the \
+        attack's start to its end plus the grace period, with all the ordinary traffic of that \
+        span; every alert counts, and FP/1k/day divides by the replayed hours. --no-floors \
+        turns off the detector's absolute floors (the learned model alone)."
     };
 }
 
@@ -107,6 +112,12 @@ pub struct EvalArgs {
     /// The baseline rule's limit, requests per principal per minute.
     #[arg(long, value_name = "N", default_value_t = 60)]
     pub rate_limit: u32,
+    /// Fresh mode: replay each attack, from 30 s before it starts, through a fresh detector (no state, no warm-up).
+    #[arg(long)]
+    pub fresh: bool,
+    /// Without the detector's absolute floors: the learned model alone.
+    #[arg(long)]
+    pub no_floors: bool,
     /// Print the whole report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -179,8 +190,12 @@ fn eval_cmd(a: &EvalArgs) -> Result<ExitCode> {
         seed: a.seed,
         grace_ms: parse_duration(&a.grace).context("--grace")? * 1000,
         rate_limit_per_min: a.rate_limit,
+        fresh: a.fresh,
         ..EvalConfig::default()
     };
+    if a.no_floors {
+        cfg.detector.floors = None;
+    }
     if let Some(t) = a.threshold {
         if !(0.0..=1.0).contains(&t) {
             bail!("--threshold must be between 0 and 1");
@@ -234,10 +249,17 @@ fn table(m: &MethodReport) -> String {
 
 /// The human form of a report.
 pub fn human(r: &EvalReport) -> String {
-    let mut out = format!(
-        "trace seed {}: {} principals, {} h ({:.0} h scored after the warm-up), {} events\n\n",
-        r.trace_seed, r.principals, r.hours, r.scored_hours, r.events
-    );
+    let mut out = if r.mode == "fresh" {
+        format!(
+            "trace seed {}: {} principals, {} h; fresh: each attack replayed from 30 s before it through a fresh detector ({:.1} h replayed, {} events)\n\n",
+            r.trace_seed, r.principals, r.hours, r.scored_hours, r.events
+        )
+    } else {
+        format!(
+            "trace seed {}: {} principals, {} h ({:.0} h scored after the warm-up), {} events\n\n",
+            r.trace_seed, r.principals, r.hours, r.scored_hours, r.events
+        )
+    };
     out += &table(&r.detector);
     out += "\n";
     out += &table(&r.baseline);

@@ -24,14 +24,26 @@
 //!   labeled with its kind; before it there is nothing to detect) to its
 //!   first alert, median and maximum over the detected incidents of the
 //!   kind.
+//!
+//! # Fresh mode
+//! [`EvalConfig::fresh`] asks what a node that has just started sees: each
+//! incident gets its own replay, through a fresh detector (no saved state,
+//! no warm-up), of every event of the trace from [`FRESH_LEAD_MS`] before
+//! the incident's start to its end plus the grace period, so every attack
+//! starts in the detector's first minute, among the ordinary traffic of
+//! that moment. Each replay scores its own incident; an alert in any
+//! replay that falls in no incident's span for its principal is a false
+//! positive, and false positives per 1,000 principals per day divide by the
+//! replayed hours (the replays' lengths added up). The rate-limit rule is
+//! replayed over the same spans.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-use super::traces::{AttackKind, Label, Trace};
+use super::traces::{AttackKind, Event, Incident, Label, Trace};
 use serde::Serialize;
 
-use super::{DecisionEvent, Detector, DetectorConfig};
+use super::{Detector, DetectorConfig};
 
 /// Settings of an evaluation.
 #[derive(Clone, Debug)]
@@ -47,7 +59,14 @@ pub struct EvalConfig {
     /// requests than this in 60 s. Default 60 (one a second, twenty times the
     /// busiest ordinary user of the generated traces).
     pub rate_limit_per_min: u32,
+    /// Fresh mode (see the module doc): every attack in the first minute of
+    /// a fresh detector. Default off: one replay of the whole trace.
+    pub fresh: bool,
 }
+
+/// In fresh mode, how long before an attack's start its replay begins:
+/// the attack starts half a minute into the detector's life.
+pub const FRESH_LEAD_MS: u64 = 30_000;
 
 impl Default for EvalConfig {
     fn default() -> Self {
@@ -56,6 +75,7 @@ impl Default for EvalConfig {
             seed: 1,
             grace_ms: 5 * 60_000,
             rate_limit_per_min: 60,
+            fresh: false,
         }
     }
 }
@@ -128,13 +148,17 @@ pub struct Performance {
 /// The whole evaluation.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
+    /// `warm` (one replay, scored after the warm-up) or `fresh` (one replay
+    /// per incident through a fresh detector; see the module doc).
+    pub mode: String,
     /// The trace's seed.
     pub trace_seed: u64,
     /// Principals in the trace.
     pub principals: usize,
     /// Its length, hours.
     pub hours: u64,
-    /// Hours scored (after the warm-up).
+    /// Hours scored: after the warm-up, or in fresh mode the replays'
+    /// lengths added up.
     pub scored_hours: f64,
     /// Events replayed.
     pub events: usize,
@@ -157,10 +181,10 @@ struct Raised {
 
 /// The static rule: more than `limit` requests by one principal in 60 s,
 /// with the detector's cooldown.
-fn rate_limit(trace: &Trace, limit: u32, cooldown_ms: u64) -> Vec<Raised> {
+fn rate_limit(events: &[Event], limit: u32, cooldown_ms: u64) -> Vec<Raised> {
     let mut seen: HashMap<&str, (VecDeque<u64>, Option<u64>)> = HashMap::new();
     let mut out = Vec::new();
-    for e in trace.events.iter().map(|e| &e.decision) {
+    for e in events.iter().map(|e| &e.decision) {
         let (q, last) = seen.entry(e.principal.as_str()).or_default();
         q.push_back(e.at_ms);
         while q.front().is_some_and(|t| *t + 60_000 <= e.at_ms) {
@@ -201,19 +225,21 @@ fn r4(v: f64) -> f64 {
     (v * 10_000.0).round() / 10_000.0
 }
 
+/// One replay: the incidents it scores and the alerts it raised (those
+/// to score).
+struct Run<'a> {
+    incidents: Vec<&'a Incident>,
+    alerts: Vec<Raised>,
+}
+
 fn score(
     trace: &Trace,
     cfg: &EvalConfig,
     method: &str,
     description: &str,
-    alerts: &[Raised],
+    runs: &[Run<'_>],
+    scored_h: f64,
 ) -> MethodReport {
-    let from = trace.header.start_ms + trace.header.warmup_ms;
-    let alerts: Vec<&Raised> = alerts.iter().filter(|a| a.at_ms >= from).collect();
-    let mut by_principal: HashMap<&str, Vec<u64>> = HashMap::new();
-    for a in &alerts {
-        by_principal.entry(&a.principal).or_default().push(a.at_ms);
-    }
     let in_incident = |a: &Raised| {
         trace.incidents.iter().any(|i| {
             i.principal == a.principal
@@ -221,6 +247,7 @@ fn score(
                 && a.at_ms <= i.end_ms + cfg.grace_ms
         })
     };
+    let alerts: Vec<&Raised> = runs.iter().flat_map(|r| &r.alerts).collect();
     let fps: Vec<&&Raised> = alerts.iter().filter(|a| !in_incident(a)).collect();
     let fp = fps.len();
     let mut kinds = Vec::new();
@@ -258,21 +285,24 @@ fn score(
     for kind in AttackKind::ALL {
         let mut ttd = Vec::new();
         let mut n = 0;
-        for i in trace.incidents.iter().filter(|i| i.kind == kind) {
-            n += 1;
-            let first = by_principal.get(i.principal.as_str()).and_then(|ts| {
-                ts.iter()
-                    .copied()
+        for run in runs {
+            for i in run.incidents.iter().filter(|i| i.kind == kind) {
+                n += 1;
+                let first = run
+                    .alerts
+                    .iter()
+                    .filter(|a| a.principal == i.principal)
+                    .map(|a| a.at_ms)
                     .filter(|t| *t >= i.start_ms && *t <= i.end_ms + cfg.grace_ms)
-                    .min()
-            });
-            if let Some(t) = first {
-                let began = first_request
-                    .get(&(i.principal.as_str(), Label::from(kind)))
-                    .copied()
-                    .unwrap_or(i.start_ms)
-                    .max(i.start_ms);
-                ttd.push(t.saturating_sub(began));
+                    .min();
+                if let Some(t) = first {
+                    let began = first_request
+                        .get(&(i.principal.as_str(), Label::from(kind)))
+                        .copied()
+                        .unwrap_or(i.start_ms)
+                        .max(i.start_ms);
+                    ttd.push(t.saturating_sub(began));
+                }
             }
         }
         let d = ttd.len();
@@ -282,7 +312,6 @@ fn score(
         kinds.push(metrics(kind.as_str().to_string(), n, d, &mut ttd));
     }
     kinds.push(metrics("all".into(), all_n, all_d, &mut all_ttd));
-    let scored_h = trace.header.hours as f64 - trace.header.warmup_ms as f64 / 3_600_000.0;
     let per = if trace.header.principals == 0 || scored_h <= 0.0 {
         0.0
     } else {
@@ -307,48 +336,111 @@ fn score(
     }
 }
 
-/// Replays `trace` through the detector and the rate-limit rule and scores
-/// both.
-pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
-    let mut det = Detector::new(cfg.detector.clone(), cfg.seed);
-    let events: Vec<&DecisionEvent> = trace.events.iter().map(|e| &e.decision).collect();
-    let started = Instant::now();
-    let mut raised = Vec::new();
-    for e in &events {
-        if let Some(a) = det.observe(e) {
-            raised.push(Raised {
-                principal: a.principal,
-                at_ms: a.at_ms,
-                reason: a.reason,
-            });
-        }
+/// The spans to replay, each with the incidents it scores: the whole
+/// trace, or in fresh mode one span per incident.
+fn spans<'a>(trace: &'a Trace, cfg: &EvalConfig) -> Vec<(u64, u64, Vec<&'a Incident>)> {
+    if !cfg.fresh {
+        let end = trace.events.last().map_or(0, |e| e.decision.at_ms + 1);
+        return vec![(0, end, trace.incidents.iter().collect())];
     }
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let performance = Performance {
-        events_per_sec: (events.len() as f64 / secs).round(),
-        tracked: det.tracked(),
-        memory_bytes: det.memory_bytes_estimate(),
-        bytes_per_principal: (det.memory_bytes_estimate() as f64 / det.tracked().max(1) as f64)
-            .round(),
+    trace
+        .incidents
+        .iter()
+        .map(|i| {
+            (
+                i.start_ms.saturating_sub(FRESH_LEAD_MS),
+                i.end_ms + cfg.grace_ms,
+                vec![i],
+            )
+        })
+        .collect()
+}
+
+/// Replays `trace` through the detector and the rate-limit rule and scores
+/// both: once over the whole trace, or in fresh mode once per incident (see
+/// the module doc).
+pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
+    // Alerts during the warm-up are not scored; a fresh replay has none.
+    let from = if cfg.fresh {
+        0
+    } else {
+        trace.header.start_ms + trace.header.warmup_ms
     };
-    let base = rate_limit(trace, cfg.rate_limit_per_min, cfg.detector.cooldown_ms);
+    let mut detector_runs = Vec::new();
+    let mut baseline_runs = Vec::new();
+    let mut events_n = 0usize;
+    let mut replayed_ms = 0u64;
+    let mut busy = std::time::Duration::ZERO;
+    let (mut tracked, mut memory) = (0, 0);
+    for (start, end, incidents) in spans(trace, cfg) {
+        let lo = trace.events.partition_point(|e| e.decision.at_ms < start);
+        let hi = trace.events.partition_point(|e| e.decision.at_ms < end);
+        let events = &trace.events[lo..hi];
+        events_n += events.len();
+        replayed_ms += end - start;
+        let mut det = Detector::new(cfg.detector.clone(), cfg.seed);
+        let started = Instant::now();
+        let mut raised = Vec::new();
+        for e in events {
+            if let Some(a) = det.observe(&e.decision) {
+                raised.push(Raised {
+                    principal: a.principal,
+                    at_ms: a.at_ms,
+                    reason: a.reason,
+                });
+            }
+        }
+        busy += started.elapsed();
+        tracked = tracked.max(det.tracked());
+        memory = memory.max(det.memory_bytes_estimate());
+        raised.retain(|a| a.at_ms >= from);
+        let mut base = rate_limit(events, cfg.rate_limit_per_min, cfg.detector.cooldown_ms);
+        base.retain(|a| a.at_ms >= from);
+        detector_runs.push(Run {
+            incidents: incidents.clone(),
+            alerts: raised,
+        });
+        baseline_runs.push(Run {
+            incidents,
+            alerts: base,
+        });
+    }
+    let secs = busy.as_secs_f64().max(1e-9);
+    let performance = Performance {
+        events_per_sec: (events_n as f64 / secs).round(),
+        tracked,
+        memory_bytes: memory,
+        bytes_per_principal: (memory as f64 / tracked.max(1) as f64).round(),
+    };
+    let scored_h = if cfg.fresh {
+        replayed_ms as f64 / 3_600_000.0
+    } else {
+        trace.header.hours as f64 - trace.header.warmup_ms as f64 / 3_600_000.0
+    };
     let mut incidents = BTreeMap::new();
     for i in &trace.incidents {
         *incidents.entry(i.kind.as_str().to_string()).or_insert(0) += 1;
     }
+    let floors = if cfg.detector.floors.is_some() {
+        ", and absolute floors"
+    } else {
+        ""
+    };
     EvalReport {
+        mode: if cfg.fresh { "fresh" } else { "warm" }.into(),
         trace_seed: trace.header.seed,
         principals: trace.header.principals,
         hours: trace.header.hours,
-        scored_hours: trace.header.hours as f64 - trace.header.warmup_ms as f64 / 3_600_000.0,
-        events: events.len(),
+        scored_hours: r4(scored_h),
+        events: events_n,
         incidents,
         detector: score(
             trace,
             cfg,
             "detector",
-            "per-principal robust baselines and half-space trees",
-            &raised,
+            &format!("per-principal robust baselines and half-space trees{floors}"),
+            &detector_runs,
+            scored_h,
         ),
         baseline: score(
             trace,
@@ -358,7 +450,8 @@ pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
                 "static rule: more than {} requests per principal in 60 s",
                 cfg.rate_limit_per_min
             ),
-            &base,
+            &baseline_runs,
+            scored_h,
         ),
         performance,
     }

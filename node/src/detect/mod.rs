@@ -74,8 +74,33 @@
 //! supports: working late is not an attack) reaches
 //! [`DetectorConfig::min_norm`], (2) the trees score the point at or above
 //! [`DetectorConfig::threshold`], and (3) the principal had no alert in the
-//! last [`DetectorConfig::cooldown_ms`]. Nothing alerts before the trees
-//! hold their first reference window.
+//! last [`DetectorConfig::cooldown_ms`]. The trees score nothing before
+//! they hold their first reference window ([`hst::HstConfig::window`]
+//! ordinary windows: minutes on a node serving a thousand principals, a
+//! quarter of an hour or more on one serving a few dozen), so the model
+//! alone is blind on a fresh detector.
+//!
+//! # Absolute floors: no blind start
+//! An event also alerts, whatever the baselines and the trees hold, when
+//! its principal's window crosses an absolute floor ([`Floors`]), from the
+//! detector's first decision:
+//!
+//! | floor | alerts at, in the 60 s window | ordinary maximum (traces) |
+//! |---|---|---|
+//! | `denies` | 30 denies, at least half of the requests, over at least 10 distinct resources | 4% of a few requests a minute |
+//! | `resources` | 300 distinct resources | 120 (a batch job's tables) |
+//! | `actions` | 16 distinct actions | 5 |
+//!
+//! The floors are looked at only when the model does not alert, so every
+//! alert of the model is unchanged by them; they cost a few comparisons per
+//! event (the window's features are computed for the model anyway). Their
+//! price is the principals they flag that are not attacks: a crawler, an
+//! indexer or a backup job reading 300 distinct resources a minute, and a
+//! client whose requests over many resources are refused en masse (say,
+//! after its access was revoked); each alerts once per cool-down. None of
+//! the generated traces' ordinary principals crosses one (`weft detect
+//! eval`, twelve seeds; `docs/detection.md`). A floor alert says so in
+//! [`Alert::floor`] and its first evidence line.
 //!
 //! # Determinism
 //! No wall clock and no thread RNG: time comes from the events, the trees
@@ -164,6 +189,11 @@ pub struct Alert {
     pub evidence: Vec<String>,
     /// One line: why.
     pub reason: String,
+    /// The absolute floor the window crossed (`denies`, `resources` or
+    /// `actions`, see [`Floors`]), when one did; such an alert stands
+    /// whatever the trees' score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<String>,
 }
 
 /// Settings of the detector. The defaults were tuned on generated traces
@@ -206,6 +236,98 @@ pub struct DetectorConfig {
     pub z_cap: f64,
     /// The half-space trees.
     pub hst: HstConfig,
+    /// Absolute floors that alert whatever the baselines and the trees
+    /// hold, from a detector's first decision (`None`: none, the detector
+    /// relies on its learned model alone). See [`Floors`].
+    pub floors: Option<Floors>,
+}
+
+/// Absolute floors: behaviour in one window so far beyond what any
+/// ordinary principal does that it alerts on its own, without a baseline
+/// and without the trees. A fresh detector (a new node, or one with no
+/// saved state) has neither for minutes; the floors work from its first
+/// decision. Each is counted over the sliding window
+/// ([`DetectorConfig::window_ms`]).
+///
+/// Why these numbers: the busiest ordinary principal of the generated
+/// traces is a batch job at up to 300 queries a minute over 120 tables with
+/// one action and no deny, and an ordinary user makes at most a few
+/// requests a minute over at most 50 resources, with up to 4% denies and
+/// five actions. Every floor is at least 2.5 times the ordinary maximum of
+/// what it counts, and the deny floor needs both many denies and many
+/// resources, so a client retrying one refused request does not cross it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Floors {
+    /// Denies in the window that alert, when they are at least half of the
+    /// principal's requests there and fall on at least
+    /// [`Floors::deny_resources`] distinct resources. Default 30: one a
+    /// second for half a minute, over ten times what the noisiest ordinary
+    /// user is refused in a minute.
+    pub denies: u32,
+    /// Distinct resources the denies of [`Floors::denies`] need. Default 10.
+    pub deny_resources: u32,
+    /// Distinct resources in the window that alert, denied or not. Default
+    /// 300: 2.5 times a batch job's 120 tables (the estimate is a linear
+    /// count over 128 bits, within about 20% at 300).
+    pub resources: u32,
+    /// Distinct actions in the window that alert. Default 16: three times
+    /// the five actions an ordinary user has (the estimate is a linear count
+    /// over 64 bits, within about 10% at 16).
+    pub actions: u32,
+}
+
+impl Default for Floors {
+    fn default() -> Self {
+        Floors {
+            denies: 30,
+            deny_resources: 10,
+            resources: 300,
+            actions: 16,
+        }
+    }
+}
+
+impl Floors {
+    /// The first floor the window's features `x` cross, as a line for the
+    /// alert: which floor, the value and the floor.
+    fn crossed(&self, x: &[f64; NF]) -> Option<(&'static str, String)> {
+        let count = x[0];
+        // `deny_ratio` is denies / (requests + 4).
+        let denies = (x[1] * (count + 4.0)).round();
+        let resources = x[2];
+        let actions = x[3];
+        if denies >= f64::from(self.denies)
+            && denies * 2.0 >= count
+            && resources >= f64::from(self.deny_resources)
+        {
+            return Some((
+                "denies",
+                format!(
+                    "{denies:.0} denies of {count:.0} requests over {resources:.0} resources in the window (floor {})",
+                    self.denies
+                ),
+            ));
+        }
+        if resources >= f64::from(self.resources) {
+            return Some((
+                "resources",
+                format!(
+                    "{resources:.0} distinct resources in the window (floor {})",
+                    self.resources
+                ),
+            ));
+        }
+        if actions >= f64::from(self.actions) {
+            return Some((
+                "actions",
+                format!(
+                    "{actions:.0} distinct actions in the window (floor {})",
+                    self.actions
+                ),
+            ));
+        }
+        None
+    }
 }
 
 impl Default for DetectorConfig {
@@ -222,6 +344,7 @@ impl Default for DetectorConfig {
             population_alpha: 0.002,
             z_cap: 12.0,
             hst: HstConfig::default(),
+            floors: Some(Floors::default()),
         }
     }
 }
@@ -755,14 +878,24 @@ impl Detector {
         let sc = self.score_vector(p, &x, ev.at_ms);
         let norm = norm(&sc.z);
         let score = self.trees.score(&self.unit(&sc.z));
-        if norm < self.cfg.min_norm {
-            return None;
-        }
-        if score < self.cfg.threshold {
-            return None;
-        }
+        let modelled = norm >= self.cfg.min_norm && score >= self.cfg.threshold;
+        // The floors are looked at only when the model does not alert, so
+        // every alert the model raises is the same with or without them.
+        let floor = if modelled {
+            None
+        } else {
+            Some(self.cfg.floors.as_ref()?.crossed(&x)?)
+        };
         p.last_alert_ms = Some(ev.at_ms);
-        let alert = self.explain(ev, p, &x, &sc, score);
+        let mut alert = self.explain(ev, p, &x, &sc, score);
+        if let Some((name, line)) = floor {
+            alert.reason = format!(
+                "{} crosses an absolute floor, whatever its baseline: {line}",
+                ev.principal
+            );
+            alert.evidence.insert(0, line);
+            alert.floor = Some(name.to_string());
+        }
         // An alert consumes its evidence: the slow novelty count starts
         // again from the baseline, so the same resources do not alert twice.
         p.novel = sc.baseline[NOVEL] as f32;
@@ -785,6 +918,9 @@ impl Detector {
                 .max(f64::MIN_POSITIVE);
         let mut order: Vec<usize> = (0..NF).collect();
         order.sort_by(|a, b| sc.z[*b].total_cmp(&sc.z[*a]).then(a.cmp(b)));
+        // The driving feature is always listed: an alert from a floor may
+        // come with every z-score at 0 (a principal whose baseline is as
+        // busy as the floor).
         let features: Vec<FeatureContribution> = order
             .iter()
             .map(|&i| FeatureContribution {
@@ -794,7 +930,9 @@ impl Detector {
                 z: round3(sc.z[i]),
                 contribution: round3(sc.z[i] * sc.z[i] / total),
             })
-            .filter(|f| f.contribution >= 0.01)
+            .enumerate()
+            .filter(|(k, f)| *k == 0 || f.contribution >= 0.01)
+            .map(|(_, f)| f)
             .collect();
         let window_start_ms = (p.cur + 1).saturating_sub(SLOTS as u64) * self.slot_ms;
         let evidence: Vec<String> = features
@@ -828,6 +966,7 @@ impl Detector {
             window_end_ms: ev.at_ms,
             evidence,
             reason,
+            floor: None,
         }
     }
 }

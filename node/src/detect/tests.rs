@@ -86,7 +86,7 @@ fn detect_explanations_name_the_driving_feature() {
             );
             assert!(!a.evidence.is_empty() && !a.reason.is_empty());
             assert!(a.window_start_ms < a.window_end_ms);
-            assert!(a.score >= DetectorConfig::default().threshold);
+            assert!(a.score >= DetectorConfig::default().threshold || a.floor.is_some());
             let f = &a.features[0];
             assert!(f.value > f.baseline, "{f:?}");
         }
@@ -259,4 +259,146 @@ fn detect_bad_saved_state_is_refused_with_a_reason() {
     let r = Detector::restore(small, &bytes).unwrap();
     assert_eq!(r.tracked(), 10);
     assert_eq!(r.evicted(), d.evicted() + (d.tracked() as u64 - 10));
+}
+
+/// Twenty ordinary principals for 45 s, then `User::"mallory"`'s burst:
+/// 1,500 requests in one second over 1,500 resources never seen and four
+/// actions, all but one in twenty denied (the probe).
+fn fresh_start_with_a_burst() -> Vec<DecisionEvent> {
+    let t0 = 1_767_600_000_000u64;
+    let mut out = Vec::new();
+    for ms in (0..45_000).step_by(250) {
+        let u = (ms / 250) % 20;
+        out.push(DecisionEvent {
+            allow: ms % 3_000 != 0,
+            ..ev(
+                t0 + ms,
+                &format!("User::\"u{u}\""),
+                &format!("Doc::\"d{}\"", ms % 7),
+            )
+        });
+    }
+    let actions = ["view", "edit", "delete", "admin"];
+    for (k, action) in (0..1_500u64).zip(actions.iter().cycle()) {
+        out.push(DecisionEvent {
+            at_ms: t0 + 45_000 + k * 2 / 3,
+            principal: "User::\"mallory\"".into(),
+            action: format!("Action::\"{action}\""),
+            resource: format!("Secret::\"s{k}\""),
+            allow: k % 20 == 0,
+            token_failed: false,
+            site: Some("site-0".into()),
+        });
+    }
+    out
+}
+
+#[test]
+fn detect_a_fresh_detector_flags_a_gross_burst_at_once() {
+    let events = fresh_start_with_a_burst();
+    let mut d = Detector::new(DetectorConfig::default(), 1);
+    let alerts: Vec<Alert> = events.iter().filter_map(|e| d.observe(e)).collect();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(a.principal, "User::\"mallory\"");
+    assert_eq!(a.floor.as_deref(), Some("denies"), "{a:#?}");
+    // The 30th deny is about the 32nd request: within 25 ms of the start.
+    assert!(a.at_ms - events[0].at_ms - 45_000 <= 25, "{a:#?}");
+    assert!(a.reason.contains("absolute floor"), "{}", a.reason);
+    assert!(a.evidence[0].contains("denies of"), "{:?}", a.evidence);
+
+    // The learned model alone is blind there: the trees hold no window yet.
+    let mut blind = Detector::new(
+        DetectorConfig {
+            floors: None,
+            ..DetectorConfig::default()
+        },
+        1,
+    );
+    assert!(events.iter().all(|e| blind.observe(e).is_none()));
+}
+
+#[test]
+fn detect_each_floor_alerts_on_its_own() {
+    let t0 = 1_767_600_000_000u64;
+    // 400 distinct resources, all allowed: the resources floor.
+    let mut d = Detector::new(DetectorConfig::default(), 3);
+    let sweep = (0..400u64)
+        .filter_map(|k| d.observe(&ev(t0 + k * 100, "User::\"s\"", &format!("Doc::\"{k}\""))))
+        .next()
+        .expect("a sweep alerts");
+    assert_eq!(sweep.floor.as_deref(), Some("resources"), "{sweep:#?}");
+    // 40 actions over 2 resources, allowed: the actions floor.
+    let mut d = Detector::new(DetectorConfig::default(), 3);
+    let spread = (0..40u64)
+        .filter_map(|k| {
+            d.observe(&DecisionEvent {
+                action: format!("Action::\"a{k}\""),
+                ..ev(t0 + k * 500, "User::\"a\"", &format!("Doc::\"{}\"", k % 2))
+            })
+        })
+        .next()
+        .expect("a spread of actions alerts");
+    assert_eq!(spread.floor.as_deref(), Some("actions"), "{spread:#?}");
+    // A client retrying one refused request twice a second: no floor.
+    let mut d = Detector::new(DetectorConfig::default(), 3);
+    for k in 0..600u64 {
+        let e = DecisionEvent {
+            allow: false,
+            ..ev(t0 + k * 500, "User::\"retry\"", "Doc::\"gone\"")
+        };
+        assert!(d.observe(&e).is_none(), "request {k}");
+    }
+    // A batch job: 300 queries a minute over 120 tables, for ten minutes.
+    let mut d = Detector::new(DetectorConfig::default(), 3);
+    for k in 0..3_000u64 {
+        let e = ev(
+            t0 + k * 200,
+            "Service::\"batch\"",
+            &format!("Db::\"t{}\"", k * 7 % 120),
+        );
+        assert!(d.observe(&e).is_none(), "query {k}");
+    }
+}
+
+#[test]
+fn detect_floors_change_no_figure_of_the_warm_evaluation_but_the_fresh_one() {
+    let off = EvalConfig {
+        detector: DetectorConfig {
+            floors: None,
+            ..DetectorConfig::default()
+        },
+        ..EvalConfig::default()
+    };
+    let warm_on = evaluate(trace(), &EvalConfig::default());
+    let warm_off = evaluate(trace(), &off);
+    assert_eq!(
+        warm_on.detector.false_positives,
+        warm_off.detector.false_positives
+    );
+    let all = |r: &eval::EvalReport| r.detector.kinds.last().map(|k| k.detected);
+    assert!(all(&warm_on) >= all(&warm_off));
+
+    let fresh_on = evaluate(
+        trace(),
+        &EvalConfig {
+            fresh: true,
+            ..EvalConfig::default()
+        },
+    );
+    let fresh_off = evaluate(trace(), &EvalConfig { fresh: true, ..off });
+    assert_eq!(fresh_on.mode, "fresh");
+    assert_eq!(
+        fresh_on.detector.kinds[5].incidents,
+        trace().incidents.len()
+    );
+    assert_eq!(fresh_on.scored_hours, fresh_off.scored_hours);
+    assert!(
+        all(&fresh_on) >= all(&fresh_off),
+        "{fresh_on:#?} {fresh_off:#?}"
+    );
+    assert!(
+        fresh_on.detector.false_positives <= fresh_off.detector.false_positives,
+        "{fresh_on:#?}"
+    );
 }
