@@ -61,23 +61,41 @@ pub async fn forward_auth(State(state): State<Arc<ApiState>>, req: Request<Body>
         }
         None => state.identities.resolve(None, &view, &root, now_ms).await,
     };
+    let (decided, id) =
+        decide_and_record(&state, &http, identity, &view, &root, now_ms, started).await;
+    answer(&decided, id.as_str(), view.digest())
+}
+
+/// A proxy's question decided once the caller's identity is resolved,
+/// whichever door it came in by (`/v1/forward-auth`, ext_authz): the
+/// staleness rule, [`decide_http`], a decision id, and the decision
+/// recorded where every decision goes ([`super::record_decision`]).
+pub(crate) async fn decide_and_record(
+    state: &ApiState,
+    http: &HttpRequest,
+    identity: weft_protocol::gateway::Identity,
+    view: &weft_crdt::PolicyView,
+    root: &weft_protocol::trust::TrustRoot,
+    now_ms: u64,
+    started: std::time::Instant,
+) -> (HttpDecision, crate::decision_id::DecisionId) {
     let (_age_ms, stale) = state.shared.freshness(now_ms);
     let deny_stale = stale && state.shared.stale.on_stale == crate::layout::OnStale::Deny;
     let decided = decide_http(
-        &http,
+        http,
         identity,
         Deciding {
-            view: &view,
-            root: &root,
+            view,
+            root,
             now_ms,
             stale_deny: deny_stale.then_some(state.shared.stale.after_ms / 1000),
         },
     );
     let id = crate::decision_id::DecisionId::next();
     tracing::Span::current().record("decision_id", id.as_str());
-    let context = state.decision_log.as_ref().map(|_| http_json(&http));
-    super::record_decision(&state, &decided.record, &id, context, &view, started).await;
-    answer(&decided, id.as_str(), view.digest())
+    let context = state.decision_log.as_ref().map(|_| http_json(http));
+    super::record_decision(state, &decided.record, &id, context, view, started).await;
+    (decided, id)
 }
 
 /// The answer to a proxy, from a decision.

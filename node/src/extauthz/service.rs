@@ -16,8 +16,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tracing::Instrument as _;
-use weft_protocol::authorize::Deciding;
-use weft_protocol::gateway::{Identity, decide_http};
+use weft_protocol::gateway::Identity;
 
 use super::map::{self, Credential};
 use crate::api::ApiState;
@@ -59,25 +58,10 @@ impl CheckService {
             Credential::Spiffe(id) => map::spiffe_identity(id, &view.gateway().issuers),
             Credential::None => state.identities.resolve(None, &view, &root, now_ms).await,
         };
-        let (_age_ms, stale) = state.shared.freshness(now_ms);
-        let deny_stale = stale && state.shared.stale.on_stale == crate::layout::OnStale::Deny;
-        let decided = decide_http(
-            &http,
-            identity,
-            Deciding {
-                view: &view,
-                root: &root,
-                now_ms,
-                stale_deny: deny_stale.then_some(state.shared.stale.after_ms / 1000),
-            },
-        );
-        let id = crate::decision_id::DecisionId::next();
-        tracing::Span::current().record("decision_id", id.as_str());
-        let context = state
-            .decision_log
-            .as_ref()
-            .map(|_| crate::api::forward::http_json(&http));
-        crate::api::record_decision(state, &decided.record, &id, context, &view, started).await;
+        let (decided, id) = crate::api::forward::decide_and_record(
+            state, &http, identity, &view, &root, now_ms, started,
+        )
+        .await;
         map::answer(&decided, id.as_str(), view.digest())
     }
 }
