@@ -501,6 +501,7 @@ impl NodeTask {
             id: format!("trust-root-v{version}"),
             touches: vec![format!("trust root version {version}")],
             peer: None,
+            in_force_us: None,
         });
     }
 
@@ -961,6 +962,9 @@ impl NodeTask {
         };
 
         let mut applied = false;
+        // Recorded once the view that holds them is published, with that
+        // time: what the node's decisions see is what the audit says.
+        let mut in_force: Vec<(String, Vec<String>, Option<String>)> = Vec::new();
         let mut verdict_given = false;
         let mut refused_recorded = 0;
         let source = match (gossip, flush) {
@@ -1055,11 +1059,11 @@ impl NodeTask {
                         )
                         .take(32)
                         .collect();
-                    self.audit.record(AuditEvent::UpdateApplied {
-                        id: hash.to_string(),
+                    in_force.push((
+                        hash.to_string(),
                         touches,
-                        peer: gossip.map(|(_, p)| p.to_string()),
-                    });
+                        gossip.map(|(_, p)| p.to_string()),
+                    ));
                     self.actors
                         .entry(hex::encode(summary.actor.to_bytes()))
                         .or_default()
@@ -1163,6 +1167,15 @@ impl NodeTask {
             self.shared
                 .view
                 .store(Arc::new(self.replica.state().view().clone()));
+            let now_us = crate::clock::now_us();
+            for (id, touches, peer) in in_force {
+                self.audit.record(AuditEvent::UpdateApplied {
+                    id,
+                    touches,
+                    peer,
+                    in_force_us: Some(now_us),
+                });
+            }
             if **self.shared.root.load() != *self.replica.state().root() {
                 self.shared
                     .root
