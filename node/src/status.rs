@@ -42,6 +42,46 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The reachability line, and the relay lines when there is something
+/// to say: the relays this node listens through, what it relays for
+/// others, its hole punches.
+fn render_reachability(s: &Status) -> String {
+    let r = &s.relay;
+    let mut out = format!(
+        "  reachable:   {}{}\n",
+        if s.reachability.is_empty() {
+            "unknown"
+        } else {
+            &s.reachability
+        },
+        match r.via.len() {
+            0 => String::new(),
+            n => format!(", through {n} relay(s)"),
+        }
+    );
+    for a in &r.via {
+        out += &format!("    via {a}\n");
+    }
+    if r.serving {
+        out += &format!(
+            "  relaying:    {} reservation(s), {} circuit(s); refused {} reservation(s), {} circuit(s)\n",
+            r.reservations, r.circuits, r.refused_reservations, r.refused_circuits
+        );
+    }
+    if r.hole_punches > 0 || r.hole_punch_failures > 0 {
+        out += &format!(
+            "  hole punch:  {} succeeded, {} failed{}\n",
+            r.hole_punches,
+            r.hole_punch_failures,
+            r.last_hole_punch_error
+                .as_ref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
 /// The readable form of a status.
 pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
@@ -72,10 +112,16 @@ pub fn render_status(s: &Status) -> String {
         }
     );
     let admitted = s.peers.iter().filter(|p| p.admitted).count();
+    let relayed_only = s
+        .peers
+        .iter()
+        .filter(|p| p.route.as_deref() == Some("relayed"))
+        .count();
     out += &format!(
-        "  peers:       {} connected, {} admitted\n",
+        "  peers:       {} connected, {} admitted, {} reachable only through a relay\n",
         s.peers.len(),
-        admitted
+        admitted,
+        relayed_only
     );
     for p in &s.peers {
         out += &format!(
@@ -98,6 +144,7 @@ pub fn render_status(s: &Status) -> String {
                 .unwrap_or_default()
         );
     }
+    out += &render_reachability(s);
     out += &format!("  bundles:     {}\n", s.bundles.len());
     for b in &s.bundles {
         out += &format!(

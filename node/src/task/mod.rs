@@ -4,8 +4,9 @@
 //! The swarm itself (behaviours, codec) is [`crate::swarm`], its
 //! transports [`crate::transport`]; the commands the task takes and the
 //! state it shares are [`crate::control`]; the status and the evidence the
-//! task answers are built in `status.rs` in this module, and what it does
-//! to find peers beyond the configured ones in `discovery.rs`.
+//! task answers are built in `status.rs` in this module, what it does
+//! to find peers beyond the configured ones in `discovery.rs`, and its side
+//! of NAT traversal (relays, hole punching, reachability) in `relay.rs`.
 //!
 //! # Mapping
 //! | replica | driver |
@@ -53,6 +54,7 @@ use crate::store::{Store, StoreError};
 use crate::swarm::{Behaviour, BehaviourEvent, TOPIC, fit_response, split_p2p};
 
 mod discovery;
+mod relay;
 mod spans;
 mod status;
 
@@ -120,8 +122,11 @@ pub(crate) struct NodeTaskParts {
     pub trust_file: std::path::PathBuf,
     /// Peers to dial and keep dialing.
     pub peers: Vec<Multiaddr>,
-    /// How to find more peers.
+    /// How to find more peers, and how to relay.
     pub discovery: crate::discovery::DiscoveryOptions,
+    /// The admitted peers the relay server serves (the swarm holds the
+    /// other end); the task keeps it.
+    pub admitted: crate::relay::Admitted,
     /// Applied updates between snapshots.
     pub snapshot_every: u64,
     /// Commands from the API and tests.
@@ -192,6 +197,8 @@ pub(crate) struct NodeTask {
     flush_wanted: Arc<Notify>,
     /// Discovery: the address book, lookups, connections by peer.
     discovery: discovery::DiscoveryState,
+    /// NAT traversal: relays, hole punches, reachability.
+    relay: relay::RelayState,
 }
 
 /// When the updates among a batch of outputs are flushed to disk.
@@ -279,6 +286,7 @@ impl NodeTask {
             p2p_metrics: parts.p2p_metrics,
             admitted: BTreeSet::new(),
             flush_wanted: Arc::new(Notify::new()),
+            relay: relay::RelayState::new(parts.discovery.relay.clone(), parts.admitted),
             discovery: discovery::DiscoveryState::new(parts.discovery),
         }
     }
@@ -662,6 +670,8 @@ impl NodeTask {
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.p2p_metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.p2p_metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.p2p_metrics.record(e),
                 _ => {}
             }
         }
@@ -736,6 +746,7 @@ impl NodeTask {
             } => {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "peer disconnected");
                 self.admitted.remove(&peer_id);
+                self.relay_gone(&peer_id);
                 self.rtt.remove(&peer_id);
                 let out = self.handle(Input::PeerDisconnected { peer: peer_id });
                 let _ = self.carry_out(out, None, Flush::Background);
@@ -772,12 +783,27 @@ impl NodeTask {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.relay_listener_closed(listener_id, &reason),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_server(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat(e),
             _ => {}
         }
     }
@@ -1129,6 +1155,7 @@ impl NodeTask {
                         self.audit.record(AuditEvent::Admitted {
                             peer: peer.to_string(),
                         });
+                        self.relay_admitted(peer);
                         self.on_admitted(peer);
                     }
                 }
@@ -1289,5 +1316,6 @@ impl NodeTask {
             }
         }
         self.discover();
+        self.relay_tick();
     }
 }
