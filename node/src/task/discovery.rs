@@ -64,7 +64,8 @@ pub(super) struct DiscoveryState {
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) id: ConnectionId,
-    /// Its remote address.
+    /// Its remote address; for a relayed connection that came in, the
+    /// circuit it came through (`/…/p2p/RELAY/p2p-circuit/p2p/PEER`).
     pub(super) remote: Multiaddr,
     /// When it opened.
     pub(super) since: Instant,
@@ -114,6 +115,7 @@ impl NodeTask {
         if self.discovery.dialing.remove(&id).is_some() {
             self.discovery.book.connected(&peer);
         }
+        self.relay_note_connection(&peer, id);
     }
 
     /// Dials over QUIC, once per stay, each admitted peer connected over

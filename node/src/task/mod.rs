@@ -251,7 +251,7 @@ impl NodeTask {
                 }
             })
             .collect();
-        NodeTask {
+        let mut task = NodeTask {
             swarm: parts.swarm,
             replica: parts.replica,
             store: parts.store,
@@ -288,7 +288,13 @@ impl NodeTask {
             flush_wanted: Arc::new(Notify::new()),
             relay: relay::RelayState::new(parts.discovery.relay.clone(), parts.admitted),
             discovery: discovery::DiscoveryState::new(parts.discovery),
+        };
+        // The swarm is listening already: its first addresses were taken
+        // by the start-up, not replayed.
+        for address in task.swarm.listeners().cloned().collect::<Vec<_>>() {
+            task.relay_listening(&address, true);
         }
+        task
     }
 
     /// Handles swarm events that arrived before the task ran (while the
@@ -683,12 +689,18 @@ impl NodeTask {
                 ..
             } => {
                 self.answered.insert(*connection_id, Instant::now());
-                self.note_connection(
-                    *peer_id,
-                    *connection_id,
-                    endpoint.get_remote_address().clone(),
-                    endpoint.is_dialer(),
-                );
+                // A relayed connection that came in names only its peer
+                // as its remote address: the circuit it came through is
+                // its local one.
+                let remote = match endpoint {
+                    ConnectedPoint::Listener { local_addr, .. } if endpoint.is_relayed() => {
+                        local_addr
+                            .clone()
+                            .with(libp2p::multiaddr::Protocol::P2p(*peer_id))
+                    }
+                    _ => endpoint.get_remote_address().clone(),
+                };
+                self.note_connection(*peer_id, *connection_id, remote, endpoint.is_dialer());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -782,6 +794,10 @@ impl NodeTask {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                self.relay_listening(&address, true);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.relay_listening(&address, false);
             }
             SwarmEvent::ListenerClosed {
                 listener_id,

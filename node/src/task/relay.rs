@@ -3,6 +3,7 @@
 //! hole punches DCUtR made, and what autonat found.
 //!
 //! Rules:
+//! - A relay's listen addresses are its external addresses from the start.
 //! - The gate ([`crate::relay::Admitted`]) holds exactly the peers the task
 //!   has admitted: a peer enters it when admitted and leaves it when
 //!   disconnected, refused, revoked or banned, before its connections close.
@@ -12,6 +13,10 @@
 //!   advertise the hop protocol and are directly connected. A reservation
 //!   refused or lost is asked for again after [`crate::relay::Backoff`]; a
 //!   node found public leaves its relays.
+//! - A connection is hole punched when DCUtR says so, or when it is a
+//!   direct one that came in from a peer this node reached through a relay
+//!   in the last 30 s while the node was not known to be public (libp2p
+//!   tells only one side of a hole punch).
 //! - autonat asks only admitted peers with a direct connection.
 //! - A peer reached both directly and through a relay keeps the direct
 //!   connection: the relayed one is closed once the direct one has been up
@@ -32,6 +37,11 @@ use super::discovery::QUIC_SETTLE;
 use crate::control::RelayStatus;
 use crate::relay::{Admitted, Backoff, MAX_RELAYS, Reachability, RelayOptions};
 use crate::transport::Kind;
+
+/// How long after a relayed connection opened a direct one that comes in
+/// from the same peer counts as its hole punch: DCUtR starts at once and
+/// makes three attempts, each a round trip or two over the relay.
+const HOLE_PUNCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The NAT traversal state the node task keeps.
 #[derive(Debug)]
@@ -104,6 +114,48 @@ impl NodeTask {
             .collect();
         for id in through {
             self.swarm.remove_listener(id);
+        }
+    }
+
+    /// A listen address came or went: a relay's own (not circuit)
+    /// addresses are its external addresses, which it hands to the peers
+    /// that reserve a slot (a reservation must carry one; libp2p would
+    /// otherwise wait for autonat).
+    pub(super) fn relay_listening(&mut self, address: &Multiaddr, up: bool) {
+        if !self.relay.options.server || crate::relay::is_circuit(address) {
+            return;
+        }
+        if up {
+            self.swarm.add_external_address(address.clone());
+        } else {
+            self.swarm.remove_external_address(address);
+        }
+    }
+
+    /// A connection opened: a direct one that came in from a peer this
+    /// node reached through a relay moments ago, while this node is not
+    /// known to be public, came through its NAT only because DCUtR punched
+    /// a hole (libp2p reports the hole punch to one side only: the one
+    /// whose dial the connection answered).
+    pub(super) fn relay_note_connection(&mut self, peer: &PeerId, id: ConnectionId) {
+        let now = Instant::now();
+        let Some(l) = self.discovery.connections.get(peer) else {
+            return;
+        };
+        let Some(new) = l.iter().find(|c| c.id == id) else {
+            return;
+        };
+        if new.dialer
+            || new.kind() == Kind::Relayed
+            || self.relay.reachability == Reachability::Public
+        {
+            return;
+        }
+        if l.iter()
+            .any(|c| c.kind() == Kind::Relayed && now.duration_since(c.since) <= HOLE_PUNCH_WINDOW)
+        {
+            self.relay.hole_punched.insert(id);
+            tracing::info!(%peer, "hole punched: a direct connection came in through the NAT");
         }
     }
 
