@@ -169,8 +169,10 @@ pub struct Config {
     /// says why).
     pub max_connections: u32,
     /// Established libp2p connections with one peer (0: no limit).
-    /// Default 2: a node needs one, and two nodes that dial each other at
-    /// once briefly hold two.
+    /// Default 3: a node needs one, two nodes that dial each other at once
+    /// briefly hold two, and a hole punch between two such connections
+    /// through a relay adds the direct one
+    /// ([`crate::limits::DEFAULT_MAX_CONNECTIONS_PER_PEER`]).
     pub max_connections_per_peer: u32,
     /// Inbound libp2p connections, established or in their handshake, from
     /// one remote IP address (0: no limit). Default 8: room for a few nodes

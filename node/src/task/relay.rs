@@ -10,7 +10,9 @@
 //! - A node listens through relays ([`NodeTask::relay_tick`], every redial
 //!   tick) when it is not a relay itself and autonat has not found it
 //!   public: on up to [`crate::relay::MAX_RELAYS`] admitted peers that
-//!   advertise the hop protocol and are directly connected. A reservation
+//!   advertise the hop protocol and are directly connected, once QUIC has
+//!   been preferred on that connection (a reservation lives on the
+//!   connection it was made on). A reservation
 //!   refused or lost is asked for again after [`crate::relay::Backoff`]; a
 //!   node found public leaves its relays.
 //! - A connection is hole punched when DCUtR says so, or when it is a
@@ -64,6 +66,9 @@ pub(super) struct RelayState {
     autonat_servers: BTreeSet<PeerId>,
     /// Open connections made by hole punching.
     pub(super) hole_punched: BTreeSet<ConnectionId>,
+    /// When a relayed connection with each peer last opened (pruned after
+    /// [`HOLE_PUNCH_WINDOW`]).
+    relayed_at: BTreeMap<PeerId, Instant>,
     /// Counters for status.
     counters: RelayStatus,
 }
@@ -84,6 +89,7 @@ impl RelayState {
             retry: BTreeMap::new(),
             autonat_servers: BTreeSet::new(),
             hole_punched: BTreeSet::new(),
+            relayed_at: BTreeMap::new(),
         }
     }
 }
@@ -139,20 +145,26 @@ impl NodeTask {
     /// whose dial the connection answered).
     pub(super) fn relay_note_connection(&mut self, peer: &PeerId, id: ConnectionId) {
         let now = Instant::now();
-        let Some(l) = self.discovery.connections.get(peer) else {
+        let Some(new) = self
+            .discovery
+            .connections
+            .get(peer)
+            .and_then(|l| l.iter().find(|c| c.id == id))
+        else {
             return;
         };
-        let Some(new) = l.iter().find(|c| c.id == id) else {
-            return;
-        };
-        if new.dialer
-            || new.kind() == Kind::Relayed
-            || self.relay.reachability == Reachability::Public
-        {
+        if new.kind() == Kind::Relayed {
+            self.relay.relayed_at.insert(*peer, now);
             return;
         }
-        if l.iter()
-            .any(|c| c.kind() == Kind::Relayed && now.duration_since(c.since) <= HOLE_PUNCH_WINDOW)
+        if new.dialer || self.relay.reachability == Reachability::Public {
+            return;
+        }
+        if self
+            .relay
+            .relayed_at
+            .get(peer)
+            .is_some_and(|at| now.duration_since(*at) <= HOLE_PUNCH_WINDOW)
         {
             self.relay.hole_punched.insert(id);
             tracing::info!(%peer, "hole punched: a direct connection came in through the NAT");
@@ -176,11 +188,49 @@ impl NodeTask {
             .is_some_and(|l| l.iter().any(|c| c.kind() != Kind::Relayed))
     }
 
+    /// Whether `relay`'s direct connections are the ones that will stay, so
+    /// a reservation made on them lasts: all QUIC, or TCP while the relay
+    /// has no QUIC address or its QUIC dial did not take
+    /// ([`NodeTask::prefer_quic`] closes TCP connections once a QUIC one
+    /// has settled, and with them the reservation and every circuit on it).
+    fn settled_relay(&self, relay: &PeerId, now: Instant) -> bool {
+        let Some(l) = self.discovery.connections.get(relay) else {
+            return false;
+        };
+        let direct: Vec<Kind> = l
+            .iter()
+            .map(|c| c.kind())
+            .filter(|k| *k != Kind::Relayed)
+            .collect();
+        if direct.is_empty() {
+            return false;
+        }
+        if direct.iter().all(|k| *k == Kind::Quic) {
+            return true;
+        }
+        let quic_addr = self
+            .discovery
+            .book
+            .addrs(relay)
+            .iter()
+            .any(|a| Kind::of(a) == Kind::Quic);
+        let quic_failed = self
+            .discovery
+            .quic_tried
+            .get(relay)
+            .is_some_and(|t| now.duration_since(*t) >= QUIC_SETTLE);
+        !direct.contains(&Kind::Quic) && (!quic_addr || quic_failed)
+    }
+
     /// Every redial tick: keeps autonat's servers to the admitted peers
     /// this node is directly connected to, and listens through relays
     /// while the node is not known to be public (see the module doc).
     pub(super) fn relay_tick(&mut self) {
         self.sync_autonat_servers();
+        let now = Instant::now();
+        self.relay
+            .relayed_at
+            .retain(|_, at| now.duration_since(*at) <= HOLE_PUNCH_WINDOW);
         if self.relay.options.server {
             return;
         }
@@ -197,7 +247,6 @@ impl NodeTask {
         if want == 0 || self.relay.hop.is_empty() {
             return;
         }
-        let now = Instant::now();
         let using: BTreeSet<PeerId> = self.relay.listeners.values().copied().collect();
         let picks: Vec<(PeerId, Multiaddr)> = self
             .relay
@@ -207,7 +256,7 @@ impl NodeTask {
                 self.admitted.contains(*p)
                     && !using.contains(*p)
                     && self.relay.retry.get(*p).is_none_or(|(_, at)| *at <= now)
-                    && self.directly_connected(p)
+                    && self.settled_relay(p, now)
             })
             .filter_map(|p| {
                 let mut addrs = self.discovery.book.addrs(p).to_vec();
