@@ -83,7 +83,7 @@ async fn only_admitted_peers_reserve_and_open_circuits_on_a_relay() -> Result<()
 
     // An admitted node given only that circuit reaches a through it.
     let (dir, _) = fx.node_dir("b", true)?;
-    let mut o = fx.options(dir, &[circuit_to_a.clone()]);
+    let mut o = fx.options(dir, std::slice::from_ref(&circuit_to_a));
     o.discovery.kademlia = false;
     o.discovery.peers = 0;
     o.discovery.relay.probe_reachability = false;
