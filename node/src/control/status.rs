@@ -65,7 +65,8 @@ pub struct RelayStatus {
     /// (`/…/p2p/RELAY/p2p-circuit/p2p/ME`), one per relay that accepted
     /// its reservation.
     pub via: Vec<String>,
-    /// Direct connections made by hole punching since start.
+    /// Direct connections made by hole punching since start (as DCUtR
+    /// reported them, or as they came in through the NAT).
     pub hole_punches: u64,
     /// Hole punches that failed since start (each after DCUtR's attempts).
     pub hole_punch_failures: u64,

@@ -17,7 +17,7 @@
 //!   take), and once its QUIC connection has been up for [`QUIC_SETTLE`]
 //!   its TCP connections are closed (not at once: the admission exchange
 //!   or a sync may still be running on them). Two TCP connections to one
-//!   peer (both dialed at once) leave no room under the per-peer limit:
+//!   peer (both dialed at once) take two of the per-peer limit's places:
 //!   both sides keep the one the smaller peer id dialed.
 
 use std::collections::BTreeMap;
@@ -140,8 +140,9 @@ impl NodeTask {
                     .any(|a| Kind::of(a) == Kind::Quic)
             {
                 // Two TCP connections (both sides dialed at once) to a
-                // peer with a QUIC address leave no room for a QUIC one:
-                // both sides keep the one the smaller peer id dialed.
+                // peer with a QUIC address take two places under the
+                // per-peer limit: both sides keep the one the smaller peer
+                // id dialed.
                 let keep_dialed_here = local < *peer;
                 let (keep, drop): (Vec<&Conn>, Vec<&Conn>) =
                     l.iter().partition(|c| c.dialer == keep_dialed_here);

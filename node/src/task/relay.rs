@@ -167,6 +167,7 @@ impl NodeTask {
             .is_some_and(|at| now.duration_since(*at) <= HOLE_PUNCH_WINDOW)
         {
             self.relay.hole_punched.insert(id);
+            self.relay.counters.hole_punches += 1;
             tracing::info!(%peer, "hole punched: a direct connection came in through the NAT");
         }
     }
