@@ -227,3 +227,54 @@ pub fn render_status(s: &Status) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_peers_reachable_only_through_a_relay() {
+        let peer = |route: &str, punched: bool| {
+            serde_json::json!({
+                "node_id": "n", "peer_id": "n", "admitted": true, "score": null,
+                "transport": if route == "relayed" { "relayed" } else { "quic" },
+                "address": "/ip4/203.0.113.9/udp/7101/quic-v1", "route": route,
+                "hole_punched": punched,
+            })
+        };
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "node_id": "me", "listen": [], "heads": [], "digest": "", "bundles": [],
+            "revocations": 0, "conflicts": [], "updates": 0, "held": 0,
+            "last_sync_ms_ago": null,
+            "trust_root": {"version": 1, "expires": 0, "expired": false},
+            "stats": {"applied": 0, "refused": {}, "sync_rounds": 0, "synced": 0, "bans": 0},
+            "peers": [peer("relayed", false), peer("relayed", false),
+                      peer("direct after hole punch", true), peer("direct", false)],
+            "reachability": "private",
+            "relay": {"serving": true, "reservations": 3, "circuits": 2,
+                      "refused_reservations": 1, "refused_circuits": 4,
+                      "via": ["/ip4/203.0.113.9/udp/7101/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"],
+                      "hole_punches": 1, "hole_punch_failures": 0,
+                      "last_hole_punch_error": null},
+        }))
+        .unwrap();
+        let text = render_status(&status);
+        assert!(
+            text.contains("4 connected, 4 admitted, 2 reachable only through a relay"),
+            "{text}"
+        );
+        assert!(text.contains("quic direct after hole punch"), "{text}");
+        assert!(
+            text.contains("reachable:   private, through 1 relay(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("relaying:    3 reservation(s), 2 circuit(s); refused 1 reservation(s), 4 circuit(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hole punch:  1 succeeded, 0 failed"),
+            "{text}"
+        );
+    }
+}
