@@ -23,6 +23,9 @@
 //!   [`DiscoveryOptions::peers`] connections, and the book holds at most
 //!   [`MAX_BOOK`] peers of [`MAX_ADDRS`] addresses each, so a lying peer
 //!   can neither make it dial without end nor fill its memory.
+//! - A node holds at most twice [`DiscoveryOptions::peers`] peers: above
+//!   that, [`to_trim`] picks the newest that no rule keeps, so the
+//!   connections a lookup opens do not pile up into a full mesh.
 //! - Kademlia carries no state: no records are stored or served (record
 //!   and provider inserts are filtered, and none are put). State travels
 //!   only as signed updates over gossip and sync.
@@ -374,6 +377,41 @@ impl<Id: PartialEq + Copy> Lookups<Id> {
     }
 }
 
+/// How long a new connection is left alone before [`to_trim`] may close
+/// its peer: its admission, identify, a Kademlia query and a gossip GRAFT
+/// are over by then.
+pub const TRIM_GRACE: Duration = Duration::from_secs(20);
+
+/// A connected peer, as [`to_trim`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connected {
+    /// The peer.
+    pub peer: PeerId,
+    /// When its newest connection opened.
+    pub since: Instant,
+    /// Whether a connection to it runs through a relay.
+    pub relayed: bool,
+    /// Whether a rule keeps it whatever the count: named by `--peer`, in a
+    /// gossip mesh with this node, or a relay holding its reservation.
+    pub kept: bool,
+}
+
+/// The peers to close so that at most `high` stay: newest first, never
+/// one that is kept, reached through a relay, or connected for less than
+/// [`TRIM_GRACE`]. Fewer than asked when too few may go.
+pub fn to_trim(peers: &[Connected], high: usize, now: Instant) -> Vec<PeerId> {
+    let excess = peers.len().saturating_sub(high);
+    if excess == 0 {
+        return Vec::new();
+    }
+    let mut may_go: Vec<&Connected> = peers
+        .iter()
+        .filter(|c| !c.kept && !c.relayed && now.duration_since(c.since) >= TRIM_GRACE)
+        .collect();
+    may_go.sort_by(|a, b| b.since.cmp(&a.since).then(a.peer.cmp(&b.peer)));
+    may_go.into_iter().take(excess).map(|c| c.peer).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +529,44 @@ mod tests {
         l.finished(3);
         assert!(!l.due(t0 + LOOKUP_MAX));
         assert!(l.due(t0 + LOOKUP_REFRESH));
+    }
+
+    #[test]
+    fn trimming_closes_the_newest_free_peers_down_to_the_bound() {
+        let t0 = Instant::now();
+        let later = t0 + TRIM_GRACE * 3;
+        let peer = |age_s: u64, relayed: bool, kept: bool| Connected {
+            peer: PeerId::random(),
+            since: later - Duration::from_secs(age_s),
+            relayed,
+            kept,
+        };
+        let old = peer(50, false, false);
+        let newer = peer(40, false, false);
+        let newest = peer(30, false, false);
+        let kept = peer(25, false, true);
+        let relayed = peer(25, true, false);
+        let young = peer(5, false, false);
+        let all = vec![
+            old.clone(),
+            newer.clone(),
+            newest.clone(),
+            kept,
+            relayed,
+            young,
+        ];
+        // At or under the bound: nothing goes.
+        assert!(to_trim(&all, 6, later).is_empty());
+        assert!(to_trim(&all, 10, later).is_empty());
+        // Two over: the two newest of those that may go.
+        assert_eq!(to_trim(&all, 4, later), vec![newest.peer, newer.peer]);
+        // Far over: only the three that may go, never the kept, the
+        // relayed or the young.
+        assert_eq!(
+            to_trim(&all, 0, later),
+            vec![newest.peer, newer.peer, old.peer]
+        );
+        // Before the grace has passed for anyone, nobody goes.
+        assert!(to_trim(&all, 0, t0).is_empty());
     }
 }

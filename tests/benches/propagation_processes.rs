@@ -81,6 +81,8 @@ fn now_us() -> u64 {
 struct Node {
     child: Child,
     api: String,
+    /// Where its standard error goes (`stderr.log` in its directory).
+    log: std::path::PathBuf,
 }
 
 impl Drop for Node {
@@ -113,7 +115,7 @@ fn start(fx: &Fixture, n: usize, rng: &mut Rng) -> Result<(Vec<Node>, usize)> {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(dir.join("stderr.log"))?);
         for _ in 0..DIALS.min(i) {
             let j = earlier.swap_remove(rng.below(earlier.len()));
             cmd.args(["--peer", &format!("/ip4/127.0.0.1/tcp/{}", p2p[j])]);
@@ -123,7 +125,11 @@ fn start(fx: &Fixture, n: usize, rng: &mut Rng) -> Result<(Vec<Node>, usize)> {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        nodes.push(Node { child, api });
+        nodes.push(Node {
+            child,
+            api,
+            log: dir.join("stderr.log"),
+        });
     }
     Ok((nodes, edges))
 }
@@ -143,7 +149,12 @@ async fn wait_mesh(http: &reqwest::Client, nodes: &mut [Node], edges: usize) -> 
         let (mut total, mut lonely) = (0, 0);
         for (i, node) in nodes.iter_mut().enumerate() {
             if let Ok(Some(status)) = node.child.try_wait() {
-                bail!("node {i} exited: {status}");
+                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "node {i} exited: {status}; the end of its log: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
             }
             let admitted = match http
                 .get(format!("http://{}/v1/status", node.api))

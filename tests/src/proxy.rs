@@ -152,11 +152,26 @@ http {{
     )
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, below Linux's ephemeral range (32768 and
+/// up): a port the kernel hands out to outgoing connections can be taken
+/// between the moment it is picked and the moment a child process binds
+/// it, which a port it never hands out cannot. Each process walks the
+/// range from an offset of its own and takes the first port it can bind.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 between {LOW} and {}", LOW + SPAN)
 }
 
 /// The upstream service: answers every request with 200 and

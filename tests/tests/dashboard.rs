@@ -92,6 +92,14 @@ async fn drive(b: &browser::Browser, nodes: &[NodeHandle], author: &mut Author) 
     );
     page_shows(b, "bundles", "main", Duration::from_secs(5)).await?;
     page_shows(b, "peers", "admitted", Duration::from_secs(5)).await?;
+    // Each peer's transport, route and address, as /v1/status gives them.
+    page_shows(b, "peers", "direct", Duration::from_secs(5)).await?;
+    page_shows(b, "peers", "/ip4/127.0.0.1/", Duration::from_secs(5)).await?;
+    let peers = element_text(b, "peers").await?;
+    ensure!(
+        peers.contains("tcp") || peers.contains("quic"),
+        "the peers panel names no transport: {peers}"
+    );
     page_shows(b, "revocations", "none", Duration::from_secs(5)).await?;
     // The audit panel shows the chain (records, head), not "not available".
     page_shows(b, "audit", "records", Duration::from_secs(5)).await?;

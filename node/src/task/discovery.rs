@@ -16,9 +16,21 @@
 //!   ([`NodeTask::prefer_quic`]; again after [`QUIC_RETRY`] if that did not
 //!   take), and once its QUIC connection has been up for [`QUIC_SETTLE`]
 //!   its TCP connections are closed (not at once: the admission exchange
-//!   or a sync may still be running on them). Two TCP connections to one
-//!   peer (both dialed at once) take two of the per-peer limit's places:
-//!   both sides keep the one the smaller peer id dialed.
+//!   or a sync may still be running on them).
+//! - Two TCP connections to one peer (both dialed at once) take two of the
+//!   per-peer limit's places and are both pinged: once both have been up
+//!   for [`QUIC_SETTLE`], both sides keep the oldest one the smaller peer
+//!   id dialed (the oldest of all when it dialed none).
+//! - A node holds at most twice `discovery_peers` peers
+//!   ([`NodeTask::trim`]): Kademlia's lookups and bootstraps connect to
+//!   every peer they ask, and those connections would otherwise stay (the
+//!   idle timeout is an hour), until every node held a connection to every
+//!   other, each pinged every second. Above the bound, the peers connected
+//!   most recently go first, but never a peer named by `--peer`, a peer in
+//!   a gossip mesh with this node, a relay holding this node's
+//!   reservation, a peer reached through a relay, nor one connected for
+//!   less than [`crate::discovery::TRIM_GRACE`]. A relay server (`relay = true`) trims
+//!   nothing: the peers behind NAT keep their reservations on it.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +40,7 @@ use libp2p::{Multiaddr, PeerId, identify, kad, mdns};
 use tokio::time::Instant;
 
 use super::NodeTask;
-use crate::discovery::{Book, Lookups};
+use crate::discovery::{Book, Connected, Lookups, to_trim};
 use crate::transport::Kind;
 
 /// How long a peer's QUIC connection must have been up before its TCP
@@ -39,6 +51,9 @@ pub(super) const QUIC_SETTLE: std::time::Duration = std::time::Duration::from_se
 /// How long a peer connected over TCP only waits before it is dialed over
 /// QUIC again, after a QUIC dial that did not replace its connection.
 pub(super) const QUIC_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often [`NodeTask::trim`] looks at the peer count.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The discovery state the node task keeps.
 #[derive(Debug)]
@@ -58,6 +73,8 @@ pub(super) struct DiscoveryState {
     pub(super) connections: BTreeMap<PeerId, Vec<Conn>>,
     /// When each peer connected over TCP only was last dialed over QUIC.
     pub(super) quic_tried: BTreeMap<PeerId, Instant>,
+    /// When [`NodeTask::trim`] last ran.
+    pub(super) trimmed: Instant,
 }
 
 /// One open connection.
@@ -89,6 +106,7 @@ impl DiscoveryState {
             heard: BTreeMap::new(),
             connections: BTreeMap::new(),
             quic_tried: BTreeMap::new(),
+            trimmed: Instant::now(),
         }
     }
 }
@@ -130,25 +148,19 @@ impl NodeTask {
             if l.iter().any(|c| c.kind() == Kind::Quic && settled(c)) {
                 // On QUIC: its TCP connections go.
                 close.extend(l.iter().filter(|c| c.kind() == Kind::Tcp).map(|c| c.id));
-            } else if l.len() > 1
-                && l.iter().all(|c| c.kind() == Kind::Tcp && settled(c))
-                && self
-                    .discovery
-                    .book
-                    .addrs(peer)
-                    .iter()
-                    .any(|a| Kind::of(a) == Kind::Quic)
-            {
-                // Two TCP connections (both sides dialed at once) to a
-                // peer with a QUIC address take two places under the
-                // per-peer limit: both sides keep the one the smaller peer
-                // id dialed.
+            } else if l.len() > 1 && l.iter().all(|c| c.kind() == Kind::Tcp && settled(c)) {
+                // Two TCP connections (both sides dialed at once) take two
+                // places under the per-peer limit, and each is pinged:
+                // both sides keep the one the smaller peer id dialed.
+                // The list is oldest first: the oldest the smaller peer id
+                // dialed, else the oldest.
                 let keep_dialed_here = local < *peer;
-                let (keep, drop): (Vec<&Conn>, Vec<&Conn>) =
-                    l.iter().partition(|c| c.dialer == keep_dialed_here);
-                if !keep.is_empty() {
-                    close.extend(drop.iter().map(|c| c.id));
-                }
+                let keep = l
+                    .iter()
+                    .find(|c| c.dialer == keep_dialed_here)
+                    .unwrap_or(&l[0])
+                    .id;
+                close.extend(l.iter().map(|c| c.id).filter(|id| *id != keep));
             }
         }
         for id in close {
@@ -199,6 +211,50 @@ impl NodeTask {
         }
     }
 
+    /// Closes the peers above twice `discovery_peers`, newest first, among
+    /// those no rule keeps (the module doc lists them).
+    pub(super) fn trim(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.discovery.trimmed) < TRIM_EVERY {
+            return;
+        }
+        self.discovery.trimmed = now;
+        let want = self.discovery.options.peers;
+        if want == 0 || self.discovery.options.relay.server {
+            return;
+        }
+        let high = want.saturating_mul(2);
+        if self.discovery.connections.len() <= high {
+            return;
+        }
+        let named: std::collections::BTreeSet<PeerId> =
+            self.targets.iter().filter_map(|t| t.peer).collect();
+        let meshed: std::collections::BTreeSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_mesh_peers()
+            .copied()
+            .collect();
+        let peers: Vec<Connected> = self
+            .discovery
+            .connections
+            .iter()
+            .filter_map(|(p, l)| {
+                Some(Connected {
+                    peer: *p,
+                    since: l.iter().map(|c| c.since).max()?,
+                    relayed: l.iter().any(|c| c.kind() == Kind::Relayed),
+                    kept: named.contains(p) || meshed.contains(p) || self.relay_keeps(p),
+                })
+            })
+            .collect();
+        for peer in to_trim(&peers, high, now) {
+            tracing::debug!(%peer, "more peers than twice discovery_peers: closing one");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     /// A connection closed; when it was the peer's last, look for peers
     /// again soon.
     pub(super) fn note_closed(&mut self, peer: PeerId, id: ConnectionId, last: bool) {
@@ -212,7 +268,7 @@ impl NodeTask {
         if last {
             self.discovery.heard.remove(&peer);
             self.discovery.quic_tried.remove(&peer);
-            self.discovery.lookups.soon(Instant::now());
+            self.look_soon_if_short();
         }
     }
 
@@ -268,7 +324,15 @@ impl NodeTask {
         if let Some((addrs, remote)) = self.discovery.heard.remove(&peer) {
             self.learn_admitted(peer, addrs, &remote);
         }
-        self.discovery.lookups.soon(Instant::now());
+        self.look_soon_if_short();
+    }
+
+    /// Asks for a lookup soon, only while the node holds fewer peers than
+    /// it wants: a lookup connects to every peer it asks.
+    fn look_soon_if_short(&mut self) {
+        if self.discovery.connections.len() < self.discovery.options.peers {
+            self.discovery.lookups.soon(Instant::now());
+        }
     }
 
     fn learn_admitted(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, remote: &Multiaddr) {
@@ -350,6 +414,7 @@ impl NodeTask {
     pub(super) fn discover(&mut self) {
         self.prefer_quic();
         self.prefer_direct();
+        self.trim();
         let want = self.discovery.options.peers;
         if want == 0 {
             return;

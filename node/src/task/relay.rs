@@ -499,6 +499,12 @@ impl NodeTask {
         }
     }
 
+    /// Whether `peer` is a relay holding this node's reservation, which
+    /// [`NodeTask::trim`] keeps.
+    pub(super) fn relay_keeps(&self, peer: &PeerId) -> bool {
+        self.relay.accepted.contains(peer)
+    }
+
     /// NAT traversal for `/v1/status`.
     pub(super) fn relay_status(&self) -> RelayStatus {
         let mut s = self.relay.counters.clone();
