@@ -311,6 +311,13 @@ fn tokens_have_scopes_are_hashed_at_rest_and_refusals_are_audited() {
         "{text}"
     );
     assert!(text.contains("token sha256:"), "{text}");
+
+    // Nor does the node's log (at info) hold any token it was shown.
+    let log = std::fs::read_to_string(p.join("n1.log")).unwrap();
+    assert!(log.contains("api"), "the node's log is empty: {log}");
+    for t in &tokens {
+        assert!(!log.contains(t.as_str()), "a token in the node's log");
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! connections while the peer stays connected and a decision loop sees no
 //! error; a broken key file keeps the old certificate and shows the error
 //! in `GET /v1/status`; a token file edited while running takes effect; a
-//! renewed `DIR/node.cert` is adopted.
+//! renewed `DIR/node.cert` is adopted; a rotated client CA is adopted on
+//! SIGHUP and a broken one leaves the one in force.
 
 mod support;
 
@@ -187,4 +188,88 @@ fn certificates_tokens_and_the_node_cert_reload_without_dropping_anything() {
     );
     assert!(served > 50, "{served} decisions served");
     assert_eq!(errors, 0, "decisions failed during the reloads");
+}
+
+/// The client CA rotated while running: on SIGHUP, a client certificate
+/// from the new CA reads and one from the old CA no longer does, while
+/// decisions stay open to callers with no certificate; a client CA file
+/// that holds no certificate keeps the CA in force and says why.
+#[test]
+fn a_rotated_client_ca_is_adopted_on_sighup() {
+    let dir = mesh_dirs(1);
+    let p = dir.path();
+    let server = Ca::new("API CA");
+    let (old, new) = (Ca::new("old clients CA"), Ca::new("new clients CA"));
+    std::fs::write(p.join("ca.pem"), server.pem()).unwrap();
+    server.write_server(&p.join("n1"), "api.crt", "api.key");
+    std::fs::write(p.join("n1/clients.pem"), old.pem()).unwrap();
+    for (who, issuer) in [("old", &old), ("new", &new)] {
+        let (c, k) = issuer.issue(&["ops"], true);
+        std::fs::write(p.join(format!("{who}.crt")), c).unwrap();
+        std::fs::write(p.join(format!("{who}.key")), k).unwrap();
+    }
+    configure(
+        &p.join("n1"),
+        &[
+            ("api_tls_cert", "\"api.crt\""),
+            ("api_tls_key", "\"api.key\""),
+            ("api_client_ca", "\"clients.pem\""),
+        ],
+    );
+    let node = run(p, "n1", &[]);
+    let url = format!("https://{}", node.api);
+    let client = |who: &str| {
+        https_client(
+            &[&p.join("ca.pem")],
+            Some((&p.join(format!("{who}.crt")), &p.join(format!("{who}.key")))),
+        )
+    };
+    // A read with a certificate of `who`; a refused handshake reads as no.
+    let reads = |who: &str| {
+        client(who)
+            .get(format!("{url}/v1/status"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    wait_for(30, "a read with the old CA's certificate", || {
+        reads("old").then_some(())
+    });
+    assert!(
+        !reads("new"),
+        "a certificate from a CA not yet trusted reads"
+    );
+
+    std::fs::write(p.join("n1/clients.pem"), new.pem()).unwrap();
+    node.signal("HUP");
+    wait_for(20, "a read with the new CA's certificate", || {
+        reads("new").then_some(())
+    });
+    assert!(!reads("old"), "the old CA's certificate still reads");
+    let anon = https_client(&[&p.join("ca.pem")], None);
+    let r = anon
+        .post(format!("{url}/v1/authorize"))
+        .body(DECISION)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "decisions stay open without a certificate");
+
+    // A client CA file with no certificate in it: the new CA stays.
+    std::fs::write(p.join("n1/clients.pem"), "no certificate here").unwrap();
+    node.signal("HUP");
+    let s = wait_for(20, "the failed client CA reload in /v1/status", || {
+        client("new")
+            .get(format!("{url}/v1/status"))
+            .send()
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|r| r.json::<Value>().unwrap())
+            .filter(|s| s["reload"]["api_tls"]["last_error"].is_string())
+    });
+    let err = s["reload"]["api_tls"]["last_error"].as_str().unwrap();
+    assert!(err.contains("clients.pem"), "{err}");
+    assert!(
+        reads("new"),
+        "the CA in force before the bad file still reads"
+    );
+    assert!(!reads("old"));
 }
