@@ -251,7 +251,9 @@ pub struct GossipConfig {
     #[serde(default = "d_true")]
     pub flood_publish: bool,
     /// Peers each node dials at start (the connection graph; a node's degree
-    /// is about twice this). Default 8.
+    /// is about twice this). Default 8, the node's `discovery_peers`: a
+    /// node dials peers while it holds fewer than that, and holds at most
+    /// twice as many.
     #[serde(default = "d_dials")]
     pub dials: usize,
     /// Largest gossip message accepted (`max_transmit_size`), bytes. Node
