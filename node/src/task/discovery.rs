@@ -17,7 +17,7 @@
 //!   take), and once its QUIC connection has been up for [`QUIC_SETTLE`]
 //!   its TCP connections are closed (not at once: the admission exchange
 //!   or a sync may still be running on them).
-//! - Two TCP connections to one peer (both dialed at once) take two of the
+//! - Two TCP connections to one admitted peer (both dialed at once) take two of the
 //!   per-peer limit's places and are both pinged: once both have been up
 //!   for [`QUIC_SETTLE`], both sides keep the oldest one the smaller peer
 //!   id dialed (the oldest of all when it dialed none).
@@ -148,7 +148,10 @@ impl NodeTask {
             if l.iter().any(|c| c.kind() == Kind::Quic && settled(c)) {
                 // On QUIC: its TCP connections go.
                 close.extend(l.iter().filter(|c| c.kind() == Kind::Tcp).map(|c| c.id));
-            } else if l.len() > 1 && l.iter().all(|c| c.kind() == Kind::Tcp && settled(c)) {
+            } else if l.len() > 1
+                && self.admitted.contains(peer)
+                && l.iter().all(|c| c.kind() == Kind::Tcp && settled(c))
+            {
                 // Two TCP connections (both sides dialed at once) take two
                 // places under the per-peer limit, and each is pinged:
                 // both sides keep the one the smaller peer id dialed.
