@@ -4,8 +4,9 @@
 //! Each node's anomaly detector sees only its own decisions. To let every
 //! node score a principal on what the whole mesh saw, each node publishes,
 //! once per slot (10 s in the node), one [`Summary`]: per principal, counts
-//! (requests, denies, failed tokens) and two sketches (the distinct
-//! resources and actions it used, as bitmaps of hashed uids) that merge
+//! (requests, denies, failed tokens) and three sketches (the distinct
+//! resources, actions and (action, resource type) pairs it used, as bitmaps
+//! of hashed uids) that merge
 //! across sites by bitwise OR. No raw request leaves the node.
 //!
 //! ```text
@@ -25,8 +26,9 @@
 //! caller's question, asked before the signature is checked.
 //!
 //! # The sketches
-//! A sketch is a bitmap: resources over 256 bits, actions over 64, a uid
-//! setting the bit its hash picks ([`sketch_bit`]: FNV-1a and a SplitMix
+//! A sketch is a bitmap: resources over 256 bits, actions over 64,
+//! (action, resource type) pairs over 128, a uid setting the bit its hash
+//! picks ([`sketch_bit`]: FNV-1a and a SplitMix
 //! finalizer, the same on every node, so the bitmaps of two sites line up).
 //! The number of distinct items behind a bitmap is estimated by linear
 //! counting; the union of two sites' items is the OR of their bitmaps, so
@@ -61,6 +63,9 @@ pub const RESOURCE_BITS: usize = 256;
 
 /// Bits of an action sketch.
 pub const ACTION_BITS: usize = 64;
+
+/// Bits of an (action, resource type) pair sketch.
+pub const PAIR_BITS: usize = 128;
 
 /// Why a summary was refused. Each message is one sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -104,6 +109,10 @@ pub struct PrincipalSummary {
     /// The actions used: a 64-bit sketch ([`sketch_bit`]).
     #[serde(with = "bits")]
     pub actions: [u64; ACTION_BITS / 64],
+    /// The (action, resource type) pairs used: a 128-bit sketch
+    /// ([`pair_bit`]).
+    #[serde(with = "bits")]
+    pub pairs: [u64; PAIR_BITS / 64],
 }
 
 /// What one node saw of its principals in one slot.
@@ -253,6 +262,18 @@ pub fn sketch_bit(uid: &str, bits: usize) -> usize {
     (z % bits.max(1) as u64) as usize
 }
 
+/// The bit an (action, resource type) pair sets in a sketch of `bits`
+/// bits: [`sketch_bit`] of `action` and the type (the part of `resource`
+/// before `::`) joined by a byte no uid holds.
+pub fn pair_bit(action: &str, resource: &str, bits: usize) -> usize {
+    let ty = resource.split_once("::").map_or(resource, |(t, _)| t);
+    let mut key = String::with_capacity(action.len() + ty.len() + 1);
+    key.push_str(action);
+    key.push('\u{0}');
+    key.push_str(ty);
+    sketch_bit(&key, bits)
+}
+
 /// Serde for a bitmap of `W` words: in postcard a byte string, either `0`
 /// and the indices of the set bits (ascending, when there are fewer of them
 /// than the bitmap has bytes) or `1` and the words' little-endian bytes.
@@ -342,6 +363,7 @@ mod tests {
                         [u64::MAX, 7, 0, 1]
                     },
                     actions: [1 << 5],
+                    pairs: [1 << 9, 0],
                 })
                 .collect(),
         }
@@ -357,13 +379,13 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(signed.node, node);
         // A sparse sketch is a byte per bit set, a dense one its bytes: the
-        // first principal's sketches (2 bits and 1) take 7 bytes with their
-        // lengths and tags, the second's (68 bits and 1) 37: envelope 6,
-        // node 32, slot 6 + 2, dropped and count 2, then 13 bytes of name
-        // and counts each.
+        // first principal's sketches (2 bits, 1 and 1) take 10 bytes with
+        // their lengths and tags, the second's (68 bits, 1 and 1) 40:
+        // envelope 6, node 32, slot 6 + 2, dropped and count 2, then 13
+        // bytes of name and counts each.
         assert_eq!(
             SignedSummary::sign(&s, &k).body.len(),
-            6 + 32 + 8 + 2 + (13 + 7) + (13 + 37)
+            6 + 32 + 8 + 2 + (13 + 10) + (13 + 40)
         );
     }
 

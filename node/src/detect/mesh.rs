@@ -18,7 +18,8 @@
 //!   counts and the union of the sketches, so duplicates and the order of
 //!   arrival change nothing; reports of different sites add up.
 //! - **History**: when a slot leaves the window, each principal in it
-//!   leaves a trace in its history: the sites it was seen at, how many
+//!   leaves a trace in its history: the sites it was seen at, the
+//!   (action, resource type) pairs it used (a sketch), how many
 //!   slots it was active in, in how many of them at two sites or more, and
 //!   its last few first visits to a site. At most
 //!   [`MeshConfig::max_history`] principals (the least recently seen is
@@ -37,6 +38,7 @@
 //! | `mesh_actions` | 16 distinct actions |
 //! | `deny_spread` | denies at 3 sites or more, 10 in all, at least half of the requests |
 //! | `first_visits` | first visits to 3 sites or more (sites its history never saw it at) within 15 min, for a principal with a history (30 active slots) |
+//! | `new_site_pairs` | at a site new to it, with an (action, resource type) pair its history never saw at any site, for a principal with a history |
 //! | `impossible_travel` | active in two slots at a site new to it while active at another in the same slot, for a principal with a history that is at two sites in the same slot in under 5% of its active slots |
 //!
 //! Impossible travel has no geography here: sites are node ids. What is
@@ -92,6 +94,11 @@ pub struct MeshConfig {
     /// `impossible_travel`: slots at a new site and another at once.
     /// Default 2.
     pub travel_slots: u32,
+    /// `new_site_pairs`: pairs new to the principal anywhere, with a site
+    /// new to it. Default 1: a traveller works as usual from its new site,
+    /// with its own pairs; an intruder there tends to do what the
+    /// principal never did.
+    pub new_site_pairs: u32,
     /// Active slots before a principal's history speaks for it. Default 30.
     pub history_slots: u32,
     /// After a mesh alert on a principal, no other this long. Default
@@ -113,6 +120,7 @@ impl Default for MeshConfig {
             first_visits: 3,
             first_visit_span_ms: 15 * 60_000,
             travel_slots: 2,
+            new_site_pairs: 1,
             history_slots: 30,
             cooldown_ms: 15 * 60_000,
         }
@@ -142,6 +150,7 @@ pub enum Refused {
 #[derive(Clone, Debug, Default)]
 struct History {
     known_sites: BTreeSet<u16>,
+    known_pairs: [u64; 2],
     active_slots: u32,
     multi_site_slots: u32,
     /// The slots of the last first visits (at most 8).
@@ -164,6 +173,11 @@ pub struct MeshWindow {
     pub first_visits: usize,
     /// Slots in which it was at a new site and at another.
     pub travel_slots: usize,
+    /// Sites in the window new to its history.
+    pub new_sites: usize,
+    /// (Action, resource type) pairs in the window new to its history
+    /// (bits of the pair sketch).
+    pub new_pairs: usize,
     /// Whether its history speaks for it (see [`MeshConfig::history_slots`]).
     pub established: bool,
     /// Its share of active slots at two sites or more, in its history.
@@ -329,23 +343,25 @@ impl MeshView {
                     continue;
                 };
                 let mut sites = Vec::new();
+                let mut pairs = [0u64; 2];
                 while let Some(e) = cells.first_entry() {
                     if e.key().0 != slot {
                         break;
                     }
                     sites.push(e.key().1);
+                    or(&mut pairs, &e.get().pairs);
                     e.remove();
                     self.cells -= 1;
                 }
                 if cells.is_empty() {
                     self.live.remove(&p);
                 }
-                self.remember(&p, slot, &sites);
+                self.remember(&p, slot, &sites, &pairs);
             }
         }
     }
 
-    fn remember(&mut self, p: &Arc<str>, slot: u64, sites: &[u16]) {
+    fn remember(&mut self, p: &Arc<str>, slot: u64, sites: &[u16], pairs: &[u64; 2]) {
         if sites.is_empty() {
             return;
         }
@@ -369,6 +385,7 @@ impl MeshView {
                 }
             }
         }
+        or(&mut h.known_pairs, pairs);
         h.active_slots = h.active_slots.saturating_add(1);
         if sites.len() >= 2 {
             h.multi_site_slots = h.multi_site_slots.saturating_add(1);
@@ -405,7 +422,17 @@ impl MeshView {
                     .filter(|s| **s + span_slots >= self.now_slot)
                     .count()
             });
-            w.first_visits = recent + sites.keys().filter(|s| !known(**s)).count();
+            w.new_sites = sites.keys().filter(|s| !known(**s)).count();
+            w.first_visits = recent + w.new_sites;
+            if let Some(h) = h {
+                w.new_pairs = w
+                    .total
+                    .pairs
+                    .iter()
+                    .zip(&h.known_pairs)
+                    .map(|(x, k)| (x & !k).count_ones() as usize)
+                    .sum();
+            }
             w.travel_slots = by_slot
                 .values()
                 .filter(|ss| ss.len() >= 2 && ss.iter().any(|s| !known(*s)))
@@ -469,6 +496,15 @@ impl MeshView {
                     "first visits to {} sites within {} min",
                     w.first_visits,
                     self.cfg.first_visit_span_ms / 60_000
+                ),
+            ));
+        }
+        if w.new_sites >= 1 && w.new_pairs as u32 >= self.cfg.new_site_pairs {
+            return Some((
+                "new_site_pairs",
+                format!(
+                    "at {} site(s) it never used, with {} (action, resource type) pair(s) it never used anywhere",
+                    w.new_sites, w.new_pairs
                 ),
             ));
         }
@@ -546,6 +582,7 @@ impl MeshView {
                 feature("mesh_distinct_actions", distinct(&c.actions)),
                 feature("mesh_sites", w.sites as f64),
                 feature("mesh_first_visits", w.first_visits as f64),
+                feature("mesh_new_pairs", w.new_pairs as f64),
             ],
             window_start_ms: self
                 .now_slot

@@ -102,6 +102,19 @@
 //! eval`, twelve seeds; `docs/detection.md`). A floor alert says so in
 //! [`Alert::floor`] and its first evidence line.
 //!
+//! # Across sites
+//! A detector sees one node's decisions. With
+//! [`Detector::enable_summaries`] it also keeps, per 10 s slot, what the
+//! node publishes to the mesh ([`summary`]: per principal, counts and
+//! sketches, signed by the node key, [`Detector::summarize`]); a
+//! [`mesh::MeshView`] merges the summaries of every site that reach the
+//! node, and [`Detector::check_mesh`] scores the principals this node served
+//! on what the whole mesh saw in the window: the absolute floors on the
+//! merged counts, and cross-site signals (denies spread over many sites,
+//! first visits to many sites, impossible travel), tabled in [`mesh`].
+//! `weft detect eval --mesh` runs one detector per site exchanging the
+//! summaries ([`mesh_eval`]).
+//!
 //! # Determinism
 //! No wall clock and no thread RNG: time comes from the events, the trees
 //! from the seed, and hashing is FNV-1a. The same events in the same order
@@ -1047,5 +1060,7 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(test)]
 mod tests;

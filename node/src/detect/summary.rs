@@ -31,8 +31,8 @@ use std::collections::HashMap;
 
 use weft_protocol::identity::NodeId;
 use weft_protocol::summary::{
-    ACTION_BITS, MAX_PRINCIPAL_LEN, MAX_PRINCIPALS, PrincipalSummary, RESOURCE_BITS, Summary,
-    sketch_bit,
+    ACTION_BITS, MAX_PRINCIPAL_LEN, MAX_PRINCIPALS, PAIR_BITS, PrincipalSummary, RESOURCE_BITS,
+    Summary, pair_bit, sketch_bit,
 };
 
 use super::DecisionEvent;
@@ -58,6 +58,8 @@ pub struct Cell {
     pub resources: [u64; RESOURCE_BITS / 64],
     /// Actions' sketch.
     pub actions: [u64; ACTION_BITS / 64],
+    /// (Action, resource type) pairs' sketch.
+    pub pairs: [u64; PAIR_BITS / 64],
 }
 
 impl Cell {
@@ -72,6 +74,8 @@ impl Cell {
         self.resources[r / 64] |= 1 << (r % 64);
         let a = sketch_bit(&ev.action, ACTION_BITS);
         self.actions[a / 64] |= 1 << (a % 64);
+        let p = pair_bit(&ev.action, &ev.resource, PAIR_BITS);
+        self.pairs[p / 64] |= 1 << (p % 64);
     }
 
     /// The same principal, slot and node reported twice: the larger counts
@@ -82,6 +86,7 @@ impl Cell {
         self.token_failures = self.token_failures.max(o.token_failures);
         or(&mut self.resources, &o.resources);
         or(&mut self.actions, &o.actions);
+        or(&mut self.pairs, &o.pairs);
     }
 
     /// Two nodes' reports added up: the sums of the counts and the union of
@@ -92,6 +97,7 @@ impl Cell {
         self.token_failures = self.token_failures.saturating_add(o.token_failures);
         or(&mut self.resources, &o.resources);
         or(&mut self.actions, &o.actions);
+        or(&mut self.pairs, &o.pairs);
     }
 
     fn weight(&self) -> u64 {
@@ -109,6 +115,7 @@ impl Cell {
             token_failures: p.token_failures,
             resources: p.resources,
             actions: p.actions,
+            pairs: p.pairs,
         }
     }
 }
@@ -229,6 +236,7 @@ fn summary_of(node: NodeId, slot: u64, cells: HashMap<String, Cell>, overflow: u
                 token_failures: c.token_failures,
                 resources: c.resources,
                 actions: c.actions,
+                pairs: c.pairs,
             })
             .collect(),
     }
