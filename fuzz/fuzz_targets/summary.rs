@@ -30,7 +30,7 @@ struct Line {
     token_failures: u32,
     resources: [u64; 4],
     actions: u64,
-    pairs: [u64; 2],
+    pairs: [u64; 4],
 }
 
 #[derive(Debug, Arbitrary)]

@@ -27,8 +27,8 @@
 //!
 //! # The sketches
 //! A sketch is a bitmap: resources over 256 bits, actions over 64,
-//! (action, resource type) pairs over 128, a uid setting the bit its hash
-//! picks ([`sketch_bit`]: FNV-1a and a SplitMix
+//! (action, resource type) pairs over 256 (two bits each), a uid setting
+//! the bit its hash picks ([`sketch_bit`]: FNV-1a and a SplitMix
 //! finalizer, the same on every node, so the bitmaps of two sites line up).
 //! The number of distinct items behind a bitmap is estimated by linear
 //! counting; the union of two sites' items is the OR of their bitmaps, so
@@ -65,7 +65,7 @@ pub const RESOURCE_BITS: usize = 256;
 pub const ACTION_BITS: usize = 64;
 
 /// Bits of an (action, resource type) pair sketch.
-pub const PAIR_BITS: usize = 128;
+pub const PAIR_BITS: usize = 256;
 
 /// Why a summary was refused. Each message is one sentence.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -109,8 +109,8 @@ pub struct PrincipalSummary {
     /// The actions used: a 64-bit sketch ([`sketch_bit`]).
     #[serde(with = "bits")]
     pub actions: [u64; ACTION_BITS / 64],
-    /// The (action, resource type) pairs used: a 128-bit sketch
-    /// ([`pair_bit`]).
+    /// The (action, resource type) pairs used: a 256-bit sketch, two bits
+    /// per pair ([`pair_bits`]).
     #[serde(with = "bits")]
     pub pairs: [u64; PAIR_BITS / 64],
 }
@@ -250,6 +250,10 @@ impl Summary {
 /// The bit a uid sets in a sketch of `bits` bits: FNV-1a, then a SplitMix
 /// finalizer, unsalted, so every node sets the same bit for the same uid.
 pub fn sketch_bit(uid: &str, bits: usize) -> usize {
+    (hash(uid) % bits.max(1) as u64) as usize
+}
+
+fn hash(uid: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in uid.bytes() {
         h ^= u64::from(b);
@@ -258,20 +262,22 @@ pub fn sketch_bit(uid: &str, bits: usize) -> usize {
     let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z % bits.max(1) as u64) as usize
+    z ^ (z >> 31)
 }
 
-/// The bit an (action, resource type) pair sets in a sketch of `bits`
-/// bits: [`sketch_bit`] of `action` and the type (the part of `resource`
-/// before `::`) joined by a byte no uid holds.
-pub fn pair_bit(action: &str, resource: &str, bits: usize) -> usize {
+/// The two bits an (action, resource type) pair sets in a sketch of
+/// [`PAIR_BITS`] bits: two bytes of the hash ([`sketch_bit`]'s) of `action`
+/// and the type (the part of `resource` before `::`) joined by a byte no
+/// uid holds. Two bits, so that a pair reads as known only when both are
+/// set: the few pairs of the world seldom hide one another.
+pub fn pair_bits(action: &str, resource: &str) -> [usize; 2] {
     let ty = resource.split_once("::").map_or(resource, |(t, _)| t);
     let mut key = String::with_capacity(action.len() + ty.len() + 1);
     key.push_str(action);
     key.push('\u{0}');
     key.push_str(ty);
-    sketch_bit(&key, bits)
+    let h = hash(&key);
+    [(h % 256) as usize, ((h >> 8) % 256) as usize]
 }
 
 /// Serde for a bitmap of `W` words: in postcard a byte string, either `0`
@@ -363,7 +369,7 @@ mod tests {
                         [u64::MAX, 7, 0, 1]
                     },
                     actions: [1 << 5],
-                    pairs: [1 << 9, 0],
+                    pairs: [1 << 9, 0, 0, 0],
                 })
                 .collect(),
         }

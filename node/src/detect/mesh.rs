@@ -94,8 +94,9 @@ pub struct MeshConfig {
     /// `impossible_travel`: slots at a new site and another at once.
     /// Default 2.
     pub travel_slots: u32,
-    /// `new_site_pairs`: pairs new to the principal anywhere, with a site
-    /// new to it. Default 1: a traveller works as usual from its new site,
+    /// `new_site_pairs`: bits of the pair sketch new to the principal
+    /// anywhere, with a site new to it. Default 1 (one new pair sets one
+    /// or two): a traveller works as usual from its new site,
     /// with its own pairs; an intruder there tends to do what the
     /// principal never did.
     pub new_site_pairs: u32,
@@ -150,7 +151,7 @@ pub enum Refused {
 #[derive(Clone, Debug, Default)]
 struct History {
     known_sites: BTreeSet<u16>,
-    known_pairs: [u64; 2],
+    known_pairs: [u64; 4],
     active_slots: u32,
     multi_site_slots: u32,
     /// The slots of the last first visits (at most 8).
@@ -175,8 +176,8 @@ pub struct MeshWindow {
     pub travel_slots: usize,
     /// Sites in the window new to its history.
     pub new_sites: usize,
-    /// (Action, resource type) pairs in the window new to its history
-    /// (bits of the pair sketch).
+    /// Bits of the window's (action, resource type) pair sketch its history
+    /// lacks: at least one when a pair is new to it.
     pub new_pairs: usize,
     /// Whether its history speaks for it (see [`MeshConfig::history_slots`]).
     pub established: bool,
@@ -343,7 +344,7 @@ impl MeshView {
                     continue;
                 };
                 let mut sites = Vec::new();
-                let mut pairs = [0u64; 2];
+                let mut pairs = [0u64; 4];
                 while let Some(e) = cells.first_entry() {
                     if e.key().0 != slot {
                         break;
@@ -361,7 +362,7 @@ impl MeshView {
         }
     }
 
-    fn remember(&mut self, p: &Arc<str>, slot: u64, sites: &[u16], pairs: &[u64; 2]) {
+    fn remember(&mut self, p: &Arc<str>, slot: u64, sites: &[u16], pairs: &[u64; 4]) {
         if sites.is_empty() {
             return;
         }
@@ -503,7 +504,7 @@ impl MeshView {
             return Some((
                 "new_site_pairs",
                 format!(
-                    "at {} site(s) it never used, with {} (action, resource type) pair(s) it never used anywhere",
+                    "at {} site(s) it never used, with (action, resource type) pairs it never used anywhere ({} new bits of their sketch)",
                     w.new_sites, w.new_pairs
                 ),
             ));
@@ -527,38 +528,81 @@ impl MeshView {
     /// cool-down.
     pub fn check(&mut self, now_ms: u64, served: impl Fn(&str) -> bool) -> Vec<Alert> {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut out = Vec::new();
-        for p in dirty {
-            if !served(&p) {
-                continue;
+        dirty
+            .into_iter()
+            .filter(|p| served(p))
+            .filter_map(|p| self.check_one(&p, now_ms))
+            .collect()
+    }
+
+    /// A decision this node just made, merged at once into its own cell of
+    /// the slot (the node's summary of the slot, merged when the slot ends,
+    /// holds it too: the larger counts win, so nothing counts twice), and
+    /// its principal checked on the spot: a signal needs not wait for the
+    /// slot's end when this node's own decision completes it. `node` is
+    /// this node's id, as its summaries carry it.
+    pub fn observe_local(&mut self, node: NodeId, ev: &super::DecisionEvent) -> Option<Alert> {
+        self.advance(ev.at_ms);
+        let slot = ev.at_ms / SLOT_MS;
+        let site = match self.sites.get(&node) {
+            Some(i) => *i,
+            None => {
+                if self.sites.len() >= self.cfg.max_sites.min(usize::from(u16::MAX)) {
+                    return None;
+                }
+                let i = self.sites.len() as u16;
+                self.sites.insert(node, i);
+                i
             }
-            let cooling = self
-                .history
-                .get(&p)
-                .and_then(|h| h.last_alert_ms)
-                .is_some_and(|t| now_ms < t.saturating_add(self.cfg.cooldown_ms));
-            if cooling {
-                continue;
+        };
+        let key: Arc<str> = match self.live.get_key_value(ev.principal.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(ev.principal.as_str()),
+        };
+        let cells = self.live.entry(key.clone()).or_default();
+        match cells.get_mut(&(slot, site)) {
+            Some(c) => c.add(ev),
+            None => {
+                if self.cells >= self.cfg.max_cells {
+                    if cells.is_empty() {
+                        self.live.remove(&key);
+                    }
+                    return None;
+                }
+                let mut c = Cell::default();
+                c.add(ev);
+                cells.insert((slot, site), c);
+                self.cells += 1;
             }
-            let w = self.window(&p);
-            let Some((name, line)) = self.signal(&w) else {
-                continue;
-            };
-            self.tick += 1;
-            if !self.history.contains_key(&p)
-                && self.history.len() >= self.cfg.max_history.max(1)
-                && let Some((_, old)) = self.lru.pop_first()
-            {
-                self.history.remove(&old);
-            }
-            let h = self.history.entry(p.clone()).or_default();
-            self.lru.remove(&h.lru);
-            h.lru = self.tick;
-            self.lru.insert(self.tick, p.clone());
-            h.last_alert_ms = Some(now_ms);
-            out.push(self.explain(&p, now_ms, &w, name, line));
         }
-        out
+        self.by_slot.entry(slot).or_default().insert(key.clone());
+        self.check_one(&key, ev.at_ms)
+    }
+
+    fn check_one(&mut self, p: &Arc<str>, now_ms: u64) -> Option<Alert> {
+        let cooling = self
+            .history
+            .get(p)
+            .and_then(|h| h.last_alert_ms)
+            .is_some_and(|t| now_ms < t.saturating_add(self.cfg.cooldown_ms));
+        if cooling {
+            return None;
+        }
+        let w = self.window(p);
+        let (name, line) = self.signal(&w)?;
+        self.tick += 1;
+        if !self.history.contains_key(p)
+            && self.history.len() >= self.cfg.max_history.max(1)
+            && let Some((_, old)) = self.lru.pop_first()
+        {
+            self.history.remove(&old);
+        }
+        let h = self.history.entry(p.clone()).or_default();
+        self.lru.remove(&h.lru);
+        h.lru = self.tick;
+        self.lru.insert(self.tick, p.clone());
+        h.last_alert_ms = Some(now_ms);
+        Some(self.explain(p, now_ms, &w, name, line))
     }
 
     fn explain(&self, p: &str, now_ms: u64, w: &MeshWindow, name: &str, line: String) -> Alert {

@@ -10,8 +10,10 @@
 //! the whole way in ([`MeshView::ingest_bytes`]: size, admitted signer,
 //! signature, body, bounds, merge), as gossip would deliver them; then each
 //! node asks its view for alerts on the principals it served
-//! ([`Detector::check_mesh`]). Nothing is shared between the nodes but
-//! those bytes.
+//! ([`Detector::check_mesh`]). Between slots, each decision also goes into
+//! its node's view at once ([`MeshView::observe_local`]), which checks its
+//! principal on the spot. Nothing is shared between the nodes but the
+//! summaries' bytes.
 //!
 //! Methods, scored as [`super::eval`] scores (the same incidents, grace,
 //! warm-up and metrics):
@@ -249,6 +251,13 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
         per_site[site].push(e.clone());
         if let Some(a) = nodes[site].detector.observe(&e.decision) {
             local.push(raised(a));
+        }
+        let n = &mut nodes[site];
+        if let Some(a) = n.view.observe_local(n.id, &e.decision) {
+            *signals
+                .entry(a.signal.clone().unwrap_or_default())
+                .or_default() += 1;
+            from_mesh.push(raised(a));
         }
     }
     if let Some(c) = cur_slot {

@@ -100,6 +100,9 @@ impl Mesh {
             cur = Some(slot);
             let site: usize = e.site.as_deref().unwrap()[5..].parse().unwrap();
             self.local.extend(self.detectors[site].observe(e));
+            if let Some(a) = self.views[site].observe_local(node(site as u8), e) {
+                self.mesh.push((site, a));
+            }
         }
         if let Some(c) = cur {
             self.exchange((c + 1) * SLOT_MS);
@@ -190,7 +193,7 @@ fn forged_unsigned_oversized_and_unadmitted_summaries_are_refused_and_change_not
             token_failures: 0,
             resources: [u64::MAX; 4],
             actions: [1],
-            pairs: [1, 0],
+            pairs: [1, 0, 0, 0],
         }],
     };
     let good = SignedSummary::sign(&s, &key(0));
@@ -245,7 +248,7 @@ fn history_then(view: &mut MeshView, p: &str, sites: &[u8], slots: u64, from: u6
                     token_failures: 0,
                     resources: [1, 0, 0, 0],
                     actions: [1],
-                    pairs: [1, 0],
+                    pairs: [1, 0, 0, 0],
                 }],
             };
             view.ingest(&SignedSummary::sign(&sum, &key(*s)), |_| true)
@@ -297,7 +300,7 @@ fn cell() -> impl Strategy<Value = Cell> {
         0u32..50,
         prop::array::uniform4(any::<u64>()),
         any::<u64>(),
-        prop::array::uniform2(any::<u64>()),
+        prop::array::uniform4(any::<u64>()),
     )
         .prop_map(|(r, d, t, res, a, pairs)| Cell {
             requests: r,

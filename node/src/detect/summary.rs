@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use weft_protocol::identity::NodeId;
 use weft_protocol::summary::{
     ACTION_BITS, MAX_PRINCIPAL_LEN, MAX_PRINCIPALS, PAIR_BITS, PrincipalSummary, RESOURCE_BITS,
-    Summary, pair_bit, sketch_bit,
+    Summary, pair_bits, sketch_bit,
 };
 
 use super::DecisionEvent;
@@ -74,8 +74,9 @@ impl Cell {
         self.resources[r / 64] |= 1 << (r % 64);
         let a = sketch_bit(&ev.action, ACTION_BITS);
         self.actions[a / 64] |= 1 << (a % 64);
-        let p = pair_bit(&ev.action, &ev.resource, PAIR_BITS);
-        self.pairs[p / 64] |= 1 << (p % 64);
+        for p in pair_bits(&ev.action, &ev.resource) {
+            self.pairs[p / 64] |= 1 << (p % 64);
+        }
     }
 
     /// The same principal, slot and node reported twice: the larger counts
