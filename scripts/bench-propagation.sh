@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Propagation, Weft next to Serf, in one run (issue #4): runs
 #   cargo bench -p weft-tests --bench propagation   (Weft, N nodes in one process)
+#   cargo bench -p weft-tests --bench propagation_processes
+#                                                   (Weft, N `weft node run` processes)
 #   scripts/bench-serf.sh                           (Serf, N agents on loopback)
 # with the same node counts, one after the other (never at the same time, so
 # they do not share the CPU), collects their JSON lines and prints a table with
@@ -15,7 +17,14 @@
 #   the timestamp the last agent's event handler writes. Includes the CLI's
 #   fork/exec and RPC, and the handler's fork/exec of /bin/sh and date(1).
 #
+# - Weft across processes: from just before `POST /v1/updates` to the
+#   latest `in_force_us` (when a node's decisions started seeing the update)
+#   in the nodes' audit records, once every node's `/v1/authorize` answers
+#   the revoked principal with a deny.
+#
 # Usage: scripts/bench-propagation.sh [NODES...]   (default: 10 50 100)
+# The processes run at every node count up to WEFT_BENCH_PROCESS_MAX
+# (default 50; 0 skips them).
 # Environment: WEFT_BENCH_UPDATES (default 30; Serf sends as many events),
 # WEFT_BENCH_GAP_MS, WEFT_BENCH_SEED. Raw JSON lines go to
 # target/bench-propagation.jsonl.
@@ -42,6 +51,14 @@ WEFT_BENCH_NODES="$csv" WEFT_BENCH_UPDATES="$updates" \
   cargo bench -p weft-tests --bench propagation | tee "$tmp/weft.out" >&2
 grep '^{"system"' "$tmp/weft.out" >>"$results"
 
+for n in "${nodes[@]}"; do
+  [[ $n -le ${WEFT_BENCH_PROCESS_MAX:-50} ]] || continue
+  echo "== Weft across processes: cargo bench -p weft-tests --bench propagation_processes (WEFT_BENCH_NODES=$n)" >&2
+  WEFT_BENCH_NODES="$n" WEFT_BENCH_UPDATES="$updates" \
+    cargo bench -p weft-tests --bench propagation_processes | tee -a "$tmp/procs.out" >&2
+done
+grep '^{"system"' "$tmp/procs.out" >>"$results" 2>/dev/null || true
+
 echo "== Serf: scripts/bench-serf.sh ${nodes[*]} (EVENTS=$updates)" >&2
 EVENTS="$updates" scripts/bench-serf.sh "${nodes[@]}" | tee "$tmp/serf.out" >&2
 grep '^{"system"' "$tmp/serf.out" >>"$results"
@@ -59,13 +76,16 @@ ratio() { # ratio A B -> A / B with one decimal, or "n/a"
 }
 
 echo
-echo "| nodes | Weft p50 ms | Weft p99 ms | Weft max ms | Serf p50 ms | Serf p99 ms | Serf max ms | Serf÷Weft p50 | Serf÷Weft p99 | Weft bytes out/node/update ÷ update size | Weft RSS MiB/node |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| nodes | Weft p50 ms | Weft p99 ms | Weft max ms | processes p50 / p99 / max ms | Serf p50 ms | Serf p99 ms | Serf max ms | Serf÷Weft p50 | Serf÷Weft p99 | Weft bytes out/node/update ÷ update size | Weft RSS MiB/node |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${nodes[@]}"; do
   wp50=$(field weft "$n" p50_ms); wp99=$(field weft "$n" p99_ms); wmax=$(field weft "$n" max_ms)
   sp50=$(field serf "$n" p50_ms); sp99=$(field serf "$n" p99_ms); smax=$(field serf "$n" max_ms)
   amp=$(field weft "$n" amplification); rss=$(field weft "$n" rss_mib_per_node)
-  echo "| $n | ${wp50:-n/a} | ${wp99:-n/a} | ${wmax:-n/a} | ${sp50:-n/a} | ${sp99:-n/a} | ${smax:-n/a} | $(ratio "$sp50" "$wp50") | $(ratio "$sp99" "$wp99") | ${amp:-n/a}× | ${rss:-n/a} |"
+  pp50=$(field weft-processes "$n" p50_ms); pp99=$(field weft-processes "$n" p99_ms); pmax=$(field weft-processes "$n" max_ms)
+  procs="${pp50:-n/a} / ${pp99:-n/a} / ${pmax:-n/a}"
+  [[ -n "$pp99" ]] && procs="$procs (Serf÷: $(ratio "$sp99" "$pp99") at p99)"
+  echo "| $n | ${wp50:-n/a} | ${wp99:-n/a} | ${wmax:-n/a} | $procs | ${sp50:-n/a} | ${sp99:-n/a} | ${smax:-n/a} | $(ratio "$sp50" "$wp50") | $(ratio "$sp99" "$wp99") | ${amp:-n/a}× | ${rss:-n/a} |"
 done
 echo
 echo "Serf timings include the \`serf event\` CLI call and the event handler's fork/exec;"

@@ -280,6 +280,12 @@ pub enum AuditEvent {
         /// The peer it came from; none for a local submit or the store.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         peer: Option<String>,
+        /// When the update came into force: the wall-clock time, in
+        /// microseconds since the Unix epoch, at which the node's decisions
+        /// started seeing it (the view holding it was published). The
+        /// record's own `at_ms` is when the audit writer wrote it, later.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        in_force_us: Option<u64>,
     },
     /// An update was refused.
     UpdateRefused {

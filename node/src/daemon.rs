@@ -562,6 +562,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     let keypair = swarm::libp2p_keypair(&key).map_err(|e| anyhow!(e))?;
     let peer_id = keypair.public().to_peer_id();
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let admitted = crate::relay::Admitted::default();
     let (mut swarm, p2p_metrics) = metrics
         .with_registry(|registry| {
             let p2p_metrics = libp2p::metrics::Metrics::new(registry);
@@ -571,6 +572,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
                 shared.traffic.clone(),
                 &opts.connections,
                 &opts.discovery,
+                &admitted,
                 registry,
             )
             .map(|swarm| (swarm, p2p_metrics))
@@ -675,6 +677,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             trust_file: dir.trust(),
             peers: opts.peers.clone(),
             discovery: opts.discovery.clone(),
+            admitted,
             snapshot_every: opts.snapshot_every,
             commands: commands_rx,
             shutdown: shutdown_rx.clone(),
@@ -925,6 +928,18 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
         kademlia: config.discovery,
         peers: config.discovery_peers as usize,
         mdns: config.mdns,
+        relay: crate::relay::RelayOptions {
+            server: config.relay,
+            max_reservations: config.relay_max_reservations,
+            max_circuits: config.relay_max_circuits,
+            max_circuit_bytes: config.relay_max_circuit_bytes,
+            max_circuit_duration: Duration::from_secs(
+                weft_protocol::time::parse_duration(&config.relay_max_circuit_duration).map_err(
+                    |e| anyhow!("{}: {e}", resolved.describe("relay_max_circuit_duration")),
+                )?,
+            ),
+            probe_reachability: true,
+        },
     };
     opts.api = config.api.clone();
     opts.ext_authz = config.ext_authz_listen.clone();

@@ -5,7 +5,9 @@
 //! Three sources feed one address book ([`Book`]):
 //! - **identify**: the listen addresses each admitted peer reports about
 //!   itself (so a peer that dialed in is redialed after it drops, and over
-//!   QUIC when it has a QUIC address);
+//!   QUIC when it has a QUIC address), with the relayed addresses
+//!   (`/…/p2p/RELAY/p2p-circuit`) a node behind NAT is reachable at
+//!   ([`crate::relay`]);
 //! - **Kademlia** among admitted peers ([`kademlia`]): a node adds to its
 //!   routing table only the peers it has admitted, with the addresses they
 //!   reported, and asks its admitted peers for the peers closest to a
@@ -67,6 +69,8 @@ pub struct DiscoveryOptions {
     pub peers: usize,
     /// mDNS on the local network (`mdns`).
     pub mdns: bool,
+    /// Circuit relay, DCUtR and autonat ([`crate::relay`]).
+    pub relay: crate::relay::RelayOptions,
 }
 
 impl Default for DiscoveryOptions {
@@ -75,6 +79,7 @@ impl Default for DiscoveryOptions {
             kademlia: true,
             peers: DEFAULT_DISCOVERY_PEERS as usize,
             mdns: false,
+            relay: crate::relay::RelayOptions::default(),
         }
     }
 }
@@ -101,26 +106,50 @@ pub fn kademlia(local: PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
 
 /// Whether the book should keep `addr`, reported by (or for) a peer whose
 /// connection comes from `seen_from` (when known): an address with an IP
-/// or a name and TCP or QUIC; no relay circuits, no unspecified address,
-/// and no loopback address unless the report itself came over loopback.
+/// or a name and TCP or QUIC, or such an address of a relay followed by
+/// `/p2p/RELAY/p2p-circuit` (one circuit, no more); no unspecified
+/// address, and no loopback address unless the report itself came over
+/// loopback.
 pub fn dialable(addr: &Multiaddr, seen_from: Option<&Multiaddr>) -> bool {
+    let protocols: Vec<Protocol<'_>> = addr.iter().collect();
+    match protocols
+        .iter()
+        .position(|p| matches!(p, Protocol::P2pCircuit))
+    {
+        None => direct(&protocols, seen_from),
+        // The relay's part ends with its peer id; after the circuit, at
+        // most the peer's own id.
+        Some(i) => {
+            let after = &protocols[i + 1..];
+            i >= 1
+                && matches!(protocols[i - 1], Protocol::P2p(_))
+                && after.len() <= 1
+                && after.iter().all(|p| matches!(p, Protocol::P2p(_)))
+                && direct(&protocols[..i], seen_from)
+        }
+    }
+}
+
+/// [`dialable`] for an address with no circuit in it.
+fn direct(protocols: &[Protocol<'_>], seen_from: Option<&Multiaddr>) -> bool {
     let local_report = seen_from.is_none_or(is_loopback);
-    let mut it = addr.iter();
+    let mut it = protocols.iter();
     let host_ok = match it.next() {
         Some(Protocol::Ip4(ip)) => !ip.is_unspecified() && (local_report || !ip.is_loopback()),
         Some(Protocol::Ip6(ip)) => !ip.is_unspecified() && (local_report || !ip.is_loopback()),
         Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
         _ => false,
     };
-    let transport_ok = match (it.next(), it.next()) {
-        (Some(Protocol::Tcp(p)), next) => {
-            p != 0 && next.is_none_or(|n| matches!(n, Protocol::P2p(_)))
+    let transport_ok = match (it.next(), it.next(), it.next()) {
+        (Some(Protocol::Tcp(p)), next, None) => {
+            *p != 0 && next.is_none_or(|n| matches!(n, Protocol::P2p(_)))
         }
-        (Some(Protocol::Udp(p)), Some(Protocol::QuicV1)) => p != 0,
+        (Some(Protocol::Udp(p)), Some(Protocol::QuicV1), next) => {
+            *p != 0 && next.is_none_or(|n| matches!(n, Protocol::P2p(_)))
+        }
         _ => false,
     };
-    let no_circuit = !addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
-    host_ok && transport_ok && no_circuit
+    host_ok && transport_ok && it.next().is_none()
 }
 
 /// Whether `addr` is on this host: a loopback IP, or the name `localhost`.
@@ -375,10 +404,31 @@ mod tests {
         assert!(!dialable(&ma("/ip4/203.0.113.9/tcp/0"), None));
         assert!(!dialable(&ma("/ip4/203.0.113.9/udp/7101"), None));
         assert!(!dialable(&ma("/ip4/203.0.113.9/tcp/7101/ws"), None));
+        // A relay's circuit: the relay's address, its id, one circuit.
+        let r = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        assert!(dialable(
+            &ma(&format!("/ip4/203.0.113.9/tcp/7101/p2p/{r}/p2p-circuit")),
+            Some(&wan)
+        ));
+        assert!(dialable(
+            &ma(&format!(
+                "/ip4/203.0.113.9/udp/7101/quic-v1/p2p/{r}/p2p-circuit/p2p/{r}"
+            )),
+            None
+        ));
         assert!(!dialable(
-            &ma(
-                "/ip4/203.0.113.9/tcp/7101/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"
-            ),
+            &ma("/ip4/203.0.113.9/tcp/7101/p2p-circuit"),
+            None
+        ));
+        assert!(!dialable(&ma(&format!("/p2p/{r}/p2p-circuit")), None));
+        assert!(!dialable(
+            &ma(&format!("/ip4/127.0.0.1/tcp/7101/p2p/{r}/p2p-circuit")),
+            Some(&wan)
+        ));
+        assert!(!dialable(
+            &ma(&format!(
+                "/ip4/203.0.113.9/tcp/7101/p2p/{r}/p2p-circuit/p2p/{r}/p2p-circuit"
+            )),
             None
         ));
     }

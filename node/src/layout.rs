@@ -119,6 +119,22 @@ pub struct Config {
     /// Whether the node also finds peers on its local network by mDNS.
     /// Default false: multicast announces the node to everyone on the LAN.
     pub mdns: bool,
+    /// Whether the node relays for admitted peers behind NAT (circuit
+    /// relay v2; docs/sites.md). Default false: only a node others can
+    /// dial should relay. Every node uses relays whatever this says.
+    pub relay: bool,
+    /// Reservations a relay holds at once (nodes listening through it).
+    /// Default 128 ([`crate::relay::DEFAULT_RELAY_MAX_RESERVATIONS`]).
+    pub relay_max_reservations: u32,
+    /// Circuits (relayed connections) open through a relay at once.
+    /// Default 64 ([`crate::relay::DEFAULT_RELAY_MAX_CIRCUITS`] says why).
+    pub relay_max_circuits: u32,
+    /// Bytes one circuit may carry, both directions together, before the
+    /// relay closes it (0: no limit). Default 64 MiB
+    /// ([`crate::relay::DEFAULT_RELAY_MAX_CIRCUIT_BYTES`] says why).
+    pub relay_max_circuit_bytes: u64,
+    /// How long one circuit may stay open (a duration). Default `30m`.
+    pub relay_max_circuit_duration: String,
     /// Envoy's ext_authz gRPC service (`envoy.service.auth.v3.Authorization`)
     /// address, `HOST:PORT`, plain HTTP/2. Default none: not served. A
     /// non-loopback address needs `api_insecure` ([`crate::extauthz`]).
@@ -153,8 +169,10 @@ pub struct Config {
     /// says why).
     pub max_connections: u32,
     /// Established libp2p connections with one peer (0: no limit).
-    /// Default 2: a node needs one, and two nodes that dial each other at
-    /// once briefly hold two.
+    /// Default 3: a node needs one, two nodes that dial each other at once
+    /// briefly hold two, and a hole punch between two such connections
+    /// through a relay adds the direct one
+    /// ([`crate::limits::DEFAULT_MAX_CONNECTIONS_PER_PEER`]).
     pub max_connections_per_peer: u32,
     /// Inbound libp2p connections, established or in their handshake, from
     /// one remote IP address (0: no limit). Default 8: room for a few nodes
@@ -215,6 +233,11 @@ impl Default for Config {
             discovery: true,
             discovery_peers: crate::discovery::DEFAULT_DISCOVERY_PEERS,
             mdns: false,
+            relay: false,
+            relay_max_reservations: crate::relay::DEFAULT_RELAY_MAX_RESERVATIONS,
+            relay_max_circuits: crate::relay::DEFAULT_RELAY_MAX_CIRCUITS,
+            relay_max_circuit_bytes: crate::relay::DEFAULT_RELAY_MAX_CIRCUIT_BYTES,
+            relay_max_circuit_duration: "30m".into(),
             ext_authz_listen: None,
             stale_after: "5m".into(),
             on_stale: OnStale::Keep,
@@ -282,6 +305,14 @@ impl Config {
              discovery_peers = {}\n\
              # also find peers on the local network by mDNS\n\
              mdns = {}\n\
+             # relay for admitted nodes behind NAT (circuit relay v2; only on a node others can dial)\n\
+             relay = {}\n\
+             # relay bounds: reservations and circuits at once, bytes (both ways; 0: no limit)\n\
+             # and time per circuit\n\
+             relay_max_reservations = {}\n\
+             relay_max_circuits = {}\n\
+             relay_max_circuit_bytes = {}\n\
+             relay_max_circuit_duration = {:?}\n\
              # Envoy ext_authz gRPC service (envoy.service.auth.v3.Authorization), plain HTTP/2;\n\
              # loopback unless api_insecure (unset: not served)\n\
              {}\n\
@@ -332,6 +363,11 @@ impl Config {
             self.discovery,
             self.discovery_peers,
             self.mdns,
+            self.relay,
+            self.relay_max_reservations,
+            self.relay_max_circuits,
+            self.relay_max_circuit_bytes,
+            self.relay_max_circuit_duration,
             match &self.ext_authz_listen {
                 Some(a) => format!("ext_authz_listen = {a:?}"),
                 None => "# ext_authz_listen = \"127.0.0.1:7102\"".to_owned(),
@@ -396,6 +432,10 @@ mod tests {
         c.discovery = false;
         c.discovery_peers = 3;
         c.mdns = true;
+        c.relay = true;
+        c.relay_max_circuits = 3;
+        c.relay_max_circuit_bytes = 0;
+        c.relay_max_circuit_duration = "2m".into();
         c.on_stale = OnStale::Deny;
         c.api_threads = 3;
         c.max_connections_per_ip = 0;

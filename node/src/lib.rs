@@ -23,6 +23,7 @@ pub mod layout;
 pub mod limits;
 pub mod liveness;
 pub mod metrics;
+pub mod relay;
 pub mod reload;
 pub mod report;
 pub mod respond;

@@ -42,10 +42,12 @@ use libp2p::{Multiaddr, PeerId, connection_limits};
 /// hundred sites peer with, and caps what a flood of connections can take.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 
-/// Default [`ConnectionLimits::per_peer`]: 2. A node needs one connection
+/// Default [`ConnectionLimits::per_peer`]: 3. A node needs one connection
 /// to a peer; two nodes that dial each other at the same moment briefly
-/// hold two.
-pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// hold two, and two nodes behind NAT that did so through a relay need a
+/// third for the direct connection a hole punch makes (the relayed ones
+/// are closed once it has settled, [`crate::relay`]).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: u32 = 3;
 
 /// Default [`ConnectionLimits::per_ip`]: 8. A site runs one node, at most a
 /// few behind one NAT address: 8 lets four nodes share an address with

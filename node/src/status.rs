@@ -42,6 +42,46 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The reachability line, and the relay lines when there is something
+/// to say: the relays this node listens through, what it relays for
+/// others, its hole punches.
+fn render_reachability(s: &Status) -> String {
+    let r = &s.relay;
+    let mut out = format!(
+        "  reachable:   {}{}\n",
+        if s.reachability.is_empty() {
+            "unknown"
+        } else {
+            &s.reachability
+        },
+        match r.via.len() {
+            0 => String::new(),
+            n => format!(", through {n} relay(s)"),
+        }
+    );
+    for a in &r.via {
+        out += &format!("    via {a}\n");
+    }
+    if r.serving {
+        out += &format!(
+            "  relaying:    {} reservation(s), {} circuit(s); refused {} reservation(s), {} circuit(s)\n",
+            r.reservations, r.circuits, r.refused_reservations, r.refused_circuits
+        );
+    }
+    if r.hole_punches > 0 || r.hole_punch_failures > 0 {
+        out += &format!(
+            "  hole punch:  {} succeeded, {} failed{}\n",
+            r.hole_punches,
+            r.hole_punch_failures,
+            r.last_hole_punch_error
+                .as_ref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
 /// The readable form of a status.
 pub fn render_status(s: &Status) -> String {
     let mut out = String::new();
@@ -72,10 +112,16 @@ pub fn render_status(s: &Status) -> String {
         }
     );
     let admitted = s.peers.iter().filter(|p| p.admitted).count();
+    let relayed_only = s
+        .peers
+        .iter()
+        .filter(|p| p.route.as_deref() == Some("relayed"))
+        .count();
     out += &format!(
-        "  peers:       {} connected, {} admitted\n",
+        "  peers:       {} connected, {} admitted, {} reachable only through a relay\n",
         s.peers.len(),
-        admitted
+        admitted,
+        relayed_only
     );
     for p in &s.peers {
         out += &format!(
@@ -98,6 +144,7 @@ pub fn render_status(s: &Status) -> String {
                 .unwrap_or_default()
         );
     }
+    out += &render_reachability(s);
     out += &format!("  bundles:     {}\n", s.bundles.len());
     for b in &s.bundles {
         out += &format!(
@@ -179,4 +226,55 @@ pub fn render_status(s: &Status) -> String {
         out += &format!("  refused:     {}\n", refused.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_peers_reachable_only_through_a_relay() {
+        let peer = |route: &str, punched: bool| {
+            serde_json::json!({
+                "node_id": "n", "peer_id": "n", "admitted": true, "score": null,
+                "transport": if route == "relayed" { "relayed" } else { "quic" },
+                "address": "/ip4/203.0.113.9/udp/7101/quic-v1", "route": route,
+                "hole_punched": punched,
+            })
+        };
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "node_id": "me", "listen": [], "heads": [], "digest": "", "bundles": [],
+            "revocations": 0, "conflicts": [], "updates": 0, "held": 0,
+            "last_sync_ms_ago": null,
+            "trust_root": {"version": 1, "expires": 0, "expired": false},
+            "stats": {"applied": 0, "refused": {}, "sync_rounds": 0, "synced": 0, "bans": 0},
+            "peers": [peer("relayed", false), peer("relayed", false),
+                      peer("direct after hole punch", true), peer("direct", false)],
+            "reachability": "private",
+            "relay": {"serving": true, "reservations": 3, "circuits": 2,
+                      "refused_reservations": 1, "refused_circuits": 4,
+                      "via": ["/ip4/203.0.113.9/udp/7101/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"],
+                      "hole_punches": 1, "hole_punch_failures": 0,
+                      "last_hole_punch_error": null},
+        }))
+        .unwrap();
+        let text = render_status(&status);
+        assert!(
+            text.contains("4 connected, 4 admitted, 2 reachable only through a relay"),
+            "{text}"
+        );
+        assert!(text.contains("quic direct after hole punch"), "{text}");
+        assert!(
+            text.contains("reachable:   private, through 1 relay(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("relaying:    3 reservation(s), 2 circuit(s); refused 1 reservation(s), 4 circuit(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hole punch:  1 succeeded, 0 failed"),
+            "{text}"
+        );
+    }
 }

@@ -21,12 +21,16 @@
 //!   partition is found out in seconds and redialed, instead of waiting on
 //!   TCP retransmissions that back off to minutes;
 //! - Kademlia among admitted peers and, when asked for, mDNS
-//!   ([`crate::discovery`]).
+//!   ([`crate::discovery`]);
+//! - NAT traversal ([`crate::relay`]): the circuit relay v2 server (on
+//!   `relay = true` nodes, for admitted peers only) and client (on every
+//!   node), DCUtR hole punching on relayed connections, and autonat.
 //!
 //! A dial given several addresses of a peer ranks them as libp2p's smart
 //! dialing does: QUIC first, TCP a moment later (30 ms on a private
 //! network, 250 ms on a public one) if QUIC has not connected by then, so
-//! a peer that has both is reached over QUIC unless UDP is blocked.
+//! a peer that has both is reached over QUIC unless UDP is blocked; a
+//! relayed address (`/p2p-circuit`) 250 ms after the direct ones.
 
 use std::io;
 use std::sync::Arc;
@@ -42,8 +46,8 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify,
-    identity, kad, mdns, ping,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr,
+    identify, identity, kad, mdns, ping, relay,
 };
 use sha2::{Digest as _, Sha256};
 use weft_protocol::identity::SecretKey;
@@ -227,6 +231,16 @@ pub(crate) struct Behaviour {
     pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     /// mDNS on the local network (on with `mdns = true`).
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// The circuit relay v2 server, for admitted peers only (on with
+    /// `relay = true`).
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// The circuit relay v2 client: reservations on relays, and dials
+    /// through them.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Hole punching on relayed connections.
+    pub(crate) dcutr: dcutr::Behaviour,
+    /// Whether the node can be dialed from outside (off only in tests).
+    pub(crate) autonat: Toggle<autonat::Behaviour>,
 }
 
 /// The gossipsub configuration. The measurements behind each setting are
@@ -331,14 +345,36 @@ pub fn peer_score(topic: &IdentTopic) -> (PeerScoreParams, PeerScoreThresholds) 
     (params, thresholds)
 }
 
+/// What the behaviour is built from besides the key.
+struct Parts<'a> {
+    topic: &'a IdentTopic,
+    limits: &'a crate::limits::ConnectionLimits,
+    discovery: &'a crate::discovery::DiscoveryOptions,
+    relay_client: relay::client::Behaviour,
+    admitted: &'a crate::relay::Admitted,
+}
+
 fn build_behaviour(
     key: &identity::Keypair,
-    topic: &IdentTopic,
-    limits: &crate::limits::ConnectionLimits,
-    discovery: &crate::discovery::DiscoveryOptions,
+    parts: Parts<'_>,
     metrics: &mut prometheus_client::registry::Registry,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let Parts {
+        topic,
+        limits,
+        discovery,
+        relay_client,
+        admitted,
+    } = parts;
     let local = key.public().to_peer_id();
+    let relay = discovery
+        .relay
+        .server
+        .then(|| crate::relay::server(local, &discovery.relay, admitted));
+    let autonat = discovery
+        .relay
+        .probe_reachability
+        .then(|| crate::relay::autonat(local));
     let kad = discovery
         .kademlia
         .then(|| crate::discovery::kademlia(local));
@@ -383,6 +419,10 @@ fn build_behaviour(
         ),
         kad: kad.into(),
         mdns: mdns.into(),
+        relay: relay.into(),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(local),
+        autonat: autonat.into(),
     })
 }
 
@@ -402,22 +442,31 @@ pub fn libp2p_keypair(key: &SecretKey) -> Result<identity::Keypair, String> {
 /// Builds the swarm: the transports of [`crate::transport`] (their bytes
 /// counted into `traffic`), and [`Behaviour`] with these connection
 /// `limits` and `discovery`, its gossipsub metrics registered in
-/// `metrics`. Dials rank a peer's addresses QUIC first (see the module
-/// doc).
+/// `metrics`; the relay server, if any, serves the peers in `admitted`
+/// only. Dials rank a peer's addresses QUIC first (see the module doc).
 pub(crate) fn build_swarm(
     key: identity::Keypair,
     topic: &IdentTopic,
     traffic: Arc<Traffic>,
     limits: &crate::limits::ConnectionLimits,
     discovery: &crate::discovery::DiscoveryOptions,
+    admitted: &crate::relay::Admitted,
     metrics: &mut prometheus_client::registry::Registry,
 ) -> Result<Swarm<Behaviour>, String> {
     let topic = topic.clone();
+    let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
+    let parts = Parts {
+        topic: &topic,
+        limits,
+        discovery,
+        relay_client,
+        admitted,
+    };
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_other_transport(|key| crate::transport::build(key, traffic))
+        .with_other_transport(|key| crate::transport::build(key, traffic, relay_transport))
         .map_err(|e| format!("cannot set up the transports: {e}"))?
-        .with_behaviour(|key| build_behaviour(key, &topic, limits, discovery, metrics))
+        .with_behaviour(|key| build_behaviour(key, parts, metrics))
         .map_err(|e| format!("cannot set up the network behaviour: {e}"))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)

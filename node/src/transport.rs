@@ -1,13 +1,16 @@
 //! The node's libp2p transports: TCP (Noise, Yamux) and QUIC side by side,
-//! under a DNS resolver, with the bounds on connects and handshakes and the
-//! byte counters every connection feeds.
+//! under a DNS resolver, beside the circuit relay client, with the bounds
+//! on connects and handshakes and the byte counters every connection feeds.
 //!
 //! Layout:
 //! ```text
-//! DNS (/dns4, /dns6, /dns: resolved when dialing; system resolver, /etc/hosts first)
-//! └── or
-//!     ├── TCP (nodelay, connect ≤ CONNECT_TIMEOUT) → counted → Noise → Yamux (≤ HANDSHAKE_TIMEOUT)
-//!     └── QUIC v1 (/udp/PORT/quic-v1: TLS 1.3 and streams built in) → counted streams
+//! or
+//! ├── relay client (/…/p2p/RELAY/p2p-circuit[/p2p/PEER]: a stream through a relay,
+//! │   over one of the connections below) → Noise → Yamux (≤ HANDSHAKE_TIMEOUT)
+//! └── DNS (/dns4, /dns6, /dns: resolved when dialing; system resolver, /etc/hosts first)
+//!     └── or
+//!         ├── TCP (nodelay, connect ≤ CONNECT_TIMEOUT) → counted → Noise → Yamux (≤ HANDSHAKE_TIMEOUT)
+//!         └── QUIC v1 (/udp/PORT/quic-v1: TLS 1.3 and streams built in) → counted streams
 //! ```
 //!
 //! Rules:
@@ -23,7 +26,8 @@
 //!   checked above every transport alike (`task`, the replica's admission).
 //! - [`Traffic`] counts TCP bytes on the socket (Noise and Yamux overhead
 //!   included) and QUIC bytes on its streams (QUIC's own headers and
-//!   encryption not included).
+//!   encryption not included). A relayed connection is counted once, as
+//!   the bytes of the connection to the relay that carries it.
 //! - Names in `listen` addresses are resolved once, at start
 //!   ([`resolve_listen`]); names in peer addresses at every dial, so a
 //!   site whose address changes is found again.
@@ -42,7 +46,7 @@ use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{Boxed, OrTransport, Transport as _};
 use libp2p::core::upgrade;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId, dns, identity, noise, quic, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, dns, identity, noise, quic, relay, tcp, yamux};
 
 /// How long a TCP connect may take before the dial fails (the handshakes
 /// above it are not included), and how long an outgoing QUIC dial may take
@@ -64,23 +68,30 @@ pub enum Kind {
     Tcp,
     /// QUIC v1.
     Quic,
+    /// A circuit through a relay (`/p2p-circuit`), with Noise and Yamux,
+    /// over the relay's connections (TCP or QUIC).
+    Relayed,
 }
 
 impl Kind {
-    /// The transport of an address: QUIC if it has `/quic-v1`, else TCP.
+    /// The transport of an address: relayed if it has `/p2p-circuit`, else
+    /// QUIC if it has `/quic-v1`, else TCP.
     pub fn of(addr: &Multiaddr) -> Kind {
-        if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
+        if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+            Kind::Relayed
+        } else if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) {
             Kind::Quic
         } else {
             Kind::Tcp
         }
     }
 
-    /// `tcp` or `quic`, as `/v1/status` shows it.
+    /// `tcp`, `quic` or `relayed`, as `/v1/status` shows it.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Tcp => "tcp",
             Kind::Quic => "quic",
+            Kind::Relayed => "relayed",
         }
     }
 }
@@ -281,14 +292,30 @@ fn counted_quic(key: &identity::Keypair, traffic: Arc<Traffic>) -> Boxed<(PeerId
         .boxed()
 }
 
-/// The node's transport: TCP and QUIC under DNS (see the module doc), its
-/// bytes counted into `traffic`. The resolver is the system's
-/// (`/etc/resolv.conf`, with `/etc/hosts` looked up first); on a host
-/// whose resolver configuration cannot be read, names resolve through
-/// `/etc/hosts` only, which is logged.
+/// The relay client's transport (from `libp2p::relay::client::new`), with
+/// Noise and Yamux on each circuit, within [`HANDSHAKE_TIMEOUT`].
+fn relayed(
+    key: &identity::Keypair,
+    relay: relay::client::Transport,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Error> {
+    Ok(relay
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .timeout(HANDSHAKE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+/// The node's transport: the relay client beside TCP and QUIC under DNS
+/// (see the module doc), its bytes counted into `traffic`. The resolver is
+/// the system's (`/etc/resolv.conf`, with `/etc/hosts` looked up first); on
+/// a host whose resolver configuration cannot be read, names resolve
+/// through `/etc/hosts` only, which is logged.
 pub fn build(
     key: &identity::Keypair,
     traffic: Arc<Traffic>,
+    relay: relay::client::Transport,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Error> {
     let both = || -> Result<_, Error> {
         Ok(OrTransport::new(
@@ -297,7 +324,7 @@ pub fn build(
         )
         .map(|either, _| either.into_inner()))
     };
-    Ok(match dns::tokio::Transport::system(both()?) {
+    let direct = match dns::tokio::Transport::system(both()?) {
         Ok(resolving) => resolving.boxed(),
         Err(err) => {
             tracing::warn!(%err, "cannot read the system's DNS configuration: peer names resolve through /etc/hosts only");
@@ -308,7 +335,10 @@ pub fn build(
             )
             .boxed()
         }
-    })
+    };
+    Ok(OrTransport::new(relayed(key, relay)?, direct)
+        .map(|either, _| either.into_inner())
+        .boxed())
 }
 
 /// A listen address with its name resolved: `/dns4/NAME`, `/dns6/NAME`
@@ -385,6 +415,11 @@ mod tests {
         assert_eq!(Kind::of(&ma("/ip4/10.0.0.1/udp/7101/quic-v1")), Kind::Quic);
         assert_eq!(Kind::of(&ma("/dns4/a.example/udp/1/quic-v1")), Kind::Quic);
         assert_eq!(path_of(&ma("/ip4/10.0.0.1/tcp/7101")), "direct");
+        let circuit = ma(
+            "/ip4/10.0.0.1/udp/7101/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
+        );
+        assert_eq!(Kind::of(&circuit), Kind::Relayed);
+        assert_eq!(Kind::of(&circuit).as_str(), "relayed");
         assert_eq!(
             path_of(&ma(
                 "/ip4/10.0.0.1/tcp/7101/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit"

@@ -755,6 +755,26 @@ async fn a_node_answers_proxies_for_jwt_holders_and_reports_its_issuers() {
     }
     assert!(dir.join("jwks").read_dir().unwrap().count() == 1);
 
+    // nginx asks with HEAD (docs/proxies.md): the same decision, by the
+    // original method, in the status and headers, with no body.
+    let head = |token: String| {
+        reqwest::Client::new()
+            .head(format!("{api}/v1/forward-auth"))
+            .header("x-original-uri", "/docs/1")
+            .header("x-original-method", "GET")
+            .bearer_auth(token)
+            .send()
+    };
+    let r = head(alice_token.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-weft-principal"], r#"User::"alice""#);
+    assert!(r.headers().contains_key("x-weft-decision-id"));
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = head(ed.sign(&claims(iss, "bob", 600))).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(!r.headers().contains_key("x-weft-principal"));
+    assert!(r.bytes().await.unwrap().is_empty());
+
     // Revoked: denied whatever token it holds, the cached one included.
     let change = doc
         .build_revoke(actor(2), r#"User::"alice""#, "left", 0)

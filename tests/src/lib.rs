@@ -5,5 +5,6 @@ pub mod delay;
 pub mod hostile;
 pub mod inputs;
 pub mod mesh;
+pub mod nat;
 pub mod netns;
 pub mod proxy;

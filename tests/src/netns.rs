@@ -47,9 +47,9 @@ use tempfile::TempDir;
 use weft_protocol::identity::SecretKey;
 
 /// Prefix of every namespace a lab makes.
-const NS_PREFIX: &str = "weftlab-";
+pub(crate) const NS_PREFIX: &str = "weftlab-";
 /// Prefix of the bridge and of the root-side veth ends.
-const LINK_PREFIX: &str = "wl";
+pub(crate) const LINK_PREFIX: &str = "wl";
 /// The libp2p port of every node (each has its own network stack).
 pub const P2P_PORT: u16 = 7101;
 /// The HTTP API port of every node.
@@ -57,6 +57,21 @@ pub const API_PORT: u16 = 7100;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Holds every other lab of this process off (labs of both kinds, this
+/// module's and [`crate::nat`]'s, run one at a time).
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A lab's tag (`PID36xSEQ36`, for link names) and its sequence number.
+pub(crate) fn next_tag() -> (String, u32) {
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    (
+        format!("{}x{}", base36(std::process::id()), base36(seq)),
+        seq,
+    )
+}
 
 /// Runs a command, failing with its stderr when it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
@@ -74,7 +89,8 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<String> {
+/// Runs `ip ARGS`.
+pub(crate) fn ip(args: &[&str]) -> Result<String> {
     run(Command::new("ip").args(args))
 }
 
@@ -159,7 +175,8 @@ pub fn weft_status(args: &[&str]) -> Result<(i32, String, String)> {
     ))
 }
 
-fn last_line(s: &str) -> String {
+/// The last line of a command's output, trimmed.
+pub(crate) fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or_default().trim().to_owned()
 }
 
@@ -326,7 +343,7 @@ impl Lab {
     /// Builds the network, the keys and the node directories, and starts
     /// every node. Fails (never skips) when namespaces cannot be made.
     pub fn new(spec: LabSpec) -> Result<Lab> {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = serial();
         ensure!(
             spec.nodes <= 40,
             "a lab has at most 40 nodes (interface names are short)"
@@ -335,9 +352,7 @@ impl Lab {
         clean_stale().context(
             "network namespaces are unavailable: the netns suite needs root, iproute2 and nftables",
         )?;
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let pid36 = base36(std::process::id());
-        let tag = format!("{pid36}x{}", base36(seq));
+        let (tag, seq) = next_tag();
         let dir = tempfile::Builder::new().prefix("weft-lab-").tempdir()?;
         let k = free_subnet()?;
         let bridge_ip = Ipv4Addr::new(10, 214, k, 1);
@@ -946,7 +961,8 @@ impl Drop for Lab {
     }
 }
 
-fn nft_load(ns: &str, script: &str) -> Result<()> {
+/// Loads an nftables script into namespace `ns`.
+pub(crate) fn nft_load(ns: &str, script: &str) -> Result<()> {
     use std::io::Write as _;
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "-f", "-"])

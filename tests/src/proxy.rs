@@ -136,6 +136,7 @@ http {{
         location = /_weft {{
             internal;
             proxy_pass http://weft/v1/forward-auth;
+            proxy_method HEAD;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_pass_request_body off;
@@ -415,4 +416,55 @@ pub fn server_quantile(before: &str, after: &str, route: &str, q: f64) -> Option
         prev = (le, n);
     }
     None
+}
+
+/// A `weft node run` process on loopback, as a site runs it (its API on
+/// its own `weft-api` threads), killed on drop.
+pub struct NodeProcess {
+    child: Child,
+    /// Where its HTTP API listens (`host:port`).
+    pub api: String,
+}
+
+impl NodeProcess {
+    /// Starts `weft node run` on `dir` (a node directory with its key,
+    /// trust file and certificate, and the store of an earlier run), with
+    /// the API and libp2p on free loopback ports, and waits until
+    /// `/healthz` answers 200.
+    pub async fn start(dir: &Path) -> Result<NodeProcess> {
+        let bin = crate::netns::weft_bin()?;
+        let api = format!("127.0.0.1:{}", free_port()?);
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port()?);
+        let child = Command::new(bin)
+            .args(["node", "run", "--dir"])
+            .arg(dir)
+            .args(["--api", &api, "--listen", &listen])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let node = NodeProcess { child, api };
+        let url = format!("http://{}/healthz", node.api);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return Ok(node);
+            }
+            if Instant::now() > deadline {
+                bail!("weft node run on {} was not healthy within 30 s", node.api);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use weft_crdt::BundleContent;
 use weft_tests::mesh::{Author, Fixture, addr, admitted, eventually, heads, heads_are, push};
-use weft_tests::proxy::{IdpKey, JwksServer, Nginx, claims, upstream};
+use weft_tests::proxy::{IdpKey, JwksServer, Nginx, NodeProcess, claims, upstream};
 
 const ISS: &str = "http://idp.weft.test";
 const AUD: &str = "weft-demo";
@@ -257,7 +257,7 @@ async fn proxy_bench() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let fx = Fixture::new()?;
-    let (a, _) = fx.spawn("a", true, &[]).await?;
+    let (a, dir) = fx.spawn("a", true, &[]).await?;
     let jwks = JwksServer::start().await?;
     let k1 = IdpKey::new("k1")?;
     jwks.add(&k1);
@@ -269,8 +269,12 @@ async fn proxy_bench() -> Result<()> {
         ..Default::default()
     };
     push(&a, author.bundle_content("web", &content)?).await?;
+    // The node that answers nginx is a `weft node run` process on the
+    // same store, served as a site serves it.
+    a.shutdown().await?;
+    let node = NodeProcess::start(&dir).await?;
+    let api = node.api.clone();
     let app = upstream().await?;
-    let api = a.api_url().replace("http://", "");
     let with = Nginx::start(app, &api, true)?;
     let without = Nginx::start(app, &api, false)?;
     let alice = k1.sign(&claims(ISS, "alice", AUD, 3600))?;
@@ -282,7 +286,7 @@ async fn proxy_bench() -> Result<()> {
     );
     let metrics = || async {
         Ok::<_, anyhow::Error>(
-            reqwest::get(format!("{}/metrics", a.api_url()))
+            reqwest::get(format!("http://{api}/metrics"))
                 .await?
                 .text()
                 .await?,

@@ -20,8 +20,11 @@
 //! - 403 for a deny;
 //!
 //! each with the body `{"decision", "principal", "route", "reasons",
-//! "errors", "revoked", "state", "decision_id"}`. A proxy passes the
-//! 200's headers upstream (nginx: `auth_request_set`).
+//! "errors", "revoked", "state", "decision_id"}`, except to a `HEAD`,
+//! whose answer has the same status and headers and no body (nginx asks
+//! with `HEAD` so that its connection to the node is reused:
+//! docs/proxies.md). A proxy passes the 200's headers upstream (nginx:
+//! `auth_request_set`).
 
 use std::sync::Arc;
 

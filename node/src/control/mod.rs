@@ -25,7 +25,7 @@ pub mod reload;
 mod status;
 
 use crate::swarm::Traffic;
-pub use status::{BundleStatus, PeerStatus, RootStatus, StatsStatus, Status};
+pub use status::{BundleStatus, PeerStatus, RelayStatus, RootStatus, StatsStatus, Status};
 
 /// What a submit came to.
 #[derive(Clone, Debug, PartialEq, Eq)]

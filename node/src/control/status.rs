@@ -26,18 +26,52 @@ pub struct PeerStatus {
     /// answer).
     #[serde(default)]
     pub rtt_ms: Option<f64>,
-    /// The transport of its connection: `tcp` or `quic` (of the oldest,
-    /// when it has several).
+    /// The transport of its connection: `tcp`, `quic`, or `relayed` for a
+    /// circuit through a relay (of the oldest direct one when it has
+    /// several, else of the oldest).
     #[serde(default)]
     pub transport: Option<String>,
     /// The connection's remote address, as a multiaddr: the address
     /// dialed (a name stays a name), or where an inbound one came from.
     #[serde(default)]
     pub address: Option<String>,
-    /// Whether the connection is `direct` or `relayed` (through a relay's
-    /// `/p2p-circuit`).
+    /// Whether the connection is `direct`, `relayed` (through a relay's
+    /// `/p2p-circuit`), or `direct after hole punch` (a direct connection
+    /// DCUtR made from a relayed one).
     #[serde(default)]
     pub route: Option<String>,
+    /// Whether that connection was made by hole punching (DCUtR).
+    #[serde(default)]
+    pub hole_punched: bool,
+}
+
+/// NAT traversal in [`Status`]: what autonat found, the relays this node
+/// listens through, what it relays for others, and its hole punches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Whether this node relays for admitted peers (`relay = true`).
+    pub serving: bool,
+    /// Reservations it holds for others now (as a relay).
+    pub reservations: u64,
+    /// Circuits open through it now (as a relay).
+    pub circuits: u64,
+    /// Reservations it refused since start: a peer not admitted, or a
+    /// bound reached.
+    pub refused_reservations: u64,
+    /// Circuits it refused since start, for the same reasons or a
+    /// destination with no reservation.
+    pub refused_circuits: u64,
+    /// The relayed addresses this node is reachable at
+    /// (`/…/p2p/RELAY/p2p-circuit/p2p/ME`), one per relay that accepted
+    /// its reservation.
+    pub via: Vec<String>,
+    /// Direct connections made by hole punching since start (as DCUtR
+    /// reported them, or as they came in through the NAT).
+    pub hole_punches: u64,
+    /// Hole punches that failed since start (each after DCUtR's attempts).
+    pub hole_punch_failures: u64,
+    /// Why the last hole punch failed, if one has.
+    pub last_hole_punch_error: Option<String>,
 }
 
 /// One bundle in [`Status`].
@@ -131,4 +165,11 @@ pub struct Status {
     /// Anomaly detection and quarantines issued.
     #[serde(default)]
     pub anomalies: crate::anomaly::AnomalyStatus,
+    /// Whether the node can be dialed from outside, as autonat found:
+    /// `public`, `private` or `unknown`.
+    #[serde(default)]
+    pub reachability: String,
+    /// NAT traversal: relays, circuits, hole punches.
+    #[serde(default)]
+    pub relay: RelayStatus,
 }

@@ -9,6 +9,7 @@
 //!   disconnected for want of a certificate leaves it and the book.
 //! - Discovery dials only while the node holds fewer connections than
 //!   `discovery_peers`, and counts its own dials in flight against that.
+//! - A direct connection is preferred to a relayed one (`relay.rs`).
 //! - QUIC is preferred whoever dialed and however the race of a dial
 //!   went: an admitted peer connected over TCP only that has a QUIC
 //!   address in the book is dialed once over QUIC
@@ -16,7 +17,7 @@
 //!   take), and once its QUIC connection has been up for [`QUIC_SETTLE`]
 //!   its TCP connections are closed (not at once: the admission exchange
 //!   or a sync may still be running on them). Two TCP connections to one
-//!   peer (both dialed at once) leave no room under the per-peer limit:
+//!   peer (both dialed at once) take two of the per-peer limit's places:
 //!   both sides keep the one the smaller peer id dialed.
 
 use std::collections::BTreeMap;
@@ -62,17 +63,18 @@ pub(super) struct DiscoveryState {
 /// One open connection.
 #[derive(Debug)]
 pub(super) struct Conn {
-    id: ConnectionId,
-    /// Its remote address.
-    remote: Multiaddr,
+    pub(super) id: ConnectionId,
+    /// Its remote address; for a relayed connection that came in, the
+    /// circuit it came through (`/…/p2p/RELAY/p2p-circuit/p2p/PEER`).
+    pub(super) remote: Multiaddr,
     /// When it opened.
-    since: Instant,
+    pub(super) since: Instant,
     /// Whether this node dialed it.
-    dialer: bool,
+    pub(super) dialer: bool,
 }
 
 impl Conn {
-    fn kind(&self) -> Kind {
+    pub(super) fn kind(&self) -> Kind {
         Kind::of(&self.remote)
     }
 }
@@ -113,6 +115,7 @@ impl NodeTask {
         if self.discovery.dialing.remove(&id).is_some() {
             self.discovery.book.connected(&peer);
         }
+        self.relay_note_connection(&peer, id);
     }
 
     /// Dials over QUIC, once per stay, each admitted peer connected over
@@ -137,8 +140,9 @@ impl NodeTask {
                     .any(|a| Kind::of(a) == Kind::Quic)
             {
                 // Two TCP connections (both sides dialed at once) to a
-                // peer with a QUIC address leave no room for a QUIC one:
-                // both sides keep the one the smaller peer id dialed.
+                // peer with a QUIC address take two places under the
+                // per-peer limit: both sides keep the one the smaller peer
+                // id dialed.
                 let keep_dialed_here = local < *peer;
                 let (keep, drop): (Vec<&Conn>, Vec<&Conn>) =
                     l.iter().partition(|c| c.dialer == keep_dialed_here);
@@ -204,6 +208,7 @@ impl NodeTask {
                 self.discovery.connections.remove(&peer);
             }
         }
+        self.relay.hole_punched.remove(&id);
         if last {
             self.discovery.heard.remove(&peer);
             self.discovery.quic_tried.remove(&peer);
@@ -218,14 +223,12 @@ impl NodeTask {
         }
     }
 
-    /// The transport, remote address and route of `peer`'s oldest open
-    /// connection.
-    pub(super) fn connection_of(&self, peer: &PeerId) -> Option<&Multiaddr> {
-        self.discovery
-            .connections
-            .get(peer)
-            .and_then(|l| l.first())
-            .map(|c| &c.remote)
+    /// `peer`'s oldest direct connection, else its oldest one, for status.
+    pub(super) fn connection_of(&self, peer: &PeerId) -> Option<&Conn> {
+        let l = self.discovery.connections.get(peer)?;
+        l.iter()
+            .find(|c| c.kind() != Kind::Relayed)
+            .or_else(|| l.first())
     }
 
     /// What a peer reported by identify: its listen addresses enter the
@@ -240,6 +243,7 @@ impl NodeTask {
             return;
         };
         tracing::trace!(peer = %peer_id, agent = %info.agent_version, addrs = info.listen_addrs.len(), "identified peer");
+        self.relay_protocols(peer_id, &info.protocols);
         let Some(remote) = self
             .discovery
             .connections
@@ -280,8 +284,9 @@ impl NodeTask {
     }
 
     /// `peer` is not to be dialed again by discovery: banned, or refused
-    /// for want of a valid certificate.
+    /// for want of a valid certificate. It leaves the relay's gate at once.
     pub(super) fn forget_peer(&mut self, peer: &PeerId) {
+        self.relay_gone(peer);
         self.discovery.book.forget(peer);
         self.discovery.heard.remove(peer);
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
@@ -344,6 +349,7 @@ impl NodeTask {
     /// the node holds fewer connections than it wants.
     pub(super) fn discover(&mut self) {
         self.prefer_quic();
+        self.prefer_direct();
         let want = self.discovery.options.peers;
         if want == 0 {
             return;

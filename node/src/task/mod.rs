@@ -4,8 +4,9 @@
 //! The swarm itself (behaviours, codec) is [`crate::swarm`], its
 //! transports [`crate::transport`]; the commands the task takes and the
 //! state it shares are [`crate::control`]; the status and the evidence the
-//! task answers are built in `status.rs` in this module, and what it does
-//! to find peers beyond the configured ones in `discovery.rs`.
+//! task answers are built in `status.rs` in this module, what it does
+//! to find peers beyond the configured ones in `discovery.rs`, and its side
+//! of NAT traversal (relays, hole punching, reachability) in `relay.rs`.
 //!
 //! # Mapping
 //! | replica | driver |
@@ -53,6 +54,7 @@ use crate::store::{Store, StoreError};
 use crate::swarm::{Behaviour, BehaviourEvent, TOPIC, fit_response, split_p2p};
 
 mod discovery;
+mod relay;
 mod spans;
 mod status;
 
@@ -120,8 +122,11 @@ pub(crate) struct NodeTaskParts {
     pub trust_file: std::path::PathBuf,
     /// Peers to dial and keep dialing.
     pub peers: Vec<Multiaddr>,
-    /// How to find more peers.
+    /// How to find more peers, and how to relay.
     pub discovery: crate::discovery::DiscoveryOptions,
+    /// The admitted peers the relay server serves (the swarm holds the
+    /// other end); the task keeps it.
+    pub admitted: crate::relay::Admitted,
     /// Applied updates between snapshots.
     pub snapshot_every: u64,
     /// Commands from the API and tests.
@@ -192,6 +197,8 @@ pub(crate) struct NodeTask {
     flush_wanted: Arc<Notify>,
     /// Discovery: the address book, lookups, connections by peer.
     discovery: discovery::DiscoveryState,
+    /// NAT traversal: relays, hole punches, reachability.
+    relay: relay::RelayState,
 }
 
 /// When the updates among a batch of outputs are flushed to disk.
@@ -244,7 +251,7 @@ impl NodeTask {
                 }
             })
             .collect();
-        NodeTask {
+        let mut task = NodeTask {
             swarm: parts.swarm,
             replica: parts.replica,
             store: parts.store,
@@ -279,8 +286,15 @@ impl NodeTask {
             p2p_metrics: parts.p2p_metrics,
             admitted: BTreeSet::new(),
             flush_wanted: Arc::new(Notify::new()),
+            relay: relay::RelayState::new(parts.discovery.relay.clone(), parts.admitted),
             discovery: discovery::DiscoveryState::new(parts.discovery),
+        };
+        // The swarm is listening already: its first addresses were taken
+        // by the start-up, not replayed.
+        for address in task.swarm.listeners().cloned().collect::<Vec<_>>() {
+            task.relay_listening(&address, true);
         }
+        task
     }
 
     /// Handles swarm events that arrived before the task ran (while the
@@ -501,6 +515,7 @@ impl NodeTask {
             id: format!("trust-root-v{version}"),
             touches: vec![format!("trust root version {version}")],
             peer: None,
+            in_force_us: None,
         });
     }
 
@@ -662,6 +677,8 @@ impl NodeTask {
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
                 SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.p2p_metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.p2p_metrics.record(e),
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.p2p_metrics.record(e),
                 _ => {}
             }
         }
@@ -673,12 +690,18 @@ impl NodeTask {
                 ..
             } => {
                 self.answered.insert(*connection_id, Instant::now());
-                self.note_connection(
-                    *peer_id,
-                    *connection_id,
-                    endpoint.get_remote_address().clone(),
-                    endpoint.is_dialer(),
-                );
+                // A relayed connection that came in names only its peer
+                // as its remote address: the circuit it came through is
+                // its local one.
+                let remote = match endpoint {
+                    ConnectedPoint::Listener { local_addr, .. } if endpoint.is_relayed() => {
+                        local_addr
+                            .clone()
+                            .with(libp2p::multiaddr::Protocol::P2p(*peer_id))
+                    }
+                    _ => endpoint.get_remote_address().clone(),
+                };
+                self.note_connection(*peer_id, *connection_id, remote, endpoint.is_dialer());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -736,6 +759,7 @@ impl NodeTask {
             } => {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "peer disconnected");
                 self.admitted.remove(&peer_id);
+                self.relay_gone(&peer_id);
                 self.rtt.remove(&peer_id);
                 let out = self.handle(Input::PeerDisconnected { peer: peer_id });
                 let _ = self.carry_out(out, None, Flush::Background);
@@ -771,6 +795,21 @@ impl NodeTask {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                self.relay_listening(&address, true);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.relay_listening(&address, false);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.relay_listener_closed(listener_id, &reason),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
@@ -778,6 +817,10 @@ impl NodeTask {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_server(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat(e),
             _ => {}
         }
     }
@@ -961,6 +1004,9 @@ impl NodeTask {
         };
 
         let mut applied = false;
+        // Recorded once the view that holds them is published, with that
+        // time: what the node's decisions see is what the audit says.
+        let mut in_force: Vec<(String, Vec<String>, Option<String>)> = Vec::new();
         let mut verdict_given = false;
         let mut refused_recorded = 0;
         let source = match (gossip, flush) {
@@ -1055,11 +1101,11 @@ impl NodeTask {
                         )
                         .take(32)
                         .collect();
-                    self.audit.record(AuditEvent::UpdateApplied {
-                        id: hash.to_string(),
+                    in_force.push((
+                        hash.to_string(),
                         touches,
-                        peer: gossip.map(|(_, p)| p.to_string()),
-                    });
+                        gossip.map(|(_, p)| p.to_string()),
+                    ));
                     self.actors
                         .entry(hex::encode(summary.actor.to_bytes()))
                         .or_default()
@@ -1129,6 +1175,7 @@ impl NodeTask {
                         self.audit.record(AuditEvent::Admitted {
                             peer: peer.to_string(),
                         });
+                        self.relay_admitted(peer);
                         self.on_admitted(peer);
                     }
                 }
@@ -1163,6 +1210,15 @@ impl NodeTask {
             self.shared
                 .view
                 .store(Arc::new(self.replica.state().view().clone()));
+            let now_us = crate::clock::now_us();
+            for (id, touches, peer) in in_force {
+                self.audit.record(AuditEvent::UpdateApplied {
+                    id,
+                    touches,
+                    peer,
+                    in_force_us: Some(now_us),
+                });
+            }
             if **self.shared.root.load() != *self.replica.state().root() {
                 self.shared
                     .root
@@ -1289,5 +1345,6 @@ impl NodeTask {
             }
         }
         self.discover();
+        self.relay_tick();
     }
 }

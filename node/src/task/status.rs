@@ -75,6 +75,8 @@ impl NodeTask {
             .map(|(peer, node, admitted)| {
                 let cert = certs.get(peer);
                 let conn = self.connection_of(peer);
+                let hole_punched = conn.is_some_and(|c| self.relay.hole_punched.contains(&c.id));
+                let conn_addr = conn.map(|c| &c.remote);
                 PeerStatus {
                     node_id: node.to_string(),
                     peer_id: peer.to_string(),
@@ -83,9 +85,16 @@ impl NodeTask {
                     cert_name: cert.map(|c| c.0.clone()),
                     cert_expires: cert.map(|c| c.1),
                     rtt_ms: self.rtt.get(peer).map(|d| d.as_secs_f64() * 1000.0),
-                    transport: conn.map(|a| crate::transport::Kind::of(a).as_str().to_owned()),
-                    address: conn.map(ToString::to_string),
-                    route: conn.map(|a| crate::transport::path_of(a).to_owned()),
+                    transport: conn_addr.map(|a| crate::transport::Kind::of(a).as_str().to_owned()),
+                    address: conn_addr.map(ToString::to_string),
+                    route: conn_addr.map(|a| {
+                        if hole_punched {
+                            "direct after hole punch".to_owned()
+                        } else {
+                            crate::transport::path_of(a).to_owned()
+                        }
+                    }),
+                    hole_punched,
                 }
             })
             .collect();
@@ -158,6 +167,8 @@ impl NodeTask {
                     .count() as u64;
                 a
             },
+            reachability: self.relay.reachability.as_str().to_owned(),
+            relay: self.relay_status(),
         }
     }
 
