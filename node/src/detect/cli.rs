@@ -35,7 +35,13 @@ macro_rules! eval_help {
         replay through a fresh detector (no saved state, no warm-up), from 30 s before the \
         attack's start to its end plus the grace period, with all the ordinary traffic of that \
         span; every alert counts, and FP/1k/day divides by the replayed hours. --no-floors \
-        turns off the detector's absolute floors (the learned model alone)."
+        turns off the detector's absolute floors (the learned model alone).\n\n\
+        --mesh replays a trace of several sites (`gen --multi-site`) as a mesh: a detector per \
+        site fed only that site's decisions, exchanging signed summaries every 10 s as nodes \
+        would, each with its mesh view and cross-site signals; beside it, in the same run, each \
+        site's detector alone, one detector over every site and the rate rule at each site. For \
+        low and slow it also reports the resources the attacker touched before the alert, and \
+        the summaries' cost (bytes per principal, per node per minute)."
     };
 }
 
@@ -46,7 +52,8 @@ pub const DETECT_LONG_ABOUT: &str = concat!(
     `gen` writes a deterministic trace (JSON lines, format weft-trace/v1): principals with \
     daily rhythms, benign surprises (new employees, nightly batch jobs, travellers at a new site) and labeled attacks \
     (credential stuffing, privilege probing, bulk exfiltration, lateral movement across sites, \
-    low-and-slow). ",
+    low-and-slow); with --multi-site also roaming staff, shared service accounts and \
+    multi-site attacks (distributed stuffing, distributed probing, site-to-site movement). ",
     eval_help!()
 );
 
@@ -129,6 +136,9 @@ pub struct EvalArgs {
     /// Mesh mode: a detector per site of the trace, each fed its own site's decisions, exchanging signed summaries every 10 s.
     #[arg(long, conflicts_with = "fresh")]
     pub mesh: bool,
+    /// Mesh mode: new resource bits within an hour at which the mesh view's `new_resources` signal alerts [default: 12].
+    #[arg(long, value_name = "N", requires = "mesh")]
+    pub mesh_new_resources: Option<u32>,
     /// Print the whole report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -222,7 +232,11 @@ fn eval_cmd(a: &EvalArgs) -> Result<ExitCode> {
         cfg.detector.min_norm = n;
     }
     if a.mesh {
-        let report = evaluate_mesh(&trace, &cfg, &MeshConfig::default());
+        let mut mesh = MeshConfig::default();
+        if let Some(n) = a.mesh_new_resources {
+            mesh.new_resources = n;
+        }
+        let report = evaluate_mesh(&trace, &cfg, &mesh);
         if a.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

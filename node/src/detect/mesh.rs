@@ -19,9 +19,11 @@
 //!   arrival change nothing; reports of different sites add up.
 //! - **History**: when a slot leaves the window, each principal in it
 //!   leaves a trace in its history: the sites it was seen at, the
-//!   (action, resource type) pairs it used (a sketch), how many
-//!   slots it was active in, in how many of them at two sites or more, and
-//!   its last few first visits to a site. At most
+//!   (action, resource type) pairs it used (a sketch), the resources it
+//!   used (two generations of a sketch, the older forgotten when the newer
+//!   fills), when it was first seen, how many slots it was active in, in
+//!   how many of them at two sites or more, its last few first visits to a
+//!   site and the slots of its last new resource bits. At most
 //!   [`MeshConfig::max_history`] principals (the least recently seen is
 //!   forgotten), at most [`MeshConfig::max_cells`] cells in the window and
 //!   [`MeshConfig::max_sites`] sites; past those, a summary is refused
@@ -40,6 +42,7 @@
 //! | `first_visits` | first visits to 3 sites or more (sites its history never saw it at) within 15 min, for a principal with a history (30 active slots) |
 //! | `new_site_pairs` | at a site new to it, with an (action, resource type) pair its history never saw at any site, for a principal with a history |
 //! | `impossible_travel` | active in two slots at a site new to it while active at another in the same slot, for a principal with a history that is at two sites in the same slot in under 5% of its active slots |
+//! | `new_resources` | 12 bits of its resource sketch that its history lacked, set within the last hour at any site, for a principal with a history first seen 3 h ago or more |
 //!
 //! Impossible travel has no geography here: sites are node ids. What is
 //! implausible is defined from the principal's own history: someone who is
@@ -61,7 +64,7 @@ use thiserror::Error;
 use weft_protocol::identity::NodeId;
 use weft_protocol::summary::{SignedSummary, Summary, SummaryError};
 
-use super::summary::{Cell, SLOT_MS, distinct, or};
+use super::summary::{Cell, SLOT_MS, distinct, or, popcount};
 use super::{Alert, FeatureContribution, Floors};
 
 /// Settings of the mesh view.
@@ -76,7 +79,8 @@ pub struct MeshConfig {
     /// sixty times over.
     pub max_cells: usize,
     /// Principals' histories kept at most. Default 100,000 (as the
-    /// detector), about 100 bytes each.
+    /// detector), about 250 bytes each (550 at most: a principal that
+    /// keeps meeting new resources and sites).
     pub max_history: usize,
     /// A summary of a slot starting more than this after the node's clock
     /// is refused. Default 60 s.
@@ -102,6 +106,18 @@ pub struct MeshConfig {
     pub new_site_pairs: u32,
     /// Active slots before a principal's history speaks for it. Default 30.
     pub history_slots: u32,
+    /// `new_resources`: bits of the resource sketch new to the principal's
+    /// history, anywhere in the mesh, within
+    /// [`MeshConfig::new_resources_span_ms`]. Default 12: about 17 new
+    /// resources (some fall on bits the principal already set), where the
+    /// busiest ordinary user of the traces meets about 4 in an hour.
+    pub new_resources: u32,
+    /// `new_resources`: the span. Default 1 h.
+    pub new_resources_span_ms: u64,
+    /// `new_resources`: how long since the principal was first seen before
+    /// its history speaks for it. Default 3 h: a new employee meets its
+    /// working set in its first hours.
+    pub new_resources_age_ms: u64,
     /// After a mesh alert on a principal, no other this long. Default
     /// 15 min, as the detector.
     pub cooldown_ms: u64,
@@ -123,6 +139,9 @@ impl Default for MeshConfig {
             travel_slots: 2,
             new_site_pairs: 1,
             history_slots: 30,
+            new_resources: 12,
+            new_resources_span_ms: 3_600_000,
+            new_resources_age_ms: 3 * 3_600_000,
             cooldown_ms: 15 * 60_000,
         }
     }
@@ -148,10 +167,23 @@ pub enum Refused {
     Full(&'static str),
 }
 
+/// Bits of the newer resource generation at which it becomes the older.
+const ROTATE_AT: u32 = 160;
+
+/// New resource bits a history keeps the slots of.
+const MAX_NOVEL: usize = 32;
+
 #[derive(Clone, Debug, Default)]
 struct History {
     known_sites: BTreeSet<u16>,
     known_pairs: [u64; 4],
+    /// The resources it used: two generations of the sketch (the newer
+    /// one is started afresh when it holds [`ROTATE_AT`] bits).
+    known_resources: [[u64; 4]; 2],
+    /// The slots of its last new resource bits (at most [`MAX_NOVEL`]).
+    novel: Vec<u64>,
+    /// The slot it was first seen in.
+    first_slot: Option<u64>,
     active_slots: u32,
     multi_site_slots: u32,
     /// The slots of the last first visits (at most 8).
@@ -183,6 +215,11 @@ pub struct MeshWindow {
     pub established: bool,
     /// Its share of active slots at two sites or more, in its history.
     pub multi_site_share: f64,
+    /// Bits of its resource sketch new to its history within the span
+    /// ([`MeshConfig::new_resources_span_ms`]), the window's included,
+    /// those of an alert's cool-down left out; 0 until its history is old
+    /// enough ([`MeshConfig::new_resources_age_ms`]).
+    pub new_resources: usize,
 }
 
 /// The merged summaries of the mesh for the current window, and the
@@ -345,24 +382,33 @@ impl MeshView {
                 };
                 let mut sites = Vec::new();
                 let mut pairs = [0u64; 4];
+                let mut resources = [0u64; 4];
                 while let Some(e) = cells.first_entry() {
                     if e.key().0 != slot {
                         break;
                     }
                     sites.push(e.key().1);
                     or(&mut pairs, &e.get().pairs);
+                    or(&mut resources, &e.get().resources);
                     e.remove();
                     self.cells -= 1;
                 }
                 if cells.is_empty() {
                     self.live.remove(&p);
                 }
-                self.remember(&p, slot, &sites, &pairs);
+                self.remember(&p, slot, &sites, &pairs, &resources);
             }
         }
     }
 
-    fn remember(&mut self, p: &Arc<str>, slot: u64, sites: &[u16], pairs: &[u64; 4]) {
+    fn remember(
+        &mut self,
+        p: &Arc<str>,
+        slot: u64,
+        sites: &[u16],
+        pairs: &[u64; 4],
+        resources: &[u64; 4],
+    ) {
         if sites.is_empty() {
             return;
         }
@@ -387,6 +433,28 @@ impl MeshView {
             }
         }
         or(&mut h.known_pairs, pairs);
+        // Resources new to it: counted unless they are the evidence of an
+        // alert cooling down, then known either way.
+        h.first_slot.get_or_insert(slot);
+        let cooling = h
+            .last_alert_ms
+            .is_some_and(|t| slot * SLOT_MS < t.saturating_add(self.cfg.cooldown_ms));
+        let span = self.cfg.new_resources_span_ms / SLOT_MS;
+        h.novel.retain(|s| s + span >= slot);
+        if h.active_slots > 0 && !cooling {
+            let new = new_bits(resources, &h.known_resources);
+            for _ in 0..new.min(MAX_NOVEL as u32) {
+                if h.novel.len() >= MAX_NOVEL {
+                    h.novel.remove(0);
+                }
+                h.novel.push(slot);
+            }
+        }
+        or(&mut h.known_resources[0], resources);
+        if popcount(&h.known_resources[0]) >= ROTATE_AT {
+            h.known_resources[1] = h.known_resources[0];
+            h.known_resources[0] = [0; 4];
+        }
         h.active_slots = h.active_slots.saturating_add(1);
         if sites.len() >= 2 {
             h.multi_site_slots = h.multi_site_slots.saturating_add(1);
@@ -408,7 +476,15 @@ impl MeshView {
         let known = |s: u16| h.is_some_and(|h| h.known_sites.contains(&s));
         let mut sites: BTreeMap<u16, u32> = BTreeMap::new();
         let mut by_slot: BTreeMap<u64, Vec<u16>> = BTreeMap::new();
+        // The window's resources, but those of an alert's cool-down.
+        let quiet_from = h
+            .and_then(|h| h.last_alert_ms)
+            .map_or(0, |t| t.saturating_add(self.cfg.cooldown_ms) / SLOT_MS);
+        let mut resources = [0u64; 4];
         for ((slot, site), c) in cells {
+            if *slot >= quiet_from {
+                or(&mut resources, &c.resources);
+            }
             w.total.add_cell(c);
             *sites.entry(*site).or_default() += c.denies;
             by_slot.entry(*slot).or_default().push(*site);
@@ -438,6 +514,23 @@ impl MeshView {
                 .values()
                 .filter(|ss| ss.len() >= 2 && ss.iter().any(|s| !known(*s)))
                 .count();
+        }
+        let aged = |h: &History| {
+            h.first_slot.is_some_and(|f| {
+                self.now_slot >= f.saturating_add(self.cfg.new_resources_age_ms / SLOT_MS)
+            })
+        };
+        if let Some(h) = h
+            && established
+            && aged(h)
+        {
+            let span = self.cfg.new_resources_span_ms / SLOT_MS;
+            let recent = h
+                .novel
+                .iter()
+                .filter(|s| **s + span >= self.now_slot)
+                .count();
+            w.new_resources = recent + new_bits(&resources, &h.known_resources) as usize;
         }
         w
     }
@@ -506,6 +599,17 @@ impl MeshView {
                 format!(
                     "at {} site(s) it never used, with (action, resource type) pairs it never used anywhere ({} new bits of their sketch)",
                     w.new_sites, w.new_pairs
+                ),
+            ));
+        }
+        if w.new_resources as u32 >= self.cfg.new_resources {
+            return Some((
+                "new_resources",
+                format!(
+                    "{} bits of its resource sketch new to it across the mesh within {} min (signal at {})",
+                    w.new_resources,
+                    self.cfg.new_resources_span_ms / 60_000,
+                    self.cfg.new_resources
                 ),
             ));
         }
@@ -601,7 +705,10 @@ impl MeshView {
         self.lru.remove(&h.lru);
         h.lru = self.tick;
         self.lru.insert(self.tick, p.clone());
+        h.first_slot.get_or_insert(now_ms / SLOT_MS);
         h.last_alert_ms = Some(now_ms);
+        // An alert consumes its evidence: the new resources start again.
+        h.novel.clear();
         Some(self.explain(p, now_ms, &w, name, line))
     }
 
@@ -627,6 +734,7 @@ impl MeshView {
                 feature("mesh_sites", w.sites as f64),
                 feature("mesh_first_visits", w.first_visits as f64),
                 feature("mesh_new_pairs", w.new_pairs as f64),
+                feature("mesh_new_resources", w.new_resources as f64),
             ],
             window_start_ms: self
                 .now_slot
@@ -639,6 +747,14 @@ impl MeshView {
             signal: Some(name.to_string()),
         }
     }
+}
+
+/// Bits of `x` in neither generation of `known`.
+fn new_bits(x: &[u64; 4], known: &[[u64; 4]; 2]) -> u32 {
+    x.iter()
+        .zip(known[0].iter().zip(&known[1]))
+        .map(|(x, (a, b))| (x & !(a | b)).count_ones())
+        .sum()
 }
 
 /// Merges two sketches: their union. Commutative, associative and

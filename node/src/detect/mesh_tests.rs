@@ -440,3 +440,84 @@ fn a_summary_holds_the_slot_and_the_busiest_principals() {
     let (_, back) = SignedSummary::open(&bytes, |_| true).unwrap();
     assert_eq!(&back, s);
 }
+
+/// One slot of `p` at site 0 using the resources of `bits`, merged as
+/// the node's own summary.
+fn slot_with(view: &mut MeshView, p: &str, t: u64, bits: &[usize]) {
+    view.advance(t);
+    let mut resources = [0u64; 4];
+    for b in bits {
+        resources[b / 64] |= 1 << (b % 64);
+    }
+    let s = Summary {
+        node: node(0),
+        slot_start_ms: t,
+        slot_ms: SLOT_MS as u32,
+        dropped: 0,
+        principals: vec![PrincipalSummary {
+            principal: p.into(),
+            requests: bits.len() as u32,
+            denies: 0,
+            token_failures: 0,
+            resources,
+            actions: [1],
+            pairs: [1, 0, 0, 0],
+        }],
+    };
+    view.ingest_local(&s).unwrap();
+}
+
+#[test]
+fn resources_new_to_an_established_principal_alert_at_the_twelfth_within_an_hour() {
+    let served = |_: &str| true;
+    let p = "User::\"w\"";
+    let mut view = MeshView::new(MeshConfig::default());
+    // Four hours of its working set, 20 resources, one a slot.
+    let mut t = T0;
+    for k in 0..1440usize {
+        slot_with(&mut view, p, t, &[k % 20]);
+        t += SLOT_MS;
+    }
+    assert!(view.check(t, served).is_empty());
+    // Then a new resource every 3 minutes among its usual ones: nothing
+    // for eleven, an alert at the twelfth.
+    let mut alerts: Vec<Alert> = Vec::new();
+    for n in 0..12usize {
+        for k in 0..17usize {
+            slot_with(&mut view, p, t, &[k % 20]);
+            t += SLOT_MS;
+            assert!(view.check(t, served).is_empty(), "{n} {k}");
+        }
+        slot_with(&mut view, p, t, &[n % 20, 100 + n]);
+        t += SLOT_MS;
+        alerts.extend(view.check(t, served));
+        assert_eq!(alerts.is_empty(), n < 11, "after {} new: {alerts:?}", n + 1);
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].signal.as_deref(), Some("new_resources"));
+    assert!(alerts[0].reason.contains("12 bits"), "{}", alerts[0].reason);
+
+    // The alert consumed them: eleven more during its cool-down (15 min)
+    // and one after it do not alert.
+    for n in 0..11usize {
+        slot_with(&mut view, p, t, &[140 + n]);
+        t += 6 * SLOT_MS;
+    }
+    t += 30 * SLOT_MS;
+    slot_with(&mut view, p, t, &[200]);
+    assert!(view.check(t + SLOT_MS, served).is_empty());
+
+    // A principal first seen an hour ago meeting 20 new resources: its
+    // history is too young to speak for it.
+    let mut view = MeshView::new(MeshConfig::default());
+    let mut t = T0;
+    for k in 0..360usize {
+        slot_with(&mut view, "User::\"young\"", t, &[k % 20]);
+        t += SLOT_MS;
+    }
+    for n in 0..20usize {
+        slot_with(&mut view, "User::\"young\"", t, &[100 + n]);
+        t += SLOT_MS;
+        assert!(view.check(t, served).is_empty());
+    }
+}

@@ -111,7 +111,8 @@
 //! node, and [`Detector::check_mesh`] scores the principals this node served
 //! on what the whole mesh saw in the window: the absolute floors on the
 //! merged counts, and cross-site signals (denies spread over many sites,
-//! first visits to many sites, impossible travel), tabled in [`mesh`].
+//! first visits to many sites, impossible travel, resources new to the
+//! principal anywhere in the mesh), tabled in [`mesh`].
 //! `weft detect eval --mesh` runs one detector per site exchanging the
 //! summaries ([`mesh_eval`]).
 //!

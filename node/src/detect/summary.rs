@@ -3,9 +3,10 @@
 //!
 //! A [`Summarizer`] takes every decision the detector sees and keeps, for
 //! the current slot ([`SLOT_MS`], the detector's 10 s slots), per principal:
-//! requests, denies, failed tokens, and the sketches of the resources and
-//! actions used ([`weft_protocol::summary::sketch_bit`], the same bits on
-//! every node). When a slot has ended, [`Summarizer::summarize`] turns it
+//! requests, denies, failed tokens, and the sketches of the resources,
+//! actions and (action, resource type) pairs used
+//! ([`weft_protocol::summary::sketch_bit`],
+//! [`weft_protocol::summary::pair_bits`], the same bits on every node). When a slot has ended, [`Summarizer::summarize`] turns it
 //! into a [`Summary`] for the mesh: at most
 //! [`weft_protocol::summary::MAX_PRINCIPALS`] principals, the busiest first
 //! (denies and failed tokens weigh four requests each, so a quiet prober is
@@ -14,18 +15,20 @@
 //! publishes it; other nodes merge it into their [`super::mesh::MeshView`].
 //!
 //! # Cost and what a summary reveals
-//! A principal costs its uid (as written, e.g. 15 bytes for `User::"u00042"`)
-//! plus 3 to 6 bytes of counts and, for a principal that made one request
-//! in the slot, 4 bytes of sketches: about 25 bytes per principal per slot
-//! that it was active in, 37 to 70 for a busy one (the sketches go dense at
-//! 32 resources). A summary reveals, to every admitted node: which
-//! principals this node served in the slot, how many requests, denies and
-//! failed tokens each had, and which of 256 (resources) and 64 (actions)
-//! buckets their uids hash to. It does not reveal the resources or actions
-//! themselves, the decisions' times within the slot, the policies, the
-//! request contexts or the tokens; a node that knows a resource's uid can
-//! test whether a principal's bucket for it is set (one in 256 false
-//! matches at one resource, more for busy principals).
+//! A principal costs its uid (as written, e.g. 15 bytes for `User::"u00042"`
+//! with its length), 3 bytes or more of counts and its three sketches: 10
+//! bytes for a principal that made one request in the slot, up to 78 for a
+//! busy one (a sketch goes dense at 32 bits set). About 28 bytes per
+//! principal per slot that it was active in, about 100 for the busiest;
+//! each summary adds about 150 (envelopes, node id, slot, signature). A
+//! summary reveals, to every admitted node: which principals this node
+//! served in the slot, how many requests, denies and failed tokens each
+//! had, and which of 256 (resources), 64 (actions) and 256 ((action,
+//! resource type) pairs) buckets their uids hash to. It does not reveal the
+//! resources or actions themselves, the decisions' times within the slot,
+//! the policies, the request contexts or the tokens; a node that knows a
+//! resource's uid can test whether a principal's bucket for it is set (one
+//! in 256 false matches at one resource, more for busy principals).
 
 use std::collections::HashMap;
 
