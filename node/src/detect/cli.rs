@@ -136,7 +136,7 @@ pub struct EvalArgs {
     /// Mesh mode: a detector per site of the trace, each fed its own site's decisions, exchanging signed summaries every 10 s.
     #[arg(long, conflicts_with = "fresh")]
     pub mesh: bool,
-    /// Mesh mode: new resource bits within an hour at which the mesh view's `new_resources` signal alerts [default: 12].
+    /// Mesh mode: new resource bits within an hour at which the mesh view's `new_resources` signal alerts [default: 14].
     #[arg(long, value_name = "N", requires = "mesh")]
     pub mesh_new_resources: Option<u32>,
     /// Print the whole report as JSON.

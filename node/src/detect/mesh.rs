@@ -20,8 +20,7 @@
 //! - **History**: when a slot leaves the window, each principal in it
 //!   leaves a trace in its history: the sites it was seen at, the
 //!   (action, resource type) pairs it used (a sketch), the resources it
-//!   used (two generations of a sketch, the older forgotten when the newer
-//!   fills), when it was first seen, how many slots it was active in, in
+//!   used (two generations of a sketch, 12 h each), when it was first seen, how many slots it was active in, in
 //!   how many of them at two sites or more, its last few first visits to a
 //!   site and the slots of its last new resource bits. At most
 //!   [`MeshConfig::max_history`] principals (the least recently seen is
@@ -42,7 +41,7 @@
 //! | `first_visits` | first visits to 3 sites or more (sites its history never saw it at) within 15 min, for a principal with a history (30 active slots) |
 //! | `new_site_pairs` | at a site new to it, with an (action, resource type) pair its history never saw at any site, for a principal with a history |
 //! | `impossible_travel` | active in two slots at a site new to it while active at another in the same slot, for a principal with a history that is at two sites in the same slot in under 5% of its active slots |
-//! | `new_resources` | 12 bits of its resource sketch that its history lacked, set within the last hour at any site, for a principal with a history first seen 3 h ago or more |
+//! | `new_resources` | 14 bits of its resource sketch that its history lacked, set within the last hour at any site, and at least twice as many as in the hour before, for a principal with a history first seen 3 h ago or more |
 //!
 //! Impossible travel has no geography here: sites are node ids. What is
 //! implausible is defined from the principal's own history: someone who is
@@ -64,7 +63,7 @@ use thiserror::Error;
 use weft_protocol::identity::NodeId;
 use weft_protocol::summary::{SignedSummary, Summary, SummaryError};
 
-use super::summary::{Cell, SLOT_MS, distinct, or, popcount};
+use super::summary::{Cell, SLOT_MS, distinct, or};
 use super::{Alert, FeatureContribution, Floors};
 
 /// Settings of the mesh view.
@@ -79,7 +78,7 @@ pub struct MeshConfig {
     /// sixty times over.
     pub max_cells: usize,
     /// Principals' histories kept at most. Default 100,000 (as the
-    /// detector), about 250 bytes each (550 at most: a principal that
+    /// detector), about 250 bytes each (700 at most: a principal that
     /// keeps meeting new resources and sites).
     pub max_history: usize,
     /// A summary of a slot starting more than this after the node's clock
@@ -108,9 +107,11 @@ pub struct MeshConfig {
     pub history_slots: u32,
     /// `new_resources`: bits of the resource sketch new to the principal's
     /// history, anywhere in the mesh, within
-    /// [`MeshConfig::new_resources_span_ms`]. Default 12: about 17 new
+    /// [`MeshConfig::new_resources_span_ms`]. Default 14: about 18 new
     /// resources (some fall on bits the principal already set), where the
-    /// busiest ordinary user of the traces meets about 4 in an hour.
+    /// busiest ordinary user of the traces meets about 4 in an hour; and
+    /// twice as many as in the span before, since a principal still
+    /// meeting its working set meets as many hour after hour.
     pub new_resources: u32,
     /// `new_resources`: the span. Default 1 h.
     pub new_resources_span_ms: u64,
@@ -139,7 +140,7 @@ impl Default for MeshConfig {
             travel_slots: 2,
             new_site_pairs: 1,
             history_slots: 30,
-            new_resources: 12,
+            new_resources: 14,
             new_resources_span_ms: 3_600_000,
             new_resources_age_ms: 3 * 3_600_000,
             cooldown_ms: 15 * 60_000,
@@ -167,19 +168,25 @@ pub enum Refused {
     Full(&'static str),
 }
 
-/// Bits of the newer resource generation at which it becomes the older.
-const ROTATE_AT: u32 = 160;
+/// Slots after which the newer resource generation becomes the older:
+/// 12 h, a day's work in each, so what a principal used yesterday is
+/// known today. A flood of resources fills the sketch (then nothing reads
+/// as new until it has rotated out) rather than pushing out what the
+/// principal uses.
+const ROTATE_SLOTS: u64 = 12 * 360;
 
-/// New resource bits a history keeps the slots of.
-const MAX_NOVEL: usize = 32;
+/// New resource bits a history keeps the slots of (two spans' worth).
+const MAX_NOVEL: usize = 48;
 
 #[derive(Clone, Debug, Default)]
 struct History {
     known_sites: BTreeSet<u16>,
     known_pairs: [u64; 4],
     /// The resources it used: two generations of the sketch (the newer
-    /// one is started afresh when it holds [`ROTATE_AT`] bits).
+    /// one is started afresh every [`ROTATE_SLOTS`]).
     known_resources: [[u64; 4]; 2],
+    /// The slot the newer generation started in.
+    generation_slot: u64,
     /// The slots of its last new resource bits (at most [`MAX_NOVEL`]).
     novel: Vec<u64>,
     /// The slot it was first seen in.
@@ -220,6 +227,10 @@ pub struct MeshWindow {
     /// those of an alert's cool-down left out; 0 until its history is old
     /// enough ([`MeshConfig::new_resources_age_ms`]).
     pub new_resources: usize,
+    /// The same over the span before: a principal still meeting its
+    /// working set meets new resources at much the same pace hour after
+    /// hour.
+    pub new_resources_before: usize,
 }
 
 /// The merged summaries of the mesh for the current window, and the
@@ -412,17 +423,9 @@ impl MeshView {
         if sites.is_empty() {
             return;
         }
-        self.tick += 1;
-        if !self.history.contains_key(p)
-            && self.history.len() >= self.cfg.max_history.max(1)
-            && let Some((_, old)) = self.lru.pop_first()
-        {
-            self.history.remove(&old);
-        }
-        let h = self.history.entry(p.clone()).or_default();
-        self.lru.remove(&h.lru);
-        h.lru = self.tick;
-        self.lru.insert(self.tick, p.clone());
+        let cooldown_ms = self.cfg.cooldown_ms;
+        let span = self.cfg.new_resources_span_ms / SLOT_MS;
+        let h = self.touch(p);
         let had = !h.known_sites.is_empty();
         for s in sites {
             if h.known_sites.insert(*s) && had {
@@ -438,9 +441,15 @@ impl MeshView {
         h.first_slot.get_or_insert(slot);
         let cooling = h
             .last_alert_ms
-            .is_some_and(|t| slot * SLOT_MS < t.saturating_add(self.cfg.cooldown_ms));
-        let span = self.cfg.new_resources_span_ms / SLOT_MS;
-        h.novel.retain(|s| s + span >= slot);
+            .is_some_and(|t| slot * SLOT_MS < t.saturating_add(cooldown_ms));
+        h.novel.retain(|s| s + 2 * span >= slot);
+        if h.active_slots == 0 {
+            h.generation_slot = slot;
+        } else if slot >= h.generation_slot.saturating_add(ROTATE_SLOTS) {
+            h.known_resources[1] = h.known_resources[0];
+            h.known_resources[0] = [0; 4];
+            h.generation_slot = slot;
+        }
         if h.active_slots > 0 && !cooling {
             let new = new_bits(resources, &h.known_resources);
             for _ in 0..new.min(MAX_NOVEL as u32) {
@@ -451,10 +460,6 @@ impl MeshView {
             }
         }
         or(&mut h.known_resources[0], resources);
-        if popcount(&h.known_resources[0]) >= ROTATE_AT {
-            h.known_resources[1] = h.known_resources[0];
-            h.known_resources[0] = [0; 4];
-        }
         h.active_slots = h.active_slots.saturating_add(1);
         if sites.len() >= 2 {
             h.multi_site_slots = h.multi_site_slots.saturating_add(1);
@@ -531,6 +536,11 @@ impl MeshView {
                 .filter(|s| **s + span >= self.now_slot)
                 .count();
             w.new_resources = recent + new_bits(&resources, &h.known_resources) as usize;
+            w.new_resources_before = h
+                .novel
+                .iter()
+                .filter(|s| **s + span < self.now_slot && **s + 2 * span >= self.now_slot)
+                .count();
         }
         w
     }
@@ -602,12 +612,16 @@ impl MeshView {
                 ),
             ));
         }
-        if w.new_resources as u32 >= self.cfg.new_resources {
+        if w.new_resources as u32 >= self.cfg.new_resources
+            && w.new_resources >= 2 * w.new_resources_before
+        {
             return Some((
                 "new_resources",
                 format!(
-                    "{} bits of its resource sketch new to it across the mesh within {} min (signal at {})",
+                    "{} bits of its resource sketch new to it across the mesh within {} min, {} in the {} min before (signal at {}, and twice the span before)",
                     w.new_resources,
+                    self.cfg.new_resources_span_ms / 60_000,
+                    w.new_resources_before,
                     self.cfg.new_resources_span_ms / 60_000,
                     self.cfg.new_resources
                 ),
@@ -637,6 +651,42 @@ impl MeshView {
             .filter(|p| served(p))
             .filter_map(|p| self.check_one(&p, now_ms))
             .collect()
+    }
+
+    /// An alert on `principal` at `at_ms` raised elsewhere: by this node's
+    /// detector, or at another node (its quarantine order, arriving). The
+    /// view treats it as its own: its cool-down starts, and the new
+    /// resources the principal met, the alert's evidence, are consumed, so
+    /// that the principal's return to ordinary work at this node does not
+    /// alert on what an attack touched at another.
+    pub fn note_alert(&mut self, principal: &str, at_ms: u64) {
+        let key: Arc<str> = match self.history.get_key_value(principal) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(principal),
+        };
+        let h = self.touch(&key);
+        h.first_slot.get_or_insert(at_ms / SLOT_MS);
+        if h.last_alert_ms.is_none_or(|t| t < at_ms) {
+            h.last_alert_ms = Some(at_ms);
+        }
+        h.novel.clear();
+    }
+
+    /// `p`'s history, made the most recently used (a new one evicts the
+    /// least recently used at the bound).
+    fn touch(&mut self, p: &Arc<str>) -> &mut History {
+        self.tick += 1;
+        if !self.history.contains_key(p)
+            && self.history.len() >= self.cfg.max_history.max(1)
+            && let Some((_, old)) = self.lru.pop_first()
+        {
+            self.history.remove(&old);
+        }
+        let h = self.history.entry(p.clone()).or_default();
+        self.lru.remove(&h.lru);
+        h.lru = self.tick;
+        self.lru.insert(self.tick, p.clone());
+        h
     }
 
     /// A decision this node just made, merged at once into its own cell of
@@ -694,17 +744,7 @@ impl MeshView {
         }
         let w = self.window(p);
         let (name, line) = self.signal(&w)?;
-        self.tick += 1;
-        if !self.history.contains_key(p)
-            && self.history.len() >= self.cfg.max_history.max(1)
-            && let Some((_, old)) = self.lru.pop_first()
-        {
-            self.history.remove(&old);
-        }
-        let h = self.history.entry(p.clone()).or_default();
-        self.lru.remove(&h.lru);
-        h.lru = self.tick;
-        self.lru.insert(self.tick, p.clone());
+        let h = self.touch(p);
         h.first_slot.get_or_insert(now_ms / SLOT_MS);
         h.last_alert_ms = Some(now_ms);
         // An alert consumes its evidence: the new resources start again.

@@ -13,7 +13,10 @@
 //! ([`Detector::check_mesh`]). Between slots, each decision also goes into
 //! its node's view at once ([`MeshView::observe_local`]), which checks its
 //! principal on the spot. Nothing is shared between the nodes but the
-//! summaries' bytes.
+//! summaries' bytes and, at each exchange, the alerts raised anywhere
+//! since the last one ([`MeshView::note_alert`]): each alert is a
+//! quarantine order, which reaches every node (within a second on the
+//! mesh; here at the next slot's end, up to 10 s later).
 //!
 //! Methods, scored as [`super::eval`] scores (the same incidents, grace,
 //! warm-up and metrics):
@@ -191,7 +194,13 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
     let mut signals: BTreeMap<String, usize> = BTreeMap::new();
     let mut per_site: Vec<Vec<Event>> = vec![Vec::new(); names.len()];
 
-    let exchange = |nodes: &mut Vec<Node>, now_ms: u64, cost: &mut SummaryCost| {
+    // Alerts raised since the last exchange, told to every node's view at
+    // the next one, as their quarantine orders would reach the nodes.
+    let mut told: Vec<(String, u64)> = Vec::new();
+    let exchange = |nodes: &mut Vec<Node>,
+                    now_ms: u64,
+                    cost: &mut SummaryCost,
+                    told: &mut Vec<(String, u64)>| {
         let mut sent: Vec<(usize, Vec<u8>)> = Vec::new();
         for (i, n) in nodes.iter_mut().enumerate() {
             n.view.advance(now_ms);
@@ -222,10 +231,17 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
                 }
             }
         }
+        for n in nodes.iter_mut() {
+            for (p, at) in told.iter() {
+                n.view.note_alert(p, *at);
+            }
+        }
+        told.clear();
         let mut out = Vec::new();
         for n in nodes.iter_mut() {
             out.extend(n.detector.check_mesh(&mut n.view, now_ms));
         }
+        told.extend(out.iter().map(|a| (a.principal.clone(), a.at_ms)));
         out
     };
 
@@ -234,7 +250,7 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
     for e in &trace.events {
         let slot = e.decision.at_ms / SLOT_MS;
         if cur_slot.is_some_and(|c| slot > c) {
-            for a in exchange(&mut nodes, slot * SLOT_MS, &mut cost) {
+            for a in exchange(&mut nodes, slot * SLOT_MS, &mut cost, &mut told) {
                 *signals
                     .entry(a.signal.clone().unwrap_or_default())
                     .or_default() += 1;
@@ -250,10 +266,12 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
             .unwrap_or(0);
         per_site[site].push(e.clone());
         if let Some(a) = nodes[site].detector.observe(&e.decision) {
+            told.push((a.principal.clone(), a.at_ms));
             local.push(raised(a));
         }
         let n = &mut nodes[site];
         if let Some(a) = n.view.observe_local(n.id, &e.decision) {
+            told.push((a.principal.clone(), a.at_ms));
             *signals
                 .entry(a.signal.clone().unwrap_or_default())
                 .or_default() += 1;
@@ -261,7 +279,7 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
         }
     }
     if let Some(c) = cur_slot {
-        for a in exchange(&mut nodes, (c + 1) * SLOT_MS, &mut cost) {
+        for a in exchange(&mut nodes, (c + 1) * SLOT_MS, &mut cost, &mut told) {
             *signals
                 .entry(a.signal.clone().unwrap_or_default())
                 .or_default() += 1;
