@@ -324,6 +324,7 @@ mod tests {
             principals: 150,
             hours: 24,
             attacks_per_kind: Some(3),
+            ..TraceConfig::default()
         });
         let anomalies = Arc::new(AnomalyLog::new());
         let (commands, mut node_task) = mpsc::channel(64);

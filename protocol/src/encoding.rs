@@ -61,11 +61,15 @@ pub enum Kind {
     CheckpointGossip,
     /// A node's state exported for authoring tools (`GET /v1/state`).
     State,
+    /// The body of a detection summary, the bytes a node signs.
+    Summary,
+    /// A detection summary with its node's signature, as gossiped.
+    SignedSummary,
 }
 
 impl Kind {
     /// Every kind this build knows.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::TrustRoot,
         Kind::SignedRoot,
         Kind::NodeCert,
@@ -78,6 +82,8 @@ impl Kind {
         Kind::SignedCheckpoint,
         Kind::CheckpointGossip,
         Kind::State,
+        Kind::Summary,
+        Kind::SignedSummary,
     ];
 
     /// The byte that stands for this kind in the envelope.
@@ -95,6 +101,8 @@ impl Kind {
             Kind::SignedCheckpoint => 0x51,
             Kind::CheckpointGossip => 0x52,
             Kind::State => 0x60,
+            Kind::Summary => 0x70,
+            Kind::SignedSummary => 0x71,
         }
     }
 
@@ -118,6 +126,8 @@ impl Kind {
             Kind::SignedCheckpoint => "signed audit checkpoint",
             Kind::CheckpointGossip => "gossiped audit checkpoint",
             Kind::State => "state export",
+            Kind::Summary => "detection summary body",
+            Kind::SignedSummary => "signed detection summary",
         }
     }
 }

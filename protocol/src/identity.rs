@@ -111,17 +111,20 @@ pub enum Domain {
     Quarantine,
     /// An audit log checkpoint, signed by a node: `weft/audit-checkpoint/v1`.
     AuditCheckpoint,
+    /// A detection summary, signed by a node: `weft/detect-summary/v1`.
+    DetectSummary,
 }
 
 impl Domain {
     /// Every domain, in declaration order.
-    pub const ALL: [Domain; 6] = [
+    pub const ALL: [Domain; 7] = [
         Domain::TrustRoot,
         Domain::Update,
         Domain::NodeCert,
         Domain::Token,
         Domain::Quarantine,
         Domain::AuditCheckpoint,
+        Domain::DetectSummary,
     ];
 
     /// The domain-separation prefix of this domain.
@@ -133,6 +136,7 @@ impl Domain {
             Domain::Token => "weft/token/v1",
             Domain::Quarantine => "weft/quarantine/v1",
             Domain::AuditCheckpoint => "weft/audit-checkpoint/v1",
+            Domain::DetectSummary => "weft/detect-summary/v1",
         }
     }
 

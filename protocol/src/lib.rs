@@ -11,6 +11,7 @@
 //! - [`trust`]: the threshold-signed trust root, its rotation, node certificates.
 //! - [`update`]: signed updates and who may make which change.
 //! - [`state`]: the replicated document behind a wall of signature checks.
+//! - [`summary`]: nodes' signed detection summaries, for a mesh-wide view.
 //! - [`wire`]: the sync messages between nodes.
 //! - [`replica`]: the sans-IO replica that the node and the simulator drive.
 //! - [`token`]: short-lived identity tokens.
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod quarantine;
 pub mod replica;
 pub mod state;
+pub mod summary;
 pub mod time;
 pub mod token;
 pub mod trust;

@@ -10,6 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use weft_protocol::time::parse_duration;
 
 use super::eval::{EvalConfig, EvalReport, MethodReport, evaluate};
+use super::mesh::MeshConfig;
+use super::mesh_eval::{MeshEvalReport, evaluate_mesh};
 use super::traces::Trace;
 #[cfg(feature = "sim")]
 use super::traces::{TraceConfig, generate};
@@ -33,7 +35,13 @@ macro_rules! eval_help {
         replay through a fresh detector (no saved state, no warm-up), from 30 s before the \
         attack's start to its end plus the grace period, with all the ordinary traffic of that \
         span; every alert counts, and FP/1k/day divides by the replayed hours. --no-floors \
-        turns off the detector's absolute floors (the learned model alone)."
+        turns off the detector's absolute floors (the learned model alone).\n\n\
+        --mesh replays a trace of several sites (`gen --multi-site`) as a mesh: a detector per \
+        site fed only that site's decisions, exchanging signed summaries every 10 s as nodes \
+        would, each with its mesh view and cross-site signals; beside it, in the same run, each \
+        site's detector alone, one detector over every site and the rate rule at each site. For \
+        low and slow it also reports the resources the attacker touched before the alert, and \
+        the summaries' cost (bytes per principal, per node per minute)."
     };
 }
 
@@ -44,7 +52,8 @@ pub const DETECT_LONG_ABOUT: &str = concat!(
     `gen` writes a deterministic trace (JSON lines, format weft-trace/v1): principals with \
     daily rhythms, benign surprises (new employees, nightly batch jobs, travellers at a new site) and labeled attacks \
     (credential stuffing, privilege probing, bulk exfiltration, lateral movement across sites, \
-    low-and-slow). ",
+    low-and-slow); with --multi-site also roaming staff, shared service accounts and \
+    multi-site attacks (distributed stuffing, distributed probing, site-to-site movement). ",
     eval_help!()
 );
 
@@ -86,6 +95,12 @@ pub struct GenArgs {
     /// Attacks of each kind [default: one per 100 principals, at least 2].
     #[arg(long, value_name = "K")]
     pub attacks_per_kind: Option<usize>,
+    /// Sites (nodes) the decisions come from.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub sites: usize,
+    /// Add multi-site principals (roaming staff, shared service accounts) and attacks (distributed stuffing, distributed probing, site-to-site movement).
+    #[arg(long)]
+    pub multi_site: bool,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +133,12 @@ pub struct EvalArgs {
     /// Without the detector's absolute floors: the learned model alone.
     #[arg(long)]
     pub no_floors: bool,
+    /// Mesh mode: a detector per site of the trace, each fed its own site's decisions, exchanging signed summaries every 10 s.
+    #[arg(long, conflicts_with = "fresh")]
+    pub mesh: bool,
+    /// Mesh mode: new resource bits within an hour at which the mesh view's `new_resources` signal alerts [default: 14].
+    #[arg(long, value_name = "N", requires = "mesh")]
+    pub mesh_new_resources: Option<u32>,
     /// Print the whole report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -142,11 +163,16 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
     if a.hours < 2 {
         bail!("--hours must be at least 2 (the first half is warm-up)");
     }
+    if !(2..=256).contains(&a.sites) {
+        bail!("--sites must be between 2 and 256");
+    }
     let trace = generate(&TraceConfig {
         seed: a.seed,
         principals: a.principals,
         hours: a.hours,
         attacks_per_kind: a.attacks_per_kind,
+        sites: a.sites,
+        multi_site: a.multi_site,
     });
     let f = File::create(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut w = BufWriter::new(f);
@@ -205,6 +231,19 @@ fn eval_cmd(a: &EvalArgs) -> Result<ExitCode> {
     if let Some(n) = a.min_norm {
         cfg.detector.min_norm = n;
     }
+    if a.mesh {
+        let mut mesh = MeshConfig::default();
+        if let Some(n) = a.mesh_new_resources {
+            mesh.new_resources = n;
+        }
+        let report = evaluate_mesh(&trace, &cfg, &mesh);
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", human_mesh(&report));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = evaluate(&trace, &cfg);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -243,6 +282,65 @@ fn table(m: &MethodReport) -> String {
             secs(k.ttd_p50_ms),
             secs(k.ttd_max_ms)
         );
+    }
+    out
+}
+
+/// The human form of a mesh report.
+pub fn human_mesh(r: &MeshEvalReport) -> String {
+    let mut out = format!(
+        "trace seed {}: {} principals, {} h ({:.0} h scored after the warm-up), {} events at {} sites; a detector per site, exchanging signed summaries every 10 s\n\n",
+        r.trace_seed, r.principals, r.hours, r.scored_hours, r.events, r.sites
+    );
+    for m in [&r.mesh, &r.single_site, &r.all_sites_in_one, &r.rate_limit] {
+        out += &table(m);
+        out += "\n";
+    }
+    let low: Vec<String> = [&r.mesh, &r.single_site]
+        .iter()
+        .filter_map(|m| {
+            let k = m.kinds.iter().find(|k| k.kind == "low_and_slow")?;
+            Some(format!(
+                "{}: p50 {}, max {}",
+                m.method,
+                k.resources_before_alert_p50
+                    .map_or("-".into(), |v| v.to_string()),
+                k.resources_before_alert_max
+                    .map_or("-".into(), |v| v.to_string())
+            ))
+        })
+        .collect();
+    out += &format!(
+        "low and slow, resources touched before the alert: {}\n",
+        low.join("; ")
+    );
+    let signals: Vec<String> = r
+        .mesh_signals
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    out += &format!("mesh view alerts by signal: {}\n", signals.join(", "));
+    let c = &r.summaries;
+    out += &format!(
+        "summaries: {} ({} bytes, {:.1} per principal line; {:.0} bytes per node per minute; at most {} principals in one; {} left out; {} verified, {} refused)\n",
+        c.summaries,
+        c.bytes,
+        c.bytes_per_principal,
+        c.bytes_per_node_per_minute,
+        c.max_principals,
+        c.dropped,
+        c.verified,
+        c.refused
+    );
+    out += &format!(
+        "mesh run: {:.0} events/s on one thread, exchanges included\n",
+        r.events_per_sec
+    );
+    if !r.mesh.false_positive_samples.is_empty() {
+        out += "\nmesh false positives (first ones):\n";
+        for f in &r.mesh.false_positive_samples {
+            out += &format!("  {} at {}: {}\n", f.principal, f.at_ms, f.reason);
+        }
     }
     out
 }

@@ -100,6 +100,14 @@ pub struct KindMetrics {
     pub ttd_p50_ms: Option<u64>,
     /// Longest time to detect, ms.
     pub ttd_max_ms: Option<u64>,
+    /// Low and slow, in the mesh evaluation: the distinct resources the
+    /// attacker touched before the first alert, median over the detected
+    /// incidents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources_before_alert_p50: Option<u64>,
+    /// The same, the largest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources_before_alert_max: Option<u64>,
 }
 
 /// A false positive, for the report.
@@ -173,15 +181,15 @@ pub struct EvalReport {
 }
 
 /// An alert, reduced to what scoring needs.
-struct Raised {
-    principal: String,
-    at_ms: u64,
-    reason: String,
+pub(super) struct Raised {
+    pub(super) principal: String,
+    pub(super) at_ms: u64,
+    pub(super) reason: String,
 }
 
 /// The static rule: more than `limit` requests by one principal in 60 s,
 /// with the detector's cooldown.
-fn rate_limit(events: &[Event], limit: u32, cooldown_ms: u64) -> Vec<Raised> {
+pub(super) fn rate_limit(events: &[Event], limit: u32, cooldown_ms: u64) -> Vec<Raised> {
     let mut seen: HashMap<&str, (VecDeque<u64>, Option<u64>)> = HashMap::new();
     let mut out = Vec::new();
     for e in events.iter().map(|e| &e.decision) {
@@ -205,7 +213,7 @@ fn rate_limit(events: &[Event], limit: u32, cooldown_ms: u64) -> Vec<Raised> {
     out
 }
 
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+pub(super) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -221,24 +229,25 @@ fn f1(p: f64, r: f64) -> f64 {
     }
 }
 
-fn r4(v: f64) -> f64 {
+pub(super) fn r4(v: f64) -> f64 {
     (v * 10_000.0).round() / 10_000.0
 }
 
 /// One replay: the incidents it scores and the alerts it raised (those
 /// to score).
-struct Run<'a> {
-    incidents: Vec<&'a Incident>,
-    alerts: Vec<Raised>,
+pub(super) struct Run<'a> {
+    pub(super) incidents: Vec<&'a Incident>,
+    pub(super) alerts: Vec<Raised>,
 }
 
-fn score(
+pub(super) fn score(
     trace: &Trace,
     cfg: &EvalConfig,
     method: &str,
     description: &str,
     runs: &[Run<'_>],
     scored_h: f64,
+    count_resources: bool,
 ) -> MethodReport {
     let in_incident = |a: &Raised| {
         trace.incidents.iter().any(|i| {
@@ -270,6 +279,8 @@ fn score(
             f1: r4(f1(precision, recall)),
             ttd_p50_ms: percentile(ttd, 0.5),
             ttd_max_ms: ttd.last().copied(),
+            resources_before_alert_p50: None,
+            resources_before_alert_max: None,
         }
     };
     // An attack starts with its first request: before it there is nothing
@@ -282,8 +293,19 @@ fn score(
                 .or_insert(e.decision.at_ms);
         }
     }
-    for kind in AttackKind::ALL {
+    // The multi-site kinds are reported only for a trace that has them, so
+    // the report of a single-site trace keeps its shape.
+    let kinds_here: Vec<AttackKind> = AttackKind::ALL
+        .into_iter()
+        .chain(
+            AttackKind::MULTI_SITE
+                .into_iter()
+                .filter(|k| trace.incidents.iter().any(|i| i.kind == *k)),
+        )
+        .collect();
+    for kind in kinds_here {
         let mut ttd = Vec::new();
+        let mut touched = Vec::new();
         let mut n = 0;
         for run in runs {
             for i in run.incidents.iter().filter(|i| i.kind == kind) {
@@ -302,6 +324,9 @@ fn score(
                         .unwrap_or(i.start_ms)
                         .max(i.start_ms);
                     ttd.push(t.saturating_sub(began));
+                    if count_resources && kind == AttackKind::LowAndSlow {
+                        touched.push(resources_before(trace, i, t));
+                    }
                 }
             }
         }
@@ -309,7 +334,13 @@ fn score(
         all_n += n;
         all_d += d;
         all_ttd.extend(ttd.iter().copied());
-        kinds.push(metrics(kind.as_str().to_string(), n, d, &mut ttd));
+        let mut m = metrics(kind.as_str().to_string(), n, d, &mut ttd);
+        if !touched.is_empty() {
+            touched.sort_unstable();
+            m.resources_before_alert_p50 = percentile(&touched, 0.5);
+            m.resources_before_alert_max = touched.last().copied();
+        }
+        kinds.push(m);
     }
     kinds.push(metrics("all".into(), all_n, all_d, &mut all_ttd));
     let per = if trace.header.principals == 0 || scored_h <= 0.0 {
@@ -334,6 +365,21 @@ fn score(
             })
             .collect(),
     }
+}
+
+/// The distinct resources of `i`'s attack events up to `t` (the alert).
+fn resources_before(trace: &Trace, i: &Incident, t: u64) -> u64 {
+    let label = Label::from(i.kind);
+    let lo = trace
+        .events
+        .partition_point(|e| e.decision.at_ms < i.start_ms);
+    let hi = trace.events.partition_point(|e| e.decision.at_ms <= t);
+    let seen: std::collections::BTreeSet<&str> = trace.events[lo..hi.max(lo)]
+        .iter()
+        .filter(|e| e.label == label && e.decision.principal == i.principal)
+        .map(|e| e.decision.resource.as_str())
+        .collect();
+    seen.len() as u64
 }
 
 /// The spans to replay, each with the incidents it scores: the whole
@@ -441,6 +487,7 @@ pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
             &format!("per-principal robust baselines and half-space trees{floors}"),
             &detector_runs,
             scored_h,
+            false,
         ),
         baseline: score(
             trace,
@@ -452,6 +499,7 @@ pub fn evaluate(trace: &Trace, cfg: &EvalConfig) -> EvalReport {
             ),
             &baseline_runs,
             scored_h,
+            false,
         ),
         performance,
     }

@@ -102,6 +102,20 @@
 //! eval`, twelve seeds; `docs/detection.md`). A floor alert says so in
 //! [`Alert::floor`] and its first evidence line.
 //!
+//! # Across sites
+//! A detector sees one node's decisions. With
+//! [`Detector::enable_summaries`] it also keeps, per 10 s slot, what the
+//! node publishes to the mesh ([`summary`]: per principal, counts and
+//! sketches, signed by the node key, [`Detector::summarize`]); a
+//! [`mesh::MeshView`] merges the summaries of every site that reach the
+//! node, and [`Detector::check_mesh`] scores the principals this node served
+//! on what the whole mesh saw in the window: the absolute floors on the
+//! merged counts, and cross-site signals (denies spread over many sites,
+//! first visits to many sites, impossible travel, resources new to the
+//! principal anywhere in the mesh), tabled in [`mesh`].
+//! `weft detect eval --mesh` runs one detector per site exchanging the
+//! summaries ([`mesh_eval`]).
+//!
 //! # Determinism
 //! No wall clock and no thread RNG: time comes from the events, the trees
 //! from the seed, and hashing is FNV-1a. The same events in the same order
@@ -110,6 +124,9 @@
 pub mod cli;
 pub mod eval;
 pub mod hst;
+pub mod mesh;
+pub mod mesh_eval;
+pub mod summary;
 pub mod traces;
 
 use std::collections::{BTreeMap, HashMap};
@@ -194,6 +211,11 @@ pub struct Alert {
     /// whatever the trees' score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor: Option<String>,
+    /// The cross-site signal that raised it (see [`mesh`]), when the mesh
+    /// view did: the score is then 1 and the features are the merged
+    /// window's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
 }
 
 /// Settings of the detector. The defaults were tuned on generated traces
@@ -445,6 +467,7 @@ pub struct Detector {
     population_n: [u64; TIERS],
     trees: HalfSpaceTrees,
     evicted: u64,
+    summaries: Option<summary::Summarizer>,
 }
 
 /// The layout of [`Detector::save`]'s bytes; a change of layout bumps it.
@@ -604,7 +627,45 @@ impl Detector {
             population_n: [0; TIERS],
             trees,
             evicted: 0,
+            summaries: None,
         }
+    }
+
+    /// From now on, also keeps what [`Detector::summarize`] publishes:
+    /// per slot, per principal, counts and sketches for the mesh
+    /// ([`summary`]). Off by default: a node alone needs none.
+    pub fn enable_summaries(&mut self) {
+        self.summaries.get_or_insert_with(summary::Summarizer::new);
+    }
+
+    /// The summaries of the slots that ended by `now_ms` and were not
+    /// summarized yet, as `node` will sign and publish them (none when
+    /// summaries are not enabled, or nothing was decided).
+    pub fn summarize(
+        &mut self,
+        node: weft_protocol::identity::NodeId,
+        now_ms: u64,
+    ) -> Vec<weft_protocol::summary::Summary> {
+        self.summaries
+            .as_mut()
+            .map(|s| s.summarize(node, now_ms))
+            .unwrap_or_default()
+    }
+
+    /// Whether `principal` made a request here within the window before
+    /// `at_ms`.
+    pub fn served(&self, principal: &str, at_ms: u64) -> bool {
+        self.principals
+            .get(principal)
+            .is_some_and(|p| (p.cur + SLOTS as u64) * self.slot_ms > at_ms)
+    }
+
+    /// The mesh view's alerts at `now_ms` on the principals this node
+    /// served in the window ([`mesh::MeshView::check`]): scored on what the
+    /// whole mesh saw of them. They have their own cool-down, in the view,
+    /// so the local alerts stay what they are without the mesh.
+    pub fn check_mesh(&self, mesh: &mut mesh::MeshView, now_ms: u64) -> Vec<Alert> {
+        mesh.check(now_ms, |p| self.served(p, now_ms))
     }
 
     /// The configuration.
@@ -700,6 +761,9 @@ impl Detector {
     /// Takes one decision into account; returns an alert when it makes the
     /// principal's behaviour anomalous (see the module doc).
     pub fn observe(&mut self, ev: &DecisionEvent) -> Option<Alert> {
+        if let Some(s) = &mut self.summaries {
+            s.observe(ev);
+        }
         let slot = ev.at_ms / self.slot_ms;
         self.tick += 1;
         let key: Arc<str> = match self.principals.get_key_value(ev.principal.as_str()) {
@@ -967,6 +1031,7 @@ impl Detector {
             evidence,
             reason,
             floor: None,
+            signal: None,
         }
     }
 }
@@ -996,5 +1061,7 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(test)]
 mod tests;

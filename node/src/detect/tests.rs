@@ -15,6 +15,7 @@ fn trace() -> &'static Trace {
             principals: 150,
             hours: 24,
             attacks_per_kind: Some(3),
+            ..TraceConfig::default()
         })
     })
 }
@@ -129,6 +130,7 @@ fn detect_same_seed_same_alerts() {
         principals: 60,
         hours: 24,
         attacks_per_kind: Some(1),
+        ..TraceConfig::default()
     });
     let a = alerts(&t, 7);
     let b = alerts(&t, 7);

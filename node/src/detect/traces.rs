@@ -91,10 +91,21 @@ pub enum AttackKind {
     /// 4 hours of reads of resources new to the victim, the rate rising from
     /// one per 10 minutes to one a minute.
     LowAndSlow,
+    /// 10 minutes of requests with failed tokens spread over every site, 3
+    /// to 12 a minute at each: every site's share is under its own floors.
+    DistributedStuffing,
+    /// 5 minutes of probing (as [`AttackKind::PrivilegeProbing`]) spread
+    /// over 3 to 5 sites, 3 to 8 requests a minute at each, 75% denied.
+    DistributedProbing,
+    /// 30 minutes of lateral movement from site to site: 4 to 6 sites the
+    /// victim never used, one after the other, 3 to 10 requests a minute
+    /// (ssh to hosts, queries, secrets), 15% denied.
+    SiteToSiteMovement,
 }
 
 impl AttackKind {
-    /// Every kind, in report order.
+    /// Every single-site kind, in report order: what a trace holds
+    /// without `TraceConfig::multi_site`.
     pub const ALL: [AttackKind; 5] = [
         AttackKind::CredentialStuffing,
         AttackKind::PrivilegeProbing,
@@ -111,7 +122,22 @@ impl AttackKind {
             AttackKind::BulkExfiltration => "bulk_exfiltration",
             AttackKind::LateralMovement => "lateral_movement",
             AttackKind::LowAndSlow => "low_and_slow",
+            AttackKind::DistributedStuffing => "distributed_stuffing",
+            AttackKind::DistributedProbing => "distributed_probing",
+            AttackKind::SiteToSiteMovement => "site_to_site_movement",
         }
+    }
+
+    /// The multi-site kinds, in report order (after [`AttackKind::ALL`]).
+    pub const MULTI_SITE: [AttackKind; 3] = [
+        AttackKind::DistributedStuffing,
+        AttackKind::DistributedProbing,
+        AttackKind::SiteToSiteMovement,
+    ];
+
+    /// Whether it is one of the bursts the goals time (all but low and slow).
+    pub fn is_burst(self) -> bool {
+        self != AttackKind::LowAndSlow
     }
 }
 
@@ -131,6 +157,12 @@ pub enum Label {
     LateralMovement,
     /// Low and slow.
     LowAndSlow,
+    /// Distributed credential stuffing.
+    DistributedStuffing,
+    /// Distributed privilege probing.
+    DistributedProbing,
+    /// Lateral movement from site to site.
+    SiteToSiteMovement,
 }
 
 impl From<AttackKind> for Label {
@@ -141,6 +173,9 @@ impl From<AttackKind> for Label {
             AttackKind::BulkExfiltration => Label::BulkExfiltration,
             AttackKind::LateralMovement => Label::LateralMovement,
             AttackKind::LowAndSlow => Label::LowAndSlow,
+            AttackKind::DistributedStuffing => Label::DistributedStuffing,
+            AttackKind::DistributedProbing => Label::DistributedProbing,
+            AttackKind::SiteToSiteMovement => Label::SiteToSiteMovement,
         }
     }
 }
@@ -311,7 +346,8 @@ mod generator {
     const MIN_MS: u64 = 60_000;
     const HOUR_MS: u64 = 3_600_000;
     const DAY_MS: u64 = 24 * HOUR_MS;
-    const SITES: usize = 8;
+    /// Sites of a trace unless its config says otherwise.
+    const DEFAULT_SITES: usize = 8;
     const USER_TYPES: [&str; 5] = ["Doc", "Repo", "Ticket", "Wiki", "Db"];
     const USER_ACTIONS: [&str; 5] = ["view", "edit", "list", "comment", "query"];
     const POOL: u32 = 5_000;
@@ -323,6 +359,9 @@ mod generator {
                 AttackKind::PrivilegeProbing => 5 * MIN_MS,
                 AttackKind::LateralMovement => 20 * MIN_MS,
                 AttackKind::LowAndSlow => 4 * HOUR_MS,
+                AttackKind::DistributedStuffing => 10 * MIN_MS,
+                AttackKind::DistributedProbing => 5 * MIN_MS,
+                AttackKind::SiteToSiteMovement => 30 * MIN_MS,
             }
         }
     }
@@ -339,6 +378,26 @@ mod generator {
         pub hours: u64,
         /// Attacks of each kind (default: one per 100 principals, at least 2).
         pub attacks_per_kind: Option<usize>,
+        /// Sites (at least 2). Default 8.
+        pub sites: usize,
+        /// Multi-site principals and attacks on top: roaming staff and
+        /// shared service accounts (one each per 250), and the
+        /// [`AttackKind::MULTI_SITE`] attacks. Generated after everything
+        /// else, so the rest of the trace is the same as without them.
+        pub multi_site: bool,
+    }
+
+    impl Default for TraceConfig {
+        fn default() -> Self {
+            TraceConfig {
+                seed: 1,
+                principals: 1000,
+                hours: 24,
+                attacks_per_kind: None,
+                sites: DEFAULT_SITES,
+                multi_site: false,
+            }
+        }
     }
 
     impl TraceConfig {
@@ -394,11 +453,11 @@ mod generator {
         uid(t, format!("{}-{n}", t.to_ascii_lowercase()))
     }
 
-    fn new_user(rng: &mut ChaCha8Rng, id: String) -> User {
-        let home = rng.random_range(0..SITES);
+    fn new_user(rng: &mut ChaCha8Rng, id: String, sites: usize) -> User {
+        let home = rng.random_range(0..sites);
         let second = rng
             .random_bool(0.3)
-            .then(|| (home + rng.random_range(1..SITES)) % SITES);
+            .then(|| (home + rng.random_range(1..sites)) % sites);
         let ntypes = rng.random_range(2..=3);
         let mut types: Vec<usize> = Vec::new();
         while types.len() < ntypes {
@@ -521,7 +580,14 @@ mod generator {
         (a, USER_TYPES.iter().position(|x| *x == ty).unwrap_or(0))
     }
 
-    fn attack(rng: &mut ChaCha8Rng, kind: AttackKind, u: &User, start: u64, out: &mut Vec<Event>) {
+    fn attack(
+        rng: &mut ChaCha8Rng,
+        kind: AttackKind,
+        u: &User,
+        start: u64,
+        out: &mut Vec<Event>,
+        sites: usize,
+    ) {
         let end = start + kind.duration_ms();
         let label = Label::from(kind);
         let mk = |t, action: &str, res: String, allow, token_failed, s: usize| Event {
@@ -542,7 +608,7 @@ mod generator {
                 for t in poisson(rng, start, end, rate) {
                     let (a, ty) = pick(rng, &u.pairs);
                     let ti = USER_TYPES.iter().position(|x| *x == ty).unwrap_or(0);
-                    let s = rng.random_range(0..SITES);
+                    let s = rng.random_range(0..sites);
                     out.push(mk(
                         t,
                         a,
@@ -581,7 +647,7 @@ mod generator {
             }
             AttackKind::LateralMovement => {
                 let rate = rng.random_range(3.0..10.0);
-                let others: Vec<usize> = (0..SITES)
+                let others: Vec<usize> = (0..sites)
                     .filter(|s| *s != u.home && Some(*s) != u.second)
                     .collect();
                 for t in poisson(rng, start, end, rate) {
@@ -593,6 +659,68 @@ mod generator {
                     );
                     let s = pick(rng, &others);
                     out.push(mk(t, a, res, !rng.random_bool(0.15), false, s));
+                }
+            }
+            AttackKind::DistributedStuffing => {
+                // Every site gets a share under its own floors: 3 to 12 a
+                // minute each, all of them failed tokens.
+                let per_site = rng.random_range(3.0..12.0);
+                for t in poisson(rng, start, end, per_site * sites as f64) {
+                    let (a, ti) = own_pair(rng, u);
+                    let s = rng.random_range(0..sites);
+                    out.push(mk(
+                        t,
+                        a,
+                        resource(ti, rng.random_range(0..POOL)),
+                        false,
+                        true,
+                        s,
+                    ));
+                }
+            }
+            AttackKind::DistributedProbing => {
+                // Three to five sites, 3 to 8 probes a minute at each.
+                let n = rng.random_range(3..=5usize).min(sites);
+                let mut at: Vec<usize> = (0..sites).collect();
+                while at.len() > n {
+                    at.swap_remove(rng.random_range(0..at.len()));
+                }
+                let per_site = rng.random_range(3.0..8.0);
+                for t in poisson(rng, start, end, per_site * n as f64) {
+                    let a = pick(rng, &["admin", "delete", "edit"]);
+                    let ty = pick(rng, &["Secret", "Host", "Db"]);
+                    let res = uid(
+                        ty,
+                        format!("{}-{}", ty.to_ascii_lowercase(), rng.random_range(0..200)),
+                    );
+                    let s = pick(rng, &at);
+                    out.push(mk(t, a, res, !rng.random_bool(0.75), false, s));
+                }
+            }
+            AttackKind::SiteToSiteMovement => {
+                // From one site the victim never used to the next, four to
+                // six of them, a few minutes at each.
+                let mut others: Vec<usize> = (0..sites)
+                    .filter(|s| *s != u.home && Some(*s) != u.second)
+                    .collect();
+                let hops = rng.random_range(4..=6usize).min(others.len()).max(1);
+                let rate = rng.random_range(3.0..10.0);
+                let leg = kind.duration_ms() / hops as u64;
+                for h in 0..hops {
+                    if others.is_empty() {
+                        break;
+                    }
+                    let s = others.swap_remove(rng.random_range(0..others.len()));
+                    let from = start + h as u64 * leg;
+                    for t in poisson(rng, from, from + leg, rate) {
+                        let (a, ty) =
+                            pick(rng, &[("ssh", "Host"), ("query", "Db"), ("view", "Secret")]);
+                        let res = uid(
+                            ty,
+                            format!("{}-{}", ty.to_ascii_lowercase(), rng.random_range(0..500)),
+                        );
+                        out.push(mk(t, a, res, !rng.random_bool(0.15), false, s));
+                    }
                 }
             }
             AttackKind::LowAndSlow => {
@@ -617,10 +745,113 @@ mod generator {
         }
     }
 
+    /// The multi-site part of a trace: roaming staff and shared service
+    /// accounts from the trace's start, then the multi-site attacks on
+    /// victims no other attack took.
+    #[allow(clippy::too_many_arguments)]
+    fn multi_site(
+        rng: &mut ChaCha8Rng,
+        users: &[User],
+        victims: &mut Vec<usize>,
+        (start, scored_from, end): (u64, u64, u64),
+        (sites, extras, per_kind): (usize, usize, usize),
+        events: &mut Vec<Event>,
+        incidents: &mut Vec<Incident>,
+        surprises: &mut Vec<Surprise>,
+    ) {
+        // Roaming staff: an ordinary user who works from two to four sites,
+        // moving to another every one to three hours.
+        for k in 0..extras {
+            let u = new_user(rng, uid("User", format!("roam-{k}")), sites);
+            let n = rng.random_range(2..=4usize).min(sites);
+            let mut at = vec![u.home];
+            while at.len() < n {
+                let s = rng.random_range(0..sites);
+                if !at.contains(&s) {
+                    at.push(s);
+                }
+            }
+            let mut own = Vec::new();
+            user_days(rng, &u, start, start, end, &mut own);
+            let mut here = 0usize;
+            let mut moves_at = start;
+            for e in &mut own {
+                let d = &mut e.decision;
+                while d.at_ms >= moves_at {
+                    here = (here + rng.random_range(1..n.max(2))) % n;
+                    moves_at = d.at_ms.max(moves_at) + rng.random_range(HOUR_MS..3 * HOUR_MS);
+                }
+                d.site = Some(site(at[here]));
+            }
+            events.append(&mut own);
+            surprises.push(Surprise {
+                principal: u.id.clone(),
+                kind: "roaming_staff".into(),
+                start_ms: start,
+            });
+        }
+        // Shared service accounts: one identity used at three sites or more
+        // at once, all day, 1 to 4 requests a minute at each.
+        for k in 0..extras {
+            let id = uid("Service", format!("shared-{k}"));
+            let n = rng.random_range(3..=sites.max(3)).min(sites);
+            let mut at: Vec<usize> = (0..sites).collect();
+            while at.len() > n {
+                at.swap_remove(rng.random_range(0..at.len()));
+            }
+            let working: Vec<String> = (0..40)
+                .map(|i| uid("Db", format!("shared-{k}-{i}")))
+                .collect();
+            for s in at {
+                let rate = rng.random_range(1.0..4.0);
+                for t in poisson(rng, start, end, rate) {
+                    let action = pick(rng, &["query", "list"]);
+                    events.push(Event {
+                        decision: DecisionEvent {
+                            at_ms: t,
+                            principal: id.clone(),
+                            action: uid("Action", action),
+                            resource: working[rng.random_range(0..working.len())].clone(),
+                            allow: !rng.random_bool(0.01),
+                            token_failed: false,
+                            site: Some(site(s)),
+                        },
+                        label: Label::Benign,
+                    });
+                }
+            }
+            surprises.push(Surprise {
+                principal: id,
+                kind: "shared_account".into(),
+                start_ms: start,
+            });
+        }
+        for kind in AttackKind::MULTI_SITE {
+            for _ in 0..per_kind {
+                if victims.is_empty() {
+                    break;
+                }
+                let v = victims.swap_remove(rng.random_range(0..victims.len()));
+                let dur = kind.duration_ms();
+                let lo = scored_from + 10 * MIN_MS;
+                let hi = end.saturating_sub(dur + 10 * MIN_MS).max(lo + 1);
+                let s = rng.random_range(lo..hi);
+                attack(rng, kind, &users[v], s, events, sites);
+                incidents.push(Incident {
+                    principal: users[v].id.clone(),
+                    kind,
+                    start_ms: s,
+                    end_ms: s + dur,
+                });
+            }
+        }
+    }
+
     /// Generates a trace.
     pub fn generate(cfg: &TraceConfig) -> Trace {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let hours = cfg.hours.max(2);
+        let sites = cfg.sites.max(2);
         let start = DEFAULT_START_MS;
         let end = start + hours * HOUR_MS;
         let warmup = TraceConfig {
@@ -635,7 +866,7 @@ mod generator {
             .unwrap_or((cfg.principals / 100).max(2));
 
         let users: Vec<User> = (0..cfg.principals)
-            .map(|i| new_user(&mut rng, uid("User", format!("u{i:05}"))))
+            .map(|i| new_user(&mut rng, uid("User", format!("u{i:05}")), sites))
             .collect();
         let mut events = Vec::new();
         for u in &users {
@@ -646,7 +877,7 @@ mod generator {
         // Nightly batch jobs.
         for k in 0..extras {
             let id = uid("Service", format!("batch-{k}"));
-            let home = rng.random_range(0..SITES);
+            let home = rng.random_range(0..sites);
             let tables: Vec<String> = (0..120)
                 .map(|n| uid("Db", format!("table-{k}-{n}")))
                 .collect();
@@ -689,7 +920,7 @@ mod generator {
         }
         // New employees: they join after the warm-up, in working hours.
         for k in 0..extras {
-            let mut u = new_user(&mut rng, uid("User", format!("new-{k}")));
+            let mut u = new_user(&mut rng, uid("User", format!("new-{k}")), sites);
             let span = end.saturating_sub(scored_from + 3 * HOUR_MS);
             let mut join = scored_from + rng.random_range(0..span.max(1));
             let h = (join % DAY_MS) as f64 / HOUR_MS as f64;
@@ -736,7 +967,7 @@ mod generator {
                 let lo = scored_from + 10 * MIN_MS;
                 let hi = end.saturating_sub(dur + 10 * MIN_MS).max(lo + 1);
                 let s = rng.random_range(lo..hi);
-                attack(&mut rng, kind, &users[v], s, &mut events);
+                attack(&mut rng, kind, &users[v], s, &mut events, sites);
                 incidents.push(Incident {
                     principal: users[v].id.clone(),
                     kind,
@@ -750,8 +981,8 @@ mod generator {
         // seen at. Generated last, so every other principal and attack is the
         // same as in a trace of the same seed without them.
         for k in 0..extras {
-            let u = new_user(&mut rng, uid("User", format!("trav-{k}")));
-            let away = (0..SITES)
+            let u = new_user(&mut rng, uid("User", format!("trav-{k}")), sites);
+            let away = (0..sites)
                 .filter(|s| *s != u.home && Some(*s) != u.second)
                 .collect::<Vec<_>>();
             let away = pick(&mut rng, &away);
@@ -773,17 +1004,29 @@ mod generator {
                 start_ms: first_away.unwrap_or(leaves),
             });
         }
+        if cfg.multi_site {
+            multi_site(
+                &mut rng,
+                &users,
+                &mut victims,
+                (start, scored_from, end),
+                (sites, extras, per_kind),
+                &mut events,
+                &mut incidents,
+                &mut surprises,
+            );
+        }
         incidents.sort_by(|a, b| (a.start_ms, &a.principal).cmp(&(b.start_ms, &b.principal)));
         // A stable sort keeps generation order among equal times.
         events.sort_by_key(|e| e.decision.at_ms);
         let header = Header {
             format: FORMAT.into(),
             seed: cfg.seed,
-            principals: cfg.principals + 3 * extras,
+            principals: cfg.principals + if cfg.multi_site { 5 } else { 3 } * extras,
             hours,
             start_ms: start,
             warmup_ms: warmup,
-            sites: (0..SITES).map(site).collect(),
+            sites: (0..sites).map(site).collect(),
             events: events.len(),
         };
         Trace {
@@ -805,6 +1048,7 @@ mod tests {
             principals: 40,
             hours: 24,
             attacks_per_kind: Some(2),
+            ..TraceConfig::default()
         }
     }
 
