@@ -216,6 +216,21 @@ pub fn render_status(s: &Status) -> String {
             String::new()
         }
     );
+    if let Some(m) = &s.anomalies.mesh {
+        out += &format!(
+            "  mesh view:   {} site(s) heard from, {} cell(s) held, {} alert(s); summaries: {} published, {} accepted, {} refused, {} ignored\n",
+            m.sites,
+            m.cells,
+            m.alerts,
+            m.summaries.published,
+            m.summaries.accepted,
+            m.summaries.refused,
+            m.summaries.rate_limited
+                + m.summaries.out_of_window
+                + m.summaries.full
+                + m.summaries.ignored,
+        );
+    }
     if !s.stats.refused.is_empty() {
         let refused: Vec<String> = s
             .stats
