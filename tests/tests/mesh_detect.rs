@@ -240,6 +240,81 @@ async fn a_probe_spread_over_three_nodes_is_flagged_and_contained_everywhere() -
     Ok(())
 }
 
+/// During a partition each side scores on the sites it still hears from:
+/// with c cut off from a and b, sixteen denied edits at each of the three
+/// (48 in all, 16 per node) are flagged on the a-b side, which sees 32 at
+/// two sites, and not at c, which sees its own 16 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_side_of_a_partition_scores_on_what_reaches_it() -> Result<()> {
+    init_logs();
+    let fx = Fixture::new()?;
+    let nodes = mesh(&fx).await?;
+    let (a, b, c) = (&nodes[0].0, &nodes[1].0, &nodes[2].0);
+    let peer = |n: &NodeHandle| -> Result<libp2p::PeerId> { Ok(n.node_id().to_string().parse()?) };
+    for (x, y) in [(a, c), (b, c)] {
+        x.block(peer(y)?).await?;
+        y.block(peer(x)?).await?;
+    }
+    for (n, expected) in [(a, 1), (b, 1), (c, 0)] {
+        eventually(Duration::from_secs(10), "the partition", || async {
+            Ok(n.status()
+                .await?
+                .peers
+                .iter()
+                .filter(|p| p.admitted)
+                .count()
+                == expected)
+        })
+        .await?;
+    }
+
+    let mallory = r#"User::"mallory""#;
+    let all = [a, b, c];
+    let probe = all.iter().enumerate().flat_map(|(i, n)| {
+        (0..16)
+            .map(move |k| async move { edit(n, mallory, &format!(r#"Secret::"p{i}-{k}""#)).await })
+    });
+    let started = now_ms();
+    for r in futures::future::join_all(probe).await {
+        r?;
+    }
+    for n in [a, b] {
+        eventually(
+            Duration::from_secs(2 * SLOT_MS / 1000 + 10),
+            "the a-b side flags mallory",
+            || async { Ok(!alerts_on(n, mallory).await?.is_empty()) },
+        )
+        .await?;
+        let seen = alerts_on(n, mallory).await?;
+        eprintln!(
+            "flagged {} ms after the probe began: {}",
+            seen[0]["at_ms"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(started),
+            seen[0]["reason"]
+        );
+        ensure!(seen[0]["signal"] == "mesh_denies", "{seen:#?}");
+        ensure!(
+            seen[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("at 2 sites in the window")),
+            "{seen:#?}"
+        );
+    }
+    // c has had every slot end since the probe, and heard nothing of it.
+    while now_ms() < started + 2 * SLOT_MS + 1_000 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let at_c = alerts_on(c, mallory).await?;
+    ensure!(at_c.is_empty(), "c flagged mallory alone: {at_c:#?}");
+
+    for (n, _) in nodes {
+        n.shutdown().await?;
+    }
+    Ok(())
+}
+
 /// A summary of `node`'s current slot in which `who` was denied 40 edits
 /// over 40 secrets.
 fn probe_summary(node: NodeId, who: &str) -> Summary {
