@@ -718,6 +718,59 @@ mod tests {
         ));
     }
 
+    /// Damaged gossip (bytes flipped, cut short, lengthened) never
+    /// panics, and changes the view only when what is left still verifies
+    /// and is merged.
+    #[test]
+    fn damaged_summaries_never_panic_and_change_nothing() {
+        let w = World::new();
+        let mesh = MeshDetect::new(MeshConfig::default());
+        let no = |_: &NodeId| false;
+        let k = key(2);
+        let node = NodeId::new(k.public());
+        let good = gossip(
+            &k,
+            &summary(node, slot(), "User::\"m\"", 7),
+            cert(node, &w.alice),
+        );
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut merged = 0;
+        for _ in 0..1_500 {
+            let mut bytes = good.clone();
+            match next() % 3 {
+                0 => {
+                    for _ in 0..1 + next() % 4 {
+                        let i = (next() as usize) % bytes.len();
+                        bytes[i] ^= 1 << (next() % 8);
+                    }
+                }
+                1 => bytes.truncate((next() as usize) % bytes.len()),
+                _ => bytes.extend((0..1 + next() % 16).map(|_| next() as u8)),
+            }
+            if bytes == good {
+                continue;
+            }
+            let cells = mesh.status().cells;
+            match mesh.receive(&bytes, &w.arrival(&no)) {
+                Received::Merged { .. } => merged += 1,
+                _ => assert_eq!(mesh.status().cells, cells),
+            }
+        }
+        // Every byte is under a signature or the envelope's canonical form.
+        assert_eq!(merged, 0);
+        assert_eq!(mesh.status().cells, 0);
+        assert!(matches!(
+            mesh.receive(&good, &w.arrival(&no)),
+            Received::Merged { .. }
+        ));
+    }
+
     #[test]
     fn the_mesh_floors_follow_the_detectors() {
         let on = mesh_config(&DetectorConfig::default());
