@@ -38,6 +38,10 @@ pub struct AnomalyStatus {
     pub dropped: u64,
     /// Quarantines in force now (any issuer), under the trust root's rules.
     pub active_quarantines: u64,
+    /// The mesh view, when detection across sites is on: sites heard from,
+    /// cells held, summaries by outcome ([`crate::mesh_detect`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<crate::mesh_detect::MeshStatus>,
 }
 
 impl AnomalyLog {
@@ -78,6 +82,7 @@ impl AnomalyLog {
             quarantines_refused: self.quarantines_refused.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             active_quarantines: 0,
+            mesh: None,
         }
     }
 }

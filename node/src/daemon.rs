@@ -382,6 +382,16 @@ impl NodeHandle {
     }
 
     #[cfg(feature = "test-hooks")]
+    /// Test hook: publishes `bytes` on the detection summary topic as they
+    /// are, with no check at all, as a compromised or buggy node would.
+    #[doc(hidden)]
+    pub async fn gossip_raw_summary(&self, bytes: Vec<u8>) -> Result<()> {
+        self.ask(|reply| Command::GossipSummaryRaw { bytes, reply })
+            .await?
+            .map_err(|e| anyhow!("gossipsub refused the message: {e}"))
+    }
+
+    #[cfg(feature = "test-hooks")]
     /// Test hook: makes the node task panic, as a bug in it would.
     #[doc(hidden)]
     pub async fn panic_node_task(&self) -> Result<()> {
@@ -635,6 +645,19 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
     if response.state_file.is_none() {
         response.state_file = Some(dir.detector_state());
     }
+    // Detection across sites: the mesh view, shared by the detector task
+    // and the node task, and this node's summaries from the one to the other.
+    let mesh = (response.detect && response.mesh).then(|| {
+        Arc::new(crate::mesh_detect::MeshDetect::new(
+            crate::mesh_detect::mesh_config(&response.detector),
+        ))
+    });
+    let (summaries_tx, summaries_rx) = mpsc::channel(8);
+    let wiring = mesh.clone().map(|detect| crate::respond::MeshWiring {
+        detect,
+        node: node_id,
+        publish: summaries_tx,
+    });
     let (detect, detector) = crate::respond::start(
         response,
         getrandom::u64().unwrap_or(0),
@@ -642,6 +665,7 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
         commands_tx.clone(),
         audit.handle.clone(),
         shutdown_rx.clone(),
+        wiring,
     );
     let detect_task = tokio::spawn(detector.instrument(span.clone()));
     let (decision_log, decision_log_task) = match opts.decision_log.clone() {
@@ -686,6 +710,8 @@ pub async fn spawn_node(opts: NodeOptions) -> Result<NodeHandle> {
             checkpoints: checkpoints_rx,
             node_key: keyfile::read(&dir.key())?,
             p2p_metrics,
+            mesh,
+            summaries: summaries_rx,
         },
         applied_since_snapshot,
     );
@@ -951,6 +977,7 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
     };
     opts.audit.allow_one_in = config.audit_allow_one_in;
     opts.response.detect = config.detect;
+    opts.response.mesh = config.detect_mesh;
     opts.response.quarantine = config.quarantine_on_alert;
     opts.response.quarantine_ttl = Duration::from_secs(
         weft_protocol::time::parse_duration(&config.quarantine_ttl)

@@ -154,6 +154,10 @@ pub struct Config {
     pub audit_checkpoint_every: String,
     /// Whether the node watches its decisions for anomalies. Default true.
     pub detect: bool,
+    /// Whether, with `detect` on, the node shares signed summaries of its
+    /// decisions with the mesh and scores principals on what the whole
+    /// mesh saw (docs/detection-mesh.md). Default true.
+    pub detect_mesh: bool,
     /// Whether an anomaly quarantines its principal (only if the trust
     /// root lets nodes quarantine). Default true.
     pub quarantine_on_alert: bool,
@@ -245,6 +249,7 @@ impl Default for Config {
             audit_allow_one_in: 100,
             audit_checkpoint_every: "30s".into(),
             detect: true,
+            detect_mesh: true,
             quarantine_on_alert: true,
             quarantine_ttl: "15m".into(),
             api_threads: 0,
@@ -328,6 +333,9 @@ impl Config {
              audit_checkpoint_every = {:?}\n\
              # watch this node's decisions for anomalies\n\
              detect = {}\n\
+             # with detect: share signed summaries of this node's decisions with the mesh,\n\
+             # and flag principals on what the whole mesh saw (gossip topic weft/summaries/v1)\n\
+             detect_mesh = {}\n\
              # quarantine a principal on an anomaly (if the trust root lets nodes quarantine)\n\
              quarantine_on_alert = {}\n\
              # how long such a quarantine lasts (at most the trust root's maximum)\n\
@@ -381,6 +389,7 @@ impl Config {
             self.audit_allow_one_in,
             self.audit_checkpoint_every,
             self.detect,
+            self.detect_mesh,
             self.quarantine_on_alert,
             self.quarantine_ttl,
             self.api_threads,

@@ -22,6 +22,7 @@ pub mod keyfile;
 pub mod layout;
 pub mod limits;
 pub mod liveness;
+pub mod mesh_detect;
 pub mod metrics;
 pub mod relay;
 pub mod reload;

@@ -47,6 +47,13 @@ pub struct Outcome {
     pub outcome: String,
 }
 
+/// What became of a detection summary.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SummaryOutcome {
+    /// `published`, `accepted`, `refused`, … ([`crate::mesh_detect::Outcome`]).
+    pub outcome: String,
+}
+
 /// A refusal reason label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -152,6 +159,7 @@ pub struct Metrics {
     anomaly_alerts: Counter,
     quarantines_issued: Counter,
     quarantines_active: Gauge,
+    summaries: Family<SummaryOutcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -199,6 +207,7 @@ impl Metrics {
             anomaly_alerts: Counter::default(),
             quarantines_issued: Counter::default(),
             quarantines_active: Gauge::default(),
+            summaries: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register(
@@ -335,6 +344,11 @@ impl Metrics {
             "Quarantines in force now, under the trust root's limits",
             m.quarantines_active.clone(),
         );
+        r.register(
+            "detect_summaries",
+            "Detection summaries by outcome: this node's published (or unpublished), peers' accepted, refused (forged, malformed, uncertified), rate_limited, out_of_window, full or ignored",
+            m.summaries.clone(),
+        );
         *m.registry.lock().expect("no poisoned lock at start") = root;
         m
     }
@@ -417,6 +431,16 @@ impl Metrics {
         );
         self.quarantines_active
             .set(status.anomalies.active_quarantines as i64);
+        if let Some(mesh) = &status.anomalies.mesh {
+            for (outcome, n) in mesh.summaries.by_label() {
+                raise(
+                    &self.summaries.get_or_create(&SummaryOutcome {
+                        outcome: outcome.to_owned(),
+                    }),
+                    n,
+                );
+            }
+        }
         raise(&self.audit_dropped, status.audit.dropped);
         raise(&self.audit_waits, status.audit.waits);
         self.audit_peer_checkpoints

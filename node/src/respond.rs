@@ -13,6 +13,16 @@
 //!   trust root's maximum). Whether the mesh honours it is the trust root's
 //!   call, made on every node (see `weft_protocol::quarantine`).
 //!
+//! With [`ResponseConfig::mesh`] the task also works across sites
+//! ([`crate::mesh_detect`]): each decision goes to the mesh view too
+//! ([`crate::detect::mesh::MeshView::observe_local`]); every 10 s slot it
+//! summarizes the node's decisions, merges the summary into the view and
+//! hands it to the node task to sign and gossip; and it checks the view
+//! each slot and whenever a peer's summary was merged. A mesh alert is
+//! handled as a local one (kept, audited, a quarantine order), except that
+//! one on a principal the local detector alerted on within its cool-down
+//! is the same incident and is dropped.
+//!
 //! The detector's state is saved to [`ResponseConfig::state_file`] every
 //! [`ResponseConfig::save_every`] while decisions come in, and when the node
 //! shuts down, and read back at start: a restarted node goes on with the
@@ -30,10 +40,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use weft_protocol::identity::NodeId;
+use weft_protocol::summary::Summary;
+
 use crate::anomaly::AnomalyLog;
 use crate::audit::{AuditEvent, AuditHandle};
 use crate::control::Command;
+use crate::detect::summary::SLOT_MS;
 use crate::detect::{Alert, DecisionEvent, Detector, DetectorConfig};
+use crate::mesh_detect::{MeshDetect, Outcome};
 
 /// How long the detector lets decisions gather once it has emptied its
 /// queue. Without the pause the task parks after each drain, and the next
@@ -54,6 +69,10 @@ const DRAIN_BATCH: usize = 1024;
 pub struct ResponseConfig {
     /// Whether to run the detector at all. Default on.
     pub detect: bool,
+    /// Whether, with the detector on, to share summaries with the mesh and
+    /// score principals on what the whole mesh saw
+    /// ([`crate::mesh_detect`]). Default on.
+    pub mesh: bool,
     /// Whether an alert quarantines its principal (if the trust root lets
     /// nodes quarantine). Default on.
     pub quarantine: bool,
@@ -79,6 +98,7 @@ impl Default for ResponseConfig {
     fn default() -> Self {
         ResponseConfig {
             detect: true,
+            mesh: true,
             quarantine: true,
             quarantine_ttl: Duration::from_secs(15 * 60),
             queue: 16_384,
@@ -194,9 +214,169 @@ fn save_logged(detector: &Detector, path: Option<&Path>) {
     }
 }
 
+/// Detection across sites, for the detector task: the mesh view (shared
+/// with the node task, which takes peers' summaries in), this node's id as
+/// its summaries name it, and the way to the node task, which signs and
+/// gossips them ([`crate::mesh_detect`]).
+#[derive(Clone, Debug)]
+pub struct MeshWiring {
+    /// The mesh view and its counters.
+    pub detect: Arc<MeshDetect>,
+    /// This node.
+    pub node: NodeId,
+    /// This node's summaries, to the node task.
+    pub publish: mpsc::Sender<Summary>,
+}
+
+/// How long after a slot's end its summary is made: decisions of the
+/// slot's last moments are on the detector's queue for at most
+/// [`DRAIN_EVERY`], so 200 ms finds them all in.
+pub const SLOT_GRACE: Duration = Duration::from_millis(200);
+
+/// When the summary of the slot running at `now_ms` is due (Unix ms).
+fn slot_due(now_ms: u64) -> u64 {
+    (now_ms / SLOT_MS + 1) * SLOT_MS + SLOT_GRACE.as_millis() as u64
+}
+
+/// Local alerts remembered at most, to keep the mesh view from raising an
+/// incident the detector has raised already.
+const MAX_LOCAL_ALERTS: usize = 4096;
+
+/// What the task does with each alert, local or from the mesh view.
+struct Responder {
+    quarantine: bool,
+    quarantine_ttl: Duration,
+    cooldown_ms: u64,
+    anomalies: Arc<AnomalyLog>,
+    audit: AuditHandle,
+    commands: mpsc::Sender<Command>,
+    /// Principals this node quarantined, until when (Unix seconds).
+    ours: BTreeMap<String, u64>,
+    /// Principals the local detector alerted on, when (Unix ms).
+    local: BTreeMap<String, u64>,
+}
+
+impl Responder {
+    /// Keeps, audits and (when it may) quarantines on one alert; a mesh
+    /// alert on a principal the local detector alerted on within its
+    /// cool-down is the same incident, and is dropped. Returns false when
+    /// the node task has stopped.
+    async fn respond(&mut self, alert: Alert, mesh: Option<&MeshDetect>) -> bool {
+        if alert.signal.is_none() {
+            if self.local.len() >= MAX_LOCAL_ALERTS {
+                let cooldown = self.cooldown_ms;
+                self.local
+                    .retain(|_, t| alert.at_ms < t.saturating_add(cooldown));
+                if self.local.len() >= MAX_LOCAL_ALERTS {
+                    self.local.pop_first();
+                }
+            }
+            self.local.insert(alert.principal.clone(), alert.at_ms);
+        } else {
+            if self
+                .local
+                .get(&alert.principal)
+                .is_some_and(|t| alert.at_ms < t.saturating_add(self.cooldown_ms))
+            {
+                tracing::debug!(principal = %alert.principal, signal = ?alert.signal, "a mesh alert on a principal alerted on here already");
+                return true;
+            }
+            if let Some(m) = mesh {
+                m.count_alert();
+            }
+        }
+        let now = alert.at_ms / 1000;
+        self.ours.retain(|_, until| *until > now);
+        let action = if !self.quarantine {
+            "alert only"
+        } else if self.ours.contains_key(&alert.principal) {
+            "already quarantined"
+        } else {
+            "quarantine requested"
+        };
+        tracing::warn!(
+            principal = %alert.principal,
+            score = alert.score,
+            signal = alert.signal.as_deref().unwrap_or("local"),
+            reason = %alert.reason,
+            action,
+            "anomaly"
+        );
+        self.anomalies.push(alert_json(&alert, action));
+        self.audit.record(AuditEvent::Anomaly {
+            principal: alert.principal.clone(),
+            score: alert.score,
+            reason: alert.reason.clone(),
+            evidence: alert.evidence.clone(),
+        });
+        if action != "quarantine requested" {
+            return true;
+        }
+        let until = now + self.quarantine_ttl.as_secs();
+        self.ours.insert(alert.principal.clone(), until);
+        let record = weft_crdt::QuarantineRecord {
+            reason: alert.reason.clone(),
+            issuer: None,
+            issued_at: now,
+            expires_at: Some(until),
+            score: Some(alert.score),
+            evidence: alert.evidence.clone(),
+            lifted: false,
+        };
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::Quarantine {
+            subject: alert.principal.clone(),
+            record,
+            reply,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return false;
+        }
+        // The node task answers at once; the result is counted and logged
+        // there.
+        let _ = answer.await;
+        true
+    }
+}
+
+/// What woke the detector task.
+enum Wake {
+    /// Decisions (0: every handle is gone).
+    Decisions(usize),
+    /// A slot's summary is due.
+    Slot,
+    /// A peer's summary was merged into the view.
+    Heard,
+    /// The node is shutting down.
+    Stop,
+}
+
+/// Waits until `due_ms` (Unix ms) with the mesh on; forever without.
+async fn slot_ends(mesh: Option<&MeshWiring>, due_ms: u64) {
+    if mesh.is_none() {
+        return std::future::pending().await;
+    }
+    let wait = due_ms.saturating_sub(crate::clock::now_ms());
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+/// Waits until a peer's summary was merged, with the mesh on; forever
+/// without.
+async fn heard(mesh: Option<&MeshWiring>) {
+    match mesh {
+        Some(m) => m.detect.heard().notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Starts detection: returns the request path's handle and the task to
 /// spawn. The task ends when every handle is dropped or `shutdown` turns
-/// true, and saves the detector's state as it ends.
+/// true, and saves the detector's state as it ends. With `mesh` (and
+/// detection on), it also summarizes this node's decisions every slot,
+/// merges them into the mesh view and has the node task gossip them,
+/// feeds each decision to the view, and checks the view each slot and
+/// whenever a peer's summary was merged: mesh alerts go the way local
+/// ones go.
 pub fn start(
     cfg: ResponseConfig,
     seed: u64,
@@ -204,12 +384,14 @@ pub fn start(
     commands: mpsc::Sender<Command>,
     audit: AuditHandle,
     mut shutdown: watch::Receiver<bool>,
+    mesh: Option<MeshWiring>,
 ) -> (DetectHandle, impl std::future::Future<Output = ()> + use<>) {
     let (tx, mut rx) = mpsc::channel::<DecisionEvent>(cfg.queue.max(1));
     let handle = DetectHandle {
         tx: cfg.detect.then_some(tx),
         anomalies: anomalies.clone(),
     };
+    let mesh = mesh.filter(|_| cfg.detect);
     let task = async move {
         let state = cfg.state_file.clone();
         let mut detector = if cfg.detect {
@@ -217,85 +399,93 @@ pub fn start(
         } else {
             Detector::new(cfg.detector.clone(), seed)
         };
+        if mesh.is_some() {
+            detector.enable_summaries();
+        }
+        let mut responder = Responder {
+            quarantine: cfg.quarantine,
+            quarantine_ttl: cfg.quarantine_ttl,
+            cooldown_ms: cfg.detector.cooldown_ms,
+            anomalies,
+            audit,
+            commands,
+            ours: BTreeMap::new(),
+            local: BTreeMap::new(),
+        };
         let mut last_save = Instant::now();
         let mut unsaved = false;
-        // Principals this node quarantined, until when (Unix seconds).
-        let mut ours: BTreeMap<String, u64> = BTreeMap::new();
+        let mut due = slot_due(crate::clock::now_ms());
         let mut batch = Vec::with_capacity(DRAIN_BATCH);
         'run: loop {
-            let n = tokio::select! {
-                n = rx.recv_many(&mut batch, DRAIN_BATCH) => n,
+            let wake = tokio::select! {
+                n = rx.recv_many(&mut batch, DRAIN_BATCH) => Wake::Decisions(n),
                 changed = shutdown.changed() => {
                     if changed.is_ok() && !*shutdown.borrow() {
                         continue;
                     }
-                    0
+                    Wake::Stop
                 }
+                () = slot_ends(mesh.as_ref(), due) => Wake::Slot,
+                () = heard(mesh.as_ref()) => Wake::Heard,
             };
-            if n == 0 {
-                break;
-            }
-            unsaved = true;
-            for ev in batch.drain(..) {
-                let Some(alert) = detector.observe(&ev) else {
-                    continue;
-                };
-                let now = alert.at_ms / 1000;
-                ours.retain(|_, until| *until > now);
-                let action = if !cfg.quarantine {
-                    "alert only"
-                } else if ours.contains_key(&alert.principal) {
-                    "already quarantined"
-                } else {
-                    "quarantine requested"
-                };
-                tracing::warn!(
-                    principal = %alert.principal,
-                    score = alert.score,
-                    reason = %alert.reason,
-                    action,
-                    "anomaly"
-                );
-                anomalies.push(alert_json(&alert, action));
-                audit.record(AuditEvent::Anomaly {
-                    principal: alert.principal.clone(),
-                    score: alert.score,
-                    reason: alert.reason.clone(),
-                    evidence: alert.evidence.clone(),
-                });
-                if action != "quarantine requested" {
-                    continue;
+            let mut alerts = Vec::new();
+            let mut drained = DRAIN_BATCH;
+            match wake {
+                Wake::Decisions(0) | Wake::Stop => break,
+                Wake::Decisions(n) => {
+                    drained = n;
+                    unsaved = true;
+                    let mut view = mesh.as_ref().map(|m| (m.node, m.detect.view()));
+                    for ev in batch.drain(..) {
+                        alerts.extend(detector.observe(&ev));
+                        if let Some((node, v)) = view.as_mut() {
+                            alerts.extend(v.observe_local(*node, &ev));
+                        }
+                    }
                 }
-                let until = now + cfg.quarantine_ttl.as_secs();
-                ours.insert(alert.principal.clone(), until);
-                let record = weft_crdt::QuarantineRecord {
-                    reason: alert.reason.clone(),
-                    issuer: None,
-                    issued_at: now,
-                    expires_at: Some(until),
-                    score: Some(alert.score),
-                    evidence: alert.evidence.clone(),
-                    lifted: false,
-                };
-                let (reply, answer) = oneshot::channel();
-                let cmd = Command::Quarantine {
-                    subject: alert.principal.clone(),
-                    record,
-                    reply,
-                };
-                if commands.send(cmd).await.is_err() {
+                Wake::Slot => {
+                    let now = crate::clock::now_ms();
+                    due = slot_due(now);
+                    if let Some(m) = &mesh {
+                        let summaries = detector.summarize(m.node, now);
+                        {
+                            let mut v = m.detect.view();
+                            v.advance(now);
+                            for s in &summaries {
+                                if let Err(err) = v.ingest_local(s) {
+                                    tracing::debug!(%err, "this node's summary was not merged");
+                                }
+                            }
+                            alerts = detector.check_mesh(&mut v, now);
+                        }
+                        for s in summaries {
+                            if m.publish.try_send(s).is_err() {
+                                m.detect.count(Outcome::Unpublished);
+                            }
+                        }
+                    }
+                }
+                Wake::Heard => {
+                    if let Some(m) = &mesh {
+                        let now = crate::clock::now_ms();
+                        let mut v = m.detect.view();
+                        v.advance(now);
+                        alerts = detector.check_mesh(&mut v, now);
+                    }
+                }
+            }
+            for alert in alerts {
+                let from = mesh.as_ref().map(|m| m.detect.as_ref());
+                if !responder.respond(alert, from).await {
                     break 'run;
                 }
-                // The node task answers at once; the result is counted and
-                // logged there.
-                let _ = answer.await;
             }
             if unsaved && last_save.elapsed() >= cfg.save_every {
                 save_logged(&detector, state.as_deref());
                 last_save = Instant::now();
                 unsaved = false;
             }
-            if n < DRAIN_BATCH {
+            if drained < DRAIN_BATCH {
                 // The queue is empty: let decisions gather instead of being
                 // woken for each one (see DRAIN_EVERY).
                 tokio::time::sleep(DRAIN_EVERY).await;
@@ -336,7 +526,7 @@ mod tests {
         };
         let ttl = cfg.quarantine_ttl.as_secs();
         let (_stop, stop) = watch::channel(false);
-        let (handle, task) = start(cfg, 1, anomalies.clone(), commands, audit, stop);
+        let (handle, task) = start(cfg, 1, anomalies.clone(), commands, audit, stop, None);
         let task = tokio::spawn(task);
         // The node task's side: answer every request, keep what was asked.
         let asked = tokio::spawn(async move {
@@ -417,6 +607,7 @@ mod tests {
             commands,
             AuditHandle::for_tests(audit_tx),
             stop,
+            None,
         );
         let ev = DecisionEvent {
             at_ms: 0,
@@ -473,6 +664,7 @@ mod tests {
             commands,
             AuditHandle::for_tests(audit_tx),
             stop,
+            None,
         );
         let task = tokio::spawn(task);
         for i in 0..40u64 {
@@ -503,5 +695,78 @@ mod tests {
             b"not a detector"
         );
         drop(handle);
+    }
+
+    /// With the mesh on, every decision goes to the mesh view too, and a
+    /// burst at this node alone crosses the deny floor there as well as in
+    /// the local detector: one incident, one alert (the local one), and the
+    /// view holds the principal's cell. The learned model alone (no
+    /// floors) has no floor on the mesh either: no alert at all.
+    #[tokio::test]
+    async fn one_burst_here_is_one_alert_with_the_mesh_on() {
+        for floors in [true, false] {
+            let mut cfg = ResponseConfig::default();
+            if !floors {
+                cfg.detector.floors = None;
+            }
+            let anomalies = Arc::new(AnomalyLog::new());
+            let (commands, mut node_task) = mpsc::channel(64);
+            let (audit_tx, _audit_rx) = mpsc::channel(1024);
+            let (_stop, stop) = watch::channel(false);
+            let node = NodeId::new(weft_protocol::identity::SecretKey::from_seed([5; 32]).public());
+            let detect = Arc::new(MeshDetect::new(crate::mesh_detect::mesh_config(
+                &cfg.detector,
+            )));
+            let (publish, _published) = mpsc::channel(8);
+            let wiring = MeshWiring {
+                detect: detect.clone(),
+                node,
+                publish,
+            };
+            let (handle, task) = start(
+                cfg,
+                3,
+                anomalies.clone(),
+                commands,
+                AuditHandle::for_tests(audit_tx),
+                stop,
+                Some(wiring),
+            );
+            let task = tokio::spawn(task);
+            tokio::spawn(async move {
+                while let Some(cmd) = node_task.recv().await {
+                    if let Command::Quarantine { reply, .. } = cmd {
+                        let _ = reply.send(Err("not allowed".into()));
+                    }
+                }
+            });
+            let now = crate::clock::now_ms();
+            for k in 0..40u64 {
+                handle.observe(DecisionEvent {
+                    at_ms: now + k,
+                    principal: r#"User::"mallory""#.into(),
+                    action: r#"Action::"edit""#.into(),
+                    resource: format!(r#"Secret::"s{k}""#),
+                    allow: false,
+                    token_failed: false,
+                    site: None,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let alerts = anomalies.recent();
+            if floors {
+                assert_eq!(alerts.len(), 1, "{alerts:#?}");
+                assert_eq!(alerts[0]["floor"], "denies", "{}", alerts[0]);
+                assert!(alerts[0].get("signal").is_none(), "{}", alerts[0]);
+            } else {
+                assert!(alerts.is_empty(), "{alerts:#?}");
+            }
+            let st = detect.status();
+            assert_eq!((st.sites, st.alerts), (1, 0));
+            assert!(st.cells >= 1);
+            assert_eq!(detect.view().window(r#"User::"mallory""#).total.denies, 40);
+            drop(handle);
+            task.await.unwrap();
+        }
     }
 }

@@ -216,6 +216,21 @@ pub fn render_status(s: &Status) -> String {
             String::new()
         }
     );
+    if let Some(m) = &s.anomalies.mesh {
+        out += &format!(
+            "  mesh view:   {} site(s) heard from, {} cell(s) held, {} alert(s); summaries: {} published, {} accepted, {} refused, {} ignored\n",
+            m.sites,
+            m.cells,
+            m.alerts,
+            m.summaries.published,
+            m.summaries.accepted,
+            m.summaries.refused,
+            m.summaries.rate_limited
+                + m.summaries.out_of_window
+                + m.summaries.full
+                + m.summaries.ignored,
+        );
+    }
     if !s.stats.refused.is_empty() {
         let refused: Vec<String> = s
             .stats
@@ -276,5 +291,31 @@ mod tests {
             text.contains("hole punch:  1 succeeded, 0 failed"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_mesh_view_has_a_line_when_it_is_on() {
+        let mut status: Status = serde_json::from_value(serde_json::json!({
+            "node_id": "me", "listen": [], "heads": [], "digest": "", "bundles": [],
+            "revocations": 0, "conflicts": [], "updates": 0, "held": 0,
+            "last_sync_ms_ago": null, "peers": [],
+            "trust_root": {"version": 1, "expires": 0, "expired": false},
+            "stats": {"applied": 0, "refused": {}, "sync_rounds": 0, "synced": 0, "bans": 0},
+            "anomalies": {"alerts": 2, "quarantines_issued": 1, "quarantines_refused": 0,
+                          "dropped": 0, "active_quarantines": 1,
+                          "mesh": {"sites": 3, "cells": 41, "histories": 12, "alerts": 1,
+                                   "summaries": {"published": 9, "unpublished": 0,
+                                                 "accepted": 18, "refused": 2,
+                                                 "rate_limited": 1, "out_of_window": 1,
+                                                 "full": 0, "ignored": 1}}},
+        }))
+        .unwrap();
+        let text = render_status(&status);
+        assert!(
+            text.contains("mesh view:   3 site(s) heard from, 41 cell(s) held, 1 alert(s); summaries: 9 published, 18 accepted, 2 refused, 3 ignored"),
+            "{text}"
+        );
+        status.anomalies.mesh = None;
+        assert!(!render_status(&status).contains("mesh view"));
     }
 }

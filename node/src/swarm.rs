@@ -12,7 +12,10 @@
 //!   only after the replica has verified the operator signatures on it; a
 //!   forged one is rejected and peer scoring punishes the peer that sent
 //!   it. Message ids are the SHA-256 of the data, so the same update
-//!   published by two nodes is one message;
+//!   published by two nodes is one message. Audit checkpoints
+//!   ([`crate::audit::AUDIT_TOPIC`]) and detection summaries
+//!   ([`crate::mesh_detect::SUMMARY_TOPIC`]) have topics of their own,
+//!   validated and scored the same way;
 //! - request-response on [`SYNC_PROTOCOL`] for anti-entropy, with
 //!   length-prefixed frames bounded by [`MAX_WIRE_BYTES`];
 //! - identify;
@@ -301,6 +304,9 @@ pub fn message_id(data: &[u8]) -> MessageId {
 ///   after three (below the graylist threshold, −100: everything it sends is
 ///   ignored). The third is also the replica's third strike, so the peer is
 ///   banned at the same moment gossipsub stops listening to it.
+/// - Audit checkpoints are scored the same way, and detection summaries
+///   too, but for P2 at a tenth of the weight: every node sends one every
+///   10 s, so first deliveries there are cheap.
 /// - IP colocation (P6) is off (weight 0): admission is by certificate, not
 ///   by address, and several nodes behind one NAT (or on one test host) are
 ///   normal.
@@ -333,6 +339,17 @@ pub fn peer_score(topic: &IdentTopic) -> (PeerScoreParams, PeerScoreThresholds) 
     params.topics.insert(
         IdentTopic::new(crate::audit::AUDIT_TOPIC).hash(),
         topic_params.clone(),
+    );
+    // So are detection summaries, with first deliveries worth a tenth
+    // (at most 1 point): every node sends one every 10 s, which at full
+    // weight would fill the topic score cap on summaries alone. A forged
+    // summary costs what a forged update does.
+    params.topics.insert(
+        IdentTopic::new(crate::mesh_detect::SUMMARY_TOPIC).hash(),
+        TopicScoreParams {
+            first_message_deliveries_weight: 0.1,
+            ..topic_params.clone()
+        },
     );
     params.topics.insert(topic.hash(), topic_params);
     let thresholds = PeerScoreThresholds {
@@ -396,6 +413,7 @@ fn build_behaviour(
     gossipsub.with_peer_score(params, thresholds)?;
     gossipsub.subscribe(topic)?;
     gossipsub.subscribe(&IdentTopic::new(crate::audit::AUDIT_TOPIC))?;
+    gossipsub.subscribe(&IdentTopic::new(crate::mesh_detect::SUMMARY_TOPIC))?;
     let sync = request_response::Behaviour::with_codec(
         SyncCodec,
         [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],

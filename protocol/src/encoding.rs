@@ -63,13 +63,15 @@ pub enum Kind {
     State,
     /// The body of a detection summary, the bytes a node signs.
     Summary,
-    /// A detection summary with its node's signature, as gossiped.
+    /// A detection summary with its node's signature.
     SignedSummary,
+    /// A signed detection summary with its node's certificate, as gossiped.
+    SummaryGossip,
 }
 
 impl Kind {
     /// Every kind this build knows.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::TrustRoot,
         Kind::SignedRoot,
         Kind::NodeCert,
@@ -84,6 +86,7 @@ impl Kind {
         Kind::State,
         Kind::Summary,
         Kind::SignedSummary,
+        Kind::SummaryGossip,
     ];
 
     /// The byte that stands for this kind in the envelope.
@@ -103,6 +106,7 @@ impl Kind {
             Kind::State => 0x60,
             Kind::Summary => 0x70,
             Kind::SignedSummary => 0x71,
+            Kind::SummaryGossip => 0x72,
         }
     }
 
@@ -128,6 +132,7 @@ impl Kind {
             Kind::State => "state export",
             Kind::Summary => "detection summary body",
             Kind::SignedSummary => "signed detection summary",
+            Kind::SummaryGossip => "gossiped detection summary",
         }
     }
 }

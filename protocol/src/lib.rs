@@ -12,6 +12,7 @@
 //! - [`update`]: signed updates and who may make which change.
 //! - [`state`]: the replicated document behind a wall of signature checks.
 //! - [`summary`]: nodes' signed detection summaries, for a mesh-wide view.
+//! - [`summary_gossip`]: a signed summary with its node's certificate, as gossiped.
 //! - [`wire`]: the sync messages between nodes.
 //! - [`replica`]: the sans-IO replica that the node and the simulator drive.
 //! - [`token`]: short-lived identity tokens.
@@ -31,6 +32,7 @@ pub mod quarantine;
 pub mod replica;
 pub mod state;
 pub mod summary;
+pub mod summary_gossip;
 pub mod time;
 pub mod token;
 pub mod trust;

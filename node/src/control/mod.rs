@@ -120,6 +120,15 @@ pub enum Command {
         /// Whether gossipsub took the message.
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Test hook: publish raw bytes on the detection summary topic,
+    /// bypassing every check.
+    #[cfg(feature = "test-hooks")]
+    GossipSummaryRaw {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Whether gossipsub took the message.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Test hook: the node task panics, as a bug in it would.
     #[cfg(feature = "test-hooks")]
     PanicForTest,

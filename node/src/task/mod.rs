@@ -5,8 +5,9 @@
 //! transports [`crate::transport`]; the commands the task takes and the
 //! state it shares are [`crate::control`]; the status and the evidence the
 //! task answers are built in `status.rs` in this module, what it does
-//! to find peers beyond the configured ones in `discovery.rs`, and its side
-//! of NAT traversal (relays, hole punching, reachability) in `relay.rs`.
+//! to find peers beyond the configured ones in `discovery.rs`, its side
+//! of NAT traversal (relays, hole punching, reachability) in `relay.rs`,
+//! and the gossip of detection summaries in `summaries.rs`.
 //!
 //! # Mapping
 //! | replica | driver |
@@ -57,6 +58,7 @@ mod discovery;
 mod relay;
 mod spans;
 mod status;
+mod summaries;
 
 /// First delay before redialing a configured peer; it doubles after each
 /// failure up to [`REDIAL_MAX`], and resets after a successful connection.
@@ -143,6 +145,10 @@ pub(crate) struct NodeTaskParts {
     pub node_key: SecretKey,
     /// libp2p's metrics, recorded from swarm events.
     pub p2p_metrics: libp2p::metrics::Metrics,
+    /// The mesh view, when detection across sites is on.
+    pub mesh: Option<Arc<crate::mesh_detect::MeshDetect>>,
+    /// This node's detection summaries, to sign and gossip.
+    pub summaries: mpsc::Receiver<weft_protocol::summary::Summary>,
 }
 
 /// The task that owns the replica and the swarm.
@@ -191,6 +197,12 @@ pub(crate) struct NodeTask {
     checkpoints: mpsc::Receiver<Vec<u8>>,
     node_key: SecretKey,
     p2p_metrics: libp2p::metrics::Metrics,
+    /// The topic of detection summaries.
+    summary_topic: IdentTopic,
+    /// The mesh view, when detection across sites is on.
+    mesh: Option<Arc<crate::mesh_detect::MeshDetect>>,
+    /// This node's detection summaries, from the detector task.
+    summaries: mpsc::Receiver<weft_protocol::summary::Summary>,
     /// Peers admitted so far, to record each admission once.
     admitted: BTreeSet<PeerId>,
     /// Wakes the background flusher ([`flush_when_asked`]).
@@ -284,11 +296,20 @@ impl NodeTask {
             checkpoints: parts.checkpoints,
             node_key: parts.node_key,
             p2p_metrics: parts.p2p_metrics,
+            summary_topic: summaries::topic(),
+            mesh: parts.mesh,
+            summaries: parts.summaries,
             admitted: BTreeSet::new(),
             flush_wanted: Arc::new(Notify::new()),
             relay: relay::RelayState::new(parts.discovery.relay.clone(), parts.admitted),
             discovery: discovery::DiscoveryState::new(parts.discovery),
         };
+        // A node with detection across sites off takes no summaries: it
+        // leaves their topic, so that peers send it none.
+        if task.mesh.is_none() {
+            let topic = task.summary_topic.clone();
+            let _ = task.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+        }
         // The swarm is listening already: its first addresses were taken
         // by the start-up, not replayed.
         for address in task.swarm.listeners().cloned().collect::<Vec<_>>() {
@@ -344,6 +365,7 @@ impl NodeTask {
                 }
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 Some(cp) = self.checkpoints.recv() => self.publish_checkpoint(cp),
+                Some(s) = self.summaries.recv() => self.publish_summary(s),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 () = tokio::time::sleep_until(deadline) => self.fire_timers(),
                 _ = redial.tick() => self.redial(),
@@ -418,6 +440,7 @@ impl NodeTask {
         subject: &str,
         mut record: weft_crdt::QuarantineRecord,
     ) -> Result<String, String> {
+        let started = std::time::Instant::now();
         let root = self.replica.state().root();
         // Never ask for more than the root grants: a longer one is refused.
         let cap = record
@@ -439,11 +462,15 @@ impl NodeTask {
         if let Ok(c) = cert.cert() {
             record.expires_at = record.expires_at.map(|e| e.min(c.expires));
         }
-        let mut doc = weft_crdt::PolicyDoc::load(&self.replica.state().doc().save())
-            .map_err(|e| format!("cannot copy the document: {e}"))?;
+        // The order is built on a copy of the document, which the replica
+        // then takes in as it takes any order: a clone, not a save and a
+        // load (which would parse every policy again on the way to the
+        // alert's quarantine).
+        let mut doc = self.replica.state().doc().clone();
         let nonce = getrandom::u64().unwrap_or_else(|_| now_ms()).to_be_bytes();
         let reason = record.reason.clone();
         let expires_at = record.expires_at;
+        let copied_ms = started.elapsed().as_millis() as u64;
         let order = weft_protocol::quarantine::QuarantineOrder::issue(
             &mut doc,
             &self.node_key,
@@ -463,7 +490,7 @@ impl NodeTask {
                     }
                     Accepted::Root { version, .. } => format!("trust-root-v{version}"),
                 };
-                tracing::warn!(%subject, %reason, %id, "quarantine issued");
+                tracing::warn!(%subject, %reason, %id, copied_ms, took_ms = started.elapsed().as_millis() as u64, "quarantine issued");
                 self.audit.record(AuditEvent::QuarantineIssued {
                     subject: subject.to_owned(),
                     reason,
@@ -664,6 +691,17 @@ impl NodeTask {
                 let _ = reply.send(r);
             }
             #[cfg(feature = "test-hooks")]
+            Command::GossipSummaryRaw { bytes, reply } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.summary_topic.clone(), bytes)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(r);
+            }
+            #[cfg(feature = "test-hooks")]
             Command::PanicForTest => panic!("the node task was asked to panic (test hook)"),
         }
     }
@@ -859,6 +897,10 @@ impl NodeTask {
         };
         if message.topic == self.audit_topic.hash() {
             self.on_checkpoint(&message_id, &propagation_source, &message.data);
+            return;
+        }
+        if message.topic == self.summary_topic.hash() {
+            self.on_summary(&message_id, &propagation_source, &message.data);
             return;
         }
         let out = self.handle(Input::Gossip {

@@ -165,6 +165,7 @@ impl NodeTask {
                         weft_crdt::quarantine::in_force(view, s, now / 1000, &rules).is_some()
                     })
                     .count() as u64;
+                a.mesh = self.mesh.as_ref().map(|m| m.status());
                 a
             },
             reachability: self.relay.reachability.as_str().to_owned(),
