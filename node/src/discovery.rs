@@ -392,7 +392,8 @@ pub struct Connected {
     /// Whether a connection to it runs through a relay.
     pub relayed: bool,
     /// Whether a rule keeps it whatever the count: named by `--peer`, in a
-    /// gossip mesh with this node, or a relay holding its reservation.
+    /// gossip mesh with this node, a relay holding its reservation, or
+    /// connected only by its own dials (the dialer closes).
     pub kept: bool,
 }
 

@@ -25,8 +25,10 @@
 //!   ([`NodeTask::trim`]): Kademlia's lookups and bootstraps connect to
 //!   every peer they ask, and those connections would otherwise stay (the
 //!   idle timeout is an hour), until every node held a connection to every
-//!   other, each pinged every second. Above the bound, the peers connected
-//!   most recently go first, but never a peer named by `--peer`, a peer in
+//!   other, each pinged every second. Above the bound, the peers this node
+//!   dialed and connected most recently go first (a connection is its
+//!   dialer's to close: the other side may hold it by name and would dial
+//!   again), but never a peer named by `--peer`, a peer in
 //!   a gossip mesh with this node, a relay holding this node's
 //!   reservation, a peer reached through a relay, nor one connected for
 //!   less than [`crate::discovery::TRIM_GRACE`]. A relay server (`relay = true`) trims
@@ -248,7 +250,13 @@ impl NodeTask {
                     peer: *p,
                     since: l.iter().map(|c| c.since).max()?,
                     relayed: l.iter().any(|c| c.kind() == Kind::Relayed),
-                    kept: named.contains(p) || meshed.contains(p) || self.relay_keeps(p),
+                    // A connection is the dialer's to close: a peer that
+                    // dialed this node may hold it by name, and would
+                    // dial it again at once.
+                    kept: named.contains(p)
+                        || meshed.contains(p)
+                        || self.relay_keeps(p)
+                        || !l.iter().any(|c| c.dialer),
                 })
             })
             .collect();
