@@ -7,6 +7,12 @@
 //! and the bounds checks see near-valid input. Whatever comes in, nothing
 //! panics; what is refused leaves the view unchanged; what is accepted
 //! keeps its bounds and re-encodes to the bytes that were signed.
+//!
+//! The same summaries also come wrapped as the node gossips them
+//! (`SummaryGossip`: the signed summary and its node's certificate, the
+//! certificate signed by an operator of a fixed trust root, or not, and the
+//! envelope's bytes damaged), through the node's whole check
+//! (`MeshDetect::receive`): a summary not merged leaves the view unchanged.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -14,11 +20,14 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use weft_node::detect::mesh::{MeshConfig, MeshView};
+use weft_node::mesh_detect::{Arrival, MeshDetect, Received};
 use weft_protocol::encoding::{self, Kind};
 use weft_protocol::identity::{Domain, NodeId, SecretKey};
 use weft_protocol::summary::{
     MAX_PRINCIPAL_LEN, MAX_PRINCIPALS, PrincipalSummary, SignedSummary, Summary,
 };
+use weft_protocol::summary_gossip::SummaryGossip;
+use weft_protocol::trust::{NodeCert, Operator, QuarantineLimits, Role, SignedNodeCert, TrustRoot};
 
 const T0: u64 = 1_767_600_000_000;
 
@@ -53,7 +62,58 @@ enum Input {
     /// Bytes as they come off the wire, unsigned.
     Wire(Vec<u8>),
     /// A signed body; `damage_sig` flips a bit of the signature.
-    Signed { body: Body, damage_sig: Option<u8>, admitted: bool },
+    Signed {
+        body: Body,
+        damage_sig: Option<u8>,
+        admitted: bool,
+    },
+    /// A signed body in the gossip envelope, with a certificate from the
+    /// root's operator (`certified`) or from a stranger, the envelope's
+    /// bytes then damaged.
+    Gossip {
+        body: Body,
+        damage_sig: Option<u8>,
+        certified: bool,
+        edits: Vec<(u16, u8)>,
+    },
+}
+
+fn operator() -> &'static SecretKey {
+    static K: OnceLock<SecretKey> = OnceLock::new();
+    K.get_or_init(|| SecretKey::from_seed([1; 32]))
+}
+
+fn root() -> &'static TrustRoot {
+    static R: OnceLock<TrustRoot> = OnceLock::new();
+    R.get_or_init(|| TrustRoot {
+        version: 1,
+        expires: u64::MAX,
+        root_keys: vec![SecretKey::from_seed([9; 32]).public()],
+        root_threshold: 1,
+        operators: vec![Operator {
+            name: "ops".into(),
+            key: operator().public(),
+            roles: [Role::Admit].into_iter().collect(),
+        }],
+        policy_threshold: 1,
+        revoke_threshold: 1,
+        node_quarantine: QuarantineLimits::default(),
+        max_token_ttl_secs: weft_protocol::trust::DEFAULT_MAX_TOKEN_TTL_SECS,
+        accepted_heads: vec![],
+    })
+}
+
+fn signed(body: &Body, damage_sig: Option<u8>) -> SignedSummary {
+    let body = body_bytes(body);
+    let mut sig = key().sign(Domain::DetectSummary, &body).to_bytes();
+    if let Some(b) = damage_sig {
+        sig[usize::from(b) % 64] ^= 1 << (b % 8);
+    }
+    SignedSummary {
+        node: NodeId::new(key().public()),
+        body,
+        sig: weft_protocol::identity::Signature::from_bytes(sig),
+    }
 }
 
 fn key() -> &'static SecretKey {
@@ -149,18 +209,58 @@ fuzz_target!(|input: Input| {
             body,
             damage_sig,
             admitted,
+        } => check(&mut view, &signed(&body, damage_sig).to_bytes(), admitted),
+        Input::Gossip {
+            body,
+            damage_sig,
+            certified,
+            edits,
         } => {
-            let body = body_bytes(&body);
-            let mut sig = key().sign(Domain::DetectSummary, &body).to_bytes();
-            if let Some(b) = damage_sig {
-                sig[usize::from(b) % 64] ^= 1 << (b % 8);
-            }
-            let signed = SignedSummary {
+            let stranger = SecretKey::from_seed([3; 32]);
+            let issuer: &SecretKey = if certified { operator() } else { &stranger };
+            let cert = NodeCert {
                 node: NodeId::new(key().public()),
-                body,
-                sig: weft_protocol::identity::Signature::from_bytes(sig),
+                name: "n1".into(),
+                issuer: issuer.public(),
+                issued: T0 / 1000 - 60,
+                expires: T0 / 1000 + 86_400,
             };
-            check(&mut view, &signed.to_bytes(), admitted);
+            let mut bytes = SummaryGossip {
+                summary: signed(&body, damage_sig),
+                cert: SignedNodeCert::sign(&cert, issuer),
+            }
+            .to_bytes();
+            for (at, x) in edits.iter().take(8) {
+                let i = usize::from(*at) % bytes.len();
+                bytes[i] ^= x;
+            }
+            let md = MeshDetect::new(MeshConfig::default());
+            md.view().advance(T0 + 20_000);
+            let own = NodeId::new(SecretKey::from_seed([5; 32]).public());
+            let arrival = Arrival {
+                root: root(),
+                now_ms: T0 + 20_000,
+                own,
+                from_admitted: true,
+                revoked: &|_| false,
+            };
+            let before = {
+                let v = md.view();
+                (v.cells(), v.sites())
+            };
+            match md.receive(&bytes, &arrival) {
+                Received::Merged { .. } => {
+                    assert!(certified, "merged with a stranger's certificate")
+                }
+                Received::Ignored(_, line) | Received::Refused(line) => {
+                    assert!(!line.is_empty() && !line.contains('\n'), "{line:?}");
+                    let after = {
+                        let v = md.view();
+                        (v.cells(), v.sites())
+                    };
+                    assert_eq!(after, before, "a summary not merged changed the view");
+                }
+            }
         }
     }
 });
