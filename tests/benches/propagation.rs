@@ -4,8 +4,11 @@
 //!
 //! N real nodes run in this one process ([`spawn_node`], loopback TCP, port
 //! 0, each with its own sled store), each dialing up to 3 random earlier
-//! nodes (seeded). Once every connection is admitted and gossipsub has had a
-//! few heartbeats to form its meshes, K revocations are pushed one at a time:
+//! nodes (seeded) and finding the rest by discovery. Once every connection
+//! is admitted, gossipsub has had a few heartbeats to form its meshes, and
+//! no node has opened a connection for 5 s (`WEFT_BENCH_QUIET_MS`: a new
+//! mesh's discovery lookups, peer trims and autonat dial-backs are over),
+//! K revocations are pushed one at a time:
 //! each is signed first, then the clock starts, the update is POSTed to a
 //! random node's `/v1/updates`, and every node's view is polled in-process
 //! (every 150 µs, on a thread of its own) until all of them hold the
@@ -16,7 +19,11 @@
 //! Cost: the bytes every node's connections sent during the K updates (and
 //! 3 s after, for trailing gossip), minus what they sent over an idle window
 //! of the same length (anti-entropy rounds), divided by N·K and by the
-//! update's size. CPU: the process's user and system time over the same
+//! update's size. Audit checkpoints (every 30 s per node while its audit
+//! chain grows, in whichever window the tick falls) are left out of both
+//! windows and reported apart (`audit_bytes_per_node`); the gossip among
+//! the bytes is broken down by topic from each node's metrics
+//! (`per_node_per_update`, [`Mesh::counters`]). CPU: the process's user and system time over the same
 //! two windows, less the polling thread's, divided by K. Memory: the
 //! process's VmRSS after the nodes are up, minus before, divided by N.
 //!
@@ -39,6 +46,7 @@ fn quarantines() -> bool {
     std::env::var("WEFT_BENCH_KIND").is_ok_and(|k| k == "quarantine")
 }
 
+use std::collections::BTreeMap;
 use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
@@ -157,6 +165,68 @@ impl Mesh {
     fn sent(&self) -> u64 {
         self.nodes.iter().map(|n| n.traffic().1).sum()
     }
+
+    /// Counters summed over every node's `/metrics`, to break the bytes
+    /// down, by topic: gossip message bytes sent (gossipsub's
+    /// `topic_msg_sent_bytes`: each copy published or forwarded, the
+    /// message's own bytes without control messages, framing or
+    /// encryption), messages published, copies received (duplicates
+    /// included), IWANT requests; and connections established, sync rounds
+    /// started, and (a gauge) the gossipsub mesh peers by topic.
+    fn counters(&self, rt: &Runtime, client: &reqwest::Client) -> Result<BTreeMap<String, u64>> {
+        const WANTED: [(&str, &str); 7] = [
+            ("libp2p_gossipsub_topic_msg_sent_bytes_total", "sent bytes"),
+            ("libp2p_gossipsub_topic_msg_published_total", "published"),
+            (
+                "libp2p_gossipsub_topic_msg_recv_counts_unfiltered_total",
+                "received",
+            ),
+            ("libp2p_gossipsub_topic_iwant_msgs_total", "iwant"),
+            ("libp2p_gossipsub_mesh_peer_counts", "mesh peers"),
+            ("libp2p_swarm_connections_established_total", "connections"),
+            ("weft_sync_rounds_total", "sync rounds"),
+        ];
+        rt.block_on(async {
+            let mut sums = BTreeMap::new();
+            for node in &self.nodes {
+                let url = format!("{}/metrics", node.api_url());
+                let text = client
+                    .get(url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await?;
+                for (name, labels, value) in weft_tests::metrics::samples(&text) {
+                    let Some((_, key)) = WANTED.iter().find(|(n, _)| *n == name) else {
+                        continue;
+                    };
+                    // `hash="T"` or `topic_hash="T"`, among other labels.
+                    let topic = weft_tests::metrics::label(labels, "hash")
+                        .or_else(|| weft_tests::metrics::label(labels, "topic_hash"));
+                    let key = match topic {
+                        Some(t) => format!("{key} {t}"),
+                        None => key.to_string(),
+                    };
+                    *sums.entry(key).or_insert(0) += value as u64;
+                }
+            }
+            Ok(sums)
+        })
+    }
+}
+
+/// `after − before`, by key (0 where a count went backwards).
+fn minus(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect()
 }
 
 async fn start_mesh(n: usize, seed: u64, mesh_wait: Duration) -> Result<Mesh> {
@@ -358,7 +428,16 @@ struct Report {
     amplification: f64,
     rss_mib_per_node: f64,
     idle_bytes_out_per_node_per_s: f64,
+    /// Audit checkpoint bytes per node over both windows.
+    audit_bytes_per_node: f64,
+    /// How long the mesh took to go quiet before the first update.
+    quiet_after_s: f64,
     cpu_ms_per_update: f64,
+    /// Per node per update (busy window less idle window, as for the
+    /// bytes): gossip bytes and IWANTs by topic, connections established,
+    /// sync rounds; and per node, before the first update, the gossipsub
+    /// mesh peers by topic ([`Mesh::counters`]).
+    breakdown: BTreeMap<String, f64>,
 }
 
 /// How a run is paced.
@@ -369,14 +448,53 @@ struct Pace {
     mesh_wait: Duration,
     /// Counted after the last update, for trailing gossip.
     settle: Duration,
+    /// How long the mesh must go without a new connection before the
+    /// first update (zero: no wait). A new mesh is busy for a while:
+    /// Kademlia lookups connect to the peers they ask, the peer bound
+    /// closes what is above it, autonat dials back; the updates are
+    /// measured on the mesh as it runs once that is over.
+    quiet: Duration,
+}
+
+/// The longest the bench waits for the mesh to go quiet.
+const QUIET_MAX: Duration = Duration::from_secs(180);
+
+/// Waits until no node has established a connection for `quiet`; returns
+/// how long that took.
+fn wait_quiet(
+    rt: &Runtime,
+    mesh: &Mesh,
+    client: &reqwest::Client,
+    quiet: Duration,
+) -> Result<Duration> {
+    let began = Instant::now();
+    if quiet.is_zero() {
+        return Ok(Duration::ZERO);
+    }
+    let connections = |c: &BTreeMap<String, u64>| c.get("connections").copied().unwrap_or(0);
+    let mut last = connections(&mesh.counters(rt, client)?);
+    loop {
+        std::thread::sleep(quiet);
+        let now = connections(&mesh.counters(rt, client)?);
+        if now == last {
+            return Ok(began.elapsed());
+        }
+        ensure!(
+            began.elapsed() < QUIET_MAX,
+            "the mesh did not go {quiet:?} without a new connection in {QUIET_MAX:?}"
+        );
+        last = now;
+    }
 }
 
 fn run(rt: &Runtime, n: usize, k: usize, pace: &Pace, seed: u64) -> Result<Report> {
     let mut mesh = rt.block_on(start_mesh(n, seed, pace.mesh_wait))?;
     let mut author = Author::new(&mesh.fx);
     let client = reqwest::Client::new();
+    let quiet_after = wait_quiet(rt, &mesh, &client, pace.quiet)?;
 
     let sent_before = mesh.sent();
+    let counters_before = mesh.counters(rt, &client)?;
     let cpu_before = nodes_cpu_ms()?;
     let began = Instant::now();
     let mut samples = Vec::with_capacity(k);
@@ -393,14 +511,17 @@ fn run(rt: &Runtime, n: usize, k: usize, pace: &Pace, seed: u64) -> Result<Repor
     std::thread::sleep(pace.settle);
     let busy_bytes = mesh.sent() - sent_before;
     let busy_cpu = nodes_cpu_ms()?.saturating_sub(cpu_before);
+    let busy_counters = minus(&mesh.counters(rt, &client)?, &counters_before);
     let window = began.elapsed();
 
     // The same window with nothing pushed: heartbeats and anti-entropy.
     let idle_before = mesh.sent();
+    let idle_counters_before = mesh.counters(rt, &client)?;
     let idle_cpu_before = nodes_cpu_ms()?;
     std::thread::sleep(window);
     let idle_bytes = mesh.sent() - idle_before;
     let idle_cpu = nodes_cpu_ms()?.saturating_sub(idle_cpu_before);
+    let idle_counters = minus(&mesh.counters(rt, &client)?, &idle_counters_before);
 
     // Every node holds every update.
     for (i, node) in mesh.nodes.iter().enumerate() {
@@ -422,7 +543,32 @@ fn run(rt: &Runtime, n: usize, k: usize, pace: &Pace, seed: u64) -> Result<Repor
     samples.sort_by(f64::total_cmp);
     origins.sort_by(f64::total_cmp);
     let update_bytes = sizes as f64 / k as f64;
-    let per_node_per_update = busy_bytes.saturating_sub(idle_bytes) as f64 / (n as f64 * k as f64);
+    // Audit checkpoints go out every 30 s per node while its audit chain
+    // grows, in whichever window the tick falls: counted apart (their
+    // messages' bytes), so that the per-update figure does not swing by
+    // where the ticks fell.
+    let audit = |c: &BTreeMap<String, u64>| {
+        c.get(&format!("sent bytes {}", weft_node::audit::AUDIT_TOPIC))
+            .copied()
+            .unwrap_or(0)
+    };
+    let (busy_audit, idle_audit) = (audit(&busy_counters), audit(&idle_counters));
+    let per_node_per_update = busy_bytes
+        .saturating_sub(busy_audit)
+        .saturating_sub(idle_bytes.saturating_sub(idle_audit)) as f64
+        / (n as f64 * k as f64);
+    // The mesh sizes are a gauge: read before the first update.
+    let breakdown = minus(&busy_counters, &idle_counters)
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("mesh peers"))
+        .map(|(key, c)| (key, c as f64 / (n as f64 * k as f64)))
+        .chain(
+            counters_before
+                .iter()
+                .filter(|(key, _)| key.starts_with("mesh peers"))
+                .map(|(key, m)| (key.clone(), *m as f64 / n as f64)),
+        )
+        .collect();
     Ok(Report {
         nodes: n,
         updates: k,
@@ -434,8 +580,13 @@ fn run(rt: &Runtime, n: usize, k: usize, pace: &Pace, seed: u64) -> Result<Repor
         update_bytes,
         amplification: per_node_per_update / update_bytes,
         rss_mib_per_node: mesh.rss_per_node / (1024.0 * 1024.0),
-        idle_bytes_out_per_node_per_s: idle_bytes as f64 / n as f64 / window.as_secs_f64(),
+        idle_bytes_out_per_node_per_s: idle_bytes.saturating_sub(idle_audit) as f64
+            / n as f64
+            / window.as_secs_f64(),
+        audit_bytes_per_node: (busy_audit + idle_audit) as f64 / n as f64,
+        quiet_after_s: quiet_after.as_secs_f64(),
         cpu_ms_per_update: busy_cpu.saturating_sub(idle_cpu) as f64 / k as f64,
+        breakdown,
     })
 }
 
@@ -458,7 +609,14 @@ impl Report {
             "amplification": round2(self.amplification),
             "rss_mib_per_node": round2(self.rss_mib_per_node),
             "idle_bytes_out_per_node_per_s": self.idle_bytes_out_per_node_per_s.round() as u64,
+            "audit_bytes_per_node": self.audit_bytes_per_node.round() as u64,
+            "quiet_after_s": round2(self.quiet_after_s),
             "cpu_ms_per_update": round2(self.cpu_ms_per_update),
+            "per_node_per_update": self
+                .breakdown
+                .iter()
+                .map(|(key, v)| (key.clone(), serde_json::json!(round2(*v))))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 }
@@ -469,6 +627,7 @@ fn check(rt: &Runtime) -> Result<()> {
         gap: Duration::from_millis(10),
         mesh_wait: Duration::from_millis(500),
         settle: Duration::ZERO,
+        quiet: Duration::ZERO,
     };
     let r = run(rt, 3, 2, &pace, 1)?;
     ensure!(r.max_ms > 0.0 && r.update_bytes > 0.0);
@@ -525,6 +684,7 @@ fn main() -> Result<()> {
         mesh_wait: env_or("WEFT_BENCH_MESH_WAIT_MS", MESH_WAIT.as_millis() as u64)
             .map(Duration::from_millis)?,
         settle: SETTLE,
+        quiet: Duration::from_millis(env_or("WEFT_BENCH_QUIET_MS", 5_000)?),
     };
     let seed: u64 = env_or("WEFT_BENCH_SEED", 1)?;
     ensure!(k > 0, "WEFT_BENCH_UPDATES must be at least 1");

@@ -5,8 +5,11 @@
 //! N processes start from certified node directories, each given the
 //! addresses of up to 3 random earlier nodes (seeded) and finding the rest
 //! by discovery. Once every node has an admitted peer and the admitted
-//! connections add up to at least the dialed ones, and the meshes have had
-//! six heartbeats, K revocations are pushed one at a time to a random node:
+//! connections add up to at least the dialed ones, the meshes have had six
+//! heartbeats, and no node has opened a connection for 5 s
+//! (`WEFT_BENCH_QUIET_MS`: a new mesh's discovery lookups, peer trims and
+//! autonat dial-backs are over, and the mesh runs as it will), K
+//! revocations are pushed one at a time to a random node:
 //!
 //! - the clock starts (wall clock, microseconds) just before the POST to
 //!   `/v1/updates`;
@@ -45,6 +48,11 @@ const DIALS: usize = 3;
 const MESH_WAIT: Duration = Duration::from_secs(6);
 /// How often each node not yet denying is asked again.
 const POLL: Duration = Duration::from_millis(100);
+/// How long the mesh must go without a new connection before the first
+/// update (`WEFT_BENCH_QUIET_MS`; 0: no wait).
+const QUIET: Duration = Duration::from_secs(5);
+/// The longest the bench waits for that.
+const QUIET_MAX: Duration = Duration::from_secs(180);
 /// The longest one update may take to reach everyone.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -184,6 +192,38 @@ async fn wait_mesh(http: &reqwest::Client, nodes: &mut [Node], edges: usize) -> 
     }
 }
 
+/// Waits until no node has established a connection for `quiet` (see the
+/// in-process bench's `Pace::quiet`: a new mesh's lookups, trims and
+/// autonat dial-backs are over); returns how long that took.
+async fn wait_quiet(http: &reqwest::Client, nodes: &[Node], quiet: Duration) -> Result<Duration> {
+    let began = Instant::now();
+    if quiet.is_zero() {
+        return Ok(Duration::ZERO);
+    }
+    let mut last = None;
+    loop {
+        let mut established = 0.0;
+        for node in nodes {
+            let resp = http
+                .get(format!("http://{}/metrics", node.api))
+                .send()
+                .await?;
+            let text = resp.error_for_status()?.text().await?;
+            established +=
+                weft_tests::metrics::sum(&text, "libp2p_swarm_connections_established_total");
+        }
+        if last == Some(established) {
+            return Ok(began.elapsed());
+        }
+        ensure!(
+            began.elapsed() < QUIET_MAX,
+            "the mesh did not go {quiet:?} without a new connection in {QUIET_MAX:?}"
+        );
+        last = Some(established);
+        tokio::time::sleep(quiet).await;
+    }
+}
+
 /// Whether `node` answers a request by `subject` with `"revoked": true`.
 async fn denies(http: &reqwest::Client, node: &Node, subject: &str) -> Result<bool> {
     let body = serde_json::json!({
@@ -298,6 +338,7 @@ async fn run(
     k: usize,
     gap: Duration,
     mesh_wait: Duration,
+    quiet: Duration,
     seed: u64,
 ) -> Result<serde_json::Value> {
     let fx = Fixture::new()?;
@@ -308,6 +349,7 @@ async fn run(
         .build()?;
     wait_mesh(&http, &mut nodes, edges).await?;
     tokio::time::sleep(mesh_wait).await;
+    let quiet_after = wait_quiet(&http, &nodes, quiet).await?;
     let mut author = Author::new(&fx);
     let (mut samples, mut origins) = (Vec::with_capacity(k), Vec::with_capacity(k));
     for u in 0..k {
@@ -327,6 +369,7 @@ async fn run(
         "p99_ms": round2(percentile(&samples, 99)),
         "max_ms": round2(samples[samples.len() - 1]),
         "origin_p50_ms": round2(percentile(&origins, 50)),
+        "quiet_after_s": round2(quiet_after.as_secs_f64()),
     }))
 }
 
@@ -338,6 +381,7 @@ async fn main() -> Result<()> {
             2,
             Duration::from_millis(10),
             Duration::from_millis(500),
+            Duration::ZERO,
             1,
         )
         .await?;
@@ -352,9 +396,10 @@ async fn main() -> Result<()> {
     let k: usize = env_or("WEFT_BENCH_UPDATES", 30)?;
     let gap = Duration::from_millis(env_or("WEFT_BENCH_GAP_MS", 200)?);
     let seed: u64 = env_or("WEFT_BENCH_SEED", 1)?;
+    let quiet = Duration::from_millis(env_or("WEFT_BENCH_QUIET_MS", QUIET.as_millis() as u64)?);
     ensure!(n >= 2 && k >= 1, "at least 2 nodes and 1 update");
     eprintln!("propagation across processes: {n} nodes, {k} updates ...");
-    let line = run(n, k, gap, MESH_WAIT, seed).await?;
+    let line = run(n, k, gap, MESH_WAIT, quiet, seed).await?;
     println!("{line}");
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod delay;
 pub mod hostile;
 pub mod inputs;
 pub mod mesh;
+pub mod metrics;
 pub mod nat;
 pub mod netns;
 pub mod proxy;

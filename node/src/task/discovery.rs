@@ -90,11 +90,31 @@ pub(super) struct Conn {
     pub(super) since: Instant,
     /// Whether this node dialed it.
     pub(super) dialer: bool,
+    /// Its transport, read from `remote` once: the maintenance that runs
+    /// every redial tick asks it of every connection.
+    kind: Kind,
+    /// Whether `remote` is a direct address (not through a relay).
+    direct: bool,
 }
 
 impl Conn {
+    pub(super) fn new(id: ConnectionId, remote: Multiaddr, dialer: bool) -> Self {
+        Conn {
+            id,
+            kind: Kind::of(&remote),
+            direct: crate::transport::path_of(&remote) == "direct",
+            remote,
+            since: Instant::now(),
+            dialer,
+        }
+    }
+
     pub(super) fn kind(&self) -> Kind {
-        Kind::of(&self.remote)
+        self.kind
+    }
+
+    pub(super) fn direct(&self) -> bool {
+        self.direct
     }
 }
 
@@ -126,12 +146,7 @@ impl NodeTask {
             .connections
             .entry(peer)
             .or_default()
-            .push(Conn {
-                id,
-                remote,
-                since: Instant::now(),
-                dialer,
-            });
+            .push(Conn::new(id, remote, dialer));
         if self.discovery.dialing.remove(&id).is_some() {
             self.discovery.book.connected(&peer);
         }
@@ -187,9 +202,7 @@ impl NodeTask {
                         .quic_tried
                         .get(*p)
                         .is_none_or(|t| now.duration_since(*t) >= QUIC_RETRY)
-                    && l.iter().all(|c| {
-                        c.kind() == Kind::Tcp && crate::transport::path_of(&c.remote) == "direct"
-                    })
+                    && l.iter().all(|c| c.kind() == Kind::Tcp && c.direct())
             })
             .filter_map(|(p, _)| {
                 let quic: Vec<Multiaddr> = self
