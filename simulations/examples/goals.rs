@@ -206,8 +206,9 @@ fn wan(seed: u64, only: Option<usize>) -> Result<()> {
 }
 
 fn model(seed: u64) -> Result<()> {
-    // BENCHMARKS.md, Propagation: 50 nodes on loopback, each dialing up to 3
-    // earlier nodes, 30 revocations 200 ms apart, timed until every node holds it.
+    // BENCHMARKS.md, Propagation: 50 nodes on loopback, each holding about
+    // `discovery_peers` (8) peers, 30 revocations 200 ms apart, timed until
+    // every node holds it.
     for processing in [0, 1] {
         let mut s = base("model-check", 50);
         s.mode = Mode::Full;
@@ -219,7 +220,8 @@ fn model(seed: u64) -> Result<()> {
         s.network.latency = 0;
         s.network.jitter = 0;
         s.network.processing = processing;
-        s.gossip.dials = 3;
+        // The bench gives each node 3 earlier nodes and discovery finds
+        // more, up to `discovery_peers` (8): the scenario's default.
         run(
             &format!(
                 "model check: 50 nodes, full mode, loopback (1 ms resolution), processing {processing} ms per message"

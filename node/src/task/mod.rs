@@ -76,6 +76,12 @@ pub const REDIAL_MAX: Duration = Duration::from_millis(500);
 /// How often the node task looks for configured peers to dial.
 const REDIAL_TICK: Duration = Duration::from_millis(50);
 
+/// How often, at most, the node task tends its discovered peers and relays
+/// ([`NodeTask::discover`], [`NodeTask::relay_tick`]): every redial tick
+/// would cost an idle node CPU for nothing, since lookups, trims and relay
+/// retries run on timers of a second or more.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(250);
+
 /// `backoff` within ±20%, drawn anew each time.
 fn jittered(backoff: Duration) -> Duration {
     let spread = u64::from(getrandom::u32().unwrap_or(0) % 401); // 0..=400
@@ -175,6 +181,8 @@ pub(crate) struct NodeTask {
     /// When the redial tick last ran: a node task that was itself held up
     /// does not blame its connections for the silence.
     last_tick: Instant,
+    /// When [`Self::redial`] last tended discovery and relays.
+    maintained: Option<Instant>,
     banned: BTreeSet<PeerId>,
     /// Every applied change by actor (hex) and highest op counter, to find
     /// the change that holds a live operation ([`NodeTask::change_of`]): for
@@ -281,6 +289,7 @@ impl NodeTask {
             rtt: HashMap::new(),
             answered: HashMap::new(),
             last_tick: Instant::now(),
+            maintained: None,
             banned: BTreeSet::new(),
             actors: HashMap::new(),
             indexed: 0,
@@ -1386,7 +1395,13 @@ impl NodeTask {
                 }
             }
         }
-        self.discover();
-        self.relay_tick();
+        if self
+            .maintained
+            .is_none_or(|at| now.saturating_duration_since(at) >= MAINTAIN_EVERY)
+        {
+            self.maintained = Some(now);
+            self.discover();
+            self.relay_tick();
+        }
     }
 }
