@@ -30,6 +30,7 @@
 //!   updates (`WEFT_BENCH_GAP_MS`), seed 1 (`WEFT_BENCH_SEED`). Prints one
 //!   JSON line (`"system": "weft-processes"`). `scripts/bench-propagation.sh`
 //!   runs it beside the in-process bench and Serf.
+//! - `WEFT_BENCH_TRACE=1` prints, for each update, its five slowest nodes.
 //! - Run without `--bench` (as `cargo test --all-targets` does), it is a
 //!   check: 3 processes, 2 updates, every node must deny both principals.
 
@@ -322,6 +323,13 @@ async fn propagate(
     .collect::<Result<Vec<u64>>>()?;
     let ms = |t: u64| t.saturating_sub(t0) as f64 / 1000.0;
     let last = times.iter().copied().max().unwrap_or(t0);
+    if std::env::var_os("WEFT_BENCH_TRACE").is_some() {
+        // Where the time went: the five slowest nodes, in ms.
+        let mut slow: Vec<(f64, usize)> = times.iter().map(|t| ms(*t)).zip(0..).collect();
+        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let shown: Vec<String> = slow.iter().take(5).map(|(t, i)| format!("node {i} {t:.1}")).collect();
+        eprintln!("{subject} from node {target}: {}", shown.join(", "));
+    }
     Ok((ms(last), ms(times[target])))
 }
 

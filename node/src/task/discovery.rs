@@ -73,7 +73,8 @@ pub(super) struct DiscoveryState {
     pub(super) heard: BTreeMap<PeerId, (Vec<Multiaddr>, Multiaddr)>,
     /// Every open connection, by peer, oldest first.
     pub(super) connections: BTreeMap<PeerId, Vec<Conn>>,
-    /// When each peer connected over TCP only was last dialed over QUIC.
+    /// When each peer connected over TCP only was last dialed over QUIC,
+    /// or last found to have no QUIC address in the book.
     pub(super) quic_tried: BTreeMap<PeerId, Instant>,
     /// When [`NodeTask::trim`] last ran.
     pub(super) trimmed: Instant,
@@ -191,7 +192,8 @@ impl NodeTask {
             tracing::debug!(connection = ?id, "closing a peer's redundant TCP connection");
             self.swarm.close_connection(id);
         }
-        let want: Vec<(PeerId, Vec<Multiaddr>)> = self
+        // (peer, its QUIC addresses, whether its connection has settled)
+        let candidates: Vec<(PeerId, Vec<Multiaddr>, bool)> = self
             .discovery
             .connections
             .iter()
@@ -204,7 +206,7 @@ impl NodeTask {
                         .is_none_or(|t| now.duration_since(*t) >= QUIC_RETRY)
                     && l.iter().all(|c| c.kind() == Kind::Tcp && c.direct())
             })
-            .filter_map(|(p, _)| {
+            .map(|(p, l)| {
                 let quic: Vec<Multiaddr> = self
                     .discovery
                     .book
@@ -213,9 +215,20 @@ impl NodeTask {
                     .filter(|a| Kind::of(a) == Kind::Quic)
                     .cloned()
                     .collect();
-                (!quic.is_empty()).then_some((*p, quic))
+                let settled = l.iter().all(|c| now.duration_since(c.since) >= QUIC_SETTLE);
+                (*p, quic, settled)
             })
             .collect();
+        let mut want = Vec::new();
+        for (peer, quic, settled) in candidates {
+            if !quic.is_empty() {
+                want.push((peer, quic));
+            } else if settled {
+                // Its identify has long come in without a QUIC address:
+                // looked at again after QUIC_RETRY, not on every pass.
+                self.discovery.quic_tried.insert(peer, now);
+            }
+        }
         for (peer, quic) in want {
             self.discovery.quic_tried.insert(peer, now);
             let opts = DialOpts::peer_id(peer)
