@@ -302,8 +302,6 @@ pub struct MeshWindow {
     /// resources at much the same pace hour after hour, and a rise over
     /// hours (low and slow) is measured against the quieter of the two.
     pub new_resources_before: usize,
-
-
 }
 
 /// The merged summaries of the mesh for the current window, and the
@@ -614,10 +612,9 @@ impl MeshView {
             w.new_resources_before = h.novel.in_span(self.now_slot, span, 1);
             // A rise that takes hours (low and slow) is in the span before
             // too: the quieter of the two spans before is the reference.
-            w.new_resources_before = w
-                .new_resources_before
-                .min(h.novel.in_span(self.now_slot, span, 2));
-
+            w.new_resources_before =
+                w.new_resources_before
+                    .min(h.novel.in_span(self.now_slot, span, 2));
         }
         w
     }

@@ -617,10 +617,17 @@ fn a_probe_with_pairs_it_never_used_is_flagged_at_its_third_deny_on_the_spot() {
     // slot's end or for another site.
     let mut view = MeshView::new(MeshConfig::default());
     let p = "User::\"prober\"";
-    let t = history_then(&mut view, p, &[0], 40, T0);
+    // Its history, then a quiet minute: the probe is all its window holds.
+    let t = history_then(&mut view, p, &[0], 40, T0) + 7 * SLOT_MS;
     let mut alerts = Vec::new();
     for k in 0..3u64 {
-        let e = ev(t + 1_000 + k * 2_000, p, format!("Secret::\"s{k}\""), false, 0);
+        let e = ev(
+            t + 1_000 + k * 2_000,
+            p,
+            format!("Secret::\"s{k}\""),
+            false,
+            0,
+        );
         let a = view.observe_local(node(0), &e);
         assert_eq!(a.is_some(), k == 2, "deny {}: {a:?}", k + 1);
         alerts.extend(a);
@@ -717,5 +724,9 @@ fn resources_new_at_a_pace_rising_over_hours_alert_against_the_quieter_hour() {
     }
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].signal.as_deref(), Some("new_resources"));
-    assert!(alerts[0].reason.contains("0 in the quieter"), "{}", alerts[0].reason);
+    assert!(
+        alerts[0].reason.contains("0 in the quieter"),
+        "{}",
+        alerts[0].reason
+    );
 }

@@ -127,8 +127,9 @@
 //! node, and [`Detector::check_mesh`] scores the principals this node served
 //! on what the whole mesh saw in the window: the absolute floors on the
 //! merged counts, and cross-site signals (denies spread over many sites,
-//! first visits to many sites, impossible travel, resources new to the
-//! principal anywhere in the mesh), tabled in [`mesh`].
+//! first visits to many sites, probes on pairs never used, impossible
+//! travel, resources new to the principal anywhere in the mesh), tabled
+//! in [`mesh`].
 //! `weft detect eval --mesh` runs one detector per site exchanging the
 //! summaries ([`mesh_eval`]).
 //!
@@ -796,7 +797,8 @@ impl Detector {
     /// another window or trees' shape; principals over `cfg`'s cap are
     /// dropped, least recently seen first.
     pub fn restore(cfg: DetectorConfig, bytes: &[u8]) -> Result<Detector, String> {
-        let undecodable = |e: postcard::Error| format!("the saved detector state does not decode: {e}");
+        let undecodable =
+            |e: postcard::Error| format!("the saved detector state does not decode: {e}");
         let version: u32 = postcard::from_bytes(bytes).map_err(undecodable)?;
         let saved: Saved = if version == 1 {
             postcard::from_bytes::<SavedV1>(bytes)

@@ -425,7 +425,11 @@ fn ordinary_then_a_first_busy_minute(minutes: u64) -> Vec<DecisionEvent> {
     for k in 0..30u64 {
         out.push(DecisionEvent {
             action: "Action::\"edit\"".into(),
-            ..ev(t + k * 1_000 + 5, "User::\"u7\"", &format!("Repo::\"r{k}\""))
+            ..ev(
+                t + k * 1_000 + 5,
+                "User::\"u7\"",
+                &format!("Repo::\"r{k}\""),
+            )
         });
     }
     out
