@@ -481,3 +481,21 @@ fn detect_a_restored_detector_keeps_its_learning_period() {
     assert!(back.learning(t0 + twelve_h - 1));
     assert!(!back.learning(t0 + twelve_h));
 }
+
+#[test]
+fn detect_a_state_saved_without_a_learning_start_is_past_it() {
+    // A state saved before the learning period existed (version 1: the
+    // same layout without its start) restores as past it.
+    let t0 = 1_767_600_000_000u64;
+    let mut d = Detector::new(DetectorConfig::default(), 1);
+    d.observe(&ev(t0, "User::\"a\"", "Doc::\"x\""));
+    let mut bytes = d.save();
+    let tail = postcard::to_allocvec(&Some(t0)).expect("encodes");
+    assert!(bytes.ends_with(&tail));
+    bytes.truncate(bytes.len() - tail.len());
+    assert_eq!(bytes[0], 2);
+    bytes[0] = 1;
+    let back = Detector::restore(DetectorConfig::default(), &bytes).expect("restores");
+    assert!(!back.learning(t0));
+    assert_eq!(back.tracked(), 1);
+}
