@@ -22,7 +22,7 @@
 //!   (action, resource type) pairs it used (a sketch), the resources it
 //!   used (two generations of a sketch, 12 h each), when it was first seen, how many slots it was active in, in
 //!   how many of them at two sites or more, its last few first visits to a
-//!   site and the slots of its last new resource bits. At most
+//!   site and its new resource bits per 5 minutes over the last 3 hours. At most
 //!   [`MeshConfig::max_history`] principals (the least recently seen is
 //!   forgotten), at most [`MeshConfig::max_cells`] cells in the window and
 //!   [`MeshConfig::max_sites`] sites; past those, a summary is refused
@@ -38,16 +38,20 @@
 //! | `mesh_resources` | 300 distinct resources (the OR of the sites' sketches) |
 //! | `mesh_actions` | 16 distinct actions |
 //! | `deny_spread` | denies at 3 sites or more, 10 in all, at least half of the requests |
-//! | `first_visits` | first visits to 3 sites or more (sites its history never saw it at) within 15 min, for a principal with a history (30 active slots) |
+//! | `first_visits` | first visits to 2 sites or more (sites its history never saw it at) within 15 min, for a principal with a history (30 active slots) |
+//! | `new_pair_denies` | 3 denies, at least half of the requests, with an (action, resource type) pair its history never saw at any site, for a principal with a history |
 //! | `new_site_pairs` | at a site new to it, with an (action, resource type) pair its history never saw at any site, for a principal with a history |
-//! | `impossible_travel` | active in two slots at a site new to it while active at another in the same slot, for a principal with a history that is at two sites in the same slot in under 5% of its active slots |
-//! | `new_resources` | 14 bits of its resource sketch that its history lacked, set within the last hour at any site, and at least twice as many as in the hour before, for a principal with a history first seen 3 h ago or more |
+//! | `impossible_travel` | in two slots, at a site new to it while active at another in the same slot, or at a site new to it and then, in a later slot, back at a site it knows; for a principal with a history that is at two sites in one slot in under 5% of its active slots |
+//! | `new_resources` | 14 bits of its resource sketch that its history lacked, set within the last hour at any site, and at least twice as many as in the quieter of the two hours before, for a principal with a history first seen 3 h ago or more |
 //!
 //! Impossible travel has no geography here: sites are node ids. What is
 //! implausible is defined from the principal's own history: someone who is
 //! never at two sites within 10 s (a person at a desk, a traveller who
 //! moves from one site to another) and now is, at a site it never used,
-//! twice within a minute. Roaming staff, who move between their usual
+//! twice within a minute, or goes to a site it never used and then, in a
+//! later slot of the window, is back at one it uses (a traveller moves
+//! once and stays; an intruder at a new site works while the principal
+//! works at home). Roaming staff, who move between their usual
 //! sites, and a shared service account, which is at many sites at once
 //! all day, have histories that make it plausible.
 //!
@@ -78,7 +82,7 @@ pub struct MeshConfig {
     /// sixty times over.
     pub max_cells: usize,
     /// Principals' histories kept at most. Default 100,000 (as the
-    /// detector), about 250 bytes each (700 at most: a principal that
+    /// detector), about 250 bytes each (650 at most: a principal that
     /// keeps meeting new resources and sites).
     pub max_history: usize,
     /// A summary of a slot starting more than this after the node's clock
@@ -90,7 +94,8 @@ pub struct MeshConfig {
     pub spread_sites: u32,
     /// `deny_spread`: denies in all. Default 10: a third of the deny floor.
     pub spread_denies: u32,
-    /// `first_visits`: first visits. Default 3.
+    /// `first_visits`: first visits. Default 2: a traveller makes one
+    /// (and stays), roaming staff move to one site at a time, hours apart.
     pub first_visits: u32,
     /// `first_visits`: within this long. Default 15 min.
     pub first_visit_span_ms: u64,
@@ -103,6 +108,12 @@ pub struct MeshConfig {
     /// with its own pairs; an intruder there tends to do what the
     /// principal never did.
     pub new_site_pairs: u32,
+    /// `new_pair_denies`: denies in the window, at least half of the
+    /// requests, with an (action, resource type) pair its history never
+    /// saw at any site. Default 3: a probe is refused three times in its
+    /// first seconds, where an ordinary principal with a history uses its
+    /// own pairs and is refused a few percent of the time.
+    pub new_pair_denies: u32,
     /// Active slots before a principal's history speaks for it. Default 30.
     pub history_slots: u32,
     /// `new_resources`: bits of the resource sketch new to the principal's
@@ -110,7 +121,7 @@ pub struct MeshConfig {
     /// [`MeshConfig::new_resources_span_ms`]. Default 14: about 18 new
     /// resources (some fall on bits the principal already set), where the
     /// busiest ordinary user of the traces meets about 4 in an hour; and
-    /// twice as many as in the span before, since a principal still
+    /// twice as many as in the quieter of the two spans before, since a principal still
     /// meeting its working set meets as many hour after hour.
     pub new_resources: u32,
     /// `new_resources`: the span. Default 1 h.
@@ -135,10 +146,11 @@ impl Default for MeshConfig {
             floors: Floors::default(),
             spread_sites: 3,
             spread_denies: 10,
-            first_visits: 3,
+            first_visits: 2,
             first_visit_span_ms: 15 * 60_000,
             travel_slots: 2,
             new_site_pairs: 1,
+            new_pair_denies: 3,
             history_slots: 30,
             new_resources: 14,
             new_resources_span_ms: 3_600_000,
@@ -175,8 +187,62 @@ pub enum Refused {
 /// principal uses.
 const ROTATE_SLOTS: u64 = 12 * 360;
 
-/// New resource bits a history keeps the slots of (two spans' worth).
-const MAX_NOVEL: usize = 48;
+/// Slots per bucket of a history's counts of new resource bits: 5 min.
+const NOVEL_BUCKET_SLOTS: u64 = 30;
+
+/// A principal's new resource bits, counted per 5-minute bucket over the
+/// last three spans ([`MeshConfig::new_resources_span_ms`]): exact counts
+/// whatever the pace, in a few bytes a bucket.
+#[derive(Clone, Debug, Default)]
+struct Novel {
+    /// (bucket, bits) from the oldest, only buckets with bits: at most
+    /// three spans' worth, 8 bytes each.
+    buckets: std::collections::VecDeque<(u32, u16)>,
+}
+
+impl Novel {
+    fn add(&mut self, slot: u64, bits: u32) {
+        let b = (slot / NOVEL_BUCKET_SLOTS) as u32;
+        let bits = u16::try_from(bits).unwrap_or(u16::MAX);
+        match self.buckets.back_mut() {
+            Some((last, n)) if *last == b => *n = n.saturating_add(bits),
+            _ => self.buckets.push_back((b, bits)),
+        }
+    }
+
+    /// Forgets the buckets older than three spans of `span_slots` before `slot`.
+    fn expire(&mut self, slot: u64, span_slots: u64) {
+        let (now, span) = (slot / NOVEL_BUCKET_SLOTS, span_buckets(span_slots));
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(b, _)| u64::from(*b) + 3 * span <= now)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Bits in the span ending with `slot`'s bucket (`ago` 0), or in the
+    /// span `ago` spans before it.
+    fn in_span(&self, slot: u64, span_slots: u64, ago: u64) -> usize {
+        let (now, span) = (slot / NOVEL_BUCKET_SLOTS, span_buckets(span_slots));
+        let hi = now.saturating_sub(ago * span);
+        let lo = (now + 1).saturating_sub((ago + 1) * span);
+        self.buckets
+            .iter()
+            .filter(|(b, _)| (lo..=hi).contains(&u64::from(*b)))
+            .map(|(_, n)| usize::from(*n))
+            .sum()
+    }
+
+    fn clear(&mut self) {
+        self.buckets.clear();
+    }
+}
+
+fn span_buckets(span_slots: u64) -> u64 {
+    span_slots.div_ceil(NOVEL_BUCKET_SLOTS).max(1)
+}
 
 #[derive(Clone, Debug, Default)]
 struct History {
@@ -187,8 +253,9 @@ struct History {
     known_resources: [[u64; 4]; 2],
     /// The slot the newer generation started in.
     generation_slot: u64,
-    /// The slots of its last new resource bits (at most [`MAX_NOVEL`]).
-    novel: Vec<u64>,
+    /// Its new resource bits per 5-minute bucket, over three spans.
+    novel: Novel,
+
     /// The slot it was first seen in.
     first_slot: Option<u64>,
     active_slots: u32,
@@ -213,6 +280,9 @@ pub struct MeshWindow {
     pub first_visits: usize,
     /// Slots in which it was at a new site and at another.
     pub travel_slots: usize,
+    /// Whether, after its first slot at a site new to it in the window, it
+    /// was at a site it knows in a later slot: back and forth.
+    pub returned: bool,
     /// Sites in the window new to its history.
     pub new_sites: usize,
     /// Bits of the window's (action, resource type) pair sketch its history
@@ -227,9 +297,10 @@ pub struct MeshWindow {
     /// those of an alert's cool-down left out; 0 until its history is old
     /// enough ([`MeshConfig::new_resources_age_ms`]).
     pub new_resources: usize,
-    /// The same over the span before: a principal still meeting its
-    /// working set meets new resources at much the same pace hour after
-    /// hour.
+    /// The same over the span before, or over the span before that when
+    /// it had fewer: a principal still meeting its working set meets new
+    /// resources at much the same pace hour after hour, and a rise over
+    /// hours (low and slow) is measured against the quieter of the two.
     pub new_resources_before: usize,
 }
 
@@ -442,7 +513,7 @@ impl MeshView {
         let cooling = h
             .last_alert_ms
             .is_some_and(|t| slot * SLOT_MS < t.saturating_add(cooldown_ms));
-        h.novel.retain(|s| s + 2 * span >= slot);
+        h.novel.expire(slot, span);
         if h.active_slots == 0 {
             h.generation_slot = slot;
         } else if slot >= h.generation_slot.saturating_add(ROTATE_SLOTS) {
@@ -452,11 +523,8 @@ impl MeshView {
         }
         if h.active_slots > 0 && !cooling {
             let new = new_bits(resources, &h.known_resources);
-            for _ in 0..new.min(MAX_NOVEL as u32) {
-                if h.novel.len() >= MAX_NOVEL {
-                    h.novel.remove(0);
-                }
-                h.novel.push(slot);
+            if new > 0 {
+                h.novel.add(slot, new);
             }
         }
         or(&mut h.known_resources[0], resources);
@@ -519,6 +587,15 @@ impl MeshView {
                 .values()
                 .filter(|ss| ss.len() >= 2 && ss.iter().any(|s| !known(*s)))
                 .count();
+            let first_new = by_slot
+                .iter()
+                .find(|(_, ss)| ss.iter().any(|s| !known(*s)))
+                .map(|(slot, _)| *slot);
+            w.returned = first_new.is_some_and(|f| {
+                by_slot
+                    .range(f + 1..)
+                    .any(|(_, ss)| ss.iter().any(|s| known(*s)))
+            });
         }
         let aged = |h: &History| {
             h.first_slot.is_some_and(|f| {
@@ -530,17 +607,14 @@ impl MeshView {
             && aged(h)
         {
             let span = self.cfg.new_resources_span_ms / SLOT_MS;
-            let recent = h
-                .novel
-                .iter()
-                .filter(|s| **s + span >= self.now_slot)
-                .count();
+            let recent = h.novel.in_span(self.now_slot, span, 0);
             w.new_resources = recent + new_bits(&resources, &h.known_resources) as usize;
-            w.new_resources_before = h
-                .novel
-                .iter()
-                .filter(|s| **s + span < self.now_slot && **s + 2 * span >= self.now_slot)
-                .count();
+            w.new_resources_before = h.novel.in_span(self.now_slot, span, 1);
+            // A rise that takes hours (low and slow) is in the span before
+            // too: the quieter of the two spans before is the reference.
+            w.new_resources_before =
+                w.new_resources_before
+                    .min(h.novel.in_span(self.now_slot, span, 2));
         }
         w
     }
@@ -593,6 +667,15 @@ impl MeshView {
                 ),
             ));
         }
+        if w.new_pairs > 0 && c.denies >= self.cfg.new_pair_denies && c.denies * 2 >= c.requests {
+            return Some((
+                "new_pair_denies",
+                format!(
+                    "{} denies of {} requests, with (action, resource type) pairs it never used ({} new bits of their sketch)",
+                    c.denies, c.requests, w.new_pairs
+                ),
+            ));
+        }
         if w.first_visits as u32 >= self.cfg.first_visits {
             return Some((
                 "first_visits",
@@ -618,12 +701,21 @@ impl MeshView {
             return Some((
                 "new_resources",
                 format!(
-                    "{} bits of its resource sketch new to it across the mesh within {} min, {} in the {} min before (signal at {}, and twice the span before)",
+                    "{} bits of its resource sketch new to it across the mesh within {} min, {} in the quieter of the two {} min spans before (signal at {}, and twice that)",
                     w.new_resources,
                     self.cfg.new_resources_span_ms / 60_000,
                     w.new_resources_before,
                     self.cfg.new_resources_span_ms / 60_000,
                     self.cfg.new_resources
+                ),
+            ));
+        }
+        if w.returned && w.multi_site_share < 0.05 {
+            return Some((
+                "impossible_travel",
+                format!(
+                    "at a site it never used, then back at one it uses, within the window; at two sites at once in {:.1}% of its history",
+                    w.multi_site_share * 100.0
                 ),
             ));
         }

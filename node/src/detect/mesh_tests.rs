@@ -591,3 +591,142 @@ fn an_alert_raised_elsewhere_consumes_the_new_resources_it_was_about() {
     let told = back_home_after_an_attack_elsewhere(true);
     assert!(told.is_empty(), "{told:?}");
 }
+
+#[test]
+fn a_principal_meeting_new_resources_at_a_steady_fast_pace_is_not_flagged() {
+    // An explorer: a new resource every minute, hour after hour (a user
+    // browsing through tickets). As many in each hour as in the one
+    // before, however many: nothing, until its sketch is full.
+    let served = |_: &str| true;
+    let p = "User::\"explorer\"";
+    let mut view = MeshView::new(MeshConfig::default());
+    let mut t = T0;
+    for k in 0..1500usize {
+        slot_with(&mut view, p, t, &[k / 6]);
+        t += SLOT_MS;
+        let a = view.check(t, served);
+        assert!(a.is_empty(), "slot {k}: {a:?}");
+    }
+}
+
+#[test]
+fn a_probe_with_pairs_it_never_used_is_flagged_at_its_third_deny_on_the_spot() {
+    // An established principal at its own site, then refused three times
+    // on (admin, Secret), a pair its history never saw: the node's own
+    // decision completes the signal, so the alert needs not wait for the
+    // slot's end or for another site.
+    let mut view = MeshView::new(MeshConfig::default());
+    let p = "User::\"prober\"";
+    // Its history, then a quiet minute: the probe is all its window holds.
+    let t = history_then(&mut view, p, &[0], 40, T0) + 7 * SLOT_MS;
+    let mut alerts = Vec::new();
+    for k in 0..3u64 {
+        let e = ev(
+            t + 1_000 + k * 2_000,
+            p,
+            format!("Secret::\"s{k}\""),
+            false,
+            0,
+        );
+        let a = view.observe_local(node(0), &e);
+        assert_eq!(a.is_some(), k == 2, "deny {}: {a:?}", k + 1);
+        alerts.extend(a);
+    }
+    assert_eq!(alerts[0].signal.as_deref(), Some("new_pair_denies"));
+    assert!(alerts[0].at_ms < t + SLOT_MS, "{:?}", alerts[0]);
+
+    // The same denies on a pair its history knows: a refused retry, nothing.
+    let mut view = MeshView::new(MeshConfig::default());
+    let t = history_then(&mut view, p, &[0], 40, T0);
+    let mut known = ev(t + 1_000, p, "Doc::\"d\"".into(), true, 0);
+    known.action = "Action::\"view\"".into();
+    view.observe_local(node(0), &known);
+    view.advance(t + 8 * SLOT_MS);
+    for k in 0..4u64 {
+        let e = DecisionEvent {
+            allow: false,
+            at_ms: t + 9 * SLOT_MS + k * 1_000,
+            ..known.clone()
+        };
+        assert!(view.observe_local(node(0), &e).is_none());
+    }
+}
+
+#[test]
+fn at_a_new_site_then_back_at_home_is_flagged_and_a_traveller_is_not() {
+    let served = |_: &str| true;
+    // At site 5, never used, then back at site 0 the next slot: an
+    // intruder at a new site while the principal works at home.
+    let mut view = MeshView::new(MeshConfig::default());
+    let p = "User::\"v\"";
+    let t = history_then(&mut view, p, &[0], 47, T0);
+    let t = history_then(&mut view, p, &[5], 1, t);
+    assert!(view.check(t, served).is_empty());
+    let t = history_then(&mut view, p, &[0], 1, t);
+    let a = view.check(t, served);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0].signal.as_deref(), Some("impossible_travel"));
+    assert!(a[0].reason.contains("back"), "{}", a[0].reason);
+
+    // A traveller: at home, then at site 5 from then on, with its own
+    // pairs: nothing.
+    let mut view = MeshView::new(MeshConfig::default());
+    let t = history_then(&mut view, "User::\"trav\"", &[0], 47, T0);
+    let t = history_then(&mut view, "User::\"trav\"", &[5], 12, t);
+    assert!(view.check(t, served).is_empty());
+
+    // First visits to two sites within 15 min: flagged.
+    let mut view = MeshView::new(MeshConfig::default());
+    let t = history_then(&mut view, "User::\"w\"", &[0], 47, T0);
+    let t = history_then(&mut view, "User::\"w\"", &[3], 1, t);
+    assert!(view.check(t, served).is_empty());
+    let t = history_then(&mut view, "User::\"w\"", &[4], 1, t);
+    let a = view.check(t, served);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0].signal.as_deref(), Some("first_visits"));
+}
+
+#[test]
+fn resources_new_at_a_pace_rising_over_hours_alert_against_the_quieter_hour() {
+    // Low and slow: nine new resources in an hour, then fourteen in the
+    // next. Against the hour just before (nine) that is not twice as many;
+    // against the quieter of the two hours before (none), it is.
+    let served = |_: &str| true;
+    let p = "User::\"ramp\"";
+    let mut view = MeshView::new(MeshConfig::default());
+    let mut t = T0;
+    for k in 0..1440usize {
+        slot_with(&mut view, p, t, &[k % 20]);
+        t += SLOT_MS;
+    }
+    let mut alerts = Vec::new();
+    let mut bit = 100;
+    for k in 0..360usize {
+        let mut bits = vec![k % 20];
+        if k % 40 == 39 {
+            bits.push(bit);
+            bit += 1;
+        }
+        slot_with(&mut view, p, t, &bits);
+        t += SLOT_MS;
+        alerts.extend(view.check(t, served));
+    }
+    assert!(alerts.is_empty(), "{alerts:?}");
+    for k in 0..375usize {
+        let mut bits = vec![k % 20];
+        if k % 25 == 24 {
+            bits.push(bit);
+            bit += 1;
+        }
+        slot_with(&mut view, p, t, &bits);
+        t += SLOT_MS;
+        alerts.extend(view.check(t, served));
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].signal.as_deref(), Some("new_resources"));
+    assert!(
+        alerts[0].reason.contains("0 in the quieter"),
+        "{}",
+        alerts[0].reason
+    );
+}

@@ -73,17 +73,33 @@
 //! features that can drive an alert (all but `off_hours`, which only
 //! supports: working late is not an attack) reaches
 //! [`DetectorConfig::min_norm`], (2) the trees score the point at or above
-//! [`DetectorConfig::threshold`], and (3) the principal had no alert in the
-//! last [`DetectorConfig::cooldown_ms`]. The trees score nothing before
-//! they hold their first reference window ([`hst::HstConfig::window`]
-//! ordinary windows: minutes on a node serving a thousand principals, a
-//! quarter of an hour or more on one serving a few dozen), so the model
-//! alone is blind on a fresh detector.
+//! [`DetectorConfig::threshold`], (3) the principal had no alert in the
+//! last [`DetectorConfig::cooldown_ms`], and (4) the detector is past its
+//! learning period ([`DetectorConfig::learning_ms`], 12 h from its first
+//! decision).
+//!
+//! # The learning period
+//! A detector that has just started (a new node, or one with no saved
+//! state) knows no principal: what it first sees of each is that
+//! principal's first windows, and a principal's first busy window (a
+//! batch job's nightly run, a user's first use of one of its own
+//! (action, resource type) pairs or of its second site) is far from a
+//! baseline made of minutes. On the generated traces that is about ten
+//! false alerts per 1,000 principals a day on a fresh detector, for a few
+//! bulk exfiltrations found, which look like a batch job's run to a model
+//! with no reference. So for its first 12 h the model learns (baselines,
+//! population tiers, trees) and alerts on nobody; the absolute floors
+//! alert from the first decision. The start of the learning period is
+//! kept in the saved state, so a restart does not begin it again. Twelve
+//! hours is the evaluation's warm-up, after which no ordinary principal
+//! of the traces is flagged. (The trees alone would score nothing before
+//! they hold their first reference window, [`hst::HstConfig::window`]
+//! ordinary windows: minutes on a node serving a thousand principals.)
 //!
 //! # Absolute floors: no blind start
-//! An event also alerts, whatever the baselines and the trees hold, when
-//! its principal's window crosses an absolute floor ([`Floors`]), from the
-//! detector's first decision:
+//! An event also alerts, whatever the baselines and the trees hold and
+//! during the learning period too, when its principal's window crosses an
+//! absolute floor ([`Floors`]), from the detector's first decision:
 //!
 //! | floor | alerts at, in the 60 s window | ordinary maximum (traces) |
 //! |---|---|---|
@@ -111,8 +127,9 @@
 //! node, and [`Detector::check_mesh`] scores the principals this node served
 //! on what the whole mesh saw in the window: the absolute floors on the
 //! merged counts, and cross-site signals (denies spread over many sites,
-//! first visits to many sites, impossible travel, resources new to the
-//! principal anywhere in the mesh), tabled in [`mesh`].
+//! first visits to many sites, probes on pairs never used, impossible
+//! travel, resources new to the principal anywhere in the mesh), tabled
+//! in [`mesh`].
 //! `weft detect eval --mesh` runs one detector per site exchanging the
 //! summaries ([`mesh_eval`]).
 //!
@@ -262,6 +279,14 @@ pub struct DetectorConfig {
     /// hold, from a detector's first decision (`None`: none, the detector
     /// relies on its learned model alone). See [`Floors`].
     pub floors: Option<Floors>,
+    /// How long the detector learns, from its first decision, before its
+    /// model alerts; the floors alert from the first decision. Default
+    /// 12 h: a principal it has known for minutes has no reference, and
+    /// what the model then flags is its first busy window (a batch job's
+    /// nightly run, a user's first new pairs), not an attack. Twelve hours
+    /// is the evaluation's warm-up, after which no ordinary principal of
+    /// the traces is flagged.
+    pub learning_ms: u64,
 }
 
 /// Absolute floors: behaviour in one window so far beyond what any
@@ -367,6 +392,7 @@ impl Default for DetectorConfig {
             z_cap: 12.0,
             hst: HstConfig::default(),
             floors: Some(Floors::default()),
+            learning_ms: 12 * 3_600_000,
         }
     }
 }
@@ -468,10 +494,13 @@ pub struct Detector {
     trees: HalfSpaceTrees,
     evicted: u64,
     summaries: Option<summary::Summarizer>,
+    /// The time of the first decision seen: the learning period runs from
+    /// there ([`DetectorConfig::learning_ms`]).
+    started_ms: Option<u64>,
 }
 
 /// The layout of [`Detector::save`]'s bytes; a change of layout bumps it.
-const SAVED_VERSION: u32 = 1;
+const SAVED_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 struct SavedRef<'a> {
@@ -485,6 +514,7 @@ struct SavedRef<'a> {
     population_n: &'a [u64; TIERS],
     trees: &'a HalfSpaceTrees,
     principals: Vec<(&'a str, &'a Principal)>,
+    started_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -499,6 +529,41 @@ struct Saved {
     population_n: [u64; TIERS],
     trees: HalfSpaceTrees,
     principals: Vec<(String, Principal)>,
+    started_ms: Option<u64>,
+}
+
+/// Version 1 of the saved state: [`Saved`] without the start of the
+/// learning period (a detector saved so is past it).
+#[derive(Deserialize)]
+struct SavedV1 {
+    version: u32,
+    seed: u64,
+    window_ms: u64,
+    hst: HstConfig,
+    tick: u64,
+    evicted: u64,
+    population: [[Baseline; NF]; TIERS],
+    population_n: [u64; TIERS],
+    trees: HalfSpaceTrees,
+    principals: Vec<(String, Principal)>,
+}
+
+impl From<SavedV1> for Saved {
+    fn from(v: SavedV1) -> Saved {
+        Saved {
+            version: v.version,
+            seed: v.seed,
+            window_ms: v.window_ms,
+            hst: v.hst,
+            tick: v.tick,
+            evicted: v.evicted,
+            population: v.population,
+            population_n: v.population_n,
+            trees: v.trees,
+            principals: v.principals,
+            started_ms: Some(0),
+        }
+    }
 }
 
 /// FNV-1a, then a SplitMix finalizer: a stable hash (the same on every run
@@ -628,6 +693,7 @@ impl Detector {
             trees,
             evicted: 0,
             summaries: None,
+            started_ms: None,
         }
     }
 
@@ -666,6 +732,13 @@ impl Detector {
     /// so the local alerts stay what they are without the mesh.
     pub fn check_mesh(&self, mesh: &mut mesh::MeshView, now_ms: u64) -> Vec<Alert> {
         mesh.check(now_ms, |p| self.served(p, now_ms))
+    }
+
+    /// Whether the detector is still in its learning period at `at_ms`
+    /// ([`DetectorConfig::learning_ms`] from its first decision).
+    pub fn learning(&self, at_ms: u64) -> bool {
+        self.started_ms
+            .is_none_or(|t| at_ms < t.saturating_add(self.cfg.learning_ms))
     }
 
     /// The configuration.
@@ -713,6 +786,7 @@ impl Detector {
             population_n: &self.population_n,
             trees: &self.trees,
             principals,
+            started_ms: self.started_ms,
         };
         postcard::to_allocvec(&saved).unwrap_or_default()
     }
@@ -723,9 +797,17 @@ impl Detector {
     /// another window or trees' shape; principals over `cfg`'s cap are
     /// dropped, least recently seen first.
     pub fn restore(cfg: DetectorConfig, bytes: &[u8]) -> Result<Detector, String> {
-        let saved: Saved = postcard::from_bytes(bytes)
-            .map_err(|e| format!("the saved detector state does not decode: {e}"))?;
-        if saved.version != SAVED_VERSION {
+        let undecodable =
+            |e: postcard::Error| format!("the saved detector state does not decode: {e}");
+        let version: u32 = postcard::from_bytes(bytes).map_err(undecodable)?;
+        let saved: Saved = if version == 1 {
+            postcard::from_bytes::<SavedV1>(bytes)
+                .map_err(undecodable)?
+                .into()
+        } else {
+            postcard::from_bytes(bytes).map_err(undecodable)?
+        };
+        if saved.version != SAVED_VERSION && saved.version != 1 {
             return Err(format!(
                 "the saved detector state is version {}, this build reads {SAVED_VERSION}",
                 saved.version
@@ -745,6 +827,7 @@ impl Detector {
         d.population = saved.population;
         d.population_n = saved.population_n;
         d.trees = saved.trees;
+        d.started_ms = saved.started_ms;
         let cap = d.cfg.max_principals.max(1);
         let skip = saved.principals.len().saturating_sub(cap);
         d.evicted += skip as u64;
@@ -766,6 +849,7 @@ impl Detector {
         }
         let slot = ev.at_ms / self.slot_ms;
         self.tick += 1;
+        self.started_ms.get_or_insert(ev.at_ms);
         let key: Arc<str> = match self.principals.get_key_value(ev.principal.as_str()) {
             Some((k, _)) => k.clone(),
             None => {
@@ -941,8 +1025,15 @@ impl Detector {
         let x = p.features(ev.at_ms, self.cfg.novelty_half_life_ms);
         let sc = self.score_vector(p, &x, ev.at_ms);
         let norm = norm(&sc.z);
-        let score = self.trees.score(&self.unit(&sc.z));
-        let modelled = norm >= self.cfg.min_norm && score >= self.cfg.threshold;
+        // While the detector learns, the model has no reference for
+        // anyone: only the floors alert.
+        let learning = self.learning(ev.at_ms);
+        let score = if learning {
+            0.0
+        } else {
+            self.trees.score(&self.unit(&sc.z))
+        };
+        let modelled = !learning && norm >= self.cfg.min_norm && score >= self.cfg.threshold;
         // The floors are looked at only when the model does not alert, so
         // every alert the model raises is the same with or without them.
         let floor = if modelled {

@@ -404,3 +404,98 @@ fn detect_floors_change_no_figure_of_the_warm_evaluation_but_the_fresh_one() {
         "{fresh_on:#?}"
     );
 }
+
+/// 200 ordinary principals, one request each every 10 s over three
+/// resources of their own, for `minutes`; then `User::"u7"` makes 30
+/// requests in 30 s over 30 resources it never used, with an action it
+/// never used: far from its baseline, far under every floor.
+fn ordinary_then_a_first_busy_minute(minutes: u64) -> Vec<DecisionEvent> {
+    let t0 = 1_767_600_000_000u64;
+    let mut out = Vec::new();
+    for slot in 0..minutes * 6 {
+        for i in 0..200u64 {
+            out.push(ev(
+                t0 + slot * 10_000 + i * 10,
+                &format!("User::\"u{i}\""),
+                &format!("Doc::\"d{i}-{}\"", slot % 3),
+            ));
+        }
+    }
+    let t = t0 + minutes * 60_000;
+    for k in 0..30u64 {
+        out.push(DecisionEvent {
+            action: "Action::\"edit\"".into(),
+            ..ev(
+                t + k * 1_000 + 5,
+                "User::\"u7\"",
+                &format!("Repo::\"r{k}\""),
+            )
+        });
+    }
+    out
+}
+
+#[test]
+fn detect_the_model_does_not_alert_while_the_detector_learns() {
+    // Ten minutes into a fresh detector, the trees hold their reference
+    // and a model without a learning period alerts on a principal's first
+    // busy minute, which says nothing of a principal it has known for ten
+    // minutes (a batch job's nightly run, a user's first new pairs).
+    let events = ordinary_then_a_first_busy_minute(10);
+    let run = |learning_ms: u64| -> Vec<Alert> {
+        let mut d = Detector::new(
+            DetectorConfig {
+                learning_ms,
+                ..DetectorConfig::default()
+            },
+            1,
+        );
+        events.iter().filter_map(|e| d.observe(e)).collect()
+    };
+    let unlearned = run(0);
+    assert_eq!(unlearned.len(), 1, "{unlearned:#?}");
+    assert_eq!(unlearned[0].principal, "User::\"u7\"");
+    assert_eq!(unlearned[0].floor, None, "{unlearned:#?}");
+    // Within the default learning period (12 h), only the floors alert.
+    assert!(run(DetectorConfig::default().learning_ms).is_empty());
+    // Once it is over, the model alerts as before.
+    assert_eq!(run(5 * 60_000).len(), 1);
+    // A gross burst crosses a floor whatever the learning period.
+    let mut d = Detector::new(DetectorConfig::default(), 1);
+    assert!(d.learning(0));
+    let burst: Vec<Alert> = fresh_start_with_a_burst()
+        .iter()
+        .filter_map(|e| d.observe(e))
+        .collect();
+    assert_eq!(burst.len(), 1);
+    assert!(burst[0].floor.is_some());
+}
+
+#[test]
+fn detect_a_restored_detector_keeps_its_learning_period() {
+    let t0 = 1_767_600_000_000u64;
+    let mut d = Detector::new(DetectorConfig::default(), 1);
+    d.observe(&ev(t0, "User::\"a\"", "Doc::\"x\""));
+    let back = Detector::restore(DetectorConfig::default(), &d.save()).expect("restores");
+    let twelve_h = DetectorConfig::default().learning_ms;
+    assert!(back.learning(t0 + twelve_h - 1));
+    assert!(!back.learning(t0 + twelve_h));
+}
+
+#[test]
+fn detect_a_state_saved_without_a_learning_start_is_past_it() {
+    // A state saved before the learning period existed (version 1: the
+    // same layout without its start) restores as past it.
+    let t0 = 1_767_600_000_000u64;
+    let mut d = Detector::new(DetectorConfig::default(), 1);
+    d.observe(&ev(t0, "User::\"a\"", "Doc::\"x\""));
+    let mut bytes = d.save();
+    let tail = postcard::to_allocvec(&Some(t0)).expect("encodes");
+    assert!(bytes.ends_with(&tail));
+    bytes.truncate(bytes.len() - tail.len());
+    assert_eq!(bytes[0], 2);
+    bytes[0] = 1;
+    let back = Detector::restore(DetectorConfig::default(), &bytes).expect("restores");
+    assert!(!back.learning(t0));
+    assert_eq!(back.tracked(), 1);
+}
