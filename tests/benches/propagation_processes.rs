@@ -327,7 +327,11 @@ async fn propagate(
         // Where the time went: the five slowest nodes, in ms.
         let mut slow: Vec<(f64, usize)> = times.iter().map(|t| ms(*t)).zip(0..).collect();
         slow.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let shown: Vec<String> = slow.iter().take(5).map(|(t, i)| format!("node {i} {t:.1}")).collect();
+        let shown: Vec<String> = slow
+            .iter()
+            .take(5)
+            .map(|(t, i)| format!("node {i} {t:.1}"))
+            .collect();
         eprintln!("{subject} from node {target}: {}", shown.join(", "));
     }
     Ok((ms(last), ms(times[target])))
