@@ -433,13 +433,20 @@ impl<'de> Deserialize<'de> for PublicKey {
 /// Shortens user input for an error message.
 fn shorten(s: &str) -> String {
     const MAX: usize = 64;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(MAX).collect();
-        out.push('…');
-        out
+    // Control characters are written escaped so that an error stays one
+    // line whatever text it quotes.
+    let mut out = String::new();
+    for c in s.chars().take(MAX) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    if s.chars().count() > MAX {
+        out.push('…');
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -746,6 +753,16 @@ mod tests {
 
     fn key(n: u8) -> SecretKey {
         SecretKey::from_seed([n; 32])
+    }
+
+    #[test]
+    fn key_and_node_id_errors_are_one_line() {
+        for bad in ["ed25519:\nabc", "12D3\r\nKooW", "\u{1b}[2J"] {
+            let e = bad.parse::<PublicKey>().unwrap_err().to_string();
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+            let e = bad.parse::<NodeId>().unwrap_err().to_string();
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+        }
     }
 
     #[test]

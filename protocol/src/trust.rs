@@ -190,7 +190,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.len() > MAX_NAME_LEN {
         let start: String = name.chars().take(MAX_NAME_LEN).collect();
         return Err(format!(
-            "the name \"{start}…\" is longer than {MAX_NAME_LEN} characters"
+            "the name {start:?}… is longer than {MAX_NAME_LEN} characters"
         ));
     }
     if let Some(c) = name
@@ -198,7 +198,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(format!(
-            "the name \"{name}\" contains {c:?}; use only letters, digits, '.', '_' and '-'"
+            "the name {name:?} contains {c:?}; use only letters, digits, '.', '_' and '-'"
         ));
     }
     Ok(())
@@ -866,6 +866,21 @@ mod tests {
 
     fn key(n: u8) -> SecretKey {
         SecretKey::from_seed([n; 32])
+    }
+
+    /// A name comes from the network inside node certificates, so its
+    /// error must stay one line whatever the name holds.
+    #[test]
+    fn name_errors_are_one_line() {
+        let long = format!("a\n{}", "b".repeat(MAX_NAME_LEN + 10));
+        for bad in ["n\n", "x\r\ny", "\u{1b}[31m", long.as_str()] {
+            let err = validate_name(bad).unwrap_err();
+            assert!(
+                !err.contains('\n') && !err.contains('\r') && !err.contains('\u{1b}'),
+                "{err:?}"
+            );
+        }
+        assert!(validate_name("n\n").unwrap_err().contains(r#""n\n""#));
     }
 
     #[test]
