@@ -263,12 +263,23 @@ pub fn one_line(e: &dyn std::error::Error) -> String {
 }
 
 /// `text` on one line: every run of white space (newlines included)
-/// becomes one space.
+/// becomes one space, and any other control character is written escaped
+/// (`\u{1b}`), so quoted input cannot start a line or drive a terminal.
 pub fn one_line_text(text: impl std::fmt::Display) -> String {
-    text.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::new();
+    for word in text.to_string().split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// Splits the text of a `.cedar` file into single policies, each with its id:
@@ -314,6 +325,12 @@ fn index_of(id: &PolicyId) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_text_has_no_control_characters() {
+        let t = one_line_text("a\n\n b\tc\u{1b}[31m\u{7f}");
+        assert_eq!(t, "a b c\\u{1b}[31m\\u{7f}");
+    }
 
     fn content(policies: &[(&str, &str)]) -> BundleContent {
         BundleContent {

@@ -126,7 +126,10 @@ fuzz_target!(|data: &[u8]| {
                     stale_deny: None,
                 },
             );
-            assert_eq!(decided.outcome == Outcome::Allow, decided.record.decision.allow);
+            assert_eq!(
+                decided.outcome == Outcome::Allow,
+                decided.record.decision.allow
+            );
             assert_eq!(decided.outcome == Outcome::Unauthenticated, !verified);
             map::answer(&decided, "0123456789abcdef0123456789abcdef", view.digest())
         }

@@ -114,7 +114,10 @@ fuzz_target!(|data: &[u8]| {
     match serde_json::from_slice::<Map<String, Value>>(rest) {
         Ok(over) => claims.extend(over),
         Err(_) => {
-            claims.insert("sub".into(), Value::String(String::from_utf8_lossy(rest).into()));
+            claims.insert(
+                "sub".into(),
+                Value::String(String::from_utf8_lossy(rest).into()),
+            );
         }
     }
     let mut header = Header::new(jsonwebtoken::Algorithm::EdDSA);

@@ -14,10 +14,22 @@ fuzz_target!(|data: &[u8]| {
     // anywhere else still unwinds into libfuzzer's handler and is reported.
     static QUIET: std::sync::Once = std::sync::Once::new();
     QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
-    let Ok(update) = SignedUpdate::from_bytes(data) else {
-        return;
+    let update = match SignedUpdate::from_bytes(data) {
+        Ok(update) => update,
+        Err(e) => return one_line(&e),
     };
     assert_eq!(update.to_bytes(), data, "a second encoding was accepted");
     let _ = update.id();
-    let _ = weft_protocol::boundary::decode_verified(data);
+    if let Err(e) = weft_protocol::boundary::decode_verified(data) {
+        one_line(&e);
+    }
 });
+
+/// A refusal is logged and answered as one line, whatever the bytes held.
+fn one_line(e: &dyn std::fmt::Display) {
+    let text = e.to_string();
+    assert!(
+        !text.chars().any(char::is_control),
+        "an error of more than one line: {text:?}"
+    );
+}

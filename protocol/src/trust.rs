@@ -104,8 +104,9 @@ pub enum TrustError {
     /// The bytes could not be decoded.
     #[error("{0}")]
     Malformed(#[from] DecodeError),
-    /// The content is not acceptable (explained in the message).
-    #[error("{0}")]
+    /// The content is not acceptable (explained in the message, which is
+    /// shown on one line: it may quote what was sent).
+    #[error("{}", weft_crdt::bundle::one_line_text(.0))]
     Invalid(String),
 }
 
@@ -347,7 +348,7 @@ mod hashes {
                 .map(|h| {
                     let mut out = [0u8; 32];
                     hex::decode_to_slice(h, &mut out).map_err(|e| {
-                        D::Error::custom(format!("accepted head \"{h}\" is not 64 hex digits: {e}"))
+                        D::Error::custom(format!("accepted head {h:?} is not 64 hex digits: {e}"))
                     })?;
                     Ok(out)
                 })
@@ -727,7 +728,7 @@ pub fn from_trust_file(text: &str) -> Result<SignedRoot, TrustError> {
         .map_err(|e| TrustError::Invalid(format!("the trust file is not valid: {e}")))?;
     if file.format != TRUST_FILE_FORMAT {
         return Err(TrustError::Invalid(format!(
-            "the file is not a Weft trust file (its format is \"{}\", not \"{TRUST_FILE_FORMAT}\")",
+            "the file is not a Weft trust file (its format is {:?}, not \"{TRUST_FILE_FORMAT}\")",
             file.format.chars().take(64).collect::<String>()
         )));
     }

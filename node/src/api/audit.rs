@@ -144,7 +144,7 @@ pub async fn get_checkpoints(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("node={} is not a node id: {e}", q.node),
+                format!("the node in the query: {e}"),
             );
         }
     };
