@@ -37,8 +37,9 @@
 //! in the trail is recorded in the trail.
 //!
 //! # Checkpoints
-//! Every [`AuditConfig::checkpoint_every`] (if the chain grew), the writer
-//! signs a checkpoint of the head with the node's key, keeps it, flushes, and
+//! Every [`AuditConfig::checkpoint_every`] (if the chain grew; the first
+//! at a random point of the second half of the first interval, so nodes
+//! started together take turns), the writer signs a checkpoint of the head with the node's key, keeps it, flushes, and
 //! has the node task gossip it on [`AUDIT_TOPIC`], with the node's
 //! certificate ([`CheckpointGossip`]). A node that later rewrites or
 //! truncates its log is caught by `weft audit verify --peer-dir` against the
@@ -1089,7 +1090,13 @@ pub fn start(
     let writer_log = log.clone();
     let writer = async move {
         let log = writer_log;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // The first checkpoint comes at a random point of the second half
+        // of the first interval, so that nodes started together (a mesh
+        // upgraded at once) do not all sign, gossip and verify at the same
+        // moment of every interval.
+        let half = every / 2;
+        let phase = half + half.mul_f64((getrandom::u64().unwrap_or(0) % 1024) as f64 / 1024.0);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut control_batch = Vec::with_capacity(WRITE_BATCH);

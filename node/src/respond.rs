@@ -46,7 +46,7 @@ use weft_protocol::summary::Summary;
 use crate::anomaly::AnomalyLog;
 use crate::audit::{AuditEvent, AuditHandle};
 use crate::control::Command;
-use crate::detect::summary::SLOT_MS;
+use crate::detect::summary::{publish_due_ms, publish_offset_ms};
 use crate::detect::{Alert, DecisionEvent, Detector, DetectorConfig};
 use crate::mesh_detect::{MeshDetect, Outcome};
 
@@ -228,16 +228,6 @@ pub struct MeshWiring {
     pub publish: mpsc::Sender<Summary>,
 }
 
-/// How long after a slot's end its summary is made: decisions of the
-/// slot's last moments are on the detector's queue for at most
-/// [`DRAIN_EVERY`], so 200 ms finds them all in.
-pub const SLOT_GRACE: Duration = Duration::from_millis(200);
-
-/// When the summary of the slot running at `now_ms` is due (Unix ms).
-fn slot_due(now_ms: u64) -> u64 {
-    (now_ms / SLOT_MS + 1) * SLOT_MS + SLOT_GRACE.as_millis() as u64
-}
-
 /// Local alerts remembered at most, to keep the mesh view from raising an
 /// incident the detector has raised already.
 const MAX_LOCAL_ALERTS: usize = 4096;
@@ -414,7 +404,9 @@ pub fn start(
         };
         let mut last_save = Instant::now();
         let mut unsaved = false;
-        let mut due = slot_due(crate::clock::now_ms());
+        // This node's summaries go out at its own point of each slot.
+        let offset = mesh.as_ref().map_or(0, |m| publish_offset_ms(&m.node));
+        let mut due = publish_due_ms(crate::clock::now_ms(), offset);
         let mut batch = Vec::with_capacity(DRAIN_BATCH);
         'run: loop {
             let wake = tokio::select! {
@@ -445,7 +437,7 @@ pub fn start(
                 }
                 Wake::Slot => {
                     let now = crate::clock::now_ms();
-                    due = slot_due(now);
+                    due = publish_due_ms(now, offset);
                     if let Some(m) = &mesh {
                         let summaries = detector.summarize(m.node, now);
                         {

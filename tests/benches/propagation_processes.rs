@@ -30,7 +30,9 @@
 //!   updates (`WEFT_BENCH_GAP_MS`), seed 1 (`WEFT_BENCH_SEED`). Prints one
 //!   JSON line (`"system": "weft-processes"`). `scripts/bench-propagation.sh`
 //!   runs it beside the in-process bench and Serf.
-//! - `WEFT_BENCH_TRACE=1` prints, for each update, its five slowest nodes.
+//! - `WEFT_BENCH_TRACE=1` prints, for each update, when it was in force at
+//!   its origin, at the first other node and at the median node, and its
+//!   five slowest nodes.
 //! - Run without `--bench` (as `cargo test --all-targets` does), it is a
 //!   check: 3 processes, 2 updates, every node must deny both principals.
 
@@ -324,15 +326,26 @@ async fn propagate(
     let ms = |t: u64| t.saturating_sub(t0) as f64 / 1000.0;
     let last = times.iter().copied().max().unwrap_or(t0);
     if std::env::var_os("WEFT_BENCH_TRACE").is_some() {
-        // Where the time went: the five slowest nodes, in ms.
+        // Where the time went, in ms: the origin, the first other node,
+        // the median and the five slowest nodes.
         let mut slow: Vec<(f64, usize)> = times.iter().map(|t| ms(*t)).zip(0..).collect();
         slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let first = slow
+            .iter()
+            .rev()
+            .find(|(_, i)| *i != target)
+            .map_or(0.0, |s| s.0);
+        let median = slow[slow.len() / 2].0;
         let shown: Vec<String> = slow
             .iter()
             .take(5)
             .map(|(t, i)| format!("node {i} {t:.1}"))
             .collect();
-        eprintln!("{subject} from node {target}: {}", shown.join(", "));
+        eprintln!(
+            "{subject} from node {target} (origin {:.1}, first other {first:.1}, median {median:.1}): {}",
+            ms(times[target]),
+            shown.join(", ")
+        );
     }
     Ok((ms(last), ms(times[target])))
 }

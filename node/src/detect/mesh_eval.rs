@@ -10,7 +10,9 @@
 //! the whole way in ([`MeshView::ingest_bytes`]: size, admitted signer,
 //! signature, body, bounds, merge), as gossip would deliver them; then each
 //! node asks its view for alerts on the principals it served
-//! ([`Detector::check_mesh`]). Between slots, each decision also goes into
+//! ([`Detector::check_mesh`]). Those alerts count from the time the
+//! slot's last summary is out on the nodes, [`SLOT_GRACE_MS`] and
+//! [`PUBLISH_SPREAD_MS`] after the slot's end. Between slots, each decision also goes into
 //! its node's view at once ([`MeshView::observe_local`]), which checks its
 //! principal on the spot. Nothing is shared between the nodes but the
 //! summaries' bytes and, at each exchange, the alerts raised anywhere
@@ -41,7 +43,7 @@ use weft_protocol::summary::SignedSummary;
 
 use super::eval::{EvalConfig, MethodReport, Raised, Run, r4, rate_limit, score};
 use super::mesh::{MeshConfig, MeshView};
-use super::summary::SLOT_MS;
+use super::summary::{PUBLISH_SPREAD_MS, SLOT_GRACE_MS, SLOT_MS};
 use super::traces::{Event, Trace};
 use super::{Alert, Detector};
 
@@ -240,6 +242,12 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
         let mut out = Vec::new();
         for n in nodes.iter_mut() {
             out.extend(n.detector.check_mesh(&mut n.view, now_ms));
+        }
+        // The slot's last summary is published the grace and the whole
+        // spread after its end: an alert on the merged slot counts then.
+        let heard_all = now_ms + SLOT_GRACE_MS + PUBLISH_SPREAD_MS;
+        for a in &mut out {
+            a.at_ms = a.at_ms.max(heard_all);
         }
         told.extend(out.iter().map(|a| (a.principal.clone(), a.at_ms)));
         out

@@ -730,3 +730,49 @@ fn resources_new_at_a_pace_rising_over_hours_alert_against_the_quieter_hour() {
         alerts[0].reason
     );
 }
+
+/// Nodes publish at their own point of each slot, spread over
+/// `PUBLISH_SPREAD_MS` after the grace, so that a mesh's summaries do not
+/// all arrive at once; each node's point is the same at every slot.
+#[test]
+fn nodes_publish_at_their_own_point_of_the_slot() {
+    use super::summary::{PUBLISH_SPREAD_MS, SLOT_GRACE_MS, publish_due_ms, publish_offset_ms};
+    let offsets: Vec<u64> = (0..200u8).map(|i| publish_offset_ms(&node(i))).collect();
+    let mut buckets = [0usize; 5];
+    for &o in &offsets {
+        assert!(
+            (SLOT_GRACE_MS..SLOT_GRACE_MS + PUBLISH_SPREAD_MS).contains(&o),
+            "{o}"
+        );
+        buckets[((o - SLOT_GRACE_MS) * 5 / PUBLISH_SPREAD_MS) as usize] += 1;
+    }
+    // Spread over the whole span: every fifth of it holds 10-30% of them.
+    assert!(
+        buckets.iter().all(|&b| (20..=60).contains(&b)),
+        "{buckets:?}"
+    );
+    assert_eq!(
+        publish_offset_ms(&node(7)),
+        offsets[7],
+        "a node's point is fixed"
+    );
+
+    for offset in [
+        SLOT_GRACE_MS,
+        offsets[3],
+        SLOT_GRACE_MS + PUBLISH_SPREAD_MS - 1,
+    ] {
+        for now in [
+            T0,
+            T0 + 1,
+            T0 + offset - 1,
+            T0 + offset,
+            T0 + SLOT_MS - 1,
+            T0 + 123_456,
+        ] {
+            let due = publish_due_ms(now, offset);
+            assert!(due > now && due - now <= SLOT_MS, "{now} {offset} {due}");
+            assert_eq!(due % SLOT_MS, offset, "{now} {offset} {due}");
+        }
+    }
+}

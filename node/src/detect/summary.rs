@@ -43,6 +43,38 @@ use super::DecisionEvent;
 /// The length of a summary's slot: the detector's slot, 10 s.
 pub const SLOT_MS: u64 = 10_000;
 
+/// How long after a slot's end a node publishes its summary at the
+/// earliest: decisions of the slot's last moments are on the detector's
+/// queue for at most `crate::respond::DRAIN_EVERY`, so 200 ms finds them
+/// all in.
+pub const SLOT_GRACE_MS: u64 = 200;
+
+/// How far the nodes' publishing times are spread within a slot. A node
+/// publishes [`SLOT_GRACE_MS`] plus its own phase after each slot's end
+/// ([`publish_offset_ms`]), so the mesh's summaries, each of which every
+/// node verifies and merges, arrive over 2 s rather than all at once:
+/// at the same moment on every node, they would take the cores of a
+/// whole mesh for that moment and hold back the updates it forwards.
+pub const PUBLISH_SPREAD_MS: u64 = 2_000;
+
+/// When after each slot's end `node` publishes its summary:
+/// [`SLOT_GRACE_MS`] plus a phase below [`PUBLISH_SPREAD_MS`] read from
+/// its node id (a public key: its bytes are as good as random), the same
+/// at every start.
+pub fn publish_offset_ms(node: &NodeId) -> u64 {
+    let key = node.public_key();
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&key.as_bytes()[..8]);
+    SLOT_GRACE_MS + u64::from_le_bytes(head) % PUBLISH_SPREAD_MS
+}
+
+/// The first time after `now_ms` that is `offset_ms` past a slot's end
+/// (Unix ms): when a node with that offset next publishes.
+pub fn publish_due_ms(now_ms: u64, offset_ms: u64) -> u64 {
+    let offset = offset_ms % SLOT_MS;
+    (now_ms.saturating_sub(offset) / SLOT_MS + 1) * SLOT_MS + offset
+}
+
 /// Principals one slot accumulates at most; the busiest
 /// [`MAX_PRINCIPALS`] of them are published. Past it, a new principal's
 /// decisions in the slot are only counted in `dropped`.
