@@ -125,12 +125,17 @@ pub fn render_status(s: &Status) -> String {
     );
     for p in &s.peers {
         out += &format!(
-            "    {}  {}{}{}{}\n",
+            "    {}  {}{}{}{}{}\n",
             p.node_id,
             if p.admitted {
                 "admitted"
             } else {
                 "NOT admitted"
+            },
+            if p.update_mesh {
+                ", in update mesh"
+            } else {
+                ""
             },
             match (&p.transport, &p.route, &p.address) {
                 (Some(t), Some(r), Some(a)) => format!("  {t} {r} {a}"),

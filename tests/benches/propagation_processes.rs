@@ -32,7 +32,10 @@
 //!   runs it beside the in-process bench and Serf.
 //! - `WEFT_BENCH_TRACE=1` prints, for each update, when it was in force at
 //!   its origin, at the first other node and at the median node, and its
-//!   five slowest nodes.
+//!   five slowest nodes; and, before and after the updates, the shape of
+//!   the update topic's gossip meshes (connected parts, mesh degrees, and
+//!   the nodes in no other node's mesh, which no peer sends an update at
+//!   once).
 //! - Run without `--bench` (as `cargo test --all-targets` does), it is a
 //!   check: 3 processes, 2 updates, every node must deny both principals.
 
@@ -227,6 +230,83 @@ async fn wait_quiet(http: &reqwest::Client, nodes: &[Node], quiet: Duration) -> 
     }
 }
 
+/// The shape of the update topic's gossipsub meshes, from every node's
+/// `update_mesh` peers (an edge where either side has the other): the
+/// connected parts and their sizes, and each node's mesh degree. A part
+/// that holds no peer of an update's origin hears of it only by IHAVE.
+async fn mesh_shape(http: &reqwest::Client, nodes: &[Node]) -> Result<String> {
+    let mut ids = Vec::with_capacity(nodes.len());
+    let mut meshes = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let resp = http
+            .get(format!("http://{}/v1/status", node.api))
+            .send()
+            .await?;
+        let status = json(resp).await?;
+        ids.push(status["node_id"].as_str().unwrap_or_default().to_owned());
+        let peers: Vec<String> = status["peers"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["update_mesh"] == true)
+                    .filter_map(|p| p["node_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        meshes.push(peers);
+    }
+    let index: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut part: Vec<usize> = (0..nodes.len()).collect();
+    fn root(part: &mut [usize], mut i: usize) -> usize {
+        while part[i] != i {
+            part[i] = part[part[i]];
+            i = part[i];
+        }
+        i
+    }
+    let mut degree = vec![0usize; nodes.len()];
+    // In how many other nodes' meshes each node is: the peers that send it
+    // every update at once.
+    let mut fed_by = vec![0usize; nodes.len()];
+    for (i, peers) in meshes.iter().enumerate() {
+        degree[i] = peers.len();
+        for j in peers.iter().filter_map(|p| index.get(p.as_str())) {
+            fed_by[*j] += 1;
+            let (a, b) = (root(&mut part, i), root(&mut part, *j));
+            part[a] = b;
+        }
+    }
+    let unfed: Vec<usize> = (0..nodes.len()).filter(|i| fed_by[*i] == 0).collect();
+    let mut parts: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for i in 0..nodes.len() {
+        let r = root(&mut part, i);
+        parts.entry(r).or_default().push(i);
+    }
+    let mut sizes: Vec<&Vec<usize>> = parts.values().collect();
+    sizes.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let small: Vec<String> = sizes.iter().skip(1).map(|p| format!("{p:?}")).collect();
+    let mut by_degree = std::collections::BTreeMap::<usize, usize>::new();
+    for d in &degree {
+        *by_degree.entry(*d).or_default() += 1;
+    }
+    Ok(format!(
+        "update mesh in {} part(s), largest {}, others {}; nodes by mesh degree {:?}; \
+         in no other node's mesh: {unfed:?}",
+        sizes.len(),
+        sizes[0].len(),
+        if small.is_empty() {
+            "none".to_owned()
+        } else {
+            small.join(" ")
+        },
+        by_degree
+    ))
+}
+
 /// Whether `node` answers a request by `subject` with `"revoked": true`.
 async fn denies(http: &reqwest::Client, node: &Node, subject: &str) -> Result<bool> {
     let body = serde_json::json!({
@@ -375,6 +455,10 @@ async fn run(
     wait_mesh(&http, &mut nodes, edges).await?;
     tokio::time::sleep(mesh_wait).await;
     let quiet_after = wait_quiet(&http, &nodes, quiet).await?;
+    let trace = std::env::var_os("WEFT_BENCH_TRACE").is_some();
+    if trace {
+        eprintln!("before the updates: {}", mesh_shape(&http, &nodes).await?);
+    }
     let mut author = Author::new(&fx);
     let (mut samples, mut origins) = (Vec::with_capacity(k), Vec::with_capacity(k));
     for u in 0..k {
@@ -383,6 +467,9 @@ async fn run(
         samples.push(last);
         origins.push(origin);
         tokio::time::sleep(gap).await;
+    }
+    if trace {
+        eprintln!("after the updates: {}", mesh_shape(&http, &nodes).await?);
     }
     samples.sort_by(f64::total_cmp);
     origins.sort_by(f64::total_cmp);

@@ -152,6 +152,17 @@ async fn peers_are_reached_by_name_over_tcp_and_quic() -> Result<()> {
         peer["transport"] == "quic" && peer["route"] == "direct",
         "{peer}"
     );
+    // Its only peer joins its update mesh at a heartbeat (every 1 s).
+    eventually(
+        Duration::from_secs(10),
+        "the hub in the update mesh",
+        || async {
+            Ok(admitted_peer(&over_quic, &hubq)
+                .await?
+                .is_some_and(|p| p.update_mesh))
+        },
+    )
+    .await?;
 
     // An update crosses QUIC and TCP.
     let mut author = Author::new(&fx);

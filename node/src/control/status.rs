@@ -43,6 +43,11 @@ pub struct PeerStatus {
     /// Whether that connection was made by hole punching (DCUtR).
     #[serde(default)]
     pub hole_punched: bool,
+    /// Whether it is in this node's gossipsub mesh of the update topic:
+    /// this node sends it every update it takes in at once, and a peer in
+    /// no node's mesh hears of an update only at a heartbeat (IHAVE).
+    #[serde(default)]
+    pub update_mesh: bool,
 }
 
 /// NAT traversal in [`Status`]: what autonat found, the relays this node

@@ -64,6 +64,8 @@ impl NodeTask {
         let root = state.root();
         let view = state.view();
         let gossipsub = &self.swarm.behaviour().gossipsub;
+        let update_mesh: std::collections::HashSet<&PeerId> =
+            gossipsub.mesh_peers(&self.topic.hash()).collect();
         let certs: HashMap<PeerId, (String, u64)> = self
             .replica
             .admitted_certs()
@@ -95,6 +97,7 @@ impl NodeTask {
                         }
                     }),
                     hole_punched,
+                    update_mesh: update_mesh.contains(peer),
                 }
             })
             .collect();
