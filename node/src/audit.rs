@@ -39,9 +39,9 @@
 //! # Checkpoints
 //! Every [`AuditConfig::checkpoint_every`] (if the chain grew; the first
 //! at a random point of the second half of the first interval, so nodes
-//! started together take turns), the writer signs a checkpoint of the head with the node's key, keeps it, flushes, and
-//! has the node task gossip it on [`AUDIT_TOPIC`], with the node's
-//! certificate ([`CheckpointGossip`]). A node that later rewrites or
+//! started together take turns), the writer signs a checkpoint of the head
+//! with the node's key, keeps it, flushes, and has the node task gossip it
+//! on [`AUDIT_TOPIC`], with the node's certificate ([`CheckpointGossip`]). A node that later rewrites or
 //! truncates its log is caught by `weft audit verify --peer-dir` against the
 //! checkpoints its peers keep.
 //!
@@ -1094,8 +1094,9 @@ pub fn start(
         // of the first interval, so that nodes started together (a mesh
         // upgraded at once) do not all sign, gossip and verify at the same
         // moment of every interval.
-        let half = every / 2;
-        let phase = half + half.mul_f64((getrandom::u64().unwrap_or(0) % 1024) as f64 / 1024.0);
+        let half_ms = (every.as_millis() as u64 / 2).max(1);
+        let random_ms = getrandom::u64().unwrap_or(0) % half_ms;
+        let phase = Duration::from_millis(half_ms + random_ms);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(WRITE_BATCH);

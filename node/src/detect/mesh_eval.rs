@@ -12,9 +12,9 @@
 //! node asks its view for alerts on the principals it served
 //! ([`Detector::check_mesh`]). Those alerts count from the time the
 //! slot's last summary is out on the nodes, [`SLOT_GRACE_MS`] and
-//! [`PUBLISH_SPREAD_MS`] after the slot's end. Between slots, each decision also goes into
-//! its node's view at once ([`MeshView::observe_local`]), which checks its
-//! principal on the spot. Nothing is shared between the nodes but the
+//! [`PUBLISH_SPREAD_MS`] after the slot's end. Between slots, each
+//! decision also goes into its node's view at once
+//! ([`MeshView::observe_local`]), which checks its principal on the spot. Nothing is shared between the nodes but the
 //! summaries' bytes and, at each exchange, the alerts raised anywhere
 //! since the last one ([`MeshView::note_alert`]): each alert is a
 //! quarantine order, which reaches every node (within a second on the
