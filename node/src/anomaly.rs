@@ -20,6 +20,7 @@ pub struct AnomalyLog {
     total: AtomicU64,
     quarantines_issued: AtomicU64,
     quarantines_refused: AtomicU64,
+    quarantines_unneeded: AtomicU64,
     /// Decisions the detector could not take in because its queue was full.
     pub dropped: AtomicU64,
 }
@@ -34,6 +35,11 @@ pub struct AnomalyStatus {
     /// Quarantines the node wanted to issue but could not (the trust root
     /// does not allow it, or the order was refused).
     pub quarantines_refused: u64,
+    /// Quarantines the node did not issue because the principal was
+    /// denied everywhere already: revoked, or under a quarantine in force
+    /// (another node's order for the same alert, most often).
+    #[serde(default)]
+    pub quarantines_unneeded: u64,
     /// Decisions the detector skipped because its queue was full.
     pub dropped: u64,
     /// Quarantines in force now (any issuer), under the trust root's rules.
@@ -68,6 +74,12 @@ impl AnomalyLog {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a quarantine not issued because the principal was denied
+    /// everywhere already.
+    pub fn quarantine_unneeded(&self) {
+        self.quarantines_unneeded.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The recent alerts, newest first.
     pub fn recent(&self) -> Vec<Value> {
         let a = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,6 +92,7 @@ impl AnomalyLog {
             alerts: self.total.load(Ordering::Relaxed),
             quarantines_issued: self.quarantines_issued.load(Ordering::Relaxed),
             quarantines_refused: self.quarantines_refused.load(Ordering::Relaxed),
+            quarantines_unneeded: self.quarantines_unneeded.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             active_quarantines: 0,
             mesh: None,

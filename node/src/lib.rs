@@ -17,6 +17,7 @@ pub mod demo;
 pub mod detect;
 pub mod discovery;
 pub mod extauthz;
+pub mod gossip;
 pub mod identity;
 pub mod keyfile;
 pub mod layout;

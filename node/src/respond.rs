@@ -232,6 +232,28 @@ pub struct MeshWiring {
 /// incident the detector has raised already.
 const MAX_LOCAL_ALERTS: usize = 4096;
 
+/// The longest a node waits before it quarantines on a mesh alert
+/// ([`mesh_quarantine_delay`]).
+pub const MESH_QUARANTINE_SPREAD_MS: u64 = 400;
+
+/// How long this node waits before it quarantines `principal` on a mesh
+/// alert: a point below [`MESH_QUARANTINE_SPREAD_MS`] read from a hash of
+/// the node id and the principal. Every node alerts on a mesh-wide finding
+/// at the same exchange; waiting each its own time, most find the order
+/// of the node that went first in force when their turn comes, and issue
+/// none (the node task checks, [`crate::task`]'s `denied_everywhere`). A
+/// different principal puts different nodes first.
+pub fn mesh_quarantine_delay(node: &NodeId, principal: &str) -> Duration {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(node.to_string().as_bytes());
+    h.update([0]);
+    h.update(principal.as_bytes());
+    let d = h.finalize();
+    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    Duration::from_millis(n % MESH_QUARANTINE_SPREAD_MS)
+}
+
 /// What the task does with each alert, local or from the mesh view.
 struct Responder {
     quarantine: bool,
@@ -244,6 +266,9 @@ struct Responder {
     ours: BTreeMap<String, u64>,
     /// Principals the local detector alerted on, when (Unix ms).
     local: BTreeMap<String, u64>,
+    /// This node, with the mesh on: mesh alerts' quarantines wait
+    /// [`mesh_quarantine_delay`].
+    node: Option<NodeId>,
 }
 
 impl Responder {
@@ -319,6 +344,19 @@ impl Responder {
             record,
             reply,
         };
+        if let (Some(node), Some(_)) = (&self.node, &alert.signal) {
+            // A mesh alert: sent at this node's turn, without holding up
+            // the task.
+            let wait = mesh_quarantine_delay(node, &alert.principal);
+            let commands = self.commands.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if commands.send(cmd).await.is_ok() {
+                    let _ = answer.await;
+                }
+            });
+            return true;
+        }
         if self.commands.send(cmd).await.is_err() {
             return false;
         }
@@ -401,6 +439,7 @@ pub fn start(
             commands,
             ours: BTreeMap::new(),
             local: BTreeMap::new(),
+            node: mesh.as_ref().map(|m| m.node),
         };
         let mut last_save = Instant::now();
         let mut unsaved = false;

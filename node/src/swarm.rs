@@ -222,8 +222,9 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     /// Refuses inbound connections from an address that holds its limit.
     pub(crate) per_ip: crate::limits::PerIpLimit,
-    /// Gossip of signed updates.
-    pub(crate) gossipsub: gossipsub::Behaviour,
+    /// Gossip of signed updates, audit checkpoints and detection
+    /// summaries (gossipsub, its handlers woken by [`crate::gossip`]).
+    pub(crate) gossipsub: crate::gossip::Gossip,
     /// Anti-entropy sync.
     pub(crate) sync: request_response::Behaviour<SyncCodec>,
     /// Exchanges listen addresses and protocol versions.
@@ -427,7 +428,7 @@ fn build_behaviour(
         blocked: allow_block_list::Behaviour::default(),
         limits: connection_limits::Behaviour::new(limits.libp2p()),
         per_ip: crate::limits::PerIpLimit::new(limits.per_ip),
-        gossipsub,
+        gossipsub: crate::gossip::Gossip::new(gossipsub),
         sync,
         identify,
         ping: ping::Behaviour::new(

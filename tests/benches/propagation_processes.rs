@@ -32,10 +32,15 @@
 //!   runs it beside the in-process bench and Serf.
 //! - `WEFT_BENCH_TRACE=1` prints, for each update, when it was in force at
 //!   its origin, at the first other node and at the median node, and its
-//!   five slowest nodes; and, before and after the updates, the shape of
+//!   five slowest nodes, with where in the 10 s detection slot it was
+//!   pushed; and, before and after the updates, the shape of
 //!   the update topic's gossip meshes (connected parts, mesh degrees, and
 //!   the nodes in no other node's mesh, which no peer sends an update at
 //!   once).
+//! - `WEFT_BENCH_NODE_LOG` is the nodes' `RUST_LOG` (default `warn`), and
+//!   `WEFT_BENCH_KEEP_LOGS=DIR` copies each node's log to `DIR/n<i>.log`
+//!   at the end (e.g. `libp2p_gossipsub=debug` to follow one message
+//!   from node to node).
 //! - Run without `--bench` (as `cargo test --all-targets` does), it is a
 //!   check: 3 processes, 2 updates, every node must deny both principals.
 
@@ -126,7 +131,10 @@ fn start(fx: &Fixture, n: usize, rng: &mut Rng) -> Result<(Vec<Node>, usize)> {
             // Every node is on 127.0.0.1: the per-address limit would cap
             // a loopback mesh, never a mesh of sites.
             .env("WEFT_MAX_CONNECTIONS_PER_IP", "0")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WEFT_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("stderr.log"))?);
@@ -422,7 +430,8 @@ async fn propagate(
             .map(|(t, i)| format!("node {i} {t:.1}"))
             .collect();
         eprintln!(
-            "{subject} from node {target} (origin {:.1}, first other {first:.1}, median {median:.1}): {}",
+            "{subject} from node {target} at {:.1} s of the 10 s slot (origin {:.1}, first other {first:.1}, median {median:.1}): {}",
+            (t0 / 1000 % 10_000) as f64 / 1000.0,
             ms(times[target]),
             shown.join(", ")
         );
@@ -470,6 +479,13 @@ async fn run(
     }
     if trace {
         eprintln!("after the updates: {}", mesh_shape(&http, &nodes).await?);
+    }
+    if let Some(keep) = std::env::var_os("WEFT_BENCH_KEEP_LOGS") {
+        let keep = std::path::PathBuf::from(keep);
+        std::fs::create_dir_all(&keep)?;
+        for (i, node) in nodes.iter().enumerate() {
+            std::fs::copy(&node.log, keep.join(format!("n{i}.log")))?;
+        }
     }
     samples.sort_by(f64::total_cmp);
     origins.sort_by(f64::total_cmp);

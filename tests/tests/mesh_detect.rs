@@ -209,6 +209,18 @@ async fn a_probe_spread_over_three_nodes_is_flagged_and_contained_everywhere() -
     // raised: mesh alerts only, none by a node's own detector, and nothing
     // on eve.
     tokio::time::sleep(Duration::from_millis(SLOT_MS + 500)).await;
+    // Each node waits its own turn to quarantine on a mesh alert, and one
+    // that finds an order in force issues none.
+    let (mut issued, mut unneeded) = (0, 0);
+    for n in &all {
+        let st = http_status(n).await?;
+        issued += st["anomalies"]["quarantines_issued"].as_u64().unwrap_or(0);
+        unneeded += st["anomalies"]["quarantines_unneeded"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    eprintln!("quarantines issued {issued}, not needed {unneeded}");
+    ensure!(issued >= 1, "no node issued the quarantine");
     for (i, n) in all.iter().enumerate() {
         for a in alerts_on(n, mallory).await? {
             ensure!(

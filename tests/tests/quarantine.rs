@@ -86,6 +86,15 @@ async fn a_quarantine_reaches_every_node_and_a_flood_is_capped() -> Result<()> {
     ensure!(d["quarantined"] == true, "{d}");
     ensure!(d["quarantine"]["reason"] == "deny burst", "{d}");
     ensure!(d["quarantine"]["issuer"] == a.node_id().to_string(), "{d}");
+    // A node that alerts on v0 too issues no second order: v0 is denied
+    // everywhere already.
+    let again = b.quarantine(r#"User::"v0""#, record(600)).await;
+    ensure!(
+        again
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("quarantined already")),
+        "{again:?}"
+    );
 
     // A flood: seven more within the hour; the root allows three an hour.
     for i in 1..8 {
@@ -118,6 +127,12 @@ async fn a_quarantine_reaches_every_node_and_a_flood_is_capped() -> Result<()> {
         .json()
         .await?;
     ensure!(st["anomalies"]["active_quarantines"] == 3, "{st}");
+    let st_b: Value = reqwest::get(format!("{}/v1/status", b.api_url()))
+        .await?
+        .json()
+        .await?;
+    ensure!(st_b["anomalies"]["quarantines_unneeded"] == 1, "{st_b}");
+    ensure!(st_b["anomalies"]["quarantines_issued"] == 0, "{st_b}");
     // Peers are listed with the certificate they were admitted with.
     let st_b: Value = reqwest::get(format!("{}/v1/status", b.api_url()))
         .await?
@@ -161,6 +176,14 @@ async fn a_quarantine_reaches_every_node_and_a_flood_is_capped() -> Result<()> {
         },
     )
     .await?;
+    // Nor is a revoked principal quarantined: it is denied everywhere.
+    let revoked = c.quarantine(r#"User::"v1""#, record(600)).await;
+    ensure!(
+        revoked
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("is revoked")),
+        "{revoked:?}"
+    );
 
     for n in [a, b, c] {
         n.shutdown().await?;

@@ -436,12 +436,38 @@ impl NodeTask {
         subject: &str,
         record: weft_crdt::QuarantineRecord,
     ) -> Result<String, String> {
+        if let Some(why) = self.denied_everywhere(subject, record.issued_at) {
+            self.shared.anomalies.quarantine_unneeded();
+            tracing::debug!(%subject, %why, "no quarantine needed");
+            return Err(why);
+        }
         let r = self.try_issue_quarantine(subject, record);
         self.shared.anomalies.quarantine(r.is_ok());
         if let Err(e) = &r {
             tracing::info!(%subject, reason = %e, "quarantine not issued");
         }
         r
+    }
+
+    /// Why an order for `subject` would change no answer, if it would not:
+    /// the principal is revoked, or a quarantine of it is in force at `now`
+    /// (Unix seconds) under the trust root's rules. When a distributed
+    /// attack shows in the mesh view, every node alerts on it at the same
+    /// exchange; this keeps the orders that arrive first from being
+    /// followed by one from every node that hears them.
+    fn denied_everywhere(&self, subject: &str, now: u64) -> Option<String> {
+        let view = self.shared.view.load();
+        let canonical = weft_crdt::view::canonical_subject(subject);
+        if view.revocation(&canonical).is_some() {
+            return Some(format!("{canonical} is revoked"));
+        }
+        let rules = weft_protocol::quarantine::rules_of(self.replica.state().root());
+        weft_crdt::quarantine::in_force(&view, &canonical, now, &rules).map(|hit| {
+            format!(
+                "{canonical} is quarantined already (by {})",
+                hit.issuer.as_deref().unwrap_or("the operators")
+            )
+        })
     }
 
     fn try_issue_quarantine(
