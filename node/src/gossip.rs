@@ -30,7 +30,10 @@
 //! and opens its stream; from then on it waits on the queue itself and
 //! leaves the list. Handlers that hold a stream are never on the list, so
 //! the list holds a peer's second connections only, and each wake-up is
-//! one poll of an idle connection.
+//! one poll of an idle connection. A stream that fails later is not seen
+//! from outside the handler: that handler stays off the list, and opens a
+//! new stream on its next poll with a message waiting, as gossipsub alone
+//! does.
 //!
 //! Everything else is gossipsub's own: [`Gossip`] dereferences to
 //! [`gossipsub::Behaviour`] for the rest of its methods.
