@@ -18,7 +18,9 @@
 //! - A connection is hole punched when DCUtR says so, or when it is a
 //!   direct one that came in from a peer this node reached through a relay
 //!   in the last 30 s while the node was not known to be public (libp2p
-//!   tells only one side of a hole punch).
+//!   tells only one side of a hole punch), or a direct one to a peer with
+//!   a hole-punched connection open (QUIC preferred over a punched TCP
+//!   connection goes through the same mapping).
 //! - autonat asks only admitted peers with a direct connection.
 //! - A peer reached both directly and through a relay keeps the direct
 //!   connection: the relayed one is closed once the direct one has been up
@@ -157,7 +159,24 @@ impl NodeTask {
             self.relay.relayed_at.insert(*peer, now);
             return;
         }
-        if new.dialer || self.relay.reachability == Reachability::Public {
+        if self.relay.reachability == Reachability::Public {
+            return;
+        }
+        // A new direct connection to a peer already hole punched (QUIC
+        // preferred over a punched TCP connection, say) crosses the NAT
+        // through the same punched mapping.
+        let punched = &self.relay.hole_punched;
+        if self
+            .discovery
+            .connections
+            .get(peer)
+            .is_some_and(|l| l.iter().any(|c| c.id != id && punched.contains(&c.id)))
+        {
+            self.relay.hole_punched.insert(id);
+            tracing::info!(%peer, "hole punched: a direct connection to a peer already punched through");
+            return;
+        }
+        if new.dialer {
             return;
         }
         if self
