@@ -649,18 +649,6 @@ impl SignedState {
             .expect("one result per update")
     }
 
-    /// Ingests an update whose signatures were already checked (by
-    /// [`crate::update::SignedUpdate::verify`]); `bytes` are its encoded form.
-    pub fn ingest_verified(
-        &mut self,
-        update: VerifiedUpdate,
-        bytes: Arc<[u8]>,
-    ) -> Result<Ingested, UpdateError> {
-        self.ingest_verified_batch(vec![(update, bytes)])
-            .pop()
-            .expect("one result per update")
-    }
-
     /// [`SignedState::ingest_from`] for updates from the local API.
     pub fn ingest_batch(&mut self, items: Vec<Arc<[u8]>>) -> Vec<Result<Ingested, UpdateError>> {
         self.ingest_from(items, Source::Local)

@@ -362,13 +362,6 @@ impl GossipNode {
         self.windows.push_back((e, id));
     }
 
-    /// Messages heartbeat `k` announces by IHAVE.
-    pub fn gossip_ids(&self, k: u64, history_gossip: usize) -> Vec<MsgIdx> {
-        let mut out = Vec::new();
-        self.gossip_ids_into(k, history_gossip, &mut out);
-        out
-    }
-
     /// Messages heartbeat `k` announces by IHAVE, appended to `out`.
     pub fn gossip_ids_into(&self, k: u64, history_gossip: usize, out: &mut Vec<MsgIdx>) {
         out.extend(

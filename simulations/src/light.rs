@@ -364,12 +364,6 @@ impl LightState {
         self.applied.contains_key(id)
     }
 
-    /// Test hook: forgets an applied update's effect on decisions, as a
-    /// corrupted store would (the id stays, so heads do not show it).
-    pub fn tamper_unrevoke(&mut self, k: u32) {
-        self.revoked.remove(&k);
-    }
-
     fn deps_present(&self, e: &LightEntry) -> Vec<ChangeHash> {
         e.deps
             .iter()
