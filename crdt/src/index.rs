@@ -196,8 +196,8 @@ impl IndexedPolicy {
 }
 
 /// A request's principal and resource with their ancestors, looked up in
-/// the entities once for the whole decision (each lookup hashes a uid with
-/// Cedar's map; a decision used to make several for each uid).
+/// the entities once for the whole decision, so each uid is hashed with
+/// Cedar's map once rather than once per check.
 pub struct Resolved<'q> {
     /// The principal.
     pub principal: &'q EntityUid,
