@@ -1054,6 +1054,7 @@ pub fn node_run(args: NodeRunArgs) -> Result<ExitCode> {
             "weft.toml holds the decision log's headers (the receiver's credentials) and its group or others can read it: chmod 600 it"
         );
     }
+    crate::memory::small_pages();
     // The node's own work (the swarm, gossip and sync, automerge apply,
     // sled flushes, the audit writer, the detector) runs on this thread;
     // CPU-heavy loading goes to its blocking pool. Decisions are served by

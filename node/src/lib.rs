@@ -23,6 +23,7 @@ pub mod keyfile;
 pub mod layout;
 pub mod limits;
 pub mod liveness;
+pub mod memory;
 pub mod mesh_detect;
 pub mod metrics;
 pub mod relay;

@@ -1533,10 +1533,16 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             Ingested::Held { released, .. } => (None, released),
             Ingested::Duplicate(_) => return,
         };
-        let mut touched_revocations = false;
+        // Node ids among the subjects these updates revoke: only a peer
+        // named by one of them can have become revoked.
+        let mut revoked_nodes: BTreeSet<NodeId> = BTreeSet::new();
         for (h, s) in first.into_iter().chain(released) {
             self.stats.applied += 1;
-            touched_revocations |= !s.revocations().is_empty();
+            revoked_nodes.extend(
+                s.revocations()
+                    .into_iter()
+                    .filter_map(|subject| subject.trim().parse::<NodeId>().ok()),
+            );
             if let Some(bytes) = self.state.update_bytes(&h) {
                 out.push(Output::Persist { hash: h, bytes });
             }
@@ -1545,11 +1551,13 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
                 summary: Box::new(s),
             });
         }
-        if touched_revocations {
+        if !revoked_nodes.is_empty() {
             let revoked: Vec<(P, NodeId)> = self
                 .peers
                 .iter()
-                .filter(|(_, p)| self.state.is_node_revoked(&p.node))
+                .filter(|(_, p)| {
+                    revoked_nodes.contains(&p.node) && self.state.is_node_revoked(&p.node)
+                })
                 .map(|(k, p)| (k.clone(), p.node))
                 .collect();
             for (peer, node) in revoked {

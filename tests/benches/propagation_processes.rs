@@ -33,7 +33,8 @@
 //! - `WEFT_BENCH_TRACE=1` prints, for each update, when it was in force at
 //!   its origin, at the first other node and at the median node, and its
 //!   five slowest nodes, with where in the 10 s detection slot it was
-//!   pushed; and, before and after the updates, the shape of
+//!   pushed (and when, in µs since the Unix epoch, to line it up with
+//!   a profile); and, before and after the updates, the shape of
 //!   the update topic's gossip meshes (connected parts, mesh degrees, and
 //!   the nodes in no other node's mesh, which no peer sends an update at
 //!   once).
@@ -430,7 +431,7 @@ async fn propagate(
             .map(|(t, i)| format!("node {i} {t:.1}"))
             .collect();
         eprintln!(
-            "{subject} from node {target} at {:.1} s of the 10 s slot (origin {:.1}, first other {first:.1}, median {median:.1}): {}",
+            "{subject} from node {target} at {:.1} s of the 10 s slot, pushed at {t0} µs (origin {:.1}, first other {first:.1}, median {median:.1}): {}",
             (t0 / 1000 % 10_000) as f64 / 1000.0,
             ms(times[target]),
             shown.join(", ")

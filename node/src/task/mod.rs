@@ -15,7 +15,7 @@
 //! | `Publish` | gossipsub publish (no peers yet is fine: sync catches them up) |
 //! | `Verdict` | `report_message_validation_result` for the message being handled |
 //! | `Send` / `Respond` | request-response request / response on the stored channel |
-//! | `Persist` | sled insert before anything else; then a flush at once for a local submit or order (durable before the 202), or by the background flusher for updates from peers (forwarding and the new view never wait on the disk) |
+//! | `Persist` | sled insert before anything else; then a flush at once for a local submit or order (durable before the 202), or by the background flusher, [`BACKGROUND_FLUSH_DELAY`] later, for updates from peers (forwarding and the new view never wait on the disk) |
 //! | `Applied` | a new [`PolicyView`] is swapped in for readers |
 //! | `Penalize` | a log line (gossipsub scoring has already counted the reject) |
 //! | `Disconnect` / `Ban` | close the connections; a ban also blocks the peer |
@@ -232,17 +232,30 @@ enum Flush {
     Background,
 }
 
-/// Flushes the store each time it is asked, on the blocking pool, so that
-/// the node's task never waits on the disk for updates from peers. Requests
-/// that arrive while a flush runs are served by one more flush after it.
-/// Returns when `stop` is notified, never during a flush: once it has
-/// returned, nothing it started holds the store (and sled's lock on it).
+/// How long the background flusher waits after it is asked before it
+/// flushes: the disk work stays out of the moment an update spreads (each
+/// node forwards it, then its peers do, within milliseconds, all on the
+/// same cores), and updates that arrive together share one flush.
+pub const BACKGROUND_FLUSH_DELAY: Duration = Duration::from_millis(100);
+
+/// Flushes the store [`BACKGROUND_FLUSH_DELAY`] after it is asked, on the
+/// blocking pool, so that the node's task never waits on the disk for
+/// updates from peers. Requests that arrive while it waits are served by
+/// the same flush; those that arrive while a flush runs, by one more after
+/// it. Returns when `stop` is notified, never during a flush: once it has
+/// returned, nothing it started holds the store (and sled's lock on it);
+/// the task flushes the store itself as it stops.
 async fn flush_when_asked(store: Arc<Store>, wanted: Arc<Notify>, stop: Arc<Notify>) {
     loop {
         tokio::select! {
             biased;
             () = stop.notified() => return,
             () = wanted.notified() => {}
+        }
+        tokio::select! {
+            biased;
+            () = stop.notified() => return,
+            () = tokio::time::sleep(BACKGROUND_FLUSH_DELAY) => {}
         }
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.flush()).await {
