@@ -52,10 +52,14 @@ pub const SLOT_GRACE_MS: u64 = 200;
 /// How far the nodes' publishing times are spread within a slot. A node
 /// publishes [`SLOT_GRACE_MS`] plus its own phase after each slot's end
 /// ([`publish_offset_ms`]), so the mesh's summaries, each of which every
-/// node verifies and merges, arrive over 2 s rather than all at once:
+/// node verifies and merges, arrive over 4 s rather than all at once:
 /// at the same moment on every node, they would take the cores of a
-/// whole mesh for that moment and hold back the updates it forwards.
-pub const PUBLISH_SPREAD_MS: u64 = 2_000;
+/// whole mesh for that moment and hold back the updates it forwards. Each
+/// summary costs the mesh a verification and a merge per node and its
+/// gossip copies, so the spread sets how much of the cores the exchange
+/// takes while it lasts; it also delays an alert raised at the exchange
+/// (BENCHMARKS.md, "Propagation" and "Detection across sites").
+pub const PUBLISH_SPREAD_MS: u64 = 4_000;
 
 /// When after each slot's end `node` publishes its summary:
 /// [`SLOT_GRACE_MS`] plus a phase below [`PUBLISH_SPREAD_MS`] read from
