@@ -468,10 +468,14 @@ pub fn start(
                     unsaved = true;
                     let mut view = mesh.as_ref().map(|m| (m.node, m.detect.view()));
                     for ev in batch.drain(..) {
-                        alerts.extend(detector.observe(&ev));
+                        // The mesh view first: it may explain the local alert.
                         if let Some((node, v)) = view.as_mut() {
                             alerts.extend(v.observe_local(*node, &ev));
                         }
+                        let local = detector.observe(&ev);
+                        alerts.extend(
+                            local.filter(|a| !view.as_ref().is_some_and(|(_, v)| v.explains(a))),
+                        );
                     }
                 }
                 Wake::Slot => {

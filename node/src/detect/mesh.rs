@@ -534,6 +534,24 @@ impl MeshView {
         }
     }
 
+    /// Whether a local alert on `alert.principal` driven by new (action,
+    /// resource type) pairs is explained by what the mesh knows: the
+    /// principal's history across sites is established and holds every
+    /// pair of the window at every site (this node's decisions included,
+    /// once [`MeshView::observe_local`] has them). A site's detector meets
+    /// a travelling principal's usual pairs as new; the mesh does not. An
+    /// alert over a floor, or driven by anything else, is never explained.
+    pub fn explains(&self, alert: &super::Alert) -> bool {
+        if alert.floor.is_some()
+            || alert.signal.is_some()
+            || alert.features.first().is_none_or(|f| f.name != "new_pairs")
+        {
+            return false;
+        }
+        let w = self.window(&alert.principal);
+        w.established && w.new_pairs == 0 && w.total.requests > 0
+    }
+
     /// What the mesh saw of `principal` in the window.
     pub fn window(&self, principal: &str) -> MeshWindow {
         let mut w = MeshWindow::default();

@@ -273,10 +273,6 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
             .and_then(|s| index.get(s).copied())
             .unwrap_or(0);
         per_site[site].push(e.clone());
-        if let Some(a) = nodes[site].detector.observe(&e.decision) {
-            told.push((a.principal.clone(), a.at_ms));
-            local.push(raised(a));
-        }
         let n = &mut nodes[site];
         if let Some(a) = n.view.observe_local(n.id, &e.decision) {
             told.push((a.principal.clone(), a.at_ms));
@@ -284,6 +280,14 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
                 .entry(a.signal.clone().unwrap_or_default())
                 .or_default() += 1;
             from_mesh.push(raised(a));
+        }
+        if let Some(a) = n.detector.observe(&e.decision) {
+            if n.view.explains(&a) {
+                *signals.entry("explained".into()).or_default() += 1;
+            } else {
+                told.push((a.principal.clone(), a.at_ms));
+                local.push(raised(a));
+            }
         }
     }
     if let Some(c) = cur_slot {

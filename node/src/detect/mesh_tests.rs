@@ -686,6 +686,83 @@ fn at_a_new_site_then_back_at_home_is_flagged_and_a_traveller_is_not() {
     assert_eq!(a[0].signal.as_deref(), Some("first_visits"));
 }
 
+/// A local alert driven by new (action, resource type) pairs, for
+/// `principal`, as a site's detector raises it.
+fn new_pairs_alert(principal: &str, at_ms: u64) -> Alert {
+    Alert {
+        principal: principal.into(),
+        score: 0.5,
+        at_ms,
+        features: vec![FeatureContribution {
+            name: "new_pairs".into(),
+            value: 6.0,
+            baseline: 0.75,
+            z: 4.0,
+            contribution: 0.9,
+        }],
+        window_start_ms: at_ms,
+        window_end_ms: at_ms,
+        evidence: Vec::new(),
+        reason: String::new(),
+        floor: None,
+        signal: None,
+    }
+}
+
+#[test]
+fn a_site_new_pair_alert_on_pairs_the_mesh_knows_is_explained_and_a_new_pair_is_not() {
+    let p = "User::\"trav\"";
+    let action = "Action::\"admin\"";
+    // Its history: 47 slots at site 0 with the pair (admin, Doc).
+    let mut view = MeshView::new(MeshConfig::default());
+    let [b1, b2] = weft_protocol::summary::pair_bits(action, "Doc::\"a\"");
+    let mut pairs = [0u64; 4];
+    for b in [b1, b2] {
+        pairs[b / 64] |= 1 << (b % 64);
+    }
+    let mut t = T0;
+    for _ in 0..47 {
+        view.advance(t);
+        let sum = Summary {
+            node: node(0),
+            slot_start_ms: t,
+            slot_ms: SLOT_MS as u32,
+            dropped: 0,
+            principals: vec![PrincipalSummary {
+                principal: p.into(),
+                requests: 1,
+                denies: 0,
+                token_failures: 0,
+                resources: [1, 0, 0, 0],
+                actions: [1],
+                pairs,
+            }],
+        };
+        view.ingest(&SignedSummary::sign(&sum, &key(0)), |_| true)
+            .unwrap();
+        t += SLOT_MS;
+    }
+    // At site 5, whose detector has not seen it use the pair: the mesh has.
+    let known = ev(t, p, "Doc::\"b\"".into(), true, 5);
+    let _ = view.observe_local(node(5), &known);
+    assert!(view.explains(&new_pairs_alert(p, t)));
+    // A floor, or another driving feature, is never explained away.
+    let mut floor = new_pairs_alert(p, t);
+    floor.floor = Some("denies".into());
+    assert!(!view.explains(&floor));
+    let mut rate = new_pairs_alert(p, t);
+    rate.features[0].name = "rate".into();
+    assert!(!view.explains(&rate));
+    // A pair it never used anywhere: not explained.
+    let new = ev(t + 1, p, "Folder::\"x\"".into(), true, 5);
+    let _ = view.observe_local(node(5), &new);
+    assert!(!view.explains(&new_pairs_alert(p, t + 1)));
+    // A principal the mesh has no history of: not explained.
+    let stranger = "User::\"new\"";
+    let _ = view.observe_local(node(5), &ev(t + 2, stranger, "Doc::\"a\"".into(), true, 5));
+    assert!(!view.explains(&new_pairs_alert(stranger, t + 2)));
+}
+
 #[test]
 fn resources_new_at_a_pace_rising_over_hours_alert_against_the_quieter_hour() {
     // Low and slow: nine new resources in an hour, then fourteen in the
