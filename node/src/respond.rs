@@ -468,14 +468,18 @@ pub fn start(
                     unsaved = true;
                     let mut view = mesh.as_ref().map(|m| (m.node, m.detect.view()));
                     for ev in batch.drain(..) {
-                        // The mesh view first: it may explain the local alert.
-                        if let Some((node, v)) = view.as_mut() {
-                            alerts.extend(v.observe_local(*node, &ev));
-                        }
                         let local = detector.observe(&ev);
-                        alerts.extend(
-                            local.filter(|a| !view.as_ref().is_some_and(|(_, v)| v.explains(a))),
-                        );
+                        match view.as_mut() {
+                            Some((node, v)) => {
+                                // The view takes the decision before it is
+                                // asked whether it explains the local alert,
+                                // which goes first either way.
+                                let across = v.observe_local(*node, &ev);
+                                alerts.extend(local.filter(|a| !v.explains(a)));
+                                alerts.extend(across);
+                            }
+                            None => alerts.extend(local),
+                        }
                     }
                 }
                 Wake::Slot => {

@@ -274,20 +274,24 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
             .unwrap_or(0);
         per_site[site].push(e.clone());
         let n = &mut nodes[site];
-        if let Some(a) = n.view.observe_local(n.id, &e.decision) {
-            told.push((a.principal.clone(), a.at_ms));
-            *signals
-                .entry(a.signal.clone().unwrap_or_default())
-                .or_default() += 1;
-            from_mesh.push(raised(a));
-        }
-        if let Some(a) = n.detector.observe(&e.decision) {
+        let here = n.detector.observe(&e.decision);
+        // The view takes the decision before it is asked whether it
+        // explains the local alert, which goes first either way.
+        let across = n.view.observe_local(n.id, &e.decision);
+        if let Some(a) = here {
             if n.view.explains(&a) {
                 *signals.entry("explained".into()).or_default() += 1;
             } else {
                 told.push((a.principal.clone(), a.at_ms));
                 local.push(raised(a));
             }
+        }
+        if let Some(a) = across {
+            told.push((a.principal.clone(), a.at_ms));
+            *signals
+                .entry(a.signal.clone().unwrap_or_default())
+                .or_default() += 1;
+            from_mesh.push(raised(a));
         }
     }
     if let Some(c) = cur_slot {

@@ -232,6 +232,18 @@ fn forged_unsigned_oversized_and_unadmitted_summaries_are_refused_and_change_not
 }
 
 fn history_then(view: &mut MeshView, p: &str, sites: &[u8], slots: u64, from: u64) -> u64 {
+    history_with_pairs(view, p, sites, slots, from, [1, 0, 0, 0])
+}
+
+/// [`history_then`] with this (action, resource type) pair sketch.
+fn history_with_pairs(
+    view: &mut MeshView,
+    p: &str,
+    sites: &[u8],
+    slots: u64,
+    from: u64,
+    pairs: [u64; 4],
+) -> u64 {
     let mut t = from;
     for _ in 0..slots {
         view.advance(t);
@@ -248,7 +260,7 @@ fn history_then(view: &mut MeshView, p: &str, sites: &[u8], slots: u64, from: u6
                     token_failures: 0,
                     resources: [1, 0, 0, 0],
                     actions: [1],
-                    pairs: [1, 0, 0, 0],
+                    pairs,
                 }],
             };
             view.ingest(&SignedSummary::sign(&sum, &key(*s)), |_| true)
@@ -720,28 +732,7 @@ fn a_site_new_pair_alert_on_pairs_the_mesh_knows_is_explained_and_a_new_pair_is_
     for b in [b1, b2] {
         pairs[b / 64] |= 1 << (b % 64);
     }
-    let mut t = T0;
-    for _ in 0..47 {
-        view.advance(t);
-        let sum = Summary {
-            node: node(0),
-            slot_start_ms: t,
-            slot_ms: SLOT_MS as u32,
-            dropped: 0,
-            principals: vec![PrincipalSummary {
-                principal: p.into(),
-                requests: 1,
-                denies: 0,
-                token_failures: 0,
-                resources: [1, 0, 0, 0],
-                actions: [1],
-                pairs,
-            }],
-        };
-        view.ingest(&SignedSummary::sign(&sum, &key(0)), |_| true)
-            .unwrap();
-        t += SLOT_MS;
-    }
+    let t = history_with_pairs(&mut view, p, &[0], 47, T0, pairs);
     // At site 5, whose detector has not seen it use the pair: the mesh has.
     let known = ev(t, p, "Doc::\"b\"".into(), true, 5);
     let _ = view.observe_local(node(5), &known);
