@@ -471,12 +471,9 @@ pub fn start(
                         let local = detector.observe(&ev);
                         match view.as_mut() {
                             Some((node, v)) => {
-                                // The view takes the decision before it is
-                                // asked whether it explains the local alert,
-                                // which goes first either way.
-                                let across = v.observe_local(*node, &ev);
-                                alerts.extend(local.filter(|a| !v.explains(a)));
-                                alerts.extend(across);
+                                let o = v.observe_beside(*node, &ev, local);
+                                alerts.extend(o.local);
+                                alerts.extend(o.across);
                             }
                             None => alerts.extend(local),
                         }

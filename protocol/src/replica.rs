@@ -1541,7 +1541,10 @@ impl<P: Clone + Ord + Debug, S: ReplicaState> Replica<P, S> {
             revoked_nodes.extend(
                 s.revocations()
                     .into_iter()
-                    .filter_map(|subject| subject.trim().parse::<NodeId>().ok()),
+                    .map(str::trim)
+                    // A Cedar uid (`User::"…"`) is never a node id: no parse.
+                    .filter(|subject| !subject.contains("::"))
+                    .filter_map(|subject| subject.parse::<NodeId>().ok()),
             );
             if let Some(bytes) = self.state.update_bytes(&h) {
                 out.push(Output::Persist { hash: h, bytes });

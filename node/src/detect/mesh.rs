@@ -304,6 +304,17 @@ pub struct MeshWindow {
     pub new_resources_before: usize,
 }
 
+/// What [`MeshView::observe_beside`] made of a decision.
+#[derive(Debug)]
+pub struct Observed {
+    /// The node's own detector's alert, unless the view explained it.
+    pub local: Option<Alert>,
+    /// Whether the view explained the local alert away.
+    pub explained: bool,
+    /// The view's own alert on the decision's principal.
+    pub across: Option<Alert>,
+}
+
 /// The merged summaries of the mesh for the current window, and the
 /// principals' histories.
 #[derive(Debug)]
@@ -534,6 +545,25 @@ impl MeshView {
         }
     }
 
+    /// Takes one of this node's decisions ([`MeshView::observe_local`])
+    /// beside the alert its own detector raised on it, if any, and says
+    /// which alerts stand: the local one first, unless the view
+    /// [`explains`](MeshView::explains) it, then the view's own.
+    pub fn observe_beside(
+        &mut self,
+        node: NodeId,
+        ev: &super::DecisionEvent,
+        local: Option<Alert>,
+    ) -> Observed {
+        let across = self.observe_local(node, ev);
+        let explained = local.as_ref().is_some_and(|a| self.explains(a));
+        Observed {
+            local: local.filter(|_| !explained),
+            explained,
+            across,
+        }
+    }
+
     /// Whether a local alert on `alert.principal` driven by new (action,
     /// resource type) pairs is explained by what the mesh knows: the
     /// principal's history across sites is established and holds every
@@ -541,7 +571,7 @@ impl MeshView {
     /// once [`MeshView::observe_local`] has them). A site's detector meets
     /// a travelling principal's usual pairs as new; the mesh does not. An
     /// alert over a floor, or driven by anything else, is never explained.
-    pub fn explains(&self, alert: &super::Alert) -> bool {
+    pub fn explains(&self, alert: &Alert) -> bool {
         if alert.floor.is_some()
             || alert.signal.is_some()
             || alert.features.first().is_none_or(|f| f.name != "new_pairs")

@@ -275,18 +275,15 @@ pub fn evaluate_mesh(trace: &Trace, cfg: &EvalConfig, mesh: &MeshConfig) -> Mesh
         per_site[site].push(e.clone());
         let n = &mut nodes[site];
         let here = n.detector.observe(&e.decision);
-        // The view takes the decision before it is asked whether it
-        // explains the local alert, which goes first either way.
-        let across = n.view.observe_local(n.id, &e.decision);
-        if let Some(a) = here {
-            if n.view.explains(&a) {
-                *signals.entry("explained".into()).or_default() += 1;
-            } else {
-                told.push((a.principal.clone(), a.at_ms));
-                local.push(raised(a));
-            }
+        let o = n.view.observe_beside(n.id, &e.decision, here);
+        if o.explained {
+            *signals.entry("explained".into()).or_default() += 1;
         }
-        if let Some(a) = across {
+        if let Some(a) = o.local {
+            told.push((a.principal.clone(), a.at_ms));
+            local.push(raised(a));
+        }
+        if let Some(a) = o.across {
             told.push((a.principal.clone(), a.at_ms));
             *signals
                 .entry(a.signal.clone().unwrap_or_default())

@@ -735,7 +735,8 @@ fn a_site_new_pair_alert_on_pairs_the_mesh_knows_is_explained_and_a_new_pair_is_
     let t = history_with_pairs(&mut view, p, &[0], 47, T0, pairs);
     // At site 5, whose detector has not seen it use the pair: the mesh has.
     let known = ev(t, p, "Doc::\"b\"".into(), true, 5);
-    let _ = view.observe_local(node(5), &known);
+    let o = view.observe_beside(node(5), &known, Some(new_pairs_alert(p, t)));
+    assert!(o.explained && o.local.is_none(), "{o:?}");
     assert!(view.explains(&new_pairs_alert(p, t)));
     // A floor, or another driving feature, is never explained away.
     let mut floor = new_pairs_alert(p, t);
@@ -746,8 +747,8 @@ fn a_site_new_pair_alert_on_pairs_the_mesh_knows_is_explained_and_a_new_pair_is_
     assert!(!view.explains(&rate));
     // A pair it never used anywhere: not explained.
     let new = ev(t + 1, p, "Folder::\"x\"".into(), true, 5);
-    let _ = view.observe_local(node(5), &new);
-    assert!(!view.explains(&new_pairs_alert(p, t + 1)));
+    let o = view.observe_beside(node(5), &new, Some(new_pairs_alert(p, t + 1)));
+    assert!(!o.explained && o.local.is_some(), "{o:?}");
     // A principal the mesh has no history of: not explained.
     let stranger = "User::\"new\"";
     let _ = view.observe_local(node(5), &ev(t + 2, stranger, "Doc::\"a\"".into(), true, 5));
